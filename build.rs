@@ -1,0 +1,11 @@
+//! Compiles `proto/` into Rust with protox (a pure-Rust protobuf compiler), so building needs no `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["proto/runnel/v1/runnel.proto", "proto/grpc/health/v1/health.proto"];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(protos, ["proto"])?;
+    prost_build::Config::new().compile_fds(descriptors)?;
+    Ok(())
+}

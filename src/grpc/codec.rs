@@ -1,0 +1,123 @@
+//! Length-prefixed message framing: 1 byte compressed flag, 4 bytes big-endian length, then the message.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::Status;
+
+pub const MESSAGE_HEADER_LEN: usize = 5;
+
+/// Frames one protobuf message.
+pub fn encode_message<M: prost::Message>(message: &M) -> Bytes {
+    let mut buf = BytesMut::with_capacity(MESSAGE_HEADER_LEN + message.encoded_len());
+    encode_message_into(message, &mut buf);
+    buf.freeze()
+}
+
+/// Frames one protobuf message onto the end of `buf`.
+pub fn encode_message_into<M: prost::Message>(message: &M, buf: &mut BytesMut) {
+    let len = message.encoded_len();
+    buf.reserve(MESSAGE_HEADER_LEN + len);
+    buf.put_u8(0);
+    buf.put_u32(len as u32);
+    message.encode(buf).expect("reserved enough capacity");
+}
+
+/// Reassembles whole messages from DATA-frame bytes.
+///
+/// A message may span frames and a frame may hold several messages; `push` accepts bytes as they come and
+/// `next_message` hands back each complete message body. Over-long messages are refused as soon as their
+/// header arrives, before their body is buffered.
+#[derive(Debug)]
+pub struct MessageDecoder {
+    buffer: BytesMut,
+    max_message: usize,
+}
+
+impl MessageDecoder {
+    pub fn new(max_message: usize) -> Self {
+        MessageDecoder { buffer: BytesMut::new(), max_message }
+    }
+
+    pub fn push(&mut self, data: &[u8]) {
+        self.buffer.extend_from_slice(data);
+    }
+
+    /// Bytes received that do not yet form a whole message.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// The next complete message body, `Ok(None)` if more bytes are needed.
+    pub fn next_message(&mut self) -> Result<Option<Bytes>, Status> {
+        if self.buffer.len() < MESSAGE_HEADER_LEN {
+            return Ok(None);
+        }
+        let compressed = self.buffer[0];
+        let len = u32::from_be_bytes([self.buffer[1], self.buffer[2], self.buffer[3], self.buffer[4]]) as usize;
+        if compressed != 0 {
+            return Err(Status::new(
+                super::Code::Unimplemented,
+                "compressed messages are not supported: send with grpc-encoding identity",
+            ));
+        }
+        if len > self.max_message {
+            return Err(Status::new(
+                super::Code::ResourceExhausted,
+                format!("message of {len} bytes is larger than the limit of {} bytes", self.max_message),
+            ));
+        }
+        if self.buffer.len() < MESSAGE_HEADER_LEN + len {
+            self.buffer.reserve(MESSAGE_HEADER_LEN + len - self.buffer.len());
+            return Ok(None);
+        }
+        self.buffer.advance(MESSAGE_HEADER_LEN);
+        Ok(Some(self.buffer.split_to(len).freeze()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grpc::Code;
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut out = vec![0];
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn splits_and_joins_across_pushes() {
+        let mut wire = frame(b"hello");
+        wire.extend(frame(b""));
+        wire.extend(frame(&[0xff; 300]));
+        let mut decoder = MessageDecoder::new(1024);
+        let mut got = Vec::new();
+        for byte in &wire {
+            decoder.push(std::slice::from_ref(byte));
+            while let Some(msg) = decoder.next_message().unwrap() {
+                got.push(msg);
+            }
+        }
+        assert_eq!(got.len(), 3);
+        assert_eq!(&got[0][..], b"hello");
+        assert!(got[1].is_empty());
+        assert_eq!(&got[2][..], &[0xff; 300][..]);
+        assert_eq!(decoder.buffered(), 0);
+    }
+
+    #[test]
+    fn refuses_oversized_before_body_arrives() {
+        let mut decoder = MessageDecoder::new(10);
+        decoder.push(&[0, 0, 0, 0, 11]);
+        assert_eq!(decoder.next_message().unwrap_err().code, Code::ResourceExhausted);
+    }
+
+    #[test]
+    fn refuses_compressed() {
+        let mut decoder = MessageDecoder::new(10);
+        decoder.push(&[1, 0, 0, 0, 1, 0]);
+        assert_eq!(decoder.next_message().unwrap_err().code, Code::Unimplemented);
+    }
+}

@@ -1,0 +1,411 @@
+//! A job's output, spooled to append-only segment files and read back with `pread`, so server memory does not
+//! grow with output volume and any number of readers can replay it from any offset.
+//!
+//! Every read from a job's pipe becomes one *record* in the current segment file: a 5-byte header
+//! (`stream: u8`, `len: u32` little-endian) followed by the bytes. Offsets are logical: the count of output bytes
+//! (stdout and stderr interleaved in the order the server read them) before a byte, headers excluded. When the
+//! retained bytes pass the job's cap, whole segments are deleted from the front and [`OutputLog::start`] moves
+//! forward; an offset never changes meaning. Readers hold an [`OutputCursor`] with their own open segment file,
+//! so a segment deleted under a reader is still read to its end.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::task::Waker;
+
+/// Which of the job's streams a byte came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    fn tag(self) -> u8 {
+        match self {
+            Stream::Stdout => 1,
+            Stream::Stderr => 2,
+        }
+    }
+    fn from_tag(tag: u8) -> io::Result<Stream> {
+        match tag {
+            1 => Ok(Stream::Stdout),
+            2 => Ok(Stream::Stderr),
+            _ => Err(io::Error::new(io::ErrorKind::InvalidData, format!("corrupt output record tag {tag}"))),
+        }
+    }
+}
+
+/// Bytes of record header in front of every pipe read stored in a segment.
+pub const RECORD_HEADER_LEN: usize = 5;
+
+/// Smallest and largest segment: small enough that the cap is honoured closely (a cap keeps between
+/// cap − segment and cap bytes), large enough that a fast job does not create files at a high rate.
+const MIN_SEGMENT_BYTES: u64 = 64 * 1024;
+const MAX_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+#[derive(Debug)]
+struct Segment {
+    index: u64,
+    /// Logical offset of the segment's first byte.
+    start: u64,
+    /// Logical bytes in the segment.
+    len: u64,
+    /// Bytes in the file (records with headers).
+    file_len: u64,
+}
+
+/// One job's spooled output.
+#[derive(Debug)]
+pub struct OutputLog {
+    dir: PathBuf,
+    segments: VecDeque<Segment>,
+    writer: Option<File>,
+    next_index: u64,
+    segment_limit: u64,
+    retention: u64,
+    end: u64,
+    finished: bool,
+    waiters: Vec<Waker>,
+}
+
+/// A span of output ready to be read: `len` bytes of `stream` starting at logical `offset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub offset: u64,
+    pub stream: Stream,
+    pub len: usize,
+}
+
+/// A reader's position. Opened lazily; holds one segment file open while reading it.
+#[derive(Debug)]
+pub struct OutputCursor {
+    offset: u64,
+    file: Option<CursorFile>,
+}
+
+#[derive(Debug)]
+struct CursorFile {
+    index: u64,
+    file: File,
+    /// Position in the file of the next unread data byte (or of the next header when `record_left` is 0).
+    position: u64,
+    record_left: u64,
+    record_stream: Stream,
+}
+
+impl OutputCursor {
+    pub fn new(offset: u64) -> Self {
+        OutputCursor { offset, file: None }
+    }
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
+impl OutputLog {
+    /// Creates the spool directory `dir` (which must not exist yet) for a job whose retained output is capped at
+    /// `retention` bytes.
+    pub fn create(dir: PathBuf, retention: u64) -> io::Result<OutputLog> {
+        fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let segment_limit = (retention / 8).clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES);
+        Ok(OutputLog {
+            dir,
+            segments: VecDeque::new(),
+            writer: None,
+            next_index: 0,
+            segment_limit,
+            retention,
+            end: 0,
+            finished: false,
+            waiters: Vec::new(),
+        })
+    }
+
+    /// Total bytes of output ever produced.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// First offset still retained.
+    pub fn start(&self) -> u64 {
+        self.segments.front().map_or(self.end, |s| s.start)
+    }
+
+    /// Bytes retained on disk (logical).
+    pub fn retained(&self) -> u64 {
+        self.end - self.start()
+    }
+
+    /// True once no more output will come (the job ended and its pipes reached end of file).
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Appends one record. `record` holds [`RECORD_HEADER_LEN`] spare bytes followed by the data; the header is
+    /// filled in here so the whole record goes to the file in one `write`.
+    pub fn append(&mut self, stream: Stream, record: &mut [u8]) -> io::Result<()> {
+        let len = record.len() - RECORD_HEADER_LEN;
+        if len == 0 {
+            return Ok(());
+        }
+        record[0] = stream.tag();
+        record[1..RECORD_HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
+        if self.writer.is_none() || self.segments.back().is_some_and(|s| s.file_len >= self.segment_limit) {
+            self.roll()?;
+        }
+        self.writer.as_mut().expect("rolled").write_all(record)?;
+        let segment = self.segments.back_mut().expect("rolled");
+        segment.len += len as u64;
+        segment.file_len += record.len() as u64;
+        self.end += len as u64;
+        while self.retained() > self.retention && self.segments.len() > 1 {
+            self.discard_oldest_segment();
+        }
+        Ok(())
+    }
+
+    fn roll(&mut self) -> io::Result<()> {
+        let index = self.next_index;
+        let file = OpenOptions::new().create_new(true).append(true).mode(0o600).open(self.segment_path(index))?;
+        self.next_index += 1;
+        self.writer = Some(file);
+        self.segments.push_back(Segment { index, start: self.end, len: 0, file_len: 0 });
+        Ok(())
+    }
+
+    fn segment_path(&self, index: u64) -> PathBuf {
+        self.dir.join(format!("{index:08}"))
+    }
+
+    /// Deletes the oldest segment if it is not the one being written; returns the logical bytes freed.
+    pub fn discard_oldest_segment(&mut self) -> u64 {
+        let writing = self.writer.is_some();
+        if self.segments.is_empty() || (writing && self.segments.len() == 1) {
+            return 0;
+        }
+        let segment = self.segments.pop_front().expect("non-empty");
+        if let Err(err) = fs::remove_file(self.segment_path(segment.index)) {
+            log::warn!("cannot remove output segment {}: {err}", self.segment_path(segment.index).display());
+        }
+        segment.len
+    }
+
+    /// Marks the output complete: no more appends; wakes every waiting reader so it can end its stream.
+    pub fn finish(&mut self) {
+        self.writer = None;
+        self.finished = true;
+        self.wake_readers();
+    }
+
+    /// Remembers a reader to wake when output is appended or finished.
+    pub fn wait_for_output(&mut self, waker: &Waker) {
+        if !self.waiters.iter().any(|w| w.will_wake(waker)) {
+            self.waiters.push(waker.clone());
+        }
+    }
+
+    /// Wakes every reader waiting for output; called once per batch of appends, not per record.
+    pub fn wake_readers(&mut self) {
+        for waker in self.waiters.drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// Where `cursor` can read next, up to `max` bytes, without crossing a record (so one stream per span).
+    /// `Ok(None)` when the cursor has read everything produced so far. A cursor behind [`Self::start`] first
+    /// jumps forward to it.
+    pub fn next_span(&self, cursor: &mut OutputCursor, max: usize) -> io::Result<Option<Span>> {
+        if cursor.offset < self.start() {
+            cursor.offset = self.start();
+            cursor.file = None;
+        }
+        if cursor.offset >= self.end {
+            return Ok(None);
+        }
+        loop {
+            if cursor.file.is_none() {
+                self.open_at(cursor)?;
+            }
+            let at = cursor.file.as_mut().expect("opened");
+            if at.record_left > 0 {
+                let len = (at.record_left as usize).min(max);
+                return Ok(Some(Span { offset: cursor.offset, stream: at.record_stream, len }));
+            }
+            // Segments are discarded oldest first, so one still being read is retained (the offset check above).
+            let file_len = self.segment_file_len(at.index).unwrap_or(0);
+            if at.position >= file_len {
+                // End of this segment: go on in the next one.
+                cursor.file = None;
+                continue;
+            }
+            read_header(at)?;
+        }
+    }
+
+    /// Reads the span [`Self::next_span`] returned into `dst` (exactly `span.len` bytes) and advances the cursor.
+    pub fn read_span(&self, cursor: &mut OutputCursor, dst: &mut [u8]) -> io::Result<()> {
+        let at = cursor.file.as_mut().expect("next_span opened the segment");
+        at.file.read_exact_at(dst, at.position)?;
+        at.position += dst.len() as u64;
+        at.record_left -= dst.len() as u64;
+        cursor.offset += dst.len() as u64;
+        Ok(())
+    }
+
+    fn segment_file_len(&self, index: u64) -> Option<u64> {
+        self.segments.iter().find(|s| s.index == index).map(|s| s.file_len)
+    }
+
+    /// Opens the segment holding `cursor.offset` and walks its record headers up to that offset.
+    fn open_at(&self, cursor: &mut OutputCursor) -> io::Result<()> {
+        let segment = self
+            .segments
+            .iter()
+            .find(|s| cursor.offset >= s.start && cursor.offset < s.start + s.len)
+            .ok_or_else(|| io::Error::other(format!("no retained segment holds offset {}", cursor.offset)))?;
+        let file = File::open(self.segment_path(segment.index))?;
+        let mut at =
+            CursorFile { index: segment.index, file, position: 0, record_left: 0, record_stream: Stream::Stdout };
+        let mut logical = segment.start;
+        loop {
+            read_header(&mut at)?;
+            if cursor.offset < logical + at.record_left {
+                let skip = cursor.offset - logical;
+                at.position += skip;
+                at.record_left -= skip;
+                break;
+            }
+            logical += at.record_left;
+            at.position += at.record_left;
+            at.record_left = 0;
+        }
+        cursor.file = Some(at);
+        Ok(())
+    }
+
+    /// Deletes every retained segment and the spool directory (job evicted, or server shutdown).
+    pub fn remove(&mut self) {
+        self.writer = None;
+        self.segments.clear();
+        if let Err(err) = fs::remove_dir_all(&self.dir) {
+            if err.kind() != io::ErrorKind::NotFound {
+                log::warn!("cannot remove output spool {}: {err}", self.dir.display());
+            }
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn read_header(at: &mut CursorFile) -> io::Result<()> {
+    let mut header = [0u8; RECORD_HEADER_LEN];
+    at.file.read_exact_at(&mut header, at.position)?;
+    at.position += RECORD_HEADER_LEN as u64;
+    at.record_stream = Stream::from_tag(header[0])?;
+    at.record_left = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as u64;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("runnel-output-{name}-{}", rand::random::<u64>()))
+    }
+
+    fn append(log: &mut OutputLog, stream: Stream, data: &[u8]) {
+        let mut record = vec![0u8; RECORD_HEADER_LEN];
+        record.extend_from_slice(data);
+        log.append(stream, &mut record).unwrap();
+    }
+
+    fn read_all(log: &OutputLog, cursor: &mut OutputCursor, max: usize) -> Vec<(u64, Stream, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Some(span) = log.next_span(cursor, max).unwrap() {
+            let mut buf = vec![0u8; span.len];
+            log.read_span(cursor, &mut buf).unwrap();
+            out.push((span.offset, span.stream, buf));
+        }
+        out
+    }
+
+    #[test]
+    fn replays_interleaved_streams_byte_exact_from_any_offset() {
+        let dir = temp_dir("replay");
+        let mut log = OutputLog::create(dir.clone(), 1 << 30).unwrap();
+        append(&mut log, Stream::Stdout, b"hello ");
+        append(&mut log, Stream::Stderr, &[0, 0xff, 0xfe]);
+        append(&mut log, Stream::Stdout, b"world");
+        assert_eq!(log.end(), 14);
+
+        let got = read_all(&log, &mut OutputCursor::new(0), 1024);
+        assert_eq!(
+            got,
+            vec![
+                (0, Stream::Stdout, b"hello ".to_vec()),
+                (6, Stream::Stderr, vec![0, 0xff, 0xfe]),
+                (9, Stream::Stdout, b"world".to_vec()),
+            ]
+        );
+        let got = read_all(&log, &mut OutputCursor::new(7), 2);
+        assert_eq!(
+            got,
+            vec![
+                (7, Stream::Stderr, vec![0xff, 0xfe]),
+                (9, Stream::Stdout, b"wo".to_vec()),
+                (11, Stream::Stdout, b"rl".to_vec()),
+                (13, Stream::Stdout, b"d".to_vec()),
+            ]
+        );
+        assert!(read_all(&log, &mut OutputCursor::new(14), 10).is_empty());
+        log.remove();
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn retention_discards_whole_segments_and_moves_start() {
+        let dir = temp_dir("retention");
+        // Cap 256 KiB: segments of the 64 KiB minimum.
+        let mut log = OutputLog::create(dir.clone(), 256 * 1024).unwrap();
+        let block = vec![7u8; 16 * 1024];
+        for _ in 0..64 {
+            append(&mut log, Stream::Stdout, &block);
+        }
+        assert_eq!(log.end(), 1024 * 1024);
+        assert!(log.retained() <= 256 * 1024, "retained {}", log.retained());
+        assert!(log.retained() >= 256 * 1024 - 64 * 1024 - 16 * 1024, "retained {}", log.retained());
+        let files = fs::read_dir(&dir).unwrap().count();
+        assert!(files <= 5, "{files} segment files left");
+
+        // A reader asking for offset 0 starts at the first retained byte.
+        let mut cursor = OutputCursor::new(0);
+        let got = read_all(&log, &mut cursor, 1 << 20);
+        assert_eq!(got[0].0, log.start());
+        assert_eq!(got.iter().map(|c| c.2.len() as u64).sum::<u64>(), log.retained());
+        assert_eq!(cursor.offset(), log.end());
+        log.remove();
+    }
+
+    #[test]
+    fn reader_keeps_up_with_appends_across_segments() {
+        let dir = temp_dir("follow");
+        let mut log = OutputLog::create(dir, 1 << 30).unwrap();
+        let mut cursor = OutputCursor::new(0);
+        let mut seen = Vec::new();
+        for round in 0..40u8 {
+            append(&mut log, Stream::Stdout, &vec![round; 5000]);
+            for (_, _, data) in read_all(&log, &mut cursor, 3000) {
+                seen.extend(data);
+            }
+        }
+        assert_eq!(seen.len(), 200_000);
+        assert!(seen.chunks(5000).enumerate().all(|(i, c)| c.iter().all(|&b| b == i as u8)));
+        log.remove();
+    }
+}

@@ -1,0 +1,200 @@
+//! Turning a `StartJobRequest` into a validated [`JobSpec`], and a spec into what the spawn call needs.
+//!
+//! Everything a client sends is checked here, before anything is created, so a bad request changes nothing.
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+use super::JobError;
+use crate::proto::{ResourceLimits, StartJobRequest};
+
+/// PATH a job gets when its request sets none: the usual system directories, never the server's own PATH.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Limits on request sizes that keep one request from costing the server much: argv and env beyond these are
+/// far past what `execve` accepts anyway (`ARG_MAX` is 2 MiB on Linux).
+const MAX_ARGS: usize = 16 * 1024;
+const MAX_ENV: usize = 16 * 1024;
+
+/// Smallest limits that make sense; below them a job cannot start (and a client probably meant a bigger unit).
+const MIN_CPU_MILLICORES: u32 = 10;
+const MIN_MEMORY_BYTES: u64 = 1024 * 1024;
+const MIN_IO_BPS: u64 = 4096;
+
+/// A start request that passed validation.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    /// `None`: a fresh directory under the state dir.
+    pub working_dir: Option<PathBuf>,
+    pub limits: SpawnLimits,
+}
+
+/// The limits a request asked for (0 = server default). Enforcement arrives with cgroup support.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpawnLimits {
+    pub requested: Option<ResourceLimits>,
+}
+
+impl SpawnLimits {
+    /// True if the request set any limit at all.
+    pub fn any_set(&self) -> bool {
+        self.requested.as_ref().is_some_and(|l| *l != ResourceLimits::default())
+    }
+}
+
+impl JobSpec {
+    pub fn from_request(request: StartJobRequest) -> Result<JobSpec, JobError> {
+        let invalid = |m: String| Err(JobError::InvalidArgument(m));
+        if request.command.is_empty() {
+            return invalid("command is empty: give an absolute path or a name to look up in PATH".into());
+        }
+        check_no_nul("command", &request.command)?;
+        if request.args.len() > MAX_ARGS {
+            return invalid(format!("{} args is more than the limit of {MAX_ARGS}", request.args.len()));
+        }
+        for (i, arg) in request.args.iter().enumerate() {
+            check_no_nul(&format!("args[{i}]"), arg)?;
+        }
+        if request.env.len() > MAX_ENV {
+            return invalid(format!("{} env entries is more than the limit of {MAX_ENV}", request.env.len()));
+        }
+        for (i, entry) in request.env.iter().enumerate() {
+            check_no_nul(&format!("env[{i}]"), entry)?;
+            match entry.split_once('=') {
+                None => return invalid(format!("env[{i}] {entry:?} has no '=': write NAME=value")),
+                Some(("", _)) => return invalid(format!("env[{i}] {entry:?} has an empty name: write NAME=value")),
+                Some(_) => {}
+            }
+        }
+        let working_dir = if request.working_dir.is_empty() {
+            None
+        } else {
+            check_no_nul("working_dir", &request.working_dir)?;
+            let dir = PathBuf::from(&request.working_dir);
+            if !dir.is_absolute() {
+                return invalid(format!("working_dir {:?} is not absolute", request.working_dir));
+            }
+            Some(dir)
+        };
+        if let Some(limits) = &request.limits {
+            check_limits(limits)?;
+        }
+        Ok(JobSpec {
+            command: request.command,
+            args: request.args,
+            env: request.env,
+            working_dir,
+            limits: SpawnLimits { requested: request.limits },
+        })
+    }
+
+    /// The job's environment: exactly the requested entries, plus a default PATH if they set none.
+    pub fn environment(&self) -> Vec<String> {
+        let mut env = self.env.clone();
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.push(format!("PATH={DEFAULT_PATH}"));
+        }
+        env
+    }
+
+    /// The paths `execve` will try, in order: the command itself if it contains a `/`, otherwise the command in
+    /// each directory of the job's PATH (the last PATH entry wins if the request repeats it, as a shell would).
+    pub fn exec_candidates(&self) -> Vec<PathBuf> {
+        if self.command.contains('/') {
+            return vec![PathBuf::from(&self.command)];
+        }
+        let env = self.environment();
+        let path = env.iter().rev().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(DEFAULT_PATH);
+        path.split(':').filter(|dir| !dir.is_empty()).map(|dir| Path::new(dir).join(&self.command)).collect()
+    }
+}
+
+fn check_no_nul(field: &str, value: &str) -> Result<(), JobError> {
+    if value.contains('\0') {
+        return Err(JobError::InvalidArgument(format!("{field} contains a NUL byte")));
+    }
+    Ok(())
+}
+
+fn check_limits(limits: &ResourceLimits) -> Result<(), JobError> {
+    let too_small = |field: &str, value: u64, min: u64, unit: &str| {
+        if value != 0 && value < min {
+            Err(JobError::InvalidArgument(format!(
+                "limits.{field} {value} is below the minimum of {min} {unit} (0 means the server default)"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    too_small("cpu_millicores", limits.cpu_millicores.into(), MIN_CPU_MILLICORES.into(), "millicores")?;
+    too_small("memory_bytes", limits.memory_bytes, MIN_MEMORY_BYTES, "bytes")?;
+    too_small("io_read_bps", limits.io_read_bps, MIN_IO_BPS, "bytes/s")?;
+    too_small("io_write_bps", limits.io_write_bps, MIN_IO_BPS, "bytes/s")?;
+    Ok(())
+}
+
+/// Converts to a C string; callers have already rejected NUL bytes.
+pub fn c_string(value: impl Into<Vec<u8>>) -> CString {
+    CString::new(value).expect("validated: no NUL bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(command: &str) -> StartJobRequest {
+        StartJobRequest { command: command.into(), ..Default::default() }
+    }
+
+    fn invalid(request: StartJobRequest) -> String {
+        match JobSpec::from_request(request) {
+            Err(JobError::InvalidArgument(m)) => m,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejects_bad_input_with_the_field_named() {
+        assert!(invalid(request("")).contains("command is empty"));
+        assert!(invalid(request("a\0b")).contains("command contains a NUL"));
+        let mut r = request("ls");
+        r.args = vec!["ok".into(), "b\0d".into()];
+        assert!(invalid(r).contains("args[1]"));
+        let mut r = request("ls");
+        r.env = vec!["NOEQUALS".into()];
+        assert!(invalid(r).contains("has no '='"));
+        let mut r = request("ls");
+        r.env = vec!["=value".into()];
+        assert!(invalid(r).contains("empty name"));
+        let mut r = request("ls");
+        r.working_dir = "relative/dir".into();
+        assert!(invalid(r).contains("not absolute"));
+        let mut r = request("ls");
+        r.limits = Some(ResourceLimits { memory_bytes: 100, ..Default::default() });
+        assert!(invalid(r).contains("memory_bytes 100 is below the minimum"));
+    }
+
+    #[test]
+    fn environment_gets_default_path_only_when_missing() {
+        let spec = JobSpec::from_request(request("ls")).unwrap();
+        assert_eq!(spec.environment(), vec![format!("PATH={DEFAULT_PATH}")]);
+        let mut r = request("ls");
+        r.env = vec!["PATH=/opt/bin".into(), "A=b=c".into()];
+        let spec = JobSpec::from_request(r).unwrap();
+        assert_eq!(spec.environment(), vec!["PATH=/opt/bin".to_string(), "A=b=c".to_string()]);
+        assert_eq!(spec.exec_candidates(), vec![PathBuf::from("/opt/bin/ls")]);
+    }
+
+    #[test]
+    fn candidates_follow_path_or_use_a_path_as_is() {
+        let mut r = request("tool");
+        r.env = vec!["PATH=/a::/b".into()];
+        let spec = JobSpec::from_request(r).unwrap();
+        assert_eq!(spec.exec_candidates(), vec![PathBuf::from("/a/tool"), PathBuf::from("/b/tool")]);
+        let spec = JobSpec::from_request(request("./x/tool")).unwrap();
+        assert_eq!(spec.exec_candidates(), vec![PathBuf::from("./x/tool")]);
+    }
+}

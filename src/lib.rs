@@ -1,0 +1,11 @@
+//! runnel: one static binary that runs Linux jobs for remote clients over mutual-TLS gRPC, on one mio reactor.
+//!
+//! The library exists so the integration tests can drive the same client code the CLI uses; the binary in
+//! `main.rs` is a thin dispatcher over [`cli`]. See `docs/architecture.md` for how the modules fit together.
+
+pub mod cli;
+pub mod grpc;
+pub mod jobs;
+pub mod pki;
+pub mod proto;
+pub mod sys;

@@ -1,0 +1,186 @@
+//! Every raw system call runnel makes, in one place.
+//!
+//! The rest of the crate sees safe functions with `io::Result`s. The one delicate piece is [`spawn`]: it starts a
+//! job with `clone3(CLONE_VM | CLONE_VFORK | CLONE_PIDFD)`, the posix_spawn technique, so the cost of starting a
+//! job does not grow with the server's memory (no page tables are copied) and the server gets a pidfd it can
+//! register with the reactor. The child runs on a small stack of its own in the server's address space until it
+//! execs, so it may only make raw system calls: no allocation, no locks, nothing that touches Rust state.
+
+mod spawn;
+
+pub use spawn::{spawn, ChildStack, ExecFailure, SpawnFds, SpawnProgram, SpawnStage};
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Turns a libc `-1` return into `io::Error::last_os_error()`, as mio does.
+macro_rules! syscall {
+    ($fn: ident ( $($arg: expr),* $(,)* ) ) => {{
+        #[allow(unused_unsafe)]
+        // SAFETY: the caller of the macro upholds the libc function's contract for these arguments.
+        let res = unsafe { libc::$fn($($arg, )*) };
+        if res == -1 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(res)
+        }
+    }};
+}
+pub(crate) use syscall;
+
+/// A pipe for one of a job's output streams: the server keeps `read` (non-blocking), the job gets `write`.
+pub struct OutputPipe {
+    pub read: OwnedFd,
+    pub write: OwnedFd,
+}
+
+/// Pipe buffer size asked for with `F_SETPIPE_SZ`: 1 MiB (the unprivileged maximum by default) lets a fast
+/// writer hand over more per wakeup, measured at 2.4 → 3.4 GB/s on this kind of machine.
+const PIPE_SIZE: libc::c_int = 1 << 20;
+
+/// Makes a close-on-exec pipe with a non-blocking read end and a blocking write end (jobs expect blocking stdout).
+pub fn output_pipe() -> io::Result<OutputPipe> {
+    let mut fds = [0 as RawFd; 2];
+    syscall!(pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC))?;
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let flags = syscall!(fcntl(read.as_raw_fd(), libc::F_GETFL))?;
+    syscall!(fcntl(read.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK))?;
+    // A smaller pipe still works; the size is only a throughput optimisation.
+    let _ = syscall!(fcntl(read.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE));
+    Ok(OutputPipe { read, write })
+}
+
+/// Reads into `buf`, mapping `EAGAIN` to `Ok(None)`.
+pub fn read_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    loop {
+        match syscall!(read(fd, buf.as_mut_ptr().cast(), buf.len())) {
+            Ok(n) => return Ok(Some(n as usize)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// How a process ended, as `waitid` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    Exited(i32),
+    Signaled(i32),
+}
+
+/// How to wait in [`wait_pidfd`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Reap the process if it has ended; return at once otherwise.
+    ReapIfEnded,
+    /// Report whether it has ended but leave it a zombie (its pid, and so its process group id, stay reserved).
+    PeekIfEnded,
+    /// Block until it ends, then reap it.
+    Reap,
+}
+
+/// Waits for the process behind `pidfd`; `Ok(None)` while it still runs.
+pub fn wait_pidfd(pidfd: RawFd, wait: Wait) -> io::Result<Option<ExitStatus>> {
+    // SAFETY: siginfo_t is plain data; all-zero is a valid value and how callers detect "no child ended".
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED
+        | match wait {
+            Wait::ReapIfEnded => libc::WNOHANG,
+            Wait::PeekIfEnded => libc::WNOHANG | libc::WNOWAIT,
+            Wait::Reap => 0,
+        };
+    loop {
+        match syscall!(waitid(libc::P_PIDFD, pidfd as libc::id_t, &mut info, flags)) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    // SAFETY: waitid filled `info` for a child event (or left it zeroed under WNOHANG), so si_pid/si_status
+    // are the fields the kernel wrote for SIGCHLD-style siginfo.
+    let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+    if pid == 0 {
+        return Ok(None);
+    }
+    Ok(Some(match info.si_code {
+        libc::CLD_EXITED => ExitStatus::Exited(status),
+        _ => ExitStatus::Signaled(status),
+    }))
+}
+
+/// Sends `signal` to every process in the process group `pgid`. A group that no longer exists is not an error.
+pub fn kill_process_group(pgid: i32, signal: i32) -> io::Result<()> {
+    match syscall!(kill(-pgid, signal)) {
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+/// The signals the server handles through its signalfd: shutdown requests.
+pub const SHUTDOWN_SIGNALS: [libc::c_int; 2] = [libc::SIGTERM, libc::SIGINT];
+
+/// Blocks `signals` for this (only) thread and returns a non-blocking signalfd that reports them.
+pub fn signalfd(signals: &[libc::c_int]) -> io::Result<OwnedFd> {
+    // SAFETY: sigset_t is plain data and sigemptyset initialises it before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t.
+    unsafe { libc::sigemptyset(&mut set) };
+    for &signal in signals {
+        // SAFETY: `set` is initialised; `signal` is a valid signal number.
+        unsafe { libc::sigaddset(&mut set, signal) };
+    }
+    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    let fd = syscall!(signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC))?;
+    // SAFETY: signalfd returned a fresh descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Reads one pending signal number from a signalfd; `Ok(None)` when none is pending.
+pub fn read_signal(fd: RawFd) -> io::Result<Option<i32>> {
+    // SAFETY: signalfd_siginfo is plain data.
+    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    // SAFETY: the buffer is exactly one signalfd_siginfo long and writable.
+    let buf = unsafe { std::slice::from_raw_parts_mut((&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+    match read_nonblocking(fd, buf)? {
+        Some(n) if n == size => Ok(Some(info.ssi_signo as i32)),
+        _ => Ok(None),
+    }
+}
+
+/// Makes sure descriptors 0, 1 and 2 are open (on `/dev/null` if they were closed), so no pipe or socket the
+/// server opens later can land on them and be mistaken for a standard stream by a job.
+pub fn ensure_standard_fds() -> io::Result<()> {
+    for fd in 0..3 {
+        if syscall!(fcntl(fd, libc::F_GETFD)).is_err() {
+            let null = syscall!(open(c"/dev/null".as_ptr(), libc::O_RDWR))?;
+            if null != fd {
+                syscall!(dup2(null, fd))?;
+                syscall!(close(null))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Takes an exclusive, non-blocking `flock` on `fd`. `Ok(false)` if another process holds it.
+pub fn try_lock_exclusive(fd: RawFd) -> io::Result<bool> {
+    match syscall!(flock(fd, libc::LOCK_EX | libc::LOCK_NB)) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens `/dev/null` read-only, close-on-exec: the job's stdin.
+pub fn open_dev_null() -> io::Result<OwnedFd> {
+    let fd = syscall!(open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC))?;
+    // SAFETY: open returned a fresh descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

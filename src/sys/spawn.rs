@@ -1,0 +1,279 @@
+//! Starting a job's process: `clone3(CLONE_VM | CLONE_VFORK | CLONE_PIDFD)` and `execve`, posix_spawn style.
+//!
+//! The parent prepares everything the child needs (C strings, descriptors, a stack) before the clone, because
+//! the child shares the parent's memory and must not allocate or take locks. `CLONE_VFORK` suspends the parent
+//! until the child has exec'd or exited, so the child can report an exec failure by writing into a
+//! [`ExecFailure`] that lives in the parent's stack frame, and the parent reads it afterwards without a race.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// What the child execs: candidate paths tried in order (a bare name resolved against `PATH`), argv, envp.
+/// All pointers are NUL-terminated arrays of pointers into `CString`s the caller keeps alive.
+pub struct SpawnProgram<'a> {
+    pub candidates: &'a [*const libc::c_char],
+    pub argv: &'a [*const libc::c_char],
+    pub envp: &'a [*const libc::c_char],
+    pub working_dir: &'a CStr,
+}
+
+/// The descriptors that become the job's stdin, stdout and stderr.
+pub struct SpawnFds<'a> {
+    pub stdin: BorrowedFd<'a>,
+    pub stdout: BorrowedFd<'a>,
+    pub stderr: BorrowedFd<'a>,
+}
+
+/// The step at which the child failed, reported back through shared memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum SpawnStage {
+    Setup = 1,
+    WorkingDir = 2,
+    Exec = 3,
+}
+
+/// A child-side failure: the stage and its errno.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecFailure {
+    pub stage: SpawnStage,
+    pub errno: i32,
+}
+
+/// Memory the child writes its failure into; zero stage means the exec succeeded.
+#[repr(C)]
+struct ChildReport {
+    stage: u32,
+    errno: i32,
+}
+
+/// A stack for the short-lived child, allocated once and reused: the child only runs until `execve`, and
+/// `CLONE_VFORK` guarantees one child at a time uses it.
+pub struct ChildStack {
+    memory: Vec<u128>,
+}
+
+/// 64 KiB is far more than the child's few frames of raw system calls need.
+const CHILD_STACK_BYTES: usize = 64 * 1024;
+
+impl Default for ChildStack {
+    fn default() -> Self {
+        ChildStack { memory: vec![0u128; CHILD_STACK_BYTES / 16] }
+    }
+}
+
+/// Everything the child function reads, passed by pointer through the trampoline.
+struct ChildArgs<'a> {
+    program: &'a SpawnProgram<'a>,
+    fds: [RawFd; 3],
+    report: *mut ChildReport,
+}
+
+/// Starts the program in a new session (so it leads its own process group) with the given descriptors as
+/// 0/1/2, every other descriptor closed, default signal dispositions and an empty signal mask.
+///
+/// Returns the pid and a pidfd once the child has exec'd, or the child's failure (the child has then already
+/// been reaped).
+pub fn spawn(
+    program: &SpawnProgram<'_>,
+    fds: &SpawnFds<'_>,
+    stack: &mut ChildStack,
+) -> io::Result<Result<(i32, OwnedFd), ExecFailure>> {
+    assert!(program.candidates.last() == Some(&std::ptr::null()));
+    assert!(program.argv.last() == Some(&std::ptr::null()));
+    assert!(program.envp.last() == Some(&std::ptr::null()));
+
+    let mut report = ChildReport { stage: 0, errno: 0 };
+    let args = ChildArgs {
+        program,
+        fds: [fds.stdin.as_raw_fd(), fds.stdout.as_raw_fd(), fds.stderr.as_raw_fd()],
+        report: &mut report,
+    };
+    let mut pidfd: RawFd = -1;
+    let mut clone_args = CloneArgs {
+        flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD) as u64,
+        pidfd: &mut pidfd as *mut RawFd as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: stack.memory.as_mut_ptr() as u64,
+        stack_size: (stack.memory.len() * 16) as u64,
+        ..CloneArgs::default()
+    };
+
+    // Block every signal while the child shares our memory, so no handler of ours can run on its stack.
+    let old_mask = block_all_signals()?;
+    // SAFETY: `clone_args` describes a stack we own exclusively for the child's lifetime (CLONE_VFORK keeps us
+    // suspended until the child execs or exits); `child_main` only makes async-signal-safe system calls and
+    // reads `args`, which outlives the child's use of it for the same reason.
+    let pid = unsafe { clone3_trampoline(&mut clone_args, child_main, &args as *const ChildArgs as *mut libc::c_void) };
+    restore_signal_mask(&old_mask);
+    if pid < 0 {
+        return Err(io::Error::from_raw_os_error(-pid as i32));
+    }
+    // SAFETY: clone3 succeeded with CLONE_PIDFD, so the kernel stored a new descriptor we now own.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+
+    if report.stage != 0 {
+        // The child has exited (127) before exec; reap it so nothing is left behind.
+        super::wait_pidfd(pidfd.as_raw_fd(), super::Wait::Reap)?;
+        let stage = match report.stage {
+            2 => SpawnStage::WorkingDir,
+            3 => SpawnStage::Exec,
+            _ => SpawnStage::Setup,
+        };
+        return Ok(Err(ExecFailure { stage, errno: report.errno }));
+    }
+    Ok(Ok((pid as i32, pidfd)))
+}
+
+/// `struct clone_args` from `linux/sched.h` (version 2, 88 bytes, with `cgroup`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+fn block_all_signals() -> io::Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data, initialised by sigfillset/pthread_sigmask before it is read.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `all` is a valid sigset_t to fill.
+    unsafe { libc::sigfillset(&mut all) };
+    // SAFETY: both pointers are valid sigset_t.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(old)
+}
+
+fn restore_signal_mask(mask: &libc::sigset_t) {
+    // SAFETY: `mask` came from pthread_sigmask.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut()) };
+}
+
+/// Calls `clone3`; in the child, calls `child(arg)` on the new stack and exits with its return value.
+///
+/// Written in assembly because after `clone3` with a new stack the child cannot return into Rust code whose
+/// frame lives on the parent's stack; glibc's `clone` does the same.
+///
+/// # Safety
+/// `args` must describe a valid stack not used by anything else until the child execs or exits, and `child`
+/// must be safe to run in a process that shares this address space (raw system calls only).
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone3_trampoline(
+    args: &mut CloneArgs,
+    child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
+) -> libc::c_long {
+    let ret: libc::c_long;
+    // SAFETY: see the function's contract. The child branch never returns into Rust: it calls `child` with a
+    // 16-byte aligned stack (the kernel sets rsp to stack + stack_size, which is 16-aligned) and exits.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r12",
+            "call r13",
+            "mov edi, eax",
+            "mov eax, {exit}",
+            "syscall",
+            "ud2",
+            "2:",
+            exit = const libc::SYS_exit,
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") args as *mut CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") arg,
+            in("r13") child,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+compile_error!("runnel's spawn trampoline is written for x86_64 Linux only");
+
+/// Signals whose dispositions the child resets to default: every standard signal but SIGKILL/SIGSTOP (which
+/// cannot be changed). Rust ignores SIGPIPE and installs SIGSEGV/SIGBUS handlers; a job must see neither.
+const RESET_SIGNALS: std::ops::RangeInclusive<libc::c_int> = 1..=31;
+
+/// The child, between clone and exec. Raw system calls only: it shares the parent's memory.
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `ChildArgs` the parent passed, alive while the parent is suspended by CLONE_VFORK.
+    let args = unsafe { &*(arg as *const ChildArgs) };
+    let fail = |stage: SpawnStage| -> libc::c_int {
+        // SAFETY: errno is thread-local storage of the parent's thread, readable here since we share memory
+        // and the parent is suspended; `report` points into the parent's suspended frame.
+        unsafe {
+            (*args.report).errno = *libc::__errno_location();
+            (*args.report).stage = stage as u32;
+        }
+        127
+    };
+
+    // SAFETY (for the block below): each call is a thin async-signal-safe system call wrapper on values the
+    // parent prepared; none allocates or locks.
+    unsafe {
+        let mut default: libc::sigaction = std::mem::zeroed();
+        default.sa_sigaction = libc::SIG_DFL;
+        for signal in RESET_SIGNALS {
+            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                libc::sigaction(signal, &default, std::ptr::null_mut());
+            }
+        }
+        // A new session: its own process group (so stop can signal the whole group) and no controlling terminal.
+        if libc::setsid() < 0 {
+            return fail(SpawnStage::Setup);
+        }
+        for (target, &fd) in args.fds.iter().enumerate() {
+            if libc::dup2(fd, target as libc::c_int) < 0 {
+                return fail(SpawnStage::Setup);
+            }
+        }
+        // Every server descriptor is close-on-exec already; this makes sure of it for any that is not.
+        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) < 0 {
+            return fail(SpawnStage::Setup);
+        }
+        if libc::chdir(args.program.working_dir.as_ptr()) < 0 {
+            return fail(SpawnStage::WorkingDir);
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+
+        // Try each candidate like execvpe: remember EACCES, keep going past ENOENT/ENOTDIR.
+        let mut saw_eacces = false;
+        let mut last_errno = libc::ENOENT;
+        for &path in args.program.candidates {
+            if path.is_null() {
+                break;
+            }
+            libc::execve(path, args.program.argv.as_ptr(), args.program.envp.as_ptr());
+            last_errno = *libc::__errno_location();
+            match last_errno {
+                libc::EACCES => saw_eacces = true,
+                libc::ENOENT | libc::ENOTDIR | libc::ENAMETOOLONG | libc::ELOOP => {}
+                _ => break,
+            }
+        }
+        *libc::__errno_location() = if saw_eacces && last_errno == libc::ENOENT { libc::EACCES } else { last_errno };
+    }
+    fail(SpawnStage::Exec)
+}
