@@ -4,8 +4,12 @@
 //! `main.rs` is a thin dispatcher over [`cli`]. See `docs/architecture.md` for how the modules fit together.
 
 pub mod cli;
+pub mod client;
 pub mod grpc;
 pub mod jobs;
 pub mod pki;
 pub mod proto;
+pub mod reactor;
+pub mod server;
 pub mod sys;
+pub mod tls;

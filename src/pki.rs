@@ -66,7 +66,7 @@ pub enum PkiError {
     /// A certificate or key file could not be created or written.
     Write { path: PathBuf, source: io::Error },
     /// A name to be put in a certificate (CN, client name, DNS name) is not acceptable.
-    InvalidName { name: String, reason: &'static str },
+    InvalidName { what: &'static str, name: String, reason: &'static str },
     /// A server certificate was asked for without any DNS name or IP address to be valid for.
     NoServerNames,
     /// The validity period is empty or outside what X.509 can encode.
@@ -107,7 +107,7 @@ impl fmt::Display for PkiError {
                 write!(f, "cannot create directory {}: {source}", path.display())
             }
             PkiError::Write { path, source } => write!(f, "cannot write {}: {source}", path.display()),
-            PkiError::InvalidName { name, reason } => write!(f, "invalid name {name:?}: {reason}"),
+            PkiError::InvalidName { what, name, reason } => write!(f, "invalid {what} {name:?}: {reason}"),
             PkiError::NoServerNames => write!(
                 f,
                 "a server certificate needs at least one DNS name or IP address that clients will connect to \
@@ -216,7 +216,7 @@ fn path_with_suffix(prefix: &Path, suffix: &str) -> PathBuf {
 /// forbidding them limits what a stolen leaf key could be made into.
 pub fn write_ca(out: &Path, common_name: &str, validity: &Validity) -> Result<(), PkiError> {
     check_output_prefix(out)?;
-    check_common_name(common_name)?;
+    check_common_name("CA name", common_name)?;
     validity.check()?;
 
     let key = generate_key()?;
@@ -251,10 +251,11 @@ pub fn write_server(
 
     let mut subject_alt_names = Vec::with_capacity(dns.len() + ips.len());
     for name in dns {
-        let ia5 = name
-            .as_str()
-            .try_into()
-            .map_err(|_| PkiError::InvalidName { name: name.clone(), reason: "a DNS name must be ASCII" })?;
+        let ia5 = name.as_str().try_into().map_err(|_| PkiError::InvalidName {
+            what: "DNS name",
+            name: name.clone(),
+            reason: "it must be ASCII",
+        })?;
         subject_alt_names.push(SanType::DnsName(ia5));
     }
     subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
@@ -269,7 +270,7 @@ pub fn write_server(
 /// `name` becomes the subject CN, which is the identity [`identity_from_cert_der`] gives the server.
 pub fn write_client(ca: &Path, out: &Path, name: &str, validity: &Validity) -> Result<(), PkiError> {
     check_output_prefix(out)?;
-    check_common_name(name)?;
+    check_common_name("client name", name)?;
     validity.check()?;
 
     let params = leaf_params(name, validity, ExtendedKeyUsagePurpose::ClientAuth);
@@ -331,7 +332,7 @@ fn check_output_prefix(prefix: &Path) -> Result<(), PkiError> {
     Ok(())
 }
 
-fn check_common_name(name: &str) -> Result<(), PkiError> {
+fn check_common_name(what: &'static str, name: &str) -> Result<(), PkiError> {
     let reason = if name.is_empty() {
         "it must not be empty"
     } else if name.chars().any(char::is_control) {
@@ -341,23 +342,23 @@ fn check_common_name(name: &str) -> Result<(), PkiError> {
     } else {
         return Ok(());
     };
-    Err(PkiError::InvalidName { name: name.to_owned(), reason })
+    Err(PkiError::InvalidName { what, name: name.to_owned(), reason })
 }
 
 /// Catches typos that would produce a certificate no client can match, rather than fully validating RFC 1123.
 fn check_dns_name(name: &str) -> Result<(), PkiError> {
     let reason = if name.is_empty() {
-        "a DNS name must not be empty"
+        "it must not be empty"
     } else if name.parse::<IpAddr>().is_ok() {
-        "this is an IP address; give it with --ip so it becomes an IP SAN that clients can match"
+        "it is an IP address; give it with --ip so it becomes an IP SAN that clients can match"
     } else if name.len() > MAX_DNS_NAME_CHARS {
-        "a DNS name must be at most 253 characters"
+        "it must be at most 253 characters"
     } else if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '*')) {
-        "a DNS name may contain only ASCII letters, digits, '-', '.', '_' and a leading '*' label"
+        "it may contain only ASCII letters, digits, '-', '.', '_' and a leading '*' label"
     } else {
         return Ok(());
     };
-    Err(PkiError::InvalidName { name: name.to_owned(), reason })
+    Err(PkiError::InvalidName { what: "DNS name", name: name.to_owned(), reason })
 }
 
 fn generate_key() -> Result<KeyPair, PkiError> {

@@ -268,7 +268,9 @@ impl JobTable {
     /// a caller learns nothing about jobs that are not theirs.
     pub fn find(&self, caller: &Caller, id: &str) -> Result<JobKey, JobError> {
         let parsed = JobId::parse(id).ok_or_else(|| {
-            JobError::InvalidArgument(format!("job_id {id:?} is not a UUID (like 123e4567-e89b-42d3-a456-426614174000)"))
+            JobError::InvalidArgument(format!(
+                "job_id {id:?} is not a UUID (like 123e4567-e89b-42d3-a456-426614174000)"
+            ))
         })?;
         self.by_id
             .get(&parsed)
@@ -620,14 +622,12 @@ fn exec_error(spec: &JobSpec, working_dir: &Path, failure: ExecFailure) -> JobEr
             JobError::PermissionDenied(format!("cannot execute {}: {reason}", spec.command))
         }
         (SpawnStage::Exec, _) => JobError::FailedPrecondition(format!("cannot execute {}: {reason}", spec.command)),
-        (SpawnStage::WorkingDir, libc::EACCES) => JobError::PermissionDenied(format!(
-            "cannot enter working directory {}: {reason}",
-            working_dir.display()
-        )),
-        (SpawnStage::WorkingDir, _) => JobError::FailedPrecondition(format!(
-            "working directory {} is not usable: {reason}",
-            working_dir.display()
-        )),
+        (SpawnStage::WorkingDir, libc::EACCES) => {
+            JobError::PermissionDenied(format!("cannot enter working directory {}: {reason}", working_dir.display()))
+        }
+        (SpawnStage::WorkingDir, _) => {
+            JobError::FailedPrecondition(format!("working directory {} is not usable: {reason}", working_dir.display()))
+        }
         (SpawnStage::Setup, _) => JobError::Internal(format!("cannot set up the job's process: {reason}")),
     }
 }

@@ -26,7 +26,6 @@ macro_rules! syscall {
         }
     }};
 }
-pub(crate) use syscall;
 
 /// A pipe for one of a job's output streams: the server keeps `read` (non-blocking), the job gets `write`.
 pub struct OutputPipe {
@@ -183,4 +182,21 @@ pub fn open_dev_null() -> io::Result<OwnedFd> {
     let fd = syscall!(open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC))?;
     // SAFETY: open returned a fresh descriptor we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `CGROUP2_SUPER_MAGIC` from `linux/magic.h`: the filesystem type of a cgroup v2 mount.
+const CGROUP2_SUPER_MAGIC: libc::c_long = 0x6367_7270;
+
+/// Why this host cannot enforce cgroup v2 resource limits. This build does not enforce limits yet, so there is
+/// always a reason; it says what the host offers so the message stays true once it does.
+pub fn cgroup2_unavailable_reason() -> String {
+    // SAFETY: statfs is plain data, filled by the call before it is read.
+    let mut info: libc::statfs = unsafe { std::mem::zeroed() };
+    match syscall!(statfs(c"/sys/fs/cgroup".as_ptr(), &mut info)) {
+        Err(err) => format!("cannot inspect /sys/fs/cgroup: {err}"),
+        Ok(_) if info.f_type as libc::c_long != CGROUP2_SUPER_MAGIC => {
+            "/sys/fs/cgroup is not a cgroup v2 (unified) hierarchy".to_string()
+        }
+        Ok(_) => "this build of runnel does not enforce cgroup v2 limits yet".to_string(),
+    }
 }

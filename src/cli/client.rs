@@ -1,0 +1,329 @@
+//! `runnel client`: one command against a server, printed for people (tables, raw output) or scripts (JSON
+//! lines, exit codes).
+
+use std::ffi::OsString;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::format::{self, parse_cpu, parse_duration, parse_size};
+use super::{finish, split_at_double_dash, CliError};
+use crate::client::{CallError, Client, ClientSettings, ResponseStream};
+use crate::grpc::Code;
+use crate::proto::{
+    GetJobRequest, Job, ListJobsRequest, ListJobsResponse, OutputChunk, OutputStream, ResourceLimits, StartJobRequest,
+    StopJobRequest, StreamOutputRequest, WaitJobRequest,
+};
+use crate::tls::KeySource;
+
+pub const USAGE: &str = "\
+usage: runnel client [connection options] COMMAND ...
+
+commands:
+  start [start options] -- CMD [ARG]...   start a job; prints its id
+  run [start options] -- CMD [ARG]...     start a job, stream its output, exit with its exit code
+                                          (Ctrl-C stops the job; a second Ctrl-C leaves at once)
+  status ID [--json]                      show one job
+  list [--state S]... [--json]            show jobs (S: running, stopping, exited, killed)
+  logs [-f] [--offset N] ID               print a job's output as raw bytes (stdout→stdout, stderr→stderr);
+                                          -f keeps following until the job has ended
+  stop [--grace DUR] ID                   SIGTERM the job, SIGKILL after the grace period; waits for the end
+  wait ID                                 wait for a job to end; exit with its exit code (128+N for signal N)
+
+start options:
+  --env NAME=VALUE     environment entry (repeatable); the job sees only these, plus a default PATH
+  --cwd DIR            absolute working directory [default: a fresh directory on the server]
+  --cpu N              CPUs (0.5 = half a CPU)           --memory SIZE     memory limit (256M, 1G)
+  --io-read-bps SIZE   disk read bytes/s                 --io-write-bps SIZE  disk write bytes/s
+  --pids N             maximum number of processes
+
+connection options (or environment variables):
+  --server HOST:PORT   [RUNNEL_SERVER, default 127.0.0.1:50051]
+  --cert FILE          client certificate [RUNNEL_CERT]
+  --key FILE           client private key [RUNNEL_KEY; or the PEM text in RUNNEL_TLS_KEY]
+  --ca FILE            CA that signed the server's certificate [RUNNEL_CA]
+  --server-name NAME   name the server's certificate must carry [default: the host of --server]
+
+Errors print as `error: CODE: message`; usage errors exit 2, others 1.
+";
+
+fn call_error(err: CallError) -> CliError {
+    match err {
+        CallError::Status(status) => CliError::status(status.code, status.message),
+        CallError::Interrupted => CliError::status(Code::Cancelled, "interrupted"),
+    }
+}
+
+fn path_setting(args: &mut pico_args::Arguments, flag: &'static str, env: &str) -> Result<Option<PathBuf>, CliError> {
+    Ok(args.opt_value_from_str::<_, PathBuf>(flag)?.or_else(|| std::env::var_os(env).map(PathBuf::from)))
+}
+
+pub fn run(args: Vec<OsString>) -> Result<i32, CliError> {
+    let (flags, command_line) = split_at_double_dash(args);
+    let mut args = pico_args::Arguments::from_vec(flags);
+    let server: Option<String> = args.opt_value_from_str("--server")?;
+    let cert = path_setting(&mut args, "--cert", "RUNNEL_CERT")?;
+    let key = path_setting(&mut args, "--key", "RUNNEL_KEY")?;
+    let ca = path_setting(&mut args, "--ca", "RUNNEL_CA")?;
+    let server_name: Option<String> = args.opt_value_from_str("--server-name")?;
+    let help = args.contains(["-h", "--help"]);
+    let command = args.subcommand()?;
+    if help || command.as_deref() == Some("help") {
+        print!("{USAGE}");
+        return Ok(0);
+    }
+    let Some(command) = command else {
+        return Err(CliError::usage("no client command given; see `runnel client --help`"));
+    };
+
+    let parsed = parse_command(&command, &mut args, command_line)?;
+    finish(args)?;
+
+    let settings = ClientSettings {
+        server: server.or_else(|| std::env::var("RUNNEL_SERVER").ok()).unwrap_or_else(|| "127.0.0.1:50051".into()),
+        cert: cert.ok_or_else(|| CliError::usage("no client certificate: pass --cert FILE or set RUNNEL_CERT"))?,
+        key: KeySource::from_env_or(key)
+            .ok_or_else(|| CliError::usage("no client key: pass --key FILE, set RUNNEL_KEY or RUNNEL_TLS_KEY"))?,
+        ca: ca.ok_or_else(|| CliError::usage("no CA certificate: pass --ca FILE or set RUNNEL_CA"))?,
+        server_name,
+    };
+    let mut client = Client::connect(&settings).map_err(|s| CliError::status(s.code, s.message))?;
+    parsed.execute(&mut client)
+}
+
+/// A parsed client command.
+enum Command {
+    Start(StartJobRequest),
+    Run(StartJobRequest),
+    Status { id: String, json: bool },
+    List { states: Vec<i32>, json: bool },
+    Logs { id: String, offset: u64, follow: bool },
+    Stop { id: String, grace: Option<Duration> },
+    Wait { id: String },
+}
+
+fn parse_command(
+    command: &str,
+    args: &mut pico_args::Arguments,
+    command_line: Option<Vec<OsString>>,
+) -> Result<Command, CliError> {
+    if !matches!(command, "start" | "run") && command_line.is_some() {
+        return Err(CliError::usage(format!("{command} takes no `-- CMD`")));
+    }
+    let id = |args: &mut pico_args::Arguments| -> Result<String, CliError> {
+        args.opt_free_from_str()?.ok_or_else(|| CliError::usage(format!("{command} needs a job ID")))
+    };
+    let parsed = match command {
+        "start" | "run" => {
+            let request = parse_start(args, command_line)?;
+            if command == "start" {
+                Command::Start(request)
+            } else {
+                Command::Run(request)
+            }
+        }
+        "status" => {
+            let json = args.contains("--json");
+            Command::Status { id: id(args)?, json }
+        }
+        "list" => {
+            let json = args.contains("--json");
+            let states = args.values_from_fn("--state", format::parse_state)?;
+            Command::List { states: states.into_iter().map(|s| s as i32).collect(), json }
+        }
+        "logs" => {
+            let follow = args.contains(["-f", "--follow"]);
+            let offset = args.opt_value_from_str("--offset")?.unwrap_or(0);
+            Command::Logs { id: id(args)?, offset, follow }
+        }
+        "stop" => {
+            let grace = args.opt_value_from_fn("--grace", parse_duration)?;
+            Command::Stop { id: id(args)?, grace }
+        }
+        "wait" => Command::Wait { id: id(args)? },
+        other => return Err(CliError::usage(format!("unknown client command {other:?}; see `runnel client --help`"))),
+    };
+    Ok(parsed)
+}
+
+fn parse_start(
+    args: &mut pico_args::Arguments,
+    command_line: Option<Vec<OsString>>,
+) -> Result<StartJobRequest, CliError> {
+    let env: Vec<String> = args.values_from_str("--env")?;
+    for entry in &env {
+        if !entry.contains('=') || entry.starts_with('=') {
+            return Err(CliError::usage(format!("--env {entry:?}: write NAME=VALUE")));
+        }
+    }
+    let working_dir: Option<String> = args.opt_value_from_str("--cwd")?;
+    let nonzero = |what: &str, value: u64| {
+        if value == 0 {
+            Err(CliError::usage(format!("{what} must be greater than 0")))
+        } else {
+            Ok(value)
+        }
+    };
+    let mut limits = ResourceLimits::default();
+    if let Some(cpu) = args.opt_value_from_fn("--cpu", parse_cpu)? {
+        limits.cpu_millicores = cpu;
+    }
+    if let Some(memory) = args.opt_value_from_fn("--memory", parse_size)? {
+        limits.memory_bytes = nonzero("--memory", memory)?;
+    }
+    if let Some(bps) = args.opt_value_from_fn("--io-read-bps", parse_size)? {
+        limits.io_read_bps = nonzero("--io-read-bps", bps)?;
+    }
+    if let Some(bps) = args.opt_value_from_fn("--io-write-bps", parse_size)? {
+        limits.io_write_bps = nonzero("--io-write-bps", bps)?;
+    }
+    if let Some(pids) = args.opt_value_from_str::<_, u32>("--pids")? {
+        limits.max_pids = nonzero("--pids", pids.into())? as u32;
+    }
+    let words = command_line.unwrap_or_default();
+    let mut words = words.into_iter().map(|w| {
+        w.into_string().map_err(|w| CliError::usage(format!("{w:?} is not valid UTF-8 (the API carries strings)")))
+    });
+    let command = words
+        .next()
+        .transpose()?
+        .ok_or_else(|| CliError::usage("give the command after `--`: start -- CMD [ARG]..."))?;
+    Ok(StartJobRequest {
+        command,
+        args: words.collect::<Result<_, _>>()?,
+        env,
+        working_dir: working_dir.unwrap_or_default(),
+        limits: (limits != ResourceLimits::default()).then_some(limits),
+    })
+}
+
+const START: &str = "/runnel.v1.JobService/StartJob";
+const STOP: &str = "/runnel.v1.JobService/StopJob";
+const GET: &str = "/runnel.v1.JobService/GetJob";
+const LIST: &str = "/runnel.v1.JobService/ListJobs";
+const WAIT: &str = "/runnel.v1.JobService/WaitJob";
+const STREAM: &str = "/runnel.v1.JobService/StreamOutput";
+
+/// The exit code a shell would give for a job: its exit code, or 128 + the signal that killed it.
+fn job_exit_code(job: &Job) -> i32 {
+    match (job.exit_code, job.signal) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        _ => 1,
+    }
+}
+
+impl Command {
+    fn execute(self, client: &mut Client) -> Result<i32, CliError> {
+        match self {
+            Command::Start(request) => {
+                let job: Job = client.unary(START, &request, None).map_err(call_error)?;
+                println!("{}", job.id);
+                Ok(0)
+            }
+            Command::Status { id, json } => {
+                let job: Job = client.unary(GET, &GetJobRequest { job_id: id }, None).map_err(call_error)?;
+                print_jobs(&[job], json);
+                Ok(0)
+            }
+            Command::List { states, json } => {
+                let response: ListJobsResponse =
+                    client.unary(LIST, &ListJobsRequest { states }, None).map_err(call_error)?;
+                print_jobs(&response.jobs, json);
+                Ok(0)
+            }
+            Command::Logs { id, offset, follow } => {
+                let request = StreamOutputRequest { job_id: id, offset, follow };
+                let mut stream = client.start_call(STREAM, &request, None).map_err(call_error)?;
+                match copy_output(client, &mut stream) {
+                    Ok(()) => Ok(0),
+                    Err(CopyError::Call(err)) => Err(call_error(err)),
+                    Err(CopyError::ClosedOutput) => Ok(0),
+                }
+            }
+            Command::Stop { id, grace } => {
+                let request =
+                    StopJobRequest { job_id: id, grace_period: grace.map(|g| g.try_into().expect("bounded duration")) };
+                let job: Job = client.unary(STOP, &request, None).map_err(call_error)?;
+                print_jobs(&[job], false);
+                Ok(0)
+            }
+            Command::Wait { id } => {
+                let job: Job = client.unary(WAIT, &WaitJobRequest { job_id: id }, None).map_err(call_error)?;
+                Ok(job_exit_code(&job))
+            }
+            Command::Run(request) => run_job(client, request),
+        }
+    }
+}
+
+fn print_jobs(jobs: &[Job], json: bool) {
+    if json {
+        for job in jobs {
+            println!("{}", format::json(job));
+        }
+    } else {
+        print!("{}", format::table(jobs));
+    }
+}
+
+enum CopyError {
+    Call(CallError),
+    /// Our stdout or stderr was closed (`runnel client logs ID | head`): stop quietly.
+    ClosedOutput,
+}
+
+/// Writes a job's output chunks to our stdout and stderr, byte for byte, until the stream ends.
+fn copy_output(client: &mut Client, stream: &mut ResponseStream) -> Result<(), CopyError> {
+    let (stdout, stderr) = (io::stdout(), io::stderr());
+    while let Some(chunk) = client.next_message::<OutputChunk>(stream).map_err(CopyError::Call)? {
+        let result = if chunk.stream == OutputStream::Stderr as i32 {
+            stderr.lock().write_all(&chunk.data)
+        } else {
+            let mut out = stdout.lock();
+            out.write_all(&chunk.data).and_then(|()| out.flush())
+        };
+        if let Err(err) = result {
+            if err.kind() == io::ErrorKind::BrokenPipe {
+                return Err(CopyError::ClosedOutput);
+            }
+            return Err(CopyError::Call(CallError::Status(crate::grpc::Status::new(
+                Code::Unknown,
+                format!("cannot write output: {err}"),
+            ))));
+        }
+    }
+    Ok(())
+}
+
+/// `run`: start, follow the output live, stop the job on the first Ctrl-C, exit with the job's code.
+fn run_job(client: &mut Client, request: StartJobRequest) -> Result<i32, CliError> {
+    client.catch_interrupts().map_err(|e| CliError::local(format!("cannot catch Ctrl-C: {e}")))?;
+    let job: Job = client.unary(START, &request, None).map_err(call_error)?;
+    let follow = StreamOutputRequest { job_id: job.id.clone(), offset: 0, follow: true };
+    let mut stream = client.start_call(STREAM, &follow, None).map_err(call_error)?;
+    let mut stopping = false;
+    loop {
+        match copy_output(client, &mut stream) {
+            Ok(()) | Err(CopyError::ClosedOutput) => break,
+            Err(CopyError::Call(CallError::Interrupted)) if !stopping => {
+                stopping = true;
+                eprintln!("runnel: stopping job {} (Ctrl-C again to leave it)", job.id);
+                let stop = StopJobRequest { job_id: job.id.clone(), grace_period: None };
+                match client.unary::<_, Job>(STOP, &stop, None) {
+                    Ok(_) => {}
+                    Err(CallError::Interrupted) => return Ok(130),
+                    Err(err) => return Err(call_error(err)),
+                }
+            }
+            Err(CopyError::Call(CallError::Interrupted)) => return Ok(130),
+            Err(CopyError::Call(err)) => return Err(call_error(err)),
+        }
+    }
+    let ended: Job = match client.unary(WAIT, &WaitJobRequest { job_id: job.id }, None) {
+        Ok(job) => job,
+        Err(CallError::Interrupted) => return Ok(130),
+        Err(err) => return Err(call_error(err)),
+    };
+    Ok(job_exit_code(&ended))
+}

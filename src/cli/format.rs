@@ -1,0 +1,292 @@
+//! Parsing the CLI's human units (sizes, durations, CPUs) and printing jobs as tables or JSON lines.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::proto::{EndReason, Job, JobState};
+
+/// Parses a size: a whole number with an optional binary unit, `K`, `M`, `G` or `T` (`256M`, `1G`, `4096`).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let upper = text.trim().to_ascii_uppercase();
+    let trimmed = upper.strip_suffix("IB").or_else(|| upper.strip_suffix('B')).unwrap_or(&upper);
+    let (digits, shift) = match trimmed.chars().last() {
+        Some('K') => (&trimmed[..trimmed.len() - 1], 10),
+        Some('M') => (&trimmed[..trimmed.len() - 1], 20),
+        Some('G') => (&trimmed[..trimmed.len() - 1], 30),
+        Some('T') => (&trimmed[..trimmed.len() - 1], 40),
+        _ => (trimmed, 0),
+    };
+    let value: u64 = digits.parse().map_err(|_| format!("{text:?} is not a size (like 512K, 256M, 1G)"))?;
+    value.checked_mul(1 << shift).ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// Parses a duration: a number with `ms`, `s`, `m` or `h` (`500ms`, `10s`, `1.5m`); a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = text.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (text, 1.0)
+    };
+    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration (like 500ms, 10s, 2m)"))?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(format!("{text:?} is not a duration ≥ 0"));
+    }
+    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("{text:?} is too long"))
+}
+
+/// Parses a CPU amount (`0.5`, `2`) into millicores.
+pub fn parse_cpu(text: &str) -> Result<u32, String> {
+    let value: f64 = text.trim().parse().map_err(|_| format!("{text:?} is not a number of CPUs (like 0.5 or 2)"))?;
+    let millicores = (value * 1000.0).round();
+    if !(1.0..=u32::MAX as f64).contains(&millicores) {
+        return Err(format!("{text:?} CPUs is out of range"));
+    }
+    Ok(millicores as u32)
+}
+
+/// A job state's short name: RUNNING, STOPPING, EXITED, KILLED.
+pub fn state_name(state: i32) -> &'static str {
+    JobState::try_from(state).map_or("UNKNOWN", |s| s.as_str_name().trim_start_matches("JOB_STATE_"))
+}
+
+fn end_reason_name(reason: i32) -> &'static str {
+    EndReason::try_from(reason).map_or("UNKNOWN", |r| r.as_str_name().trim_start_matches("END_REASON_"))
+}
+
+/// Parses a state name for `list --state` (case-insensitive, with or without the JOB_STATE_ prefix).
+pub fn parse_state(text: &str) -> Result<JobState, String> {
+    let upper = text.to_ascii_uppercase();
+    let name = if upper.starts_with("JOB_STATE_") { upper.clone() } else { format!("JOB_STATE_{upper}") };
+    match JobState::from_str_name(&name) {
+        Some(JobState::Unspecified) | None => {
+            Err(format!("{text:?} is not a job state (running, stopping, exited, killed)"))
+        }
+        Some(state) => Ok(state),
+    }
+}
+
+fn system_time(ts: &Option<prost_types::Timestamp>) -> Option<SystemTime> {
+    let ts = ts.as_ref()?;
+    SystemTime::try_from(ts.clone()).ok()
+}
+
+/// UTC `YYYY-MM-DD HH:MM:SS` (or with `T`/`Z` for RFC 3339), computed without a date library.
+fn utc(time: SystemTime, rfc3339: bool) -> String {
+    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    if rfc3339 {
+        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
+    } else {
+        format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02}")
+    }
+}
+
+fn human_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0..=59 => format!("{:.1}s", d.as_secs_f64()),
+        60..=3599 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
+    }
+}
+
+/// "0", "sig 9", or "-" for a running job.
+fn exit_text(job: &Job) -> String {
+    match (job.exit_code, job.signal) {
+        (Some(code), _) => code.to_string(),
+        (None, Some(signal)) => format!("sig {signal}"),
+        _ => "-".into(),
+    }
+}
+
+fn command_line(job: &Job) -> String {
+    std::iter::once(&job.command)
+        .chain(&job.args)
+        .map(|word| {
+            if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
+                word.clone()
+            } else {
+                format!("'{}'", word.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// An aligned table, one row per job.
+pub fn table(jobs: &[Job]) -> String {
+    let now = SystemTime::now();
+    let header = ["ID", "OWNER", "STATE", "EXIT", "STARTED (UTC)", "DURATION", "COMMAND"].map(String::from);
+    let rows: Vec<[String; 7]> = jobs
+        .iter()
+        .map(|job| {
+            let started = system_time(&job.started_at);
+            let ended = system_time(&job.ended_at).unwrap_or(now);
+            let duration = started.and_then(|s| ended.duration_since(s).ok()).unwrap_or_default();
+            [
+                job.id.clone(),
+                job.owner.clone(),
+                state_name(job.state).to_string(),
+                exit_text(job),
+                started.map_or("-".into(), |s| utc(s, false)),
+                human_duration(duration),
+                command_line(job),
+            ]
+        })
+        .collect();
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<width$}  ", width = widths[i]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn json_string(out: &mut String, value: &str) {
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// One JSON object on one line.
+pub fn json(job: &Job) -> String {
+    let mut out = String::from("{\"id\":");
+    json_string(&mut out, &job.id);
+    out.push_str(",\"owner\":");
+    json_string(&mut out, &job.owner);
+    out.push_str(",\"command\":");
+    json_string(&mut out, &job.command);
+    out.push_str(",\"args\":[");
+    for (i, arg) in job.args.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        json_string(&mut out, arg);
+    }
+    let optional = |v: Option<i32>| v.map_or("null".to_string(), |v| v.to_string());
+    let time =
+        |t: &Option<prost_types::Timestamp>| system_time(t).map_or("null".into(), |t| format!("\"{}\"", utc(t, true)));
+    let _ = write!(
+        out,
+        "],\"state\":\"{}\",\"end_reason\":\"{}\",\"exit_code\":{},\"signal\":{},\"pid\":{},\"started_at\":{},\
+         \"ended_at\":{},\"output_bytes\":{},\"output_start\":{}}}",
+        state_name(job.state),
+        end_reason_name(job.end_reason),
+        optional(job.exit_code),
+        optional(job.signal),
+        job.pid,
+        time(&job.started_at),
+        time(&job.ended_at),
+        job.output_bytes,
+        job.output_start,
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_durations_cpus() {
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("10MiB"), Ok(10 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("1.5G").is_err());
+        assert!(parse_size("M").is_err());
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_cpu("0.5"), Ok(500));
+        assert_eq!(parse_cpu("2"), Ok(2000));
+        assert!(parse_cpu("0").is_err());
+    }
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(UNIX_EPOCH, true), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(UNIX_EPOCH + Duration::from_secs(951_782_400), false), "2000-02-29 00:00:00");
+        assert_eq!(utc(UNIX_EPOCH + Duration::from_secs(1_795_430_096), true), "2026-11-23T10:34:56Z");
+    }
+
+    #[test]
+    fn json_escapes_and_nulls() {
+        let job = Job {
+            id: "x".into(),
+            command: "echo".into(),
+            args: vec!["a\"b\n".into(), "\u{1}".into()],
+            state: JobState::Running as i32,
+            ..Default::default()
+        };
+        let line = json(&job);
+        assert!(line.contains(r#""args":["a\"b\n","\u0001"]"#), "{line}");
+        assert!(line.contains(r#""exit_code":null"#));
+        assert!(line.contains(r#""state":"RUNNING""#));
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn table_aligns_and_quotes() {
+        let job = Job {
+            id: "abc".into(),
+            owner: "alice".into(),
+            command: "sh".into(),
+            args: vec!["-c".into(), "echo hi".into()],
+            exit_code: Some(0),
+            state: JobState::Exited as i32,
+            ..Default::default()
+        };
+        let text = table(&[job]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].find("OWNER"), lines[1].find("alice"));
+        assert!(lines[1].ends_with("sh -c 'echo hi'"));
+    }
+}

@@ -1,0 +1,379 @@
+//! The client side of the API, used by the `client` subcommand and by the integration tests: one mutual-TLS
+//! HTTP/2 connection, driven by a small blocking loop on mio, with the same transport and gRPC codec as the
+//! server.
+//!
+//! Each method blocks until its answer arrives. Output streams are handles ([`ResponseStream`]) read one
+//! message at a time, so a caller can hold several at once or stop reading one (dropping it cancels the call).
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::{SocketAddr, TcpStream as StdTcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::RecvStream;
+use http::{HeaderMap, Request};
+use mio::net::TcpStream;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Token};
+use prost::Message;
+use rustls::ClientConnection;
+
+use crate::grpc::{self, encode_message, Code, MessageDecoder, Status};
+use crate::sys;
+use crate::tls::{self, KeySource, TlsStream};
+
+type Transport = TlsStream<ClientConnection>;
+
+const SOCKET: Token = Token(0);
+const SIGNALS: Token = Token(1);
+
+/// Time allowed to open the TCP connection and finish the TLS handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Receive windows: large, so one output stream can run at full speed without waiting for window updates.
+const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+/// Largest frame we accept: fewer, larger frames cost less per byte than the 16 KiB default.
+const MAX_FRAME: u32 = 1024 * 1024;
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    pub server: String,
+    pub cert: PathBuf,
+    pub key: KeySource,
+    pub ca: PathBuf,
+    /// Name the server's certificate must carry; default: the host part of `server`.
+    pub server_name: Option<String>,
+}
+
+/// A Ctrl-C arrived while waiting (only after [`Client::catch_interrupts`]).
+#[derive(Debug)]
+pub struct Interrupted;
+
+/// Why a blocking call returned without its answer.
+#[derive(Debug)]
+pub enum CallError {
+    Status(Status),
+    Interrupted,
+}
+
+impl From<Status> for CallError {
+    fn from(status: Status) -> Self {
+        CallError::Status(status)
+    }
+}
+
+pub struct Client {
+    poll: mio::Poll,
+    events: Events,
+    connection: h2::client::Connection<Transport, Bytes>,
+    connection_error: Option<String>,
+    send: SendRequest<Bytes>,
+    authority: String,
+    woken: Arc<Flag>,
+    waker: Waker,
+    signals: Option<OwnedFd>,
+}
+
+/// A waker that only records that something woke us; the loop checks it before sleeping.
+#[derive(Default)]
+struct Flag(AtomicBool);
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::Release);
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// An open server-streaming response, read with [`Client::next_message`].
+pub struct ResponseStream {
+    body: Option<RecvStream>,
+    decoder: MessageDecoder,
+}
+
+fn unavailable(message: String) -> Status {
+    Status::new(Code::Unavailable, message)
+}
+
+fn status_from_h2(err: h2::Error) -> Status {
+    if let Some(reason) = err.reason() {
+        if reason == h2::Reason::CANCEL {
+            return Status::new(Code::Cancelled, "the call was cancelled");
+        }
+        if reason == h2::Reason::REFUSED_STREAM {
+            return Status::unavailable("the server refused the call (it may be shutting down); retry");
+        }
+    }
+    unavailable(format!("connection to the server failed: {err}"))
+}
+
+/// The status in a header block (trailers, or a Trailers-Only response), if it has one.
+fn status_in(headers: &HeaderMap) -> Option<Status> {
+    let code = headers.get("grpc-status")?;
+    let code = std::str::from_utf8(code.as_bytes()).ok().and_then(|c| c.parse().ok()).unwrap_or(2);
+    let message = headers.get("grpc-message").map(|m| grpc::percent_decode_message(m.as_bytes())).unwrap_or_default();
+    Some(Status::new(Code::from_i32(code), message))
+}
+
+impl Client {
+    /// Connects and completes the TLS and HTTP/2 handshakes.
+    pub fn connect(settings: &ClientSettings) -> Result<Client, Status> {
+        let config = tls::client_config(&settings.cert, &settings.key, &settings.ca)
+            .map_err(|e| Status::new(Code::FailedPrecondition, e.to_string()))?;
+        let (host, address) = resolve(&settings.server)?;
+        let name = settings.server_name.clone().unwrap_or(host);
+        let server_name = tls::server_name(&name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let socket = StdTcpStream::connect_timeout(&address, CONNECT_TIMEOUT).map_err(|e| {
+            unavailable(format!("cannot connect to {}: {e} (is `runnel server` running there?)", settings.server))
+        })?;
+        socket.set_nodelay(true).ok();
+        socket.set_nonblocking(true).map_err(|e| unavailable(format!("cannot configure the socket: {e}")))?;
+        let mut socket = TcpStream::from_std(socket);
+        let mut poll = mio::Poll::new().map_err(|e| unavailable(format!("cannot create an event loop: {e}")))?;
+        poll.registry()
+            .register(&mut socket, SOCKET, Interest::READABLE | Interest::WRITABLE)
+            .map_err(|e| unavailable(format!("cannot watch the socket: {e}")))?;
+        let tls = ClientConnection::new(config, server_name)
+            .map_err(|e| Status::new(Code::FailedPrecondition, format!("cannot start TLS: {e}")))?;
+        let mut transport = TlsStream::new(socket, tls);
+        let mut events = Events::with_capacity(16);
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        loop {
+            match transport.drive_handshake() {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(err) => return Err(unavailable(format!("TLS handshake with {} failed: {err}", settings.server))),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(unavailable(format!("TLS handshake with {} timed out", settings.server)));
+            }
+            poll_once(&mut poll, &mut events, Some(left))?;
+        }
+
+        let mut builder = h2::client::Builder::new();
+        builder
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .max_header_list_size(64 * 1024);
+        let woken = Arc::new(Flag::default());
+        let waker = Waker::from(Arc::clone(&woken));
+        let mut handshake = pin!(builder.handshake::<_, Bytes>(transport));
+        let (send, connection) = loop {
+            let mut cx = Context::from_waker(&waker);
+            match handshake.as_mut().poll(&mut cx) {
+                Poll::Ready(Ok(pair)) => break pair,
+                Poll::Ready(Err(err)) => return Err(status_from_h2(err)),
+                Poll::Pending => {
+                    if !woken.0.swap(false, Ordering::AcqRel) {
+                        poll_once(&mut poll, &mut events, Some(CONNECT_TIMEOUT))?;
+                    }
+                }
+            }
+        };
+        Ok(Client {
+            poll,
+            events,
+            connection,
+            connection_error: None,
+            send,
+            authority: name,
+            woken,
+            waker,
+            signals: None,
+        })
+    }
+
+    /// From now on, SIGINT (Ctrl-C) interrupts a blocking call with [`CallError::Interrupted`] instead of
+    /// killing the process.
+    pub fn catch_interrupts(&mut self) -> io::Result<()> {
+        let fd = sys::signalfd(&[libc::SIGINT])?;
+        self.poll.registry().register(&mut SourceFd(&fd.as_raw_fd()), SIGNALS, Interest::READABLE)?;
+        self.signals = Some(fd);
+        Ok(())
+    }
+
+    /// Runs `future` to completion while driving the connection. Gives up at `deadline` with
+    /// DEADLINE_EXCEEDED, and on Ctrl-C if interrupts are caught.
+    fn block_on<T>(
+        &mut self,
+        future: impl Future<Output = Result<T, Status>>,
+        deadline: Option<Instant>,
+    ) -> Result<T, CallError> {
+        let mut future = pin!(future);
+        loop {
+            let mut cx = Context::from_waker(&self.waker);
+            self.woken.0.store(false, Ordering::Release);
+            if self.connection_error.is_none() {
+                match Pin::new(&mut self.connection).poll(&mut cx) {
+                    Poll::Ready(Ok(())) => self.connection_error = Some("the server closed the connection".into()),
+                    Poll::Ready(Err(err)) => self.connection_error = Some(status_from_h2(err).message),
+                    Poll::Pending => {}
+                }
+            }
+            if let Poll::Ready(result) = future.as_mut().poll(&mut cx) {
+                return result.map_err(CallError::Status);
+            }
+            if let Some(error) = &self.connection_error {
+                return Err(CallError::Status(unavailable(error.clone())));
+            }
+            if self.woken.0.load(Ordering::Acquire) {
+                continue;
+            }
+            let timeout = match deadline {
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(CallError::Status(Status::new(Code::DeadlineExceeded, "deadline exceeded")));
+                    }
+                    Some(left)
+                }
+                None => None,
+            };
+            poll_once(&mut self.poll, &mut self.events, timeout)?;
+            if self.events.iter().any(|e| e.token() == SIGNALS) {
+                if let Some(fd) = &self.signals {
+                    while let Ok(Some(_)) = sys::read_signal(fd.as_raw_fd()) {}
+                }
+                return Err(CallError::Interrupted);
+            }
+        }
+    }
+
+    fn request(&self, path: &str, timeout: Option<Duration>) -> Request<()> {
+        let mut request = Request::post(format!("https://{}{path}", self.authority))
+            .header("content-type", grpc::CONTENT_TYPE)
+            .header("te", "trailers")
+            .header("user-agent", concat!("runnel/", env!("CARGO_PKG_VERSION")));
+        if let Some(timeout) = timeout {
+            request = request.header("grpc-timeout", grpc::format_timeout(timeout));
+        }
+        request.body(()).expect("valid request parts")
+    }
+
+    /// Sends a request message and waits for the response headers.
+    pub fn start_call<Req: Message>(
+        &mut self,
+        path: &str,
+        message: &Req,
+        timeout: Option<Duration>,
+    ) -> Result<ResponseStream, CallError> {
+        let request = self.request(path, timeout);
+        let body = encode_message(message);
+        let send = self.send.clone();
+        let deadline = timeout.map(|t| Instant::now() + t);
+        self.block_on(open_call(send, request, body), deadline)
+    }
+
+    /// Reads the next message of a response; `Ok(None)` once it ended with OK.
+    pub fn next_message<M: Message + Default>(&mut self, stream: &mut ResponseStream) -> Result<Option<M>, CallError> {
+        let body = self.block_on(next_body(stream), None)?;
+        match body {
+            None => Ok(None),
+            Some(bytes) => M::decode(bytes)
+                .map(Some)
+                .map_err(|e| CallError::Status(Status::internal(format!("cannot decode the response: {e}")))),
+        }
+    }
+
+    /// A unary call.
+    pub fn unary<Req: Message, Resp: Message + Default>(
+        &mut self,
+        path: &str,
+        message: &Req,
+        timeout: Option<Duration>,
+    ) -> Result<Resp, CallError> {
+        let mut stream = self.start_call(path, message, timeout)?;
+        let response = self
+            .next_message(&mut stream)?
+            .ok_or_else(|| CallError::Status(Status::internal("the server sent no response message")))?;
+        if self.next_message::<Resp>(&mut stream)?.is_some() {
+            return Err(CallError::Status(Status::internal("the server sent more than one response message")));
+        }
+        Ok(response)
+    }
+}
+
+async fn open_call(send: SendRequest<Bytes>, request: Request<()>, body: Bytes) -> Result<ResponseStream, Status> {
+    let mut send = send.ready().await.map_err(status_from_h2)?;
+    let (response, mut request_stream) = send.send_request(request, false).map_err(status_from_h2)?;
+    request_stream.send_data(body, true).map_err(status_from_h2)?;
+    let response = response.await.map_err(status_from_h2)?;
+    let (parts, body) = response.into_parts();
+    if parts.status != http::StatusCode::OK {
+        return Err(Status::new(Code::Unknown, format!("the server answered HTTP {}", parts.status)));
+    }
+    if let Some(status) = status_in(&parts.headers) {
+        // Trailers-Only: the call ended without a message.
+        if status.code != Code::Ok {
+            return Err(status);
+        }
+        return Ok(ResponseStream { body: None, decoder: MessageDecoder::new(grpc::MAX_RESPONSE_MESSAGE) });
+    }
+    Ok(ResponseStream { body: Some(body), decoder: MessageDecoder::new(grpc::MAX_RESPONSE_MESSAGE) })
+}
+
+async fn next_body(stream: &mut ResponseStream) -> Result<Option<Bytes>, Status> {
+    loop {
+        if let Some(message) = stream.decoder.next_message()? {
+            return Ok(Some(message));
+        }
+        let Some(body) = stream.body.as_mut() else { return Ok(None) };
+        match poll_fn(|cx| body.poll_data(cx)).await {
+            Some(Ok(chunk)) => {
+                let _ = body.flow_control().release_capacity(chunk.len());
+                stream.decoder.push(&chunk);
+            }
+            Some(Err(err)) => return Err(status_from_h2(err)),
+            None => {
+                let trailers = poll_fn(|cx| body.poll_trailers(cx)).await.map_err(status_from_h2)?;
+                stream.body = None;
+                let status = trailers
+                    .as_ref()
+                    .and_then(status_in)
+                    .unwrap_or_else(|| Status::internal("the response ended without a grpc-status"));
+                if stream.decoder.buffered() > 0 {
+                    return Err(Status::internal("the response ended inside a message"));
+                }
+                return if status.code == Code::Ok { Ok(None) } else { Err(status) };
+            }
+        }
+    }
+}
+
+fn poll_once(poll: &mut mio::Poll, events: &mut Events, timeout: Option<Duration>) -> Result<(), Status> {
+    match poll.poll(events, timeout) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::Interrupted => Ok(()),
+        Err(err) => Err(unavailable(format!("waiting for the server failed: {err}"))),
+    }
+}
+
+/// Resolves `host:port`; returns the host part (for SNI and certificate checks) and the first address.
+fn resolve(server: &str) -> Result<(String, SocketAddr), Status> {
+    let host = match server.rsplit_once(':') {
+        Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']').to_string(),
+        None => {
+            return Err(Status::invalid_argument(format!("server address {server:?} has no port: write HOST:PORT")))
+        }
+    };
+    let address = server
+        .to_socket_addrs()
+        .map_err(|e| unavailable(format!("cannot resolve {server}: {e}")))?
+        .next()
+        .ok_or_else(|| unavailable(format!("{server} resolves to no address")))?;
+    Ok((host, address))
+}

@@ -1,0 +1,377 @@
+//! One RPC on a connection, as a state machine the loop polls: read the request, act, answer.
+//!
+//! A call is polled with a context whose waker is its own, so whatever it waits for — request bytes or send
+//! capacity (h2), a job's output or end (the job table), shutdown (the server) — wakes exactly this call.
+
+use std::task::{Context, Poll, Waker};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream, SendStream};
+use http::{HeaderMap, HeaderValue, Response};
+use prost::encoding::{encode_varint, encoded_len_varint};
+
+use super::service::{self, Action, Method};
+use super::ServiceContext;
+use crate::grpc::{self, encode_message, Code, MessageDecoder, Status, MESSAGE_HEADER_LEN};
+use crate::jobs::{Caller, JobKey, OutputCursor, Stream};
+use crate::proto::health::{health_check_response::ServingStatus, HealthCheckResponse};
+use crate::proto::OutputStream;
+
+/// Largest output chunk in one message: large enough that framing costs little, small enough to interleave
+/// followers fairly and to fit every client's default 4 MiB message limit with room to spare.
+const MAX_CHUNK_DATA: usize = 128 * 1024;
+
+/// Send capacity worth waiting for before sending a partial chunk, so a trickling window does not produce a
+/// stream of tiny messages.
+const MIN_CHUNK_CAPACITY: usize = 16 * 1024;
+
+/// Bytes of framing around an OutputChunk's data at most: message header, offset and stream fields, data tag
+/// and length.
+const MAX_CHUNK_OVERHEAD: usize = MESSAGE_HEADER_LEN + 11 + 2 + 1 + 5;
+
+pub struct Call {
+    method: Option<Method>,
+    caller: Result<Caller, Status>,
+    body: RecvStream,
+    decoder: MessageDecoder,
+    request: Option<Bytes>,
+    response: Responder,
+    phase: Phase,
+    /// A reason to refuse the call found before it was first polled (e.g. a malformed header).
+    refusal: Option<Status>,
+    /// This call's own task waker, made once.
+    pub waker: Waker,
+}
+
+enum Responder {
+    /// Nothing sent yet.
+    Idle(SendResponse<Bytes>),
+    /// Headers sent; messages and trailers go here.
+    Open(SendStream<Bytes>),
+    /// Trailers sent (or the stream was reset).
+    Closed,
+}
+
+enum Phase {
+    ReadRequest,
+    AwaitJobEnd(JobKey),
+    Follow(Follower),
+    WatchHealth { sent: Option<ServingStatus> },
+}
+
+/// A StreamOutput call's reading position.
+pub struct Follower {
+    key: JobKey,
+    cursor: OutputCursor,
+    follow: bool,
+    /// Reused for every message, so the allocator sees one buffer per follower, not one per chunk.
+    buffer: BytesMut,
+}
+
+impl Follower {
+    pub fn new(key: JobKey, cursor: OutputCursor, follow: bool) -> Self {
+        Follower { key, cursor, follow, buffer: BytesMut::new() }
+    }
+}
+
+impl Call {
+    pub fn new(
+        path: &str,
+        caller: Result<Caller, Status>,
+        body: RecvStream,
+        respond: SendResponse<Bytes>,
+        waker: Waker,
+    ) -> Self {
+        Call {
+            method: Method::from_path(path),
+            caller,
+            body,
+            decoder: MessageDecoder::new(grpc::MAX_REQUEST_MESSAGE),
+            request: None,
+            response: Responder::Idle(respond),
+            phase: Phase::ReadRequest,
+            refusal: None,
+            waker,
+        }
+    }
+
+    /// Makes the call end with `status` when it is first polled.
+    pub fn refuse(&mut self, status: Status) {
+        self.refusal = Some(status);
+    }
+
+    /// True for calls that stream until something else happens (followers, watches), which shutdown waits for.
+    pub fn is_follower(&self) -> bool {
+        matches!(self.phase, Phase::Follow(_))
+    }
+
+    /// Moves the call forward. `Ready(())` when it is finished and can be dropped.
+    pub fn poll(&mut self, cx: &mut Context<'_>, ctx: &mut ServiceContext<'_>) -> Poll<()> {
+        if self.method.is_none() {
+            return self.finish(Status::new(Code::Unimplemented, "unknown service or method"));
+        }
+        if let Some(status) = self.refusal.take() {
+            return self.finish(status);
+        }
+        loop {
+            match &mut self.phase {
+                Phase::ReadRequest => match self.read_request(cx) {
+                    Poll::Ready(Ok(body)) => {
+                        let method = self.method.expect("checked");
+                        match service::dispatch(method, &self.caller, &body, ctx) {
+                            Action::Reply(message) => return self.reply(message),
+                            Action::Fail(status) => return self.finish(status),
+                            Action::AwaitJobEnd(key) => self.phase = Phase::AwaitJobEnd(key),
+                            Action::Follow(follower) => self.phase = Phase::Follow(follower),
+                            Action::WatchHealth => self.phase = Phase::WatchHealth { sent: None },
+                        }
+                        continue;
+                    }
+                    Poll::Ready(Err(Some(status))) => return self.finish(status),
+                    Poll::Ready(Err(None)) => return Poll::Ready(()),
+                    Poll::Pending => {}
+                },
+                Phase::AwaitJobEnd(key) => match ctx.jobs.get_mut(*key) {
+                    None => return self.finish(Status::not_found("the job was removed while waiting for it")),
+                    Some(job) if job.is_ended() => {
+                        let message = encode_message(&job.to_proto());
+                        return self.reply(message);
+                    }
+                    Some(job) => job.wait_for_end(cx.waker()),
+                },
+                Phase::Follow(_) => return self.poll_follow(cx, ctx),
+                Phase::WatchHealth { sent } => {
+                    let status = if ctx.shutting_down { ServingStatus::NotServing } else { ServingStatus::Serving };
+                    if *sent != Some(status) {
+                        *sent = Some(status);
+                        let message = encode_message(&HealthCheckResponse { status: status as i32 });
+                        if self.send_message(message).is_err() {
+                            return Poll::Ready(());
+                        }
+                    }
+                    if ctx.shutting_down {
+                        return self.finish(Status::ok());
+                    }
+                    ctx.shutdown_waiters.push(cx.waker().clone());
+                }
+            }
+            // Waiting: notice a client cancel at once so its resources are freed.
+            return if self.poll_cancelled(cx) { Poll::Ready(()) } else { Poll::Pending };
+        }
+    }
+
+    /// Reads the single request message. `Err(None)` means the client reset the stream.
+    fn read_request(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, Option<Status>>> {
+        loop {
+            match self.body.poll_data(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let _ = self.body.flow_control().release_capacity(chunk.len());
+                    self.decoder.push(&chunk);
+                    match self.decoder.next_message() {
+                        Ok(None) => {}
+                        Ok(Some(message)) if self.request.is_none() => self.request = Some(message),
+                        Ok(Some(_)) => {
+                            return Poll::Ready(Err(Some(Status::invalid_argument(
+                                "more than one request message on a unary or server-streaming call",
+                            ))))
+                        }
+                        Err(status) => return Poll::Ready(Err(Some(status))),
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => return Poll::Ready(Err(None)),
+                Poll::Ready(None) => {
+                    return Poll::Ready(match (self.request.take(), self.decoder.buffered()) {
+                        (Some(message), 0) => Ok(message),
+                        (_, 0) => Err(Some(Status::internal("the request has no message"))),
+                        (_, n) => Err(Some(Status::internal(format!("the request ends inside a message ({n} bytes)")))),
+                    });
+                }
+            }
+        }
+    }
+
+    fn poll_follow(&mut self, cx: &mut Context<'_>, ctx: &mut ServiceContext<'_>) -> Poll<()> {
+        if let Responder::Idle(_) = self.response {
+            if self.open().is_err() {
+                return Poll::Ready(());
+            }
+        }
+        let Phase::Follow(follower) = &mut self.phase else { unreachable!("called in the follow phase") };
+        let Responder::Open(send) = &mut self.response else { return Poll::Ready(()) };
+        loop {
+            if send.poll_reset(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            let Some(job) = ctx.jobs.get_mut(follower.key) else {
+                return self.finish(Status::not_found("the job was removed while its output was streamed"));
+            };
+            let span = match job.output.next_span(&mut follower.cursor, MAX_CHUNK_DATA) {
+                Ok(Some(span)) => span,
+                Ok(None) => {
+                    if !follower.follow || job.is_complete() {
+                        return self.finish(Status::ok());
+                    }
+                    job.output.wait_for_output(cx.waker());
+                    return Poll::Pending;
+                }
+                Err(err) => return self.finish(Status::internal(format!("cannot read the job's output: {err}"))),
+            };
+            let wanted = span.len + MAX_CHUNK_OVERHEAD;
+            send.reserve_capacity(wanted);
+            let capacity = send.capacity();
+            if capacity < wanted.min(MIN_CHUNK_CAPACITY) {
+                match send.poll_capacity(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Ok(_))) => continue,
+                    Poll::Ready(None | Some(Err(_))) => return Poll::Ready(()),
+                }
+            }
+            let len = span.len.min(capacity - MAX_CHUNK_OVERHEAD);
+            let stream = match span.stream {
+                Stream::Stdout => OutputStream::Stdout,
+                Stream::Stderr => OutputStream::Stderr,
+            };
+            let buffer = &mut follower.buffer;
+            put_chunk_header(buffer, span.offset, stream, len);
+            let data_at = buffer.len();
+            buffer.resize(data_at + len, 0);
+            if let Err(err) = job.output.read_span(&mut follower.cursor, &mut buffer[data_at..]) {
+                buffer.clear();
+                return self.finish(Status::internal(format!("cannot read the job's output: {err}")));
+            }
+            let message = buffer.split().freeze();
+            if send.send_data(message, false).is_err() {
+                return Poll::Ready(());
+            }
+        }
+    }
+
+    /// True if the client has reset the stream.
+    fn poll_cancelled(&mut self, cx: &mut Context<'_>) -> bool {
+        let reset = match &mut self.response {
+            Responder::Idle(respond) => respond.poll_reset(cx),
+            Responder::Open(send) => send.poll_reset(cx),
+            Responder::Closed => return true,
+        };
+        reset.is_ready()
+    }
+
+    /// Sends the response headers.
+    fn open(&mut self) -> Result<(), h2::Error> {
+        if let Responder::Idle(respond) = &mut self.response {
+            let response = Response::builder()
+                .status(200)
+                .header("content-type", grpc::CONTENT_TYPE)
+                .body(())
+                .expect("static headers are valid");
+            let send = respond.send_response(response, false);
+            self.response = match send {
+                Ok(send) => Responder::Open(send),
+                Err(e) => {
+                    self.response = Responder::Closed;
+                    return Err(e);
+                }
+            };
+        }
+        Ok(())
+    }
+
+    fn send_message(&mut self, message: Bytes) -> Result<(), h2::Error> {
+        self.open()?;
+        match &mut self.response {
+            Responder::Open(send) => send.send_data(message, false),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sends one message and OK.
+    fn reply(&mut self, message: Bytes) -> Poll<()> {
+        if self.send_message(message).is_ok() {
+            return self.finish(Status::ok());
+        }
+        Poll::Ready(())
+    }
+
+    /// Ends the call with `status`: trailers after a response, or a Trailers-Only response if nothing was sent.
+    fn finish(&mut self, status: Status) -> Poll<()> {
+        if status.code != Code::Ok {
+            log::debug!("call {:?} ends with {status}", self.method);
+        }
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from(status.code as i32));
+        if !status.message.is_empty() {
+            let encoded = grpc::percent_encode_message(&status.message);
+            trailers.insert("grpc-message", HeaderValue::from_str(&encoded).expect("percent-encoded is visible ASCII"));
+        }
+        match std::mem::replace(&mut self.response, Responder::Closed) {
+            Responder::Idle(mut respond) => {
+                let mut response = Response::builder()
+                    .status(200)
+                    .header("content-type", grpc::CONTENT_TYPE)
+                    .body(())
+                    .expect("static headers are valid");
+                response.headers_mut().extend(trailers);
+                if let Ok(mut send) = respond.send_response(response, true) {
+                    if !self.body.is_end_stream() {
+                        send.send_reset(Reason::NO_ERROR);
+                    }
+                }
+            }
+            Responder::Open(mut send) => {
+                let _ = send.send_trailers(trailers);
+                if !self.body.is_end_stream() {
+                    send.send_reset(Reason::NO_ERROR);
+                }
+            }
+            Responder::Closed => {}
+        }
+        Poll::Ready(())
+    }
+
+    /// Ends the call early (deadline, shutdown) if it is still running.
+    pub fn abort(&mut self, status: Status) {
+        let _ = self.finish(status);
+    }
+}
+
+/// Writes the gRPC message header and the OutputChunk fields that come before `len` bytes of data.
+fn put_chunk_header(buffer: &mut BytesMut, offset: u64, stream: OutputStream, len: usize) {
+    let stream = stream as u64;
+    let message_len =
+        1 + encoded_len_varint(offset) + 1 + encoded_len_varint(stream) + 1 + encoded_len_varint(len as u64) + len;
+    buffer.reserve(MESSAGE_HEADER_LEN + message_len);
+    buffer.put_u8(0);
+    buffer.put_u32(message_len as u32);
+    buffer.put_u8(0x08); // field 1 (offset), varint
+    encode_varint(offset, buffer);
+    buffer.put_u8(0x10); // field 2 (stream), varint
+    encode_varint(stream, buffer);
+    buffer.put_u8(0x1a); // field 3 (data), length-delimited
+    encode_varint(len as u64, buffer);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::OutputChunk;
+    use prost::Message;
+
+    #[test]
+    fn hand_built_chunk_decodes_as_output_chunk() {
+        for (offset, len) in [(0u64, 0usize), (1, 1), (300, 127), (u64::MAX / 3, 70_000)] {
+            let mut buffer = BytesMut::new();
+            put_chunk_header(&mut buffer, offset, OutputStream::Stderr, len);
+            assert!(buffer.len() <= MAX_CHUNK_OVERHEAD);
+            buffer.extend(std::iter::repeat_n(0xab, len));
+            let mut decoder = MessageDecoder::new(1 << 20);
+            decoder.push(&buffer);
+            let body = decoder.next_message().unwrap().unwrap();
+            let chunk = OutputChunk::decode(body).unwrap();
+            assert_eq!(chunk.offset, offset);
+            assert_eq!(chunk.stream, OutputStream::Stderr as i32);
+            assert_eq!(chunk.data, vec![0xab; len]);
+        }
+    }
+}

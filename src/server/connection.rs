@@ -1,0 +1,170 @@
+//! One client connection: TLS handshake, then the HTTP/2 handshake, then serving calls until either side ends.
+//!
+//! The connection is a task of its own (polled when its socket is ready or h2 has frames to write); each call
+//! on it is a separate task. The client's identity is read once, from its verified certificate, when the TLS
+//! handshake completes.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mio::net::TcpStream;
+use rustls::ServerConnection;
+
+use super::call::Call;
+use crate::grpc::{self, Code, Status};
+use crate::jobs::Caller;
+use crate::pki;
+use crate::reactor::{TaskId, WakeQueue};
+use crate::tls::TlsStream;
+
+type Transport = TlsStream<ServerConnection>;
+
+enum Phase {
+    Tls(Box<Transport>),
+    H2Handshake(h2::server::Handshake<Transport, Bytes>),
+    Serving(Box<h2::server::Connection<Transport, Bytes>>),
+    /// Over; also the state for the instant the transport moves from one phase to the next.
+    Closed,
+}
+
+/// Settings every connection shares.
+pub struct ConnectionSettings {
+    pub h2: h2::server::Builder,
+    pub admins: Vec<String>,
+}
+
+pub struct Connection {
+    pub id: u64,
+    phase: Phase,
+    caller: Result<Caller, Status>,
+    pub calls: HashMap<u64, Call>,
+    next_call: u64,
+    pub last_active: Instant,
+    going_away: bool,
+    /// This connection's own task waker, made once.
+    pub waker: Waker,
+}
+
+/// What polling a connection found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConnectionState {
+    Open,
+    Closed,
+}
+
+impl Connection {
+    pub fn new(id: u64, socket: TcpStream, tls: ServerConnection, waker: Waker) -> Self {
+        Connection {
+            id,
+            phase: Phase::Tls(Box::new(TlsStream::new(socket, tls))),
+            caller: Err(Status::new(Code::Unauthenticated, "no identity yet")),
+            calls: HashMap::new(),
+            next_call: 1,
+            last_active: Instant::now(),
+            going_away: false,
+            waker,
+        }
+    }
+
+    /// Still in the TLS or HTTP/2 handshake.
+    pub fn is_handshaking(&self) -> bool {
+        !matches!(self.phase, Phase::Serving(_))
+    }
+
+    /// Starts a graceful close: GOAWAY now, the connection ends once its calls have.
+    pub fn go_away(&mut self) {
+        self.going_away = true;
+        if let Phase::Serving(h2) = &mut self.phase {
+            h2.graceful_shutdown();
+        }
+    }
+
+    /// Drives the connection: handshakes, then accepting new calls (which also moves h2's I/O). New calls
+    /// are created here and woken so the loop polls them next; those with a `grpc-timeout` are added to
+    /// `deadlines` for the loop to time.
+    pub fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        settings: &ConnectionSettings,
+        queue: &Arc<WakeQueue>,
+        deadlines: &mut Vec<(TaskId, Duration)>,
+    ) -> ConnectionState {
+        loop {
+            match &mut self.phase {
+                Phase::Tls(transport) => match transport.drive_handshake() {
+                    Ok(true) => {
+                        self.caller = identity(transport, &settings.admins);
+                        let Phase::Tls(transport) = std::mem::replace(&mut self.phase, Phase::Closed) else {
+                            unreachable!("matched above")
+                        };
+                        self.phase = Phase::H2Handshake(settings.h2.handshake(*transport));
+                    }
+                    Ok(false) => return ConnectionState::Open,
+                    Err(err) => {
+                        log::debug!("connection {}: TLS handshake failed: {err}", self.id);
+                        return ConnectionState::Closed;
+                    }
+                },
+                Phase::H2Handshake(handshake) => match Pin::new(handshake).poll(cx) {
+                    Poll::Ready(Ok(h2)) => {
+                        self.phase = Phase::Serving(Box::new(h2));
+                        if self.going_away {
+                            self.go_away();
+                        }
+                    }
+                    Poll::Ready(Err(err)) => {
+                        log::debug!("connection {}: HTTP/2 handshake failed: {err}", self.id);
+                        return ConnectionState::Closed;
+                    }
+                    Poll::Pending => return ConnectionState::Open,
+                },
+                Phase::Serving(h2) => loop {
+                    match h2.poll_accept(cx) {
+                        Poll::Ready(Some(Ok((request, respond)))) => {
+                            let call_id = self.next_call;
+                            self.next_call += 1;
+                            let task = TaskId { connection: self.id, call: call_id };
+                            let path = request.uri().path().to_string();
+                            let timeout =
+                                request.headers().get("grpc-timeout").map(|v| grpc::parse_timeout(v.as_bytes()));
+                            let waker = queue.waker(task);
+                            let mut call = Call::new(&path, self.caller.clone(), request.into_body(), respond, waker);
+                            match timeout {
+                                None => {}
+                                Some(Some(timeout)) => deadlines.push((task, timeout)),
+                                Some(None) => call.refuse(Status::invalid_argument("malformed grpc-timeout header")),
+                            }
+                            call.waker.wake_by_ref();
+                            self.calls.insert(call_id, call);
+                            self.last_active = Instant::now();
+                        }
+                        Poll::Ready(Some(Err(err))) => {
+                            log::debug!("connection {}: {err}", self.id);
+                            return ConnectionState::Closed;
+                        }
+                        Poll::Ready(None) => return ConnectionState::Closed,
+                        Poll::Pending => return ConnectionState::Open,
+                    }
+                },
+                Phase::Closed => return ConnectionState::Closed,
+            }
+        }
+    }
+}
+
+/// The caller's identity from its verified certificate: subject CN, else the first DNS or URI SAN.
+fn identity(transport: &Transport, admins: &[String]) -> Result<Caller, Status> {
+    let certificate = transport
+        .tls
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .ok_or_else(|| Status::new(Code::Unauthenticated, "no client certificate"))?;
+    let identity = pki::identity_from_cert_der(certificate.as_ref())
+        .map_err(|e| Status::new(Code::Unauthenticated, format!("the client certificate names no identity: {e}")))?;
+    Ok(Caller { admin: admins.contains(&identity), identity })
+}

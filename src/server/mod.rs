@@ -1,0 +1,490 @@
+//! The server: one thread, one mio loop, owning the listener, every connection and call, and the job table.
+//!
+//! Each turn of the loop waits for readiness (sockets, job pipes and pidfds, the signalfd) or the next timer,
+//! hands each event to its owner, then polls every task that was woken until none is left. Nothing here
+//! blocks except `epoll_wait`, and nothing is shared: handlers get `&mut` access to what they need.
+
+mod call;
+mod connection;
+mod service;
+mod state_dir;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpListener;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll as MioPoll, Registry};
+
+use self::connection::{Connection, ConnectionSettings, ConnectionState};
+use self::state_dir::StateDir;
+use crate::grpc::{Code, Status};
+use crate::jobs::{Drain, JobKey, JobTable, JobTableConfig, PipeSide, StartedJob, PIPE_READS_PER_TURN};
+use crate::proto::EndReason;
+use crate::reactor::{Source, TaskId, Timers, WakeQueue};
+use crate::sys;
+use crate::tls::{self, KeySource, TlsError};
+
+/// Everything `runnel server` is configured with.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: KeySource,
+    pub client_ca: PathBuf,
+    pub admins: Vec<String>,
+    pub state_dir: PathBuf,
+    pub max_jobs: usize,
+    pub max_running_per_client: usize,
+    pub max_output_bytes: u64,
+    pub max_output_total: u64,
+    pub stop_grace: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// Why the server could not start (or stopped abnormally).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ServerError {
+    Tls(TlsError),
+    Bind { address: SocketAddr, source: io::Error },
+    StateDir(String),
+    Io { what: &'static str, source: io::Error },
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::Tls(err) => err.fmt(f),
+            ServerError::Bind { address, source } => write!(f, "cannot listen on {address}: {source}"),
+            ServerError::StateDir(message) => f.write_str(message),
+            ServerError::Io { what, source } => write!(f, "{what}: {source}"),
+        }
+    }
+}
+
+impl From<TlsError> for ServerError {
+    fn from(err: TlsError) -> Self {
+        ServerError::Tls(err)
+    }
+}
+
+fn io_error(what: &'static str) -> impl FnOnce(io::Error) -> ServerError {
+    move |source| ServerError::Io { what, source }
+}
+
+/// Limits that keep one client from holding the server's resources (see `shared/notes/grpc-wire.md`).
+mod limits {
+    use std::time::Duration;
+    /// Connections at once; past it new connections are closed at once.
+    pub const MAX_CONNECTIONS: usize = 4096;
+    /// Connections still in the TLS or HTTP/2 handshake at once (slowloris on the handshake).
+    pub const MAX_HANDSHAKING: usize = 128;
+    /// Time a connection has to finish both handshakes.
+    pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// A connection with no call for this long is closed with GOAWAY.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+    /// Concurrent calls per connection (Rapid Reset: h2 advertises no limit by default).
+    pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+    /// Request header block limit (CONTINUATION flood, HPACK bomb); h2's default is 16 MiB.
+    pub const MAX_HEADER_LIST: u32 = 16 * 1024;
+    /// HPACK dynamic table size.
+    pub const HEADER_TABLE: u32 = 4096;
+    /// Per-stream receive window: requests are small; 1 MiB lets a 4 MiB request arrive in a few round trips.
+    pub const STREAM_WINDOW: u32 = 1024 * 1024;
+    /// Once every job has ended at shutdown, time left for followers to receive the last output.
+    pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+    /// Tasks polled in one turn before the loop checks for I/O again, so a busy task cannot starve the rest.
+    pub const TASK_ROUNDS_PER_TURN: usize = 64;
+}
+
+/// Timer events. Each is checked when it fires: a job may have ended, a call finished, a connection closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TimerEvent {
+    /// A stop's grace period is over: SIGKILL the job's process group.
+    KillJob(JobKey),
+    /// A call's `grpc-timeout` expired.
+    CallDeadline(u64, u64),
+    /// A connection must have finished its handshakes by now.
+    HandshakeDeadline(u64),
+    /// Check whether a connection has been idle too long.
+    IdleCheck(u64),
+    /// Shutdown: stop waiting for followers and close every connection.
+    ShutdownDrainOver,
+}
+
+/// What a call may touch while it runs.
+pub struct ServiceContext<'a> {
+    pub jobs: &'a mut JobTable,
+    pub timers: &'a mut Timers<TimerEvent>,
+    pub registry: &'a Registry,
+    pub stop_grace: Duration,
+    pub shutting_down: bool,
+    pub shutdown_waiters: &'a mut Vec<Waker>,
+}
+
+impl ServiceContext<'_> {
+    /// Registers a new job's pidfd and pipes with the reactor.
+    pub fn watch_job(&mut self, started: StartedJob) {
+        let sources = [
+            (started.pidfd, Source::JobExit(started.key)),
+            (started.stdout, Source::JobOutput(started.key, PipeSide::Stdout)),
+            (started.stderr, Source::JobOutput(started.key, PipeSide::Stderr)),
+        ];
+        for (fd, source) in sources {
+            if let Err(err) = self.registry.register(&mut SourceFd(&fd), source.token(), Interest::READABLE) {
+                // Without the registration the job would never be seen to end: stop it now rather than leak it.
+                log::error!("cannot watch job descriptor {fd}: {err}; killing the job");
+                self.jobs.kill(started.key);
+            }
+        }
+    }
+}
+
+/// Where shutdown stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lifecycle {
+    Serving,
+    /// A signal came: jobs are being stopped.
+    StoppingJobs,
+    /// Every job has ended: followers get the last output, then connections close.
+    Draining,
+    /// Every connection is closing; the loop ends when they are gone.
+    Closing,
+}
+
+struct Server {
+    poll: MioPoll,
+    listener: Option<TcpListener>,
+    signals: OwnedFd,
+    tls: Arc<rustls::ServerConfig>,
+    settings: ConnectionSettings,
+    connections: HashMap<u64, Connection>,
+    next_connection: u64,
+    queue: Arc<WakeQueue>,
+    timers: Timers<TimerEvent>,
+    jobs: JobTable,
+    /// Pipes whose read budget ran out with data left; drained again next turn.
+    pending_drains: Vec<(JobKey, PipeSide)>,
+    shutdown_waiters: Vec<Waker>,
+    lifecycle: Lifecycle,
+    config: ServerConfig,
+}
+
+/// Runs the server until a shutdown signal has been handled. Returns after every job ended and the state
+/// directory was removed.
+pub fn run(config: ServerConfig) -> Result<(), ServerError> {
+    sys::ensure_standard_fds().map_err(io_error("cannot check standard descriptors"))?;
+    let tls = tls::server_config(&config.cert, &config.key, &config.client_ca)?;
+    let signals = sys::signalfd(&sys::SHUTDOWN_SIGNALS).map_err(io_error("cannot set up signal handling"))?;
+    let state_dir = StateDir::acquire(&config.state_dir)?;
+    let limits_unavailable = Some(crate::sys::cgroup2_unavailable_reason());
+    let jobs = JobTable::new(JobTableConfig {
+        state_dir: state_dir.path().to_path_buf(),
+        max_jobs: config.max_jobs,
+        max_running_per_client: config.max_running_per_client,
+        max_output_bytes: config.max_output_bytes,
+        max_output_total: config.max_output_total,
+        limits_unavailable: limits_unavailable.clone(),
+    })
+    .map_err(io_error("cannot prepare the job directories"))?;
+    if let Some(reason) = &limits_unavailable {
+        log::warn!("resource limits are unavailable on this host ({reason}); jobs run without limits");
+    }
+
+    let mut listener =
+        TcpListener::bind(config.listen).map_err(|source| ServerError::Bind { address: config.listen, source })?;
+    let poll = MioPoll::new().map_err(io_error("cannot create the event loop"))?;
+    poll.registry()
+        .register(&mut listener, Source::Listener.token(), Interest::READABLE)
+        .map_err(io_error("cannot watch the listener"))?;
+    poll.registry()
+        .register(&mut SourceFd(&signals.as_raw_fd()), Source::Signals.token(), Interest::READABLE)
+        .map_err(io_error("cannot watch signals"))?;
+    let address = listener.local_addr().map_err(io_error("cannot read the listening address"))?;
+    // The one line scripts and tests wait for.
+    log::info!("listening on {address}");
+    eprintln!("runnel server listening on {address}");
+
+    let mut h2 = h2::server::Builder::new();
+    h2.max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(limits::MAX_HEADER_LIST)
+        .header_table_size(limits::HEADER_TABLE)
+        .initial_window_size(limits::STREAM_WINDOW)
+        .initial_connection_window_size(limits::STREAM_WINDOW * 4);
+    let mut server = Server {
+        poll,
+        listener: Some(listener),
+        signals,
+        tls,
+        settings: ConnectionSettings { h2, admins: config.admins.clone() },
+        connections: HashMap::new(),
+        next_connection: 1,
+        queue: Arc::new(WakeQueue::default()),
+        timers: Timers::default(),
+        jobs,
+        pending_drains: Vec::new(),
+        shutdown_waiters: Vec::new(),
+        lifecycle: Lifecycle::Serving,
+        config,
+    };
+    let result = server.run();
+    server.jobs.remove_all();
+    state_dir.remove();
+    log::info!("server stopped");
+    result
+}
+
+impl Server {
+    fn run(&mut self) -> Result<(), ServerError> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let now = Instant::now();
+            let timeout = if !self.queue.is_empty() || !self.pending_drains.is_empty() {
+                Some(Duration::ZERO)
+            } else {
+                self.timers.next_timeout(now)
+            };
+            if let Err(err) = self.poll.poll(&mut events, timeout) {
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(ServerError::Io { what: "the event loop failed", source: err });
+                }
+            }
+            for event in events.iter() {
+                self.dispatch(Source::from_token(event.token()));
+            }
+            for (key, side) in std::mem::take(&mut self.pending_drains) {
+                self.drain(key, side);
+            }
+            let now = Instant::now();
+            while let Some(event) = self.timers.pop_due(now) {
+                self.fire(event);
+            }
+            self.run_tasks();
+            if self.advance_shutdown() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn dispatch(&mut self, source: Source) {
+        match source {
+            Source::Listener => self.accept(),
+            Source::Signals => self.handle_signals(),
+            Source::Connection(id) => {
+                if let Some(connection) = self.connections.get(&id) {
+                    connection.waker.wake_by_ref();
+                }
+            }
+            Source::JobExit(key) => {
+                self.jobs.reap(key);
+            }
+            Source::JobOutput(key, side) => self.drain(key, side),
+        }
+    }
+
+    fn drain(&mut self, key: JobKey, side: PipeSide) {
+        if self.jobs.drain(key, side, PIPE_READS_PER_TURN) == Drain::More {
+            self.pending_drains.push((key, side));
+        }
+    }
+
+    fn accept(&mut self) {
+        let Some(listener) = self.listener.as_ref() else { return };
+        loop {
+            let (mut socket, peer) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) => {
+                    // EMFILE and friends: keep serving what we have; the next readiness event retries.
+                    log::warn!("accept failed: {err}");
+                    return;
+                }
+            };
+            let handshaking = self.connections.values().filter(|c| c.is_handshaking()).count();
+            if self.connections.len() >= limits::MAX_CONNECTIONS || handshaking >= limits::MAX_HANDSHAKING {
+                log::warn!("refusing connection from {peer}: too many connections");
+                continue;
+            }
+            let _ = socket.set_nodelay(true);
+            let tls = match rustls::ServerConnection::new(Arc::clone(&self.tls)) {
+                Ok(tls) => tls,
+                Err(err) => {
+                    log::error!("cannot start TLS for {peer}: {err}");
+                    continue;
+                }
+            };
+            let id = self.next_connection;
+            self.next_connection += 1;
+            let token = Source::Connection(id).token();
+            if let Err(err) = self.poll.registry().register(&mut socket, token, Interest::READABLE | Interest::WRITABLE)
+            {
+                log::error!("cannot watch connection from {peer}: {err}");
+                continue;
+            }
+            log::debug!("connection {id} from {peer}");
+            let mut connection = Connection::new(id, socket, tls, self.queue.waker(TaskId::connection(id)));
+            if self.lifecycle != Lifecycle::Serving {
+                connection.go_away();
+            }
+            connection.waker.wake_by_ref();
+            self.connections.insert(id, connection);
+            self.timers.schedule(Instant::now() + limits::HANDSHAKE_TIMEOUT, TimerEvent::HandshakeDeadline(id));
+            self.timers.schedule(Instant::now() + limits::IDLE_TIMEOUT, TimerEvent::IdleCheck(id));
+        }
+    }
+
+    fn handle_signals(&mut self) {
+        while let Ok(Some(signal)) = sys::read_signal(self.signals.as_raw_fd()) {
+            if self.lifecycle == Lifecycle::Serving {
+                log::info!("signal {signal}: shutting down (stopping jobs, grace {:?})", self.config.shutdown_grace);
+                eprintln!("runnel server shutting down: stopping jobs");
+                self.begin_shutdown();
+            } else {
+                log::info!("signal {signal} again: killing every job now");
+                for key in self.jobs.running_jobs().collect::<Vec<_>>() {
+                    self.jobs.kill(key);
+                }
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        self.lifecycle = Lifecycle::StoppingJobs;
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        self.jobs.begin_shutdown();
+        let kill_at = Instant::now() + self.config.shutdown_grace;
+        for key in self.jobs.running_jobs().collect::<Vec<_>>() {
+            self.jobs.request_stop(key, EndReason::ServerShutdown);
+            self.timers.schedule(kill_at, TimerEvent::KillJob(key));
+        }
+        for waker in self.shutdown_waiters.drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// Moves shutdown forward; true when the loop should end.
+    fn advance_shutdown(&mut self) -> bool {
+        match self.lifecycle {
+            Lifecycle::Serving => false,
+            Lifecycle::StoppingJobs => {
+                if !self.jobs.has_running() {
+                    self.lifecycle = Lifecycle::Draining;
+                    self.timers.schedule(Instant::now() + limits::SHUTDOWN_DRAIN, TimerEvent::ShutdownDrainOver);
+                    return self.advance_shutdown();
+                }
+                false
+            }
+            Lifecycle::Draining => {
+                let followers = self.connections.values().flat_map(|c| c.calls.values()).any(|call| call.is_follower());
+                if !followers {
+                    self.close_connections();
+                    return self.advance_shutdown();
+                }
+                false
+            }
+            Lifecycle::Closing => self.connections.is_empty(),
+        }
+    }
+
+    fn close_connections(&mut self) {
+        self.lifecycle = Lifecycle::Closing;
+        for connection in self.connections.values_mut() {
+            connection.go_away();
+            connection.waker.wake_by_ref();
+        }
+        self.timers.schedule(Instant::now() + limits::SHUTDOWN_DRAIN, TimerEvent::ShutdownDrainOver);
+    }
+
+    fn fire(&mut self, event: TimerEvent) {
+        match event {
+            TimerEvent::KillJob(key) => self.jobs.kill(key),
+            TimerEvent::CallDeadline(connection_id, call_id) => {
+                let Some(connection) = self.connections.get_mut(&connection_id) else { return };
+                if let Some(mut call) = connection.calls.remove(&call_id) {
+                    call.abort(Status::new(Code::DeadlineExceeded, "the call's deadline (grpc-timeout) passed"));
+                    connection.waker.wake_by_ref();
+                }
+            }
+            TimerEvent::HandshakeDeadline(id) => {
+                if self.connections.get(&id).is_some_and(|c| c.is_handshaking()) {
+                    log::debug!("connection {id}: handshake timed out");
+                    self.connections.remove(&id);
+                }
+            }
+            TimerEvent::IdleCheck(id) => {
+                let Some(connection) = self.connections.get_mut(&id) else { return };
+                let idle_until = connection.last_active + limits::IDLE_TIMEOUT;
+                if connection.calls.is_empty() && Instant::now() >= idle_until {
+                    log::debug!("connection {id}: idle, closing");
+                    connection.go_away();
+                    connection.waker.wake_by_ref();
+                } else {
+                    self.timers
+                        .schedule(idle_until.max(Instant::now() + Duration::from_secs(1)), TimerEvent::IdleCheck(id));
+                }
+            }
+            TimerEvent::ShutdownDrainOver => match self.lifecycle {
+                Lifecycle::Draining => self.close_connections(),
+                Lifecycle::Closing => self.connections.clear(),
+                _ => {}
+            },
+        }
+    }
+
+    /// Polls woken tasks until none is left (or the per-turn budget is spent).
+    fn run_tasks(&mut self) {
+        let mut deadlines = Vec::new();
+        for _ in 0..limits::TASK_ROUNDS_PER_TURN {
+            let ready = self.queue.take();
+            if ready.is_empty() {
+                break;
+            }
+            for task in ready {
+                self.poll_task(task, &mut deadlines);
+            }
+            for (task, timeout) in deadlines.drain(..) {
+                self.timers.schedule(Instant::now() + timeout, TimerEvent::CallDeadline(task.connection, task.call));
+            }
+        }
+    }
+
+    fn poll_task(&mut self, task: TaskId, deadlines: &mut Vec<(TaskId, Duration)>) {
+        let Some(connection) = self.connections.get_mut(&task.connection) else { return };
+        if task.is_connection() {
+            let waker = connection.waker.clone();
+            let mut cx = Context::from_waker(&waker);
+            if connection.poll(&mut cx, &self.settings, &self.queue, deadlines) == ConnectionState::Closed {
+                log::debug!("connection {} closed", task.connection);
+                self.connections.remove(&task.connection);
+            }
+            return;
+        }
+        let Some(call) = connection.calls.get_mut(&task.call) else { return };
+        let waker = call.waker.clone();
+        let mut cx = Context::from_waker(&waker);
+        let mut ctx = ServiceContext {
+            jobs: &mut self.jobs,
+            timers: &mut self.timers,
+            registry: self.poll.registry(),
+            stop_grace: self.config.stop_grace,
+            shutting_down: self.lifecycle != Lifecycle::Serving,
+            shutdown_waiters: &mut self.shutdown_waiters,
+        };
+        if let Poll::Ready(()) = call.poll(&mut cx, &mut ctx) {
+            connection.calls.remove(&task.call);
+            connection.last_active = Instant::now();
+            // The call's last frames are queued in h2: let the connection write them.
+            connection.waker.wake_by_ref();
+        }
+    }
+}
