@@ -7,7 +7,7 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use h2::server::SendResponse;
-use h2::{Reason, RecvStream, SendStream};
+use h2::{RecvStream, SendStream};
 use http::{HeaderMap, HeaderValue, Response};
 use prost::encoding::{encode_varint, encoded_len_varint};
 
@@ -295,6 +295,10 @@ impl Call {
     }
 
     /// Ends the call with `status`: trailers after a response, or a Trailers-Only response if nothing was sent.
+    ///
+    /// If the client is still sending, no reset is sent here: an explicit reset would discard the queued status.
+    /// When the call is dropped, h2 sends RST_STREAM(NO_ERROR) itself, after the queued frames, as RFC 9113
+    /// §8.1 asks.
     fn finish(&mut self, status: Status) -> Poll<()> {
         if status.code != Code::Ok {
             log::debug!("call {:?} ends with {status}", self.method);
@@ -313,17 +317,10 @@ impl Call {
                     .body(())
                     .expect("static headers are valid");
                 response.headers_mut().extend(trailers);
-                if let Ok(mut send) = respond.send_response(response, true) {
-                    if !self.body.is_end_stream() {
-                        send.send_reset(Reason::NO_ERROR);
-                    }
-                }
+                let _ = respond.send_response(response, true);
             }
             Responder::Open(mut send) => {
                 let _ = send.send_trailers(trailers);
-                if !self.body.is_end_stream() {
-                    send.send_reset(Reason::NO_ERROR);
-                }
             }
             Responder::Closed => {}
         }
