@@ -74,7 +74,7 @@ pub fn parse_state(text: &str) -> Result<JobState, String> {
 
 fn system_time(ts: &Option<prost_types::Timestamp>) -> Option<SystemTime> {
     let ts = ts.as_ref()?;
-    SystemTime::try_from(ts.clone()).ok()
+    SystemTime::try_from(*ts).ok()
 }
 
 /// UTC `YYYY-MM-DD HH:MM:SS` (or with `T`/`Z` for RFC 3339), computed without a date library.

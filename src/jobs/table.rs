@@ -413,8 +413,8 @@ impl JobTable {
         let stderr = sys::output_pipe()?;
         let fds = SpawnFds { stdin: self.dev_null.as_fd(), stdout: stdout.write.as_fd(), stderr: stderr.write.as_fd() };
         let spawned = sys::spawn(&program, &fds, &mut self.child_stack)?;
-        // The write ends now belong to the job alone: dropping ours lets the pipes reach EOF when the job exits.
-        drop(fds);
+        // Only the read ends are kept: the write ends, closed as this returns, now belong to the job alone, so
+        // the pipes reach end of file when the job (and whatever inherited them) exits.
         Ok(spawned.map(|(pid, pidfd)| (pid, pidfd, [stdout.read, stderr.read])))
     }
 

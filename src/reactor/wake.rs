@@ -77,7 +77,7 @@ mod tests {
         let queue = Arc::new(WakeQueue::default());
         let waker = queue.waker(TaskId { connection: 3, call: 5 });
         waker.wake_by_ref();
-        waker.clone().wake();
+        waker.wake_by_ref();
         assert_eq!(queue.take(), vec![TaskId { connection: 3, call: 5 }]);
         assert!(queue.take().is_empty());
         waker.wake_by_ref();

@@ -26,7 +26,7 @@ type Transport = TlsStream<ServerConnection>;
 
 enum Phase {
     Tls(Box<Transport>),
-    H2Handshake(h2::server::Handshake<Transport, Bytes>),
+    H2Handshake(Box<h2::server::Handshake<Transport, Bytes>>),
     Serving(Box<h2::server::Connection<Transport, Bytes>>),
     /// Over; also the state for the instant the transport moves from one phase to the next.
     Closed,
@@ -102,7 +102,7 @@ impl Connection {
                         let Phase::Tls(transport) = std::mem::replace(&mut self.phase, Phase::Closed) else {
                             unreachable!("matched above")
                         };
-                        self.phase = Phase::H2Handshake(settings.h2.handshake(*transport));
+                        self.phase = Phase::H2Handshake(Box::new(settings.h2.handshake(*transport)));
                     }
                     Ok(false) => return ConnectionState::Open,
                     Err(err) => {
@@ -110,7 +110,7 @@ impl Connection {
                         return ConnectionState::Closed;
                     }
                 },
-                Phase::H2Handshake(handshake) => match Pin::new(handshake).poll(cx) {
+                Phase::H2Handshake(handshake) => match Pin::new(&mut **handshake).poll(cx) {
                     Poll::Ready(Ok(h2)) => {
                         self.phase = Phase::Serving(Box::new(h2));
                         if self.going_away {
