@@ -1,0 +1,60 @@
+# runnel: the README's two commands are `make demo` and `make test`.
+
+CARGO    ?= cargo
+BIN      := target/release/runnel
+DEV_PKI  := certs/dev
+DEMO_DIR := $(CURDIR)/target/demo
+ADDR     := 127.0.0.1:50051
+
+.PHONY: all build demo test unit interop deps clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+# Makes certs/dev/{ca,server,demo}.{crt,key} once; later runs reuse them.
+$(DEV_PKI)/ca.crt: | build
+	mkdir -p $(DEV_PKI)
+	$(BIN) certs ca --out $(DEV_PKI)/ca
+	$(BIN) certs server --ca $(DEV_PKI)/ca --out $(DEV_PKI)/server --dns localhost --ip 127.0.0.1
+	$(BIN) certs client --ca $(DEV_PKI)/ca --name demo --out $(DEV_PKI)/demo
+
+# Starts a server, runs a job through the client, streams its output, shows its status, stops the server.
+demo: build $(DEV_PKI)/ca.crt
+	@rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
+	@$(BIN) server --listen $(ADDR) --cert $(DEV_PKI)/server.crt --key $(DEV_PKI)/server.key \
+	    --client-ca $(DEV_PKI)/ca.crt --state-dir $(DEMO_DIR)/state 2> $(DEMO_DIR)/server.log & echo $$! > $(DEMO_DIR)/server.pid
+	@for i in $$(seq 50); do grep -q 'listening on' $(DEMO_DIR)/server.log && break; sleep 0.1; done; cat $(DEMO_DIR)/server.log
+	@export RUNNEL_SERVER=$(ADDR) RUNNEL_CERT=$(DEV_PKI)/demo.crt RUNNEL_KEY=$(DEV_PKI)/demo.key RUNNEL_CA=$(DEV_PKI)/ca.crt; \
+	  set -e; \
+	  echo '$$ runnel client run -- sh -c "..."'; \
+	  $(BIN) client run -- sh -c 'for i in 1 2 3; do echo "tick $$i"; sleep 0.3; done; echo "to stderr" >&2; exit 3' \
+	    || echo "(job exit code $$?, as expected)"; \
+	  echo '$$ runnel client start -- uname -a'; ID=$$($(BIN) client start -- uname -a); echo $$ID; \
+	  echo '$$ runnel client wait ID'; $(BIN) client wait $$ID; \
+	  echo '$$ runnel client logs ID'; $(BIN) client logs $$ID; \
+	  echo '$$ runnel client status ID'; $(BIN) client status $$ID; \
+	  echo '$$ runnel client list'; $(BIN) client list
+	@kill -TERM $$(cat $(DEMO_DIR)/server.pid); while kill -0 $$(cat $(DEMO_DIR)/server.pid) 2>/dev/null; do sleep 0.1; done
+	@echo "server stopped; its state dir was removed: $$(test -e $(DEMO_DIR)/state && echo NO || echo yes)"
+
+# Everything the tests need that a fresh Debian 12 root machine lacks: Python's venv module, procps (`kill`).
+deps:
+	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust (rustup) first" >&2; exit 1; }
+	@python3 -c 'import ensurepip, venv' 2>/dev/null && command -v kill >/dev/null && command -v sha256sum >/dev/null || { \
+	  echo "installing python3-venv and procps"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv procps coreutils; }
+
+test: deps unit interop
+
+unit:
+	$(CARGO) test --all-targets
+
+interop: deps
+	$(CARGO) build
+	bash tests/interop/run.sh target/debug/runnel
+
+clean:
+	$(CARGO) clean
+	rm -rf .venv tests/interop/generated

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Interop test: drives a real runnel server with the reference gRPC implementation (grpcio, Python).
+# Usage: tests/interop/run.sh BINARY
+set -euo pipefail
+
+if [[ $# -ne 1 ]]; then
+    echo "usage: $0 BINARY" >&2
+    exit 2
+fi
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+BIN="$1"
+if [[ "$BIN" != /* ]]; then
+    BIN="$(pwd)/$BIN"
+fi
+if [[ ! -x "$BIN" ]]; then
+    echo "interop: binary not found or not executable: $BIN" >&2
+    exit 1
+fi
+
+VENV="$REPO/.venv"
+if [[ ! -x "$VENV/bin/python" ]]; then
+    echo "interop: creating virtualenv $VENV" >&2
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+"$PY" -m pip install --quiet --disable-pip-version-check -r "$HERE/requirements.txt"
+
+GEN="$HERE/generated"
+rm -rf "$GEN"
+mkdir -p "$GEN"
+(cd "$REPO" && "$PY" -m grpc_tools.protoc -I proto \
+    --python_out="$GEN" --grpc_python_out="$GEN" \
+    proto/runnel/v1/runnel.proto proto/grpc/health/v1/health.proto)
+
+cd "$REPO"
+RUNNEL_BIN="$BIN" PYTHONPATH="$GEN${PYTHONPATH:+:$PYTHONPATH}" \
+    "$PY" -m pytest -q -p no:cacheprovider tests/interop

@@ -1,0 +1,375 @@
+//! Job lifecycle and output streaming, against the real server binary.
+
+mod util;
+
+use std::time::{Duration, Instant};
+
+use runnel::client::{CallError, Client};
+use runnel::grpc::Code;
+use runnel::proto::{
+    EndReason, GetJobRequest, Job, JobState, ListJobsRequest, ListJobsResponse, OutputChunk, OutputStream,
+    StartJobRequest, StopJobRequest, StreamOutputRequest, WaitJobRequest,
+};
+use util::{eventually, pids_matching, process_alive, Pki, Server};
+
+const START: &str = "/runnel.v1.JobService/StartJob";
+const STOP: &str = "/runnel.v1.JobService/StopJob";
+const GET: &str = "/runnel.v1.JobService/GetJob";
+const LIST: &str = "/runnel.v1.JobService/ListJobs";
+const WAIT: &str = "/runnel.v1.JobService/WaitJob";
+const STREAM: &str = "/runnel.v1.JobService/StreamOutput";
+
+fn start(client: &mut Client, command: &str, args: &[&str]) -> Job {
+    let request = StartJobRequest {
+        command: command.into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        ..Default::default()
+    };
+    client.unary(START, &request, None).unwrap_or_else(|e| panic!("start {command}: {e:?}"))
+}
+
+fn status_of<T: std::fmt::Debug>(result: Result<T, CallError>) -> (Code, String) {
+    match result {
+        Err(CallError::Status(status)) => (status.code, status.message),
+        other => panic!("expected an error status, got {other:?}"),
+    }
+}
+
+fn wait(client: &mut Client, id: &str) -> Job {
+    client.unary(WAIT, &WaitJobRequest { job_id: id.into() }, Some(Duration::from_secs(30))).unwrap()
+}
+
+fn stop(client: &mut Client, id: &str, grace: Option<Duration>) -> Job {
+    let request = StopJobRequest { job_id: id.into(), grace_period: grace.map(|g| g.try_into().unwrap()) };
+    client.unary(STOP, &request, Some(Duration::from_secs(30))).unwrap()
+}
+
+/// Reads a whole output stream: (offset, stream, data) per chunk.
+fn read_output(client: &mut Client, id: &str, offset: u64, follow: bool) -> Vec<OutputChunk> {
+    let request = StreamOutputRequest { job_id: id.into(), offset, follow };
+    let mut stream = client.start_call(STREAM, &request, None).unwrap();
+    let mut chunks = Vec::new();
+    while let Some(chunk) = client.next_message::<OutputChunk>(&mut stream).unwrap() {
+        chunks.push(chunk);
+    }
+    chunks
+}
+
+fn concat(chunks: &[OutputChunk]) -> Vec<u8> {
+    chunks.iter().flat_map(|c| c.data.iter().copied()).collect()
+}
+
+fn assert_contiguous(chunks: &[OutputChunk], first: u64) {
+    let mut next = first;
+    for chunk in chunks {
+        assert_eq!(chunk.offset, next, "gap or overlap in offsets");
+        next += chunk.data.len() as u64;
+    }
+}
+
+#[test]
+fn start_status_list_wait_stop() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut alice = server.client("alice");
+
+    let quick = start(&mut alice, "sh", &["-c", "exit 5"]);
+    assert_eq!(quick.owner, "alice");
+    assert!(quick.pid > 0);
+    let ended = wait(&mut alice, &quick.id);
+    assert_eq!(ended.state, JobState::Exited as i32);
+    assert_eq!(ended.exit_code, Some(5));
+    assert_eq!(ended.end_reason, EndReason::Exited as i32);
+    assert!(ended.ended_at.is_some());
+
+    let sleeper = start(&mut alice, "sleep", &["30"]);
+    let got: Job = alice.unary(GET, &GetJobRequest { job_id: sleeper.id.clone() }, None).unwrap();
+    assert_eq!(got.state, JobState::Running as i32);
+    let listed: ListJobsResponse = alice.unary(LIST, &ListJobsRequest::default(), None).unwrap();
+    assert_eq!(listed.jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), [quick.id.as_str(), &sleeper.id]);
+    let running: ListJobsResponse =
+        alice.unary(LIST, &ListJobsRequest { states: vec![JobState::Running as i32] }, None).unwrap();
+    assert_eq!(running.jobs.len(), 1);
+
+    let stopped = stop(&mut alice, &sleeper.id, None);
+    assert_eq!(stopped.state, JobState::Killed as i32);
+    assert_eq!(stopped.signal, Some(libc_sigterm()));
+    assert_eq!(stopped.end_reason, EndReason::Stopped as i32);
+    assert!(!process_alive(sleeper.pid));
+    // Idempotent: stopping again returns the same final state with OK.
+    let again = stop(&mut alice, &sleeper.id, None);
+    assert_eq!(again.state, stopped.state);
+    assert_eq!(again.ended_at, stopped.ended_at);
+}
+
+fn libc_sigterm() -> i32 {
+    15
+}
+
+#[test]
+fn exec_failures_and_bad_input_are_clear_errors_that_change_nothing() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut alice = server.client("alice");
+    let mut request = |command: &str, working_dir: &str, env: &[&str]| {
+        let request = StartJobRequest {
+            command: command.into(),
+            working_dir: working_dir.into(),
+            env: env.iter().map(|e| e.to_string()).collect(),
+            ..Default::default()
+        };
+        status_of(alice.unary::<_, Job>(START, &request, None))
+    };
+    let (code, message) = request("no-such-command-here", "", &[]);
+    assert_eq!((code, message.as_str()), (Code::NotFound, "executable not found: no-such-command-here"));
+    assert_eq!(request("/etc/passwd", "", &[]).0, Code::PermissionDenied);
+    let (code, message) = request("true", "/no/such/dir", &[]);
+    assert_eq!(code, Code::FailedPrecondition);
+    assert!(message.contains("/no/such/dir"), "{message}");
+    assert_eq!(request("", "", &[]).0, Code::InvalidArgument);
+    assert_eq!(request("true", "relative", &[]).0, Code::InvalidArgument);
+    assert_eq!(request("true", "", &["NOEQUALS"]).0, Code::InvalidArgument);
+    let limited = StartJobRequest {
+        command: "true".into(),
+        limits: Some(runnel::proto::ResourceLimits { memory_bytes: 64 << 20, ..Default::default() }),
+        ..Default::default()
+    };
+    let (code, message) = status_of(alice.unary::<_, Job>(START, &limited, None));
+    assert_eq!(code, Code::FailedPrecondition);
+    assert!(message.starts_with("resource limits are unavailable on this host"), "{message}");
+    let (code, _) = status_of(alice.unary::<_, Job>(GET, &GetJobRequest { job_id: "not-a-uuid".into() }, None));
+    assert_eq!(code, Code::InvalidArgument);
+
+    let listed: ListJobsResponse = alice.unary(LIST, &ListJobsRequest::default(), None).unwrap();
+    assert!(listed.jobs.is_empty(), "a failed start left a job behind: {:?}", listed.jobs);
+    let leftovers = std::fs::read_dir(server.state_dir.join("output")).unwrap().count()
+        + std::fs::read_dir(server.state_dir.join("work")).unwrap().count();
+    assert_eq!(leftovers, 0, "a failed start left files behind");
+}
+
+#[test]
+fn binary_output_is_replayed_byte_exact_to_a_late_subscriber() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut alice = server.client("alice");
+    // Every byte value, NULs and invalid UTF-8 included, interleaved with stderr.
+    let script = "i=0; while [ $i -lt 4 ]; do head -c 70000 /dev/urandom > /tmp/.x$$; cat /tmp/.x$$; \
+                  printf 'e\\000\\377' >&2; i=$((i+1)); cat /tmp/.x$$ >> /tmp/.all$$; done; \
+                  rm /tmp/.x$$; cat /tmp/.all$$ | sha256sum >&2; rm /tmp/.all$$";
+    let job = start(&mut alice, "sh", &["-c", script]);
+    let ended = wait(&mut alice, &job.id);
+    assert_eq!(ended.exit_code, Some(0));
+
+    let chunks = read_output(&mut alice, &job.id, 0, false);
+    assert_contiguous(&chunks, 0);
+    assert_eq!(concat(&chunks).len() as u64, ended.output_bytes);
+    let stdout: Vec<u8> =
+        chunks.iter().filter(|c| c.stream == OutputStream::Stdout as i32).flat_map(|c| c.data.clone()).collect();
+    let stderr: Vec<u8> =
+        chunks.iter().filter(|c| c.stream == OutputStream::Stderr as i32).flat_map(|c| c.data.clone()).collect();
+    assert_eq!(stdout.len(), 4 * 70_000);
+    assert!(stderr.starts_with(b"e\0\xffe\0\xffe\0\xffe\0\xff"), "{:?}", &stderr[..12.min(stderr.len())]);
+    let digest = String::from_utf8_lossy(&stderr[12..]).split_whitespace().next().unwrap().to_string();
+    let ours = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(&stdout)?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&ours.stdout).split_whitespace().next().unwrap(), digest);
+
+    // From an offset in the middle: the same bytes from there on.
+    let tail = read_output(&mut alice, &job.id, 100_001, false);
+    assert_contiguous(&tail, 100_001);
+    assert_eq!(concat(&tail), concat(&chunks)[100_001..]);
+    // Past the end of an ended job: OUT_OF_RANGE.
+    let request = StreamOutputRequest { job_id: job.id.clone(), offset: ended.output_bytes + 1, follow: false };
+    let mut stream = alice.start_call(STREAM, &request, None);
+    let (code, _) = match stream.as_mut() {
+        Ok(stream) => status_of(alice.next_message::<OutputChunk>(stream)),
+        Err(_) => status_of(stream.map(|_| ())),
+    };
+    assert_eq!(code, Code::OutOfRange);
+}
+
+#[test]
+fn twenty_followers_receive_identical_bytes_and_live_lines() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut alice = server.client("alice");
+    let job = start(&mut alice, "sh", &["-c", "for i in $(seq 1 30); do echo line $i; sleep 0.05; done"]);
+
+    // Live follow: the first line arrives while the job is still running.
+    let mut live = alice
+        .start_call(STREAM, &StreamOutputRequest { job_id: job.id.clone(), offset: 0, follow: true }, None)
+        .unwrap();
+    let first = alice.next_message::<OutputChunk>(&mut live).unwrap().unwrap();
+    assert!(first.data.starts_with(b"line 1\n"));
+    let state: Job = alice.unary(GET, &GetJobRequest { job_id: job.id.clone() }, None).unwrap();
+    assert_eq!(state.state, JobState::Running as i32, "the first line should arrive before the job ends");
+
+    // Twenty followers on their own connections, all following to the end.
+    let mut followers: Vec<(Client, runnel::client::ResponseStream)> = (0..20)
+        .map(|_| {
+            let mut client = server.client("alice");
+            let request = StreamOutputRequest { job_id: job.id.clone(), offset: 0, follow: true };
+            let stream = client.start_call(STREAM, &request, None).unwrap();
+            (client, stream)
+        })
+        .collect();
+    let mut outputs = Vec::new();
+    for (client, stream) in followers.iter_mut() {
+        let mut bytes = Vec::new();
+        while let Some(chunk) = client.next_message::<OutputChunk>(stream).unwrap() {
+            bytes.extend(chunk.data);
+        }
+        outputs.push(bytes);
+    }
+    let expected: String = (1..=30).map(|i| format!("line {i}\n")).collect();
+    for output in &outputs {
+        assert_eq!(String::from_utf8_lossy(output), expected);
+    }
+}
+
+#[test]
+fn a_stalled_subscriber_does_not_slow_another() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut alice = server.client("alice");
+    let job = start(&mut alice, "sh", &["-c", "head -c 67108864 /dev/zero; sleep 0.2"]);
+    // The stalled one opens a follow and never reads again.
+    let mut stalled_client = server.client("alice");
+    let request = StreamOutputRequest { job_id: job.id.clone(), offset: 0, follow: true };
+    let _stalled = stalled_client.start_call(STREAM, &request, None).unwrap();
+
+    let started = Instant::now();
+    let mut reader = server.client("alice");
+    let mut stream = reader.start_call(STREAM, &request, None).unwrap();
+    let mut total = 0u64;
+    while let Some(chunk) = reader.next_message::<OutputChunk>(&mut stream).unwrap() {
+        assert_eq!(chunk.offset, total);
+        total += chunk.data.len() as u64;
+    }
+    assert_eq!(total, 64 << 20);
+    eprintln!("64 MiB past a stalled subscriber in {:?}", started.elapsed());
+    // The server stayed responsive and bounded: one thread, RSS far below the output volume.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let field = |name: &str| -> u64 {
+        status.lines().find(|l| l.starts_with(name)).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    assert_eq!(field("Threads:"), 1);
+    assert!(field("VmRSS:") < 48 * 1024, "server RSS {} KiB while a subscriber is stalled", field("VmRSS:"));
+}
+
+#[test]
+fn stop_kills_grandchildren_and_ends_every_follower() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut alice = server.client("alice");
+    let marker = format!("sleep 1000{}", rand::random::<u16>());
+    let job = start(&mut alice, "sh", &["-c", &format!("{marker} & {marker} & echo started; wait")]);
+    assert!(eventually(Duration::from_secs(5), || pids_matching(&marker).len() == 2), "grandchildren did not start");
+    let mut follower = server.client("alice");
+    let mut stream = follower
+        .start_call(STREAM, &StreamOutputRequest { job_id: job.id.clone(), offset: 0, follow: true }, None)
+        .unwrap();
+    let stopped = stop(&mut alice, &job.id, Some(Duration::from_secs(5)));
+    assert_eq!(stopped.end_reason, EndReason::Stopped as i32);
+    assert!(eventually(Duration::from_secs(5), || pids_matching(&marker).is_empty()), "a grandchild survived stop");
+    // The follower gets the output and then the end of the stream.
+    let mut bytes = Vec::new();
+    while let Some(chunk) = follower.next_message::<OutputChunk>(&mut stream).unwrap() {
+        bytes.extend(chunk.data);
+    }
+    assert_eq!(bytes, b"started\n");
+
+    // And when the main process exits on its own, what it left behind is killed too.
+    let job = start(&mut alice, "sh", &["-c", &format!("{marker} & exit 0")]);
+    wait(&mut alice, &job.id);
+    assert!(
+        eventually(Duration::from_secs(5), || pids_matching(&marker).is_empty()),
+        "a background child outlived its job"
+    );
+}
+
+#[test]
+fn a_sigterm_trapping_job_gets_its_grace_period() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut alice = server.client("alice");
+    let script =
+        "trap 'echo got TERM; sleep 0.5; echo cleaned up; exit 0' TERM; echo ready; while :; do sleep 0.05; done";
+    let job = start(&mut alice, "sh", &["-c", script]);
+    let mut cursor = server.client("alice");
+    let mut stream = cursor
+        .start_call(STREAM, &StreamOutputRequest { job_id: job.id.clone(), offset: 0, follow: true }, None)
+        .unwrap();
+    assert_eq!(cursor.next_message::<OutputChunk>(&mut stream).unwrap().unwrap().data, b"ready\n");
+    let stopped = stop(&mut alice, &job.id, Some(Duration::from_secs(10)));
+    assert_eq!(stopped.state, JobState::Exited as i32, "the trap ran to completion: {stopped:?}");
+    assert_eq!(stopped.exit_code, Some(0));
+    assert_eq!(stopped.end_reason, EndReason::Stopped as i32);
+    let mut rest = Vec::new();
+    while let Some(chunk) = cursor.next_message::<OutputChunk>(&mut stream).unwrap() {
+        rest.extend(chunk.data);
+    }
+    // sh also reports its SIGTERM'd `sleep` ("Terminated"): the whole process group got the signal.
+    assert!(String::from_utf8_lossy(&rest).ends_with("got TERM\ncleaned up\n"), "{}", String::from_utf8_lossy(&rest));
+
+    // A job that ignores SIGTERM is killed when the grace period ends. Stop only once the trap is in place.
+    let stubborn = start(&mut alice, "sh", &["-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done"]);
+    let mut stream = cursor
+        .start_call(STREAM, &StreamOutputRequest { job_id: stubborn.id.clone(), offset: 0, follow: true }, None)
+        .unwrap();
+    assert_eq!(cursor.next_message::<OutputChunk>(&mut stream).unwrap().unwrap().data, b"ready\n");
+    let begun = Instant::now();
+    let stopped = stop(&mut alice, &stubborn.id, Some(Duration::from_millis(300)));
+    assert!(begun.elapsed() >= Duration::from_millis(300), "ended after {:?}: {stopped:?}", begun.elapsed());
+    assert_eq!(stopped.signal, Some(9));
+}
+
+#[test]
+fn server_shutdown_stops_jobs_ends_streams_and_removes_its_state() {
+    let pki = Pki::new();
+    let mut server = Server::start(&pki, &["--shutdown-grace", "2s"]);
+    let mut alice = server.client("alice");
+    let marker = format!("sleep 999{}", rand::random::<u16>());
+    let job = start(&mut alice, "sh", &["-c", &format!("{marker} & echo up; wait")]);
+    let mut follower = server.client("alice");
+    let mut stream = follower
+        .start_call(STREAM, &StreamOutputRequest { job_id: job.id.clone(), offset: 0, follow: true }, None)
+        .unwrap();
+    assert_eq!(follower.next_message::<OutputChunk>(&mut stream).unwrap().unwrap().data, b"up\n");
+
+    let status = server.stop_with(15, Duration::from_secs(15));
+    assert!(status.success(), "server exit: {status:?}\n{}", server.log_text());
+    assert!(follower.next_message::<OutputChunk>(&mut stream).is_ok_and(|m| m.is_none()), "stream did not end cleanly");
+    assert!(!process_alive(job.pid));
+    assert!(pids_matching(&marker).is_empty(), "a job process outlived the server");
+    assert!(!server.state_dir.exists(), "state dir left behind");
+}
+
+#[test]
+fn a_second_server_on_the_same_state_dir_is_refused() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let output = std::process::Command::new(util::BIN)
+        .args(["server", "--listen", "127.0.0.1:0"])
+        .arg("--cert")
+        .arg(pki.file("server.crt"))
+        .arg("--key")
+        .arg(pki.file("server.key"))
+        .arg("--client-ca")
+        .arg(pki.file("ca.crt"))
+        .arg("--state-dir")
+        .arg(&server.state_dir)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("PID {}", server.pid())), "{stderr}");
+}

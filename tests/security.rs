@@ -1,0 +1,349 @@
+//! Security properties of the real server and CLI: who may connect (mutual TLS 1.3 with a certificate from the
+//! configured CA, unexpired), who may see and control which jobs (owners and the admin only, without revealing
+//! that other people's jobs exist), and how the CLI reports errors and takes its key.
+
+mod util;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use runnel::client::{CallError, Client, ClientSettings};
+use runnel::grpc::{Code, Status};
+use runnel::pki::{write_ca, write_client, Validity};
+use runnel::proto::{
+    EndReason, GetJobRequest, Job, JobState, ListJobsRequest, ListJobsResponse, OutputChunk, StartJobRequest,
+    StopJobRequest, StreamOutputRequest, WaitJobRequest,
+};
+use runnel::tls::KeySource;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+
+use util::{Pki, Server, TempDir, BIN};
+
+const TIMEOUT: Option<Duration> = Some(Duration::from_secs(10));
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+const GET: &str = "/runnel.v1.JobService/GetJob";
+const LIST: &str = "/runnel.v1.JobService/ListJobs";
+const START: &str = "/runnel.v1.JobService/StartJob";
+const STOP: &str = "/runnel.v1.JobService/StopJob";
+const WAIT: &str = "/runnel.v1.JobService/WaitJob";
+const STREAM: &str = "/runnel.v1.JobService/StreamOutput";
+
+fn status_of(result: Result<impl std::fmt::Debug, CallError>) -> Status {
+    match result {
+        Err(CallError::Status(status)) => status,
+        other => panic!("expected an error status, got {other:?}"),
+    }
+}
+
+/// The server still answers a legitimate client.
+fn assert_still_serving(server: &Server) {
+    let mut alice = server.client("alice");
+    let listed: ListJobsResponse = alice
+        .unary(LIST, &ListJobsRequest::default(), TIMEOUT)
+        .unwrap_or_else(|e| panic!("server stopped serving alice: {e:?}\n{}", server.log_text()));
+    let _ = listed;
+}
+
+/// Connecting with these settings must fail, at connect time or on the first call, with UNAVAILABLE.
+fn assert_refused(server: &Server, settings: &ClientSettings, what: &str) {
+    let started = Instant::now();
+    let status = match Client::connect(settings) {
+        Err(status) => status,
+        Ok(mut client) => status_of(client.unary::<_, ListJobsResponse>(LIST, &ListJobsRequest::default(), TIMEOUT)),
+    };
+    assert_eq!(status.code, Code::Unavailable, "{what}: unexpected status {status:?}\n{}", server.log_text());
+    assert!(started.elapsed() < Duration::from_secs(8), "{what}: refusal took {:?}", started.elapsed());
+}
+
+fn settings_with(server: &Server, prefix: &Path) -> ClientSettings {
+    ClientSettings {
+        cert: runnel::pki::cert_path(prefix),
+        key: KeySource::File(runnel::pki::key_path(prefix)),
+        ..server.settings("alice")
+    }
+}
+
+#[test]
+fn client_without_certificate_is_refused() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(pki.file("ca.crt")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connection =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap()).unwrap();
+    let socket = TcpStream::connect(&server.address).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    socket.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, socket);
+
+    let started = Instant::now();
+    // The HTTP/2 preface; in TLS 1.3 the client may think the handshake done before the server has checked it.
+    let write = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").and_then(|_| tls.flush());
+    let outcome = match write {
+        Err(err) => Err(err),
+        Ok(()) => {
+            let mut buf = [0u8; 1024];
+            tls.read(&mut buf)
+        }
+    };
+    match outcome {
+        Err(err) => {
+            assert!(
+                !matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+                "server did not abort the handshake of a certificate-less client within 5 s: {err}\n{}",
+                server.log_text()
+            );
+            eprintln!("certificate-less client refused: {err}");
+        }
+        Ok(n) => panic!(
+            "a client without a certificate read {n} bytes from the server instead of an error\n{}",
+            server.log_text()
+        ),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_still_serving(&server);
+}
+
+#[test]
+fn client_certificate_from_another_ca_is_refused() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let other = TempDir::new("other-ca");
+    let ca = other.path().join("ca");
+    write_ca(&ca, "some other CA", &Validity::days_from_now(30)).unwrap();
+    // Same identity name as a legitimate user: only the issuer differs.
+    let alice = other.path().join("alice");
+    write_client(&ca, &alice, "alice", &Validity::days_from_now(30)).unwrap();
+
+    assert_refused(&server, &settings_with(&server, &alice), "client cert from another CA");
+    assert_still_serving(&server);
+}
+
+#[test]
+fn expired_client_certificate_is_refused() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let scratch = TempDir::new("expired");
+    let now = SystemTime::now();
+    let expired = scratch.path().join("alice-expired");
+    write_client(&pki.file("ca"), &expired, "alice", &Validity { not_before: now - 10 * DAY, not_after: now - DAY })
+        .unwrap();
+
+    assert_refused(&server, &settings_with(&server, &expired), "expired client cert");
+    assert_still_serving(&server);
+}
+
+#[test]
+fn tls12_client_is_refused() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let (host, port) = server.address.rsplit_once(':').unwrap();
+    let script = r#"
+import socket, ssl, sys
+host, port, ca, cert, key = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+ctx.check_hostname = False
+ctx.load_verify_locations(ca)
+ctx.load_cert_chain(cert, key)
+ctx.set_alpn_protocols(['h2'])
+sock = socket.create_connection((host, port), timeout=5)
+try:
+    tls = ctx.wrap_socket(sock, server_hostname='localhost')
+except (ssl.SSLError, OSError) as e:
+    print('handshake failed:', e)
+    sys.exit(0)
+print('handshake SUCCEEDED with', tls.version(), tls.selected_alpn_protocol())
+sys.exit(3)
+"#;
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(host)
+        .arg(port)
+        .arg(pki.file("ca.crt"))
+        .arg(pki.file("alice.crt"))
+        .arg(pki.file("alice.key"))
+        .output()
+        .expect("python3 is required for the TLS 1.2 test and could not be run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "TLS 1.2 client was not refused:\nstdout: {stdout}\nstderr: {stderr}\nserver log:\n{}",
+        server.log_text()
+    );
+    assert!(stdout.contains("handshake failed"), "{stdout}");
+    assert_still_serving(&server);
+}
+
+fn start_sleep(client: &mut Client) -> Job {
+    let request = StartJobRequest { command: "sleep".into(), args: vec!["30".into()], ..Default::default() };
+    client.unary(START, &request, TIMEOUT).unwrap()
+}
+
+fn get(client: &mut Client, id: &str) -> Result<Job, CallError> {
+    client.unary(GET, &GetJobRequest { job_id: id.into() }, TIMEOUT)
+}
+
+fn list_ids(client: &mut Client) -> Vec<String> {
+    let listed: ListJobsResponse = client.unary(LIST, &ListJobsRequest::default(), TIMEOUT).unwrap();
+    listed.jobs.into_iter().map(|j| j.id).collect()
+}
+
+/// StreamOutput's error, whether it arrives with the response headers or as the end of the stream.
+fn stream_status(client: &mut Client, id: &str) -> Status {
+    let request = StreamOutputRequest { job_id: id.into(), offset: 0, follow: false };
+    match client.start_call(STREAM, &request, TIMEOUT) {
+        Err(err) => status_of(Err::<(), _>(err)),
+        Ok(mut stream) => match client.next_message::<OutputChunk>(&mut stream) {
+            Ok(Some(chunk)) => panic!("bob read output of a job that is not his: {chunk:?}"),
+            Ok(None) => panic!("bob's StreamOutput of a job that is not his ended OK"),
+            Err(err) => status_of(Err::<(), _>(err)),
+        },
+    }
+}
+
+#[test]
+fn jobs_are_visible_to_their_owner_and_the_admin_only() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut alice = server.client("alice");
+    let mut bob = server.client("bob");
+    let mut admin = server.client("admin");
+
+    let job = start_sleep(&mut alice);
+    let id = job.id.clone();
+    assert_eq!(job.owner, "alice");
+    assert_eq!(job.state, JobState::Running as i32);
+
+    let log = || server.log_text();
+    let not_found = |status: Status, what: &str| {
+        assert_eq!(status.code, Code::NotFound, "bob {what} of alice's job: {status:?}\n{}", log());
+        status
+    };
+    let get_status = not_found(status_of(get(&mut bob, &id)), "GetJob");
+    not_found(status_of(bob.unary::<_, Job>(WAIT, &WaitJobRequest { job_id: id.clone() }, TIMEOUT)), "WaitJob");
+    not_found(
+        status_of(bob.unary::<_, Job>(STOP, &StopJobRequest { job_id: id.clone(), grace_period: None }, TIMEOUT)),
+        "StopJob",
+    );
+    not_found(stream_status(&mut bob, &id), "StreamOutput");
+
+    // Bob's attempts changed nothing.
+    let still = get(&mut alice, &id).unwrap();
+    assert_eq!(still.state, JobState::Running as i32, "bob's StopJob affected alice's job: {still:?}");
+
+    // Listing.
+    assert!(!list_ids(&mut bob).contains(&id), "bob's ListJobs shows alice's job");
+    assert!(list_ids(&mut alice).contains(&id), "alice's ListJobs lacks her job");
+    assert!(list_ids(&mut admin).contains(&id), "admin's ListJobs lacks alice's job");
+
+    // Existence is not revealed: a made-up id gives bob the same answer, up to the id itself.
+    let missing = "00000000-0000-4000-8000-000000000000";
+    let missing_status = not_found(status_of(get(&mut bob, missing)), "GetJob (nonexistent id)");
+    assert_eq!(
+        get_status.message.replace(&id, "<ID>"),
+        missing_status.message.replace(missing, "<ID>"),
+        "NOT_FOUND for another user's job differs from NOT_FOUND for no job"
+    );
+    let alice_missing = status_of(get(&mut alice, missing));
+    assert_eq!(alice_missing.code, Code::NotFound);
+    assert_eq!(alice_missing.message, missing_status.message);
+
+    // The admin sees and controls everyone's jobs.
+    let seen = get(&mut admin, &id).unwrap();
+    assert_eq!(seen.owner, "alice");
+    let stop =
+        StopJobRequest { job_id: id.clone(), grace_period: Some(prost_types::Duration { seconds: 2, nanos: 0 }) };
+    let stopped: Job = admin.unary(STOP, &stop, Some(Duration::from_secs(20))).unwrap();
+    assert_eq!(stopped.state, JobState::Killed as i32, "{stopped:?}");
+    assert_eq!(stopped.end_reason, EndReason::Stopped as i32, "{stopped:?}");
+    let after = get(&mut alice, &id).unwrap();
+    assert_eq!(after.state, JobState::Killed as i32);
+    assert_eq!(after.end_reason, EndReason::Stopped as i32);
+}
+
+fn one_error_line(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got {text:?}");
+    lines[0].to_string()
+}
+
+#[test]
+fn cli_reports_errors_as_one_line_with_exit_codes() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut alice = server.client("alice");
+    let job = start_sleep(&mut alice);
+
+    let output = server.cli("bob").args(["status", &job.id]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let line = one_error_line(&output.stderr);
+    assert!(line.starts_with("error: NOT_FOUND: "), "{line}");
+    assert!(output.stdout.is_empty(), "{output:?}");
+
+    let output = server.cli("bob").arg("status").output().unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let line = one_error_line(&output.stderr);
+    assert!(line.starts_with("error: INVALID_ARGUMENT: "), "{line}");
+
+    let output = server.cli("bob").arg("frobnicate").output().unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let line = one_error_line(&output.stderr);
+    assert!(line.starts_with("error: "), "{line}");
+
+    // Bob's failed look-up left the job alone.
+    assert_eq!(get(&mut alice, &job.id).unwrap().state, JobState::Running as i32);
+}
+
+#[test]
+fn cli_takes_its_key_from_runnel_tls_key() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut alice = server.client("alice");
+    let job = start_sleep(&mut alice);
+    let pem = std::fs::read_to_string(pki.file("alice.key")).unwrap();
+
+    let output = Command::new(BIN)
+        .arg("client")
+        .arg("--server")
+        .arg(&server.address)
+        .arg("--server-name")
+        .arg("localhost")
+        .arg("--cert")
+        .arg(pki.file("alice.crt"))
+        .arg("--ca")
+        .arg(pki.file("ca.crt"))
+        .arg("list")
+        .env_remove("RUNNEL_KEY")
+        .env("RUNNEL_TLS_KEY", &pem)
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stderr: {}\nserver log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        server.log_text()
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains(&job.id), "alice's list lacks her job: {stdout}");
+}

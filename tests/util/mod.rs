@@ -1,0 +1,236 @@
+//! Helpers shared by the integration tests: a fresh PKI made with `runnel certs`, the real server binary on
+//! an ephemeral loopback port, and clients (library or CLI) for any identity in the PKI.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use runnel::client::{Client, ClientSettings};
+use runnel::tls::KeySource;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_runnel");
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let dir =
+            std::env::temp_dir().join(format!("runnel-it-{name}-{}-{}", std::process::id(), rand::random::<u32>()));
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `runnel` with `args`, failing the test if it does not succeed.
+pub fn runnel(args: &[&str]) -> Output {
+    let output = Command::new(BIN).args(args).output().unwrap();
+    assert!(output.status.success(), "runnel {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+/// A CA, a server certificate for localhost/127.0.0.1, and client certificates for alice, bob and admin.
+pub struct Pki {
+    pub dir: TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = TempDir::new("pki");
+        let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+        runnel(&["certs", "ca", "--out", &p("ca")]);
+        runnel(&[
+            "certs",
+            "server",
+            "--ca",
+            &p("ca"),
+            "--out",
+            &p("server"),
+            "--dns",
+            "localhost",
+            "--ip",
+            "127.0.0.1",
+        ]);
+        for name in ["alice", "bob", "admin"] {
+            runnel(&["certs", "client", "--ca", &p("ca"), "--name", name, "--out", &p(name)]);
+        }
+        Pki { dir }
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// A running `runnel server`, killed (and its state removed) when dropped.
+pub struct Server {
+    pub child: Option<Child>,
+    pub address: String,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+    pub ca: PathBuf,
+    pub pki_dir: PathBuf,
+    _scratch: TempDir,
+}
+
+impl Server {
+    /// Starts a server with `admin` as the admin identity, plus `extra` flags.
+    pub fn start(pki: &Pki, extra: &[&str]) -> Server {
+        let scratch = TempDir::new("server");
+        let state_dir = scratch.path().join("state");
+        let log = scratch.path().join("server.log");
+        let mut command = Command::new(BIN);
+        command
+            .args(["server", "--listen", "127.0.0.1:0", "--admin", "admin"])
+            .arg("--cert")
+            .arg(pki.file("server.crt"))
+            .arg("--key")
+            .arg(pki.file("server.key"))
+            .arg("--client-ca")
+            .arg(pki.file("ca.crt"))
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap());
+        let child = command.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let address = loop {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.starts_with("runnel server listening on ")) {
+                break line.trim_start_matches("runnel server listening on ").to_string();
+            }
+            assert!(Instant::now() < deadline, "server did not start:\n{text}");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Server {
+            child: Some(child),
+            address,
+            state_dir,
+            log,
+            ca: pki.file("ca.crt"),
+            pki_dir: pki.dir.path().to_path_buf(),
+            _scratch: scratch,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    pub fn settings(&self, identity: &str) -> ClientSettings {
+        ClientSettings {
+            server: self.address.clone(),
+            cert: self.pki_dir.join(format!("{identity}.crt")),
+            key: KeySource::File(self.pki_dir.join(format!("{identity}.key"))),
+            ca: self.ca.clone(),
+            server_name: Some("localhost".into()),
+        }
+    }
+
+    /// A library client connected as `identity` (alice, bob or admin).
+    pub fn client(&self, identity: &str) -> Client {
+        Client::connect(&self.settings(identity)).unwrap_or_else(|e| panic!("connect as {identity}: {e}"))
+    }
+
+    /// The `runnel client` command line for `identity`, ready for more arguments.
+    pub fn cli(&self, identity: &str) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .arg("client")
+            .arg("--server")
+            .arg(&self.address)
+            .arg("--server-name")
+            .arg("localhost")
+            .arg("--cert")
+            .arg(self.pki_dir.join(format!("{identity}.crt")))
+            .arg("--key")
+            .arg(self.pki_dir.join(format!("{identity}.key")))
+            .arg("--ca")
+            .arg(&self.ca)
+            .env_remove("RUNNEL_TLS_KEY");
+        command
+    }
+
+    /// Sends `signal` and waits for the server to exit.
+    pub fn stop_with(&mut self, signal: i32, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        unsafe_kill(child.id() as i32, signal);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not exit:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `kill(2)` through the `kill` command, so the tests need no unsafe code.
+pub fn unsafe_kill(pid: i32, signal: i32) {
+    let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// True if a process with this pid exists (and is not a zombie).
+pub fn process_alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Pids of live processes whose command line starts with `needle`.
+pub fn pids_matching(needle: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.starts_with(needle) && process_alive(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Polls `check` until it is true or `timeout` passes; returns its last value.
+pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
