@@ -6,7 +6,7 @@ DEV_PKI  := certs/dev
 DEMO_DIR := $(CURDIR)/target/demo
 ADDR     := 127.0.0.1:50051
 
-.PHONY: all build demo test unit interop deps clean
+.PHONY: all build demo test unit interop bench deps clean
 
 all: build
 
@@ -49,11 +49,14 @@ deps:
 test: deps unit interop
 
 unit:
-	$(CARGO) test --all-targets
+	$(CARGO) test --lib --bins --tests
 
 interop: deps
 	$(CARGO) build
 	bash tests/interop/run.sh target/debug/runnel
+
+bench:
+	$(CARGO) bench --bench perf
 
 clean:
 	$(CARGO) clean

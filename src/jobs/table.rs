@@ -503,29 +503,38 @@ impl JobTable {
         let Some(job) = self.jobs.get_mut(&key) else { return Drain::Closed };
         let Some(pipe) = job.pipes[side as usize].as_ref() else { return Drain::Closed };
         let fd = pipe.as_raw_fd();
+        // Consecutive reads are gathered into one record (up to the buffer's size): a job writing in small
+        // pieces then costs one spool write and one output chunk per buffer, not per `write` it made.
+        let mut filled = 0;
         let mut appended = false;
         let mut result = Drain::More;
         for _ in 0..budget {
-            match sys::read_nonblocking(fd, &mut self.read_buf[RECORD_HEADER_LEN..]) {
-                Ok(Some(0)) => {
-                    result = Drain::Closed;
-                    break;
-                }
-                Ok(Some(n)) => {
-                    appended = true;
-                    if let Err(err) = job.output.append(side.stream(), &mut self.read_buf[..RECORD_HEADER_LEN + n]) {
-                        log::error!("job {}: {n} bytes of output lost, cannot write the spool: {err}", job.id);
-                    }
-                }
-                Ok(None) => {
-                    result = Drain::Empty;
-                    break;
-                }
+            let free = &mut self.read_buf[RECORD_HEADER_LEN + filled..];
+            match sys::read_nonblocking(fd, free) {
+                Ok(Some(0)) => result = Drain::Closed,
+                Ok(Some(n)) => filled += n,
+                Ok(None) => result = Drain::Empty,
                 Err(err) => {
                     log::error!("job {}: cannot read its {side:?} pipe: {err}", job.id);
                     result = Drain::Closed;
-                    break;
                 }
+            }
+            let buffer_full = RECORD_HEADER_LEN + filled == self.read_buf.len();
+            if filled > 0 && (buffer_full || result != Drain::More) {
+                appended = true;
+                if let Err(err) = job.output.append(side.stream(), &mut self.read_buf[..RECORD_HEADER_LEN + filled]) {
+                    log::error!("job {}: {filled} bytes of output lost, cannot write the spool: {err}", job.id);
+                }
+                filled = 0;
+            }
+            if result != Drain::More {
+                break;
+            }
+        }
+        if filled > 0 {
+            appended = true;
+            if let Err(err) = job.output.append(side.stream(), &mut self.read_buf[..RECORD_HEADER_LEN + filled]) {
+                log::error!("job {}: {filled} bytes of output lost, cannot write the spool: {err}", job.id);
             }
         }
         if result == Drain::Closed {
