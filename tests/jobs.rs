@@ -2,6 +2,7 @@
 
 mod util;
 
+use runnel::grpc::path;
 use std::time::{Duration, Instant};
 
 use runnel::client::{CallError, Client};
@@ -12,20 +13,13 @@ use runnel::proto::{
 };
 use util::{eventually, pids_matching, process_alive, Pki, Server};
 
-const START: &str = "/runnel.v1.JobService/StartJob";
-const STOP: &str = "/runnel.v1.JobService/StopJob";
-const GET: &str = "/runnel.v1.JobService/GetJob";
-const LIST: &str = "/runnel.v1.JobService/ListJobs";
-const WAIT: &str = "/runnel.v1.JobService/WaitJob";
-const STREAM: &str = "/runnel.v1.JobService/StreamOutput";
-
 fn start(client: &mut Client, command: &str, args: &[&str]) -> Job {
     let request = StartJobRequest {
         command: command.into(),
         args: args.iter().map(|a| a.to_string()).collect(),
         ..Default::default()
     };
-    client.unary(START, &request, None).unwrap_or_else(|e| panic!("start {command}: {e:?}"))
+    client.unary(path::START_JOB, &request, None).unwrap_or_else(|e| panic!("start {command}: {e:?}"))
 }
 
 fn status_of<T: std::fmt::Debug>(result: Result<T, CallError>) -> (Code, String) {
@@ -36,18 +30,18 @@ fn status_of<T: std::fmt::Debug>(result: Result<T, CallError>) -> (Code, String)
 }
 
 fn wait(client: &mut Client, id: &str) -> Job {
-    client.unary(WAIT, &WaitJobRequest { job_id: id.into() }, Some(Duration::from_secs(30))).unwrap()
+    client.unary(path::WAIT_JOB, &WaitJobRequest { job_id: id.into() }, Some(Duration::from_secs(30))).unwrap()
 }
 
 fn stop(client: &mut Client, id: &str, grace: Option<Duration>) -> Job {
     let request = StopJobRequest { job_id: id.into(), grace_period: grace.map(|g| g.try_into().unwrap()) };
-    client.unary(STOP, &request, Some(Duration::from_secs(30))).unwrap()
+    client.unary(path::STOP_JOB, &request, Some(Duration::from_secs(30))).unwrap()
 }
 
 /// Reads a whole output stream: (offset, stream, data) per chunk.
 fn read_output(client: &mut Client, id: &str, offset: u64, follow: bool) -> Vec<OutputChunk> {
     let request = StreamOutputRequest { job_id: id.into(), offset, follow };
-    let mut stream = client.start_call(STREAM, &request, None).unwrap();
+    let mut stream = client.start_call(path::STREAM_OUTPUT, &request, None).unwrap();
     let mut chunks = Vec::new();
     while let Some(chunk) = client.next_message::<OutputChunk>(&mut stream).unwrap() {
         chunks.push(chunk);
@@ -83,12 +77,12 @@ fn start_status_list_wait_stop() {
     assert!(ended.ended_at.is_some());
 
     let sleeper = start(&mut alice, "sleep", &["30"]);
-    let got: Job = alice.unary(GET, &GetJobRequest { job_id: sleeper.id.clone() }, None).unwrap();
+    let got: Job = alice.unary(path::GET_JOB, &GetJobRequest { job_id: sleeper.id.clone() }, None).unwrap();
     assert_eq!(got.state, JobState::Running as i32);
-    let listed: ListJobsResponse = alice.unary(LIST, &ListJobsRequest::default(), None).unwrap();
+    let listed: ListJobsResponse = alice.unary(path::LIST_JOBS, &ListJobsRequest::default(), None).unwrap();
     assert_eq!(listed.jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), [quick.id.as_str(), &sleeper.id]);
     let running: ListJobsResponse =
-        alice.unary(LIST, &ListJobsRequest { states: vec![JobState::Running as i32] }, None).unwrap();
+        alice.unary(path::LIST_JOBS, &ListJobsRequest { states: vec![JobState::Running as i32] }, None).unwrap();
     assert_eq!(running.jobs.len(), 1);
 
     let stopped = stop(&mut alice, &sleeper.id, None);
@@ -118,7 +112,7 @@ fn exec_failures_and_bad_input_are_clear_errors_that_change_nothing() {
             env: env.iter().map(|e| e.to_string()).collect(),
             ..Default::default()
         };
-        status_of(alice.unary::<_, Job>(START, &request, None))
+        status_of(alice.unary::<_, Job>(path::START_JOB, &request, None))
     };
     let (code, message) = request("no-such-command-here", "", &[]);
     assert_eq!((code, message.as_str()), (Code::NotFound, "executable not found: no-such-command-here"));
@@ -134,13 +128,14 @@ fn exec_failures_and_bad_input_are_clear_errors_that_change_nothing() {
         limits: Some(runnel::proto::ResourceLimits { memory_bytes: 64 << 20, ..Default::default() }),
         ..Default::default()
     };
-    let (code, message) = status_of(alice.unary::<_, Job>(START, &limited, None));
+    let (code, message) = status_of(alice.unary::<_, Job>(path::START_JOB, &limited, None));
     assert_eq!(code, Code::FailedPrecondition);
     assert!(message.starts_with("resource limits are unavailable on this host"), "{message}");
-    let (code, _) = status_of(alice.unary::<_, Job>(GET, &GetJobRequest { job_id: "not-a-uuid".into() }, None));
+    let (code, _) =
+        status_of(alice.unary::<_, Job>(path::GET_JOB, &GetJobRequest { job_id: "not-a-uuid".into() }, None));
     assert_eq!(code, Code::InvalidArgument);
 
-    let listed: ListJobsResponse = alice.unary(LIST, &ListJobsRequest::default(), None).unwrap();
+    let listed: ListJobsResponse = alice.unary(path::LIST_JOBS, &ListJobsRequest::default(), None).unwrap();
     assert!(listed.jobs.is_empty(), "a failed start left a job behind: {:?}", listed.jobs);
     let leftovers = std::fs::read_dir(server.state_dir.join("output")).unwrap().count()
         + std::fs::read_dir(server.state_dir.join("work")).unwrap().count();
@@ -188,7 +183,7 @@ fn binary_output_is_replayed_byte_exact_to_a_late_subscriber() {
     assert_eq!(concat(&tail), concat(&chunks)[100_001..]);
     // Past the end of an ended job: OUT_OF_RANGE.
     let request = StreamOutputRequest { job_id: job.id.clone(), offset: ended.output_bytes + 1, follow: false };
-    let mut stream = alice.start_call(STREAM, &request, None);
+    let mut stream = alice.start_call(path::STREAM_OUTPUT, &request, None);
     let (code, _) = match stream.as_mut() {
         Ok(stream) => status_of(alice.next_message::<OutputChunk>(stream)),
         Err(_) => status_of(stream.map(|_| ())),
@@ -205,11 +200,11 @@ fn twenty_followers_receive_identical_bytes_and_live_lines() {
 
     // Live follow: the first line arrives while the job is still running.
     let mut live = alice
-        .start_call(STREAM, &StreamOutputRequest { job_id: job.id.clone(), offset: 0, follow: true }, None)
+        .start_call(path::STREAM_OUTPUT, &StreamOutputRequest { job_id: job.id.clone(), offset: 0, follow: true }, None)
         .unwrap();
     let first = alice.next_message::<OutputChunk>(&mut live).unwrap().unwrap();
     assert!(first.data.starts_with(b"line 1\n"));
-    let state: Job = alice.unary(GET, &GetJobRequest { job_id: job.id.clone() }, None).unwrap();
+    let state: Job = alice.unary(path::GET_JOB, &GetJobRequest { job_id: job.id.clone() }, None).unwrap();
     assert_eq!(state.state, JobState::Running as i32, "the first line should arrive before the job ends");
 
     // Twenty followers on their own connections, all following to the end.
@@ -217,7 +212,7 @@ fn twenty_followers_receive_identical_bytes_and_live_lines() {
         .map(|_| {
             let mut client = server.client("alice");
             let request = StreamOutputRequest { job_id: job.id.clone(), offset: 0, follow: true };
-            let stream = client.start_call(STREAM, &request, None).unwrap();
+            let stream = client.start_call(path::STREAM_OUTPUT, &request, None).unwrap();
             (client, stream)
         })
         .collect();
@@ -244,11 +239,11 @@ fn a_stalled_subscriber_does_not_slow_another() {
     // The stalled one opens a follow and never reads again.
     let mut stalled_client = server.client("alice");
     let request = StreamOutputRequest { job_id: job.id.clone(), offset: 0, follow: true };
-    let _stalled = stalled_client.start_call(STREAM, &request, None).unwrap();
+    let _stalled = stalled_client.start_call(path::STREAM_OUTPUT, &request, None).unwrap();
 
     let started = Instant::now();
     let mut reader = server.client("alice");
-    let mut stream = reader.start_call(STREAM, &request, None).unwrap();
+    let mut stream = reader.start_call(path::STREAM_OUTPUT, &request, None).unwrap();
     let mut total = 0u64;
     while let Some(chunk) = reader.next_message::<OutputChunk>(&mut stream).unwrap() {
         assert_eq!(chunk.offset, total);
@@ -275,7 +270,7 @@ fn stop_kills_grandchildren_and_ends_every_follower() {
     assert!(eventually(Duration::from_secs(5), || pids_matching(&marker).len() == 2), "grandchildren did not start");
     let mut follower = server.client("alice");
     let mut stream = follower
-        .start_call(STREAM, &StreamOutputRequest { job_id: job.id.clone(), offset: 0, follow: true }, None)
+        .start_call(path::STREAM_OUTPUT, &StreamOutputRequest { job_id: job.id.clone(), offset: 0, follow: true }, None)
         .unwrap();
     let stopped = stop(&mut alice, &job.id, Some(Duration::from_secs(5)));
     assert_eq!(stopped.end_reason, EndReason::Stopped as i32);
@@ -306,7 +301,7 @@ fn a_sigterm_trapping_job_gets_its_grace_period() {
     let job = start(&mut alice, "sh", &["-c", script]);
     let mut cursor = server.client("alice");
     let mut stream = cursor
-        .start_call(STREAM, &StreamOutputRequest { job_id: job.id.clone(), offset: 0, follow: true }, None)
+        .start_call(path::STREAM_OUTPUT, &StreamOutputRequest { job_id: job.id.clone(), offset: 0, follow: true }, None)
         .unwrap();
     assert_eq!(cursor.next_message::<OutputChunk>(&mut stream).unwrap().unwrap().data, b"ready\n");
     let stopped = stop(&mut alice, &job.id, Some(Duration::from_secs(10)));
@@ -323,7 +318,11 @@ fn a_sigterm_trapping_job_gets_its_grace_period() {
     // A job that ignores SIGTERM is killed when the grace period ends. Stop only once the trap is in place.
     let stubborn = start(&mut alice, "sh", &["-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done"]);
     let mut stream = cursor
-        .start_call(STREAM, &StreamOutputRequest { job_id: stubborn.id.clone(), offset: 0, follow: true }, None)
+        .start_call(
+            path::STREAM_OUTPUT,
+            &StreamOutputRequest { job_id: stubborn.id.clone(), offset: 0, follow: true },
+            None,
+        )
         .unwrap();
     assert_eq!(cursor.next_message::<OutputChunk>(&mut stream).unwrap().unwrap().data, b"ready\n");
     let begun = Instant::now();
@@ -341,7 +340,7 @@ fn server_shutdown_stops_jobs_ends_streams_and_removes_its_state() {
     let job = start(&mut alice, "sh", &["-c", &format!("{marker} & echo up; wait")]);
     let mut follower = server.client("alice");
     let mut stream = follower
-        .start_call(STREAM, &StreamOutputRequest { job_id: job.id.clone(), offset: 0, follow: true }, None)
+        .start_call(path::STREAM_OUTPUT, &StreamOutputRequest { job_id: job.id.clone(), offset: 0, follow: true }, None)
         .unwrap();
     assert_eq!(follower.next_message::<OutputChunk>(&mut stream).unwrap().unwrap().data, b"up\n");
 
@@ -357,18 +356,7 @@ fn server_shutdown_stops_jobs_ends_streams_and_removes_its_state() {
 fn a_second_server_on_the_same_state_dir_is_refused() {
     let pki = Pki::new();
     let server = Server::start(&pki, &[]);
-    let output = std::process::Command::new(util::BIN)
-        .args(["server", "--listen", "127.0.0.1:0"])
-        .arg("--cert")
-        .arg(pki.file("server.crt"))
-        .arg("--key")
-        .arg(pki.file("server.key"))
-        .arg("--client-ca")
-        .arg(pki.file("ca.crt"))
-        .arg("--state-dir")
-        .arg(&server.state_dir)
-        .output()
-        .unwrap();
+    let output = util::server_command(&pki, &server.state_dir).output().unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(&format!("PID {}", server.pid())), "{stderr}");

@@ -4,6 +4,7 @@
 
 mod util;
 
+use runnel::grpc::path;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -27,13 +28,6 @@ use util::{Pki, Server, TempDir, BIN};
 const TIMEOUT: Option<Duration> = Some(Duration::from_secs(10));
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
-const GET: &str = "/runnel.v1.JobService/GetJob";
-const LIST: &str = "/runnel.v1.JobService/ListJobs";
-const START: &str = "/runnel.v1.JobService/StartJob";
-const STOP: &str = "/runnel.v1.JobService/StopJob";
-const WAIT: &str = "/runnel.v1.JobService/WaitJob";
-const STREAM: &str = "/runnel.v1.JobService/StreamOutput";
-
 fn status_of(result: Result<impl std::fmt::Debug, CallError>) -> Status {
     match result {
         Err(CallError::Status(status)) => status,
@@ -45,7 +39,7 @@ fn status_of(result: Result<impl std::fmt::Debug, CallError>) -> Status {
 fn assert_still_serving(server: &Server) {
     let mut alice = server.client("alice");
     let listed: ListJobsResponse = alice
-        .unary(LIST, &ListJobsRequest::default(), TIMEOUT)
+        .unary(path::LIST_JOBS, &ListJobsRequest::default(), TIMEOUT)
         .unwrap_or_else(|e| panic!("server stopped serving alice: {e:?}\n{}", server.log_text()));
     let _ = listed;
 }
@@ -55,7 +49,9 @@ fn assert_refused(server: &Server, settings: &ClientSettings, what: &str) {
     let started = Instant::now();
     let status = match Client::connect(settings) {
         Err(status) => status,
-        Ok(mut client) => status_of(client.unary::<_, ListJobsResponse>(LIST, &ListJobsRequest::default(), TIMEOUT)),
+        Ok(mut client) => {
+            status_of(client.unary::<_, ListJobsResponse>(path::LIST_JOBS, &ListJobsRequest::default(), TIMEOUT))
+        }
     };
     assert_eq!(status.code, Code::Unavailable, "{what}: unexpected status {status:?}\n{}", server.log_text());
     assert!(started.elapsed() < Duration::from_secs(8), "{what}: refusal took {:?}", started.elapsed());
@@ -195,22 +191,22 @@ sys.exit(3)
 
 fn start_sleep(client: &mut Client) -> Job {
     let request = StartJobRequest { command: "sleep".into(), args: vec!["30".into()], ..Default::default() };
-    client.unary(START, &request, TIMEOUT).unwrap()
+    client.unary(path::START_JOB, &request, TIMEOUT).unwrap()
 }
 
 fn get(client: &mut Client, id: &str) -> Result<Job, CallError> {
-    client.unary(GET, &GetJobRequest { job_id: id.into() }, TIMEOUT)
+    client.unary(path::GET_JOB, &GetJobRequest { job_id: id.into() }, TIMEOUT)
 }
 
 fn list_ids(client: &mut Client) -> Vec<String> {
-    let listed: ListJobsResponse = client.unary(LIST, &ListJobsRequest::default(), TIMEOUT).unwrap();
+    let listed: ListJobsResponse = client.unary(path::LIST_JOBS, &ListJobsRequest::default(), TIMEOUT).unwrap();
     listed.jobs.into_iter().map(|j| j.id).collect()
 }
 
 /// StreamOutput's error, whether it arrives with the response headers or as the end of the stream.
 fn stream_status(client: &mut Client, id: &str) -> Status {
     let request = StreamOutputRequest { job_id: id.into(), offset: 0, follow: false };
-    match client.start_call(STREAM, &request, TIMEOUT) {
+    match client.start_call(path::STREAM_OUTPUT, &request, TIMEOUT) {
         Err(err) => status_of(Err::<(), _>(err)),
         Ok(mut stream) => match client.next_message::<OutputChunk>(&mut stream) {
             Ok(Some(chunk)) => panic!("bob read output of a job that is not his: {chunk:?}"),
@@ -239,9 +235,16 @@ fn jobs_are_visible_to_their_owner_and_the_admin_only() {
         status
     };
     let get_status = not_found(status_of(get(&mut bob, &id)), "GetJob");
-    not_found(status_of(bob.unary::<_, Job>(WAIT, &WaitJobRequest { job_id: id.clone() }, TIMEOUT)), "WaitJob");
     not_found(
-        status_of(bob.unary::<_, Job>(STOP, &StopJobRequest { job_id: id.clone(), grace_period: None }, TIMEOUT)),
+        status_of(bob.unary::<_, Job>(path::WAIT_JOB, &WaitJobRequest { job_id: id.clone() }, TIMEOUT)),
+        "WaitJob",
+    );
+    not_found(
+        status_of(bob.unary::<_, Job>(
+            path::STOP_JOB,
+            &StopJobRequest { job_id: id.clone(), grace_period: None },
+            TIMEOUT,
+        )),
         "StopJob",
     );
     not_found(stream_status(&mut bob, &id), "StreamOutput");
@@ -272,7 +275,7 @@ fn jobs_are_visible_to_their_owner_and_the_admin_only() {
     assert_eq!(seen.owner, "alice");
     let stop =
         StopJobRequest { job_id: id.clone(), grace_period: Some(prost_types::Duration { seconds: 2, nanos: 0 }) };
-    let stopped: Job = admin.unary(STOP, &stop, Some(Duration::from_secs(20))).unwrap();
+    let stopped: Job = admin.unary(path::STOP_JOB, &stop, Some(Duration::from_secs(20))).unwrap();
     assert_eq!(stopped.state, JobState::Killed as i32, "{stopped:?}");
     assert_eq!(stopped.end_reason, EndReason::Stopped as i32, "{stopped:?}");
     let after = get(&mut alice, &id).unwrap();

@@ -1,6 +1,7 @@
 //! `runnel client`: one command against a server, printed for people (tables, raw output) or scripts (JSON
 //! lines, exit codes).
 
+use crate::grpc::path;
 use std::ffi::OsString;
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -197,13 +198,6 @@ fn parse_start(
     })
 }
 
-const START: &str = "/runnel.v1.JobService/StartJob";
-const STOP: &str = "/runnel.v1.JobService/StopJob";
-const GET: &str = "/runnel.v1.JobService/GetJob";
-const LIST: &str = "/runnel.v1.JobService/ListJobs";
-const WAIT: &str = "/runnel.v1.JobService/WaitJob";
-const STREAM: &str = "/runnel.v1.JobService/StreamOutput";
-
 /// The exit code a shell would give for a job: its exit code, or 128 + the signal that killed it.
 fn job_exit_code(job: &Job) -> i32 {
     match (job.exit_code, job.signal) {
@@ -217,24 +211,24 @@ impl Command {
     fn execute(self, client: &mut Client) -> Result<i32, CliError> {
         match self {
             Command::Start(request) => {
-                let job: Job = client.unary(START, &request, None).map_err(call_error)?;
+                let job: Job = client.unary(path::START_JOB, &request, None).map_err(call_error)?;
                 println!("{}", job.id);
                 Ok(0)
             }
             Command::Status { id, json } => {
-                let job: Job = client.unary(GET, &GetJobRequest { job_id: id }, None).map_err(call_error)?;
+                let job: Job = client.unary(path::GET_JOB, &GetJobRequest { job_id: id }, None).map_err(call_error)?;
                 print_jobs(&[job], json);
                 Ok(0)
             }
             Command::List { states, json } => {
                 let response: ListJobsResponse =
-                    client.unary(LIST, &ListJobsRequest { states }, None).map_err(call_error)?;
+                    client.unary(path::LIST_JOBS, &ListJobsRequest { states }, None).map_err(call_error)?;
                 print_jobs(&response.jobs, json);
                 Ok(0)
             }
             Command::Logs { id, offset, follow } => {
                 let request = StreamOutputRequest { job_id: id, offset, follow };
-                let mut stream = client.start_call(STREAM, &request, None).map_err(call_error)?;
+                let mut stream = client.start_call(path::STREAM_OUTPUT, &request, None).map_err(call_error)?;
                 match copy_output(client, &mut stream) {
                     Ok(()) => Ok(0),
                     Err(CopyError::Call(err)) => Err(call_error(err)),
@@ -244,12 +238,13 @@ impl Command {
             Command::Stop { id, grace } => {
                 let request =
                     StopJobRequest { job_id: id, grace_period: grace.map(|g| g.try_into().expect("bounded duration")) };
-                let job: Job = client.unary(STOP, &request, None).map_err(call_error)?;
+                let job: Job = client.unary(path::STOP_JOB, &request, None).map_err(call_error)?;
                 print_jobs(&[job], false);
                 Ok(0)
             }
             Command::Wait { id } => {
-                let job: Job = client.unary(WAIT, &WaitJobRequest { job_id: id }, None).map_err(call_error)?;
+                let job: Job =
+                    client.unary(path::WAIT_JOB, &WaitJobRequest { job_id: id }, None).map_err(call_error)?;
                 Ok(job_exit_code(&job))
             }
             Command::Run(request) => run_job(client, request),
@@ -299,9 +294,9 @@ fn copy_output(client: &mut Client, stream: &mut ResponseStream) -> Result<(), C
 /// `run`: start, follow the output live, stop the job on the first Ctrl-C, exit with the job's code.
 fn run_job(client: &mut Client, request: StartJobRequest) -> Result<i32, CliError> {
     client.catch_interrupts().map_err(|e| CliError::local(format!("cannot catch Ctrl-C: {e}")))?;
-    let job: Job = client.unary(START, &request, None).map_err(call_error)?;
+    let job: Job = client.unary(path::START_JOB, &request, None).map_err(call_error)?;
     let follow = StreamOutputRequest { job_id: job.id.clone(), offset: 0, follow: true };
-    let mut stream = client.start_call(STREAM, &follow, None).map_err(call_error)?;
+    let mut stream = client.start_call(path::STREAM_OUTPUT, &follow, None).map_err(call_error)?;
     let mut stopping = false;
     loop {
         match copy_output(client, &mut stream) {
@@ -310,7 +305,7 @@ fn run_job(client: &mut Client, request: StartJobRequest) -> Result<i32, CliErro
                 stopping = true;
                 eprintln!("runnel: stopping job {} (Ctrl-C again to leave it)", job.id);
                 let stop = StopJobRequest { job_id: job.id.clone(), grace_period: None };
-                match client.unary::<_, Job>(STOP, &stop, None) {
+                match client.unary::<_, Job>(path::STOP_JOB, &stop, None) {
                     Ok(_) => {}
                     Err(CallError::Interrupted) => return Ok(130),
                     Err(err) => return Err(call_error(err)),
@@ -320,7 +315,7 @@ fn run_job(client: &mut Client, request: StartJobRequest) -> Result<i32, CliErro
             Err(CopyError::Call(err)) => return Err(call_error(err)),
         }
     }
-    let ended: Job = match client.unary(WAIT, &WaitJobRequest { job_id: job.id }, None) {
+    let ended: Job = match client.unary(path::WAIT_JOB, &WaitJobRequest { job_id: job.id }, None) {
         Ok(job) => job,
         Err(CallError::Interrupted) => return Ok(130),
         Err(err) => return Err(call_error(err)),

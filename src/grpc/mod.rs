@@ -22,6 +22,18 @@ pub const MAX_RESPONSE_MESSAGE: usize = 64 * 1024 * 1024;
 
 pub const CONTENT_TYPE: &str = "application/grpc";
 
+/// The `:path` of every method the server serves; the server routes on these and the client calls them.
+pub mod path {
+    pub const START_JOB: &str = "/runnel.v1.JobService/StartJob";
+    pub const STOP_JOB: &str = "/runnel.v1.JobService/StopJob";
+    pub const GET_JOB: &str = "/runnel.v1.JobService/GetJob";
+    pub const LIST_JOBS: &str = "/runnel.v1.JobService/ListJobs";
+    pub const WAIT_JOB: &str = "/runnel.v1.JobService/WaitJob";
+    pub const STREAM_OUTPUT: &str = "/runnel.v1.JobService/StreamOutput";
+    pub const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+    pub const HEALTH_WATCH: &str = "/grpc.health.v1.Health/Watch";
+}
+
 /// Parses a `grpc-timeout` header value: 1 to 8 ASCII digits followed by one unit letter.
 pub fn parse_timeout(value: &[u8]) -> Option<Duration> {
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);

@@ -224,6 +224,8 @@ pub struct JobTable {
     jobs: BTreeMap<JobKey, Job>,
     by_id: HashMap<JobId, JobKey>,
     running_by_owner: HashMap<String, usize>,
+    /// Output bytes retained across all jobs, kept up to date so the total cap costs nothing per append.
+    retained_total: u64,
     next_key: JobKey,
     output_dir: PathBuf,
     work_dir: PathBuf,
@@ -246,6 +248,7 @@ impl JobTable {
             jobs: BTreeMap::new(),
             by_id: HashMap::new(),
             running_by_owner: HashMap::new(),
+            retained_total: 0,
             next_key: 1,
             output_dir,
             work_dir,
@@ -503,6 +506,7 @@ impl JobTable {
         let Some(job) = self.jobs.get_mut(&key) else { return Drain::Closed };
         let Some(pipe) = job.pipes[side as usize].as_ref() else { return Drain::Closed };
         let fd = pipe.as_raw_fd();
+        let retained_before = job.output.retained();
         // Consecutive reads are gathered into one record (up to the buffer's size): a job writing in small
         // pieces then costs one spool write and one output chunk per buffer, not per `write` it made.
         let mut filled = 0;
@@ -547,7 +551,9 @@ impl JobTable {
         if appended {
             job.output.wake_readers();
         }
-        if appended || result == Drain::Closed {
+        let retained_after = job.output.retained();
+        self.retained_total = self.retained_total - retained_before + retained_after;
+        if appended {
             self.enforce_output_total();
         }
         result
@@ -556,8 +562,7 @@ impl JobTable {
     /// Keeps the output retained across all jobs under `--max-output-total`: first the output of the oldest
     /// ended jobs goes, then the oldest segments of the oldest running jobs.
     fn enforce_output_total(&mut self) {
-        let mut total: u64 = self.jobs.values().map(|j| j.output.retained()).sum();
-        if total <= self.config.max_output_total {
+        if self.retained_total <= self.config.max_output_total {
             return;
         }
         let ended_first: Vec<JobKey> = self
@@ -569,14 +574,14 @@ impl JobTable {
             .collect();
         for key in ended_first {
             let job = self.jobs.get_mut(&key).expect("present");
-            while total > self.config.max_output_total {
+            while self.retained_total > self.config.max_output_total {
                 let freed = job.output.discard_oldest_segment();
                 if freed == 0 {
                     break;
                 }
-                total -= freed;
+                self.retained_total -= freed;
             }
-            if total <= self.config.max_output_total {
+            if self.retained_total <= self.config.max_output_total {
                 return;
             }
         }
@@ -588,6 +593,7 @@ impl JobTable {
             let Some(key) = self.jobs.values().find(|j| j.is_ended()).map(|j| j.key) else { return };
             let mut job = self.jobs.remove(&key).expect("present");
             self.by_id.remove(&job.id);
+            self.retained_total -= job.output.retained();
             log::debug!("evicting ended job {}", job.id);
             remove_job_files(&mut job);
         }
@@ -605,11 +611,7 @@ impl JobTable {
         }
         self.jobs.clear();
         self.by_id.clear();
-    }
-
-    /// The tokens-to-be of a job's descriptors that are still open: pidfd, stdout, stderr.
-    pub fn open_pipes(&self, key: JobKey) -> [Option<RawFd>; 2] {
-        self.jobs.get(&key).map_or([None, None], |j| j.pipes.each_ref().map(|p| p.as_ref().map(|fd| fd.as_raw_fd())))
+        self.retained_total = 0;
     }
 }
 
@@ -648,14 +650,18 @@ mod tests {
     use std::time::{Duration, Instant};
 
     fn table(name: &str) -> (JobTable, PathBuf) {
+        table_with_output_caps(name, 1 << 20, 8 << 20)
+    }
+
+    fn table_with_output_caps(name: &str, per_job: u64, total: u64) -> (JobTable, PathBuf) {
         let state_dir = std::env::temp_dir().join(format!("runnel-table-{name}-{}", rand::random::<u64>()));
         fs::create_dir(&state_dir).unwrap();
         let config = JobTableConfig {
             state_dir: state_dir.clone(),
             max_jobs: 3,
             max_running_per_client: 2,
-            max_output_bytes: 1 << 20,
-            max_output_total: 8 << 20,
+            max_output_bytes: per_job,
+            max_output_total: total,
             limits_unavailable: Some("test host".into()),
         };
         (JobTable::new(config).unwrap(), state_dir)
@@ -767,6 +773,23 @@ mod tests {
         // Room again: the oldest ended job is evicted to make space.
         table.start("bob", spec("true", &[])).unwrap();
         assert!(matches!(table.find(&admin, &id), Err(JobError::NotFound(_))));
+        table.remove_all();
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn total_output_cap_discards_the_oldest_ended_jobs_output_first() {
+        let (mut table, dir) = table_with_output_caps("total", 1 << 20, 1 << 20);
+        let old = table.start("a", spec("head", &["-c", "1048576", "/dev/zero"])).unwrap();
+        run_to_end(&mut table, old.key);
+        assert_eq!(table.get(old.key).unwrap().output.retained(), 1 << 20);
+        let new = table.start("a", spec("head", &["-c", "524288", "/dev/zero"])).unwrap();
+        run_to_end(&mut table, new.key);
+        let (old_job, new_job) = (table.get(old.key).unwrap(), table.get(new.key).unwrap());
+        assert_eq!(new_job.output.retained(), 512 * 1024, "the newest output is kept whole");
+        assert!(old_job.output.start() > 0, "the oldest output was discarded first");
+        assert!(old_job.output.retained() + new_job.output.retained() <= 1 << 20);
+        assert_eq!(old_job.output.end(), 1 << 20, "offsets keep their meaning");
         table.remove_all();
         fs::remove_dir_all(dir).unwrap();
     }

@@ -38,15 +38,16 @@ pub enum Method {
 
 impl Method {
     pub fn from_path(path: &str) -> Option<Method> {
+        use crate::grpc::path;
         Some(match path {
-            "/runnel.v1.JobService/StartJob" => Method::StartJob,
-            "/runnel.v1.JobService/StopJob" => Method::StopJob,
-            "/runnel.v1.JobService/GetJob" => Method::GetJob,
-            "/runnel.v1.JobService/ListJobs" => Method::ListJobs,
-            "/runnel.v1.JobService/WaitJob" => Method::WaitJob,
-            "/runnel.v1.JobService/StreamOutput" => Method::StreamOutput,
-            "/grpc.health.v1.Health/Check" => Method::HealthCheck,
-            "/grpc.health.v1.Health/Watch" => Method::HealthWatch,
+            path::START_JOB => Method::StartJob,
+            path::STOP_JOB => Method::StopJob,
+            path::GET_JOB => Method::GetJob,
+            path::LIST_JOBS => Method::ListJobs,
+            path::WAIT_JOB => Method::WaitJob,
+            path::STREAM_OUTPUT => Method::StreamOutput,
+            path::HEALTH_CHECK => Method::HealthCheck,
+            path::HEALTH_WATCH => Method::HealthWatch,
             _ => return None,
         })
     }

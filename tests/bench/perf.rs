@@ -6,6 +6,7 @@
 #[path = "../util/mod.rs"]
 mod util;
 
+use runnel::grpc::path;
 use std::fs;
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -14,10 +15,6 @@ use std::time::{Duration, Instant};
 use runnel::client::Client;
 use runnel::proto::{Job, OutputChunk, StartJobRequest, StreamOutputRequest, WaitJobRequest};
 use util::{Pki, Server};
-
-const START: &str = "/runnel.v1.JobService/StartJob";
-const WAIT: &str = "/runnel.v1.JobService/WaitJob";
-const STREAM: &str = "/runnel.v1.JobService/StreamOutput";
 
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -30,7 +27,7 @@ fn start(client: &mut Client, command: &str, args: &[&str]) -> Job {
         args: args.iter().map(|a| a.to_string()).collect(),
         ..Default::default()
     };
-    client.unary(START, &request, None).unwrap()
+    client.unary(path::START_JOB, &request, None).unwrap()
 }
 
 fn proc_status_kib(pid: i32, field: &str) -> u64 {
@@ -53,7 +50,7 @@ fn cpu_ns(pid: i32) -> u64 {
 fn follow_all(client: &mut Client, id: &str) -> (u64, f64) {
     let begun = Instant::now();
     let request = StreamOutputRequest { job_id: id.into(), offset: 0, follow: true };
-    let mut stream = client.start_call(STREAM, &request, None).unwrap();
+    let mut stream = client.start_call(path::STREAM_OUTPUT, &request, None).unwrap();
     let mut total = 0u64;
     while let Some(chunk) = client.next_message::<OutputChunk>(&mut stream).unwrap() {
         total += chunk.data.len() as u64;
@@ -89,7 +86,7 @@ fn main() {
             let begun = Instant::now();
             let job = start(&mut client, "/bin/true", &[]);
             startjob.push(begun.elapsed().as_secs_f64() * 1e6);
-            let _: Job = client.unary(WAIT, &WaitJobRequest { job_id: job.id }, None).unwrap();
+            let _: Job = client.unary(path::WAIT_JOB, &WaitJobRequest { job_id: job.id }, None).unwrap();
         }
     }
     let (spawn_p50, start_p50) = (median(&mut baseline), median(&mut startjob));
@@ -106,7 +103,7 @@ fn main() {
         .map(|_| {
             let mut c = server.client("alice");
             let request = StreamOutputRequest { job_id: silent.id.clone(), offset: 0, follow: true };
-            let stream = c.start_call(STREAM, &request, None).unwrap();
+            let stream = c.start_call(path::STREAM_OUTPUT, &request, None).unwrap();
             (c, stream)
         })
         .collect();
@@ -161,9 +158,8 @@ fn main() {
     let mut peak = rss_before;
     loop {
         peak = peak.max(proc_status_kib(pid, "VmRSS:"));
-        let got: Job = client
-            .unary("/runnel.v1.JobService/GetJob", &runnel::proto::GetJobRequest { job_id: job.id.clone() }, None)
-            .unwrap();
+        let got: Job =
+            client.unary(path::GET_JOB, &runnel::proto::GetJobRequest { job_id: job.id.clone() }, None).unwrap();
         if got.ended_at.is_some() {
             break;
         }

@@ -73,6 +73,22 @@ impl Pki {
     }
 }
 
+/// `runnel server` on an ephemeral loopback port with the PKI's server certificate and `state_dir`.
+pub fn server_command(pki: &Pki, state_dir: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(["server", "--listen", "127.0.0.1:0"])
+        .arg("--cert")
+        .arg(pki.file("server.crt"))
+        .arg("--key")
+        .arg(pki.file("server.key"))
+        .arg("--client-ca")
+        .arg(pki.file("ca.crt"))
+        .arg("--state-dir")
+        .arg(state_dir);
+    command
+}
+
 /// A running `runnel server`, killed (and its state removed) when dropped.
 pub struct Server {
     pub child: Option<Child>,
@@ -90,17 +106,9 @@ impl Server {
         let scratch = TempDir::new("server");
         let state_dir = scratch.path().join("state");
         let log = scratch.path().join("server.log");
-        let mut command = Command::new(BIN);
+        let mut command = server_command(pki, &state_dir);
         command
-            .args(["server", "--listen", "127.0.0.1:0", "--admin", "admin"])
-            .arg("--cert")
-            .arg(pki.file("server.crt"))
-            .arg("--key")
-            .arg(pki.file("server.key"))
-            .arg("--client-ca")
-            .arg(pki.file("ca.crt"))
-            .arg("--state-dir")
-            .arg(&state_dir)
+            .args(["--admin", "admin"])
             .args(extra)
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
