@@ -99,6 +99,9 @@ mod limits {
     pub const HEADER_TABLE: u32 = 4096;
     /// Per-stream receive window: requests are small; 1 MiB lets a 4 MiB request arrive in a few round trips.
     pub const STREAM_WINDOW: u32 = 1024 * 1024;
+    /// rustls' outgoing buffer per connection (its default is 64 KiB): larger means fewer, larger socket writes
+    /// when streaming output. h2's own per-stream send buffer bounds what is queued in front of it.
+    pub const TLS_SEND_BUFFER: usize = 512 * 1024;
     /// Once every job has ended at shutdown, time left for followers to receive the last output.
     pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
     /// Tasks polled in one turn before the loop checks for I/O again, so a busy task cannot starve the rest.
@@ -315,7 +318,10 @@ impl Server {
             }
             let _ = socket.set_nodelay(true);
             let tls = match rustls::ServerConnection::new(Arc::clone(&self.tls)) {
-                Ok(tls) => tls,
+                Ok(mut tls) => {
+                    tls.set_buffer_limit(Some(limits::TLS_SEND_BUFFER));
+                    tls
+                }
                 Err(err) => {
                     log::error!("cannot start TLS for {peer}: {err}");
                     continue;
