@@ -6,12 +6,20 @@ DEV_PKI  := certs/dev
 DEMO_DIR := $(CURDIR)/target/demo
 ADDR     := 127.0.0.1:50051
 
-.PHONY: all build demo test unit interop bench deps clean
+.PHONY: all build static demo test unit interop bench deps clean
 
 all: build
 
 build:
 	$(CARGO) build --release
+
+# A static-pie musl binary to copy to hosts with nothing installed: target/x86_64-unknown-linux-musl/release/runnel.
+MUSL := x86_64-unknown-linux-musl
+static:
+	@command -v x86_64-linux-musl-gcc >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq musl-tools; }
+	@rustup target list --installed | grep -qx $(MUSL) || rustup target add $(MUSL)
+	CC_x86_64_unknown_linux_musl=x86_64-linux-musl-gcc $(CARGO) build --release --target $(MUSL)
+	@file target/$(MUSL)/release/runnel; ls -l target/$(MUSL)/release/runnel
 
 # Makes certs/dev/{ca,server,demo}.{crt,key} once; later runs reuse them.
 $(DEV_PKI)/ca.crt: | build
