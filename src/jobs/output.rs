@@ -202,9 +202,7 @@ impl OutputLog {
 
     /// Remembers a reader to wake when output is appended or finished.
     pub fn wait_for_output(&mut self, waker: &Waker) {
-        if !self.waiters.iter().any(|w| w.will_wake(waker)) {
-            self.waiters.push(waker.clone());
-        }
+        crate::reactor::remember_waker(&mut self.waiters, waker);
     }
 
     /// Wakes every reader waiting for output; called once per batch of appends, not per record.

@@ -144,9 +144,7 @@ impl Job {
 
     /// Remembers a call to wake when the job ends.
     pub fn wait_for_end(&mut self, waker: &Waker) {
-        if !self.end_waiters.iter().any(|w| w.will_wake(waker)) {
-            self.end_waiters.push(waker.clone());
-        }
+        crate::reactor::remember_waker(&mut self.end_waiters, waker);
     }
 
     pub fn pidfd(&self) -> Option<RawFd> {

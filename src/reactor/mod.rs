@@ -13,6 +13,8 @@ mod wake;
 pub use timers::Timers;
 pub use wake::{TaskId, WakeQueue};
 
+use std::task::Waker;
+
 use mio::Token;
 
 use crate::jobs::{JobKey, PipeSide};
@@ -56,6 +58,14 @@ impl Source {
             (key, 2) => Source::JobOutput(key, PipeSide::Stdout),
             (key, _) => Source::JobOutput(key, PipeSide::Stderr),
         }
+    }
+}
+
+/// Remembers `waker` among `waiters` (tasks to wake when something happens) unless it is already there, so a
+/// task polled many times while it waits is still woken once.
+pub fn remember_waker(waiters: &mut Vec<Waker>, waker: &Waker) {
+    if !waiters.iter().any(|w| w.will_wake(waker)) {
+        waiters.push(waker.clone());
     }
 }
 

@@ -17,6 +17,7 @@ use crate::grpc::{self, encode_message, Code, MessageDecoder, Status, MESSAGE_HE
 use crate::jobs::{Caller, JobKey, OutputCursor, Stream};
 use crate::proto::health::{health_check_response::ServingStatus, HealthCheckResponse};
 use crate::proto::OutputStream;
+use crate::reactor;
 
 /// Largest output chunk in one message: large enough that framing costs little, small enough to interleave
 /// followers fairly and to fit every client's default 4 MiB message limit with room to spare.
@@ -153,7 +154,7 @@ impl Call {
                     if ctx.shutting_down {
                         return self.finish(Status::ok());
                     }
-                    ctx.shutdown_waiters.push(cx.waker().clone());
+                    reactor::remember_waker(ctx.shutdown_waiters, cx.waker());
                 }
             }
             // Waiting: notice a client cancel at once so its resources are freed.

@@ -123,6 +123,20 @@ pub enum TimerEvent {
     ShutdownDrainOver,
 }
 
+/// When to look at a connection's idleness again, or `None` to close it now. At most one check per
+/// `IDLE_TIMEOUT`: a connection with a long call (a follower of a silent job) is looked at again a whole period
+/// later, so no connection is ever polled.
+fn next_idle_check(now: Instant, last_active: Instant, has_calls: bool) -> Option<Instant> {
+    let idle_until = last_active + limits::IDLE_TIMEOUT;
+    if has_calls {
+        Some(now + limits::IDLE_TIMEOUT)
+    } else if now >= idle_until {
+        None
+    } else {
+        Some(idle_until)
+    }
+}
+
 /// What a call may touch while it runs.
 pub struct ServiceContext<'a> {
     pub jobs: &'a mut JobTable,
@@ -429,14 +443,14 @@ impl Server {
             }
             TimerEvent::IdleCheck(id) => {
                 let Some(connection) = self.connections.get_mut(&id) else { return };
-                let idle_until = connection.last_active + limits::IDLE_TIMEOUT;
-                if connection.calls.is_empty() && Instant::now() >= idle_until {
-                    log::debug!("connection {id}: idle, closing");
-                    connection.go_away();
-                    connection.waker.wake_by_ref();
-                } else {
-                    self.timers
-                        .schedule(idle_until.max(Instant::now() + Duration::from_secs(1)), TimerEvent::IdleCheck(id));
+                let has_calls = !connection.calls.is_empty();
+                match next_idle_check(Instant::now(), connection.last_active, has_calls) {
+                    Some(at) => self.timers.schedule(at, TimerEvent::IdleCheck(id)),
+                    None => {
+                        log::debug!("connection {id}: idle, closing");
+                        connection.go_away();
+                        connection.waker.wake_by_ref();
+                    }
                 }
             }
             TimerEvent::ShutdownDrainOver => match self.lifecycle {
@@ -492,5 +506,24 @@ impl Server {
             // The call's last frames are queued in h2: let the connection write them.
             connection.waker.wake_by_ref();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_checks_never_poll_and_close_only_idle_connections() {
+        let start = Instant::now();
+        let idle = limits::IDLE_TIMEOUT;
+        // A long call (e.g. following a silent job) long after the last activity: next look a whole period later.
+        let later = start + idle * 3;
+        assert_eq!(next_idle_check(later, start, true), Some(later + idle));
+        // No calls, idle for the whole period: close.
+        assert_eq!(next_idle_check(start + idle, start, false), None);
+        // No calls, active recently: look again exactly when it would become idle.
+        let recent = start + idle / 2;
+        assert_eq!(next_idle_check(start + idle, recent, false), Some(recent + idle));
     }
 }
