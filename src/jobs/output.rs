@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::task::Waker;
 
 /// Which of the job's streams a byte came from.
@@ -293,10 +293,6 @@ impl OutputLog {
                 log::warn!("cannot remove output spool {}: {err}", self.dir.display());
             }
         }
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 

@@ -147,10 +147,6 @@ impl Job {
         crate::reactor::remember_waker(&mut self.end_waiters, waker);
     }
 
-    pub fn pidfd(&self) -> Option<RawFd> {
-        self.pidfd.as_ref().map(|fd| fd.as_raw_fd())
-    }
-
     pub fn to_proto(&self) -> proto::Job {
         let (exit_code, signal) = match self.end.map(|e| e.status) {
             Some(ExitStatus::Exited(code)) => (Some(code), None),
