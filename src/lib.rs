@@ -3,9 +3,11 @@
 //! The library exists so the integration tests can drive the same client code the CLI uses; the binary in
 //! `main.rs` is a thin dispatcher over [`cli`]. See `docs/architecture.md` for how the modules fit together.
 
+pub mod cgroup;
 pub mod cli;
 pub mod client;
 pub mod grpc;
+pub mod isolation;
 pub mod jobs;
 pub mod pki;
 pub mod proto;

@@ -36,7 +36,9 @@ start options:
   --cwd DIR            absolute working directory [default: a fresh directory on the server]
   --cpu N              CPUs (0.5 = half a CPU)           --memory SIZE     memory limit (256M, 1G)
   --io-read-bps SIZE   disk read bytes/s                 --io-write-bps SIZE  disk write bytes/s
+  --io-read-iops N     disk read operations/s            --io-write-iops N    disk write operations/s
   --pids N             maximum number of processes
+  (limits need a server on a cgroup v2 host; unset ones take the server's defaults)
 
 connection options (or environment variables):
   --server HOST:PORT   [RUNNEL_SERVER, default 127.0.0.1:50051]
@@ -177,6 +179,12 @@ fn parse_start(
     }
     if let Some(bps) = args.opt_value_from_fn("--io-write-bps", parse_size)? {
         limits.io_write_bps = nonzero("--io-write-bps", bps)?;
+    }
+    if let Some(iops) = args.opt_value_from_str::<_, u64>("--io-read-iops")? {
+        limits.io_read_iops = nonzero("--io-read-iops", iops)?;
+    }
+    if let Some(iops) = args.opt_value_from_str::<_, u64>("--io-write-iops")? {
+        limits.io_write_iops = nonzero("--io-write-iops", iops)?;
     }
     if let Some(pids) = args.opt_value_from_str::<_, u32>("--pids")? {
         limits.max_pids = nonzero("--pids", pids.into())? as u32;

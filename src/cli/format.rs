@@ -213,7 +213,7 @@ pub fn json(job: &Job) -> String {
     let _ = write!(
         out,
         "],\"state\":\"{}\",\"end_reason\":\"{}\",\"exit_code\":{},\"signal\":{},\"pid\":{},\"started_at\":{},\
-         \"ended_at\":{},\"output_bytes\":{},\"output_start\":{}}}",
+         \"ended_at\":{},\"output_bytes\":{},\"output_start\":{},\"limits\":{},\"usage\":{}}}",
         state_name(job.state),
         end_reason_name(job.end_reason),
         optional(job.exit_code),
@@ -223,6 +223,21 @@ pub fn json(job: &Job) -> String {
         time(&job.ended_at),
         job.output_bytes,
         job.output_start,
+        job.limits.as_ref().map_or("null".into(), |l| format!(
+            "{{\"cpu_millicores\":{},\"memory_bytes\":{},\"io_read_bps\":{},\"io_write_bps\":{},\
+             \"io_read_iops\":{},\"io_write_iops\":{},\"max_pids\":{}}}",
+            l.cpu_millicores,
+            l.memory_bytes,
+            l.io_read_bps,
+            l.io_write_bps,
+            l.io_read_iops,
+            l.io_write_iops,
+            l.max_pids
+        )),
+        job.usage.as_ref().map_or("null".into(), |u| format!(
+            "{{\"cpu_usec\":{},\"memory_peak_bytes\":{},\"io_read_bytes\":{},\"io_write_bytes\":{}}}",
+            u.cpu_usec, u.memory_peak_bytes, u.io_read_bytes, u.io_write_bytes
+        )),
     );
     out
 }
@@ -269,7 +284,16 @@ mod tests {
         assert!(line.contains(r#""args":["a\"b\n","\u0001"]"#), "{line}");
         assert!(line.contains(r#""exit_code":null"#));
         assert!(line.contains(r#""state":"RUNNING""#));
+        assert!(line.ends_with(r#""limits":null,"usage":null}"#), "{line}");
         assert!(!line.contains('\n'));
+        let limited = Job {
+            limits: Some(crate::proto::ResourceLimits { memory_bytes: 33554432, max_pids: 10, ..Default::default() }),
+            usage: Some(crate::proto::ResourceUsage { cpu_usec: 5, ..Default::default() }),
+            ..job
+        };
+        let line = json(&limited);
+        assert!(line.contains(r#""memory_bytes":33554432,"#) && line.contains(r#""max_pids":10}"#), "{line}");
+        assert!(line.contains(r#""usage":{"cpu_usec":5,"memory_peak_bytes":0,"#), "{line}");
     }
 
     #[test]

@@ -42,6 +42,7 @@ fn run(mut args: Vec<OsString>) -> Result<i32, CliError> {
     match command.to_str() {
         Some("server") => server::run(args).map(|()| 0),
         Some("client") => client::run(args),
+        Some(crate::isolation::INIT_COMMAND) => crate::isolation::init::main(args),
         Some("certs") => certs::run(pico_args::Arguments::from_vec(args)).map(|()| 0),
         Some("version" | "--version" | "-V") => {
             println!("runnel {}", env!("CARGO_PKG_VERSION"));

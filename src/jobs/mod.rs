@@ -5,13 +5,17 @@
 //! they are ready ([`JobTable::drain_output`], [`JobTable::reap`]) or when a stop's grace period runs out.
 
 mod error;
+mod launch;
+mod limits;
 mod output;
 mod spec;
 mod table;
 
 pub use error::JobError;
+pub use limits::LimitPolicy;
 pub use output::{OutputCursor, OutputLog, Span, Stream, RECORD_HEADER_LEN};
 pub use spec::{JobSpec, SpawnLimits};
 pub use table::{
-    Caller, Drain, EndState, Job, JobId, JobKey, JobTable, JobTableConfig, PipeSide, StartedJob, PIPE_READS_PER_TURN,
+    Caller, Containment, Drain, EndState, Job, JobId, JobKey, JobTable, JobTableConfig, PipeSide, StartedJob,
+    PIPE_READS_PER_TURN,
 };

@@ -1,21 +1,24 @@
 //! [`JobTable`]: the jobs, in start order, with their processes, pipes, output logs and owners.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::CString;
 use std::fmt;
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::PathBuf;
 use std::task::Waker;
 use std::time::SystemTime;
 
+use super::launch::{Launched, Launcher};
+use super::limits::LimitPolicy;
 use super::output::{OutputLog, Stream, RECORD_HEADER_LEN};
-use super::spec::{c_string, JobSpec};
+use super::spec::JobSpec;
 use super::JobError;
-use crate::proto::{self, EndReason, JobState};
-use crate::sys::{self, ChildStack, ExecFailure, ExitStatus, SpawnFds, SpawnProgram, SpawnStage};
+use crate::cgroup::{CgroupRoot, FinalUsage, JobCgroup};
+use crate::isolation::{self, InitReport, Isolation};
+use crate::proto::{self, EndReason, JobState, ResourceLimits};
+use crate::sys::{self, ExitStatus};
 
 /// A job's place in the table: start order, never reused. Also used to derive the job's reactor tokens.
 pub type JobKey = u64;
@@ -74,8 +77,18 @@ pub struct JobTableConfig {
     pub max_running_per_client: usize,
     pub max_output_bytes: u64,
     pub max_output_total: u64,
-    /// Why this host cannot enforce resource limits (until cgroup support exists, always set).
+}
+
+/// How jobs are contained on this host, decided once at server startup.
+#[derive(Debug, Default)]
+pub struct Containment {
+    /// The cgroup subtree jobs are limited in; `None` where the host cannot enforce limits.
+    pub cgroups: Option<CgroupRoot>,
+    /// Why limits are unavailable (set when `cgroups` is `None`), for the error a request with limits gets.
     pub limits_unavailable: Option<String>,
+    pub policy: LimitPolicy,
+    /// `None`: jobs run without namespaces, as the server's user.
+    pub isolation: Option<Isolation>,
 }
 
 /// One of a job's two output pipes.
@@ -118,6 +131,13 @@ pub struct Job {
     stop_reason: Option<EndReason>,
     pidfd: Option<OwnedFd>,
     pipes: [Option<OwnedFd>; 2],
+    /// The init's report pipe (isolated jobs): where the command's exact exit status arrives.
+    control: Option<OwnedFd>,
+    /// The limits the job's cgroup enforces (`None`: the host cannot enforce limits).
+    limits: Option<ResourceLimits>,
+    /// The job's cgroup while it runs; its final usage once it ended.
+    cgroup: Option<JobCgroup>,
+    final_usage: Option<FinalUsage>,
     end_waiters: Vec<Waker>,
     /// A working directory the server made for the job, removed with it.
     own_work_dir: Option<PathBuf>,
@@ -165,8 +185,12 @@ impl Job {
             pid: self.pid,
             started_at: Some(self.started_at.into()),
             ended_at: self.end.map(|e| e.at.into()),
-            limits: None,
-            usage: None,
+            limits: self.limits,
+            usage: match (&self.final_usage, &self.cgroup) {
+                (Some(last), _) => Some(last.usage),
+                (None, Some(cgroup)) => Some(cgroup.usage()),
+                (None, None) => None,
+            },
             output_bytes: self.output.end(),
             output_start: self.output.start(),
         }
@@ -223,20 +247,22 @@ pub struct JobTable {
     next_key: JobKey,
     output_dir: PathBuf,
     work_dir: PathBuf,
-    child_stack: ChildStack,
+    containment: Containment,
+    launcher: Launcher,
     read_buf: Vec<u8>,
-    dev_null: OwnedFd,
     shutting_down: bool,
 }
 
 impl JobTable {
     /// Creates the table and its directories under the state dir (which must exist).
-    pub fn new(config: JobTableConfig) -> io::Result<JobTable> {
+    pub fn new(config: JobTableConfig, containment: Containment) -> io::Result<JobTable> {
         let output_dir = config.state_dir.join("output");
         let work_dir = config.state_dir.join("work");
-        for dir in [&output_dir, &work_dir] {
-            fs::DirBuilder::new().mode(0o700).create(dir)?;
-        }
+        // Output is the server's alone. Working directories belong to the users jobs run as, who must be able to
+        // pass through `work/` to their own directory, but not list it.
+        fs::DirBuilder::new().mode(0o700).create(&output_dir)?;
+        fs::DirBuilder::new().mode(0o711).create(&work_dir)?;
+        fs::set_permissions(&work_dir, fs::Permissions::from_mode(0o711))?;
         Ok(JobTable {
             config,
             jobs: BTreeMap::new(),
@@ -246,9 +272,9 @@ impl JobTable {
             next_key: 1,
             output_dir,
             work_dir,
-            child_stack: ChildStack::default(),
+            containment,
+            launcher: Launcher::new()?,
             read_buf: vec![0; RECORD_HEADER_LEN + PIPE_READ_BYTES],
-            dev_null: sys::open_dev_null()?,
             shutting_down: false,
         })
     }
@@ -299,13 +325,26 @@ impl JobTable {
         if self.shutting_down {
             return Err(JobError::ShuttingDown);
         }
-        if spec.limits.any_set() {
-            if let Some(reason) = &self.config.limits_unavailable {
+        let limits = match &self.containment.cgroups {
+            Some(cgroups) => {
+                let limits = self.containment.policy.resolve(spec.limits.requested.as_ref())?;
+                if LimitPolicy::has_io(&limits) && cgroups.io_devices().is_empty() {
+                    return Err(JobError::FailedPrecondition(
+                        "io limits need a block device, and this host has none the server could find: start the \
+                         server with --io-device MAJ:MIN"
+                            .into(),
+                    ));
+                }
+                Some(limits)
+            }
+            None if spec.limits.any_set() => {
+                let reason = self.containment.limits_unavailable.as_deref().unwrap_or("no cgroup v2");
                 return Err(JobError::FailedPrecondition(format!(
                     "resource limits are unavailable on this host: {reason}"
                 )));
             }
-        }
+            None => None,
+        };
         let running = self.running_by_owner.get(owner).copied().unwrap_or(0);
         if running >= self.config.max_running_per_client {
             return Err(JobError::ResourceExhausted(format!(
@@ -329,7 +368,7 @@ impl JobTable {
             Some(dir) => (dir.clone(), None),
             None => {
                 let dir = self.work_dir.join(id.to_string());
-                if let Err(err) = fs::DirBuilder::new().mode(0o700).create(&dir) {
+                if let Err(err) = self.make_work_dir(&dir) {
                     output.remove();
                     return Err(internal("cannot create the job's working directory", err));
                 }
@@ -342,77 +381,69 @@ impl JobTable {
                 let _ = fs::remove_dir_all(dir);
             }
         };
-        match self.spawn(&spec, &working_dir) {
-            Ok(Ok((pid, pidfd, pipes))) => {
-                let key = self.next_key;
-                self.next_key += 1;
-                let started = StartedJob {
-                    key,
-                    pidfd: pidfd.as_raw_fd(),
-                    stdout: pipes[0].as_raw_fd(),
-                    stderr: pipes[1].as_raw_fd(),
-                };
-                let [stdout, stderr] = pipes;
-                let job = Job {
-                    key,
-                    id,
-                    owner: owner.to_string(),
-                    command: spec.command,
-                    args: spec.args,
-                    pid,
-                    started_at: SystemTime::now(),
-                    end: None,
-                    output,
-                    stop_reason: None,
-                    pidfd: Some(pidfd),
-                    pipes: [Some(stdout), Some(stderr)],
-                    end_waiters: Vec::new(),
-                    own_work_dir,
-                };
-                log::info!("job {id} started for {owner}: pid {pid}, {:?}", job.command);
-                *self.running_by_owner.entry(owner.to_string()).or_default() += 1;
-                self.by_id.insert(id, key);
-                self.jobs.insert(key, job);
-                Ok(started)
-            }
-            Ok(Err(failure)) => {
-                cleanup(&mut output);
-                Err(exec_error(&spec, &working_dir, failure))
-            }
+        let cgroup = match (&self.containment.cgroups, &limits) {
+            (Some(cgroups), Some(limits)) => match cgroups.create_job(&id.to_string(), limits) {
+                Ok(cgroup) => Some(cgroup),
+                Err(err) => {
+                    cleanup(&mut output);
+                    return Err(JobError::Internal(format!("cannot create the job's cgroup: {err}")));
+                }
+            },
+            _ => None,
+        };
+        let hostname = isolation::hostname_for(&id.to_string());
+        let launched =
+            self.launcher.launch(&spec, &hostname, &working_dir, self.containment.isolation.as_ref(), cgroup.as_ref());
+        let Launched { pid, pidfd, pipes, control } = match launched {
+            Ok(launched) => launched,
             Err(err) => {
                 cleanup(&mut output);
-                Err(internal("cannot start the job", err))
+                if let (Some(cgroups), Some(cgroup)) = (self.containment.cgroups.as_mut(), cgroup) {
+                    cgroups.remove_job(cgroup);
+                }
+                return Err(err);
             }
-        }
+        };
+        let key = self.next_key;
+        self.next_key += 1;
+        let started =
+            StartedJob { key, pidfd: pidfd.as_raw_fd(), stdout: pipes[0].as_raw_fd(), stderr: pipes[1].as_raw_fd() };
+        let [stdout, stderr] = pipes;
+        let job = Job {
+            key,
+            id,
+            owner: owner.to_string(),
+            command: spec.command,
+            args: spec.args,
+            pid,
+            started_at: SystemTime::now(),
+            end: None,
+            output,
+            stop_reason: None,
+            pidfd: Some(pidfd),
+            pipes: [Some(stdout), Some(stderr)],
+            control,
+            limits,
+            cgroup,
+            final_usage: None,
+            end_waiters: Vec::new(),
+            own_work_dir,
+        };
+        log::info!("job {id} started for {owner}: pid {pid}, {:?}", job.command);
+        *self.running_by_owner.entry(owner.to_string()).or_default() += 1;
+        self.by_id.insert(id, key);
+        self.jobs.insert(key, job);
+        Ok(started)
     }
 
-    #[allow(clippy::type_complexity)]
-    fn spawn(
-        &mut self,
-        spec: &JobSpec,
-        working_dir: &Path,
-    ) -> io::Result<Result<(i32, OwnedFd, [OwnedFd; 2]), ExecFailure>> {
-        use std::os::unix::ffi::OsStrExt;
-        let candidates: Vec<CString> =
-            spec.exec_candidates().iter().map(|p| c_string(p.as_os_str().as_bytes())).collect();
-        let argv: Vec<CString> =
-            std::iter::once(&spec.command).chain(&spec.args).map(|a| c_string(a.as_bytes())).collect();
-        let envp: Vec<CString> = spec.environment().into_iter().map(c_string).collect();
-        let working_dir = c_string(working_dir.as_os_str().as_bytes());
-        let pointers = |strings: &[CString]| -> Vec<*const libc::c_char> {
-            strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
-        };
-        let (candidate_ptrs, argv_ptrs, envp_ptrs) = (pointers(&candidates), pointers(&argv), pointers(&envp));
-        let program =
-            SpawnProgram { candidates: &candidate_ptrs, argv: &argv_ptrs, envp: &envp_ptrs, working_dir: &working_dir };
-
-        let stdout = sys::output_pipe()?;
-        let stderr = sys::output_pipe()?;
-        let fds = SpawnFds { stdin: self.dev_null.as_fd(), stdout: stdout.write.as_fd(), stderr: stderr.write.as_fd() };
-        let spawned = sys::spawn(&program, &fds, &mut self.child_stack)?;
-        // Only the read ends are kept: the write ends, closed as this returns, now belong to the job alone, so
-        // the pipes reach end of file when the job (and whatever inherited them) exits.
-        Ok(spawned.map(|(pid, pidfd)| (pid, pidfd, [stdout.read, stderr.read])))
+    /// Makes a job's fresh working directory, owned by the user its command runs as.
+    fn make_work_dir(&self, dir: &std::path::Path) -> io::Result<()> {
+        fs::DirBuilder::new().mode(0o700).create(dir)?;
+        if let Some(isolation) = &self.containment.isolation {
+            let (uid, gid) = (isolation.run_as.uid, isolation.run_as.gid);
+            std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+        }
+        Ok(())
     }
 
     /// Asks a job to stop: SIGTERM to its process group, now. Returns false if it had already ended (stop is
@@ -439,6 +470,10 @@ impl JobTable {
             log::info!("job {} did not stop in its grace period: SIGKILL to process group {}", job.id, job.pid);
             if let Err(err) = sys::kill_process_group(job.pid, libc::SIGKILL) {
                 log::warn!("cannot kill job {}: {err}", job.id);
+            }
+            // The cgroup also catches processes that left the process group or forked while the kill ran.
+            if let Some(Err(err)) = job.cgroup.as_ref().map(JobCgroup::kill) {
+                log::warn!("cannot kill job {}'s cgroup: {err}", job.id);
             }
         }
     }
@@ -469,10 +504,22 @@ impl JobTable {
             }
         };
         job.pidfd = None;
-        let reason = job.stop_reason.unwrap_or(match status {
-            ExitStatus::Exited(_) => EndReason::Exited,
-            ExitStatus::Signaled(_) => EndReason::Signaled,
-        });
+        // An isolated job's top process is the init: the command's own status comes over the report pipe.
+        // Without one (the init was killed at the end of a stop, or by the OOM killer) the init's status stands.
+        let status = match job.control.take().map(|fd| isolation::read_report(fd.as_raw_fd(), 0)) {
+            Some(Ok(Some(InitReport::Ended(command_status)))) => command_status,
+            _ => status,
+        };
+        if let (Some(cgroups), Some(cgroup)) = (self.containment.cgroups.as_mut(), job.cgroup.take()) {
+            job.final_usage = Some(cgroups.remove_job(cgroup));
+        }
+        let oom_killed = job.final_usage.is_some_and(|u| u.oom_killed) && matches!(status, ExitStatus::Signaled(_));
+        let reason = match (oom_killed, job.stop_reason, status) {
+            (true, _, _) => EndReason::OomKilled,
+            (false, Some(reason), _) => reason,
+            (false, None, ExitStatus::Exited(_)) => EndReason::Exited,
+            (false, None, ExitStatus::Signaled(_)) => EndReason::Signaled,
+        };
         job.end = Some(EndState { status, reason, at: SystemTime::now() });
         log::info!("job {} ended: {status:?}, {reason:?}", job.id);
         let owner = job.owner.clone();
@@ -598,6 +645,11 @@ impl JobTable {
         self.shutting_down = true;
     }
 
+    /// Shutdown, once every job ended: hands back the cgroup subtree so the server can take it down.
+    pub fn take_cgroups(&mut self) -> Option<CgroupRoot> {
+        self.containment.cgroups.take()
+    }
+
     /// Deletes every job's files (server shutdown, after every job ended).
     pub fn remove_all(&mut self) {
         for job in self.jobs.values_mut() {
@@ -615,25 +667,6 @@ fn remove_job_files(job: &mut Job) {
         if let Err(err) = fs::remove_dir_all(&dir) {
             log::warn!("cannot remove working directory {}: {err}", dir.display());
         }
-    }
-}
-
-/// The error a client sees for a failed spawn.
-fn exec_error(spec: &JobSpec, working_dir: &Path, failure: ExecFailure) -> JobError {
-    let reason = io::Error::from_raw_os_error(failure.errno);
-    match (failure.stage, failure.errno) {
-        (SpawnStage::Exec, libc::ENOENT | libc::ENOTDIR) => JobError::ExecutableNotFound(spec.command.clone()),
-        (SpawnStage::Exec, libc::EACCES | libc::EPERM) => {
-            JobError::PermissionDenied(format!("cannot execute {}: {reason}", spec.command))
-        }
-        (SpawnStage::Exec, _) => JobError::FailedPrecondition(format!("cannot execute {}: {reason}", spec.command)),
-        (SpawnStage::WorkingDir, libc::EACCES) => {
-            JobError::PermissionDenied(format!("cannot enter working directory {}: {reason}", working_dir.display()))
-        }
-        (SpawnStage::WorkingDir, _) => {
-            JobError::FailedPrecondition(format!("working directory {} is not usable: {reason}", working_dir.display()))
-        }
-        (SpawnStage::Setup, _) => JobError::Internal(format!("cannot set up the job's process: {reason}")),
     }
 }
 
@@ -656,9 +689,9 @@ mod tests {
             max_running_per_client: 2,
             max_output_bytes: per_job,
             max_output_total: total,
-            limits_unavailable: Some("test host".into()),
         };
-        (JobTable::new(config).unwrap(), state_dir)
+        let containment = Containment { limits_unavailable: Some("test host".into()), ..Default::default() };
+        (JobTable::new(config, containment).unwrap(), state_dir)
     }
 
     fn spec(command: &str, args: &[&str]) -> JobSpec {

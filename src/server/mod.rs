@@ -6,6 +6,7 @@
 
 mod call;
 mod connection;
+mod containment;
 mod service;
 mod state_dir;
 
@@ -24,6 +25,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll as MioPoll, Registry};
 
 use self::connection::{Connection, ConnectionSettings, ConnectionState};
+pub use self::containment::ContainmentConfig;
 use self::state_dir::StateDir;
 use crate::grpc::{Code, Status};
 use crate::jobs::{Drain, JobKey, JobTable, JobTableConfig, PipeSide, StartedJob, PIPE_READS_PER_TURN};
@@ -47,6 +49,7 @@ pub struct ServerConfig {
     pub max_output_total: u64,
     pub stop_grace: Duration,
     pub shutdown_grace: Duration,
+    pub containment: ContainmentConfig,
 }
 
 /// Why the server could not start (or stopped abnormally).
@@ -54,9 +57,17 @@ pub struct ServerConfig {
 #[non_exhaustive]
 pub enum ServerError {
     Tls(TlsError),
-    Bind { address: SocketAddr, source: io::Error },
+    Bind {
+        address: SocketAddr,
+        source: io::Error,
+    },
     StateDir(String),
-    Io { what: &'static str, source: io::Error },
+    /// A `--require-*` containment flag cannot be met on this host, or a containment flag is wrong.
+    Containment(String),
+    Io {
+        what: &'static str,
+        source: io::Error,
+    },
 }
 
 impl fmt::Display for ServerError {
@@ -64,7 +75,7 @@ impl fmt::Display for ServerError {
         match self {
             ServerError::Tls(err) => err.fmt(f),
             ServerError::Bind { address, source } => write!(f, "cannot listen on {address}: {source}"),
-            ServerError::StateDir(message) => f.write_str(message),
+            ServerError::StateDir(message) | ServerError::Containment(message) => f.write_str(message),
             ServerError::Io { what, source } => write!(f, "{what}: {source}"),
         }
     }
@@ -202,19 +213,24 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     let tls = tls::server_config(&config.cert, &config.key, &config.client_ca)?;
     let signals = sys::signalfd(&sys::SHUTDOWN_SIGNALS).map_err(io_error("cannot set up signal handling"))?;
     let state_dir = StateDir::acquire(&config.state_dir)?;
-    let limits_unavailable = Some(crate::sys::cgroup2_unavailable_reason());
-    let jobs = JobTable::new(JobTableConfig {
-        state_dir: state_dir.path().to_path_buf(),
-        max_jobs: config.max_jobs,
-        max_running_per_client: config.max_running_per_client,
-        max_output_bytes: config.max_output_bytes,
-        max_output_total: config.max_output_total,
-        limits_unavailable: limits_unavailable.clone(),
-    })
+    let containment = match containment::prepare(&config.containment) {
+        Ok(containment) => containment,
+        Err(err) => {
+            state_dir.remove();
+            return Err(err);
+        }
+    };
+    let jobs = JobTable::new(
+        JobTableConfig {
+            state_dir: state_dir.path().to_path_buf(),
+            max_jobs: config.max_jobs,
+            max_running_per_client: config.max_running_per_client,
+            max_output_bytes: config.max_output_bytes,
+            max_output_total: config.max_output_total,
+        },
+        containment,
+    )
     .map_err(io_error("cannot prepare the job directories"))?;
-    if let Some(reason) = &limits_unavailable {
-        log::warn!("resource limits are unavailable on this host ({reason}); jobs run without limits");
-    }
 
     let mut listener =
         TcpListener::bind(config.listen).map_err(|source| ServerError::Bind { address: config.listen, source })?;
@@ -254,6 +270,9 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     };
     let result = server.run();
     server.jobs.remove_all();
+    if let Some(cgroups) = server.jobs.take_cgroups() {
+        cgroups.close();
+    }
     state_dir.remove();
     log::info!("server stopped");
     result

@@ -4,7 +4,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::ServerError;
@@ -21,14 +21,16 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// Creates (0700) and locks `path`, clearing anything a previous server left in it.
+    /// Creates (0711: jobs running as another user pass through it to their working directories, but cannot
+    /// list it) and locks `path`, clearing anything a previous server left in it.
     pub fn acquire(path: &Path) -> Result<StateDir, ServerError> {
         let error =
             |what: &str, err: std::io::Error| ServerError::StateDir(format!("{what} {}: {err}", path.display()));
-        match fs::DirBuilder::new().mode(0o700).recursive(true).create(path) {
+        match fs::DirBuilder::new().mode(0o711).recursive(true).create(path) {
             Ok(()) => {}
             Err(err) => return Err(error("cannot create state directory", err)),
         }
+        fs::set_permissions(path, fs::Permissions::from_mode(0o711)).map_err(|e| error("cannot set the mode of", e))?;
         let lock_path = path.join(LOCK_FILE);
         let mut lock = OpenOptions::new()
             .read(true)

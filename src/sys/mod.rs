@@ -8,7 +8,9 @@
 
 mod spawn;
 
-pub use spawn::{spawn, ChildStack, ExecFailure, SpawnFds, SpawnProgram, SpawnStage};
+pub use spawn::{
+    probe_namespaces, spawn, ChildStack, ExecFailure, Namespaces, SpawnFds, SpawnOptions, SpawnProgram, SpawnStage,
+};
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -26,6 +28,14 @@ macro_rules! syscall {
         }
     }};
 }
+
+mod isolation;
+
+pub use isolation::{
+    bring_loopback_up, close_from, control_pipe, drop_privileges, exit_now, getpid, is_pipe, make_mounts_private,
+    mount_proc, open_own_executable, open_read_only, pipe_reader_gone, reap_any_child, set_cloexec, set_hostname,
+    signal_process, wait_readable, write_all,
+};
 
 /// A pipe for one of a job's output streams: the server keeps `read` (non-blocking), the job gets `write`.
 pub struct OutputPipe {
@@ -187,16 +197,10 @@ pub fn open_dev_null() -> io::Result<OwnedFd> {
 /// `CGROUP2_SUPER_MAGIC` from `linux/magic.h`: the filesystem type of a cgroup v2 mount.
 const CGROUP2_SUPER_MAGIC: libc::c_long = 0x6367_7270;
 
-/// Why this host cannot enforce cgroup v2 resource limits. This build does not enforce limits yet, so there is
-/// always a reason; it says what the host offers so the message stays true once it does.
-pub fn cgroup2_unavailable_reason() -> String {
+/// Whether `path` lies on a cgroup v2 (unified) filesystem.
+pub fn is_cgroup2(path: &std::ffi::CStr) -> io::Result<bool> {
     // SAFETY: statfs is plain data, filled by the call before it is read.
     let mut info: libc::statfs = unsafe { std::mem::zeroed() };
-    match syscall!(statfs(c"/sys/fs/cgroup".as_ptr(), &mut info)) {
-        Err(err) => format!("cannot inspect /sys/fs/cgroup: {err}"),
-        Ok(_) if info.f_type as libc::c_long != CGROUP2_SUPER_MAGIC => {
-            "/sys/fs/cgroup is not a cgroup v2 (unified) hierarchy".to_string()
-        }
-        Ok(_) => "this build of runnel does not enforce cgroup v2 limits yet".to_string(),
-    }
+    syscall!(statfs(path.as_ptr(), &mut info))?;
+    Ok(info.f_type as libc::c_long == CGROUP2_SUPER_MAGIC)
 }

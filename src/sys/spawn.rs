@@ -1,5 +1,8 @@
 //! Starting a job's process: `clone3(CLONE_VM | CLONE_VFORK | CLONE_PIDFD)` and `execve`, posix_spawn style.
 //!
+//! The same call starts a job's init inside fresh namespaces and its cgroup (`CLONE_NEW*`, `CLONE_INTO_CGROUP`:
+//! no instant of the child runs outside either), and, inside the init, the job's command itself.
+//!
 //! The parent prepares everything the child needs (C strings, descriptors, a stack) before the clone, because
 //! the child shares the parent's memory and must not allocate or take locks. `CLONE_VFORK` suspends the parent
 //! until the child has exec'd or exited, so the child can report an exec failure by writing into a
@@ -12,6 +15,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 /// What the child execs: candidate paths tried in order (a bare name resolved against `PATH`), argv, envp.
 /// All pointers are NUL-terminated arrays of pointers into `CString`s the caller keeps alive.
 pub struct SpawnProgram<'a> {
+    /// When set, this open executable runs (`execveat(fd, "", AT_EMPTY_PATH)`) and `candidates` is ignored.
+    pub exec_fd: Option<BorrowedFd<'a>>,
     pub candidates: &'a [*const libc::c_char],
     pub argv: &'a [*const libc::c_char],
     pub envp: &'a [*const libc::c_char],
@@ -23,6 +28,33 @@ pub struct SpawnFds<'a> {
     pub stdin: BorrowedFd<'a>,
     pub stdout: BorrowedFd<'a>,
     pub stderr: BorrowedFd<'a>,
+    /// Becomes descriptor 3 (not close-on-exec): the job init's report channel to the server.
+    pub control: Option<BorrowedFd<'a>>,
+}
+
+/// Where and how the child starts, beyond the program and its descriptors.
+#[derive(Clone, Copy, Default)]
+pub struct SpawnOptions<'a> {
+    /// `CLONE_NEW*` flags: the namespaces the child gets of its own.
+    pub namespaces: Namespaces,
+    /// A cgroup v2 directory the child is created in (`CLONE_INTO_CGROUP`).
+    pub cgroup: Option<BorrowedFd<'a>>,
+    /// `PR_SET_PDEATHSIG(SIGKILL)`: the child dies with the server.
+    pub die_with_parent: bool,
+}
+
+/// A set of `CLONE_NEW*` flags.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Namespaces(u64);
+
+impl Namespaces {
+    /// PID, mount, UTS and IPC namespaces; add [`Namespaces::with_network`] for the network.
+    pub const JOB: Namespaces =
+        Namespaces((libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64);
+
+    pub fn with_network(self) -> Namespaces {
+        Namespaces(self.0 | libc::CLONE_NEWNET as u64)
+    }
 }
 
 /// The step at which the child failed, reported back through shared memory.
@@ -67,6 +99,8 @@ impl Default for ChildStack {
 struct ChildArgs<'a> {
     program: &'a SpawnProgram<'a>,
     fds: [RawFd; 3],
+    control: Option<RawFd>,
+    die_with_parent: bool,
     report: *mut ChildReport,
 }
 
@@ -78,6 +112,7 @@ struct ChildArgs<'a> {
 pub fn spawn(
     program: &SpawnProgram<'_>,
     fds: &SpawnFds<'_>,
+    options: SpawnOptions<'_>,
     stack: &mut ChildStack,
 ) -> io::Result<Result<(i32, OwnedFd), ExecFailure>> {
     assert!(program.candidates.last() == Some(&std::ptr::null()));
@@ -88,11 +123,18 @@ pub fn spawn(
     let args = ChildArgs {
         program,
         fds: [fds.stdin.as_raw_fd(), fds.stdout.as_raw_fd(), fds.stderr.as_raw_fd()],
+        control: fds.control.map(|fd| fd.as_raw_fd()),
+        die_with_parent: options.die_with_parent,
         report: &mut report,
     };
     let mut pidfd: RawFd = -1;
+    let mut flags = (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD) as u64 | options.namespaces.0;
+    if options.cgroup.is_some() {
+        flags |= CLONE_INTO_CGROUP;
+    }
     let mut clone_args = CloneArgs {
-        flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD) as u64,
+        flags,
+        cgroup: options.cgroup.map_or(0, |fd| fd.as_raw_fd() as u64),
         pidfd: &mut pidfd as *mut RawFd as u64,
         exit_signal: libc::SIGCHLD as u64,
         stack: stack.memory.as_mut_ptr() as u64,
@@ -124,6 +166,37 @@ pub fn spawn(
         return Ok(Err(ExecFailure { stage, errno: report.errno }));
     }
     Ok(Ok((pid as i32, pidfd)))
+}
+
+/// `CLONE_INTO_CGROUP` from `linux/sched.h` (not in the libc crate).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Starts and reaps a child in `namespaces` that exits at once: whether this kernel and these privileges allow
+/// creating them (a server that may not runs jobs without isolation).
+pub fn probe_namespaces(namespaces: Namespaces, stack: &mut ChildStack) -> io::Result<()> {
+    let mut pidfd: RawFd = -1;
+    let mut clone_args = CloneArgs {
+        flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD) as u64 | namespaces.0,
+        pidfd: &mut pidfd as *mut RawFd as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: stack.memory.as_mut_ptr() as u64,
+        stack_size: (stack.memory.len() * 16) as u64,
+        ..CloneArgs::default()
+    };
+    let old_mask = block_all_signals()?;
+    // SAFETY: as in `spawn`; `exit_at_once` makes no call at all.
+    let pid = unsafe { clone3_trampoline(&mut clone_args, exit_at_once, std::ptr::null_mut()) };
+    restore_signal_mask(&old_mask);
+    if pid < 0 {
+        return Err(io::Error::from_raw_os_error(-pid as i32));
+    }
+    // SAFETY: clone3 succeeded with CLONE_PIDFD.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    super::wait_pidfd(pidfd.as_raw_fd(), super::Wait::Reap).map(drop)
+}
+
+extern "C" fn exit_at_once(_: *mut libc::c_void) -> libc::c_int {
+    0
 }
 
 /// `struct clone_args` from `linux/sched.h` (version 2, 88 bytes, with `cgroup`).
@@ -242,13 +315,25 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         if libc::setsid() < 0 {
             return fail(SpawnStage::Setup);
         }
+        // The child of a server that dies gets SIGKILL (the init re-arms this after changing its credentials).
+        if args.die_with_parent && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
+            return fail(SpawnStage::Setup);
+        }
         for (target, &fd) in args.fds.iter().enumerate() {
             if libc::dup2(fd, target as libc::c_int) < 0 {
                 return fail(SpawnStage::Setup);
             }
         }
+        let mut first_closed = 3u32;
+        if let Some(control) = args.control {
+            // dup2 onto itself would keep close-on-exec, so clear the flag explicitly.
+            if libc::dup2(control, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                return fail(SpawnStage::Setup);
+            }
+            first_closed = 4;
+        }
         // Every server descriptor is close-on-exec already; this makes sure of it for any that is not.
-        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) < 0 {
+        if libc::syscall(libc::SYS_close_range, first_closed, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) < 0 {
             return fail(SpawnStage::Setup);
         }
         if libc::chdir(args.program.working_dir.as_ptr()) < 0 {
@@ -258,6 +343,17 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
 
+        if let Some(fd) = args.program.exec_fd {
+            libc::syscall(
+                libc::SYS_execveat,
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                args.program.argv.as_ptr(),
+                args.program.envp.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            );
+            return fail(SpawnStage::Exec);
+        }
         // Try each candidate like execvpe: remember EACCES, keep going past ENOENT/ENOTDIR.
         let mut saw_eacces = false;
         let mut last_errno = libc::ENOENT;

@@ -103,6 +103,11 @@ pub struct Server {
 impl Server {
     /// Starts a server with `admin` as the admin identity, plus `extra` flags.
     pub fn start(pki: &Pki, extra: &[&str]) -> Server {
+        Server::start_with_env(pki, extra, &[])
+    }
+
+    /// As [`Server::start`], with extra environment variables for the server process.
+    pub fn start_with_env(pki: &Pki, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let scratch = TempDir::new("server");
         let state_dir = scratch.path().join("state");
         let log = scratch.path().join("server.log");
@@ -111,6 +116,7 @@ impl Server {
             .args(["--admin", "admin"])
             .args(extra)
             .env("RUST_LOG", "debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap());

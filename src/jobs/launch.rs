@@ -1,0 +1,161 @@
+//! Starting a job's process: the command itself when the server cannot isolate jobs, otherwise runnel's init
+//! inside new namespaces (see `isolation`), which starts the command. Either way the first process is created
+//! inside the job's cgroup when there is one, and the call returns only once the command was exec'd.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use super::spec::{c_string, JobSpec};
+use super::JobError;
+use crate::cgroup::JobCgroup;
+use crate::isolation::{self, InitPlan, InitReport, Isolation};
+use crate::sys::{self, ChildStack, ExecFailure, SpawnFds, SpawnOptions, SpawnProgram, SpawnStage};
+
+/// A job process that is running the command.
+pub struct Launched {
+    /// Host pid of the job's top process: the init when isolated, else the command.
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+    /// Read ends of the stdout and stderr pipes.
+    pub pipes: [OwnedFd; 2],
+    /// The init's report pipe (isolated jobs only): the command's exit status arrives here.
+    pub control: Option<OwnedFd>,
+}
+
+/// What every launch reuses: the child's stack and the job's stdin.
+pub struct Launcher {
+    child_stack: ChildStack,
+    dev_null: OwnedFd,
+}
+
+impl Launcher {
+    pub fn new() -> io::Result<Launcher> {
+        Ok(Launcher { child_stack: ChildStack::default(), dev_null: sys::open_dev_null()? })
+    }
+
+    /// Starts `spec`; on failure nothing is left running.
+    pub fn launch(
+        &mut self,
+        spec: &JobSpec,
+        hostname: &str,
+        working_dir: &Path,
+        isolation: Option<&Isolation>,
+        cgroup: Option<&JobCgroup>,
+    ) -> Result<Launched, JobError> {
+        let internal = |err: io::Error| JobError::Internal(format!("cannot start the job: {err}"));
+        let candidates: Vec<CString> =
+            spec.exec_candidates().iter().map(|p| c_string(p.as_os_str().as_bytes())).collect();
+        let argv: Vec<CString> =
+            std::iter::once(&spec.command).chain(&spec.args).map(|a| c_string(a.as_bytes())).collect();
+        let envp: Vec<CString> = spec.environment().into_iter().map(c_string).collect();
+        let stdout = sys::output_pipe().map_err(internal)?;
+        let stderr = sys::output_pipe().map_err(internal)?;
+        let options =
+            SpawnOptions { namespaces: Default::default(), cgroup: cgroup.map(JobCgroup::dir), die_with_parent: true };
+
+        let Some(isolation) = isolation else {
+            let working_dir = c_string(working_dir.as_os_str().as_bytes());
+            let (candidate_ptrs, argv_ptrs, envp_ptrs) = (pointers(&candidates), pointers(&argv), pointers(&envp));
+            let program = SpawnProgram {
+                exec_fd: None,
+                candidates: &candidate_ptrs,
+                argv: &argv_ptrs,
+                envp: &envp_ptrs,
+                working_dir: &working_dir,
+            };
+            let fds = SpawnFds {
+                stdin: self.dev_null.as_fd(),
+                stdout: stdout.write.as_fd(),
+                stderr: stderr.write.as_fd(),
+                control: None,
+            };
+            return match sys::spawn(&program, &fds, options, &mut self.child_stack).map_err(internal)? {
+                // Only the read ends are kept: the write ends, closed as this returns, now belong to the job
+                // alone, so the pipes reach end of file when the job (and whatever inherited them) exits.
+                Ok((pid, pidfd)) => Ok(Launched { pid, pidfd, pipes: [stdout.read, stderr.read], control: None }),
+                Err(failure) => Err(exec_error(spec, working_dir.to_str().unwrap_or("?"), failure)),
+            };
+        };
+
+        let plan = InitPlan {
+            hostname: hostname.to_string(),
+            run_as: isolation.run_as,
+            loopback: isolation.own_network,
+            working_dir: working_dir.to_path_buf(),
+            candidates: spec.exec_candidates(),
+            argv: std::iter::once(&spec.command).chain(&spec.args).cloned().collect(),
+        };
+        let init_args = plan.to_args();
+        let (init_argv_ptrs, envp_ptrs) = (pointers(&init_args), pointers(&envp));
+        let no_candidates = [std::ptr::null()];
+        let program = SpawnProgram {
+            exec_fd: Some(isolation.init_executable()),
+            candidates: &no_candidates,
+            argv: &init_argv_ptrs,
+            envp: &envp_ptrs,
+            working_dir: c"/",
+        };
+        let (control_read, control_write) = sys::control_pipe().map_err(internal)?;
+        let fds = SpawnFds {
+            stdin: self.dev_null.as_fd(),
+            stdout: stdout.write.as_fd(),
+            stderr: stderr.write.as_fd(),
+            control: Some(control_write.as_fd()),
+        };
+        let options = SpawnOptions { namespaces: isolation.namespaces(), ..options };
+        let spawned = sys::spawn(&program, &fds, options, &mut self.child_stack).map_err(internal)?;
+        drop(control_write);
+        let (pid, pidfd) = spawned.map_err(|failure| {
+            let reason = io::Error::from_raw_os_error(failure.errno);
+            JobError::Internal(format!("cannot start the job's init (runnel's own executable): {reason}"))
+        })?;
+        let report = isolation::read_report(control_read.as_raw_fd(), isolation::INIT_REPORT_TIMEOUT_MS);
+        let failure = match report {
+            Ok(Some(InitReport::Started)) => {
+                return Ok(Launched { pid, pidfd, pipes: [stdout.read, stderr.read], control: Some(control_read) });
+            }
+            Ok(Some(InitReport::SpawnFailed(failure))) => {
+                exec_error(spec, working_dir.to_str().unwrap_or("?"), failure)
+            }
+            Ok(Some(InitReport::SetupFailed { step, errno })) => JobError::Internal(format!(
+                "cannot isolate the job: {}: {}",
+                step.describe(),
+                io::Error::from_raw_os_error(errno)
+            )),
+            Ok(Some(InitReport::Ended(_)) | None) => {
+                JobError::Internal("the job's init ended without starting the command".into())
+            }
+            Err(err) => JobError::Internal(format!("cannot read the job's init report: {err}")),
+        };
+        // The init exits after any failure report; make sure of it and reap it so nothing is left behind.
+        let _ = sys::signal_process(pid, libc::SIGKILL);
+        let _ = sys::wait_pidfd(pidfd.as_raw_fd(), sys::Wait::Reap);
+        Err(failure)
+    }
+}
+
+fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
+}
+
+/// The error a client sees for a command that could not be exec'd.
+fn exec_error(spec: &JobSpec, working_dir: &str, failure: ExecFailure) -> JobError {
+    let reason = io::Error::from_raw_os_error(failure.errno);
+    match (failure.stage, failure.errno) {
+        (SpawnStage::Exec, libc::ENOENT | libc::ENOTDIR) => JobError::ExecutableNotFound(spec.command.clone()),
+        (SpawnStage::Exec, libc::EACCES | libc::EPERM) => {
+            JobError::PermissionDenied(format!("cannot execute {}: {reason}", spec.command))
+        }
+        (SpawnStage::Exec, _) => JobError::FailedPrecondition(format!("cannot execute {}: {reason}", spec.command)),
+        (SpawnStage::WorkingDir, libc::EACCES) => {
+            JobError::PermissionDenied(format!("cannot enter working directory {working_dir}: {reason}"))
+        }
+        (SpawnStage::WorkingDir, _) => {
+            JobError::FailedPrecondition(format!("working directory {working_dir} is not usable: {reason}"))
+        }
+        (SpawnStage::Setup, _) => JobError::Internal(format!("cannot set up the job's process: {reason}")),
+    }
+}

@@ -1,0 +1,75 @@
+//! Deciding at startup how this host contains jobs: cgroup v2 limits if the host offers them, namespaces and
+//! an unprivileged user if the server may create them. Either may be unavailable; the server then says so once
+//! and runs jobs without it, unless `--require-limits` / `--require-isolation` make that fatal.
+
+use std::path::PathBuf;
+
+use super::ServerError;
+use crate::cgroup::CgroupRoot;
+use crate::isolation::{Isolation, RunAs};
+use crate::jobs::{Containment, LimitPolicy};
+
+/// The containment flags of `runnel server`.
+#[derive(Debug, Clone, Default)]
+pub struct ContainmentConfig {
+    /// `--cgroup-root`; default: the server's own cgroup.
+    pub cgroup_root: Option<PathBuf>,
+    /// `--io-device MAJ:MIN`; default: every whole-disk block device.
+    pub io_devices: Vec<String>,
+    pub policy: LimitPolicy,
+    pub require_limits: bool,
+    /// `--no-isolation`: run jobs in the host's namespaces as the server's user.
+    pub no_isolation: bool,
+    /// `--run-as USER[:GROUP]`; default `nobody`.
+    pub run_as: Option<String>,
+    /// `--host-network`: jobs keep the host's network namespace.
+    pub host_network: bool,
+    pub require_isolation: bool,
+}
+
+/// Sets up what the host allows. Fails only when a `--require-*` flag is not met or a flag is wrong.
+pub fn prepare(config: &ContainmentConfig) -> Result<Containment, ServerError> {
+    let refuse = |m: String| Err(ServerError::Containment(m));
+    let mut containment = Containment { policy: config.policy.clone(), ..Containment::default() };
+    match CgroupRoot::open(config.cgroup_root.as_deref(), &config.io_devices) {
+        Ok(cgroups) => {
+            log::info!(
+                "resource limits: cgroup v2 under {} (io limits apply to {})",
+                cgroups.root().display(),
+                if cgroups.io_devices().is_empty() { "no device".to_string() } else { cgroups.io_devices().join(" ") }
+            );
+            containment.cgroups = Some(cgroups);
+        }
+        Err(err) if config.require_limits => {
+            return refuse(format!("--require-limits: resource limits are unavailable on this host: {err}"));
+        }
+        Err(err) => {
+            log::warn!("resource limits are unavailable on this host ({err}); jobs run without limits");
+            containment.limits_unavailable = Some(err.to_string());
+        }
+    }
+    if config.no_isolation {
+        if config.require_isolation {
+            return refuse("--no-isolation and --require-isolation contradict each other".into());
+        }
+        log::warn!("--no-isolation: jobs run in the host's namespaces as the server's user");
+        return Ok(containment);
+    }
+    let run_as = RunAs::resolve(config.run_as.as_deref()).map_err(|e| ServerError::Containment(e.to_string()))?;
+    match Isolation::detect(run_as, !config.host_network) {
+        Ok(isolation) => {
+            log::info!(
+                "isolation: jobs get their own PID, mount, UTS, IPC{} namespaces and run as uid {} gid {}",
+                if isolation.own_network { " and network" } else { " (host network)" },
+                run_as.uid,
+                run_as.gid
+            );
+            containment.isolation = Some(isolation);
+        }
+        Err(err) if config.require_isolation => {
+            return refuse(format!("--require-isolation: jobs cannot be isolated on this host: {err}"));
+        }
+        Err(err) => log::warn!("jobs cannot be isolated on this host ({err}); they run as the server's user"),
+    }
+    Ok(containment)
+}

@@ -1,0 +1,199 @@
+//! The system calls a job's init makes inside its new namespaces: a private mount tree with a fresh `/proc`,
+//! its hostname, the loopback interface, and giving up every privilege before the command runs.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use super::ExitStatus;
+
+/// Makes every mount in this (new) mount namespace private, so nothing the job mounts propagates to the host
+/// and nothing mounted on the host later appears in the job.
+pub fn make_mounts_private() -> io::Result<()> {
+    let flags = libc::MS_REC | libc::MS_PRIVATE;
+    syscall!(mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), flags, std::ptr::null())).map(drop)
+}
+
+/// Mounts a fresh procfs on `/proc`: it shows only the processes of this PID namespace.
+pub fn mount_proc() -> io::Result<()> {
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    syscall!(mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), flags, std::ptr::null())).map(drop)
+}
+
+pub fn set_hostname(name: &str) -> io::Result<()> {
+    syscall!(sethostname(name.as_ptr().cast(), name.len())).map(drop)
+}
+
+/// Sets `lo` up: a new network namespace starts with it down.
+pub fn bring_loopback_up() -> io::Result<()> {
+    let socket = syscall!(socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0))?;
+    // SAFETY: socket returned a fresh descriptor we now own.
+    let socket = unsafe { OwnedFd::from_raw_fd(socket) };
+    // SAFETY: ifreq is plain data; all-zero is valid.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in request.ifr_name.iter_mut().zip(c"lo".to_bytes_with_nul()) {
+        *dst = *src as libc::c_char;
+    }
+    syscall!(ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request))?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    unsafe { request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    syscall!(ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request)).map(drop)
+}
+
+/// `struct __user_cap_header_struct` / `__user_cap_data_struct` from `linux/capability.h`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Becomes `uid`:`gid` with no supplementary groups and no capability in any set (effective, permitted,
+/// inheritable, bounding, ambient), sets `PR_SET_NO_NEW_PRIVS`, and re-arms the parent-death signal (a
+/// credential change clears it).
+pub fn drop_privileges(uid: u32, gid: u32) -> io::Result<()> {
+    // The bounding set can only shrink while CAP_SETPCAP is still held, so it goes first.
+    for cap in 0.. {
+        match syscall!(prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0)) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    syscall!(prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0))?;
+    syscall!(setgroups(0, std::ptr::null()))?;
+    syscall!(setresgid(gid, gid, gid))?;
+    syscall!(setresuid(uid, uid, uid))?;
+    // Leaving uid 0 already empties the permitted and effective sets; this also covers a run-as uid of 0 and the
+    // inheritable set.
+    let header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let data = [CapData::default(); 2];
+    // SAFETY: header and two data structs are what capset with version 3 reads.
+    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    syscall!(prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0))?;
+    syscall!(prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0)).map(drop)
+}
+
+/// True if `fd` is an open pipe.
+pub fn is_pipe(fd: RawFd) -> bool {
+    // SAFETY: stat is plain data, filled by fstat before it is read.
+    let mut info: libc::stat = unsafe { std::mem::zeroed() };
+    syscall!(fstat(fd, &mut info)).is_ok() && info.st_mode & libc::S_IFMT == libc::S_IFIFO
+}
+
+/// True if nobody holds the read end of the pipe whose write end is `fd` any more (the server is gone).
+pub fn pipe_reader_gone(fd: RawFd) -> bool {
+    let mut poll = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+    match syscall!(poll(&mut poll, 1, 0)) {
+        Ok(_) => poll.revents & libc::POLLERR != 0,
+        Err(_) => true,
+    }
+}
+
+/// Reaps one ended child of this process without blocking: `Ok(None)` when none has ended.
+pub fn reap_any_child() -> io::Result<Option<(i32, ExitStatus)>> {
+    let mut status = 0;
+    loop {
+        match syscall!(waitpid(-1, &mut status, libc::WNOHANG)) {
+            Ok(0) => return Ok(None),
+            Ok(pid) if libc::WIFEXITED(status) => {
+                return Ok(Some((pid, ExitStatus::Exited(libc::WEXITSTATUS(status)))))
+            }
+            Ok(pid) => return Ok(Some((pid, ExitStatus::Signaled(libc::WTERMSIG(status))))),
+            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Sends `signal` to one process.
+pub fn signal_process(pid: i32, signal: i32) -> io::Result<()> {
+    match syscall!(kill(pid, signal)) {
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+/// Blocks until `fd` is readable or `timeout_ms` passed (-1: forever). Returns false on timeout.
+pub fn wait_readable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
+    let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    loop {
+        match syscall!(poll(&mut poll, 1, timeout_ms)) {
+            Ok(n) => return Ok(n > 0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes all of `bytes` to a blocking descriptor.
+pub fn write_all(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match syscall!(write(fd, bytes.as_ptr().cast(), bytes.len())) {
+            Ok(n) => bytes = &bytes[n as usize..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Marks `fd` close-on-exec.
+pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    syscall!(fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC)).map(drop)
+}
+
+/// Closes every descriptor from `first` up.
+pub fn close_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range takes plain integers; closing descriptors this process does not use is harmless.
+    if unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Opens this process's own executable read-only, close-on-exec: a job's init is exec'd from it, so replacing
+/// the file on disk cannot change what runs.
+pub fn open_own_executable() -> io::Result<OwnedFd> {
+    open_read_only(c"/proc/self/exe")
+}
+
+/// Opens a file or directory read-only, close-on-exec.
+pub fn open_read_only(path: &CStr) -> io::Result<OwnedFd> {
+    let fd = syscall!(open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC))?;
+    // SAFETY: open returned a fresh descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The pipe between a job's init and the server: the server reads, the init writes. Both ends close-on-exec
+/// (the spawn turns the init's copy into its descriptor 3).
+pub fn control_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    syscall!(pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC))?;
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// This process's pid.
+pub fn getpid() -> i32 {
+    // SAFETY: getpid cannot fail.
+    unsafe { libc::getpid() }
+}
+
+/// Exits at once with `code`, without running destructors or flushing (the init's last act).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and is always safe to call.
+    unsafe { libc::_exit(code) }
+}

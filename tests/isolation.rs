@@ -1,0 +1,189 @@
+//! What a job can see and do inside its namespaces, against the real server binary running as root (the
+//! development and CI machines are root and may create namespaces; cgroup limits are proven by `make vmtest`).
+
+mod util;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use runnel::client::Client;
+use runnel::grpc::path;
+use runnel::proto::{EndReason, Job, JobState, StartJobRequest, StreamOutputRequest, WaitJobRequest};
+use util::{eventually, pids_matching, Pki, Server, BIN};
+
+/// Runs `sh -c SCRIPT` as a job, waits for it, and returns the job and its stdout.
+fn run_shell(client: &mut Client, script: &str) -> (Job, String) {
+    let request =
+        StartJobRequest { command: "sh".into(), args: vec!["-c".into(), script.into()], ..Default::default() };
+    let job: Job = client.unary(path::START_JOB, &request, None).expect("start");
+    let ended: Job = client
+        .unary(path::WAIT_JOB, &WaitJobRequest { job_id: job.id.clone() }, Some(Duration::from_secs(30)))
+        .expect("wait");
+    let request = StreamOutputRequest { job_id: job.id.clone(), offset: 0, follow: false };
+    let mut stream = client.start_call(path::STREAM_OUTPUT, &request, Some(Duration::from_secs(30))).expect("stream");
+    let mut stdout = Vec::new();
+    while let Some(chunk) = client.next_message::<runnel::proto::OutputChunk>(&mut stream).expect("chunk") {
+        if chunk.stream == runnel::proto::OutputStream::Stdout as i32 {
+            stdout.extend_from_slice(&chunk.data);
+        }
+    }
+    (ended, String::from_utf8_lossy(&stdout).into_owned())
+}
+
+/// `pid args` for every process the job can see, from its own /proc.
+const LIST_PROCESSES: &str = r#"for p in /proc/[0-9]*; do echo "${p#/proc/} $(tr '\0' ' ' < $p/cmdline)"; done"#;
+
+#[test]
+fn a_job_sees_only_its_own_processes_hostname_and_loopback() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut client = server.client("alice");
+    let script = format!("echo self $$; hostname; {LIST_PROCESSES}; cat /proc/net/dev");
+    let (job, out) = run_shell(&mut client, &script);
+    assert_eq!(job.exit_code, Some(0), "{out}");
+
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("self 2"), "the command is the init's child, PID 2:\n{out}");
+    assert_eq!(lines.next(), Some(&job.id[..8]), "hostname is the job id's first 8 hex digits");
+    let processes: Vec<&str> =
+        out.lines().filter(|l| l.split(' ').next().is_some_and(|p| p.parse::<u32>().is_ok())).collect();
+    assert!(processes[0].starts_with("1 runnel __init "), "PID 1 is runnel's init: {processes:?}");
+    for line in &processes[1..] {
+        let command = line.split(' ').nth(1).unwrap_or("");
+        assert!(matches!(command, "sh" | "tr" | ""), "a process that is not the job's: {line:?}\n{out}");
+    }
+    assert!(processes.len() <= 4, "only the init, the shell and its current child: {processes:?}");
+    let interfaces: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(name, _)| name.trim())
+        .filter(|n| !n.contains('|'))
+        .collect();
+    assert_eq!(interfaces, ["lo"], "only the loopback interface:\n{out}");
+    assert!(out.lines().any(|l| l.trim_start().starts_with("lo:")));
+}
+
+#[test]
+fn host_network_keeps_the_hosts_interfaces() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &["--host-network"]);
+    let mut client = server.client("alice");
+    let (_, out) = run_shell(&mut client, "cat /proc/net/dev");
+    let host = std::fs::read_to_string("/proc/net/dev").unwrap();
+    assert_eq!(out.lines().count(), host.lines().count(), "job:\n{out}\nhost:\n{host}");
+}
+
+#[test]
+fn the_command_runs_unprivileged_as_nobody() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut client = server.client("alice");
+    let (_, out) =
+        run_shell(&mut client, "id -u; grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Groups):' /proc/self/status");
+    let nobody = Command::new("id").args(["-u", "nobody"]).output().unwrap();
+    let nobody = String::from_utf8(nobody.stdout).unwrap();
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some(nobody.trim()), "runs as nobody:\n{out}");
+    let fields: Vec<(&str, &str)> = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k, v.trim())).collect();
+    for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert!(fields.contains(&(cap, "0000000000000000")), "{cap} not empty:\n{out}");
+    }
+    assert!(fields.contains(&("NoNewPrivs", "1")), "{out}");
+    assert!(fields.contains(&("Groups", "")), "no supplementary groups:\n{out}");
+}
+
+#[test]
+fn a_job_cannot_read_the_servers_environment_or_descriptors() {
+    let pki = Pki::new();
+    let secret = "s3cret-value-the-job-must-not-see";
+    let server = Server::start_with_env(&pki, &[], &[("RUNNEL_TEST_SECRET", secret)]);
+    let mut client = server.client("alice");
+    let script = format!(
+        "env; cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n'; cat /proc/{}/environ 2>&1; ls -l /proc/self/fd",
+        server.pid()
+    );
+    let (_, out) = run_shell(&mut client, &script);
+    assert!(!out.contains(secret), "the server's environment leaked:\n{out}");
+    assert!(!out.contains("RUST_LOG"), "the server's environment leaked:\n{out}");
+    // `ls` inherited the job's descriptors: 0-2, plus the directory it is listing.
+    let fds: BTreeSet<(&str, &str)> = out
+        .lines()
+        .filter_map(|l| l.split_once(" -> "))
+        .map(|(left, target)| {
+            (left.rsplit(' ').next().unwrap(), if target.starts_with("pipe:") { "pipe" } else { target })
+        })
+        .collect();
+    let expected = BTreeSet::from([("0", "/dev/null"), ("1", "pipe"), ("2", "pipe")]);
+    let other: Vec<_> = fds.iter().filter(|(fd, _)| *fd != "3").collect();
+    assert_eq!(other.len(), 3, "only the standard descriptors reach the job: {fds:?}\n{out}");
+    assert!(fds.iter().filter(|(fd, _)| *fd != "3").all(|fd| expected.contains(fd)), "{fds:?}");
+}
+
+#[test]
+fn orphans_are_reaped_by_the_jobs_init() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut client = server.client("alice");
+    // The inner shell leaves a short sleep behind and exits; the sleep re-parents to PID 1 and ends.
+    let script = r#"sh -c 'sleep 0.2 & exit 0'; sleep 1; for p in /proc/[0-9]*; do cut -d' ' -f1-3 $p/stat; done"#;
+    let (_, out) = run_shell(&mut client, script);
+    let states: Vec<&str> = out.lines().filter_map(|l| l.split(' ').nth(2)).collect();
+    assert!(states.len() >= 2, "{out}");
+    assert!(!states.contains(&"Z"), "a zombie was left unreaped:\n{out}");
+}
+
+#[test]
+fn the_commands_own_exit_code_and_signal_are_reported() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut client = server.client("alice");
+    let (job, _) = run_shell(&mut client, "exit 7");
+    assert_eq!((job.state(), job.exit_code, job.signal), (JobState::Exited, Some(7), None));
+    let (job, _) = run_shell(&mut client, "kill -SEGV $$");
+    assert_eq!((job.state(), job.exit_code, job.signal), (JobState::Killed, None, Some(libc::SIGSEGV)));
+    assert_eq!(job.end_reason(), EndReason::Signaled);
+    let (job, _) = run_shell(&mut client, "kill -KILL $$");
+    assert_eq!((job.state(), job.signal), (JobState::Killed, Some(libc::SIGKILL)));
+}
+
+#[test]
+fn a_killed_server_leaves_no_job_process() {
+    let pki = Pki::new();
+    let mut server = Server::start(&pki, &[]);
+    let mut client = server.client("alice");
+    let marker = "1000.31415";
+    let request = StartJobRequest {
+        command: "sh".into(),
+        args: vec!["-c".into(), format!("sleep {marker} & sleep {marker}")],
+        ..Default::default()
+    };
+    let _: Job = client.unary(path::START_JOB, &request, None).unwrap();
+    let needle = format!("sleep {marker}");
+    assert!(eventually(Duration::from_secs(5), || pids_matching(&needle).len() == 2), "job processes not running");
+    server.stop_with(libc::SIGKILL, Duration::from_secs(5));
+    assert!(
+        eventually(Duration::from_secs(5), || pids_matching(&needle).is_empty()),
+        "job processes outlived a SIGKILLed server: {:?}",
+        pids_matching(&needle)
+    );
+}
+
+#[test]
+fn containment_requirements_the_host_cannot_meet_refuse_to_start() {
+    let pki = Pki::new();
+    let scratch = util::TempDir::new("require");
+    // This host has no usable cgroup v2 (hybrid mode), so --require-limits must refuse.
+    let output = util::server_command(&pki, &scratch.path().join("state")).arg("--require-limits").output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--require-limits: resource limits are unavailable on this host"), "{stderr}");
+    assert!(!scratch.path().join("state").exists(), "nothing left behind");
+    // Root may create namespaces, so --require-isolation starts.
+    let server = Server::start(&pki, &["--require-isolation"]);
+    assert!(server.log_text().contains("isolation: jobs get their own PID"), "{}", server.log_text());
+    let bad = Command::new(BIN).args(["server", "--no-isolation", "--require-isolation"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("contradict"), "{stderr}");
+}
