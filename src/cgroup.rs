@@ -13,7 +13,7 @@ use std::ffi::CString;
 use std::fmt;
 use std::fs;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -37,6 +37,8 @@ pub enum CgroupError {
     NotUnified(PathBuf),
     /// The root does not offer every controller runnel needs.
     MissingControllers { root: PathBuf, missing: Vec<&'static str> },
+    /// Another runnel server manages this root (it would take our jobs for a crashed server's leftovers).
+    InUse(PathBuf),
     /// A file operation failed (often: not root, or the cgroup is not delegated to us).
     Io { what: &'static str, path: PathBuf, err: io::Error },
 }
@@ -53,6 +55,11 @@ impl fmt::Display for CgroupError {
                  (or Delegate=yes in a systemd unit)",
                 root.display(),
                 missing.join(" ")
+            ),
+            CgroupError::InUse(root) => write!(
+                f,
+                "cgroup {} is managed by another runnel server: give each server its own --cgroup-root",
+                root.display()
             ),
             CgroupError::Io { what, path, err } => write!(f, "cannot {what} {}: {err}", path.display()),
         }
@@ -77,6 +84,8 @@ pub struct CgroupRoot {
     io_devices: Vec<String>,
     /// Job cgroups that were still populated when their job was reaped; removed later.
     leftovers: Vec<PathBuf>,
+    /// An exclusive `flock` on the root directory, held for the server's lifetime.
+    _lock: OwnedFd,
 }
 
 impl CgroupRoot {
@@ -99,6 +108,10 @@ impl CgroupRoot {
             return Err(CgroupError::MissingControllers { root, missing });
         }
         let io_devices = if io_devices.is_empty() { whole_disks() } else { io_devices.to_vec() };
+        let lock = open_dir(&root)?;
+        if !sys::try_lock_exclusive(lock.as_raw_fd()).map_err(io_error("lock", &root))? {
+            return Err(CgroupError::InUse(root));
+        }
 
         let supervisor = root.join("supervisor");
         make_dir(&supervisor)?;
@@ -114,6 +127,7 @@ impl CgroupRoot {
             enabled_in_root,
             io_devices,
             leftovers: Vec::new(),
+            _lock: lock,
         };
         enable_controllers(&cgroups.root).map_err(|err| match err {
             CgroupError::Io { err, path, .. } if err.raw_os_error() == Some(libc::EBUSY) => CgroupError::Io {

@@ -187,3 +187,21 @@ fn containment_requirements_the_host_cannot_meet_refuse_to_start() {
     assert_eq!(bad.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("contradict"), "{stderr}");
 }
+
+#[test]
+fn no_isolation_runs_jobs_in_the_hosts_namespaces_and_still_kills_their_process_group() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &["--no-isolation"]);
+    assert!(server.log_text().contains("--no-isolation: jobs run in the host's namespaces"), "{}", server.log_text());
+    let mut client = server.client("alice");
+    let (job, out) = run_shell(&mut client, "id -u; hostname; echo self $$");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..2], ["0", host.trim()], "{out}");
+    assert_eq!(lines[2], format!("self {}", job.pid), "the command is the job's top process");
+    // A background child outliving the shell is killed with the job's process group.
+    let marker = "1000.27182";
+    let (_, _) = run_shell(&mut client, &format!("sleep {marker} & exit 0"));
+    let needle = format!("sleep {marker}");
+    assert!(eventually(Duration::from_secs(5), || pids_matching(&needle).is_empty()), "{:?}", pids_matching(&needle));
+}

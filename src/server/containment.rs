@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use super::ServerError;
-use crate::cgroup::CgroupRoot;
+use crate::cgroup::{CgroupError, CgroupRoot};
 use crate::isolation::{Isolation, RunAs};
 use crate::jobs::{Containment, LimitPolicy};
 
@@ -40,6 +40,7 @@ pub fn prepare(config: &ContainmentConfig) -> Result<Containment, ServerError> {
             );
             containment.cgroups = Some(cgroups);
         }
+        Err(err @ CgroupError::InUse(_)) => return refuse(err.to_string()),
         Err(err) if config.require_limits => {
             return refuse(format!("--require-limits: resource limits are unavailable on this host: {err}"));
         }
