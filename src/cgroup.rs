@@ -428,6 +428,44 @@ mod tests {
     }
 
     #[test]
+    fn limits_are_written_in_the_kernels_formats() {
+        // A plain directory stands in for the cgroup: each file then holds the last value written.
+        let path = std::env::temp_dir().join(format!("runnel-cgroup-{}", rand::random::<u64>()));
+        fs::create_dir(&path).unwrap();
+        let cgroup = JobCgroup { dir: open_dir(&path).unwrap(), path: path.clone() };
+        let limits = ResourceLimits {
+            cpu_millicores: 200,
+            memory_bytes: 32 << 20,
+            io_write_bps: 1 << 20,
+            io_read_iops: 50,
+            max_pids: 10,
+            ..Default::default()
+        };
+        fs::write(path.join("memory.swap.max"), "max").unwrap();
+        cgroup.write_limits(&limits, &["259:0".to_string()]).unwrap();
+        let file = |name: &str| fs::read_to_string(path.join(name)).unwrap();
+        assert_eq!(file("cpu.max"), "20000 100000");
+        assert_eq!(file("memory.max"), "33554432");
+        assert_eq!(file("memory.swap.max"), "0");
+        assert_eq!(file("memory.oom.group"), "1");
+        assert_eq!(file("pids.max"), "10");
+        assert_eq!(file("io.max"), "259:0 wbps=1048576 riops=50");
+
+        fs::write(path.join("cpu.stat"), "usage_usec 600000\nuser_usec 1\n").unwrap();
+        fs::write(path.join("memory.peak"), "33554432\n").unwrap();
+        fs::write(path.join("io.stat"), "259:0 rbytes=10 wbytes=4194304 rios=1 wios=4\n8:0 rbytes=5 wbytes=0\n")
+            .unwrap();
+        fs::write(path.join("memory.events"), "low 0\nhigh 0\nmax 9\noom 1\noom_kill 1\n").unwrap();
+        let usage = cgroup.usage();
+        assert_eq!(
+            usage,
+            ResourceUsage { cpu_usec: 600000, memory_peak_bytes: 32 << 20, io_read_bytes: 15, io_write_bytes: 4 << 20 }
+        );
+        assert_eq!(cgroup.oom_kills(), 1);
+        fs::remove_dir_all(&path).unwrap();
+    }
+
+    #[test]
     fn device_numbers() {
         assert_eq!(parse_device("259:0"), Ok("259:0".into()));
         assert!(parse_device("259").is_err());
