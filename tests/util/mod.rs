@@ -124,7 +124,9 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(10);
         let address = loop {
             let text = fs::read_to_string(&log).unwrap_or_default();
-            if let Some(line) = text.lines().find(|l| l.starts_with("runnel server listening on ")) {
+            // A whole line only: the server writes it in pieces (an unbuffered `eprintln!`, octet by octet).
+            let whole_lines = text.split_inclusive('\n').filter(|l| l.ends_with('\n'));
+            if let Some(line) = whole_lines.map(str::trim_end).find(|l| l.starts_with("runnel server listening on ")) {
                 break line.trim_start_matches("runnel server listening on ").to_string();
             }
             assert!(Instant::now() < deadline, "server did not start:\n{text}");
