@@ -103,13 +103,22 @@ pub struct Server {
 impl Server {
     /// Starts a server with `admin` as the admin identity, plus `extra` flags.
     pub fn start(pki: &Pki, extra: &[&str]) -> Server {
-        Server::start_with_env(pki, extra, &[])
+        Server::start_with(pki, None, extra, &[])
+    }
+
+    /// Like [`Server::start`], on `state_dir` if given (e.g. one a previous server used) instead of a fresh one.
+    pub fn start_on(pki: &Pki, state_dir: Option<&Path>, extra: &[&str]) -> Server {
+        Server::start_with(pki, state_dir, extra, &[])
     }
 
     /// As [`Server::start`], with extra environment variables for the server process.
     pub fn start_with_env(pki: &Pki, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_with(pki, None, extra, env)
+    }
+
+    fn start_with(pki: &Pki, state_dir: Option<&Path>, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let scratch = TempDir::new("server");
-        let state_dir = scratch.path().join("state");
+        let state_dir = state_dir.map_or_else(|| scratch.path().join("state"), Path::to_path_buf);
         let log = scratch.path().join("server.log");
         let mut command = server_command(pki, &state_dir);
         command

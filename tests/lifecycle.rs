@@ -1,0 +1,358 @@
+//! The server's lifecycle against the real binary: shutdown on SIGTERM/SIGINT (a second signal skipping the
+//! grace, calls refused while jobs stop, a stalled follower bounding the drain), starting over a crashed
+//! predecessor's state directory, and closing connections that never finish their handshakes.
+
+mod util;
+
+use std::io::{ErrorKind, Read};
+use std::net::TcpStream;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use runnel::client::{CallError, Client, ResponseStream};
+use runnel::grpc::{path, Code, Status};
+use runnel::proto::health::health_check_response::ServingStatus;
+use runnel::proto::health::{HealthCheckRequest, HealthCheckResponse};
+use runnel::proto::{
+    GetJobRequest, Job, ListJobsRequest, ListJobsResponse, OutputChunk, StartJobRequest, StreamOutputRequest,
+    WaitJobRequest,
+};
+use runnel::tls;
+use util::{eventually, process_alive, Pki, Server};
+
+const TIMEOUT: Option<Duration> = Some(Duration::from_secs(10));
+const SIGINT: i32 = 2;
+const SIGKILL: i32 = 9;
+const SIGTERM: i32 = 15;
+/// The server's `limits::HANDSHAKE_TIMEOUT`.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The server's `limits::SHUTDOWN_DRAIN`.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+/// A job that ignores SIGTERM (its `sleep`s inherit the ignored disposition), so only SIGKILL ends it.
+const STUBBORN: &str = "trap '' TERM; echo ready; while :; do sleep 0.1; done";
+
+fn start(client: &mut Client, script: &str) -> Job {
+    let request =
+        StartJobRequest { command: "sh".into(), args: vec!["-c".into(), script.into()], ..Default::default() };
+    client.unary(path::START_JOB, &request, TIMEOUT).unwrap_or_else(|e| panic!("start {script:?}: {e:?}"))
+}
+
+fn status_of<T: std::fmt::Debug>(result: Result<T, CallError>) -> Status {
+    match result {
+        Err(CallError::Status(status)) => status,
+        other => panic!("expected an error status, got {other:?}"),
+    }
+}
+
+/// Follows the job's output, on a connection of its own, until `expected` has arrived.
+fn follow_until(server: &Server, identity: &str, id: &str, expected: &[u8]) -> (Client, ResponseStream, Vec<u8>) {
+    let mut client = server.client(identity);
+    let request = StreamOutputRequest { job_id: id.into(), offset: 0, follow: true };
+    let mut stream = client.start_call(path::STREAM_OUTPUT, &request, TIMEOUT).unwrap();
+    let mut bytes = Vec::new();
+    while !bytes.starts_with(expected) {
+        match client.next_message::<OutputChunk>(&mut stream).unwrap() {
+            Some(chunk) => bytes.extend(chunk.data),
+            None => panic!("output ended before {expected:?}: {:?}", String::from_utf8_lossy(&bytes)),
+        }
+    }
+    (client, stream, bytes)
+}
+
+/// Waits for `expected` at the start of the job's output (so e.g. a trap is known to be in place).
+fn await_output(server: &Server, identity: &str, id: &str, expected: &[u8]) {
+    follow_until(server, identity, id, expected);
+}
+
+/// A follower that is in place once `expected` has arrived, then reads on a thread to the end of the stream;
+/// yields the whole output or the stream's error. Unlike a WaitJob, its arrival at the server is observable.
+fn follow_in_background(server: &Server, id: &str, expected: &[u8]) -> JoinHandle<Result<Vec<u8>, CallError>> {
+    let (mut client, mut stream, mut bytes) = follow_until(server, "alice", id, expected);
+    std::thread::spawn(move || {
+        while let Some(chunk) = client.next_message::<OutputChunk>(&mut stream)? {
+            bytes.extend(chunk.data);
+        }
+        Ok(bytes)
+    })
+}
+
+/// Waits until the server's log has a line containing `needle`.
+fn await_log(server: &Server, needle: &str) {
+    assert!(
+        eventually(Duration::from_secs(10), || server.log_text().contains(needle)),
+        "no {needle:?} in the server log:\n{}",
+        server.log_text()
+    );
+}
+
+/// Live processes in process group `pgid` (a job's pid is its group's id: each job gets its own session).
+fn group_members(pgid: i32) -> Vec<i32> {
+    let mut members = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        // After the command: state, ppid, pgrp.
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.len() > 2 && fields[2] == pgid.to_string() && process_alive(pid) {
+            members.push(pid);
+        }
+    }
+    members
+}
+
+/// Asserts that nothing is left in process group `pgid`. The server reaps only a job's main process: a
+/// grandchild killed with it may still be exiting (PF_EXITING), so it gets a moment.
+fn assert_group_ends(pgid: i32) {
+    let ended = eventually(Duration::from_secs(2), || group_members(pgid).is_empty());
+    let left: Vec<String> = group_members(pgid)
+        .into_iter()
+        .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
+        .collect();
+    assert!(ended, "job processes outlived the server: {left:?}");
+}
+
+/// SIGKILLs these process groups when dropped, so a failed test leaves no job running.
+struct KillGroupsOnDrop(Vec<i32>);
+
+impl Drop for KillGroupsOnDrop {
+    fn drop(&mut self) {
+        for &pgid in &self.0 {
+            if pgid > 1 && !group_members(pgid).is_empty() {
+                // `--` is essential: procps-ng's kill reads `kill -9 -1234` as `kill -9 -1` (every process).
+                let _ = Command::new("kill").args(["-s", "KILL", "--", &format!("-{pgid}")]).status();
+            }
+        }
+    }
+}
+
+#[test]
+fn a_second_sigterm_skips_the_shutdown_grace() {
+    let pki = Pki::new();
+    let mut server = Server::start(&pki, &["--shutdown-grace", "30s"]);
+    let mut alice = server.client("alice");
+    let job = start(&mut alice, STUBBORN);
+    let _cleanup = KillGroupsOnDrop(vec![job.pid]);
+    let follower = follow_in_background(&server, &job.id, b"ready\n");
+    // An idle connection would hold the final close until the drain timer (h2 waits for its PING ack).
+    drop(alice);
+
+    util::unsafe_kill(server.pid(), SIGTERM);
+    // Signals do not queue: the first must have been read before the second is sent.
+    await_log(&server, "runnel server shutting down");
+    let signalled = Instant::now();
+    // Within the 30 s grace the job, which ignores SIGTERM, is still running and the server waits for it.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(process_alive(job.pid), "the job ended on SIGTERM although it ignores it");
+    assert!(server.child.as_mut().unwrap().try_wait().unwrap().is_none(), "server exited within the grace period");
+
+    let status = server.stop_with(SIGTERM, Duration::from_secs(10));
+    let exited = signalled.elapsed();
+    eprintln!("server exited {exited:?} after the first SIGTERM (grace 30 s)");
+    assert_eq!(status.code(), Some(0), "server exit: {status:?}\n{}", server.log_text());
+    assert!(server.log_text().contains("again: killing every job now"), "{}", server.log_text());
+    assert_group_ends(job.pid);
+    assert!(!server.state_dir.exists(), "state dir left behind");
+    // Every job call is refused during shutdown, so only the log tells how the job ended.
+    let ended = format!("job {} ended: Signaled({SIGKILL}), ServerShutdown", job.id);
+    assert!(server.log_text().contains(&ended), "no {ended:?} in the log:\n{}", server.log_text());
+    // The follower saw the whole output and a clean end.
+    assert_eq!(follower.join().unwrap().expect("follower during shutdown"), b"ready\n");
+}
+
+#[test]
+fn while_jobs_stop_new_calls_are_unavailable_and_health_says_not_serving() {
+    let pki = Pki::new();
+    let mut server = Server::start(&pki, &["--shutdown-grace", "30s"]);
+    let mut alice = server.client("alice");
+    let job = start(&mut alice, STUBBORN);
+    let _cleanup = KillGroupsOnDrop(vec![job.pid]);
+    let follower = follow_in_background(&server, &job.id, b"ready\n");
+    let mut watcher = server.client("bob");
+    let mut watch = watcher.start_call(path::HEALTH_WATCH, &HealthCheckRequest::default(), TIMEOUT).unwrap();
+    let first: HealthCheckResponse = watcher.next_message(&mut watch).unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    util::unsafe_kill(server.pid(), SIGINT);
+    await_log(&server, "runnel server shutting down");
+
+    // On a connection opened before the signal: every job call is UNAVAILABLE, health checks answer NOT_SERVING.
+    let status = status_of(alice.unary::<_, Job>(
+        path::START_JOB,
+        &StartJobRequest { command: "true".into(), ..Default::default() },
+        TIMEOUT,
+    ));
+    assert_eq!(status.code, Code::Unavailable, "StartJob during shutdown: {status:?}");
+    assert!(status.message.contains("shutting down"), "{status:?}");
+    let status = status_of(alice.unary::<_, Job>(path::GET_JOB, &GetJobRequest { job_id: job.id.clone() }, TIMEOUT));
+    assert_eq!(status.code, Code::Unavailable, "GetJob during shutdown: {status:?}");
+    let status = status_of(alice.unary::<_, ListJobsResponse>(path::LIST_JOBS, &ListJobsRequest::default(), TIMEOUT));
+    assert_eq!(status.code, Code::Unavailable, "ListJobs during shutdown: {status:?}");
+    let health: HealthCheckResponse =
+        alice.unary(path::HEALTH_CHECK, &HealthCheckRequest::default(), TIMEOUT).expect("Health.Check during shutdown");
+    assert_eq!(health.status, ServingStatus::NotServing as i32);
+    // A watcher is told, and its stream ends with OK.
+    let changed: HealthCheckResponse = watcher.next_message(&mut watch).unwrap().expect("a NOT_SERVING update");
+    assert_eq!(changed.status, ServingStatus::NotServing as i32);
+    assert!(watcher.next_message::<HealthCheckResponse>(&mut watch).unwrap().is_none(), "Watch did not end");
+    // The listener is closed: new connections are refused outright.
+    let refused = TcpStream::connect(&server.address).map(|_| ()).unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::ConnectionRefused, "{refused}");
+    // The job is still in its grace period.
+    assert!(process_alive(job.pid), "the job ended on SIGTERM although it ignores it");
+    drop((alice, watcher));
+
+    let status = server.stop_with(SIGINT, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "server exit: {status:?}\n{}", server.log_text());
+    assert_group_ends(job.pid);
+    // A call in progress before the signal was not cut off.
+    assert_eq!(follower.join().unwrap().expect("follower during shutdown"), b"ready\n");
+}
+
+#[test]
+fn a_stalled_follower_delays_shutdown_by_the_drain_limit_only() {
+    let pki = Pki::new();
+    let mut server = Server::start(&pki, &["--shutdown-grace", "1s"]);
+    let mut alice = server.client("alice");
+    // Far more output than socket buffers and h2 windows hold, then a wait that SIGTERM ends.
+    let job = start(&mut alice, "head -c 67108864 /dev/zero; echo done >&2; exec sleep 1000");
+    let _cleanup = KillGroupsOnDrop(vec![job.pid]);
+    drop(alice);
+    // The follower opens a follow from the start and never reads again.
+    let mut stalled = server.client("alice");
+    let request = StreamOutputRequest { job_id: job.id.clone(), offset: 0, follow: true };
+    let _stream = stalled.start_call(path::STREAM_OUTPUT, &request, TIMEOUT).unwrap();
+    let mut admin = server.client("admin");
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let got: Job = admin.unary(path::GET_JOB, &GetJobRequest { job_id: job.id.clone() }, TIMEOUT).unwrap();
+            got.output_bytes >= (64 << 20) + 5
+        }),
+        "the job did not write its output"
+    );
+    drop(admin);
+
+    let signalled = Instant::now();
+    let status = server.stop_with(SIGTERM, Duration::from_secs(30));
+    let exited = signalled.elapsed();
+    eprintln!("server exited {exited:?} after SIGTERM with a stalled follower");
+    assert_eq!(status.code(), Some(0), "server exit: {status:?}\n{}", server.log_text());
+    // The job ends at once (sleep takes SIGTERM); the follower gets SHUTDOWN_DRAIN to take the rest, then its
+    // connection gets GOAWAY and at most another SHUTDOWN_DRAIN to close.
+    assert!(exited >= SHUTDOWN_DRAIN, "server did not wait for the follower: exited after {exited:?}");
+    assert!(exited < 2 * SHUTDOWN_DRAIN + Duration::from_secs(8), "shutdown took {exited:?}");
+    assert!(!process_alive(job.pid));
+    assert!(!server.state_dir.exists(), "state dir left behind");
+}
+
+#[test]
+fn a_restart_after_a_crash_takes_over_the_state_dir_and_clears_it() {
+    let pki = Pki::new();
+    let mut crashed = Server::start(&pki, &[]);
+    let state_dir = crashed.state_dir.clone();
+    let mut alice = crashed.client("alice");
+    // One job goes silent after its output, one keeps writing.
+    let silent = start(&mut alice, "echo hello; echo kept > left-behind.txt; exec sleep 1000");
+    let chatty = start(&mut alice, "while :; do echo tick; sleep 0.1; done");
+    let _cleanup = KillGroupsOnDrop(vec![silent.pid, chatty.pid]);
+    await_output(&crashed, "alice", &silent.id, b"hello\n");
+    await_output(&crashed, "alice", &chatty.id, b"tick\n");
+    let output = state_dir.join("output");
+    let work = state_dir.join("work");
+    assert!(eventually(Duration::from_secs(5), || work.join(&silent.id).join("left-behind.txt").exists()));
+    assert!(std::fs::read_dir(output.join(&silent.id)).unwrap().count() > 0, "no output spool on disk");
+    drop(alice);
+
+    let status = crashed.stop_with(SIGKILL, Duration::from_secs(10));
+    assert_eq!(status.signal(), Some(SIGKILL));
+    // Every job dies with its server (the parent-death signal on its init ends its whole PID namespace).
+    for job in [&chatty, &silent] {
+        assert!(
+            eventually(Duration::from_secs(5), || !process_alive(job.pid) && group_members(job.pid).is_empty()),
+            "job {} outlived its server",
+            job.id
+        );
+    }
+
+    // The lock died with the old process (no job inherited it), so a new server starts and clears what it left.
+    let mut restarted = Server::start_on(&pki, Some(&state_dir), &[]);
+    assert_eq!(std::fs::read_to_string(state_dir.join("runnel.lock")).unwrap().trim(), restarted.pid().to_string());
+    let log = restarted.log_text();
+    for dir in [&output, &work] {
+        assert!(log.contains(&format!("removing {} left by a previous server", dir.display())), "{log}");
+        let left: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert!(left.is_empty(), "{} still holds {left:?}", dir.display());
+    }
+    let mut admin = restarted.client("admin");
+    let listed: ListJobsResponse = admin.unary(path::LIST_JOBS, &ListJobsRequest::default(), TIMEOUT).unwrap();
+    assert!(listed.jobs.is_empty(), "{:?}", listed.jobs);
+    let job = start(&mut admin, "echo fresh");
+    await_output(&restarted, "admin", &job.id, b"fresh\n");
+    drop(admin);
+
+    let status = restarted.stop_with(SIGTERM, Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "server exit: {status:?}\n{}", restarted.log_text());
+    assert!(!state_dir.exists(), "state dir left behind");
+}
+
+/// Reads the raw socket on a thread until the server closes it; yields how long after `opened` that was.
+fn time_until_closed(mut socket: TcpStream, opened: Instant, what: &'static str) -> JoinHandle<Duration> {
+    socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match socket.read(&mut buf) {
+                Ok(0) => return opened.elapsed(),
+                Ok(_) => {}
+                Err(err) if err.kind() == ErrorKind::ConnectionReset => return opened.elapsed(),
+                Err(err) => panic!("{what}: not closed after {:?}: {err}", opened.elapsed()),
+            }
+        }
+    })
+}
+
+#[test]
+fn connections_that_stall_in_a_handshake_are_closed_after_the_handshake_timeout() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+
+    // One connection sends nothing at all.
+    let silent = TcpStream::connect(&server.address).unwrap();
+    let silent_closed = time_until_closed(silent, Instant::now(), "connection that sent nothing");
+    // One completes the TLS handshake with a valid certificate, then never sends the HTTP/2 preface.
+    let settings = server.settings("alice");
+    let config = tls::client_config(&settings.cert, &settings.key, &settings.ca).unwrap();
+    let mut connection = rustls::ClientConnection::new(config, tls::server_name("localhost").unwrap()).unwrap();
+    let mut tls_only = TcpStream::connect(&server.address).unwrap();
+    let tls_opened = Instant::now();
+    tls_only.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    while connection.is_handshaking() {
+        connection.complete_io(&mut tls_only).expect("TLS handshake");
+    }
+    // The client's certificate and Finished go out with the last flight.
+    while connection.wants_write() {
+        connection.write_tls(&mut tls_only).unwrap();
+    }
+    let tls_closed = time_until_closed(tls_only, tls_opened, "connection without an HTTP/2 preface");
+
+    // Meanwhile the server serves a normal client.
+    let mut alice = server.client("alice");
+    let job = start(&mut alice, "echo served");
+    let ended: Job =
+        alice.unary(path::WAIT_JOB, &WaitJobRequest { job_id: job.id.clone() }, Some(Duration::from_secs(30))).unwrap();
+    assert_eq!(ended.exit_code, Some(0));
+
+    let (silent_closed, tls_closed) = (silent_closed.join().unwrap(), tls_closed.join().unwrap());
+    eprintln!("closed after {silent_closed:?} (no bytes) and {tls_closed:?} (no HTTP/2 preface)");
+    for closed in [silent_closed, tls_closed] {
+        // The deadline counts from the accept, which follows the connect.
+        assert!(closed >= HANDSHAKE_TIMEOUT - Duration::from_millis(50), "closed early, after {closed:?}");
+        assert!(closed < HANDSHAKE_TIMEOUT + Duration::from_secs(10), "closed late, after {closed:?}");
+    }
+    assert_eq!(server.log_text().matches("handshake timed out").count(), 2, "{}", server.log_text());
+    // And the normal connection is still usable.
+    let listed: ListJobsResponse = alice.unary(path::LIST_JOBS, &ListJobsRequest::default(), TIMEOUT).unwrap();
+    assert_eq!(listed.jobs.len(), 1);
+}
