@@ -356,3 +356,25 @@ fn connections_that_stall_in_a_handshake_are_closed_after_the_handshake_timeout(
     let listed: ListJobsResponse = alice.unary(path::LIST_JOBS, &ListJobsRequest::default(), TIMEOUT).unwrap();
     assert_eq!(listed.jobs.len(), 1);
 }
+
+#[test]
+fn run_reports_the_jobs_end_when_the_server_shuts_down_under_it() {
+    use std::io::BufRead;
+    let pki = Pki::new();
+    let mut server = Server::start(&pki, &[]);
+    let mut run = server
+        .cli("alice")
+        .args(["run", "--", "sh", "-c", "echo started; exec sleep 1000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    std::io::BufReader::new(run.stdout.take().unwrap()).read_line(&mut first_line).unwrap();
+    assert_eq!(first_line, "started\n");
+    let status = server.stop_with(SIGTERM, Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0));
+    let output = run.wait_with_output().unwrap();
+    // The WaitJob `run` sent before streaming is answered although the server refuses new calls by then.
+    assert_eq!(output.status.code(), Some(128 + SIGTERM), "{}", String::from_utf8_lossy(&output.stderr));
+}

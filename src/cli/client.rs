@@ -303,6 +303,9 @@ fn copy_output(client: &mut Client, stream: &mut ResponseStream) -> Result<(), C
 fn run_job(client: &mut Client, request: StartJobRequest) -> Result<i32, CliError> {
     client.catch_interrupts().map_err(|e| CliError::local(format!("cannot catch Ctrl-C: {e}")))?;
     let job: Job = client.unary(path::START_JOB, &request, None).map_err(call_error)?;
+    // Asked now, so the answer comes even if the server shuts down (refusing new calls) while output streams.
+    let wait = WaitJobRequest { job_id: job.id.clone() };
+    let ended_call = client.send_call(path::WAIT_JOB, &wait, None).map_err(call_error)?;
     let follow = StreamOutputRequest { job_id: job.id.clone(), offset: 0, follow: true };
     let mut stream = client.start_call(path::STREAM_OUTPUT, &follow, None).map_err(call_error)?;
     let mut stopping = false;
@@ -323,7 +326,7 @@ fn run_job(client: &mut Client, request: StartJobRequest) -> Result<i32, CliErro
             Err(CopyError::Call(err)) => return Err(call_error(err)),
         }
     }
-    let ended: Job = match client.unary(path::WAIT_JOB, &WaitJobRequest { job_id: job.id }, None) {
+    let ended: Job = match client.finish_unary(ended_call) {
         Ok(job) => job,
         Err(CallError::Interrupted) => return Ok(130),
         Err(err) => return Err(call_error(err)),

@@ -98,6 +98,12 @@ impl Wake for Flag {
 }
 
 /// An open server-streaming response, read with [`Client::next_message`].
+/// A call whose request went out and whose answer is still to come.
+pub struct PendingCall {
+    response: h2::client::ResponseFuture,
+    deadline: Option<Instant>,
+}
+
 pub struct ResponseStream {
     body: Option<RecvStream>,
     decoder: MessageDecoder,
@@ -296,7 +302,28 @@ impl Client {
         message: &Req,
         timeout: Option<Duration>,
     ) -> Result<Resp, CallError> {
-        let mut stream = self.start_call(path, message, timeout)?;
+        let call = self.send_call(path, message, timeout)?;
+        self.finish_unary(call)
+    }
+
+    /// Sends a request without waiting for its answer, so another call can run meanwhile on the same
+    /// connection (`run` keeps a WaitJob open while it streams output); [`Client::finish_unary`] collects it.
+    pub fn send_call<Req: Message>(
+        &mut self,
+        path: &str,
+        message: &Req,
+        timeout: Option<Duration>,
+    ) -> Result<PendingCall, CallError> {
+        let request = self.request(path, timeout);
+        let body = encode_message(message);
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let response = self.block_on(send_request(self.send.clone(), request, body), deadline)?;
+        Ok(PendingCall { response, deadline })
+    }
+
+    /// Waits for a sent unary call's one response message.
+    pub fn finish_unary<Resp: Message + Default>(&mut self, call: PendingCall) -> Result<Resp, CallError> {
+        let mut stream = self.block_on(receive_response(call.response), call.deadline)?;
         let response = self
             .next_message(&mut stream)?
             .ok_or_else(|| CallError::Status(Status::internal("the server sent no response message")))?;
@@ -308,9 +335,22 @@ impl Client {
 }
 
 async fn open_call(send: SendRequest<Bytes>, request: Request<()>, body: Bytes) -> Result<ResponseStream, Status> {
+    let response = send_request(send, request, body).await?;
+    receive_response(response).await
+}
+
+async fn send_request(
+    send: SendRequest<Bytes>,
+    request: Request<()>,
+    body: Bytes,
+) -> Result<h2::client::ResponseFuture, Status> {
     let mut send = send.ready().await.map_err(status_from_h2)?;
     let (response, mut request_stream) = send.send_request(request, false).map_err(status_from_h2)?;
     request_stream.send_data(body, true).map_err(status_from_h2)?;
+    Ok(response)
+}
+
+async fn receive_response(response: h2::client::ResponseFuture) -> Result<ResponseStream, Status> {
     let response = response.await.map_err(status_from_h2)?;
     let (parts, body) = response.into_parts();
     if parts.status != http::StatusCode::OK {

@@ -244,7 +244,8 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     let address = listener.local_addr().map_err(io_error("cannot read the listening address"))?;
     // The one line scripts and tests wait for.
     log::info!("listening on {address}");
-    eprintln!("runnel server listening on {address}");
+    // One write, so a reader never sees half the line (stderr is unbuffered).
+    let _ = io::Write::write_all(&mut io::stderr(), format!("runnel server listening on {address}\n").as_bytes());
 
     let mut h2 = h2::server::Builder::new();
     h2.max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
