@@ -40,6 +40,8 @@ pub struct ConnectionSettings {
 
 pub struct Connection {
     pub id: u64,
+    /// The client's address (connection limits are kept per address).
+    pub peer: std::net::IpAddr,
     phase: Phase,
     caller: Result<Caller, Status>,
     pub calls: HashMap<u64, Call>,
@@ -58,9 +60,10 @@ pub enum ConnectionState {
 }
 
 impl Connection {
-    pub fn new(id: u64, socket: TcpStream, tls: ServerConnection, waker: Waker) -> Self {
+    pub fn new(id: u64, peer: std::net::IpAddr, socket: TcpStream, tls: ServerConnection, waker: Waker) -> Self {
         Connection {
             id,
+            peer,
             phase: Phase::Tls(Box::new(TlsStream::new(socket, tls))),
             caller: Err(Status::new(Code::Unauthenticated, "no identity yet")),
             calls: HashMap::new(),

@@ -98,6 +98,9 @@ mod limits {
     pub const MAX_CONNECTIONS: usize = 4096;
     /// Connections still in the TLS or HTTP/2 handshake at once (slowloris on the handshake).
     pub const MAX_HANDSHAKING: usize = 128;
+    /// Connections still in their TLS handshake from one IP address: one peer holding silent connections
+    /// cannot use up `MAX_HANDSHAKING` for everyone else.
+    pub const MAX_HANDSHAKING_PER_PEER: usize = 16;
     /// Time a connection has to finish both handshakes.
     pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     /// A connection with no call for this long is closed with GOAWAY.
@@ -130,8 +133,10 @@ pub enum TimerEvent {
     HandshakeDeadline(u64),
     /// Check whether a connection has been idle too long.
     IdleCheck(u64),
-    /// Shutdown: stop waiting for followers and close every connection.
-    ShutdownDrainOver,
+    /// Shutdown: stop waiting for followers and send GOAWAY on every connection.
+    FollowersDrainOver,
+    /// Shutdown: stop waiting for connections to close after GOAWAY and drop them.
+    ConnectionsCloseOver,
 }
 
 /// When to look at a connection's idleness again, or `None` to close it now. At most one check per
@@ -345,9 +350,13 @@ impl Server {
                     return;
                 }
             };
-            let handshaking = self.connections.values().filter(|c| c.is_handshaking()).count();
-            if self.connections.len() >= limits::MAX_CONNECTIONS || handshaking >= limits::MAX_HANDSHAKING {
+            let handshaking = || self.connections.values().filter(|c| c.is_handshaking());
+            if self.connections.len() >= limits::MAX_CONNECTIONS || handshaking().count() >= limits::MAX_HANDSHAKING {
                 log::warn!("refusing connection from {peer}: too many connections");
+                continue;
+            }
+            if handshaking().filter(|c| c.peer == peer.ip()).count() >= limits::MAX_HANDSHAKING_PER_PEER {
+                log::warn!("refusing connection from {peer}: too many unfinished handshakes from that address");
                 continue;
             }
             let _ = socket.set_nodelay(true);
@@ -370,7 +379,7 @@ impl Server {
                 continue;
             }
             log::debug!("connection {id} from {peer}");
-            let mut connection = Connection::new(id, socket, tls, self.queue.waker(TaskId::connection(id)));
+            let mut connection = Connection::new(id, peer.ip(), socket, tls, self.queue.waker(TaskId::connection(id)));
             if self.lifecycle != Lifecycle::Serving {
                 connection.go_away();
             }
@@ -419,7 +428,7 @@ impl Server {
             Lifecycle::StoppingJobs => {
                 if !self.jobs.has_running() {
                     self.lifecycle = Lifecycle::Draining;
-                    self.timers.schedule(Instant::now() + limits::SHUTDOWN_DRAIN, TimerEvent::ShutdownDrainOver);
+                    self.timers.schedule(Instant::now() + limits::SHUTDOWN_DRAIN, TimerEvent::FollowersDrainOver);
                     return self.advance_shutdown();
                 }
                 false
@@ -442,7 +451,7 @@ impl Server {
             connection.go_away();
             connection.waker.wake_by_ref();
         }
-        self.timers.schedule(Instant::now() + limits::SHUTDOWN_DRAIN, TimerEvent::ShutdownDrainOver);
+        self.timers.schedule(Instant::now() + limits::SHUTDOWN_DRAIN, TimerEvent::ConnectionsCloseOver);
     }
 
     fn fire(&mut self, event: TimerEvent) {
@@ -473,11 +482,11 @@ impl Server {
                     }
                 }
             }
-            TimerEvent::ShutdownDrainOver => match self.lifecycle {
-                Lifecycle::Draining => self.close_connections(),
-                Lifecycle::Closing => self.connections.clear(),
-                _ => {}
-            },
+            // Each phase's timer acts only in its own phase: the followers' timer must not cut short the
+            // closing phase's own allowance when the followers finished early.
+            TimerEvent::FollowersDrainOver if self.lifecycle == Lifecycle::Draining => self.close_connections(),
+            TimerEvent::ConnectionsCloseOver if self.lifecycle == Lifecycle::Closing => self.connections.clear(),
+            TimerEvent::FollowersDrainOver | TimerEvent::ConnectionsCloseOver => {}
         }
     }
 
