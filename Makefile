@@ -6,7 +6,7 @@ DEV_PKI  := certs/dev
 DEMO_DIR := $(CURDIR)/target/demo
 ADDR     := 127.0.0.1:50051
 
-.PHONY: all build static demo test unit interop bench deps clean
+.PHONY: all build static demo test unit interop bench deps clean vmtest
 
 all: build
 
@@ -54,7 +54,8 @@ deps:
 	  echo "installing python3-venv and procps"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv procps coreutils; }
 
-test: deps unit interop
+# Every test: unit and integration tests, the grpcio interop test, and the cgroup v2 guest test (QEMU).
+test: deps unit interop vmtest
 
 unit:
 	$(CARGO) test --lib --bins --tests
@@ -65,6 +66,11 @@ interop: deps
 
 bench:
 	$(CARGO) bench --bench perf
+
+# Boots a cgroup v2 kernel in QEMU with the static binary and checks that limits, stops and cleanups hold
+# (tests/vm/run.sh; never touches the host's cgroups). RUNNEL_REQUIRE_VM=1 where the VM must be available.
+vmtest: static
+	bash tests/vm/run.sh target/$(MUSL)/release/runnel
 
 clean:
 	$(CARGO) clean

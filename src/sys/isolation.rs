@@ -34,10 +34,10 @@ pub fn bring_loopback_up() -> io::Result<()> {
     for (dst, src) in request.ifr_name.iter_mut().zip(c"lo".to_bytes_with_nul()) {
         *dst = *src as libc::c_char;
     }
-    syscall!(ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request))?;
+    syscall!(ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut request))?;
     // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
     unsafe { request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-    syscall!(ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request)).map(drop)
+    syscall!(ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS as _, &request)).map(drop)
 }
 
 /// `struct __user_cap_header_struct` / `__user_cap_data_struct` from `linux/capability.h`.
