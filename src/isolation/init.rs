@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use super::{InitPlan, InitReport, SetupStep};
-use crate::sys::{self, ExitStatus, SpawnFds, SpawnOptions, SpawnProgram};
+use crate::sys::{self, CStringArray, ExitStatus, SpawnFds, SpawnOptions, SpawnProgram};
 
 /// The init's report channel to the server, set up by the server's spawn.
 const CONTROL_FD: i32 = 3;
@@ -94,27 +94,18 @@ pub fn main(args: Vec<OsString>) -> ! {
 /// environment. Returns its pid, or the report that says why it could not start.
 fn start_command(plan: &InitPlan) -> Result<i32, InitReport> {
     let c_string = |bytes: &[u8]| CString::new(bytes).expect("arguments and environment have no NUL");
-    let candidates: Vec<CString> = plan.candidates.iter().map(|c| c_string(c.as_os_str().as_bytes())).collect();
-    let argv: Vec<CString> = plan.argv.iter().map(|a| c_string(a.as_bytes())).collect();
-    let envp: Vec<CString> = std::env::vars_os()
-        .map(|(name, value)| {
-            let mut entry = name.into_vec();
-            entry.push(b'=');
-            entry.extend(value.into_vec());
-            c_string(&entry)
-        })
-        .collect();
-    let working_dir = c_string(plan.working_dir.as_os_str().as_bytes());
-    let pointers = |strings: &[CString]| -> Vec<*const libc::c_char> {
-        strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
-    };
-    let (candidate_ptrs, argv_ptrs, envp_ptrs) = (pointers(&candidates), pointers(&argv), pointers(&envp));
+    let environment = std::env::vars_os().map(|(name, value)| {
+        let mut entry = name.into_vec();
+        entry.push(b'=');
+        entry.extend(value.into_vec());
+        c_string(&entry)
+    });
     let program = SpawnProgram {
         exec_fd: None,
-        candidates: &candidate_ptrs,
-        argv: &argv_ptrs,
-        envp: &envp_ptrs,
-        working_dir: &working_dir,
+        candidates: CStringArray::new(plan.candidates.iter().map(|c| c_string(c.as_os_str().as_bytes())).collect()),
+        argv: CStringArray::new(plan.argv.iter().map(|a| c_string(a.as_bytes())).collect()),
+        envp: CStringArray::new(environment.collect()),
+        working_dir: c_string(plan.working_dir.as_os_str().as_bytes()),
     };
     // SAFETY: descriptors 0-2 are open for the init's whole life (the server's spawn set them up).
     let standard = |fd| unsafe { BorrowedFd::borrow_raw(fd) };

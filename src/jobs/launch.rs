@@ -2,7 +2,6 @@
 //! inside new namespaces (see `isolation`), which starts the command. Either way the first process is created
 //! inside the job's cgroup when there is one, and the call returns only once the command was exec'd.
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -12,7 +11,7 @@ use super::spec::{c_string, JobSpec};
 use super::JobError;
 use crate::cgroup::JobCgroup;
 use crate::isolation::{self, InitPlan, InitReport, Isolation};
-use crate::sys::{self, ChildStack, ExecFailure, SpawnFds, SpawnOptions, SpawnProgram, SpawnStage};
+use crate::sys::{self, CStringArray, ChildStack, ExecFailure, SpawnFds, SpawnOptions, SpawnProgram, SpawnStage};
 
 /// A job process that is running the command.
 pub struct Launched {
@@ -46,25 +45,23 @@ impl Launcher {
         cgroup: Option<&JobCgroup>,
     ) -> Result<Launched, JobError> {
         let internal = |err: io::Error| JobError::Internal(format!("cannot start the job: {err}"));
-        let candidates: Vec<CString> =
-            spec.exec_candidates().iter().map(|p| c_string(p.as_os_str().as_bytes())).collect();
-        let argv: Vec<CString> =
-            std::iter::once(&spec.command).chain(&spec.args).map(|a| c_string(a.as_bytes())).collect();
-        let envp: Vec<CString> = spec.environment().into_iter().map(c_string).collect();
+        let envp = CStringArray::new(spec.environment().into_iter().map(c_string).collect());
         let stdout = sys::output_pipe().map_err(internal)?;
         let stderr = sys::output_pipe().map_err(internal)?;
         let options =
             SpawnOptions { namespaces: Default::default(), cgroup: cgroup.map(JobCgroup::dir), die_with_parent: true };
 
         let Some(isolation) = isolation else {
-            let working_dir = c_string(working_dir.as_os_str().as_bytes());
-            let (candidate_ptrs, argv_ptrs, envp_ptrs) = (pointers(&candidates), pointers(&argv), pointers(&envp));
             let program = SpawnProgram {
                 exec_fd: None,
-                candidates: &candidate_ptrs,
-                argv: &argv_ptrs,
-                envp: &envp_ptrs,
-                working_dir: &working_dir,
+                candidates: CStringArray::new(
+                    spec.exec_candidates().iter().map(|p| c_string(p.as_os_str().as_bytes())).collect(),
+                ),
+                argv: CStringArray::new(
+                    std::iter::once(&spec.command).chain(&spec.args).map(|a| c_string(a.as_bytes())).collect(),
+                ),
+                envp,
+                working_dir: c_string(working_dir.as_os_str().as_bytes()),
             };
             let fds = SpawnFds {
                 stdin: self.dev_null.as_fd(),
@@ -76,7 +73,7 @@ impl Launcher {
                 // Only the read ends are kept: the write ends, closed as this returns, now belong to the job
                 // alone, so the pipes reach end of file when the job (and whatever inherited them) exits.
                 Ok((pid, pidfd)) => Ok(Launched { pid, pidfd, pipes: [stdout.read, stderr.read], control: None }),
-                Err(failure) => Err(exec_error(spec, working_dir.to_str().unwrap_or("?"), failure)),
+                Err(failure) => Err(exec_error(spec, &working_dir.display().to_string(), failure)),
             };
         };
 
@@ -88,15 +85,12 @@ impl Launcher {
             candidates: spec.exec_candidates(),
             argv: std::iter::once(&spec.command).chain(&spec.args).cloned().collect(),
         };
-        let init_args = plan.to_args();
-        let (init_argv_ptrs, envp_ptrs) = (pointers(&init_args), pointers(&envp));
-        let no_candidates = [std::ptr::null()];
         let program = SpawnProgram {
             exec_fd: Some(isolation.init_executable()),
-            candidates: &no_candidates,
-            argv: &init_argv_ptrs,
-            envp: &envp_ptrs,
-            working_dir: c"/",
+            candidates: CStringArray::new(Vec::new()),
+            argv: CStringArray::new(plan.to_args()),
+            envp,
+            working_dir: c"/".into(),
         };
         let (control_read, control_write) = sys::control_pipe().map_err(internal)?;
         let fds = SpawnFds {
@@ -117,9 +111,7 @@ impl Launcher {
             Ok(Some(InitReport::Started)) => {
                 return Ok(Launched { pid, pidfd, pipes: [stdout.read, stderr.read], control: Some(control_read) });
             }
-            Ok(Some(InitReport::SpawnFailed(failure))) => {
-                exec_error(spec, working_dir.to_str().unwrap_or("?"), failure)
-            }
+            Ok(Some(InitReport::SpawnFailed(failure))) => exec_error(spec, &working_dir.display().to_string(), failure),
             Ok(Some(InitReport::SetupFailed { step, errno })) => JobError::Internal(format!(
                 "cannot isolate the job: {}: {}",
                 step.describe(),
@@ -135,10 +127,6 @@ impl Launcher {
         let _ = sys::wait_pidfd(pidfd.as_raw_fd(), sys::Wait::Reap);
         Err(failure)
     }
-}
-
-fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
-    strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
 }
 
 /// The error a client sees for a command that could not be exec'd.

@@ -9,7 +9,8 @@
 mod spawn;
 
 pub use spawn::{
-    probe_namespaces, spawn, ChildStack, ExecFailure, Namespaces, SpawnFds, SpawnOptions, SpawnProgram, SpawnStage,
+    probe_namespaces, spawn, CStringArray, ChildStack, ExecFailure, Namespaces, SpawnFds, SpawnOptions, SpawnProgram,
+    SpawnStage,
 };
 
 use std::io;

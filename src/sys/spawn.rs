@@ -8,19 +8,38 @@
 //! until the child has exec'd or exited, so the child can report an exec failure by writing into a
 //! [`ExecFailure`] that lives in the parent's stack frame, and the parent reads it afterwards without a race.
 
-use std::ffi::CStr;
+use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-/// What the child execs: candidate paths tried in order (a bare name resolved against `PATH`), argv, envp.
-/// All pointers are NUL-terminated arrays of pointers into `CString`s the caller keeps alive.
+/// What the child execs: candidate paths tried in order (a bare name resolved against `PATH`), argv, envp,
+/// all prepared before the clone (the child may not allocate).
 pub struct SpawnProgram<'a> {
     /// When set, this open executable runs (`execveat(fd, "", AT_EMPTY_PATH)`) and `candidates` is ignored.
     pub exec_fd: Option<BorrowedFd<'a>>,
-    pub candidates: &'a [*const libc::c_char],
-    pub argv: &'a [*const libc::c_char],
-    pub envp: &'a [*const libc::c_char],
-    pub working_dir: &'a CStr,
+    pub candidates: CStringArray,
+    pub argv: CStringArray,
+    pub envp: CStringArray,
+    pub working_dir: CString,
+}
+
+/// C strings with the NULL-terminated pointer array `execve` takes, kept together so the pointers stay valid
+/// (moving the `Vec` does not move the strings' bytes).
+pub struct CStringArray {
+    _strings: Vec<CString>,
+    pointers: Vec<*const libc::c_char>,
+}
+
+impl CStringArray {
+    pub fn new(strings: Vec<CString>) -> CStringArray {
+        let pointers = strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+        CStringArray { _strings: strings, pointers }
+    }
+
+    /// The pointers, ending with a null one.
+    pub fn pointers(&self) -> &[*const libc::c_char] {
+        &self.pointers
+    }
 }
 
 /// The descriptors that become the job's stdin, stdout and stderr.
@@ -115,10 +134,6 @@ pub fn spawn(
     options: SpawnOptions<'_>,
     stack: &mut ChildStack,
 ) -> io::Result<Result<(i32, OwnedFd), ExecFailure>> {
-    assert!(program.candidates.last() == Some(&std::ptr::null()));
-    assert!(program.argv.last() == Some(&std::ptr::null()));
-    assert!(program.envp.last() == Some(&std::ptr::null()));
-
     let mut report = ChildReport { stage: 0, errno: 0 };
     let args = ChildArgs {
         program,
@@ -127,34 +142,14 @@ pub fn spawn(
         die_with_parent: options.die_with_parent,
         report: &mut report,
     };
-    let mut pidfd: RawFd = -1;
-    let mut flags = (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD) as u64 | options.namespaces.0;
+    let mut flags = options.namespaces.0;
     if options.cgroup.is_some() {
         flags |= CLONE_INTO_CGROUP;
     }
-    let mut clone_args = CloneArgs {
-        flags,
-        cgroup: options.cgroup.map_or(0, |fd| fd.as_raw_fd() as u64),
-        pidfd: &mut pidfd as *mut RawFd as u64,
-        exit_signal: libc::SIGCHLD as u64,
-        stack: stack.memory.as_mut_ptr() as u64,
-        stack_size: (stack.memory.len() * 16) as u64,
-        ..CloneArgs::default()
-    };
-
-    // Block every signal while the child shares our memory, so no handler of ours can run on its stack.
-    let old_mask = block_all_signals()?;
-    // SAFETY: `clone_args` describes a stack we own exclusively for the child's lifetime (CLONE_VFORK keeps us
-    // suspended until the child execs or exits); `child_main` only makes async-signal-safe system calls and
-    // reads `args`, which outlives the child's use of it for the same reason.
-    let pid = unsafe { clone3_trampoline(&mut clone_args, child_main, &args as *const ChildArgs as *mut libc::c_void) };
-    restore_signal_mask(&old_mask);
-    if pid < 0 {
-        return Err(io::Error::from_raw_os_error(-pid as i32));
-    }
-    // SAFETY: clone3 succeeded with CLONE_PIDFD, so the kernel stored a new descriptor we now own.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-
+    let cgroup = options.cgroup.map_or(0, |fd| fd.as_raw_fd() as u64);
+    // SAFETY: `child_main` only makes async-signal-safe system calls and reads `args`, which outlives the
+    // child's use of it: CLONE_VFORK keeps us suspended until the child execs or exits.
+    let (pid, pidfd) = unsafe { clone_vfork(flags, cgroup, stack, child_main, &args as *const ChildArgs as *mut _)? };
     if report.stage != 0 {
         // The child has exited (127) before exec; reap it so nothing is left behind.
         super::wait_pidfd(pidfd.as_raw_fd(), super::Wait::Reap)?;
@@ -165,7 +160,43 @@ pub fn spawn(
         };
         return Ok(Err(ExecFailure { stage, errno: report.errno }));
     }
-    Ok(Ok((pid as i32, pidfd)))
+    Ok(Ok((pid, pidfd)))
+}
+
+/// `clone3(CLONE_VM | CLONE_VFORK | CLONE_PIDFD | extra_flags)` running `child(arg)` on `stack`, with every
+/// signal blocked meanwhile so no handler of ours can run on the child's stack. Returns once the child has
+/// exec'd or exited, with its pid and pidfd.
+///
+/// # Safety
+/// As for [`clone3_trampoline`]: `child` may only make raw system calls, and whatever `arg` points to must
+/// stay valid until the child execs or exits (which CLONE_VFORK makes "until this returns").
+unsafe fn clone_vfork(
+    extra_flags: u64,
+    cgroup: u64,
+    stack: &mut ChildStack,
+    child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
+) -> io::Result<(i32, OwnedFd)> {
+    let mut pidfd: RawFd = -1;
+    let mut clone_args = CloneArgs {
+        flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD) as u64 | extra_flags,
+        pidfd: &mut pidfd as *mut RawFd as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: stack.memory.as_mut_ptr() as u64,
+        stack_size: (stack.memory.len() * 16) as u64,
+        cgroup,
+        ..CloneArgs::default()
+    };
+    let old_mask = block_all_signals()?;
+    // SAFETY: `clone_args` describes a stack we own exclusively for the child's lifetime (`&mut` and
+    // CLONE_VFORK); the caller vouches for `child` and `arg`.
+    let pid = unsafe { clone3_trampoline(&mut clone_args, child, arg) };
+    restore_signal_mask(&old_mask);
+    if pid < 0 {
+        return Err(io::Error::from_raw_os_error(-pid as i32));
+    }
+    // SAFETY: clone3 succeeded with CLONE_PIDFD, so the kernel stored a new descriptor we now own.
+    Ok((pid as i32, unsafe { OwnedFd::from_raw_fd(pidfd) }))
 }
 
 /// `CLONE_INTO_CGROUP` from `linux/sched.h` (not in the libc crate).
@@ -174,24 +205,8 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// Starts and reaps a child in `namespaces` that exits at once: whether this kernel and these privileges allow
 /// creating them (a server that may not runs jobs without isolation).
 pub fn probe_namespaces(namespaces: Namespaces, stack: &mut ChildStack) -> io::Result<()> {
-    let mut pidfd: RawFd = -1;
-    let mut clone_args = CloneArgs {
-        flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD) as u64 | namespaces.0,
-        pidfd: &mut pidfd as *mut RawFd as u64,
-        exit_signal: libc::SIGCHLD as u64,
-        stack: stack.memory.as_mut_ptr() as u64,
-        stack_size: (stack.memory.len() * 16) as u64,
-        ..CloneArgs::default()
-    };
-    let old_mask = block_all_signals()?;
-    // SAFETY: as in `spawn`; `exit_at_once` makes no call at all.
-    let pid = unsafe { clone3_trampoline(&mut clone_args, exit_at_once, std::ptr::null_mut()) };
-    restore_signal_mask(&old_mask);
-    if pid < 0 {
-        return Err(io::Error::from_raw_os_error(-pid as i32));
-    }
-    // SAFETY: clone3 succeeded with CLONE_PIDFD.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    // SAFETY: `exit_at_once` makes no call at all and takes no argument.
+    let (_, pidfd) = unsafe { clone_vfork(namespaces.0, 0, stack, exit_at_once, std::ptr::null_mut())? };
     super::wait_pidfd(pidfd.as_raw_fd(), super::Wait::Reap).map(drop)
 }
 
@@ -348,8 +363,8 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 libc::SYS_execveat,
                 fd.as_raw_fd(),
                 c"".as_ptr(),
-                args.program.argv.as_ptr(),
-                args.program.envp.as_ptr(),
+                args.program.argv.pointers().as_ptr(),
+                args.program.envp.pointers().as_ptr(),
                 libc::AT_EMPTY_PATH,
             );
             return fail(SpawnStage::Exec);
@@ -357,11 +372,11 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         // Try each candidate like execvpe: remember EACCES, keep going past ENOENT/ENOTDIR.
         let mut saw_eacces = false;
         let mut last_errno = libc::ENOENT;
-        for &path in args.program.candidates {
+        for &path in args.program.candidates.pointers() {
             if path.is_null() {
                 break;
             }
-            libc::execve(path, args.program.argv.as_ptr(), args.program.envp.as_ptr());
+            libc::execve(path, args.program.argv.pointers().as_ptr(), args.program.envp.pointers().as_ptr());
             last_errno = *libc::__errno_location();
             match last_errno {
                 libc::EACCES => saw_eacces = true,
