@@ -54,12 +54,10 @@ fn a_job_sees_only_its_own_processes_hostname_and_loopback() {
         assert!(matches!(command, "sh" | "tr" | ""), "a process that is not the job's: {line:?}\n{out}");
     }
     assert!(processes.len() <= 4, "only the init, the shell and its current child: {processes:?}");
-    let interfaces: Vec<&str> = out
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(name, _)| name.trim())
-        .filter(|n| !n.contains('|'))
-        .collect();
+    // /proc/net/dev: two header lines, then one `name: counters` line per interface.
+    let table = out.split_once("face |bytes").expect("/proc/net/dev header").1;
+    let interfaces: Vec<&str> =
+        table.lines().skip(1).filter_map(|l| l.split_once(':')).map(|(name, _)| name.trim()).collect();
     assert_eq!(interfaces, ["lo"], "only the loopback interface:\n{out}");
     assert!(out.lines().any(|l| l.trim_start().starts_with("lo:")));
 }
@@ -204,4 +202,28 @@ fn no_isolation_runs_jobs_in_the_hosts_namespaces_and_still_kills_their_process_
     let (_, _) = run_shell(&mut client, &format!("sleep {marker} & exit 0"));
     let needle = format!("sleep {marker}");
     assert!(eventually(Duration::from_secs(5), || pids_matching(&needle).is_empty()), "{:?}", pids_matching(&needle));
+}
+
+#[test]
+fn the_jobs_environment_never_reaches_the_init_which_starts_as_root() {
+    // A job-chosen LD_PRELOAD would run in the init before it drops privileges. The dynamic loader complains
+    // about a missing preload object once per process that sees it: the command may, the init must not.
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut client = server.client("alice");
+    let preload = "/nonexistent/runnel-test-preload.so";
+    let request = StartJobRequest {
+        command: "sh".into(),
+        args: vec!["-c".into(), "echo $LD_PRELOAD".into()],
+        env: vec![format!("LD_PRELOAD={preload}")],
+        ..Default::default()
+    };
+    let job: Job = client.unary(path::START_JOB, &request, None).unwrap();
+    let _: Job = client
+        .unary(path::WAIT_JOB, &WaitJobRequest { job_id: job.id.clone() }, Some(Duration::from_secs(30)))
+        .unwrap();
+    let output = server.cli("alice").args(["logs", &job.id]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert_eq!(stdout.trim(), preload, "the command gets the environment it asked for");
+    assert!(stderr.matches(preload).count() <= 1, "a process besides the command loaded with it:\n{stderr}");
 }

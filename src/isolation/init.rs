@@ -8,7 +8,7 @@
 
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 
 use super::{InitPlan, InitReport, SetupStep};
 use crate::sys::{self, CStringArray, ExitStatus, SpawnFds, SpawnOptions, SpawnProgram};
@@ -90,21 +90,15 @@ pub fn main(args: Vec<OsString>) -> ! {
     }
 }
 
-/// Execs the command as the init's child, in a session of its own, with the init's descriptors 0-2 and
-/// environment. Returns its pid, or the report that says why it could not start.
+/// Execs the command as the init's child, in a session of its own, with the init's descriptors 0-2 and the
+/// job's environment from the plan. Returns its pid, or the report that says why it could not start.
 fn start_command(plan: &InitPlan) -> Result<i32, InitReport> {
     let c_string = |bytes: &[u8]| CString::new(bytes).expect("arguments and environment have no NUL");
-    let environment = std::env::vars_os().map(|(name, value)| {
-        let mut entry = name.into_vec();
-        entry.push(b'=');
-        entry.extend(value.into_vec());
-        c_string(&entry)
-    });
     let program = SpawnProgram {
         exec_fd: None,
         candidates: CStringArray::new(plan.candidates.iter().map(|c| c_string(c.as_os_str().as_bytes())).collect()),
         argv: CStringArray::new(plan.argv.iter().map(|a| c_string(a.as_bytes())).collect()),
-        envp: CStringArray::new(environment.collect()),
+        envp: CStringArray::new(plan.env.iter().map(|e| c_string(e.as_bytes())).collect()),
         working_dir: c_string(plan.working_dir.as_os_str().as_bytes()),
     };
     // SAFETY: descriptors 0-2 are open for the init's whole life (the server's spawn set them up).

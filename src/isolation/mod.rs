@@ -137,7 +137,9 @@ impl Isolation {
     }
 }
 
-/// Everything a job's init needs to know, passed as its arguments (its environment is the job's).
+/// Everything a job's init needs to know, passed as its arguments. The init itself runs with an empty
+/// environment: it starts as root, and a job-chosen `LD_PRELOAD` (or any loader variable) would run code in it
+/// before it drops privileges. The job's environment travels here and is given to the command only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InitPlan {
     pub hostname: String,
@@ -147,12 +149,14 @@ pub struct InitPlan {
     pub working_dir: PathBuf,
     /// Paths to try exec'ing, in order (the command, or the command in each PATH directory).
     pub candidates: Vec<PathBuf>,
+    /// The command's environment (`NAME=value`).
+    pub env: Vec<String>,
     /// The command's argv, argv[0] included.
     pub argv: Vec<String>,
 }
 
 impl InitPlan {
-    /// `runnel __init HOSTNAME UID GID lo|host WORKDIR N CANDIDATE×N ARGV...`
+    /// `runnel __init HOSTNAME UID GID lo|host WORKDIR N CANDIDATE×N M ENV×M ARGV...`
     pub fn to_args(&self) -> Vec<CString> {
         let mut args: Vec<Vec<u8>> = vec![
             b"runnel".to_vec(),
@@ -165,6 +169,8 @@ impl InitPlan {
             self.candidates.len().to_string().into(),
         ];
         args.extend(self.candidates.iter().map(|c| c.as_os_str().as_bytes().to_vec()));
+        args.push(self.env.len().to_string().into());
+        args.extend(self.env.iter().map(|e| e.clone().into_bytes()));
         args.extend(self.argv.iter().map(|a| a.clone().into_bytes()));
         args.into_iter().map(|a| CString::new(a).expect("validated: no NUL")).collect()
     }
@@ -188,11 +194,16 @@ impl InitPlan {
         for _ in 0..count {
             candidates.push(PathBuf::from(next("candidate")?));
         }
+        let count = number(next("environment count")?)? as usize;
+        let mut env = Vec::with_capacity(count.min(1024));
+        for _ in 0..count {
+            env.push(text(next("environment entry")?)?);
+        }
         let argv: Vec<String> = args.map(text).collect::<Result<_, _>>()?;
         if argv.is_empty() {
             return Err("missing the command's argv".into());
         }
-        Ok(InitPlan { hostname, run_as: RunAs { uid, gid }, loopback, working_dir, candidates, argv })
+        Ok(InitPlan { hostname, run_as: RunAs { uid, gid }, loopback, working_dir, candidates, env, argv })
     }
 }
 
@@ -347,6 +358,7 @@ mod tests {
             loopback: true,
             working_dir: "/tmp/a dir".into(),
             candidates: vec!["/usr/bin/env".into(), "/bin/env".into()],
+            env: vec!["PATH=/bin".into(), "EMPTY=".into()],
             argv: vec!["env".into(), "".into(), "--".into(), "x y".into()],
         };
         let args = os_args(&plan.to_args());

@@ -45,7 +45,6 @@ impl Launcher {
         cgroup: Option<&JobCgroup>,
     ) -> Result<Launched, JobError> {
         let internal = |err: io::Error| JobError::Internal(format!("cannot start the job: {err}"));
-        let envp = CStringArray::new(spec.environment().into_iter().map(c_string).collect());
         let stdout = sys::output_pipe().map_err(internal)?;
         let stderr = sys::output_pipe().map_err(internal)?;
         let options =
@@ -60,7 +59,7 @@ impl Launcher {
                 argv: CStringArray::new(
                     std::iter::once(&spec.command).chain(&spec.args).map(|a| c_string(a.as_bytes())).collect(),
                 ),
-                envp,
+                envp: CStringArray::new(spec.environment().into_iter().map(c_string).collect()),
                 working_dir: c_string(working_dir.as_os_str().as_bytes()),
             };
             let fds = SpawnFds {
@@ -83,13 +82,15 @@ impl Launcher {
             loopback: isolation.own_network,
             working_dir: working_dir.to_path_buf(),
             candidates: spec.exec_candidates(),
+            env: spec.environment(),
             argv: std::iter::once(&spec.command).chain(&spec.args).cloned().collect(),
         };
         let program = SpawnProgram {
             exec_fd: Some(isolation.init_executable()),
             candidates: CStringArray::new(Vec::new()),
             argv: CStringArray::new(plan.to_args()),
-            envp,
+            // Empty: the init starts as root (see `InitPlan`).
+            envp: CStringArray::new(Vec::new()),
             working_dir: c"/".into(),
         };
         let (control_read, control_write) = sys::control_pipe().map_err(internal)?;
