@@ -171,7 +171,7 @@ impl CgroupRoot {
     pub fn create_job(&self, name: &str, limits: &ResourceLimits) -> Result<JobCgroup, CgroupError> {
         let path = self.jobs.join(name);
         make_dir(&path)?;
-        let cgroup = JobCgroup { dir: open_dir(&path)?, path };
+        let cgroup = JobCgroup { path };
         if let Err(err) = cgroup.write_limits(limits, &self.io_devices) {
             let _ = fs::remove_dir(&cgroup.path);
             return Err(err);
@@ -185,7 +185,6 @@ impl CgroupRoot {
         let usage = cgroup.usage();
         let oom_killed = cgroup.oom_kills() > 0;
         let _ = write(&cgroup.path.join("cgroup.kill"), "1");
-        drop(cgroup.dir);
         if let Err(err) = fs::remove_dir(&cgroup.path) {
             log::debug!("cgroup {} not removable yet: {err}", cgroup.path.display());
             self.leftovers.push(cgroup.path);
@@ -194,44 +193,50 @@ impl CgroupRoot {
         FinalUsage { usage, oom_killed }
     }
 
-    /// Shutdown, once every job was reaped: removes `jobs/`, turns off the controllers this server turned on,
-    /// returns the server to the cgroup it started in and removes `supervisor/`.
-    pub fn close(mut self) {
+    /// Shutdown, once every job was reaped: takes the subtree down (see the `Drop` implementation).
+    pub fn close(self) {}
+}
+
+/// Taking the subtree down, at shutdown or when [`CgroupRoot::open`] fails halfway: kills and removes what is
+/// left under `jobs/`, removes it, turns off the controllers this server turned on, returns the server to the
+/// cgroup it started in and removes `supervisor/`.
+impl Drop for CgroupRoot {
+    fn drop(&mut self) {
         for path in std::mem::take(&mut self.leftovers) {
             kill_and_remove(&path);
         }
         self.remove_leftovers_of_a_crash();
-        if let Err(err) = fs::remove_dir(&self.jobs) {
-            log::warn!("cannot remove cgroup {}: {err}", self.jobs.display());
-            return;
+        match fs::remove_dir(&self.jobs) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => {
+                log::warn!("cannot remove cgroup {}: {err}", self.jobs.display());
+                return;
+            }
+            _ => {}
         }
         if !self.enabled_in_root.is_empty() {
             let disable: Vec<String> = self.enabled_in_root.iter().map(|c| format!("-{c}")).collect();
             if let Err(err) = write(&self.root.join("cgroup.subtree_control"), &disable.join(" ")) {
-                log::warn!("{err}");
+                log::debug!("{err}");
             }
         }
-        if self.original != self.supervisor {
-            if let Err(err) = write(&self.original.join("cgroup.procs"), &sys::getpid().to_string()) {
-                log::warn!(
-                    "cannot return to cgroup {}, leaving {}: {err}",
-                    self.original.display(),
-                    self.supervisor.display()
-                );
-                return;
-            }
-            if let Err(err) = fs::remove_dir(&self.supervisor) {
-                log::warn!("cannot remove cgroup {}: {err}", self.supervisor.display());
-            }
+        if self.original == self.supervisor {
+            return;
+        }
+        if let Err(err) = write(&self.original.join("cgroup.procs"), &sys::getpid().to_string()) {
+            let (from, to) = (self.supervisor.display(), self.original.display());
+            log::warn!("cannot return to cgroup {to}, leaving {from}: {err}");
+            return;
+        }
+        if let Err(err) = fs::remove_dir(&self.supervisor) {
+            log::warn!("cannot remove cgroup {}: {err}", self.supervisor.display());
         }
     }
 }
 
-/// A job's cgroup directory, open so the job's first process can be created inside it.
+/// A job's cgroup directory.
 #[derive(Debug)]
 pub struct JobCgroup {
     path: PathBuf,
-    dir: OwnedFd,
 }
 
 /// What a job's cgroup said last, kept after it is gone.
@@ -242,9 +247,10 @@ pub struct FinalUsage {
 }
 
 impl JobCgroup {
-    pub fn dir(&self) -> std::os::fd::BorrowedFd<'_> {
-        use std::os::fd::AsFd;
-        self.dir.as_fd()
+    /// Opens the directory for `CLONE_INTO_CGROUP`; the caller closes it once the job's process exists (a
+    /// descriptor per running job would count against the server's open-file limit for nothing).
+    pub fn open(&self) -> Result<OwnedFd, CgroupError> {
+        open_dir(&self.path)
     }
 
     fn write_limits(&self, limits: &ResourceLimits, io_devices: &[String]) -> Result<(), CgroupError> {
@@ -432,7 +438,7 @@ mod tests {
         // A plain directory stands in for the cgroup: each file then holds the last value written.
         let path = std::env::temp_dir().join(format!("runnel-cgroup-{}", rand::random::<u64>()));
         fs::create_dir(&path).unwrap();
-        let cgroup = JobCgroup { dir: open_dir(&path).unwrap(), path: path.clone() };
+        let cgroup = JobCgroup { path: path.clone() };
         let limits = ResourceLimits {
             cpu_millicores: 200,
             memory_bytes: 32 << 20,

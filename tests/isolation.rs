@@ -46,8 +46,9 @@ fn a_job_sees_only_its_own_processes_hostname_and_loopback() {
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some("self 2"), "the command is the init's child, PID 2:\n{out}");
     assert_eq!(lines.next(), Some(&job.id[..8]), "hostname is the job id's first 8 hex digits");
+    // After the `self` and hostname lines (a hostname may be all digits), one line per process.
     let processes: Vec<&str> =
-        out.lines().filter(|l| l.split(' ').next().is_some_and(|p| p.parse::<u32>().is_ok())).collect();
+        out.lines().skip(2).filter(|l| l.split(' ').next().is_some_and(|p| p.parse::<u32>().is_ok())).collect();
     assert!(processes[0].starts_with("1 runnel __init "), "PID 1 is runnel's init: {processes:?}");
     for line in &processes[1..] {
         let command = line.split(' ').nth(1).unwrap_or("");
@@ -226,4 +227,59 @@ fn the_jobs_environment_never_reaches_the_init_which_starts_as_root() {
     let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert_eq!(stdout.trim(), preload, "the command gets the environment it asked for");
     assert!(stderr.matches(preload).count() <= 1, "a process besides the command loaded with it:\n{stderr}");
+}
+
+#[test]
+fn jobs_get_the_open_file_limit_the_server_started_with() {
+    let soft_limit = |limits: &str| -> String {
+        let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("limits line").to_string();
+        line.split_whitespace().nth(3).unwrap().to_string()
+    };
+    let ours = soft_limit(&std::fs::read_to_string("/proc/self/limits").unwrap());
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let raised = soft_limit(&std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap());
+    let mut client = server.client("alice");
+    let (_, out) = run_shell(&mut client, "ulimit -Sn");
+    assert_eq!(out.trim(), ours, "the job gets the limit the server was started with (the server has {raised})");
+}
+
+#[test]
+fn a_state_dir_the_jobs_user_cannot_reach_is_refused_at_startup() {
+    use std::os::unix::fs::PermissionsExt;
+    let pki = Pki::new();
+    let scratch = util::TempDir::new("private");
+    let private = scratch.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let output = util::server_command(&pki, &private.join("state")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot reach their working directories"), "{stderr}");
+    assert!(stderr.contains("has mode 0700"), "{stderr}");
+    assert!(!private.join("state").exists(), "nothing left behind");
+
+    // A state directory the administrator made keeps its mode.
+    let shared = scratch.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut server = util::server_command(&pki, &shared).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    assert!(eventually(Duration::from_secs(10), || shared.join("runnel.lock").exists()));
+    assert_eq!(std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777, 0o755);
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[test]
+fn a_command_that_makes_the_init_its_tracer_is_not_taken_for_dead_when_it_stops() {
+    // ptrace(PTRACE_TRACEME) (syscall 101 on x86_64) makes the init the command's tracer, so every signal the
+    // command gets first stops it and shows up in the init's waitpid. The init must pass the signal on (here to
+    // a handler) and report the real exit later.
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut client = server.client("alice");
+    let script = r#"exec perl -e '$SIG{USR1} = sub {}; syscall(101, 0, 0, 0, 0); kill "USR1", $$; exit 3'"#;
+    let (job, _) = run_shell(&mut client, script);
+    assert_eq!((job.state(), job.exit_code, job.signal), (JobState::Exited, Some(3), None), "{job:?}");
 }

@@ -44,8 +44,10 @@ pub fn main(args: Vec<OsString>) -> ! {
     sys::mount_proc().unwrap_or_else(|e| setup_failed(SetupStep::Proc, e));
     sys::set_hostname(&plan.hostname).unwrap_or_else(|e| setup_failed(SetupStep::Hostname, e));
     if plan.loopback {
+        sys::mount_sysfs().unwrap_or_else(|e| setup_failed(SetupStep::Sysfs, e));
         sys::bring_loopback_up().unwrap_or_else(|e| setup_failed(SetupStep::Loopback, e));
     }
+    sys::reset_oom_score_adj().unwrap_or_else(|e| setup_failed(SetupStep::OomScore, e));
     sys::drop_privileges(plan.run_as.uid, plan.run_as.gid).unwrap_or_else(|e| setup_failed(SetupStep::Privileges, e));
     // The parent-death signal was re-armed just now; if the server died before that, nothing would kill us.
     if sys::pipe_reader_gone(CONTROL_FD) {

@@ -37,7 +37,7 @@ pub enum IsolationError {
     NotRoot,
     /// The kernel refused to create the namespaces.
     NamespacesRefused(io::Error),
-    /// The `--run-as` user or group does not exist.
+    /// The `--run-as` user or group does not exist, or is root.
     UnknownUser(String),
     /// The server's own executable cannot be opened.
     OwnExecutable(io::Error),
@@ -94,6 +94,13 @@ impl RunAs {
             },
             None => primary_gid.unwrap_or(uid),
         };
+        // Root without capabilities still owns root's files, and the init (running as the same user) would
+        // stay within the command's reach.
+        if uid == 0 || gid == 0 {
+            return Err(IsolationError::UnknownUser(format!(
+                "--run-as {spec}: jobs may not run as uid 0 or gid 0; name an unprivileged user"
+            )));
+        }
         Ok(RunAs { uid, gid })
     }
 }
@@ -224,6 +231,8 @@ pub enum SetupStep {
     Signals = 6,
     Descriptors = 7,
     Command = 8,
+    Sysfs = 9,
+    OomScore = 10,
 }
 
 impl SetupStep {
@@ -237,6 +246,8 @@ impl SetupStep {
             Self::Signals,
             Self::Descriptors,
             Self::Command,
+            Self::Sysfs,
+            Self::OomScore,
         ]
         .into_iter()
         .find(|s| *s as i32 == code)
@@ -252,6 +263,8 @@ impl SetupStep {
             SetupStep::Signals => "set up signal handling",
             SetupStep::Descriptors => "close the server's descriptors",
             SetupStep::Command => "start the command",
+            SetupStep::Sysfs => "mount /sys",
+            SetupStep::OomScore => "reset the OOM score adjustment",
         }
     }
 }
@@ -376,7 +389,8 @@ mod tests {
     fn run_as_numbers_and_defaults() {
         assert_eq!(RunAs::resolve(Some("1234:99")).unwrap(), RunAs { uid: 1234, gid: 99 });
         assert_eq!(RunAs::resolve(Some("1234")).unwrap(), RunAs { uid: 1234, gid: 1234 });
-        assert_eq!(RunAs::resolve(Some("root")).unwrap(), RunAs { uid: 0, gid: 0 });
+        assert!(RunAs::resolve(Some("root")).unwrap_err().to_string().contains("may not run as uid 0"));
+        assert!(RunAs::resolve(Some("1000:0")).is_err());
         assert!(RunAs::resolve(Some("no-such-user-here")).unwrap_err().to_string().contains("no-such-user-here"));
         assert_ne!(RunAs::resolve(None).unwrap().uid, 0);
     }

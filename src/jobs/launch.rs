@@ -28,11 +28,20 @@ pub struct Launched {
 pub struct Launcher {
     child_stack: ChildStack,
     dev_null: OwnedFd,
+    /// The server's open-file limits before it raised them: what jobs get.
+    open_files: Option<libc::rlimit>,
 }
 
 impl Launcher {
     pub fn new() -> io::Result<Launcher> {
-        Ok(Launcher { child_stack: ChildStack::default(), dev_null: sys::open_dev_null()? })
+        let open_files = match sys::raise_open_file_limit() {
+            Ok(original) => Some(original),
+            Err(err) => {
+                log::warn!("cannot raise the open-file limit: {err}");
+                None
+            }
+        };
+        Ok(Launcher { child_stack: ChildStack::default(), dev_null: sys::open_dev_null()?, open_files })
     }
 
     /// Starts `spec`; on failure nothing is left running.
@@ -44,11 +53,19 @@ impl Launcher {
         isolation: Option<&Isolation>,
         cgroup: Option<&JobCgroup>,
     ) -> Result<Launched, JobError> {
+        let cgroup_dir = match cgroup.map(JobCgroup::open).transpose() {
+            Ok(dir) => dir,
+            Err(err) => return Err(JobError::Internal(format!("cannot open the job's cgroup: {err}"))),
+        };
         let internal = |err: io::Error| JobError::Internal(format!("cannot start the job: {err}"));
         let stdout = sys::output_pipe().map_err(internal)?;
         let stderr = sys::output_pipe().map_err(internal)?;
-        let options =
-            SpawnOptions { namespaces: Default::default(), cgroup: cgroup.map(JobCgroup::dir), die_with_parent: true };
+        let options = SpawnOptions {
+            namespaces: Default::default(),
+            cgroup: cgroup_dir.as_ref().map(AsFd::as_fd),
+            die_with_parent: true,
+            open_files: self.open_files,
+        };
 
         let Some(isolation) = isolation else {
             let program = SpawnProgram {

@@ -20,6 +20,8 @@ const MAX_ENV: usize = 16 * 1024;
 const MIN_CPU_MILLICORES: u32 = 10;
 const MIN_MEMORY_BYTES: u64 = 1024 * 1024;
 const MIN_IO_BPS: u64 = 4096;
+/// The job's init counts against `pids.max` too: below 2 the command itself could not start.
+const MIN_PIDS: u32 = 2;
 
 /// A start request that passed validation.
 #[derive(Debug, Clone)]
@@ -133,6 +135,7 @@ fn check_limits(limits: &ResourceLimits) -> Result<(), JobError> {
     too_small("memory_bytes", limits.memory_bytes, MIN_MEMORY_BYTES, "bytes")?;
     too_small("io_read_bps", limits.io_read_bps, MIN_IO_BPS, "bytes/s")?;
     too_small("io_write_bps", limits.io_write_bps, MIN_IO_BPS, "bytes/s")?;
+    too_small("max_pids", limits.max_pids.into(), MIN_PIDS.into(), "processes (the job's init counts)")?;
     Ok(())
 }
 

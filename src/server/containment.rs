@@ -2,7 +2,8 @@
 //! an unprivileged user if the server may create them. Either may be unavailable; the server then says so once
 //! and runs jobs without it, unless `--require-limits` / `--require-isolation` make that fatal.
 
-use std::path::PathBuf;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 use super::ServerError;
 use crate::cgroup::{CgroupError, CgroupRoot};
@@ -73,4 +74,33 @@ pub fn prepare(config: &ContainmentConfig) -> Result<Containment, ServerError> {
         Err(err) => log::warn!("jobs cannot be isolated on this host ({err}); they run as the server's user"),
     }
     Ok(containment)
+}
+
+/// Checks that the user isolated jobs run as can pass through every directory down to `dir` (where their
+/// working directories are made); otherwise every job would fail to start, so the server refuses instead.
+pub fn check_reachable_by_jobs(containment: &Containment, dir: &Path) -> Result<(), ServerError> {
+    let Some(isolation) = &containment.isolation else { return Ok(()) };
+    let run_as = isolation.run_as;
+    for ancestor in dir.ancestors() {
+        let Ok(meta) = std::fs::metadata(ancestor) else { continue };
+        let mode = meta.permissions().mode();
+        let passable = if meta.uid() == run_as.uid {
+            mode & 0o100 != 0
+        } else if meta.gid() == run_as.gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        if !passable {
+            return Err(ServerError::Containment(format!(
+                "jobs run as uid {} cannot reach their working directories under {}: {} has mode {:04o}; \
+                 allow others to pass (chmod o+x) or choose another --state-dir",
+                run_as.uid,
+                dir.display(),
+                ancestor.display(),
+                mode & 0o7777
+            )));
+        }
+    }
+    Ok(())
 }

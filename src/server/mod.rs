@@ -218,7 +218,11 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     let tls = tls::server_config(&config.cert, &config.key, &config.client_ca)?;
     let signals = sys::signalfd(&sys::SHUTDOWN_SIGNALS).map_err(io_error("cannot set up signal handling"))?;
     let state_dir = StateDir::acquire(&config.state_dir)?;
-    let containment = match containment::prepare(&config.containment) {
+    let prepared = containment::prepare(&config.containment).and_then(|containment| {
+        containment::check_reachable_by_jobs(&containment, state_dir.path())?;
+        Ok(containment)
+    });
+    let containment = match prepared {
         Ok(containment) => containment,
         Err(err) => {
             state_dir.remove();

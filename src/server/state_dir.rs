@@ -21,16 +21,17 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// Creates (0711: jobs running as another user pass through it to their working directories, but cannot
-    /// list it) and locks `path`, clearing anything a previous server left in it.
+    /// Creates `path` if needed (0711: jobs running as another user pass through it to their working
+    /// directories, but cannot list it) and locks it, clearing anything a previous server left in it.
     pub fn acquire(path: &Path) -> Result<StateDir, ServerError> {
         let error =
             |what: &str, err: std::io::Error| ServerError::StateDir(format!("{what} {}: {err}", path.display()));
-        match fs::DirBuilder::new().mode(0o711).recursive(true).create(path) {
-            Ok(()) => {}
-            Err(err) => return Err(error("cannot create state directory", err)),
+        // A directory the administrator made keeps its mode (the server checks that jobs can reach through it).
+        if !path.exists() {
+            fs::DirBuilder::new().mode(0o711).recursive(true).create(path).map_err(|e| error("cannot create", e))?;
+            fs::set_permissions(path, fs::Permissions::from_mode(0o711))
+                .map_err(|e| error("cannot set the mode of", e))?;
         }
-        fs::set_permissions(path, fs::Permissions::from_mode(0o711)).map_err(|e| error("cannot set the mode of", e))?;
         let lock_path = path.join(LOCK_FILE);
         let mut lock = OpenOptions::new()
             .read(true)

@@ -20,6 +20,14 @@ pub fn mount_proc() -> io::Result<()> {
     syscall!(mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), flags, std::ptr::null())).map(drop)
 }
 
+/// Mounts a fresh sysfs on `/sys` (read-only): in a new network namespace it shows that namespace's
+/// interfaces instead of the host's.
+pub fn mount_sysfs() -> io::Result<()> {
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
+    syscall!(mount(c"sysfs".as_ptr(), c"/sys".as_ptr(), c"sysfs".as_ptr(), flags, std::ptr::null())).map(drop)
+}
+
+/// Sets this process's hostname (in its own UTS namespace).
 pub fn set_hostname(name: &str) -> io::Result<()> {
     syscall!(sethostname(name.as_ptr().cast(), name.len())).map(drop)
 }
@@ -55,7 +63,17 @@ struct CapData {
     inheritable: u32,
 }
 
+/// `_LINUX_CAPABILITY_VERSION_3`: capset with two data structs (64 capability bits).
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `KEYCTL_JOIN_SESSION_KEYRING` from `linux/keyctl.h`.
+const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+
+/// Resets this process's OOM score adjustment to neutral, so a server running with a protective
+/// `oom_score_adj` (e.g. systemd's `OOMScoreAdjust=-1000`) does not pass the protection to its jobs.
+pub fn reset_oom_score_adj() -> io::Result<()> {
+    std::fs::write("/proc/self/oom_score_adj", "0")
+}
 
 /// Becomes `uid`:`gid` with no supplementary groups and no capability in any set (effective, permitted,
 /// inheritable, bounding, ambient), sets `PR_SET_NO_NEW_PRIVS`, and re-arms the parent-death signal (a
@@ -63,13 +81,20 @@ const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 pub fn drop_privileges(uid: u32, gid: u32) -> io::Result<()> {
     // The bounding set can only shrink while CAP_SETPCAP is still held, so it goes first.
     for cap in 0.. {
-        match syscall!(prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0)) {
+        match syscall!(prctl(
+            libc::PR_CAPBSET_DROP,
+            cap as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong
+        )) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
             Err(e) => return Err(e),
         }
     }
-    syscall!(prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0))?;
+    let zero: libc::c_ulong = 0;
+    syscall!(prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, zero, zero, zero))?;
     syscall!(setgroups(0, std::ptr::null()))?;
     syscall!(setresgid(gid, gid, gid))?;
     syscall!(setresuid(uid, uid, uid))?;
@@ -81,8 +106,16 @@ pub fn drop_privileges(uid: u32, gid: u32) -> io::Result<()> {
     if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    syscall!(prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0))?;
-    syscall!(prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0)).map(drop)
+    syscall!(prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, zero, zero, zero))?;
+    // Not dumpable: the command, running as the same user, cannot ptrace this process or open its /proc files
+    // (its report pipe among them). A uid change clears the flag already, except where fs.suid_dumpable=1.
+    syscall!(prctl(libc::PR_SET_DUMPABLE, zero, zero, zero, zero))?;
+    // A session keyring of its own: the server's (and whatever keys it holds) stays out of reach.
+    // SAFETY: keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL) takes no pointer but the null name.
+    if unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, std::ptr::null::<libc::c_char>()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    syscall!(prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, zero, zero, zero)).map(drop)
 }
 
 /// True if `fd` is an open pipe.
@@ -110,7 +143,16 @@ pub fn reap_any_child() -> io::Result<Option<(i32, ExitStatus)>> {
             Ok(pid) if libc::WIFEXITED(status) => {
                 return Ok(Some((pid, ExitStatus::Exited(libc::WEXITSTATUS(status)))))
             }
-            Ok(pid) => return Ok(Some((pid, ExitStatus::Signaled(libc::WTERMSIG(status))))),
+            Ok(pid) if libc::WIFSIGNALED(status) => {
+                return Ok(Some((pid, ExitStatus::Signaled(libc::WTERMSIG(status)))))
+            }
+            Ok(pid) => {
+                // A stop is not an end. It reaches us only if the child made us its tracer (PTRACE_TRACEME):
+                // let it go, passing on the signal that stopped it, and keep waiting.
+                let zero: libc::c_ulong = 0;
+                let signal = libc::WSTOPSIG(status) as libc::c_ulong;
+                let _ = syscall!(ptrace(libc::PTRACE_DETACH, pid, zero, signal));
+            }
             Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return Ok(None),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),

@@ -34,8 +34,8 @@ mod isolation;
 
 pub use isolation::{
     bring_loopback_up, close_from, control_pipe, drop_privileges, exit_now, getpid, is_pipe, make_mounts_private,
-    mount_proc, open_own_executable, open_read_only, pipe_reader_gone, reap_any_child, set_cloexec, set_hostname,
-    signal_process, wait_readable, write_all,
+    mount_proc, mount_sysfs, open_own_executable, open_read_only, pipe_reader_gone, reap_any_child,
+    reset_oom_score_adj, set_cloexec, set_hostname, signal_process, wait_readable, write_all,
 };
 
 /// A pipe for one of a job's output streams: the server keeps `read` (non-blocking), the job gets `write`.
@@ -162,6 +162,16 @@ pub fn read_signal(fd: RawFd) -> io::Result<Option<i32>> {
         Some(n) if n == size => Ok(Some(info.ssi_signo as i32)),
         _ => Ok(None),
     }
+}
+
+/// Raises this process's soft open-file limit to the hard limit (each running job holds a few descriptors) and
+/// returns the limits it had, which jobs get back.
+pub fn raise_open_file_limit() -> io::Result<libc::rlimit> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut limit))?;
+    let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+    syscall!(setrlimit(libc::RLIMIT_NOFILE, &raised))?;
+    Ok(limit)
 }
 
 /// Makes sure descriptors 0, 1 and 2 are open (on `/dev/null` if they were closed), so no pipe or socket the

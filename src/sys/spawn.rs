@@ -60,6 +60,8 @@ pub struct SpawnOptions<'a> {
     pub cgroup: Option<BorrowedFd<'a>>,
     /// `PR_SET_PDEATHSIG(SIGKILL)`: the child dies with the server.
     pub die_with_parent: bool,
+    /// The open-file limit the child gets back (the server raises its own; see `raise_open_file_limit`).
+    pub open_files: Option<libc::rlimit>,
 }
 
 /// A set of `CLONE_NEW*` flags.
@@ -67,9 +69,12 @@ pub struct SpawnOptions<'a> {
 pub struct Namespaces(u64);
 
 impl Namespaces {
-    /// PID, mount, UTS and IPC namespaces; add [`Namespaces::with_network`] for the network.
-    pub const JOB: Namespaces =
-        Namespaces((libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64);
+    /// PID, mount, UTS, IPC and cgroup (rooted at the job's own cgroup, so `/proc/self/cgroup` shows no host
+    /// path).
+    pub const JOB: Namespaces = Namespaces(
+        (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWCGROUP)
+            as u64,
+    );
 
     pub fn with_network(self) -> Namespaces {
         Namespaces(self.0 | libc::CLONE_NEWNET as u64)
@@ -120,6 +125,7 @@ struct ChildArgs<'a> {
     fds: [RawFd; 3],
     control: Option<RawFd>,
     die_with_parent: bool,
+    open_files: Option<libc::rlimit>,
     report: *mut ChildReport,
 }
 
@@ -140,6 +146,7 @@ pub fn spawn(
         fds: [fds.stdin.as_raw_fd(), fds.stdout.as_raw_fd(), fds.stderr.as_raw_fd()],
         control: fds.control.map(|fd| fd.as_raw_fd()),
         die_with_parent: options.die_with_parent,
+        open_files: options.open_files,
         report: &mut report,
     };
     let mut flags = options.namespaces.0;
@@ -333,6 +340,11 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         // The child of a server that dies gets SIGKILL (the init re-arms this after changing its credentials).
         if args.die_with_parent && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
             return fail(SpawnStage::Setup);
+        }
+        if let Some(limit) = &args.open_files {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, limit) < 0 {
+                return fail(SpawnStage::Setup);
+            }
         }
         for (target, &fd) in args.fds.iter().enumerate() {
             if libc::dup2(fd, target as libc::c_int) < 0 {
