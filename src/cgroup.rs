@@ -253,11 +253,8 @@ impl JobCgroup {
         open_dir(&self.path)
     }
 
+    /// Writes every limit but the CPU's (see [`JobCgroup::limit_cpu`]).
     fn write_limits(&self, limits: &ResourceLimits, io_devices: &[String]) -> Result<(), CgroupError> {
-        if limits.cpu_millicores > 0 {
-            let quota = u64::from(limits.cpu_millicores) * CPU_PERIOD_USEC / 1000;
-            write(&self.path.join("cpu.max"), &format!("{quota} {CPU_PERIOD_USEC}"))?;
-        }
         if limits.memory_bytes > 0 {
             write(&self.path.join("memory.max"), &limits.memory_bytes.to_string())?;
             // Without swap accounting in the kernel the file does not exist, and there is no swap to limit.
@@ -285,6 +282,18 @@ impl JobCgroup {
             }
         }
         Ok(())
+    }
+
+    /// Writes `cpu.max`. The server does this once the job's init has reported the command started: StartJob
+    /// waits for that report on the event loop, and the init's setup (about 1.5 ms of CPU) under a small quota
+    /// would stall the loop for the quota's periods (up to 150 ms at 10 millicores). The job is in its cgroup
+    /// from its first instruction either way; only the CPU cap starts those microseconds later.
+    pub fn limit_cpu(&self, limits: &ResourceLimits) -> Result<(), CgroupError> {
+        if limits.cpu_millicores == 0 {
+            return Ok(());
+        }
+        let quota = u64::from(limits.cpu_millicores) * CPU_PERIOD_USEC / 1000;
+        write(&self.path.join("cpu.max"), &format!("{quota} {CPU_PERIOD_USEC}"))
     }
 
     /// Usage so far: CPU time, peak memory, bytes read and written.
@@ -449,6 +458,8 @@ mod tests {
         };
         fs::write(path.join("memory.swap.max"), "max").unwrap();
         cgroup.write_limits(&limits, &["259:0".to_string()]).unwrap();
+        assert!(!path.join("cpu.max").exists(), "the CPU limit is written once the job started");
+        cgroup.limit_cpu(&limits).unwrap();
         let file = |name: &str| fs::read_to_string(path.join(name)).unwrap();
         assert_eq!(file("cpu.max"), "20000 100000");
         assert_eq!(file("memory.max"), "33554432");

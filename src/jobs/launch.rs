@@ -135,9 +135,16 @@ impl Launcher {
                 step.describe(),
                 io::Error::from_raw_os_error(errno)
             )),
-            Ok(Some(InitReport::Ended(_)) | None) => {
-                JobError::Internal("the job's init ended without starting the command".into())
-            }
+            Ok(Some(InitReport::Ended(_)) | None) => match sys::wait_pidfd(pidfd.as_raw_fd(), sys::Wait::PeekIfEnded) {
+                Ok(None) => JobError::Internal(format!(
+                    "the job's init did not report within {} s; it was killed",
+                    isolation::INIT_REPORT_TIMEOUT_MS / 1000
+                )),
+                Ok(Some(status)) => {
+                    JobError::Internal(format!("the job's init ended ({status:?}) without starting the command"))
+                }
+                Err(err) => JobError::Internal(format!("cannot wait for the job's init: {err}")),
+            },
             Err(err) => JobError::Internal(format!("cannot read the job's init report: {err}")),
         };
         // The init exits after any failure report; make sure of it and reap it so nothing is left behind.

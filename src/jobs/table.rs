@@ -394,6 +394,14 @@ impl JobTable {
         let hostname = isolation::hostname_for(&id.to_string());
         let launched =
             self.launcher.launch(&spec, &hostname, &working_dir, self.containment.isolation.as_ref(), cgroup.as_ref());
+        let launched = launched.and_then(|launched| {
+            let Some(Err(err)) = cgroup.as_ref().zip(limits.as_ref()).map(|(cg, l)| cg.limit_cpu(l)) else {
+                return Ok(launched);
+            };
+            let _ = sys::signal_process(launched.pid, libc::SIGKILL);
+            let _ = sys::wait_pidfd(launched.pidfd.as_raw_fd(), sys::Wait::Reap);
+            Err(JobError::Internal(format!("cannot limit the job's CPU: {err}")))
+        });
         let Launched { pid, pidfd, pipes, control } = match launched {
             Ok(launched) => launched,
             Err(err) => {
