@@ -41,6 +41,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Receive windows: large, so one output stream can run at full speed without waiting for window updates.
 const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+/// Bytes read from the socket at once: a followed job's output arrives as fast as the server can send it.
+const RECV_BUFFER: usize = 256 * 1024;
 /// Largest frame we accept: fewer, larger frames cost less per byte than the 16 KiB default.
 const MAX_FRAME: u32 = 1024 * 1024;
 
@@ -153,7 +155,7 @@ impl Client {
             .map_err(|e| unavailable(format!("cannot watch the socket: {e}")))?;
         let tls = ClientConnection::new(config, server_name)
             .map_err(|e| Status::new(Code::FailedPrecondition, format!("cannot start TLS: {e}")))?;
-        let mut transport = TlsStream::new(socket, tls);
+        let mut transport = TlsStream::new(socket, tls, RECV_BUFFER);
         let mut events = Events::with_capacity(16);
         let deadline = Instant::now() + CONNECT_TIMEOUT;
         loop {

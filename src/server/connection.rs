@@ -24,6 +24,10 @@ use crate::tls::TlsStream;
 
 type Transport = TlsStream<ServerConnection>;
 
+/// Bytes read from a client socket at once: a server mostly sends, and receives small requests and window
+/// updates.
+const RECV_BUFFER: usize = 8 * 1024;
+
 enum Phase {
     Tls(Box<Transport>),
     H2Handshake(Box<h2::server::Handshake<Transport, Bytes>>),
@@ -64,7 +68,7 @@ impl Connection {
         Connection {
             id,
             peer,
-            phase: Phase::Tls(Box::new(TlsStream::new(socket, tls))),
+            phase: Phase::Tls(Box::new(TlsStream::new(socket, tls, RECV_BUFFER))),
             caller: Err(Status::new(Code::Unauthenticated, "no identity yet")),
             calls: HashMap::new(),
             next_call: 1,

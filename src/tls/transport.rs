@@ -6,8 +6,13 @@
 //! The reactor maps that event to the owning task. Facts this relies on (`shared/notes/h2-on-mio.md`): drain
 //! rustls' plaintext before reading more TLS records; a full rustls buffer means `Pending`, never `Ok(0)`;
 //! flush only in `poll_flush`; after a TLS error, write once more so the alert reaches the peer.
+//!
+//! Received bytes go through a buffer of our own: rustls reads at most 4 KiB from the socket per `read_tls`, so
+//! handing it the socket directly costs four or five `recv` calls per 16 KiB record. One large `recv` into the
+//! buffer, then feeding rustls from memory, makes the receive side of a fast stream cost a few system calls
+//! per megabyte instead.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -22,14 +27,47 @@ pub struct TlsStream<C> {
     pub tls: C,
     /// The peer closed its side of the TCP connection.
     read_closed: bool,
+    /// TLS bytes received from the socket that rustls has not taken yet.
+    inbound: Inbound,
+}
+
+/// A receive buffer: `buf[start..end]` holds bytes read from the socket and not yet given to rustls.
+struct Inbound {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Inbound {
+    fn new(size: usize) -> Self {
+        Inbound { buf: vec![0; size].into_boxed_slice(), start: 0, end: 0 }
+    }
+
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// One `read` from `source` into the (empty) buffer.
+    fn fill_from(&mut self, source: &mut impl Read) -> io::Result<usize> {
+        debug_assert!(self.is_empty());
+        let n = source.read(&mut self.buf)?;
+        (self.start, self.end) = (0, n);
+        Ok(n)
+    }
 }
 
 impl<C, D> TlsStream<C>
 where
     C: DerefMut + Deref<Target = ConnectionCommon<D>>,
 {
-    pub fn new(socket: TcpStream, tls: C) -> Self {
-        TlsStream { socket, tls, read_closed: false }
+    /// Wraps `socket`; each `recv` reads up to `read_buffer` bytes (a server, which mostly sends, needs little;
+    /// a client streaming output wants large reads).
+    pub fn new(socket: TcpStream, tls: C, read_buffer: usize) -> Self {
+        TlsStream { socket, tls, read_closed: false, inbound: Inbound::new(read_buffer) }
     }
 
     /// Moves the handshake forward with whatever the socket has. `Ok(true)` once it is complete (and all of
@@ -50,20 +88,33 @@ where
         }
     }
 
-    /// Reads TLS records from the socket and processes them. `Ok(false)` when the socket has nothing more.
+    /// Gives rustls more received TLS bytes (reading the socket once if none are buffered) and processes them.
+    /// `Ok(false)` when the socket has nothing more.
     fn read_tls(&mut self) -> io::Result<bool> {
-        loop {
-            match self.tls.read_tls(&mut self.socket) {
-                Ok(0) => {
-                    self.read_closed = true;
-                    return Ok(true);
+        if self.inbound.is_empty() {
+            loop {
+                match self.inbound.fill_from(&mut self.socket) {
+                    Ok(0) => {
+                        self.read_closed = true;
+                        // An empty reader is how rustls learns of the end of the stream.
+                        self.tls.read_tls(&mut io::empty())?;
+                        return Ok(true);
+                    }
+                    Ok(_) => break,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
                 }
-                Ok(_) => break,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
             }
         }
+        // Never called with an empty slice: rustls would take that for the end of the stream.
+        let taken = self.tls.read_tls(&mut self.inbound.pending())?;
+        if taken == 0 {
+            // rustls takes nothing after a close_notify: whatever follows it is never read.
+            (self.inbound.start, self.inbound.end) = (0, 0);
+            self.read_closed = true;
+        }
+        self.inbound.start += taken;
         if let Err(err) = self.tls.process_new_packets() {
             // Send the alert that explains the failure to the peer before giving up.
             let _ = self.write_tls();
@@ -92,16 +143,30 @@ where
 {
     fn poll_read(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        // Fill as much of `buf` as the bytes at hand allow: h2 hands us room for a whole frame, and each return
+        // costs it a decode pass. Plaintext is copied straight from rustls' buffer (no zeroing of `buf` first).
+        let wanted = buf.remaining();
         loop {
-            match this.tls.reader().read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
+            if buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            let mut reader = this.tls.reader();
+            match reader.fill_buf() {
+                Ok([]) => return Poll::Ready(Ok(())), // close_notify: end of stream
+                Ok(chunk) => {
+                    let n = chunk.len().min(buf.remaining());
+                    buf.put_slice(&chunk[..n]);
+                    reader.consume(n);
+                    continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) if buf.remaining() < wanted => return Poll::Ready(Ok(())), // the error comes next call
                 Err(e) => return Poll::Ready(Err(e)),
             }
             if this.read_closed {
+                if buf.remaining() < wanted {
+                    return Poll::Ready(Ok(()));
+                }
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "peer closed the connection without close_notify",
@@ -114,6 +179,7 @@ where
                         this.write_tls()?;
                     }
                 }
+                Ok(false) if buf.remaining() < wanted => return Poll::Ready(Ok(())),
                 Ok(false) => return Poll::Pending,
                 Err(e) => return Poll::Ready(Err(e)),
             }
