@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={proto}");
     }
     let descriptors = protox::compile(protos, ["proto"])?;
-    prost_build::Config::new().compile_fds(descriptors)?;
+    // Output chunks are decoded as slices of the received frame rather than copied into a `Vec`.
+    prost_build::Config::new().bytes([".runnel.v1.OutputChunk.data"]).compile_fds(descriptors)?;
     Ok(())
 }

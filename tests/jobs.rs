@@ -303,7 +303,7 @@ fn a_sigterm_trapping_job_gets_its_grace_period() {
     let mut stream = cursor
         .start_call(path::STREAM_OUTPUT, &StreamOutputRequest { job_id: job.id.clone(), offset: 0, follow: true }, None)
         .unwrap();
-    assert_eq!(cursor.next_message::<OutputChunk>(&mut stream).unwrap().unwrap().data, b"ready\n");
+    assert_eq!(cursor.next_message::<OutputChunk>(&mut stream).unwrap().unwrap().data, &b"ready\n"[..]);
     let stopped = stop(&mut alice, &job.id, Some(Duration::from_secs(10)));
     assert_eq!(stopped.state, JobState::Exited as i32, "the trap ran to completion: {stopped:?}");
     assert_eq!(stopped.exit_code, Some(0));
@@ -324,7 +324,7 @@ fn a_sigterm_trapping_job_gets_its_grace_period() {
             None,
         )
         .unwrap();
-    assert_eq!(cursor.next_message::<OutputChunk>(&mut stream).unwrap().unwrap().data, b"ready\n");
+    assert_eq!(cursor.next_message::<OutputChunk>(&mut stream).unwrap().unwrap().data, &b"ready\n"[..]);
     let begun = Instant::now();
     let stopped = stop(&mut alice, &stubborn.id, Some(Duration::from_millis(300)));
     assert!(begun.elapsed() >= Duration::from_millis(300), "ended after {:?}: {stopped:?}", begun.elapsed());
@@ -342,7 +342,7 @@ fn server_shutdown_stops_jobs_ends_streams_and_removes_its_state() {
     let mut stream = follower
         .start_call(path::STREAM_OUTPUT, &StreamOutputRequest { job_id: job.id.clone(), offset: 0, follow: true }, None)
         .unwrap();
-    assert_eq!(follower.next_message::<OutputChunk>(&mut stream).unwrap().unwrap().data, b"up\n");
+    assert_eq!(follower.next_message::<OutputChunk>(&mut stream).unwrap().unwrap().data, &b"up\n"[..]);
 
     let status = server.stop_with(15, Duration::from_secs(15));
     assert!(status.success(), "server exit: {status:?}\n{}", server.log_text());

@@ -377,7 +377,7 @@ async fn next_body(stream: &mut ResponseStream) -> Result<Option<Bytes>, Status>
         match poll_fn(|cx| body.poll_data(cx)).await {
             Some(Ok(chunk)) => {
                 let _ = body.flow_control().release_capacity(chunk.len());
-                stream.decoder.push(&chunk);
+                stream.decoder.push(chunk);
             }
             Some(Err(err)) => return Err(status_from_h2(err)),
             None => {

@@ -27,33 +27,54 @@ pub fn encode_message_into<M: prost::Message>(message: &M, buf: &mut BytesMut) {
 /// A message may span frames and a frame may hold several messages; `push` accepts bytes as they come and
 /// `next_message` hands back each complete message body. Over-long messages are refused as soon as their
 /// header arrives, before their body is buffered.
+///
+/// A frame holding whole messages (the usual case for a stream of output chunks) is not copied: its messages
+/// are handed back as slices of it. Only a message split across frames is gathered into a buffer.
 #[derive(Debug)]
 pub struct MessageDecoder {
+    /// The last frame pushed, kept as received while nothing is gathered in `buffer`.
+    frame: Bytes,
+    /// Bytes of a message split across frames.
     buffer: BytesMut,
     max_message: usize,
 }
 
 impl MessageDecoder {
     pub fn new(max_message: usize) -> Self {
-        MessageDecoder { buffer: BytesMut::new(), max_message }
+        MessageDecoder { frame: Bytes::new(), buffer: BytesMut::new(), max_message }
     }
 
-    pub fn push(&mut self, data: &[u8]) {
-        self.buffer.extend_from_slice(data);
+    pub fn push(&mut self, data: Bytes) {
+        if self.frame.is_empty() && self.buffer.is_empty() {
+            self.frame = data;
+            return;
+        }
+        self.gather();
+        self.buffer.extend_from_slice(&data);
+    }
+
+    /// Moves what is left of `frame` into `buffer`, so a message can continue in the next frame.
+    fn gather(&mut self) {
+        if !self.frame.is_empty() {
+            self.buffer.extend_from_slice(&self.frame);
+            self.frame = Bytes::new();
+        }
     }
 
     /// Bytes received that do not yet form a whole message.
     pub fn buffered(&self) -> usize {
-        self.buffer.len()
+        self.frame.len() + self.buffer.len()
     }
 
     /// The next complete message body, `Ok(None)` if more bytes are needed.
     pub fn next_message(&mut self) -> Result<Option<Bytes>, Status> {
-        if self.buffer.len() < MESSAGE_HEADER_LEN {
+        let pending: &[u8] = if self.frame.is_empty() { &self.buffer } else { &self.frame };
+        if pending.len() < MESSAGE_HEADER_LEN {
+            self.gather();
             return Ok(None);
         }
-        let compressed = self.buffer[0];
-        let len = u32::from_be_bytes([self.buffer[1], self.buffer[2], self.buffer[3], self.buffer[4]]) as usize;
+        let compressed = pending[0];
+        let len = u32::from_be_bytes([pending[1], pending[2], pending[3], pending[4]]) as usize;
         if compressed != 0 {
             return Err(Status::new(
                 super::Code::Unimplemented,
@@ -66,12 +87,18 @@ impl MessageDecoder {
                 format!("message of {len} bytes is larger than the limit of {} bytes", self.max_message),
             ));
         }
-        if self.buffer.len() < MESSAGE_HEADER_LEN + len {
+        if pending.len() < MESSAGE_HEADER_LEN + len {
+            self.gather();
             self.buffer.reserve(MESSAGE_HEADER_LEN + len - self.buffer.len());
             return Ok(None);
         }
-        self.buffer.advance(MESSAGE_HEADER_LEN);
-        Ok(Some(self.buffer.split_to(len).freeze()))
+        if self.frame.is_empty() {
+            self.buffer.advance(MESSAGE_HEADER_LEN);
+            Ok(Some(self.buffer.split_to(len).freeze()))
+        } else {
+            self.frame.advance(MESSAGE_HEADER_LEN);
+            Ok(Some(self.frame.split_to(len)))
+        }
     }
 }
 
@@ -95,7 +122,7 @@ mod tests {
         let mut decoder = MessageDecoder::new(1024);
         let mut got = Vec::new();
         for byte in &wire {
-            decoder.push(std::slice::from_ref(byte));
+            decoder.push(Bytes::copy_from_slice(std::slice::from_ref(byte)));
             while let Some(msg) = decoder.next_message().unwrap() {
                 got.push(msg);
             }
@@ -108,16 +135,42 @@ mod tests {
     }
 
     #[test]
+    fn whole_messages_in_one_frame_are_not_copied() {
+        let mut wire = frame(b"first");
+        wire.extend(frame(&[7; 1000]));
+        wire.extend(&frame(b"split across frames")[..9]);
+        let wire = Bytes::from(wire);
+        let mut decoder = MessageDecoder::new(4096);
+        decoder.push(wire.clone());
+        let first = decoder.next_message().unwrap().unwrap();
+        let second = decoder.next_message().unwrap().unwrap();
+        assert_eq!(&first[..], b"first");
+        assert_eq!(&second[..], &[7; 1000][..]);
+        // Slices of the pushed frame, not copies.
+        assert_eq!(first.as_ptr(), wire[MESSAGE_HEADER_LEN..].as_ptr());
+        assert_eq!(second.as_ptr(), wire[2 * MESSAGE_HEADER_LEN + 5..].as_ptr());
+        // The rest of a message split across frames is gathered.
+        assert_eq!(decoder.next_message().unwrap(), None);
+        assert_eq!(decoder.buffered(), 9);
+        decoder.push(Bytes::copy_from_slice(&frame(b"split across frames")[9..]));
+        decoder.push(Bytes::copy_from_slice(&frame(b"next")));
+        assert_eq!(&decoder.next_message().unwrap().unwrap()[..], b"split across frames");
+        assert_eq!(&decoder.next_message().unwrap().unwrap()[..], b"next");
+        assert_eq!(decoder.next_message().unwrap(), None);
+        assert_eq!(decoder.buffered(), 0);
+    }
+
+    #[test]
     fn refuses_oversized_before_body_arrives() {
         let mut decoder = MessageDecoder::new(10);
-        decoder.push(&[0, 0, 0, 0, 11]);
+        decoder.push(Bytes::from_static(&[0, 0, 0, 0, 11]));
         assert_eq!(decoder.next_message().unwrap_err().code, Code::ResourceExhausted);
     }
 
     #[test]
     fn refuses_compressed() {
         let mut decoder = MessageDecoder::new(10);
-        decoder.push(&[1, 0, 0, 0, 1, 0]);
+        decoder.push(Bytes::from_static(&[1, 0, 0, 0, 1, 0]));
         assert_eq!(decoder.next_message().unwrap_err().code, Code::Unimplemented);
     }
 }

@@ -169,7 +169,7 @@ impl Call {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(chunk))) => {
                     let _ = self.body.flow_control().release_capacity(chunk.len());
-                    self.decoder.push(&chunk);
+                    self.decoder.push(chunk);
                     match self.decoder.next_message() {
                         Ok(None) => {}
                         Ok(Some(message)) if self.request.is_none() => self.request = Some(message),
@@ -364,7 +364,7 @@ mod tests {
             assert!(buffer.len() <= MAX_CHUNK_OVERHEAD);
             buffer.extend(std::iter::repeat_n(0xab, len));
             let mut decoder = MessageDecoder::new(1 << 20);
-            decoder.push(&buffer);
+            decoder.push(buffer.freeze());
             let body = decoder.next_message().unwrap().unwrap();
             let chunk = OutputChunk::decode(body).unwrap();
             assert_eq!(chunk.offset, offset);
