@@ -3,7 +3,9 @@
 
 use crate::grpc::path;
 use std::ffi::OsString;
+use std::fs::File;
 use std::io::{self, Write};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -277,23 +279,32 @@ enum CopyError {
 }
 
 /// Writes a job's output chunks to our stdout and stderr, byte for byte, until the stream ends.
+///
+/// Each chunk goes out with one unbuffered `write` on duplicates of descriptors 1 and 2: Rust's stdout is
+/// line-buffered, which would scan every chunk for a newline and split binary output into pieces. A stream
+/// whose descriptor is closed is discarded, as Rust's own stdout does.
 fn copy_output(client: &mut Client, stream: &mut ResponseStream) -> Result<(), CopyError> {
-    let (stdout, stderr) = (io::stdout(), io::stderr());
+    let write_error = |err: io::Error| {
+        if err.kind() == io::ErrorKind::BrokenPipe {
+            return CopyError::ClosedOutput;
+        }
+        CopyError::Call(CallError::Status(crate::grpc::Status::new(
+            Code::Unknown,
+            format!("cannot write output: {err}"),
+        )))
+    };
+    let raw = |fd: std::os::fd::BorrowedFd<'_>| match fd.try_clone_to_owned() {
+        Ok(fd) => Ok(Some(File::from(fd))),
+        Err(err) if err.raw_os_error() == Some(libc::EBADF) => Ok(None),
+        Err(err) => Err(err),
+    };
+    io::stdout().flush().map_err(write_error)?;
+    let mut stdout = raw(io::stdout().as_fd()).map_err(write_error)?;
+    let mut stderr = raw(io::stderr().as_fd()).map_err(write_error)?;
     while let Some(chunk) = client.next_message::<OutputChunk>(stream).map_err(CopyError::Call)? {
-        let result = if chunk.stream == OutputStream::Stderr as i32 {
-            stderr.lock().write_all(&chunk.data)
-        } else {
-            let mut out = stdout.lock();
-            out.write_all(&chunk.data).and_then(|()| out.flush())
-        };
-        if let Err(err) = result {
-            if err.kind() == io::ErrorKind::BrokenPipe {
-                return Err(CopyError::ClosedOutput);
-            }
-            return Err(CopyError::Call(CallError::Status(crate::grpc::Status::new(
-                Code::Unknown,
-                format!("cannot write output: {err}"),
-            ))));
+        let out = if chunk.stream == OutputStream::Stderr as i32 { &mut stderr } else { &mut stdout };
+        if let Some(out) = out {
+            out.write_all(&chunk.data).map_err(write_error)?;
         }
     }
     Ok(())
