@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::task::Waker;
@@ -243,13 +244,15 @@ impl OutputLog {
         }
     }
 
-    /// Reads the span [`Self::next_span`] returned into `dst` (exactly `span.len` bytes) and advances the cursor.
-    pub fn read_span(&self, cursor: &mut OutputCursor, dst: &mut [u8]) -> io::Result<()> {
+    /// Appends the span [`Self::next_span`] returned (its first `len` bytes, at most `span.len`) to `dst` and
+    /// advances the cursor past them.
+    pub fn read_span(&self, cursor: &mut OutputCursor, len: usize, dst: &mut bytes::BytesMut) -> io::Result<()> {
         let at = cursor.file.as_mut().expect("next_span opened the segment");
-        at.file.read_exact_at(dst, at.position)?;
-        at.position += dst.len() as u64;
-        at.record_left -= dst.len() as u64;
-        cursor.offset += dst.len() as u64;
+        debug_assert!(len as u64 <= at.record_left);
+        crate::sys::pread_append(at.file.as_raw_fd(), dst, len, at.position)?;
+        at.position += len as u64;
+        at.record_left -= len as u64;
+        cursor.offset += len as u64;
         Ok(())
     }
 
@@ -322,9 +325,9 @@ mod tests {
     fn read_all(log: &OutputLog, cursor: &mut OutputCursor, max: usize) -> Vec<(u64, Stream, Vec<u8>)> {
         let mut out = Vec::new();
         while let Some(span) = log.next_span(cursor, max).unwrap() {
-            let mut buf = vec![0u8; span.len];
-            log.read_span(cursor, &mut buf).unwrap();
-            out.push((span.offset, span.stream, buf));
+            let mut buf = bytes::BytesMut::new();
+            log.read_span(cursor, span.len, &mut buf).unwrap();
+            out.push((span.offset, span.stream, buf.to_vec()));
         }
         out
     }

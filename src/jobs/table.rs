@@ -729,9 +729,9 @@ mod tests {
         let mut cursor = crate::jobs::OutputCursor::new(0);
         let mut out = Vec::new();
         while let Some(span) = job.output.next_span(&mut cursor, 1 << 20).unwrap() {
-            let mut buf = vec![0; span.len];
-            job.output.read_span(&mut cursor, &mut buf).unwrap();
-            out.push((span.stream, buf));
+            let mut buf = bytes::BytesMut::new();
+            job.output.read_span(&mut cursor, span.len, &mut buf).unwrap();
+            out.push((span.stream, buf.to_vec()));
         }
         out
     }

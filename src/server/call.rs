@@ -236,9 +236,7 @@ impl Call {
             };
             let buffer = &mut follower.buffer;
             put_chunk_header(buffer, span.offset, stream, len);
-            let data_at = buffer.len();
-            buffer.resize(data_at + len, 0);
-            if let Err(err) = job.output.read_span(&mut follower.cursor, &mut buffer[data_at..]) {
+            if let Err(err) = job.output.read_span(&mut follower.cursor, len, buffer) {
                 buffer.clear();
                 return self.finish(Status::internal(format!("cannot read the job's output: {err}")));
             }

@@ -73,6 +73,30 @@ pub fn read_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> 
     }
 }
 
+/// Appends exactly `len` bytes of `file`, read at `offset`, to `buf`. The room is not zeroed first: `pread`
+/// writes it, and only what it wrote becomes part of `buf`.
+pub fn pread_append(file: RawFd, buf: &mut bytes::BytesMut, len: usize, offset: u64) -> io::Result<()> {
+    buf.reserve(len);
+    let mut done = 0;
+    while done < len {
+        let room = &mut buf.spare_capacity_mut()[..len - done];
+        let at = libc::off_t::try_from(offset + done as u64).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+        match syscall!(pread(file, room.as_mut_ptr().cast(), room.len(), at)) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file ends before the span")),
+            Ok(n) => {
+                let n = n as usize;
+                // SAFETY: `pread` initialised the first `n` bytes of the spare capacity (n <= room.len()), so the
+                // buffer's length may grow by `n`.
+                unsafe { buf.set_len(buf.len() + n) };
+                done += n;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// How a process ended, as `waitid` reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExitStatus {
@@ -214,4 +238,24 @@ pub fn is_cgroup2(path: &std::ffi::CStr) -> io::Result<bool> {
     let mut info: libc::statfs = unsafe { std::mem::zeroed() };
     syscall!(statfs(path.as_ptr(), &mut info))?;
     Ok(info.f_type as libc::c_long == CGROUP2_SUPER_MAGIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pread_append_reads_exactly_the_span_after_what_is_there() {
+        let path = std::env::temp_dir().join(format!("runnel-pread-{}", rand::random::<u64>()));
+        let data: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+        std::fs::write(&path, &data).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let mut buf = bytes::BytesMut::from(&b"head"[..]);
+        pread_append(file.as_raw_fd(), &mut buf, 200_000, 1234).unwrap();
+        assert_eq!(&buf[..4], b"head");
+        assert_eq!(&buf[4..], &data[1234..201_234]);
+        let err = pread_append(file.as_raw_fd(), &mut buf, 10, 299_995).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        std::fs::remove_file(path).unwrap();
+    }
 }
