@@ -1,8 +1,10 @@
 //! A job's output, spooled to append-only segment files and read back with `pread`, so server memory does not
 //! grow with output volume and any number of readers can replay it from any offset.
 //!
-//! Every read from a job's pipe becomes one *record* in the current segment file: a 5-byte header
-//! (`stream: u8`, `len: u32` little-endian) followed by the bytes. Offsets are logical: the count of output bytes
+//! Output taken from a job's pipe in one go becomes one *record* in the current segment file: a 5-byte header
+//! (`stream: u8`, `len: u32` little-endian) followed by the bytes. Records are written at offsets the log keeps
+//! itself (no `O_APPEND`), so a record's data can be spliced straight from the pipe into the file and its header
+//! written once its length is known ([`OutputLog::splice_target`], [`OutputLog::commit_spliced`]). Offsets are logical: the count of output bytes
 //! (stdout and stderr interleaved in the order the server read them) before a byte, headers excluded. When the
 //! retained bytes pass the job's cap, whole segments are deleted from the front and [`OutputLog::start`] moves
 //! forward; an offset never changes meaning. Readers hold an [`OutputCursor`] with their own open segment file,
@@ -10,8 +12,8 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::task::Waker;
@@ -152,25 +154,60 @@ impl OutputLog {
         if len == 0 {
             return Ok(());
         }
-        record[0] = stream.tag();
-        record[1..RECORD_HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
+        record[..RECORD_HEADER_LEN].copy_from_slice(&record_header(stream, len));
+        self.roll_if_full()?;
+        let segment = self.segments.back_mut().expect("rolled");
+        self.writer.as_ref().expect("rolled").write_all_at(record, segment.file_len)?;
+        self.recorded(len);
+        Ok(())
+    }
+
+    /// Where the data of the next record goes: the segment file being written and the offset just past the
+    /// record's header. Write the data there (e.g. with `splice`), then call [`Self::commit_spliced`]; until then
+    /// the record is invisible to readers, and an uncommitted one is simply overwritten by the next.
+    pub fn splice_target(&mut self) -> io::Result<(RawFd, u64)> {
+        self.roll_if_full()?;
+        let segment = self.segments.back().expect("rolled");
+        Ok((self.writer.as_ref().expect("rolled").as_raw_fd(), segment.file_len + RECORD_HEADER_LEN as u64))
+    }
+
+    /// Completes the record whose `len` data bytes were written where [`Self::splice_target`] said, by writing
+    /// its header in front of them.
+    pub fn commit_spliced(&mut self, stream: Stream, len: usize) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let segment = self.segments.back().expect("splice_target rolled");
+        self.writer
+            .as_ref()
+            .expect("splice_target rolled")
+            .write_all_at(&record_header(stream, len), segment.file_len)?;
+        self.recorded(len);
+        Ok(())
+    }
+
+    fn roll_if_full(&mut self) -> io::Result<()> {
         if self.writer.is_none() || self.segments.back().is_some_and(|s| s.file_len >= self.segment_limit) {
             self.roll()?;
-        }
-        self.writer.as_mut().expect("rolled").write_all(record)?;
-        let segment = self.segments.back_mut().expect("rolled");
-        segment.len += len as u64;
-        segment.file_len += record.len() as u64;
-        self.end += len as u64;
-        while self.retained() > self.retention && self.segments.len() > 1 {
-            self.discard_oldest_segment();
         }
         Ok(())
     }
 
+    /// Accounts for a record of `len` data bytes just written at the end of the current segment.
+    fn recorded(&mut self, len: usize) {
+        let segment = self.segments.back_mut().expect("rolled");
+        segment.len += len as u64;
+        segment.file_len += (RECORD_HEADER_LEN + len) as u64;
+        self.end += len as u64;
+        while self.retained() > self.retention && self.segments.len() > 1 {
+            self.discard_oldest_segment();
+        }
+    }
+
     fn roll(&mut self) -> io::Result<()> {
         let index = self.next_index;
-        let file = OpenOptions::new().create_new(true).append(true).mode(0o600).open(self.segment_path(index))?;
+        // Not O_APPEND: `splice` refuses such files. Every write gives its offset.
+        let file = OpenOptions::new().create_new(true).write(true).mode(0o600).open(self.segment_path(index))?;
         self.next_index += 1;
         self.writer = Some(file);
         self.segments.push_back(Segment { index, start: self.end, len: 0, file_len: 0 });
@@ -299,6 +336,11 @@ impl OutputLog {
     }
 }
 
+fn record_header(stream: Stream, len: usize) -> [u8; RECORD_HEADER_LEN] {
+    let len = u32::try_from(len).expect("records are far smaller than 4 GiB").to_le_bytes();
+    [stream.tag(), len[0], len[1], len[2], len[3]]
+}
+
 fn read_header(at: &mut CursorFile) -> io::Result<()> {
     let mut header = [0u8; RECORD_HEADER_LEN];
     at.file.read_exact_at(&mut header, at.position)?;
@@ -363,6 +405,47 @@ mod tests {
         assert!(read_all(&log, &mut OutputCursor::new(14), 10).is_empty());
         log.remove();
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn spliced_records_interleave_with_written_ones() {
+        use std::io::Write;
+        let dir = temp_dir("splice");
+        let mut log = OutputLog::create(dir.clone(), 1 << 30).unwrap();
+        let pipe = crate::sys::output_pipe().unwrap();
+        let mut writer = File::from(pipe.write);
+        let splice = |log: &mut OutputLog, stream: Stream| {
+            let (file, at) = log.splice_target().unwrap();
+            let moved = crate::sys::splice_to_file(pipe.read.as_raw_fd(), file, at, 1 << 20).unwrap().unwrap();
+            log.commit_spliced(stream, moved).unwrap();
+        };
+        append(&mut log, Stream::Stdout, b"written ");
+        writer.write_all(&[0, 1, 0xff]).unwrap();
+        splice(&mut log, Stream::Stderr);
+        writer.write_all(b" spliced").unwrap();
+        splice(&mut log, Stream::Stdout);
+        // A target taken but never committed is invisible, and the next record takes its place.
+        let (file, at) = log.splice_target().unwrap();
+        writer.write_all(b"lost").unwrap();
+        crate::sys::splice_to_file(pipe.read.as_raw_fd(), file, at, 1 << 20).unwrap();
+        assert_eq!(log.end(), 19);
+        append(&mut log, Stream::Stdout, b"!");
+        assert_eq!(crate::sys::splice_to_file(pipe.read.as_raw_fd(), file, at, 10).unwrap(), None, "pipe empty");
+        drop(writer);
+        assert_eq!(crate::sys::splice_to_file(pipe.read.as_raw_fd(), file, at, 10).unwrap(), Some(0), "end of file");
+
+        let got = read_all(&log, &mut OutputCursor::new(0), 1024);
+        assert_eq!(
+            got,
+            vec![
+                (0, Stream::Stdout, b"written ".to_vec()),
+                (8, Stream::Stderr, vec![0, 1, 0xff]),
+                (11, Stream::Stdout, b" spliced".to_vec()),
+                (19, Stream::Stdout, b"!".to_vec()),
+            ]
+        );
+        assert_eq!(read_all(&log, &mut OutputCursor::new(12), 3)[0], (12, Stream::Stdout, b"spl".to_vec()));
+        log.remove();
     }
 
     #[test]

@@ -219,8 +219,20 @@ pub struct StartedJob {
     pub stderr: RawFd,
 }
 
-/// Largest single read from a job's pipe; also the largest output record.
+/// Largest output record taken with `splice`: the pipe's size, so a full pipe moves in one call.
+const SPLICE_RECORD_BYTES: usize = 1024 * 1024;
+
+/// Largest single read from a job's pipe where `splice` cannot be used; also the largest record then.
 const PIPE_READ_BYTES: usize = 256 * 1024;
+
+/// How output gets from a job's pipe into its spool file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ingest {
+    /// `splice(2)`: the kernel copies the pipe's pages into the file's page cache; no copy through user memory.
+    Splice,
+    /// `read` into a buffer, then `write`: for a state directory on a file system that cannot splice.
+    Read,
+}
 
 /// Reads from one pipe per readiness event before yielding to other work, so one flooding job cannot starve
 /// the loop; the loop comes back for the rest.
@@ -249,6 +261,8 @@ pub struct JobTable {
     work_dir: PathBuf,
     containment: Containment,
     launcher: Launcher,
+    ingest: Ingest,
+    /// The buffer of [`Ingest::Read`], allocated when first needed.
     read_buf: Vec<u8>,
     shutting_down: bool,
 }
@@ -274,7 +288,8 @@ impl JobTable {
             work_dir,
             containment,
             launcher: Launcher::new()?,
-            read_buf: vec![0; RECORD_HEADER_LEN + PIPE_READ_BYTES],
+            ingest: Ingest::Splice,
+            read_buf: Vec::new(),
             shutting_down: false,
         })
     }
@@ -549,47 +564,34 @@ impl JobTable {
         true
     }
 
-    /// Reads what a job's pipe holds into its output log, at most `budget` reads (the reactor passes
+    /// Moves what a job's pipe holds into its output log, at most `budget` reads (the reactor passes
     /// [`PIPE_READS_PER_TURN`]).
     pub fn drain(&mut self, key: JobKey, side: PipeSide, budget: usize) -> Drain {
         let Some(job) = self.jobs.get_mut(&key) else { return Drain::Closed };
         let Some(pipe) = job.pipes[side as usize].as_ref() else { return Drain::Closed };
         let fd = pipe.as_raw_fd();
-        let retained_before = job.output.retained();
-        // Consecutive reads are gathered into one record (up to the buffer's size): a job writing in small
-        // pieces then costs one spool write and one output chunk per buffer, not per `write` it made.
-        let mut filled = 0;
-        let mut appended = false;
-        let mut result = Drain::More;
-        for _ in 0..budget {
-            let free = &mut self.read_buf[RECORD_HEADER_LEN + filled..];
-            match sys::read_nonblocking(fd, free) {
-                Ok(Some(0)) => result = Drain::Closed,
-                Ok(Some(n)) => filled += n,
-                Ok(None) => result = Drain::Empty,
-                Err(err) => {
-                    log::error!("job {}: cannot read its {side:?} pipe: {err}", job.id);
-                    result = Drain::Closed;
+        let (retained_before, end_before) = (job.output.retained(), job.output.end());
+        let mut result = None;
+        if self.ingest == Ingest::Splice {
+            match splice_pipe(&mut job.output, side.stream(), fd, budget) {
+                Ok(drained) => result = Some(drained),
+                Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
+                    log::warn!("cannot splice job output into the state directory ({err}); reading it instead");
+                    self.ingest = Ingest::Read;
                 }
-            }
-            let buffer_full = RECORD_HEADER_LEN + filled == self.read_buf.len();
-            if filled > 0 && (buffer_full || result != Drain::More) {
-                appended = true;
-                if let Err(err) = job.output.append(side.stream(), &mut self.read_buf[..RECORD_HEADER_LEN + filled]) {
-                    log::error!("job {}: {filled} bytes of output lost, cannot write the spool: {err}", job.id);
-                }
-                filled = 0;
-            }
-            if result != Drain::More {
-                break;
+                // The bytes are still in the pipe: reading them reports what is wrong with the spool.
+                Err(err) => log::debug!("job {}: splicing its {side:?} pipe failed: {err}", job.id),
             }
         }
-        if filled > 0 {
-            appended = true;
-            if let Err(err) = job.output.append(side.stream(), &mut self.read_buf[..RECORD_HEADER_LEN + filled]) {
-                log::error!("job {}: {filled} bytes of output lost, cannot write the spool: {err}", job.id);
+        let result = match result {
+            Some(drained) => drained,
+            None => {
+                if self.read_buf.is_empty() {
+                    self.read_buf = vec![0; RECORD_HEADER_LEN + PIPE_READ_BYTES];
+                }
+                read_pipe(job, side, fd, budget, &mut self.read_buf)
             }
-        }
+        };
         if result == Drain::Closed {
             // Closing the descriptor also removes it from the reactor's epoll set.
             job.pipes[side as usize] = None;
@@ -597,6 +599,7 @@ impl JobTable {
                 job.output.finish();
             }
         }
+        let appended = job.output.end() != end_before;
         if appended {
             job.output.wake_readers();
         }
@@ -669,6 +672,77 @@ impl JobTable {
     }
 }
 
+/// Splices what the pipe `fd` holds into `output`, at most `budget` calls, consecutive ones into one record
+/// (up to [`SPLICE_RECORD_BYTES`]). An error leaves the bytes it concerns in the pipe; what was moved before it
+/// is committed.
+fn splice_pipe(output: &mut OutputLog, stream: Stream, fd: RawFd, budget: usize) -> io::Result<Drain> {
+    let mut target = None;
+    let mut filled = 0;
+    let mut result = Drain::More;
+    for _ in 0..budget {
+        let (file, data_at) = match target {
+            Some(target) => target,
+            None => *target.insert(output.splice_target()?),
+        };
+        match sys::splice_to_file(fd, file, data_at + filled as u64, SPLICE_RECORD_BYTES - filled) {
+            Ok(Some(0)) => result = Drain::Closed,
+            Ok(Some(n)) => filled += n,
+            Ok(None) => result = Drain::Empty,
+            Err(err) => {
+                output.commit_spliced(stream, filled)?;
+                return Err(err);
+            }
+        }
+        if filled == SPLICE_RECORD_BYTES || result != Drain::More {
+            output.commit_spliced(stream, filled)?;
+            (target, filled) = (None, 0);
+        }
+        if result != Drain::More {
+            break;
+        }
+    }
+    output.commit_spliced(stream, filled)?;
+    Ok(result)
+}
+
+/// Reads what the pipe `fd` holds into `job`'s output with `read`, at most `budget` calls, consecutive reads
+/// gathered into one record of up to `buf`'s size (which starts with room for the record header).
+fn read_pipe(job: &mut Job, side: PipeSide, fd: RawFd, budget: usize, buf: &mut [u8]) -> Drain {
+    // Consecutive reads are gathered into one record (up to the buffer's size): a job writing in small
+    // pieces then costs one spool write and one output chunk per buffer, not per `write` it made.
+    let mut filled = 0;
+    let mut result = Drain::More;
+    let append = |job: &mut Job, record: &mut [u8]| {
+        if let Err(err) = job.output.append(side.stream(), record) {
+            let lost = record.len() - RECORD_HEADER_LEN;
+            log::error!("job {}: {lost} bytes of output lost, cannot write the spool: {err}", job.id);
+        }
+    };
+    for _ in 0..budget {
+        match sys::read_nonblocking(fd, &mut buf[RECORD_HEADER_LEN + filled..]) {
+            Ok(Some(0)) => result = Drain::Closed,
+            Ok(Some(n)) => filled += n,
+            Ok(None) => result = Drain::Empty,
+            Err(err) => {
+                log::error!("job {}: cannot read its {side:?} pipe: {err}", job.id);
+                result = Drain::Closed;
+            }
+        }
+        let buffer_full = RECORD_HEADER_LEN + filled == buf.len();
+        if filled > 0 && (buffer_full || result != Drain::More) {
+            append(job, &mut buf[..RECORD_HEADER_LEN + filled]);
+            filled = 0;
+        }
+        if result != Drain::More {
+            break;
+        }
+    }
+    if filled > 0 {
+        append(job, &mut buf[..RECORD_HEADER_LEN + filled]);
+    }
+    result
+}
+
 fn remove_job_files(job: &mut Job) {
     job.output.remove();
     if let Some(dir) = job.own_work_dir.take() {
@@ -723,6 +797,74 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
+    }
+
+    /// Like `run_to_end`, but drains the pipes while the job runs, so it can write more than they hold.
+    fn run_draining(table: &mut JobTable, key: JobKey) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !table.reap(key) {
+            assert!(Instant::now() < deadline, "job did not end");
+            let stdout = table.drain(key, PipeSide::Stdout, PIPE_READS_PER_TURN);
+            let stderr = table.drain(key, PipeSide::Stderr, PIPE_READS_PER_TURN);
+            if stdout != Drain::More && stderr != Drain::More {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        for side in [PipeSide::Stdout, PipeSide::Stderr] {
+            while table.drain(key, side, PIPE_READS_PER_TURN) != Drain::Closed {
+                assert!(Instant::now() < deadline, "pipe did not close");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// Runs a job writing 3 MiB of every byte value twice to stdout and a NUL-bearing line to stderr, and checks
+    /// that the log holds exactly that, per stream, with contiguous offsets.
+    fn ingest_is_byte_exact(ingest: Ingest) {
+        let (mut table, dir) = table_with_output_caps("ingest", 64 << 20, 64 << 20);
+        table.ingest = ingest;
+        let data: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let file = dir.join("data");
+        fs::write(&file, &data).unwrap();
+        let script = format!("cat {0}; printf 'e\\000rr' >&2; cat {0}", file.display());
+        let started = table.start("alice", spec("sh", &["-c", &script])).unwrap();
+        run_draining(&mut table, started.key);
+        let job = table.get(started.key).unwrap();
+        assert_eq!(job.end.unwrap().status, ExitStatus::Exited(0));
+        assert_eq!(job.output.end(), 2 * data.len() as u64 + 4);
+        assert_eq!(table.ingest, ingest, "the state directory supports {ingest:?}");
+
+        let mut cursor = crate::jobs::OutputCursor::new(0);
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        while let Some(span) = job.output.next_span(&mut cursor, 100_000).unwrap() {
+            assert_eq!(span.offset, (stdout.len() + stderr.len()) as u64, "offsets are contiguous");
+            let mut buf = bytes::BytesMut::new();
+            job.output.read_span(&mut cursor, span.len, &mut buf).unwrap();
+            match span.stream {
+                Stream::Stdout => stdout.extend_from_slice(&buf),
+                Stream::Stderr => stderr.extend_from_slice(&buf),
+            }
+        }
+        assert_eq!(stderr, b"e\0rr");
+        assert!(stdout.len() == 2 * data.len() && stdout[..data.len()] == data[..] && stdout[data.len()..] == data[..]);
+        // From an offset inside the output: the same bytes.
+        let mut cursor = crate::jobs::OutputCursor::new(data.len() as u64 / 2);
+        let span = job.output.next_span(&mut cursor, 1000).unwrap().unwrap();
+        let mut buf = bytes::BytesMut::new();
+        job.output.read_span(&mut cursor, span.len, &mut buf).unwrap();
+        assert_eq!(&buf[..], &data[data.len() / 2..data.len() / 2 + 1000]);
+        table.remove_all();
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn splice_ingest_is_byte_exact() {
+        ingest_is_byte_exact(Ingest::Splice);
+    }
+
+    #[test]
+    fn read_ingest_is_byte_exact() {
+        ingest_is_byte_exact(Ingest::Read);
     }
 
     fn read_output(job: &Job) -> Vec<(Stream, Vec<u8>)> {

@@ -73,6 +73,24 @@ pub fn read_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> 
     }
 }
 
+/// Moves up to `len` bytes from the non-blocking pipe `pipe` into `file` at `offset` with `splice(2)`: the
+/// kernel copies the pipe's pages into the file's page cache, with no copy through user memory and no change to
+/// the file position. `Ok(None)` when the pipe is empty, `Ok(Some(0))` at end of file (no writer left).
+///
+/// Fails with `EINVAL` where the file system cannot splice, or if `file` was opened with `O_APPEND`.
+pub fn splice_to_file(pipe: RawFd, file: RawFd, offset: u64, len: usize) -> io::Result<Option<usize>> {
+    let mut file_offset = libc::loff_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    loop {
+        let moved = syscall!(splice(pipe, std::ptr::null_mut(), file, &mut file_offset, len, libc::SPLICE_F_NONBLOCK));
+        match moved {
+            Ok(n) => return Ok(Some(n as usize)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Appends exactly `len` bytes of `file`, read at `offset`, to `buf`. The room is not zeroed first: `pread`
 /// writes it, and only what it wrote becomes part of `buf`.
 pub fn pread_append(file: RawFd, buf: &mut bytes::BytesMut, len: usize, offset: u64) -> io::Result<()> {
