@@ -106,6 +106,11 @@ impl Connection {
                 Phase::Tls(transport) => match transport.drive_handshake() {
                     Ok(true) => {
                         self.caller = identity(transport, &settings.admins);
+                        log::debug!(
+                            "connection {}: TLS established ({:?})",
+                            self.id,
+                            transport.tls.negotiated_cipher_suite().map(|s| s.suite())
+                        );
                         let Phase::Tls(transport) = std::mem::replace(&mut self.phase, Phase::Closed) else {
                             unreachable!("matched above")
                         };

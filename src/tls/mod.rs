@@ -113,6 +113,15 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The client's provider: the same suites, AES-128-GCM first. The server follows the client's order, and
+/// AES-128-GCM (TLS 1.3's mandatory suite) costs about a third less per byte than AES-256-GCM's 14 rounds,
+/// on both ends of an output stream.
+fn client_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(provider)
+}
+
 /// The server side: TLS 1.3 only, ALPN h2, a client certificate chaining to `client_ca` required.
 pub fn server_config(cert: &Path, key: &KeySource, client_ca: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(load_roots(client_ca)?, provider())
@@ -130,7 +139,7 @@ pub fn server_config(cert: &Path, key: &KeySource, client_ca: &Path) -> Result<A
 
 /// The client side: TLS 1.3 only, ALPN h2, the server verified against `ca`, our certificate presented.
 pub fn client_config(cert: &Path, key: &KeySource, ca: &Path) -> Result<Arc<ClientConfig>, TlsError> {
-    let mut config = ClientConfig::builder_with_provider(provider())
+    let mut config = ClientConfig::builder_with_provider(client_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_root_certificates(load_roots(ca)?)
