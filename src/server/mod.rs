@@ -215,6 +215,7 @@ struct Server {
 /// directory was removed.
 pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     sys::ensure_standard_fds().map_err(io_error("cannot check standard descriptors"))?;
+    sys::retain_freed_memory();
     let tls = tls::server_config(&config.cert, &config.key, &config.client_ca)?;
     let signals = sys::signalfd(&sys::SHUTDOWN_SIGNALS).map_err(io_error("cannot set up signal handling"))?;
     let state_dir = StateDir::acquire(&config.state_dir)?;
