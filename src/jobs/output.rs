@@ -49,15 +49,6 @@ pub const RECORD_HEADER_LEN: usize = 5;
 const MIN_SEGMENT_BYTES: u64 = 64 * 1024;
 const MAX_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
-/// A segment is preallocated ahead of its writes (`fallocate`) once it holds this much, so small outputs never
-/// reserve disk they will not use; writing into reserved blocks costs ext4 about a quarter less CPU per byte.
-const PREALLOCATE_FROM: u64 = 1024 * 1024;
-/// Room kept reserved past the end of a segment being written: the largest record written at once.
-const PREALLOCATE_MARGIN: u64 = 1024 * 1024;
-/// Largest reservation made at once. A reservation never exceeds what the segment already holds, so disk
-/// reserved and not yet written stays below both this and the output actually written.
-const PREALLOCATE_MAX_STEP: u64 = 16 * 1024 * 1024;
-
 #[derive(Debug)]
 struct Segment {
     index: u64,
@@ -67,8 +58,6 @@ struct Segment {
     len: u64,
     /// Bytes in the file (records with headers).
     file_len: u64,
-    /// Bytes of the file reserved with `fallocate` (from offset 0), possibly past `file_len`.
-    reserved: u64,
 }
 
 /// One job's spooled output.
@@ -82,8 +71,6 @@ pub struct OutputLog {
     retention: u64,
     end: u64,
     finished: bool,
-    /// False once `fallocate` failed (a file system without it): stop trying.
-    preallocate: bool,
     waiters: Vec<Waker>,
 }
 
@@ -136,7 +123,6 @@ impl OutputLog {
             retention,
             end: 0,
             finished: false,
-            preallocate: true,
             waiters: Vec::new(),
         })
     }
@@ -200,46 +186,11 @@ impl OutputLog {
         Ok(())
     }
 
-    /// Makes sure a segment with room is open for the next record, and reserves disk ahead of it.
     fn roll_if_full(&mut self) -> io::Result<()> {
         if self.writer.is_none() || self.segments.back().is_some_and(|s| s.file_len >= self.segment_limit) {
             self.roll()?;
         }
-        self.reserve_ahead();
         Ok(())
-    }
-
-    /// Keeps [`PREALLOCATE_MARGIN`] reserved past the end of a segment holding at least [`PREALLOCATE_FROM`],
-    /// in steps as large as what it already holds (at most [`PREALLOCATE_MAX_STEP`]), up to its size limit.
-    fn reserve_ahead(&mut self) {
-        let (Some(writer), Some(segment)) = (self.writer.as_ref(), self.segments.back_mut()) else { return };
-        let limit = self.segment_limit + PREALLOCATE_MARGIN;
-        if !self.preallocate || segment.file_len < PREALLOCATE_FROM || segment.reserved >= limit {
-            return;
-        }
-        if segment.file_len + PREALLOCATE_MARGIN <= segment.reserved {
-            return;
-        }
-        let from = segment.reserved.max(segment.file_len);
-        let len = segment.file_len.min(PREALLOCATE_MAX_STEP).min(limit - from);
-        match crate::sys::preallocate(writer.as_raw_fd(), from, len) {
-            Ok(()) => segment.reserved = from + len,
-            Err(err) => {
-                log::debug!("cannot preallocate output segments in {}: {err}", self.dir.display());
-                self.preallocate = false;
-            }
-        }
-    }
-
-    /// Returns the blocks reserved past the end of the segment being written, which is complete.
-    fn release_reserved(&mut self) {
-        let (Some(writer), Some(segment)) = (self.writer.as_ref(), self.segments.back_mut()) else { return };
-        if segment.reserved > segment.file_len {
-            if let Err(err) = writer.set_len(segment.file_len) {
-                log::warn!("cannot trim output segment in {}: {err}", self.dir.display());
-            }
-            segment.reserved = segment.file_len;
-        }
     }
 
     /// Accounts for a record of `len` data bytes just written at the end of the current segment.
@@ -254,13 +205,12 @@ impl OutputLog {
     }
 
     fn roll(&mut self) -> io::Result<()> {
-        self.release_reserved();
         let index = self.next_index;
         // Not O_APPEND: `splice` refuses such files. Every write gives its offset.
         let file = OpenOptions::new().create_new(true).write(true).mode(0o600).open(self.segment_path(index))?;
         self.next_index += 1;
         self.writer = Some(file);
-        self.segments.push_back(Segment { index, start: self.end, len: 0, file_len: 0, reserved: 0 });
+        self.segments.push_back(Segment { index, start: self.end, len: 0, file_len: 0 });
         Ok(())
     }
 
@@ -283,7 +233,6 @@ impl OutputLog {
 
     /// Marks the output complete: no more appends; wakes every waiting reader so it can end its stream.
     pub fn finish(&mut self) {
-        self.release_reserved();
         self.writer = None;
         self.finished = true;
         self.wake_readers();
@@ -496,49 +445,6 @@ mod tests {
             ]
         );
         assert_eq!(read_all(&log, &mut OutputCursor::new(12), 3)[0], (12, Stream::Stdout, b"spl".to_vec()));
-        log.remove();
-    }
-
-    #[test]
-    fn busy_segments_are_preallocated_and_trimmed_when_complete() {
-        use std::os::unix::fs::MetadataExt;
-        let dir = temp_dir("prealloc");
-        // Cap 64 MiB: segments of 8 MiB.
-        let mut log = OutputLog::create(dir.clone(), 64 << 20).unwrap();
-        let disk = |index: u64| {
-            let meta = fs::metadata(dir.join(format!("{index:08}"))).unwrap();
-            (meta.len(), meta.blocks() * 512)
-        };
-        let block = vec![3u8; 64 * 1024];
-        append(&mut log, Stream::Stdout, &block);
-        let (len, allocated) = disk(0);
-        assert!(allocated <= len.next_multiple_of(4096), "small output reserves nothing: {allocated} for {len}");
-        for _ in 0..40 {
-            append(&mut log, Stream::Stdout, &block);
-        }
-        let (len, allocated) = disk(0);
-        if !log.preallocate {
-            eprintln!("the temp directory's file system cannot preallocate; not checked");
-            log.remove();
-            return;
-        }
-        assert!(allocated >= len + PREALLOCATE_MARGIN, "reserved ahead: {allocated} for {len}");
-        assert!(allocated <= 2 * len + PREALLOCATE_MARGIN, "at most what it holds ahead: {allocated} for {len}");
-        while log.segments.len() < 2 {
-            append(&mut log, Stream::Stdout, &block);
-        }
-        let (len, allocated) = disk(0);
-        assert!(allocated <= len.next_multiple_of(4096), "a complete segment is trimmed: {allocated} for {len}");
-        for _ in 0..20 {
-            append(&mut log, Stream::Stdout, &block);
-        }
-        log.finish();
-        let (len, allocated) = disk(1);
-        assert!(allocated <= len.next_multiple_of(4096), "finished output is trimmed: {allocated} for {len}");
-        assert_eq!(
-            read_all(&log, &mut OutputCursor::new(0), 1 << 20).iter().map(|c| c.2.len()).sum::<usize>() as u64,
-            log.end()
-        );
         log.remove();
     }
 

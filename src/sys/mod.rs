@@ -91,21 +91,6 @@ pub fn splice_to_file(pipe: RawFd, file: RawFd, offset: u64, len: usize) -> io::
     }
 }
 
-/// Reserves disk blocks for `len` bytes of `file` from `offset` without changing its size
-/// (`fallocate(FALLOC_FL_KEEP_SIZE)`). Writing into reserved blocks skips the file system's per-page allocation
-/// work; blocks past the end stay reserved until the file is truncated or removed.
-pub fn preallocate(file: RawFd, offset: u64, len: u64) -> io::Result<()> {
-    let too_big = |_| io::Error::from_raw_os_error(libc::EFBIG);
-    let (offset, len) = (libc::off_t::try_from(offset).map_err(too_big)?, libc::off_t::try_from(len).map_err(too_big)?);
-    loop {
-        match syscall!(fallocate(file, libc::FALLOC_FL_KEEP_SIZE, offset, len)) {
-            Ok(_) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 /// Appends exactly `len` bytes of `file`, read at `offset`, to `buf`. The room is not zeroed first: `pread`
 /// writes it, and only what it wrote becomes part of `buf`.
 pub fn pread_append(file: RawFd, buf: &mut bytes::BytesMut, len: usize, offset: u64) -> io::Result<()> {
