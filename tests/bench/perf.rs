@@ -162,10 +162,16 @@ fn main() {
         head.wait().unwrap();
         pipe.push(total as f64 / begun.elapsed().as_secs_f64() / 1e6);
     }
+    // Each run's figure too, in run order: the spread says how far a median can be trusted.
+    let runs = |values: &[f64]| values.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(" ");
+    let (live_runs, replay_runs, pipe_runs) = (runs(&live), runs(&replay), runs(&pipe));
     let (live, replay, pipe) = (median(&mut live), median(&mut replay), median(&mut pipe));
-    println!("one follower, job writing 1 GiB (live)     {live:8.0} MB/s (goal ≥ 800)");
-    println!("one follower, replay of the ended job      {replay:8.0} MB/s");
-    println!("  baseline: head | read(64 KiB), no server {pipe:8.0} MB/s   live/baseline {:.2}", live / pipe);
+    println!("one follower, job writing 1 GiB (live)     {live:8.0} MB/s (goal ≥ 800)   runs {live_runs}");
+    println!("one follower, replay of the ended job      {replay:8.0} MB/s                runs {replay_runs}");
+    println!(
+        "  baseline: head | read(64 KiB), no server {pipe:8.0} MB/s   live/baseline {:.2}   runs {pipe_runs}",
+        live / pipe
+    );
     println!("server threads under load (max seen)       {max_threads:8}");
 
     // RSS while one job writes 2 GiB (nobody reading).
