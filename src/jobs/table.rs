@@ -228,7 +228,8 @@ const PIPE_READ_BYTES: usize = 256 * 1024;
 /// How output gets from a job's pipe into its spool file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ingest {
-    /// `splice(2)`: the kernel copies the pipe's pages into the file's page cache; no copy through user memory.
+    /// `splice(2)` through the table's relay pipe: the kernel copies the pipe's pages into the file's page
+    /// cache; no copy through user memory.
     Splice,
     /// `read` into a buffer, then `write`: for a state directory on a file system that cannot splice.
     Read,
@@ -262,6 +263,9 @@ pub struct JobTable {
     containment: Containment,
     launcher: Launcher,
     ingest: Ingest,
+    /// The pipe job output is spliced through on its way to a spool file, made when first needed; empty
+    /// between drains.
+    relay: Option<sys::OutputPipe>,
     /// The buffer of [`Ingest::Read`], allocated when first needed.
     read_buf: Vec<u8>,
     shutting_down: bool,
@@ -289,6 +293,7 @@ impl JobTable {
             containment,
             launcher: Launcher::new()?,
             ingest: Ingest::Splice,
+            relay: None,
             read_buf: Vec::new(),
             shutting_down: false,
         })
@@ -571,16 +576,30 @@ impl JobTable {
         let Some(pipe) = job.pipes[side as usize].as_ref() else { return Drain::Closed };
         let fd = pipe.as_raw_fd();
         let (retained_before, end_before) = (job.output.retained(), job.output.end());
-        let mut result = None;
-        if self.ingest == Ingest::Splice {
-            match splice_pipe(&mut job.output, side.stream(), fd, budget) {
-                Ok(drained) => result = Some(drained),
-                Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
-                    log::warn!("cannot splice job output into the state directory ({err}); reading it instead");
+        if self.ingest == Ingest::Splice && self.relay.is_none() {
+            match sys::relay_pipe() {
+                Ok(relay) => self.relay = Some(relay),
+                Err(err) => {
+                    log::warn!("cannot make a relay pipe ({err}); reading job output instead of splicing it");
                     self.ingest = Ingest::Read;
                 }
-                // The bytes are still in the pipe: reading them reports what is wrong with the spool.
-                Err(err) => log::debug!("job {}: splicing its {side:?} pipe failed: {err}", job.id),
+            }
+        }
+        let mut result = None;
+        let mut rescue = false;
+        if let (Ingest::Splice, Some(relay)) = (self.ingest, self.relay.as_ref()) {
+            match splice_pipe(&mut job.output, side.stream(), fd, relay, budget) {
+                Ok(drained) => result = Some(drained),
+                Err(err) => {
+                    rescue = true;
+                    if err.raw_os_error() == Some(libc::EINVAL) {
+                        log::warn!("cannot splice job output into the state directory ({err}); reading it instead");
+                        self.ingest = Ingest::Read;
+                    } else {
+                        // Reading what is left reports what is wrong with the spool, as the read path does.
+                        log::debug!("job {}: splicing its {side:?} pipe failed: {err}", job.id);
+                    }
+                }
             }
         }
         let result = match result {
@@ -588,6 +607,10 @@ impl JobTable {
             None => {
                 if self.read_buf.is_empty() {
                     self.read_buf = vec![0; RECORD_HEADER_LEN + PIPE_READ_BYTES];
+                }
+                if let (true, Some(relay)) = (rescue, self.relay.as_ref()) {
+                    // Bytes taken from the job's pipe but not into the file are in the relay: they come first.
+                    read_pipe(job, side, relay.read.as_raw_fd(), usize::MAX, &mut self.read_buf);
                 }
                 read_pipe(job, side, fd, budget, &mut self.read_buf)
             }
@@ -672,10 +695,23 @@ impl JobTable {
     }
 }
 
-/// Splices what the pipe `fd` holds into `output`, at most `budget` calls, consecutive ones into one record
-/// (up to [`SPLICE_RECORD_BYTES`]). An error leaves the bytes it concerns in the pipe; what was moved before it
-/// is committed.
-fn splice_pipe(output: &mut OutputLog, stream: Stream, fd: RawFd, budget: usize) -> io::Result<Drain> {
+/// Splices what the pipe `fd` holds into `output`, at most `budget` moves, consecutive ones into one record (up
+/// to [`SPLICE_RECORD_BYTES`]).
+///
+/// Each move goes through `relay`: first from the job's pipe into the relay, which only moves page references
+/// and so holds the job's pipe lock for microseconds, then from the relay into the file, the slow part (page
+/// cache copy, file system work) during which the job can go on writing. Splicing straight into the file held
+/// the job's pipe lock throughout, and a job writing in small pieces spun on it.
+///
+/// An error leaves the bytes it concerns in the job's pipe or in the relay, for the caller to read; what was
+/// moved into the file before it is committed.
+fn splice_pipe(
+    output: &mut OutputLog,
+    stream: Stream,
+    fd: RawFd,
+    relay: &sys::OutputPipe,
+    budget: usize,
+) -> io::Result<Drain> {
     let mut target = None;
     let mut filled = 0;
     let mut result = Drain::More;
@@ -684,9 +720,17 @@ fn splice_pipe(output: &mut OutputLog, stream: Stream, fd: RawFd, budget: usize)
             Some(target) => target,
             None => *target.insert(output.splice_target()?),
         };
-        match sys::splice_to_file(fd, file, data_at + filled as u64, SPLICE_RECORD_BYTES - filled) {
+        match sys::splice_to_pipe(fd, relay.write.as_raw_fd(), SPLICE_RECORD_BYTES - filled) {
             Ok(Some(0)) => result = Drain::Closed,
-            Ok(Some(n)) => filled += n,
+            Ok(Some(n)) => {
+                let at = data_at + filled as u64;
+                let (moved, error) = relay_to_file(relay.read.as_raw_fd(), file, at, n);
+                filled += moved;
+                if let Some(err) = error {
+                    output.commit_spliced(stream, filled)?;
+                    return Err(err);
+                }
+            }
             Ok(None) => result = Drain::Empty,
             Err(err) => {
                 output.commit_spliced(stream, filled)?;
@@ -703,6 +747,20 @@ fn splice_pipe(output: &mut OutputLog, stream: Stream, fd: RawFd, budget: usize)
     }
     output.commit_spliced(stream, filled)?;
     Ok(result)
+}
+
+/// Splices `len` bytes from the relay into `file` at `at`: how many made it, and the error that stopped it
+/// short (the rest is still in the relay).
+fn relay_to_file(relay: RawFd, file: RawFd, at: u64, len: usize) -> (usize, Option<io::Error>) {
+    let mut moved = 0;
+    while moved < len {
+        match sys::splice_to_file(relay, file, at + moved as u64, len - moved) {
+            Ok(Some(n)) if n > 0 => moved += n,
+            Ok(_) => return (moved, Some(io::Error::other("the relay pipe held less than was moved into it"))),
+            Err(err) => return (moved, Some(err)),
+        }
+    }
+    (moved, None)
 }
 
 /// Reads what the pipe `fd` holds into `job`'s output with `read`, at most `budget` calls, consecutive reads
@@ -855,6 +913,26 @@ mod tests {
         assert_eq!(&buf[..], &data[data.len() / 2..data.len() / 2 + 1000]);
         table.remove_all();
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn relay_keeps_what_it_could_not_move_into_the_file() {
+        use std::io::{Read, Write};
+        let relay = sys::relay_pipe().unwrap();
+        let job = sys::output_pipe().unwrap();
+        std::fs::File::from(job.write).write_all(b"job output").unwrap();
+        assert_eq!(sys::splice_to_pipe(job.read.as_raw_fd(), relay.write.as_raw_fd(), 1 << 20).unwrap(), Some(10));
+        // A file opened read-only cannot be spliced into: nothing moves, the bytes stay in the relay.
+        let path = std::env::temp_dir().join(format!("runnel-relay-{}", rand::random::<u64>()));
+        fs::write(&path, b"").unwrap();
+        let file = fs::File::open(&path).unwrap();
+        let (moved, error) = relay_to_file(relay.read.as_raw_fd(), file.as_raw_fd(), 0, 10);
+        assert_eq!(moved, 0);
+        assert!(error.is_some());
+        let mut left = [0u8; 16];
+        let n = fs::File::from(relay.read).read(&mut left).unwrap();
+        assert_eq!(&left[..n], b"job output");
+        fs::remove_file(path).unwrap();
     }
 
     #[test]

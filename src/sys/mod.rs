@@ -73,16 +73,45 @@ pub fn read_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> 
     }
 }
 
-/// Moves up to `len` bytes from the non-blocking pipe `pipe` into `file` at `offset` with `splice(2)`: the
-/// kernel copies the pipe's pages into the file's page cache, with no copy through user memory and no change to
-/// the file position. `Ok(None)` when the pipe is empty, `Ok(Some(0))` at end of file (no writer left).
+/// A pipe whose two ends the server keeps, both non-blocking: the relay through which job output is spliced
+/// into spool files (see [`splice_to_pipe`]).
+pub fn relay_pipe() -> io::Result<OutputPipe> {
+    let mut fds = [0 as RawFd; 2];
+    syscall!(pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK))?;
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // As large as a job's pipe, so one move can take all it holds; a smaller relay only means more moves.
+    let _ = syscall!(fcntl(read.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE));
+    Ok(OutputPipe { read, write })
+}
+
+/// Moves up to `len` bytes from the pipe `from` to the pipe `to` with `splice(2)`. Between two pipes the kernel
+/// moves page references, copying nothing, so this holds `from`'s lock only briefly. `Ok(None)` when `from` is
+/// empty (or `to` full), `Ok(Some(0))` at end of file.
+pub fn splice_to_pipe(from: RawFd, to: RawFd, len: usize) -> io::Result<Option<usize>> {
+    splice(from, to, None, len)
+}
+
+/// Moves up to `len` bytes from the pipe `pipe` into `file` at `offset` with `splice(2)`: the kernel copies the
+/// pipe's pages into the file's page cache, with no copy through user memory and no change to the file
+/// position. `Ok(None)` when the pipe is empty, `Ok(Some(0))` at end of file (no writer left).
 ///
 /// Fails with `EINVAL` where the file system cannot splice, or if `file` was opened with `O_APPEND`.
 pub fn splice_to_file(pipe: RawFd, file: RawFd, offset: u64, len: usize) -> io::Result<Option<usize>> {
-    let mut file_offset = libc::loff_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    splice(pipe, file, Some(offset), len)
+}
+
+fn splice(from: RawFd, to: RawFd, to_offset: Option<u64>, len: usize) -> io::Result<Option<usize>> {
+    let mut offset = match to_offset {
+        Some(offset) => libc::loff_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?,
+        None => 0,
+    };
+    let offset_ptr = match to_offset {
+        Some(_) => &mut offset as *mut libc::loff_t,
+        None => std::ptr::null_mut(),
+    };
     loop {
-        let moved = syscall!(splice(pipe, std::ptr::null_mut(), file, &mut file_offset, len, libc::SPLICE_F_NONBLOCK));
-        match moved {
+        match syscall!(splice(from, std::ptr::null_mut(), to, offset_ptr, len, libc::SPLICE_F_NONBLOCK)) {
             Ok(n) => return Ok(Some(n as usize)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
