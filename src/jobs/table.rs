@@ -712,40 +712,52 @@ fn splice_pipe(
     relay: &sys::OutputPipe,
     budget: usize,
 ) -> io::Result<Drain> {
+    let commit = |output: &mut OutputLog, filled: usize| {
+        output.commit_spliced(stream, filled).inspect_err(|err| {
+            log::error!("{filled} bytes of output lost, cannot write their record header: {err}");
+        })
+    };
     let mut target = None;
     let mut filled = 0;
     let mut result = Drain::More;
     for _ in 0..budget {
-        let (file, data_at) = match target {
-            Some(target) => target,
-            None => *target.insert(output.splice_target()?),
-        };
         match sys::splice_to_pipe(fd, relay.write.as_raw_fd(), SPLICE_RECORD_BYTES - filled) {
             Ok(Some(0)) => result = Drain::Closed,
             Ok(Some(n)) => {
+                // Only output that exists gets a place in a segment: a silent job creates no file.
+                let (file, data_at) = match target {
+                    Some(target) => target,
+                    None => match output.splice_target() {
+                        Ok(place) => *target.insert(place),
+                        Err(err) => {
+                            commit(output, filled)?;
+                            return Err(err);
+                        }
+                    },
+                };
                 let at = data_at + filled as u64;
                 let (moved, error) = relay_to_file(relay.read.as_raw_fd(), file, at, n);
                 filled += moved;
                 if let Some(err) = error {
-                    output.commit_spliced(stream, filled)?;
+                    commit(output, filled)?;
                     return Err(err);
                 }
             }
             Ok(None) => result = Drain::Empty,
             Err(err) => {
-                output.commit_spliced(stream, filled)?;
+                commit(output, filled)?;
                 return Err(err);
             }
         }
         if filled == SPLICE_RECORD_BYTES || result != Drain::More {
-            output.commit_spliced(stream, filled)?;
+            commit(output, filled)?;
             (target, filled) = (None, 0);
         }
         if result != Drain::More {
             break;
         }
     }
-    output.commit_spliced(stream, filled)?;
+    commit(output, filled)?;
     Ok(result)
 }
 
@@ -933,6 +945,18 @@ mod tests {
         let n = fs::File::from(relay.read).read(&mut left).unwrap();
         assert_eq!(&left[..n], b"job output");
         fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn a_silent_job_leaves_no_segment_file() {
+        let (mut table, dir) = table("silent");
+        let started = table.start("alice", spec("true", &[])).unwrap();
+        run_to_end(&mut table, started.key);
+        let job = table.get(started.key).unwrap();
+        assert!(job.is_complete());
+        assert_eq!(fs::read_dir(dir.join("output").join(job.id.to_string())).unwrap().count(), 0);
+        table.remove_all();
+        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
