@@ -64,6 +64,9 @@ fn path_setting(args: &mut pico_args::Arguments, flag: &'static str, env: &str) 
 }
 
 pub fn run(args: Vec<OsString>) -> Result<i32, CliError> {
+    // Output streams free a buffer per message: keep that memory for reuse instead of faulting it back in.
+    // Process-wide, so the command line sets it, not the library's `Client` (embedders decide for themselves).
+    crate::sys::retain_freed_memory();
     let (flags, command_line) = split_at_double_dash(args);
     let mut args = pico_args::Arguments::from_vec(flags);
     let server: Option<String> = args.opt_value_from_str("--server")?;

@@ -138,8 +138,6 @@ fn status_in(headers: &HeaderMap) -> Option<Status> {
 impl Client {
     /// Connects and completes the TLS and HTTP/2 handshakes.
     pub fn connect(settings: &ClientSettings) -> Result<Client, Status> {
-        // Output streams free a buffer per message: keep that memory for reuse instead of faulting it back in.
-        sys::retain_freed_memory();
         let config = tls::client_config(&settings.cert, &settings.key, &settings.ca)
             .map_err(|e| Status::new(Code::FailedPrecondition, e.to_string()))?;
         let (host, address) = resolve(&settings.server)?;

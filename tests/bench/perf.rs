@@ -65,6 +65,8 @@ fn main() {
         return;
     }
     assert!(util::BIN.contains("release"), "build with `cargo bench` so the server is the release binary");
+    // As `runnel client` does: the bench's in-process client should stream like the command line's.
+    runnel::sys::retain_freed_memory();
     let pki = Pki::new();
     let server = Server::start(&pki, &["--max-output-bytes", "4G", "--max-output-total", "16G"]);
     let pid = server.pid();

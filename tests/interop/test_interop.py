@@ -64,6 +64,9 @@ def server():
     assert binary, "RUNNEL_BIN must name the runnel binary (run tests/interop/run.sh BINARY)"
     assert os.access(binary, os.X_OK), f"not executable: {binary}"
     with tempfile.TemporaryDirectory(prefix="runnel-interop-") as tmp:
+        # Jobs run as an unprivileged user (as root, the server isolates them): they must pass through to
+        # their working directories under the state dir.
+        os.chmod(tmp, 0o711)
         pki = os.path.join(tmp, "pki")
         os.mkdir(pki)
 
@@ -263,6 +266,7 @@ def test_start_wait_get_stream_byte_exact(alice):
 
 def test_env_and_working_dir(alice):
     with tempfile.TemporaryDirectory() as wd:
+        os.chmod(wd, 0o755)  # the job's user (nobody, when the server runs as root) must be able to enter it
         job = start(alice, "/bin/sh", "-c", 'printf "%s|%s|%s" "$FOO" "$(pwd)" "$HOME"',
                     env=["FOO=bar baz"], working_dir=wd)
         done = alice.WaitJob(pb.WaitJobRequest(job_id=job.id), timeout=TIMEOUT)
