@@ -5,6 +5,7 @@
 //! they are ready ([`JobTable::drain_output`], [`JobTable::reap`]) or when a stop's grace period runs out.
 
 mod error;
+mod ingest;
 mod launch;
 mod limits;
 mod output;
@@ -12,10 +13,8 @@ mod spec;
 mod table;
 
 pub use error::JobError;
+pub use ingest::{Drain, PIPE_READS_PER_TURN};
 pub use limits::LimitPolicy;
 pub use output::{OutputCursor, OutputLog, Span, Stream, RECORD_HEADER_LEN};
 pub use spec::{JobSpec, SpawnLimits};
-pub use table::{
-    Caller, Containment, Drain, EndState, Job, JobId, JobKey, JobTable, JobTableConfig, PipeSide, StartedJob,
-    PIPE_READS_PER_TURN,
-};
+pub use table::{Caller, Containment, EndState, Job, JobId, JobKey, JobTable, JobTableConfig, PipeSide, StartedJob};

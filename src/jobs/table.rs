@@ -10,9 +10,10 @@ use std::path::PathBuf;
 use std::task::Waker;
 use std::time::SystemTime;
 
+use super::ingest::{Drain, Ingester, PIPE_READS_PER_TURN};
 use super::launch::{Launched, Launcher};
 use super::limits::LimitPolicy;
-use super::output::{OutputLog, Stream, RECORD_HEADER_LEN};
+use super::output::{OutputLog, Stream};
 use super::spec::JobSpec;
 use super::JobError;
 use crate::cgroup::{CgroupRoot, FinalUsage, JobCgroup};
@@ -219,37 +220,6 @@ pub struct StartedJob {
     pub stderr: RawFd,
 }
 
-/// Largest output record taken with `splice`: the pipe's size, so a full pipe moves in one call.
-const SPLICE_RECORD_BYTES: usize = 1024 * 1024;
-
-/// Largest single read from a job's pipe where `splice` cannot be used; also the largest record then.
-const PIPE_READ_BYTES: usize = 256 * 1024;
-
-/// How output gets from a job's pipe into its spool file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Ingest {
-    /// `splice(2)` through the table's relay pipe: the kernel copies the pipe's pages into the file's page
-    /// cache; no copy through user memory.
-    Splice,
-    /// `read` into a buffer, then `write`: for a state directory on a file system that cannot splice.
-    Read,
-}
-
-/// Reads from one pipe per readiness event before yielding to other work, so one flooding job cannot starve
-/// the loop; the loop comes back for the rest.
-pub const PIPE_READS_PER_TURN: usize = 16;
-
-/// The outcome of draining a pipe.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Drain {
-    /// The pipe is empty for now.
-    Empty,
-    /// The read budget ran out with data left: call again soon.
-    More,
-    /// End of file: the pipe is closed.
-    Closed,
-}
-
 pub struct JobTable {
     config: JobTableConfig,
     jobs: BTreeMap<JobKey, Job>,
@@ -262,12 +232,7 @@ pub struct JobTable {
     work_dir: PathBuf,
     containment: Containment,
     launcher: Launcher,
-    ingest: Ingest,
-    /// The pipe job output is spliced through on its way to a spool file, made when first needed; empty
-    /// between drains.
-    relay: Option<sys::OutputPipe>,
-    /// The buffer of [`Ingest::Read`], allocated when first needed.
-    read_buf: Vec<u8>,
+    ingester: Ingester,
     shutting_down: bool,
 }
 
@@ -292,9 +257,7 @@ impl JobTable {
             work_dir,
             containment,
             launcher: Launcher::new()?,
-            ingest: Ingest::Splice,
-            relay: None,
-            read_buf: Vec::new(),
+            ingester: Ingester::default(),
             shutting_down: false,
         })
     }
@@ -576,45 +539,7 @@ impl JobTable {
         let Some(pipe) = job.pipes[side as usize].as_ref() else { return Drain::Closed };
         let fd = pipe.as_raw_fd();
         let (retained_before, end_before) = (job.output.retained(), job.output.end());
-        if self.ingest == Ingest::Splice && self.relay.is_none() {
-            match sys::relay_pipe() {
-                Ok(relay) => self.relay = Some(relay),
-                Err(err) => {
-                    log::warn!("cannot make a relay pipe ({err}); reading job output instead of splicing it");
-                    self.ingest = Ingest::Read;
-                }
-            }
-        }
-        let mut result = None;
-        let mut rescue = false;
-        if let (Ingest::Splice, Some(relay)) = (self.ingest, self.relay.as_ref()) {
-            match splice_pipe(&mut job.output, side.stream(), fd, relay, budget) {
-                Ok(drained) => result = Some(drained),
-                Err(err) => {
-                    rescue = true;
-                    if err.raw_os_error() == Some(libc::EINVAL) {
-                        log::warn!("cannot splice job output into the state directory ({err}); reading it instead");
-                        self.ingest = Ingest::Read;
-                    } else {
-                        // Reading what is left reports what is wrong with the spool, as the read path does.
-                        log::debug!("job {}: splicing its {side:?} pipe failed: {err}", job.id);
-                    }
-                }
-            }
-        }
-        let result = match result {
-            Some(drained) => drained,
-            None => {
-                if self.read_buf.is_empty() {
-                    self.read_buf = vec![0; RECORD_HEADER_LEN + PIPE_READ_BYTES];
-                }
-                if let (true, Some(relay)) = (rescue, self.relay.as_ref()) {
-                    // Bytes taken from the job's pipe but not into the file are in the relay: they come first.
-                    read_pipe(job, side, relay.read.as_raw_fd(), usize::MAX, &mut self.read_buf);
-                }
-                read_pipe(job, side, fd, budget, &mut self.read_buf)
-            }
-        };
+        let result = self.ingester.ingest(&mut job.output, &job.id, side.stream(), fd, budget);
         if result == Drain::Closed {
             // Closing the descriptor also removes it from the reactor's epoll set.
             job.pipes[side as usize] = None;
@@ -695,124 +620,6 @@ impl JobTable {
     }
 }
 
-/// Splices what the pipe `fd` holds into `output`, at most `budget` moves, consecutive ones into one record (up
-/// to [`SPLICE_RECORD_BYTES`]).
-///
-/// Each move goes through `relay`: first from the job's pipe into the relay, which only moves page references
-/// and so holds the job's pipe lock for microseconds, then from the relay into the file, the slow part (page
-/// cache copy, file system work) during which the job can go on writing. Splicing straight into the file held
-/// the job's pipe lock throughout, and a job writing in small pieces spun on it.
-///
-/// An error leaves the bytes it concerns in the job's pipe or in the relay, for the caller to read; what was
-/// moved into the file before it is committed.
-fn splice_pipe(
-    output: &mut OutputLog,
-    stream: Stream,
-    fd: RawFd,
-    relay: &sys::OutputPipe,
-    budget: usize,
-) -> io::Result<Drain> {
-    let commit = |output: &mut OutputLog, filled: usize| {
-        output.commit_spliced(stream, filled).inspect_err(|err| {
-            log::error!("{filled} bytes of output lost, cannot write their record header: {err}");
-        })
-    };
-    let mut target = None;
-    let mut filled = 0;
-    let mut result = Drain::More;
-    for _ in 0..budget {
-        match sys::splice_to_pipe(fd, relay.write.as_raw_fd(), SPLICE_RECORD_BYTES - filled) {
-            Ok(Some(0)) => result = Drain::Closed,
-            Ok(Some(n)) => {
-                // Only output that exists gets a place in a segment: a silent job creates no file.
-                let (file, data_at) = match target {
-                    Some(target) => target,
-                    None => match output.splice_target() {
-                        Ok(place) => *target.insert(place),
-                        Err(err) => {
-                            commit(output, filled)?;
-                            return Err(err);
-                        }
-                    },
-                };
-                let at = data_at + filled as u64;
-                let (moved, error) = relay_to_file(relay.read.as_raw_fd(), file, at, n);
-                filled += moved;
-                if let Some(err) = error {
-                    commit(output, filled)?;
-                    return Err(err);
-                }
-            }
-            Ok(None) => result = Drain::Empty,
-            Err(err) => {
-                commit(output, filled)?;
-                return Err(err);
-            }
-        }
-        if filled == SPLICE_RECORD_BYTES || result != Drain::More {
-            commit(output, filled)?;
-            (target, filled) = (None, 0);
-        }
-        if result != Drain::More {
-            break;
-        }
-    }
-    commit(output, filled)?;
-    Ok(result)
-}
-
-/// Splices `len` bytes from the relay into `file` at `at`: how many made it, and the error that stopped it
-/// short (the rest is still in the relay).
-fn relay_to_file(relay: RawFd, file: RawFd, at: u64, len: usize) -> (usize, Option<io::Error>) {
-    let mut moved = 0;
-    while moved < len {
-        match sys::splice_to_file(relay, file, at + moved as u64, len - moved) {
-            Ok(Some(n)) if n > 0 => moved += n,
-            Ok(_) => return (moved, Some(io::Error::other("the relay pipe held less than was moved into it"))),
-            Err(err) => return (moved, Some(err)),
-        }
-    }
-    (moved, None)
-}
-
-/// Reads what the pipe `fd` holds into `job`'s output with `read`, at most `budget` calls, consecutive reads
-/// gathered into one record of up to `buf`'s size (which starts with room for the record header).
-fn read_pipe(job: &mut Job, side: PipeSide, fd: RawFd, budget: usize, buf: &mut [u8]) -> Drain {
-    // Consecutive reads are gathered into one record (up to the buffer's size): a job writing in small
-    // pieces then costs one spool write and one output chunk per buffer, not per `write` it made.
-    let mut filled = 0;
-    let mut result = Drain::More;
-    let append = |job: &mut Job, record: &mut [u8]| {
-        if let Err(err) = job.output.append(side.stream(), record) {
-            let lost = record.len() - RECORD_HEADER_LEN;
-            log::error!("job {}: {lost} bytes of output lost, cannot write the spool: {err}", job.id);
-        }
-    };
-    for _ in 0..budget {
-        match sys::read_nonblocking(fd, &mut buf[RECORD_HEADER_LEN + filled..]) {
-            Ok(Some(0)) => result = Drain::Closed,
-            Ok(Some(n)) => filled += n,
-            Ok(None) => result = Drain::Empty,
-            Err(err) => {
-                log::error!("job {}: cannot read its {side:?} pipe: {err}", job.id);
-                result = Drain::Closed;
-            }
-        }
-        let buffer_full = RECORD_HEADER_LEN + filled == buf.len();
-        if filled > 0 && (buffer_full || result != Drain::More) {
-            append(job, &mut buf[..RECORD_HEADER_LEN + filled]);
-            filled = 0;
-        }
-        if result != Drain::More {
-            break;
-        }
-    }
-    if filled > 0 {
-        append(job, &mut buf[..RECORD_HEADER_LEN + filled]);
-    }
-    result
-}
-
 fn remove_job_files(job: &mut Job) {
     job.output.remove();
     if let Some(dir) = job.own_work_dir.take() {
@@ -825,6 +632,7 @@ fn remove_job_files(job: &mut Job) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::ingest::Ingest;
     use crate::proto::StartJobRequest;
     use std::time::{Duration, Instant};
 
@@ -892,7 +700,7 @@ mod tests {
     /// that the log holds exactly that, per stream, with contiguous offsets.
     fn ingest_is_byte_exact(ingest: Ingest) {
         let (mut table, dir) = table_with_output_caps("ingest", 64 << 20, 64 << 20);
-        table.ingest = ingest;
+        table.ingester.mode = ingest;
         let data: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
         let file = dir.join("data");
         fs::write(&file, &data).unwrap();
@@ -902,7 +710,7 @@ mod tests {
         let job = table.get(started.key).unwrap();
         assert_eq!(job.end.unwrap().status, ExitStatus::Exited(0));
         assert_eq!(job.output.end(), 2 * data.len() as u64 + 4);
-        assert_eq!(table.ingest, ingest, "the state directory supports {ingest:?}");
+        assert_eq!(table.ingester.mode, ingest, "the state directory supports {ingest:?}");
 
         let mut cursor = crate::jobs::OutputCursor::new(0);
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
@@ -925,26 +733,6 @@ mod tests {
         assert_eq!(&buf[..], &data[data.len() / 2..data.len() / 2 + 1000]);
         table.remove_all();
         fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn relay_keeps_what_it_could_not_move_into_the_file() {
-        use std::io::{Read, Write};
-        let relay = sys::relay_pipe().unwrap();
-        let job = sys::output_pipe().unwrap();
-        std::fs::File::from(job.write).write_all(b"job output").unwrap();
-        assert_eq!(sys::splice_to_pipe(job.read.as_raw_fd(), relay.write.as_raw_fd(), 1 << 20).unwrap(), Some(10));
-        // A file opened read-only cannot be spliced into: nothing moves, the bytes stay in the relay.
-        let path = std::env::temp_dir().join(format!("runnel-relay-{}", rand::random::<u64>()));
-        fs::write(&path, b"").unwrap();
-        let file = fs::File::open(&path).unwrap();
-        let (moved, error) = relay_to_file(relay.read.as_raw_fd(), file.as_raw_fd(), 0, 10);
-        assert_eq!(moved, 0);
-        assert!(error.is_some());
-        let mut left = [0u8; 16];
-        let n = fs::File::from(relay.read).read(&mut left).unwrap();
-        assert_eq!(&left[..n], b"job output");
-        fs::remove_file(path).unwrap();
     }
 
     #[test]

@@ -1,0 +1,261 @@
+//! How a job's output gets from its pipe into its spool file: `splice(2)` through a relay pipe, so no byte passes
+//! through user memory and the job's pipe lock is held only briefly, or `read` + `write` where the state
+//! directory's file system cannot splice. Either way consecutive pieces are gathered into one record, and a read
+//! budget per call keeps one flooding job from starving the loop.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+use super::output::{OutputLog, Stream, RECORD_HEADER_LEN};
+use crate::sys;
+
+/// Largest output record taken with `splice`: the pipe's size, so a full pipe moves in one call.
+const SPLICE_RECORD_BYTES: usize = 1024 * 1024;
+
+/// Largest single read from a job's pipe where `splice` cannot be used; also the largest record then.
+const PIPE_READ_BYTES: usize = 256 * 1024;
+
+/// How output gets from a job's pipe into its spool file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Ingest {
+    /// `splice(2)` through the table's relay pipe: the kernel copies the pipe's pages into the file's page
+    /// cache; no copy through user memory.
+    Splice,
+    /// `read` into a buffer, then `write`: for a state directory on a file system that cannot splice.
+    Read,
+}
+
+/// Reads from one pipe per readiness event before yielding to other work, so one flooding job cannot starve
+/// the loop; the loop comes back for the rest.
+pub const PIPE_READS_PER_TURN: usize = 16;
+
+/// The outcome of draining a pipe.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Drain {
+    /// The pipe is empty for now.
+    Empty,
+    /// The read budget ran out with data left: call again soon.
+    More,
+    /// End of file: the pipe is closed.
+    Closed,
+}
+
+/// Moves job output from pipes into spool files; one per table, reused for every job.
+pub struct Ingester {
+    pub(super) mode: Ingest,
+    /// The pipe job output is spliced through on its way to a spool file, made when first needed; empty
+    /// between calls.
+    relay: Option<sys::OutputPipe>,
+    /// The buffer of [`Ingest::Read`], allocated when first needed.
+    read_buf: Vec<u8>,
+}
+
+impl Default for Ingester {
+    fn default() -> Self {
+        Ingester { mode: Ingest::Splice, relay: None, read_buf: Vec::new() }
+    }
+}
+
+impl Ingester {
+    /// Moves what the pipe `fd` holds into `output` (the log of `job`'s `stream`), at most `budget` reads.
+    pub fn ingest(
+        &mut self,
+        output: &mut OutputLog,
+        job: &dyn fmt::Display,
+        stream: Stream,
+        fd: RawFd,
+        budget: usize,
+    ) -> Drain {
+        if self.mode == Ingest::Splice && self.relay.is_none() {
+            match sys::relay_pipe() {
+                Ok(relay) => self.relay = Some(relay),
+                Err(err) => {
+                    log::warn!("cannot make a relay pipe ({err}); reading job output instead of splicing it");
+                    self.mode = Ingest::Read;
+                }
+            }
+        }
+        let mut result = None;
+        let mut rescue = false;
+        if let (Ingest::Splice, Some(relay)) = (self.mode, self.relay.as_ref()) {
+            match splice_pipe(output, stream, fd, relay, budget) {
+                Ok(drained) => result = Some(drained),
+                Err(err) => {
+                    rescue = true;
+                    if err.raw_os_error() == Some(libc::EINVAL) {
+                        log::warn!("cannot splice job output into the state directory ({err}); reading it instead");
+                        self.mode = Ingest::Read;
+                    } else {
+                        // Reading what is left reports what is wrong with the spool, as the read path does.
+                        log::debug!("job {job}: splicing its {stream:?} pipe failed: {err}");
+                    }
+                }
+            }
+        }
+        match result {
+            Some(drained) => drained,
+            None => {
+                if self.read_buf.is_empty() {
+                    self.read_buf = vec![0; RECORD_HEADER_LEN + PIPE_READ_BYTES];
+                }
+                if let (true, Some(relay)) = (rescue, self.relay.as_ref()) {
+                    // Bytes taken from the job's pipe but not into the file are in the relay: they come first.
+                    read_pipe(output, job, stream, relay.read.as_raw_fd(), usize::MAX, &mut self.read_buf);
+                }
+                read_pipe(output, job, stream, fd, budget, &mut self.read_buf)
+            }
+        }
+    }
+}
+
+/// Splices what the pipe `fd` holds into `output`, at most `budget` moves, consecutive ones into one record (up
+/// to [`SPLICE_RECORD_BYTES`]).
+///
+/// Each move goes through `relay`: first from the job's pipe into the relay, which only moves page references
+/// and so holds the job's pipe lock for microseconds, then from the relay into the file, the slow part (page
+/// cache copy, file system work) during which the job can go on writing. Splicing straight into the file held
+/// the job's pipe lock throughout, and a job writing in small pieces spun on it.
+///
+/// An error leaves the bytes it concerns in the job's pipe or in the relay, for the caller to read; what was
+/// moved into the file before it is committed.
+fn splice_pipe(
+    output: &mut OutputLog,
+    stream: Stream,
+    fd: RawFd,
+    relay: &sys::OutputPipe,
+    budget: usize,
+) -> io::Result<Drain> {
+    let commit = |output: &mut OutputLog, filled: usize| {
+        output.commit_spliced(stream, filled).inspect_err(|err| {
+            log::error!("{filled} bytes of output lost, cannot write their record header: {err}");
+        })
+    };
+    let mut target = None;
+    let mut filled = 0;
+    let mut result = Drain::More;
+    for _ in 0..budget {
+        match sys::splice_to_pipe(fd, relay.write.as_raw_fd(), SPLICE_RECORD_BYTES - filled) {
+            Ok(Some(0)) => result = Drain::Closed,
+            Ok(Some(n)) => {
+                // Only output that exists gets a place in a segment: a silent job creates no file.
+                let (file, data_at) = match target {
+                    Some(target) => target,
+                    None => match output.splice_target() {
+                        Ok(place) => *target.insert(place),
+                        Err(err) => {
+                            commit(output, filled)?;
+                            return Err(err);
+                        }
+                    },
+                };
+                let at = data_at + filled as u64;
+                let (moved, error) = relay_to_file(relay.read.as_raw_fd(), file, at, n);
+                filled += moved;
+                if let Some(err) = error {
+                    commit(output, filled)?;
+                    return Err(err);
+                }
+            }
+            Ok(None) => result = Drain::Empty,
+            Err(err) => {
+                commit(output, filled)?;
+                return Err(err);
+            }
+        }
+        if filled == SPLICE_RECORD_BYTES || result != Drain::More {
+            commit(output, filled)?;
+            (target, filled) = (None, 0);
+        }
+        if result != Drain::More {
+            break;
+        }
+    }
+    commit(output, filled)?;
+    Ok(result)
+}
+
+/// Splices `len` bytes from the relay into `file` at `at`: how many made it, and the error that stopped it
+/// short (the rest is still in the relay).
+fn relay_to_file(relay: RawFd, file: RawFd, at: u64, len: usize) -> (usize, Option<io::Error>) {
+    let mut moved = 0;
+    while moved < len {
+        match sys::splice_to_file(relay, file, at + moved as u64, len - moved) {
+            Ok(Some(n)) if n > 0 => moved += n,
+            Ok(_) => return (moved, Some(io::Error::other("the relay pipe held less than was moved into it"))),
+            Err(err) => return (moved, Some(err)),
+        }
+    }
+    (moved, None)
+}
+
+/// Reads what the pipe `fd` holds into `output` with `read`, at most `budget` calls, consecutive reads gathered
+/// into one record of up to `buf`'s size (which starts with room for the record header).
+fn read_pipe(
+    output: &mut OutputLog,
+    job: &dyn fmt::Display,
+    stream: Stream,
+    fd: RawFd,
+    budget: usize,
+    buf: &mut [u8],
+) -> Drain {
+    // Consecutive reads are gathered into one record (up to the buffer's size): a job writing in small
+    // pieces then costs one spool write and one output chunk per buffer, not per `write` it made.
+    let mut filled = 0;
+    let mut result = Drain::More;
+    let append = |output: &mut OutputLog, record: &mut [u8]| {
+        if let Err(err) = output.append(stream, record) {
+            let lost = record.len() - RECORD_HEADER_LEN;
+            log::error!("job {job}: {lost} bytes of output lost, cannot write the spool: {err}");
+        }
+    };
+    for _ in 0..budget {
+        match sys::read_nonblocking(fd, &mut buf[RECORD_HEADER_LEN + filled..]) {
+            Ok(Some(0)) => result = Drain::Closed,
+            Ok(Some(n)) => filled += n,
+            Ok(None) => result = Drain::Empty,
+            Err(err) => {
+                log::error!("job {job}: cannot read its {stream:?} pipe: {err}");
+                result = Drain::Closed;
+            }
+        }
+        let buffer_full = RECORD_HEADER_LEN + filled == buf.len();
+        if filled > 0 && (buffer_full || result != Drain::More) {
+            append(output, &mut buf[..RECORD_HEADER_LEN + filled]);
+            filled = 0;
+        }
+        if result != Drain::More {
+            break;
+        }
+    }
+    if filled > 0 {
+        append(output, &mut buf[..RECORD_HEADER_LEN + filled]);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    #[test]
+    fn relay_keeps_what_it_could_not_move_into_the_file() {
+        use std::io::{Read, Write};
+        let relay = sys::relay_pipe().unwrap();
+        let job = sys::output_pipe().unwrap();
+        std::fs::File::from(job.write).write_all(b"job output").unwrap();
+        assert_eq!(sys::splice_to_pipe(job.read.as_raw_fd(), relay.write.as_raw_fd(), 1 << 20).unwrap(), Some(10));
+        // A file opened read-only cannot be spliced into: nothing moves, the bytes stay in the relay.
+        let path = std::env::temp_dir().join(format!("runnel-relay-{}", rand::random::<u64>()));
+        fs::write(&path, b"").unwrap();
+        let file = fs::File::open(&path).unwrap();
+        let (moved, error) = relay_to_file(relay.read.as_raw_fd(), file.as_raw_fd(), 0, 10);
+        assert_eq!(moved, 0);
+        assert!(error.is_some());
+        let mut left = [0u8; 16];
+        let n = fs::File::from(relay.read).read(&mut left).unwrap();
+        assert_eq!(&left[..n], b"job output");
+        fs::remove_file(path).unwrap();
+    }
+}
