@@ -7,7 +7,7 @@
 //! the PID namespace. Nothing here polls.
 
 use std::ffi::{CString, OsString};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 
 use super::{InitPlan, InitReport, SetupStep};
@@ -103,9 +103,8 @@ fn start_command(plan: &InitPlan) -> Result<i32, InitReport> {
         envp: CStringArray::new(plan.env.iter().map(|e| c_string(e.as_bytes())).collect()),
         working_dir: c_string(plan.working_dir.as_os_str().as_bytes()),
     };
-    // SAFETY: descriptors 0-2 are open for the init's whole life (the server's spawn set them up).
-    let standard = |fd| unsafe { BorrowedFd::borrow_raw(fd) };
-    let fds = SpawnFds { stdin: standard(0), stdout: standard(1), stderr: standard(2), control: None };
+    let [stdin, stdout, stderr] = sys::standard_fds();
+    let fds = SpawnFds { stdin, stdout, stderr, control: None };
     let options = SpawnOptions { die_with_parent: true, ..SpawnOptions::default() };
     let failed_to_start = |err: std::io::Error| InitReport::SetupFailed {
         step: SetupStep::Command,

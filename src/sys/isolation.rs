@@ -228,6 +228,15 @@ pub fn control_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// Descriptors 0, 1 and 2, borrowed for the rest of the process's life.
+///
+/// Only for a process whose standard descriptors stay open throughout, like a job's init (the server's spawn
+/// sets them up and nothing closes them).
+pub fn standard_fds() -> [std::os::fd::BorrowedFd<'static>; 3] {
+    // SAFETY: per the contract above, 0-2 are open and never closed while the process lives.
+    [0, 1, 2].map(|fd| unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
+}
+
 /// This process's pid.
 pub fn getpid() -> i32 {
     // SAFETY: getpid cannot fail.

@@ -35,7 +35,7 @@ mod isolation;
 pub use isolation::{
     bring_loopback_up, close_from, control_pipe, drop_privileges, exit_now, getpid, is_pipe, make_mounts_private,
     mount_proc, mount_sysfs, open_own_executable, open_read_only, pipe_reader_gone, reap_any_child,
-    reset_oom_score_adj, set_cloexec, set_hostname, signal_process, wait_readable, write_all,
+    reset_oom_score_adj, set_cloexec, set_hostname, signal_process, standard_fds, wait_readable, write_all,
 };
 
 /// A pipe for one of a job's output streams: the server keeps `read` (non-blocking), the job gets `write`.
