@@ -220,7 +220,10 @@ impl Drop for Server {
 
 /// `kill(2)` through the `kill` command, so the tests need no unsafe code.
 pub fn unsafe_kill(pid: i32, signal: i32) {
-    let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+    // `-s SIG --`: procps-ng's kill reads `kill -9 -1234` as `kill -9 -1` (every process), should a negative
+    // pid (a process group) ever come through here.
+    assert!(pid > 1, "refusing to signal pid {pid}");
+    let status = Command::new("kill").args(["-s", &signal.to_string(), "--", &pid.to_string()]).status().unwrap();
     assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
