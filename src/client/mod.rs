@@ -99,13 +99,13 @@ impl Wake for Flag {
     }
 }
 
-/// An open server-streaming response, read with [`Client::next_message`].
 /// A call whose request went out and whose answer is still to come.
 pub struct PendingCall {
     response: h2::client::ResponseFuture,
     deadline: Option<Instant>,
 }
 
+/// An open server-streaming response, read with [`Client::next_message`].
 pub struct ResponseStream {
     body: Option<RecvStream>,
     decoder: MessageDecoder,
@@ -279,11 +279,8 @@ impl Client {
         message: &Req,
         timeout: Option<Duration>,
     ) -> Result<ResponseStream, CallError> {
-        let request = self.request(path, timeout);
-        let body = encode_message(message);
-        let send = self.send.clone();
-        let deadline = timeout.map(|t| Instant::now() + t);
-        self.block_on(open_call(send, request, body), deadline)
+        let call = self.send_call(path, message, timeout)?;
+        self.block_on(receive_response(call.response), call.deadline)
     }
 
     /// Reads the next message of a response; `Ok(None)` once it ended with OK.
@@ -334,11 +331,6 @@ impl Client {
         }
         Ok(response)
     }
-}
-
-async fn open_call(send: SendRequest<Bytes>, request: Request<()>, body: Bytes) -> Result<ResponseStream, Status> {
-    let response = send_request(send, request, body).await?;
-    receive_response(response).await
 }
 
 async fn send_request(

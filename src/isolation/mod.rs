@@ -305,14 +305,7 @@ impl InitReport {
         let (kind, a, b) = (word(0), word(1), word(2));
         Some(match (kind, a) {
             (1, _) => InitReport::Started,
-            (2, _) => {
-                let stage = match a {
-                    2 => SpawnStage::WorkingDir,
-                    3 => SpawnStage::Exec,
-                    _ => SpawnStage::Setup,
-                };
-                InitReport::SpawnFailed(ExecFailure { stage, errno: b })
-            }
+            (2, _) => InitReport::SpawnFailed(ExecFailure { stage: SpawnStage::from_code(a as u32), errno: b }),
             (3, _) => InitReport::SetupFailed { step: SetupStep::from_code(a)?, errno: b },
             (4, 0) => InitReport::Ended(ExitStatus::Exited(b)),
             (4, 1) => InitReport::Ended(ExitStatus::Signaled(b)),

@@ -2,7 +2,7 @@
 //!
 //! The table is owned by the event loop and changed only through `&mut` methods; it knows nothing about
 //! sockets or HTTP/2. The loop registers a job's pidfd and pipes with the reactor and calls back in here when
-//! they are ready ([`JobTable::drain_output`], [`JobTable::reap`]) or when a stop's grace period runs out.
+//! they are ready ([`JobTable::drain`], [`JobTable::reap`]) or when a stop's grace period runs out.
 
 mod error;
 mod ingest;

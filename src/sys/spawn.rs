@@ -6,7 +6,7 @@
 //! The parent prepares everything the child needs (C strings, descriptors, a stack) before the clone, because
 //! the child shares the parent's memory and must not allocate or take locks. `CLONE_VFORK` suspends the parent
 //! until the child has exec'd or exited, so the child can report an exec failure by writing into a
-//! [`ExecFailure`] that lives in the parent's stack frame, and the parent reads it afterwards without a race.
+//! `ChildReport` that lives in the parent's stack frame, and the parent reads it afterwards without a race.
 
 use std::ffi::CString;
 use std::io;
@@ -90,6 +90,17 @@ pub enum SpawnStage {
     Exec = 3,
 }
 
+impl SpawnStage {
+    /// The stage for a number written by [`SpawnStage`] `as u32` (unknown numbers count as setup).
+    pub fn from_code(code: u32) -> SpawnStage {
+        match code {
+            2 => SpawnStage::WorkingDir,
+            3 => SpawnStage::Exec,
+            _ => SpawnStage::Setup,
+        }
+    }
+}
+
 /// A child-side failure: the stage and its errno.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExecFailure {
@@ -160,12 +171,7 @@ pub fn spawn(
     if report.stage != 0 {
         // The child has exited (127) before exec; reap it so nothing is left behind.
         super::wait_pidfd(pidfd.as_raw_fd(), super::Wait::Reap)?;
-        let stage = match report.stage {
-            2 => SpawnStage::WorkingDir,
-            3 => SpawnStage::Exec,
-            _ => SpawnStage::Setup,
-        };
-        return Ok(Err(ExecFailure { stage, errno: report.errno }));
+        return Ok(Err(ExecFailure { stage: SpawnStage::from_code(report.stage), errno: report.errno }));
     }
     Ok(Ok((pid, pidfd)))
 }
