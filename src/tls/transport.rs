@@ -191,11 +191,22 @@ impl<C, D> AsyncWrite for TlsStream<C>
 where
     C: DerefMut + Deref<Target = ConnectionCommon<D>> + Unpin,
 {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+    }
+
+    /// h2 hands over a DATA frame as its 9-byte header and its payload: taking both at once lets rustls fill
+    /// whole records across them, instead of sealing the header alone in a record of its own.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        let wanted: usize = bufs.iter().map(|b| b.len()).sum();
         loop {
-            let n = this.tls.writer().write(buf)?;
-            if n > 0 || buf.is_empty() {
+            let n = this.tls.writer().write_vectored(bufs)?;
+            if n > 0 || wanted == 0 {
                 return Poll::Ready(Ok(n));
             }
             // rustls' buffer is full: make room by writing to the socket, or wait for it to drain.
@@ -203,6 +214,10 @@ where
                 return Poll::Pending;
             }
         }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
