@@ -15,3 +15,8 @@ pub mod reactor;
 pub mod server;
 pub mod sys;
 pub mod tls;
+
+/// Large buffers on cache lines, so the copies on the output path stay out of a slow case of `rep movsb`: see
+/// [`sys::CacheLineAllocator`].
+#[global_allocator]
+static ALLOCATOR: sys::CacheLineAllocator = sys::CacheLineAllocator;

@@ -80,6 +80,8 @@ pub struct Span {
     pub offset: u64,
     pub stream: Stream,
     pub len: usize,
+    /// Where the span's first byte is in its spool file (readers align their buffers to it).
+    pub position: u64,
 }
 
 /// A reader's position. Opened lazily; holds one segment file open while reading it.
@@ -268,7 +270,7 @@ impl OutputLog {
             let at = cursor.file.as_mut().expect("opened");
             if at.record_left > 0 {
                 let len = (at.record_left as usize).min(max);
-                return Ok(Some(Span { offset: cursor.offset, stream: at.record_stream, len }));
+                return Ok(Some(Span { offset: cursor.offset, stream: at.record_stream, len, position: at.position }));
             }
             // Segments are discarded oldest first, so one still being read is retained (the offset check above).
             let file_len = self.segment_file_len(at.index).unwrap_or(0);

@@ -6,7 +6,10 @@
 //! register with the reactor. The child runs on a small stack of its own in the server's address space until it
 //! execs, so it may only make raw system calls: no allocation, no locks, nothing that touches Rust state.
 
+mod alloc;
 mod spawn;
+
+pub use alloc::CacheLineAllocator;
 
 pub use spawn::{
     probe_namespaces, spawn, CStringArray, ChildStack, ExecFailure, Namespaces, SpawnFds, SpawnOptions, SpawnProgram,
