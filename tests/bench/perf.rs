@@ -58,6 +58,134 @@ fn follow_all(client: &mut Client, id: &str) -> (u64, f64) {
     (total, begun.elapsed().as_secs_f64())
 }
 
+/// Where a server's retained output stands when a job writes: see the throughput section of `main`.
+#[derive(Clone, Copy)]
+enum Retention {
+    BelowCap,
+    AtCap,
+}
+
+impl Retention {
+    fn describe(self) -> &'static str {
+        match self {
+            Retention::BelowCap => "below the retention cap (a fresh server)",
+            Retention::AtCap => "at the retention cap (--max-output-total 1G full: old output goes as new arrives)",
+        }
+    }
+}
+
+struct StreamRun {
+    /// MB/s of one follower while the job writes.
+    live: f64,
+    /// MB/s of one follower reading the same output after the job ended.
+    replay: f64,
+    /// Server CPU seconds per GiB while a job writes 1 GiB that nobody follows: the spool's cost.
+    spool_cpu: f64,
+    /// Server CPU seconds per GiB while following live, and while replaying.
+    live_cpu: f64,
+    replay_cpu: f64,
+}
+
+const GIB: &str = "1073741824";
+
+/// One run on a fresh server: a job nobody follows (the spool's cost), then a job followed live, then its replay.
+fn stream_run(pki: &Pki, condition: Retention) -> (StreamRun, usize) {
+    let caps: &[&str] = match condition {
+        Retention::BelowCap => &["--max-output-bytes", "4G", "--max-output-total", "16G"],
+        Retention::AtCap => &["--max-output-total", "1G"],
+    };
+    let server = Server::start(pki, caps);
+    let pid = server.pid();
+    let mut client = server.client("alice");
+    let wait = |client: &mut Client, job: Job| {
+        let _: Job = client.unary(path::WAIT_JOB, &WaitJobRequest { job_id: job.id }, None).unwrap();
+    };
+    if let Retention::AtCap = condition {
+        let filler = start(&mut client, "head", &["-c", GIB, "/dev/zero"]);
+        wait(&mut client, filler);
+    }
+    let before = cpu_ns(pid);
+    let unfollowed = start(&mut client, "head", &["-c", GIB, "/dev/zero"]);
+    wait(&mut client, unfollowed);
+    let spool_cpu = (cpu_ns(pid) - before) as f64 / 1e9;
+
+    let mut reader = server.client("alice");
+    let before = cpu_ns(pid);
+    let job = start(&mut client, "head", &["-c", GIB, "/dev/zero"]);
+    let (bytes, secs) = follow_all(&mut reader, &job.id);
+    assert_eq!(bytes, 1 << 30);
+    let (live, live_cpu) = (bytes as f64 / secs / 1e6, (cpu_ns(pid) - before) as f64 / 1e9);
+    let threads_seen = threads(pid);
+    let before = cpu_ns(pid);
+    let (bytes, secs) = follow_all(&mut reader, &job.id);
+    assert_eq!(bytes, 1 << 30);
+    let (replay, replay_cpu) = (bytes as f64 / secs / 1e6, (cpu_ns(pid) - before) as f64 / 1e9);
+    (StreamRun { live, replay, spool_cpu, live_cpu, replay_cpu }, threads_seen)
+}
+
+/// CPU seconds this thread spends writing 1 GiB into the new file `path`, 1 MiB per `write` (then removed).
+fn page_cache_fill_seconds(path: &std::path::Path) -> f64 {
+    use std::io::Write;
+    let block = vec![0x5au8; 1 << 20];
+    let mut file = fs::File::create(path).unwrap();
+    let before = thread_cpu_ns();
+    for _ in 0..1024 {
+        file.write_all(&block).unwrap();
+    }
+    let seconds = (thread_cpu_ns() - before) as f64 / 1e9;
+    fs::remove_file(path).unwrap();
+    seconds
+}
+
+/// CPU time of the calling thread, in nanoseconds (`/proc/thread-self/schedstat`).
+fn thread_cpu_ns() -> u64 {
+    let stat = fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+    stat.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// MB/s of `head -c 1G /dev/zero` into a pipe read 64 KiB at a time, no server.
+fn pipe_baseline() -> f64 {
+    let begun = Instant::now();
+    let mut head = Command::new("head").args(["-c", GIB, "/dev/zero"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = head.stdout.take().unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    loop {
+        let n = out.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    head.wait().unwrap();
+    total as f64 / begun.elapsed().as_secs_f64() / 1e6
+}
+
+/// Seconds per GiB of 16 KiB `memcpy`s whose destination is `distance` bytes past the source modulo 4 KiB.
+fn copy_seconds_per_gib(distance: usize) -> f64 {
+    const BLOCK: usize = 16 * 1024;
+    let mut area = vec![1u8; 1 << 20];
+    let page_start = area.as_ptr().align_offset(4096);
+    let (src, dst) = area[page_start..].split_at_mut(8 * 4096);
+    let src = &src[..BLOCK];
+    let dst = &mut dst[distance..distance + BLOCK];
+    let begun = Instant::now();
+    for _ in 0..(1 << 30) / BLOCK {
+        dst.copy_from_slice(std::hint::black_box(src));
+        std::hint::black_box(&mut *dst);
+    }
+    begun.elapsed().as_secs_f64()
+}
+
+/// Each run's figure, in run order: the spread says how far a median can be trusted.
+fn list(values: &[f64]) -> String {
+    values.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(" ")
+}
+
+fn list2(values: &[f64]) -> String {
+    values.iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>().join(" ")
+}
+
 fn main() {
     // `cargo test --all-targets` runs bench targets in test mode; the figures only make sense in a real run.
     if !std::env::args().any(|a| a == "--bench") {
@@ -132,49 +260,63 @@ fn main() {
     println!("idle CPU, 10 followers on a silent job     {idle_ms:8.3} ms in 5 s (goal < 10 ms)");
     followers.clear();
 
-    // Follower throughput for a job writing 1 GiB, next to `head` into a pipe read by `cat` (no server).
-    let mut live = Vec::new();
-    let mut replay = Vec::new();
-    let mut pipe = Vec::new();
+    // Follower throughput for a job writing 1 GiB, on a fresh server each run, in two conditions: below the
+    // retention cap, and at it (`--max-output-total 1G` already full, so old output is discarded as new arrives,
+    // as on a long-running server). The server's one core does two things per byte: write it into the spool
+    // (page cache) and send it. Each run measures the server's CPU per GiB for a job nobody follows (the spool
+    // alone), for the followed job and for its replay; the page cache's own cost (writing 1 GiB into a new file
+    // in the same file system, no server) is measured after the runs, as it changes what memory they would get.
     let mut max_threads = 0;
-    for _ in 0..3 {
-        let job = start(&mut client, "head", &["-c", "1073741824", "/dev/zero"]);
-        let mut reader = server.client("alice");
-        let (bytes, secs) = follow_all(&mut reader, &job.id);
-        assert_eq!(bytes, 1 << 30);
-        live.push(bytes as f64 / secs / 1e6);
-        max_threads = max_threads.max(threads(pid));
-        let (bytes, secs) = follow_all(&mut reader, &job.id);
-        assert_eq!(bytes, 1 << 30);
-        replay.push(bytes as f64 / secs / 1e6);
-
-        let begun = Instant::now();
-        let mut head =
-            Command::new("head").args(["-c", "1073741824", "/dev/zero"]).stdout(Stdio::piped()).spawn().unwrap();
-        let mut out = head.stdout.take().unwrap();
-        let mut buf = vec![0u8; 1 << 16];
-        let mut total = 0u64;
-        loop {
-            let n = out.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
-            }
-            total += n as u64;
+    let mut figures = Vec::new();
+    for condition in [Retention::BelowCap, Retention::AtCap] {
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            let (run, threads_seen) = stream_run(&pki, condition);
+            max_threads = max_threads.max(threads_seen);
+            runs.push(run);
         }
-        head.wait().unwrap();
-        pipe.push(total as f64 / begun.elapsed().as_secs_f64() / 1e6);
+        figures.push((condition, runs));
     }
-    // Each run's figure too, in run order: the spread says how far a median can be trusted.
-    let runs = |values: &[f64]| values.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(" ");
-    let (live_runs, replay_runs, pipe_runs) = (runs(&live), runs(&replay), runs(&pipe));
-    let (live, replay, pipe) = (median(&mut live), median(&mut replay), median(&mut pipe));
-    println!("one follower, job writing 1 GiB (live)     {live:8.0} MB/s (goal ≥ 800)   runs {live_runs}");
-    println!("one follower, replay of the ended job      {replay:8.0} MB/s                runs {replay_runs}");
-    println!(
-        "  baseline: head | read(64 KiB), no server {pipe:8.0} MB/s   live/baseline {:.2}   runs {pipe_runs}",
-        live / pipe
-    );
+    let mut pipe = (0..3).map(|_| pipe_baseline()).collect::<Vec<_>>();
+    let pipe_runs = list(&pipe);
+    let pipe = median(&mut pipe);
+    println!("one follower, job writing 1 GiB: MB/s, and the server's CPU seconds per GiB");
+    for (condition, runs) in &figures {
+        let mut live: Vec<f64> = runs.iter().map(|r| r.live).collect();
+        let mut replay: Vec<f64> = runs.iter().map(|r| r.replay).collect();
+        let mut spool: Vec<f64> = runs.iter().map(|r| r.spool_cpu).collect();
+        let mut live_cpu: Vec<f64> = runs.iter().map(|r| r.live_cpu).collect();
+        let mut replay_cpu: Vec<f64> = runs.iter().map(|r| r.replay_cpu).collect();
+        let (live_runs, replay_runs) = (list(&live), list(&replay));
+        let (spool_runs, live_cpu_runs, replay_cpu_runs) = (list2(&spool), list2(&live_cpu), list2(&replay_cpu));
+        let live = median(&mut live);
+        println!("  {}", condition.describe());
+        println!("    live    {live:6.0} MB/s (goal >= 800)  runs {live_runs}   live/baseline {:.2}", live / pipe);
+        println!("    replay  {:6.0} MB/s                runs {replay_runs}", median(&mut replay));
+        println!(
+            "    server CPU s/GiB: spool alone {:.2} ({spool_runs}), live {:.2} ({live_cpu_runs}), replay {:.2} ({replay_cpu_runs})",
+            median(&mut spool),
+            median(&mut live_cpu),
+            median(&mut replay_cpu)
+        );
+    }
+    println!("  baseline: head | read(64 KiB), no server {pipe:8.0} MB/s   runs {pipe_runs}");
     println!("server threads under load (max seen)       {max_threads:8}");
+    let scratch = util::TempDir::new("page-cache");
+    let mut page_cache: Vec<f64> = (0..3).map(|_| page_cache_fill_seconds(&scratch.path().join("probe"))).collect();
+    let page_cache_runs = list2(&page_cache);
+    println!(
+        "  page cache alone: 1 GiB into a new file   {:8.2} s CPU          runs {page_cache_runs}",
+        median(&mut page_cache)
+    );
+
+    // The copy the allocator steers clear of (sys::CacheLineAllocator): 16 KiB memcpy with the destination a
+    // few bytes past the source modulo 4 KiB, next to the same copy a cache line apart.
+    println!(
+        "memcpy 16 KiB, dst 5 bytes past src mod 4 KiB {:6.3} s/GiB; 64 bytes past {:6.3} s/GiB",
+        copy_seconds_per_gib(5),
+        copy_seconds_per_gib(64)
+    );
 
     // RSS while one job writes 2 GiB (nobody reading).
     let rss_before = proc_status_kib(pid, "VmRSS:");
