@@ -141,7 +141,7 @@ fn splice_pipe(
                 // Only output that exists gets a place in a segment: a silent job creates no file.
                 let (file, data_at) = match target {
                     Some(target) => target,
-                    None => match output.splice_target() {
+                    None => match output.splice_target(SPLICE_RECORD_BYTES) {
                         Ok(place) => *target.insert(place),
                         Err(err) => {
                             commit(output, filled)?;
