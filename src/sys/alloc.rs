@@ -5,16 +5,18 @@
 //! 4 KiB or more with `rep movsb`, which runs about 25 times slower when the destination lies 1 to 31 bytes
 //! past the source modulo 4 KiB: 0.55 s per GiB against 0.02 s for a 16 KiB `memcpy`, and 0.66 against 0.10 s
 //! for a `pread` from the page cache (`make bench` measures the `memcpy` case next to the aligned one). Below
-//! 4 KiB glibc copies with vector loops, which do not care. The output stream copies whole TLS records between
-//! heap buffers at small fixed offsets (rustls' 5-byte record header, h2's 9-byte frame header), so with
-//! malloc's 16-byte alignment a run landed in that band for every record or for none, depending on where the
-//! heap happened to put its buffers: the client's CPU per GiB streamed swung between 0.45 and 1.2 s from one run
-//! to the next. With both buffers on cache-line boundaries a copy at such an offset is the offset apart modulo
-//! 64 and so, for the 5-byte header, 59 bytes: never in the band. Where the server chooses an offset itself
-//! (the `pread` into an output message), `server::call` places the data to match the file.
+//! 4 KiB glibc copies with vector loops, which do not care. Receiving output, rustls copies each record's
+//! plaintext from just past its 5-byte header into a new buffer: with malloc's 16-byte alignment a run landed
+//! in that band for every record or for none, depending on where the heap happened to put its buffers, and the
+//! client's CPU per GiB streamed swung between 0.45 and 1.2 s from one run to the next. With both buffers on
+//! cache lines that copy's destination is 59 bytes past its source modulo 64, so never in the band. Copies the
+//! other way (plaintext to just past a header) are 5 bytes apart modulo 64 and still can be; where the server
+//! places the plaintext itself (an output message), `server::call` moves it through the page from one message
+//! to the next so that no run is in the band for every message.
 //!
-//! The cost is a few bytes of padding per large block, and growing such a block allocates and copies instead
-//! of `realloc`ing in place; both are rare next to the copies this speeds up.
+//! The costs: a few bytes of padding per large block; growing such a block allocates and copies instead of
+//! `realloc`ing in place; and a large zeroed block is zeroed by hand rather than taken as fresh zero pages
+//! (calloc's shortcut needs malloc's own alignment). All are rare next to the copies this speeds up.
 
 use std::alloc::{GlobalAlloc, Layout};
 
@@ -32,43 +34,54 @@ const CACHE_LINE: usize = 64;
 
 pub struct CacheLineAllocator;
 
-/// The layout actually requested from the inner allocator for `layout`.
-fn system_layout(layout: Layout) -> Layout {
+/// The layout asked of the inner allocator for `layout`; `None` if aligning it would overflow (a size within 63
+/// bytes of `isize::MAX`), which the caller reports as an allocation failure.
+fn inner_layout(layout: Layout) -> Option<Layout> {
     if layout.size() >= ALIGNED_FROM {
-        // A power of two no smaller than the original alignment, so this cannot fail.
-        layout.align_to(CACHE_LINE).expect("64 is a valid alignment")
+        layout.align_to(CACHE_LINE).ok()
     } else {
-        layout
+        Some(layout)
     }
 }
 
-// SAFETY: every method forwards to `INNER` with a layout derived from the caller's by `system_layout` alone,
-// so a block is always freed or resized with the layout it was allocated with; an alignment at least as strict
-// as the one asked for satisfies the caller.
+// SAFETY: every method forwards to `INNER` with a layout derived from the caller's by `inner_layout` alone, so
+// a block is always freed or resized with the layout it was allocated with; an alignment at least as strict as
+// the one asked for satisfies the caller; a layout that cannot be aligned is a null (failed) allocation.
 unsafe impl GlobalAlloc for CacheLineAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as for the impl; `layout` has a non-zero size (the caller's contract).
-        unsafe { INNER.alloc(system_layout(layout)) }
+        match inner_layout(layout) {
+            // SAFETY: as for the impl; `layout` has a non-zero size (the caller's contract).
+            Some(inner) => unsafe { INNER.alloc(inner) },
+            None => std::ptr::null_mut(),
+        }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as for `alloc`.
-        unsafe { INNER.alloc_zeroed(system_layout(layout)) }
+        match inner_layout(layout) {
+            // SAFETY: as for `alloc`.
+            Some(inner) => unsafe { INNER.alloc_zeroed(inner) },
+            None => std::ptr::null_mut(),
+        }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `alloc` with `layout`, i.e. from `INNER` with `system_layout(layout)`.
-        unsafe { INNER.dealloc(ptr, system_layout(layout)) }
+        // A layout `inner_layout` refuses was never allocated (its allocation returned null), so the fallback
+        // is never taken.
+        let inner = inner_layout(layout).unwrap_or(layout);
+        // SAFETY: `ptr` came from `alloc` with `layout`, i.e. from `INNER` with `inner`.
+        unsafe { INNER.dealloc(ptr, inner) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let new_layout = Layout::from_size_align(new_size, layout.align()).expect("the caller's contract");
-        if system_layout(layout) == layout && system_layout(new_layout) == new_layout {
+        if layout.size() < ALIGNED_FROM && new_size < ALIGNED_FROM {
             // Small before and after: the inner allocator's own (in-place where it can) realloc.
             // SAFETY: `ptr` was allocated by `INNER` with `layout`; `new_size` is valid for it (caller's contract).
             return unsafe { INNER.realloc(ptr, layout, new_size) };
         }
-        // SAFETY: as for `alloc`; the new layout is valid (checked above).
+        // SAFETY: the caller guarantees `new_size` rounded up to `layout.align()` does not overflow `isize`,
+        // which is all `Layout` requires (as std's default `realloc` relies on too).
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        // SAFETY: as for `alloc`; the new layout is valid and non-zero (caller's contract).
         let new_ptr = unsafe { self.alloc(new_layout) };
         if !new_ptr.is_null() {
             // SAFETY: both blocks are live, distinct, and at least `min(old, new)` bytes long.
@@ -102,6 +115,9 @@ mod tests {
             let shrunk = allocator.realloc(grown, large, 50);
             assert!((0..50).all(|i| *shrunk.add(i) == 0x5a));
             allocator.dealloc(shrunk, Layout::from_size_align(50, 1).unwrap());
+
+            // A size that cannot be rounded up to a cache line is a failed allocation, not a panic.
+            assert!(allocator.alloc(Layout::from_size_align(isize::MAX as usize - 10, 1).unwrap()).is_null());
 
             for size in [4096, 16 * 1024 + 5, 1 << 20] {
                 let layout = Layout::from_size_align(size, 1).unwrap();
