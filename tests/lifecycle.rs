@@ -128,14 +128,31 @@ impl Drop for KillGroupsOnDrop {
     }
 }
 
+/// A server with a 30 s shutdown grace, running a job of alice's that ignores SIGTERM, which alice follows from
+/// a background thread.
+struct StubbornJob {
+    server: Server,
+    alice: Client,
+    job: Job,
+    _cleanup: KillGroupsOnDrop,
+    follower: JoinHandle<Result<Vec<u8>, CallError>>,
+}
+
+impl StubbornJob {
+    fn start(pki: &Pki) -> StubbornJob {
+        let server = Server::start(pki, &["--shutdown-grace", "30s"]);
+        let mut alice = server.client("alice");
+        let job = start(&mut alice, STUBBORN);
+        let _cleanup = KillGroupsOnDrop(vec![job.pid]);
+        let follower = follow_in_background(&server, &job.id, b"ready\n");
+        StubbornJob { server, alice, job, _cleanup, follower }
+    }
+}
+
 #[test]
 fn a_second_sigterm_skips_the_shutdown_grace() {
     let pki = Pki::new();
-    let mut server = Server::start(&pki, &["--shutdown-grace", "30s"]);
-    let mut alice = server.client("alice");
-    let job = start(&mut alice, STUBBORN);
-    let _cleanup = KillGroupsOnDrop(vec![job.pid]);
-    let follower = follow_in_background(&server, &job.id, b"ready\n");
+    let StubbornJob { mut server, alice, job, _cleanup, follower } = StubbornJob::start(&pki);
     // An idle connection would hold the final close until the drain timer (h2 waits for its PING ack).
     drop(alice);
 
@@ -165,11 +182,7 @@ fn a_second_sigterm_skips_the_shutdown_grace() {
 #[test]
 fn while_jobs_stop_new_calls_are_unavailable_and_health_says_not_serving() {
     let pki = Pki::new();
-    let mut server = Server::start(&pki, &["--shutdown-grace", "30s"]);
-    let mut alice = server.client("alice");
-    let job = start(&mut alice, STUBBORN);
-    let _cleanup = KillGroupsOnDrop(vec![job.pid]);
-    let follower = follow_in_background(&server, &job.id, b"ready\n");
+    let StubbornJob { mut server, mut alice, job, _cleanup, follower } = StubbornJob::start(&pki);
     let mut watcher = server.client("bob");
     let mut watch = watcher.start_call(path::HEALTH_WATCH, &HealthCheckRequest::default(), TIMEOUT).unwrap();
     let first: HealthCheckResponse = watcher.next_message(&mut watch).unwrap().unwrap();

@@ -106,7 +106,7 @@ pub fn splice_to_file(pipe: RawFd, file: RawFd, offset: u64, len: usize) -> io::
 
 fn splice(from: RawFd, to: RawFd, to_offset: Option<u64>, len: usize) -> io::Result<Option<usize>> {
     let mut offset = match to_offset {
-        Some(offset) => libc::loff_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?,
+        Some(offset) => off_t(offset)?,
         None => 0,
     };
     let offset_ptr = match to_offset {
@@ -130,6 +130,7 @@ pub fn preallocate(file: RawFd, offset: u64, len: u64) -> io::Result<()> {
     syscall!(fallocate(file, libc::FALLOC_FL_KEEP_SIZE, offset, len)).map(drop)
 }
 
+/// A file offset as the kernel takes it (`off_t`, the same as `loff_t` on 64-bit Linux); too large is `EFBIG`.
 fn off_t(value: u64) -> io::Result<libc::off_t> {
     libc::off_t::try_from(value).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))
 }
@@ -141,7 +142,7 @@ pub fn pread_append(file: RawFd, buf: &mut bytes::BytesMut, len: usize, offset: 
     let mut done = 0;
     while done < len {
         let room = &mut buf.spare_capacity_mut()[..len - done];
-        let at = libc::off_t::try_from(offset + done as u64).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+        let at = off_t(offset + done as u64)?;
         match syscall!(pread(file, room.as_mut_ptr().cast(), room.len(), at)) {
             Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file ends before the span")),
             Ok(n) => {

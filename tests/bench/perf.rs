@@ -177,13 +177,9 @@ fn copy_seconds_per_gib(distance: usize) -> f64 {
     begun.elapsed().as_secs_f64()
 }
 
-/// Each run's figure, in run order: the spread says how far a median can be trusted.
-fn list(values: &[f64]) -> String {
-    values.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(" ")
-}
-
-fn list2(values: &[f64]) -> String {
-    values.iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>().join(" ")
+/// Each run's figure, in run order, with `decimals` places: the spread says how far a median can be trusted.
+fn list(values: &[f64], decimals: usize) -> String {
+    values.iter().map(|v| format!("{v:.decimals$}")).collect::<Vec<_>>().join(" ")
 }
 
 fn main() {
@@ -278,7 +274,7 @@ fn main() {
         figures.push((condition, runs));
     }
     let mut pipe = (0..3).map(|_| pipe_baseline()).collect::<Vec<_>>();
-    let pipe_runs = list(&pipe);
+    let pipe_runs = list(&pipe, 0);
     let pipe = median(&mut pipe);
     println!("one follower, job writing 1 GiB: MB/s, and the server's CPU seconds per GiB");
     for (condition, runs) in &figures {
@@ -287,8 +283,8 @@ fn main() {
         let mut spool: Vec<f64> = runs.iter().map(|r| r.spool_cpu).collect();
         let mut live_cpu: Vec<f64> = runs.iter().map(|r| r.live_cpu).collect();
         let mut replay_cpu: Vec<f64> = runs.iter().map(|r| r.replay_cpu).collect();
-        let (live_runs, replay_runs) = (list(&live), list(&replay));
-        let (spool_runs, live_cpu_runs, replay_cpu_runs) = (list2(&spool), list2(&live_cpu), list2(&replay_cpu));
+        let (live_runs, replay_runs) = (list(&live, 0), list(&replay, 0));
+        let (spool_runs, live_cpu_runs, replay_cpu_runs) = (list(&spool, 2), list(&live_cpu, 2), list(&replay_cpu, 2));
         let live = median(&mut live);
         println!("  {}", condition.describe());
         println!("    live    {live:6.0} MB/s (goal >= 800)  runs {live_runs}   live/baseline {:.2}", live / pipe);
@@ -304,7 +300,7 @@ fn main() {
     println!("server threads under load (max seen)       {max_threads:8}");
     let scratch = util::TempDir::new("page-cache");
     let mut page_cache: Vec<f64> = (0..3).map(|_| page_cache_fill_seconds(&scratch.path().join("probe"))).collect();
-    let page_cache_runs = list2(&page_cache);
+    let page_cache_runs = list(&page_cache, 2);
     println!(
         "  page cache alone: 1 GiB into a new file   {:8.2} s CPU          runs {page_cache_runs}",
         median(&mut page_cache)
