@@ -8,6 +8,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
 use super::output::{OutputLog, Stream, RECORD_HEADER_LEN};
+use super::spares::SpareSegments;
 use crate::sys;
 
 /// Largest output record taken with `splice`: the pipe's size, so a full pipe moves in one call.
@@ -62,6 +63,7 @@ impl Ingester {
     pub fn ingest(
         &mut self,
         output: &mut OutputLog,
+        spares: &mut SpareSegments,
         job: &dyn fmt::Display,
         stream: Stream,
         fd: RawFd,
@@ -79,7 +81,7 @@ impl Ingester {
         let mut result = None;
         let mut rescue = false;
         if let (Ingest::Splice, Some(relay)) = (self.mode, self.relay.as_ref()) {
-            match splice_pipe(output, stream, fd, relay, budget) {
+            match splice_pipe(output, spares, stream, fd, relay, budget) {
                 Ok(drained) => result = Some(drained),
                 Err(err) => {
                     rescue = true;
@@ -101,9 +103,9 @@ impl Ingester {
                 }
                 if let (true, Some(relay)) = (rescue, self.relay.as_ref()) {
                     // Bytes taken from the job's pipe but not into the file are in the relay: they come first.
-                    read_pipe(output, job, stream, relay.read.as_raw_fd(), usize::MAX, &mut self.read_buf);
+                    read_pipe(output, spares, job, stream, relay.read.as_raw_fd(), usize::MAX, &mut self.read_buf);
                 }
-                read_pipe(output, job, stream, fd, budget, &mut self.read_buf)
+                read_pipe(output, spares, job, stream, fd, budget, &mut self.read_buf)
             }
         }
     }
@@ -121,13 +123,14 @@ impl Ingester {
 /// moved into the file before it is committed.
 fn splice_pipe(
     output: &mut OutputLog,
+    spares: &mut SpareSegments,
     stream: Stream,
     fd: RawFd,
     relay: &sys::OutputPipe,
     budget: usize,
 ) -> io::Result<Drain> {
-    let commit = |output: &mut OutputLog, filled: usize| {
-        output.commit_spliced(stream, filled).inspect_err(|err| {
+    let commit = |output: &mut OutputLog, spares: &mut SpareSegments, filled: usize| {
+        output.commit_spliced(spares, stream, filled).inspect_err(|err| {
             log::error!("{filled} bytes of output lost, cannot write their record header: {err}");
         })
     };
@@ -141,10 +144,10 @@ fn splice_pipe(
                 // Only output that exists gets a place in a segment: a silent job creates no file.
                 let (file, data_at) = match target {
                     Some(target) => target,
-                    None => match output.splice_target(SPLICE_RECORD_BYTES) {
+                    None => match output.splice_target(spares, SPLICE_RECORD_BYTES) {
                         Ok(place) => *target.insert(place),
                         Err(err) => {
-                            commit(output, filled)?;
+                            commit(output, spares, filled)?;
                             return Err(err);
                         }
                     },
@@ -153,25 +156,25 @@ fn splice_pipe(
                 let (moved, error) = relay_to_file(relay.read.as_raw_fd(), file, at, n);
                 filled += moved;
                 if let Some(err) = error {
-                    commit(output, filled)?;
+                    commit(output, spares, filled)?;
                     return Err(err);
                 }
             }
             Ok(None) => result = Drain::Empty,
             Err(err) => {
-                commit(output, filled)?;
+                commit(output, spares, filled)?;
                 return Err(err);
             }
         }
         if filled == SPLICE_RECORD_BYTES || result != Drain::More {
-            commit(output, filled)?;
+            commit(output, spares, filled)?;
             (target, filled) = (None, 0);
         }
         if result != Drain::More {
             break;
         }
     }
-    commit(output, filled)?;
+    commit(output, spares, filled)?;
     Ok(result)
 }
 
@@ -193,6 +196,7 @@ fn relay_to_file(relay: RawFd, file: RawFd, at: u64, len: usize) -> (usize, Opti
 /// into one record of up to `buf`'s size (which starts with room for the record header).
 fn read_pipe(
     output: &mut OutputLog,
+    spares: &mut SpareSegments,
     job: &dyn fmt::Display,
     stream: Stream,
     fd: RawFd,
@@ -203,8 +207,8 @@ fn read_pipe(
     // pieces then costs one spool write and one output chunk per buffer, not per `write` it made.
     let mut filled = 0;
     let mut result = Drain::More;
-    let append = |output: &mut OutputLog, record: &mut [u8]| {
-        if let Err(err) = output.append(stream, record) {
+    let append = |output: &mut OutputLog, spares: &mut SpareSegments, record: &mut [u8]| {
+        if let Err(err) = output.append(spares, stream, record) {
             let lost = record.len() - RECORD_HEADER_LEN;
             log::error!("job {job}: {lost} bytes of output lost, cannot write the spool: {err}");
         }
@@ -221,7 +225,7 @@ fn read_pipe(
         }
         let buffer_full = RECORD_HEADER_LEN + filled == buf.len();
         if filled > 0 && (buffer_full || result != Drain::More) {
-            append(output, &mut buf[..RECORD_HEADER_LEN + filled]);
+            append(output, spares, &mut buf[..RECORD_HEADER_LEN + filled]);
             filled = 0;
         }
         if result != Drain::More {
@@ -229,7 +233,7 @@ fn read_pipe(
         }
     }
     if filled > 0 {
-        append(output, &mut buf[..RECORD_HEADER_LEN + filled]);
+        append(output, spares, &mut buf[..RECORD_HEADER_LEN + filled]);
     }
     result
 }

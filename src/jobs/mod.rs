@@ -9,6 +9,7 @@ mod ingest;
 mod launch;
 mod limits;
 mod output;
+mod spares;
 mod spec;
 mod table;
 

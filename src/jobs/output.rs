@@ -7,8 +7,10 @@
 //! written once its length is known ([`OutputLog::splice_target`], [`OutputLog::commit_spliced`]). Offsets are logical: the count of output bytes
 //! (stdout and stderr interleaved in the order the server read them) before a byte, headers excluded. When the
 //! retained bytes pass the job's cap, whole segments are deleted from the front and [`OutputLog::start`] moves
-//! forward; an offset never changes meaning. Readers hold an [`OutputCursor`] with their own open segment file,
-//! so a segment deleted under a reader is still read to its end.
+//! forward; an offset never changes meaning. A discarded segment's file may become a spare that a later
+//! segment, of this job or another, is written over ([`SpareSegments`]): a segment's records end where the log
+//! says, not where its file ends. Readers hold an [`OutputCursor`] with their own open segment file; one whose
+//! offset fell behind [`OutputLog::start`] jumps forward before it reads again, never reading a discarded file.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -17,6 +19,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::task::Waker;
+
+use super::spares::SpareSegments;
 
 /// Which of the job's streams a byte came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +55,7 @@ const MAX_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Disk blocks are reserved ahead of the writer in steps this large, once the segment being written holds at
 /// least this much (see [`OutputLog::reserve_blocks`]): a job that writes little never reserves anything.
+/// Reservations stop at the segment's limit, so a segment that fills up has nothing left to give back.
 const PREALLOCATION_STEP: u64 = 8 * 1024 * 1024;
 
 #[derive(Debug)]
@@ -62,6 +67,9 @@ struct Segment {
     len: u64,
     /// Bytes in the file (records with headers).
     file_len: u64,
+    /// The file has disk blocks up to this offset: reserved ahead of `file_len`, or left from the file's
+    /// previous use when it was a spare. Past `file_len` they hold nothing readable.
+    blocks_to: u64,
 }
 
 /// One job's spooled output.
@@ -72,8 +80,6 @@ pub struct OutputLog {
     writer: Option<File>,
     next_index: u64,
     segment_limit: u64,
-    /// The current segment's blocks are reserved up to this file offset ([`OutputLog::reserve_blocks`]).
-    reserved_to: u64,
     /// Whether to reserve blocks at all: not after the file system refused once.
     reserve: bool,
     retention: u64,
@@ -130,7 +136,6 @@ impl OutputLog {
             writer: None,
             next_index: 0,
             segment_limit,
-            reserved_to: 0,
             reserve: true,
             retention,
             end: 0,
@@ -161,17 +166,17 @@ impl OutputLog {
 
     /// Appends one record. `record` holds [`RECORD_HEADER_LEN`] spare bytes followed by the data; the header is
     /// filled in here so the whole record goes to the file in one `write`.
-    pub fn append(&mut self, stream: Stream, record: &mut [u8]) -> io::Result<()> {
+    pub fn append(&mut self, spares: &mut SpareSegments, stream: Stream, record: &mut [u8]) -> io::Result<()> {
         let len = record.len() - RECORD_HEADER_LEN;
         if len == 0 {
             return Ok(());
         }
         record[..RECORD_HEADER_LEN].copy_from_slice(&record_header(stream, len));
-        self.roll_if_full()?;
+        self.roll_if_full(spares)?;
         self.reserve_blocks(record.len());
         let segment = self.segments.back_mut().expect("rolled");
         self.writer.as_ref().expect("rolled").write_all_at(record, segment.file_len)?;
-        self.recorded(len);
+        self.recorded(spares, len);
         Ok(())
     }
 
@@ -179,8 +184,8 @@ impl OutputLog {
     /// offset just past the record's header. Write the data there (e.g. with `splice`), then call
     /// [`Self::commit_spliced`]; until then the record is invisible to readers, and an uncommitted one is simply
     /// overwritten by the next.
-    pub fn splice_target(&mut self, max_len: usize) -> io::Result<(RawFd, u64)> {
-        self.roll_if_full()?;
+    pub fn splice_target(&mut self, spares: &mut SpareSegments, max_len: usize) -> io::Result<(RawFd, u64)> {
+        self.roll_if_full(spares)?;
         self.reserve_blocks(RECORD_HEADER_LEN + max_len);
         let segment = self.segments.back().expect("rolled");
         Ok((self.writer.as_ref().expect("rolled").as_raw_fd(), segment.file_len + RECORD_HEADER_LEN as u64))
@@ -188,7 +193,7 @@ impl OutputLog {
 
     /// Completes the record whose `len` data bytes were written where [`Self::splice_target`] said, by writing
     /// its header in front of them.
-    pub fn commit_spliced(&mut self, stream: Stream, len: usize) -> io::Result<()> {
+    pub fn commit_spliced(&mut self, spares: &mut SpareSegments, stream: Stream, len: usize) -> io::Result<()> {
         if len == 0 {
             return Ok(());
         }
@@ -197,25 +202,26 @@ impl OutputLog {
             .as_ref()
             .expect("splice_target rolled")
             .write_all_at(&record_header(stream, len), segment.file_len)?;
-        self.recorded(len);
+        self.recorded(spares, len);
         Ok(())
     }
 
-    fn roll_if_full(&mut self) -> io::Result<()> {
+    fn roll_if_full(&mut self, spares: &mut SpareSegments) -> io::Result<()> {
         if self.writer.is_none() || self.segments.back().is_some_and(|s| s.file_len >= self.segment_limit) {
-            self.roll()?;
+            self.roll(spares)?;
         }
         Ok(())
     }
 
     /// Accounts for a record of `len` data bytes just written at the end of the current segment.
-    fn recorded(&mut self, len: usize) {
+    fn recorded(&mut self, spares: &mut SpareSegments, len: usize) {
         let segment = self.segments.back_mut().expect("rolled");
         segment.len += len as u64;
         segment.file_len += (RECORD_HEADER_LEN + len) as u64;
+        segment.blocks_to = segment.blocks_to.max(segment.file_len);
         self.end += len as u64;
         while self.retained() > self.retention && self.segments.len() > 1 {
-            self.discard_oldest_segment();
+            self.discard_oldest_segment(spares);
         }
     }
 
@@ -225,24 +231,28 @@ impl OutputLog {
     /// cache costs a block reservation, an extent-cache entry and a buffer head; into blocks already allocated
     /// (`fallocate` with `KEEP_SIZE`: the size does not change, readers see nothing new) the write skips them.
     /// Measured here, 1 GiB of 1 MiB writes into a new file: 0.29–0.32 s of CPU, 0.20–0.21 s into reserved
-    /// blocks. Only a segment that already holds a step's worth reserves (so at most a step and a record past
-    /// what a busy job has written, and nothing for a quiet one); what is reserved and not written is given back
-    /// when the segment is closed.
+    /// blocks. Only a segment that already holds a step's worth reserves (so at most a step past what a busy
+    /// job has written, and nothing for a quiet one), and never past the segment's limit, so a segment that
+    /// fills up uses all it reserved; what the last segment reserved and did not use is given back when the
+    /// output ends. A spare written over already has its blocks.
     fn reserve_blocks(&mut self, len: usize) {
         if !self.reserve {
             return;
         }
-        let (Some(segment), Some(file)) = (self.segments.back(), self.writer.as_ref()) else { return };
+        let (Some(segment), Some(file)) = (self.segments.back_mut(), self.writer.as_ref()) else { return };
+        let from = segment.blocks_to.max(segment.file_len);
         let needed = segment.file_len + len as u64;
-        if segment.file_len < PREALLOCATION_STEP || needed <= self.reserved_to {
+        if segment.file_len < PREALLOCATION_STEP || needed <= from {
             return;
         }
-        let from = self.reserved_to.max(segment.file_len);
-        let until = needed.max(from + PREALLOCATION_STEP);
+        let until = needed.max(from + PREALLOCATION_STEP).min(self.segment_limit);
+        if until <= from {
+            return;
+        }
         let reserved = crate::sys::preallocate(file.as_raw_fd(), from, until - from);
         // Even a refused reservation may have taken some blocks (ext4 keeps what it got before running out of
-        // space): remembering `until` makes closing the segment give those back too.
-        self.reserved_to = until;
+        // space): remembering `until` makes ending the output give those back too.
+        segment.blocks_to = until;
         if let Err(err) = reserved {
             // Only an optimisation: writes go on into unreserved blocks.
             log::debug!("not reserving output blocks in {}: {err}", self.dir.display());
@@ -250,26 +260,32 @@ impl OutputLog {
         }
     }
 
-    /// Gives back the blocks [`Self::reserve_blocks`] reserved past what the current segment holds: truncating
-    /// a file to its own length frees the blocks past its end (a hole cannot be punched there).
+    /// Gives back the disk blocks past what the last segment holds (reserved ahead, or a spare's old bytes):
+    /// truncating a file to its own length frees the blocks past its end (a hole cannot be punched there).
     fn release_unwritten_blocks(&mut self) {
-        let (Some(segment), Some(file)) = (self.segments.back(), self.writer.as_ref()) else { return };
-        if self.reserved_to > segment.file_len {
+        let (Some(segment), Some(file)) = (self.segments.back_mut(), self.writer.as_ref()) else { return };
+        if segment.blocks_to > segment.file_len {
             if let Err(err) = file.set_len(segment.file_len) {
-                log::warn!("cannot give back reserved disk blocks in {}: {err}", self.dir.display());
+                log::warn!("cannot give back unused disk blocks in {}: {err}", self.dir.display());
             }
+            segment.blocks_to = segment.file_len;
         }
-        self.reserved_to = 0;
     }
 
-    fn roll(&mut self) -> io::Result<()> {
-        self.release_unwritten_blocks();
+    /// Starts a new segment. A job whose last segment filled up writes over a spare if there is one (it is
+    /// likely to fill this one too); a new file otherwise.
+    fn roll(&mut self, spares: &mut SpareSegments) -> io::Result<()> {
         let index = self.next_index;
-        // Not O_APPEND: `splice` refuses such files. Every write gives its offset.
-        let file = OpenOptions::new().create_new(true).write(true).mode(0o600).open(self.segment_path(index))?;
+        let path = self.segment_path(index);
+        let busy = self.segments.back().is_some_and(|s| s.file_len >= self.segment_limit);
+        let (file, blocks_to) = match busy.then(|| spares.take(&path)).flatten() {
+            Some(spare) => spare,
+            // Not O_APPEND: `splice` refuses such files. Every write gives its offset.
+            None => (OpenOptions::new().create_new(true).write(true).mode(0o600).open(&path)?, 0),
+        };
         self.next_index += 1;
         self.writer = Some(file);
-        self.segments.push_back(Segment { index, start: self.end, len: 0, file_len: 0 });
+        self.segments.push_back(Segment { index, start: self.end, len: 0, file_len: 0, blocks_to });
         Ok(())
     }
 
@@ -277,16 +293,15 @@ impl OutputLog {
         self.dir.join(format!("{index:08}"))
     }
 
-    /// Deletes the oldest segment if it is not the one being written; returns the logical bytes freed.
-    pub fn discard_oldest_segment(&mut self) -> u64 {
+    /// Discards the oldest segment if it is not the one being written, its file becoming a spare or deleted;
+    /// returns the logical bytes freed.
+    pub fn discard_oldest_segment(&mut self, spares: &mut SpareSegments) -> u64 {
         let writing = self.writer.is_some();
         if self.segments.is_empty() || (writing && self.segments.len() == 1) {
             return 0;
         }
         let segment = self.segments.pop_front().expect("non-empty");
-        if let Err(err) = fs::remove_file(self.segment_path(segment.index)) {
-            log::warn!("cannot remove output segment {}: {err}", self.segment_path(segment.index).display());
-        }
+        spares.keep_or_delete(&self.segment_path(segment.index), segment.blocks_to);
         segment.len
     }
 
@@ -384,10 +399,13 @@ impl OutputLog {
         Ok(())
     }
 
-    /// Deletes every retained segment and the spool directory (job evicted, or server shutdown).
-    pub fn remove(&mut self) {
+    /// Discards every retained segment (into `spares` while they take them) and deletes the spool directory
+    /// (job evicted, or server shutdown).
+    pub fn remove(&mut self, spares: &mut SpareSegments) {
         self.writer = None;
-        self.segments.clear();
+        for segment in std::mem::take(&mut self.segments) {
+            spares.keep_or_delete(&self.segment_path(segment.index), segment.blocks_to);
+        }
         if let Err(err) = fs::remove_dir_all(&self.dir) {
             if err.kind() != io::ErrorKind::NotFound {
                 log::warn!("cannot remove output spool {}: {err}", self.dir.display());
@@ -414,14 +432,37 @@ fn read_header(at: &mut CursorFile) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    fn temp_dir(name: &str) -> PathBuf {
-        std::env::temp_dir().join(format!("runnel-output-{name}-{}", rand::random::<u64>()))
+    /// A job's log and the spares it shares, in a temporary directory removed on drop.
+    struct Spool {
+        root: PathBuf,
+        log: OutputLog,
+        spares: SpareSegments,
     }
 
-    fn append(log: &mut OutputLog, stream: Stream, data: &[u8]) {
-        let mut record = vec![0u8; RECORD_HEADER_LEN];
-        record.extend_from_slice(data);
-        log.append(stream, &mut record).unwrap();
+    impl Spool {
+        fn new(name: &str, retention: u64) -> Spool {
+            let root = std::env::temp_dir().join(format!("runnel-output-{name}-{}", rand::random::<u64>()));
+            fs::create_dir(&root).unwrap();
+            let log = OutputLog::create(root.join("log"), retention).unwrap();
+            let spares = SpareSegments::create(root.join("spare"), 1 << 30).unwrap();
+            Spool { root, log, spares }
+        }
+
+        fn append(&mut self, stream: Stream, data: &[u8]) {
+            let mut record = vec![0u8; RECORD_HEADER_LEN];
+            record.extend_from_slice(data);
+            self.log.append(&mut self.spares, stream, &mut record).unwrap();
+        }
+
+        fn remove(&mut self) {
+            self.log.remove(&mut self.spares);
+        }
+    }
+
+    impl Drop for Spool {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.root);
+        }
     }
 
     fn read_all(log: &OutputLog, cursor: &mut OutputCursor, max: usize) -> Vec<(u64, Stream, Vec<u8>)> {
@@ -436,14 +477,14 @@ mod tests {
 
     #[test]
     fn replays_interleaved_streams_byte_exact_from_any_offset() {
-        let dir = temp_dir("replay");
-        let mut log = OutputLog::create(dir.clone(), 1 << 30).unwrap();
-        append(&mut log, Stream::Stdout, b"hello ");
-        append(&mut log, Stream::Stderr, &[0, 0xff, 0xfe]);
-        append(&mut log, Stream::Stdout, b"world");
+        let mut spool = Spool::new("replay", 1 << 30);
+        spool.append(Stream::Stdout, b"hello ");
+        spool.append(Stream::Stderr, &[0, 0xff, 0xfe]);
+        spool.append(Stream::Stdout, b"world");
+        let log = &spool.log;
         assert_eq!(log.end(), 14);
 
-        let got = read_all(&log, &mut OutputCursor::new(0), 1024);
+        let got = read_all(log, &mut OutputCursor::new(0), 1024);
         assert_eq!(
             got,
             vec![
@@ -452,7 +493,7 @@ mod tests {
                 (9, Stream::Stdout, b"world".to_vec()),
             ]
         );
-        let got = read_all(&log, &mut OutputCursor::new(7), 2);
+        let got = read_all(log, &mut OutputCursor::new(7), 2);
         assert_eq!(
             got,
             vec![
@@ -462,63 +503,60 @@ mod tests {
                 (13, Stream::Stdout, b"d".to_vec()),
             ]
         );
-        assert!(read_all(&log, &mut OutputCursor::new(14), 10).is_empty());
-        log.remove();
-        assert!(!dir.exists());
+        assert!(read_all(log, &mut OutputCursor::new(14), 10).is_empty());
+        spool.remove();
+        assert!(!spool.root.join("log").exists());
     }
 
     #[test]
     fn disk_blocks_are_reserved_ahead_of_a_big_segment_and_given_back_when_it_closes() {
         use std::os::unix::fs::MetadataExt;
         let allocated = |path: &std::path::Path| fs::metadata(path).unwrap().blocks() * 512;
-        let dir = temp_dir("reserve");
-        let mut log = OutputLog::create(dir.clone(), 1 << 30).unwrap();
-        append(&mut log, Stream::Stdout, &[7; 1000]);
-        let first = log.segment_path(0);
+        let mut spool = Spool::new("reserve", 1 << 30);
+        spool.append(Stream::Stdout, &[7; 1000]);
+        let first = spool.log.segment_path(0);
         // Needs a file system with fallocate (ext4, xfs, tmpfs...) under the temporary directory.
         assert!(allocated(&first) < 64 * 1024, "a job that wrote little reserves nothing: {}", allocated(&first));
-        append(&mut log, Stream::Stderr, &vec![8; PREALLOCATION_STEP as usize]);
-        append(&mut log, Stream::Stdout, &[9; 1000]);
+        spool.append(Stream::Stderr, &vec![8; PREALLOCATION_STEP as usize]);
+        spool.append(Stream::Stdout, &[9; 1000]);
         let written = (3 * RECORD_HEADER_LEN + 2000) as u64 + PREALLOCATION_STEP;
         assert_eq!(fs::metadata(&first).unwrap().len(), written, "the size is only what was written");
         assert!(allocated(&first) >= written + PREALLOCATION_STEP / 2, "reserved ahead: {}", allocated(&first));
-        log.finish();
+        spool.log.finish();
         assert!(allocated(&first) < written + 64 * 1024, "given back: {} for {written}", allocated(&first));
-        let got = read_all(&log, &mut OutputCursor::new(0), 1 << 24);
+        let got = read_all(&spool.log, &mut OutputCursor::new(0), 1 << 24);
         assert_eq!(got[0], (0, Stream::Stdout, vec![7; 1000]));
         assert_eq!(got[1], (1000, Stream::Stderr, vec![8; PREALLOCATION_STEP as usize]));
         assert_eq!(got[2], (1000 + PREALLOCATION_STEP, Stream::Stdout, vec![9; 1000]));
-        log.remove();
     }
 
     #[test]
     fn spliced_records_interleave_with_written_ones() {
         use std::io::Write;
-        let dir = temp_dir("splice");
-        let mut log = OutputLog::create(dir.clone(), 1 << 30).unwrap();
+        let mut spool = Spool::new("splice", 1 << 30);
         let pipe = crate::sys::output_pipe().unwrap();
         let mut writer = File::from(pipe.write);
-        let splice = |log: &mut OutputLog, stream: Stream| {
-            let (file, at) = log.splice_target(1 << 20).unwrap();
+        let splice = |spool: &mut Spool, stream: Stream| {
+            let (file, at) = spool.log.splice_target(&mut spool.spares, 1 << 20).unwrap();
             let moved = crate::sys::splice_to_file(pipe.read.as_raw_fd(), file, at, 1 << 20).unwrap().unwrap();
-            log.commit_spliced(stream, moved).unwrap();
+            spool.log.commit_spliced(&mut spool.spares, stream, moved).unwrap();
         };
-        append(&mut log, Stream::Stdout, b"written ");
+        spool.append(Stream::Stdout, b"written ");
         writer.write_all(&[0, 1, 0xff]).unwrap();
-        splice(&mut log, Stream::Stderr);
+        splice(&mut spool, Stream::Stderr);
         writer.write_all(b" spliced").unwrap();
-        splice(&mut log, Stream::Stdout);
+        splice(&mut spool, Stream::Stdout);
         // A target taken but never committed is invisible, and the next record takes its place.
-        let (file, at) = log.splice_target(1 << 20).unwrap();
+        let (file, at) = spool.log.splice_target(&mut spool.spares, 1 << 20).unwrap();
         writer.write_all(b"lost").unwrap();
         crate::sys::splice_to_file(pipe.read.as_raw_fd(), file, at, 1 << 20).unwrap();
-        assert_eq!(log.end(), 19);
-        append(&mut log, Stream::Stdout, b"!");
+        assert_eq!(spool.log.end(), 19);
+        spool.append(Stream::Stdout, b"!");
         assert_eq!(crate::sys::splice_to_file(pipe.read.as_raw_fd(), file, at, 10).unwrap(), None, "pipe empty");
         drop(writer);
         assert_eq!(crate::sys::splice_to_file(pipe.read.as_raw_fd(), file, at, 10).unwrap(), Some(0), "end of file");
 
-        let got = read_all(&log, &mut OutputCursor::new(0), 1024);
+        let got = read_all(&spool.log, &mut OutputCursor::new(0), 1024);
         assert_eq!(
             got,
             vec![
@@ -528,19 +566,18 @@ mod tests {
                 (19, Stream::Stdout, b"!".to_vec()),
             ]
         );
-        assert_eq!(read_all(&log, &mut OutputCursor::new(12), 3)[0], (12, Stream::Stdout, b"spl".to_vec()));
-        log.remove();
+        assert_eq!(read_all(&spool.log, &mut OutputCursor::new(12), 3)[0], (12, Stream::Stdout, b"spl".to_vec()));
     }
 
     #[test]
     fn retention_discards_whole_segments_and_moves_start() {
-        let dir = temp_dir("retention");
         // Cap 256 KiB: segments of the 64 KiB minimum.
-        let mut log = OutputLog::create(dir.clone(), 256 * 1024).unwrap();
+        let mut spool = Spool::new("retention", 256 * 1024);
         let block = vec![7u8; 16 * 1024];
         for _ in 0..64 {
-            append(&mut log, Stream::Stdout, &block);
+            spool.append(Stream::Stdout, &block);
         }
+        let (log, dir) = (&spool.log, spool.root.join("log"));
         assert_eq!(log.end(), 1024 * 1024);
         assert!(log.retained() <= 256 * 1024, "retained {}", log.retained());
         assert!(log.retained() >= 256 * 1024 - 64 * 1024 - 16 * 1024, "retained {}", log.retained());
@@ -549,27 +586,97 @@ mod tests {
 
         // A reader asking for offset 0 starts at the first retained byte.
         let mut cursor = OutputCursor::new(0);
-        let got = read_all(&log, &mut cursor, 1 << 20);
+        let got = read_all(log, &mut cursor, 1 << 20);
         assert_eq!(got[0].0, log.start());
         assert_eq!(got.iter().map(|c| c.2.len() as u64).sum::<u64>(), log.retained());
         assert_eq!(cursor.offset(), log.end());
-        log.remove();
+    }
+
+    #[test]
+    fn a_log_at_its_cap_writes_over_discarded_segment_files_and_never_reads_their_old_bytes() {
+        // Cap 8 MiB: segments of 1 MiB, each discarded one big enough to be kept as a spare.
+        let mut spool = Spool::new("reuse", 8 << 20);
+        let record = |i: usize| vec![i as u8; 100_000 + i % 7];
+        let file_size = |spool: &Spool, index: u64| fs::metadata(spool.log.segment_path(index)).unwrap().len();
+        let mut cursor = OutputCursor::new(0);
+        let mut reused = 0;
+        for i in 0..400 {
+            spool.append(if i % 3 == 0 { Stream::Stderr } else { Stream::Stdout }, &record(i));
+            // A segment just begun in a file that already holds a whole segment's bytes: a spare.
+            let newest = spool.log.segments.back().unwrap();
+            if newest.file_len < 200_000 && file_size(&spool, newest.index) >= 1 << 20 {
+                reused += 1;
+            }
+            if i == 5 {
+                // A reader part way into the first segment, which will be discarded and written over.
+                let span = spool.log.next_span(&mut cursor, 50_000).unwrap().unwrap();
+                spool.log.read_span(&mut cursor, span.len, &mut bytes::BytesMut::new()).unwrap();
+                assert_eq!(cursor.offset(), 50_000);
+            }
+        }
+        assert!(reused > 10, "new segments were written over discarded files ({reused} of them)");
+        let files = fs::read_dir(spool.root.join("log")).unwrap().count();
+        let spares = fs::read_dir(spool.root.join("spare")).unwrap().count();
+        assert!(files <= 9 && spares <= crate::jobs::spares::SPARE_FILES, "{files} segments, {spares} spares");
+
+        // Everything retained reads back as written, from the reader that fell behind as from a new one.
+        let expected_from = |start: u64| {
+            let (mut offset, mut out) = (0u64, Vec::new());
+            for i in 0..400 {
+                let data = record(i);
+                let stream = if i % 3 == 0 { Stream::Stderr } else { Stream::Stdout };
+                if offset + data.len() as u64 > start {
+                    let skip = start.saturating_sub(offset) as usize;
+                    out.push((offset + skip as u64, stream, data[skip..].to_vec()));
+                }
+                offset += data.len() as u64;
+            }
+            out
+        };
+        let start = spool.log.start();
+        assert!(start > 0);
+        assert_eq!(read_all(&spool.log, &mut cursor, 1 << 20), expected_from(start));
+        assert_eq!(read_all(&spool.log, &mut OutputCursor::new(0), 1 << 20), expected_from(start));
+
+        // Ending the output gives back what the last file held past its records (a spare's old bytes).
+        let last = spool.log.segments.back().unwrap();
+        let (last_path, last_len) = (spool.log.segment_path(last.index), last.file_len);
+        spool.log.finish();
+        assert_eq!(fs::metadata(&last_path).unwrap().len(), last_len);
+        assert_eq!(read_all(&spool.log, &mut OutputCursor::new(0), 1 << 20), expected_from(start));
+    }
+
+    #[test]
+    fn a_segment_that_fills_up_keeps_no_reserved_blocks_past_its_end() {
+        use std::os::unix::fs::MetadataExt;
+        // Cap 128 MiB: segments of 16 MiB, past the 8 MiB from which blocks are reserved ahead.
+        let mut spool = Spool::new("reserve-limit", 128 << 20);
+        for _ in 0..17 {
+            spool.append(Stream::Stdout, &vec![1u8; 1 << 20]);
+        }
+        assert_eq!(spool.log.segments.len(), 2);
+        let full = fs::metadata(spool.log.segment_path(0)).unwrap();
+        assert!(full.len() >= 16 << 20);
+        assert!(
+            full.blocks() * 512 < full.len() + 64 * 1024,
+            "{} bytes allocated for {}",
+            full.blocks() * 512,
+            full.len()
+        );
     }
 
     #[test]
     fn reader_keeps_up_with_appends_across_segments() {
-        let dir = temp_dir("follow");
-        let mut log = OutputLog::create(dir, 1 << 30).unwrap();
+        let mut spool = Spool::new("follow", 1 << 30);
         let mut cursor = OutputCursor::new(0);
         let mut seen = Vec::new();
         for round in 0..40u8 {
-            append(&mut log, Stream::Stdout, &vec![round; 5000]);
-            for (_, _, data) in read_all(&log, &mut cursor, 3000) {
+            spool.append(Stream::Stdout, &vec![round; 5000]);
+            for (_, _, data) in read_all(&spool.log, &mut cursor, 3000) {
                 seen.extend(data);
             }
         }
         assert_eq!(seen.len(), 200_000);
         assert!(seen.chunks(5000).enumerate().all(|(i, c)| c.iter().all(|&b| b == i as u8)));
-        log.remove();
     }
 }

@@ -14,6 +14,7 @@ use super::ingest::{Drain, Ingester, PIPE_READS_PER_TURN};
 use super::launch::{Launched, Launcher};
 use super::limits::LimitPolicy;
 use super::output::{OutputLog, Stream};
+use super::spares::SpareSegments;
 use super::spec::JobSpec;
 use super::JobError;
 use crate::cgroup::{CgroupRoot, FinalUsage, JobCgroup};
@@ -233,6 +234,8 @@ pub struct JobTable {
     containment: Containment,
     launcher: Launcher,
     ingester: Ingester,
+    /// Discarded segment files kept for new segments to be written over.
+    spares: SpareSegments,
     shutting_down: bool,
 }
 
@@ -246,6 +249,7 @@ impl JobTable {
         fs::DirBuilder::new().mode(0o700).create(&output_dir)?;
         fs::DirBuilder::new().mode(0o711).create(&work_dir)?;
         fs::set_permissions(&work_dir, fs::Permissions::from_mode(0o711))?;
+        let spares = SpareSegments::create(config.state_dir.join("spare"), config.max_output_total / 4)?;
         Ok(JobTable {
             config,
             jobs: BTreeMap::new(),
@@ -258,6 +262,7 @@ impl JobTable {
             containment,
             launcher: Launcher::new()?,
             ingester: Ingester::default(),
+            spares,
             shutting_down: false,
         })
     }
@@ -352,14 +357,14 @@ impl JobTable {
             None => {
                 let dir = self.work_dir.join(id.to_string());
                 if let Err(err) = self.make_work_dir(&dir) {
-                    output.remove();
+                    output.remove(&mut self.spares);
                     return Err(internal("cannot create the job's working directory", err));
                 }
                 (dir.clone(), Some(dir))
             }
         };
-        let cleanup = |output: &mut OutputLog| {
-            output.remove();
+        let cleanup = |output: &mut OutputLog, spares: &mut SpareSegments| {
+            output.remove(spares);
             if let Some(dir) = &own_work_dir {
                 let _ = fs::remove_dir_all(dir);
             }
@@ -368,7 +373,7 @@ impl JobTable {
             (Some(cgroups), Some(limits)) => match cgroups.create_job(&id.to_string(), limits) {
                 Ok(cgroup) => Some(cgroup),
                 Err(err) => {
-                    cleanup(&mut output);
+                    cleanup(&mut output, &mut self.spares);
                     return Err(JobError::Internal(format!("cannot create the job's cgroup: {err}")));
                 }
             },
@@ -388,7 +393,7 @@ impl JobTable {
         let Launched { pid, pidfd, pipes, control } = match launched {
             Ok(launched) => launched,
             Err(err) => {
-                cleanup(&mut output);
+                cleanup(&mut output, &mut self.spares);
                 if let (Some(cgroups), Some(cgroup)) = (self.containment.cgroups.as_mut(), cgroup) {
                     cgroups.remove_job(cgroup);
                 }
@@ -539,7 +544,7 @@ impl JobTable {
         let Some(pipe) = job.pipes[side as usize].as_ref() else { return Drain::Closed };
         let fd = pipe.as_raw_fd();
         let (retained_before, end_before) = (job.output.retained(), job.output.end());
-        let result = self.ingester.ingest(&mut job.output, &job.id, side.stream(), fd, budget);
+        let result = self.ingester.ingest(&mut job.output, &mut self.spares, &job.id, side.stream(), fd, budget);
         if result == Drain::Closed {
             // Closing the descriptor also removes it from the reactor's epoll set.
             job.pipes[side as usize] = None;
@@ -575,7 +580,7 @@ impl JobTable {
         for key in ended_first {
             let job = self.jobs.get_mut(&key).expect("present");
             while self.retained_total > self.config.max_output_total {
-                let freed = job.output.discard_oldest_segment();
+                let freed = job.output.discard_oldest_segment(&mut self.spares);
                 if freed == 0 {
                     break;
                 }
@@ -595,7 +600,7 @@ impl JobTable {
             self.by_id.remove(&job.id);
             self.retained_total -= job.output.retained();
             log::debug!("evicting ended job {}", job.id);
-            remove_job_files(&mut job);
+            remove_job_files(&mut job, &mut self.spares);
         }
     }
 
@@ -612,7 +617,7 @@ impl JobTable {
     /// Deletes every job's files (server shutdown, after every job ended).
     pub fn remove_all(&mut self) {
         for job in self.jobs.values_mut() {
-            remove_job_files(job);
+            remove_job_files(job, &mut self.spares);
         }
         self.jobs.clear();
         self.by_id.clear();
@@ -620,8 +625,8 @@ impl JobTable {
     }
 }
 
-fn remove_job_files(job: &mut Job) {
-    job.output.remove();
+fn remove_job_files(job: &mut Job, spares: &mut SpareSegments) {
+    job.output.remove(spares);
     if let Some(dir) = job.own_work_dir.take() {
         if let Err(err) = fs::remove_dir_all(&dir) {
             log::warn!("cannot remove working directory {}: {err}", dir.display());

@@ -1,0 +1,128 @@
+//! Spare segment files: output segments that retention discarded, kept to be written over as new segments
+//! instead of being deleted and created afresh.
+//!
+//! Why: freeing a file's disk blocks happens in the thread that deletes or truncates the file, and that thread
+//! is the event loop. On ext4 without a journal and mounted with `discard` (the machines runnel is measured on),
+//! every freed extent is discarded synchronously: deleting a 64 MiB segment took 17–83 ms, and up to seconds
+//! while writeback kept the disk busy, with every connection waiting. A new file also needs new disk blocks and
+//! new page-cache pages, which on a VM that handed its free memory back to the host is the largest part of what
+//! the spool costs. A spare written over keeps its blocks and its cached pages, so a server whose retention caps
+//! discard output as fast as jobs write it (a long-running server, at `--max-output-bytes` or
+//! `--max-output-total`) neither frees nor allocates anything for its spool.
+//!
+//! A spare is a file in the spare directory; [`SpareSegments::take`] renames it into a job's spool, and an
+//! [`OutputLog`](super::OutputLog) writes over it from offset 0, keeping its own record of how much of the file
+//! holds output (a spare's old bytes past that are never read). At most [`SPARE_FILES`] spares are kept, and no
+//! more bytes than a quarter of `--max-output-total`, so the spool's disk use stays within the caps plus that.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+/// How many discarded segment files are kept for reuse: a roll takes one as a discard gives one back, so a
+/// couple covers a server at its caps.
+pub const SPARE_FILES: usize = 2;
+
+/// A discarded segment smaller than this is deleted, not kept: deleting it is cheap, and reusing it saves little.
+const MIN_SPARE_BYTES: u64 = 1024 * 1024;
+
+/// The spare segment files of one job table.
+#[derive(Debug)]
+pub struct SpareSegments {
+    dir: PathBuf,
+    spares: Vec<Spare>,
+    next_name: u64,
+    max_bytes: u64,
+}
+
+#[derive(Debug)]
+struct Spare {
+    path: PathBuf,
+    /// The file's size: bytes of disk blocks a segment written over it will not have to allocate.
+    len: u64,
+}
+
+impl SpareSegments {
+    /// Creates the spare directory `dir` (which must not exist yet); spares will hold at most `max_bytes`.
+    pub fn create(dir: PathBuf, max_bytes: u64) -> io::Result<SpareSegments> {
+        fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        Ok(SpareSegments { dir, spares: Vec::new(), next_name: 0, max_bytes })
+    }
+
+    /// Takes over the discarded segment file at `path`, `len` bytes long, as a spare if there is room for it;
+    /// deletes it otherwise.
+    pub fn keep_or_delete(&mut self, path: &Path, len: u64) {
+        if len >= MIN_SPARE_BYTES && self.spares.len() < SPARE_FILES && self.bytes() + len <= self.max_bytes {
+            let spare = self.dir.join(format!("{:08}", self.next_name));
+            match fs::rename(path, &spare) {
+                Ok(()) => {
+                    self.next_name += 1;
+                    self.spares.push(Spare { path: spare, len });
+                    return;
+                }
+                Err(err) => log::debug!("cannot keep {} as a spare segment: {err}", path.display()),
+            }
+        }
+        if let Err(err) = fs::remove_file(path) {
+            log::warn!("cannot remove output segment {}: {err}", path.display());
+        }
+    }
+
+    /// Moves the largest spare to `path` and opens it for writing over: the file and its size, or `None` when
+    /// there is no spare (or it could not be moved).
+    pub fn take(&mut self, path: &Path) -> Option<(File, u64)> {
+        let largest = (0..self.spares.len()).max_by_key(|&i| self.spares[i].len)?;
+        let spare = self.spares.swap_remove(largest);
+        let moved = fs::rename(&spare.path, path).and_then(|()| OpenOptions::new().write(true).open(path));
+        match moved {
+            Ok(file) => Some((file, spare.len)),
+            Err(err) => {
+                log::warn!("cannot reuse spare segment {}: {err}", spare.path.display());
+                let _ = fs::remove_file(&spare.path);
+                None
+            }
+        }
+    }
+
+    /// Bytes held in spares.
+    pub fn bytes(&self) -> u64 {
+        self.spares.iter().map(|s| s.len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_big_discarded_files_up_to_its_limits_and_hands_out_the_largest() {
+        let dir = std::env::temp_dir().join(format!("runnel-spares-{}", rand::random::<u64>()));
+        fs::create_dir(&dir).unwrap();
+        let segment = |name: &str, len: u64| {
+            let path = dir.join(name);
+            File::create(&path).unwrap().set_len(len).unwrap();
+            path
+        };
+        let mut spares = SpareSegments::create(dir.join("spare"), 5 << 20).unwrap();
+        let small = segment("small", MIN_SPARE_BYTES - 1);
+        spares.keep_or_delete(&small, MIN_SPARE_BYTES - 1);
+        assert!(!small.exists(), "a small segment is deleted");
+        assert_eq!(spares.bytes(), 0);
+        for (name, len) in [("a", 2 << 20), ("b", 3 << 20), ("c", 1 << 20)] {
+            let path = segment(name, len);
+            spares.keep_or_delete(&path, len);
+            assert!(!path.exists());
+        }
+        assert_eq!(spares.bytes(), 5 << 20, "a and b kept; c over the file count");
+
+        let (_, len) = spares.take(&dir.join("new")).unwrap();
+        assert_eq!(len, 3 << 20, "the largest first");
+        assert_eq!(fs::metadata(dir.join("new")).unwrap().len(), 3 << 20, "moved, contents kept");
+        let (_, len) = spares.take(&dir.join("newer")).unwrap();
+        assert_eq!(len, 2 << 20);
+        assert!(spares.take(&dir.join("none")).is_none());
+        assert_eq!(fs::read_dir(dir.join("spare")).unwrap().count(), 0);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
