@@ -6,7 +6,7 @@
 //! itself (no `O_APPEND`), so a record's data can be spliced straight from the pipe into the file and its header
 //! written once its length is known ([`OutputLog::splice_target`], [`OutputLog::commit_spliced`]). Offsets are logical: the count of output bytes
 //! (stdout and stderr interleaved in the order the server read them) before a byte, headers excluded. When the
-//! retained bytes pass the job's cap, whole segments are deleted from the front and [`OutputLog::start`] moves
+//! retained bytes pass the job's cap, whole segments are discarded from the front and [`OutputLog::start`] moves
 //! forward; an offset never changes meaning. A discarded segment's file may become a spare that a later
 //! segment, of this job or another, is written over ([`SpareSegments`]): a segment's records end where the log
 //! says, not where its file ends. Readers hold an [`OutputCursor`] with their own open segment file; one whose

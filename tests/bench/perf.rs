@@ -10,10 +10,12 @@ use runnel::grpc::path;
 use std::fs;
 use std::io::Read;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use runnel::client::Client;
-use runnel::proto::{Job, OutputChunk, StartJobRequest, StreamOutputRequest, WaitJobRequest};
+use runnel::client::{Client, ClientSettings};
+use runnel::proto::{GetJobRequest, Job, OutputChunk, StartJobRequest, StreamOutputRequest, WaitJobRequest};
 use util::{Pki, Server};
 
 fn median(values: &mut [f64]) -> f64 {
@@ -84,6 +86,8 @@ struct StreamRun {
     /// Server CPU seconds per GiB while following live, and while replaying.
     live_cpu: f64,
     replay_cpu: f64,
+    /// GetJob round trips (ms) from another connection while the unfollowed job wrote.
+    probe_ms: Vec<f64>,
 }
 
 const GIB: &str = "1073741824";
@@ -106,8 +110,10 @@ fn stream_run(pki: &Pki, condition: Retention) -> (StreamRun, usize) {
     }
     let before = cpu_ns(pid);
     let unfollowed = start(&mut client, "head", &["-c", GIB, "/dev/zero"]);
+    let probe = probe_latency(server.settings("alice"), unfollowed.id.clone());
     wait(&mut client, unfollowed);
     let spool_cpu = (cpu_ns(pid) - before) as f64 / 1e9;
+    let probe_ms = probe.finish();
 
     let mut reader = server.client("alice");
     let before = cpu_ns(pid);
@@ -120,7 +126,38 @@ fn stream_run(pki: &Pki, condition: Retention) -> (StreamRun, usize) {
     let (bytes, secs) = follow_all(&mut reader, &job.id);
     assert_eq!(bytes, 1 << 30);
     let (replay, replay_cpu) = (bytes as f64 / secs / 1e6, (cpu_ns(pid) - before) as f64 / 1e9);
-    (StreamRun { live, replay, spool_cpu, live_cpu, replay_cpu }, threads_seen)
+    (StreamRun { live, replay, spool_cpu, live_cpu, replay_cpu, probe_ms }, threads_seen)
+}
+
+/// A second client asking for a job every 5 ms, timing each answer: everything the server's one thread does
+/// (a spool file freed, a disk block reserved) keeps every other client waiting that long.
+struct LatencyProbe {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<f64>>,
+}
+
+fn probe_latency(settings: ClientSettings, job_id: String) -> LatencyProbe {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = Arc::clone(&stop);
+    let thread = std::thread::spawn(move || {
+        let mut client = Client::connect(&settings).unwrap();
+        let mut round_trips = Vec::new();
+        while !stopped.load(Ordering::Relaxed) {
+            let begun = Instant::now();
+            let _: Job = client.unary(path::GET_JOB, &GetJobRequest { job_id: job_id.clone() }, None).unwrap();
+            round_trips.push(begun.elapsed().as_secs_f64() * 1e3);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        round_trips
+    });
+    LatencyProbe { stop, thread }
+}
+
+impl LatencyProbe {
+    fn finish(self) -> Vec<f64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
 }
 
 /// CPU seconds this thread spends writing 1 GiB into the new file `path`, 1 MiB per `write` (then removed).
@@ -255,6 +292,12 @@ fn main() {
     let idle_ms = (cpu_ns(pid) - before) as f64 / 1e6;
     println!("idle CPU, 10 followers on a silent job     {idle_ms:8.3} ms in 5 s (goal < 10 ms)");
     followers.clear();
+    // The baseline for the latency probes below: the same GetJob every 5 ms while the server has nothing to do.
+    let probe = probe_latency(server.settings("alice"), silent.id.clone());
+    std::thread::sleep(Duration::from_secs(2));
+    let mut idle_probe = probe.finish();
+    let idle_probe_p50 = median(&mut idle_probe);
+    let idle_probe_max = idle_probe.iter().copied().fold(0.0, f64::max);
 
     // Follower throughput for a job writing 1 GiB, on a fresh server each run, in two conditions: below the
     // retention cap, and at it (`--max-output-total 1G` already full, so old output is discarded as new arrives,
@@ -295,8 +338,19 @@ fn main() {
             median(&mut live_cpu),
             median(&mut replay_cpu)
         );
+        let mut probe: Vec<f64> = runs.iter().flat_map(|r| r.probe_ms.iter().copied()).collect();
+        probe.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let at = |q: f64| probe[((probe.len() - 1) as f64 * q) as usize];
+        println!(
+            "    GetJob from another client meanwhile: p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms ({} calls)",
+            at(0.5),
+            at(0.99),
+            at(1.0),
+            probe.len()
+        );
     }
     println!("  baseline: head | read(64 KiB), no server {pipe:8.0} MB/s   runs {pipe_runs}");
+    println!("  baseline: GetJob, idle server            p50 {idle_probe_p50:.2} ms, max {idle_probe_max:.1} ms");
     println!("server threads under load (max seen)       {max_threads:8}");
     let scratch = util::TempDir::new("page-cache");
     let mut page_cache: Vec<f64> = (0..3).map(|_| page_cache_fill_seconds(&scratch.path().join("probe"))).collect();
