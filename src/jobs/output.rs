@@ -70,6 +70,9 @@ struct Segment {
     /// The file has disk blocks up to this offset: reserved ahead of `file_len`, or left from the file's
     /// previous use when it was a spare. Past `file_len` they hold nothing readable.
     blocks_to: u64,
+    /// The size of the spare this segment is written over, until it is settled with the spares (see
+    /// [`SpareSegments::settle`]); 0 for a new file.
+    lent: u64,
 }
 
 /// One job's spooled output.
@@ -262,8 +265,9 @@ impl OutputLog {
 
     /// Gives back the disk blocks past what the last segment holds (reserved ahead, or a spare's old bytes):
     /// truncating a file to its own length frees the blocks past its end (a hole cannot be punched there).
-    fn release_unwritten_blocks(&mut self) {
+    fn release_unwritten_blocks(&mut self, spares: &mut SpareSegments) {
         let (Some(segment), Some(file)) = (self.segments.back_mut(), self.writer.as_ref()) else { return };
+        spares.settle(std::mem::take(&mut segment.lent));
         if segment.blocks_to > segment.file_len {
             if let Err(err) = file.set_len(segment.file_len) {
                 log::warn!("cannot give back unused disk blocks in {}: {err}", self.dir.display());
@@ -277,15 +281,20 @@ impl OutputLog {
     fn roll(&mut self, spares: &mut SpareSegments) -> io::Result<()> {
         let index = self.next_index;
         let path = self.segment_path(index);
-        let busy = self.segments.back().is_some_and(|s| s.file_len >= self.segment_limit);
-        let (file, blocks_to) = match busy.then(|| spares.take(&path)).flatten() {
-            Some(spare) => spare,
+        let full = self.segments.back_mut().filter(|s| s.file_len >= self.segment_limit);
+        let busy = full.is_some();
+        if let Some(full) = full {
+            // Filled up: whatever spare it was written over now holds only counted output.
+            spares.settle(std::mem::take(&mut full.lent));
+        }
+        let (file, blocks_to, lent) = match busy.then(|| spares.take(&path)).flatten() {
+            Some((file, len)) => (file, len, len),
             // Not O_APPEND: `splice` refuses such files. Every write gives its offset.
-            None => (OpenOptions::new().create_new(true).write(true).mode(0o600).open(&path)?, 0),
+            None => (OpenOptions::new().create_new(true).write(true).mode(0o600).open(&path)?, 0, 0),
         };
         self.next_index += 1;
         self.writer = Some(file);
-        self.segments.push_back(Segment { index, start: self.end, len: 0, file_len: 0, blocks_to });
+        self.segments.push_back(Segment { index, start: self.end, len: 0, file_len: 0, blocks_to, lent });
         Ok(())
     }
 
@@ -301,13 +310,14 @@ impl OutputLog {
             return 0;
         }
         let segment = self.segments.pop_front().expect("non-empty");
+        spares.settle(segment.lent);
         spares.keep_or_delete(&self.segment_path(segment.index), segment.blocks_to);
         segment.len
     }
 
     /// Marks the output complete: no more appends; wakes every waiting reader so it can end its stream.
-    pub fn finish(&mut self) {
-        self.release_unwritten_blocks();
+    pub fn finish(&mut self, spares: &mut SpareSegments) {
+        self.release_unwritten_blocks(spares);
         self.writer = None;
         self.finished = true;
         self.wake_readers();
@@ -404,6 +414,7 @@ impl OutputLog {
     pub fn remove(&mut self, spares: &mut SpareSegments) {
         self.writer = None;
         for segment in std::mem::take(&mut self.segments) {
+            spares.settle(segment.lent);
             spares.keep_or_delete(&self.segment_path(segment.index), segment.blocks_to);
         }
         if let Err(err) = fs::remove_dir_all(&self.dir) {
@@ -522,7 +533,7 @@ mod tests {
         let written = (3 * RECORD_HEADER_LEN + 2000) as u64 + PREALLOCATION_STEP;
         assert_eq!(fs::metadata(&first).unwrap().len(), written, "the size is only what was written");
         assert!(allocated(&first) >= written + PREALLOCATION_STEP / 2, "reserved ahead: {}", allocated(&first));
-        spool.log.finish();
+        spool.log.finish(&mut spool.spares);
         assert!(allocated(&first) < written + 64 * 1024, "given back: {} for {written}", allocated(&first));
         let got = read_all(&spool.log, &mut OutputCursor::new(0), 1 << 24);
         assert_eq!(got[0], (0, Stream::Stdout, vec![7; 1000]));
@@ -594,6 +605,7 @@ mod tests {
 
     #[test]
     fn a_log_at_its_cap_writes_over_discarded_segment_files_and_never_reads_their_old_bytes() {
+        use std::os::unix::fs::MetadataExt;
         // Cap 8 MiB: segments of 1 MiB, each discarded one big enough to be kept as a spare.
         let mut spool = Spool::new("reuse", 8 << 20);
         let record = |i: usize| vec![i as u8; 100_000 + i % 7];
@@ -641,9 +653,40 @@ mod tests {
         // Ending the output gives back what the last file held past its records (a spare's old bytes).
         let last = spool.log.segments.back().unwrap();
         let (last_path, last_len) = (spool.log.segment_path(last.index), last.file_len);
-        spool.log.finish();
-        assert_eq!(fs::metadata(&last_path).unwrap().len(), last_len);
+        assert!(file_size(&spool, last.index) > last_len + 100_000, "the last segment is written over a spare");
+        spool.log.finish(&mut spool.spares);
+        let last_file = fs::metadata(&last_path).unwrap();
+        assert_eq!(last_file.len(), last_len);
+        assert!(last_file.blocks() * 512 < last_len + 64 * 1024, "{} bytes allocated", last_file.blocks() * 512);
         assert_eq!(read_all(&spool.log, &mut OutputCursor::new(0), 1 << 20), expected_from(start));
+    }
+
+    #[test]
+    fn a_reader_at_the_end_of_a_segment_another_job_now_writes_over_reads_on_in_its_own_job() {
+        // Two jobs sharing spares, caps of 8 MiB: segments of 1 MiB, each 1 MiB record fills one.
+        let mut spool = Spool::new("shared-spare", 8 << 20);
+        let mut other = OutputLog::create(spool.root.join("other"), 8 << 20).unwrap();
+        let mut append_other = |spares: &mut SpareSegments, byte: u8, len: usize| {
+            let mut record = vec![byte; RECORD_HEADER_LEN + len];
+            other.append(spares, Stream::Stdout, &mut record).unwrap();
+        };
+        spool.append(Stream::Stdout, &vec![1; 1 << 20]);
+        spool.append(Stream::Stdout, &vec![2; 1 << 20]);
+        let mut cursor = OutputCursor::new(0);
+        let span = spool.log.next_span(&mut cursor, 1 << 20).unwrap().unwrap();
+        spool.log.read_span(&mut cursor, span.len, &mut bytes::BytesMut::new()).unwrap();
+        assert_eq!(cursor.offset(), 1 << 20, "at the end of segment 0, its file still open");
+
+        // The total cap discards segment 0 (start is now exactly the reader's offset); the other job, whose
+        // first segment filled up, writes its second one over that file.
+        assert_eq!(spool.log.discard_oldest_segment(&mut spool.spares), 1 << 20);
+        assert_eq!(spool.log.start(), cursor.offset());
+        append_other(&mut spool.spares, 0xbb, 1 << 20);
+        // Longer than the file was: the reader's open descriptor now sees bytes past where it stopped.
+        append_other(&mut spool.spares, 0xcc, 2 << 20);
+        assert_eq!(spool.spares.bytes(), 0, "the spare was taken");
+
+        assert_eq!(read_all(&spool.log, &mut cursor, 1 << 20), vec![(1 << 20, Stream::Stdout, vec![2; 1 << 20])]);
     }
 
     #[test]

@@ -12,8 +12,11 @@
 //!
 //! A spare is a file in the spare directory; [`SpareSegments::take`] renames it into a job's spool, and an
 //! [`OutputLog`](super::OutputLog) writes over it from offset 0, keeping its own record of how much of the file
-//! holds output (a spare's old bytes past that are never read). At most [`SPARE_FILES`] spares are kept, and no
-//! more bytes than a quarter of `--max-output-total`, so the spool's disk use stays within the caps plus that.
+//! holds output (a spare's old bytes past that are never read). A spare taken stays *lent* until the segment
+//! written over it fills up or its output ends ([`SpareSegments::settle`]), since until then the file holds old
+//! bytes no cap counts. At most [`SPARE_FILES`] spares are kept, and spares plus what is lent stay within a
+//! quarter of `--max-output-total`: with record headers and the block reservations of writing jobs (at most
+//! 8 MiB each), the disk the spool holds beyond what its caps count.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -33,6 +36,8 @@ pub struct SpareSegments {
     dir: PathBuf,
     spares: Vec<Spare>,
     next_name: u64,
+    /// Bytes of spares taken whose segments have not yet filled up or ended.
+    lent: u64,
     max_bytes: u64,
 }
 
@@ -47,13 +52,14 @@ impl SpareSegments {
     /// Creates the spare directory `dir` (which must not exist yet); spares will hold at most `max_bytes`.
     pub fn create(dir: PathBuf, max_bytes: u64) -> io::Result<SpareSegments> {
         fs::DirBuilder::new().mode(0o700).create(&dir)?;
-        Ok(SpareSegments { dir, spares: Vec::new(), next_name: 0, max_bytes })
+        Ok(SpareSegments { dir, spares: Vec::new(), next_name: 0, lent: 0, max_bytes })
     }
 
     /// Takes over the discarded segment file at `path`, `len` bytes long, as a spare if there is room for it;
     /// deletes it otherwise.
     pub fn keep_or_delete(&mut self, path: &Path, len: u64) {
-        if len >= MIN_SPARE_BYTES && self.spares.len() < SPARE_FILES && self.bytes() + len <= self.max_bytes {
+        let room = self.spares.len() < SPARE_FILES && self.bytes() + self.lent + len <= self.max_bytes;
+        if len >= MIN_SPARE_BYTES && room {
             let spare = self.dir.join(format!("{:08}", self.next_name));
             match fs::rename(path, &spare) {
                 Ok(()) => {
@@ -70,19 +76,32 @@ impl SpareSegments {
     }
 
     /// Moves the largest spare to `path` and opens it for writing over: the file and its size, or `None` when
-    /// there is no spare (or it could not be moved).
+    /// there is no spare (or it could not be moved, and is gone). The size is lent until [`Self::settle`].
     pub fn take(&mut self, path: &Path) -> Option<(File, u64)> {
         let largest = (0..self.spares.len()).max_by_key(|&i| self.spares[i].len)?;
         let spare = self.spares.swap_remove(largest);
-        let moved = fs::rename(&spare.path, path).and_then(|()| OpenOptions::new().write(true).open(path));
+        // Opened before it moves (the descriptor follows the file), so a failure leaves nothing at `path`.
+        let moved = OpenOptions::new().write(true).open(&spare.path).and_then(|file| {
+            fs::rename(&spare.path, path)?;
+            Ok(file)
+        });
         match moved {
-            Ok(file) => Some((file, spare.len)),
+            Ok(file) => {
+                self.lent += spare.len;
+                Some((file, spare.len))
+            }
             Err(err) => {
                 log::warn!("cannot reuse spare segment {}: {err}", spare.path.display());
                 let _ = fs::remove_file(&spare.path);
                 None
             }
         }
+    }
+
+    /// A spare [`Self::take`] lent, `len` bytes, is no longer holding uncounted bytes: the segment written over
+    /// it filled up, or its output ended and the file was cut to what it holds.
+    pub fn settle(&mut self, len: u64) {
+        self.lent = self.lent.saturating_sub(len);
     }
 
     /// Bytes held in spares.
@@ -95,34 +114,63 @@ impl SpareSegments {
 mod tests {
     use super::*;
 
-    #[test]
-    fn keeps_big_discarded_files_up_to_its_limits_and_hands_out_the_largest() {
-        let dir = std::env::temp_dir().join(format!("runnel-spares-{}", rand::random::<u64>()));
-        fs::create_dir(&dir).unwrap();
-        let segment = |name: &str, len: u64| {
-            let path = dir.join(name);
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new() -> Scratch {
+            let dir = std::env::temp_dir().join(format!("runnel-spares-{}", rand::random::<u64>()));
+            fs::create_dir(&dir).unwrap();
+            Scratch(dir)
+        }
+        fn segment(&self, name: &str, len: u64) -> PathBuf {
+            let path = self.0.join(name);
             File::create(&path).unwrap().set_len(len).unwrap();
             path
-        };
-        let mut spares = SpareSegments::create(dir.join("spare"), 5 << 20).unwrap();
-        let small = segment("small", MIN_SPARE_BYTES - 1);
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn keeps_big_discarded_files_up_to_its_count_and_hands_out_the_largest() {
+        let scratch = Scratch::new();
+        let mut spares = SpareSegments::create(scratch.0.join("spare"), 1 << 30).unwrap();
+        let small = scratch.segment("small", MIN_SPARE_BYTES - 1);
         spares.keep_or_delete(&small, MIN_SPARE_BYTES - 1);
         assert!(!small.exists(), "a small segment is deleted");
         assert_eq!(spares.bytes(), 0);
         for (name, len) in [("a", 2 << 20), ("b", 3 << 20), ("c", 1 << 20)] {
-            let path = segment(name, len);
+            let path = scratch.segment(name, len);
             spares.keep_or_delete(&path, len);
             assert!(!path.exists());
         }
         assert_eq!(spares.bytes(), 5 << 20, "a and b kept; c over the file count");
 
-        let (_, len) = spares.take(&dir.join("new")).unwrap();
+        let (_, len) = spares.take(&scratch.0.join("new")).unwrap();
         assert_eq!(len, 3 << 20, "the largest first");
-        assert_eq!(fs::metadata(dir.join("new")).unwrap().len(), 3 << 20, "moved, contents kept");
-        let (_, len) = spares.take(&dir.join("newer")).unwrap();
+        assert_eq!(fs::metadata(scratch.0.join("new")).unwrap().len(), 3 << 20, "moved, contents kept");
+        let (_, len) = spares.take(&scratch.0.join("newer")).unwrap();
         assert_eq!(len, 2 << 20);
-        assert!(spares.take(&dir.join("none")).is_none());
-        assert_eq!(fs::read_dir(dir.join("spare")).unwrap().count(), 0);
-        fs::remove_dir_all(&dir).unwrap();
+        assert!(spares.take(&scratch.0.join("none")).is_none());
+        assert_eq!(fs::read_dir(scratch.0.join("spare")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn spares_and_what_is_lent_stay_within_the_byte_limit() {
+        let scratch = Scratch::new();
+        let mut spares = SpareSegments::create(scratch.0.join("spare"), 5 << 20).unwrap();
+        spares.keep_or_delete(&scratch.segment("a", 3 << 20), 3 << 20);
+        let (_, lent) = spares.take(&scratch.0.join("written-over")).unwrap();
+        let refused = scratch.segment("b", 3 << 20);
+        spares.keep_or_delete(&refused, 3 << 20);
+        assert!(!refused.exists(), "3 MiB lent + 3 MiB more is over the 5 MiB limit: deleted");
+        assert_eq!(spares.bytes(), 0);
+        spares.settle(lent);
+        spares.keep_or_delete(&scratch.segment("c", 3 << 20), 3 << 20);
+        assert_eq!(spares.bytes(), 3 << 20, "kept once the lent spare is settled");
     }
 }

@@ -549,7 +549,7 @@ impl JobTable {
             // Closing the descriptor also removes it from the reactor's epoll set.
             job.pipes[side as usize] = None;
             if job.pipes.iter().all(Option::is_none) {
-                job.output.finish();
+                job.output.finish(&mut self.spares);
             }
         }
         let appended = job.output.end() != end_before;
