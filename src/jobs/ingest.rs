@@ -58,17 +58,38 @@ impl Default for Ingester {
     }
 }
 
+/// Where one pipe's output goes: the log of `job`'s `stream`, which starts its segments in the table's spare
+/// files when it can.
+pub struct Destination<'a> {
+    pub log: &'a mut OutputLog,
+    pub spares: &'a mut SpareSegments,
+    pub job: &'a dyn fmt::Display,
+    pub stream: Stream,
+}
+
+impl Destination<'_> {
+    /// Appends one record (header room, then data); a failure is logged, as nothing upstream can retry it.
+    fn append(&mut self, record: &mut [u8]) {
+        if let Err(err) = self.log.append(self.spares, self.stream, record) {
+            let lost = record.len() - RECORD_HEADER_LEN;
+            log::error!("job {}: {lost} bytes of output lost, cannot write the spool: {err}", self.job);
+        }
+    }
+
+    fn splice_target(&mut self, max_len: usize) -> io::Result<(RawFd, u64)> {
+        self.log.splice_target(self.spares, max_len)
+    }
+
+    fn commit_spliced(&mut self, filled: usize) -> io::Result<()> {
+        self.log.commit_spliced(self.spares, self.stream, filled).inspect_err(|err| {
+            log::error!("job {}: {filled} bytes of output lost, cannot write their record header: {err}", self.job);
+        })
+    }
+}
+
 impl Ingester {
-    /// Moves what the pipe `fd` holds into `output` (the log of `job`'s `stream`), at most `budget` reads.
-    pub fn ingest(
-        &mut self,
-        output: &mut OutputLog,
-        spares: &mut SpareSegments,
-        job: &dyn fmt::Display,
-        stream: Stream,
-        fd: RawFd,
-        budget: usize,
-    ) -> Drain {
+    /// Moves what the pipe `fd` holds to `to`, at most `budget` reads.
+    pub fn ingest(&mut self, mut to: Destination<'_>, fd: RawFd, budget: usize) -> Drain {
         if self.mode == Ingest::Splice && self.relay.is_none() {
             match sys::relay_pipe() {
                 Ok(relay) => self.relay = Some(relay),
@@ -81,7 +102,7 @@ impl Ingester {
         let mut result = None;
         let mut rescue = false;
         if let (Ingest::Splice, Some(relay)) = (self.mode, self.relay.as_ref()) {
-            match splice_pipe(output, spares, stream, fd, relay, budget) {
+            match splice_pipe(&mut to, fd, relay, budget) {
                 Ok(drained) => result = Some(drained),
                 Err(err) => {
                     rescue = true;
@@ -90,7 +111,7 @@ impl Ingester {
                         self.mode = Ingest::Read;
                     } else {
                         // Reading what is left reports what is wrong with the spool, as the read path does.
-                        log::debug!("job {job}: splicing its {stream:?} pipe failed: {err}");
+                        log::debug!("job {}: splicing its {:?} pipe failed: {err}", to.job, to.stream);
                     }
                 }
             }
@@ -103,15 +124,15 @@ impl Ingester {
                 }
                 if let (true, Some(relay)) = (rescue, self.relay.as_ref()) {
                     // Bytes taken from the job's pipe but not into the file are in the relay: they come first.
-                    read_pipe(output, spares, job, stream, relay.read.as_raw_fd(), usize::MAX, &mut self.read_buf);
+                    read_pipe(&mut to, relay.read.as_raw_fd(), usize::MAX, &mut self.read_buf);
                 }
-                read_pipe(output, spares, job, stream, fd, budget, &mut self.read_buf)
+                read_pipe(&mut to, fd, budget, &mut self.read_buf)
             }
         }
     }
 }
 
-/// Splices what the pipe `fd` holds into `output`, at most `budget` moves, consecutive ones into one record (up
+/// Splices what the pipe `fd` holds to `to`, at most `budget` moves, consecutive ones into one record (up
 /// to [`SPLICE_RECORD_BYTES`]).
 ///
 /// Each move goes through `relay`: first from the job's pipe into the relay, which only moves page references
@@ -121,19 +142,7 @@ impl Ingester {
 ///
 /// An error leaves the bytes it concerns in the job's pipe or in the relay, for the caller to read; what was
 /// moved into the file before it is committed.
-fn splice_pipe(
-    output: &mut OutputLog,
-    spares: &mut SpareSegments,
-    stream: Stream,
-    fd: RawFd,
-    relay: &sys::OutputPipe,
-    budget: usize,
-) -> io::Result<Drain> {
-    let commit = |output: &mut OutputLog, spares: &mut SpareSegments, filled: usize| {
-        output.commit_spliced(spares, stream, filled).inspect_err(|err| {
-            log::error!("{filled} bytes of output lost, cannot write their record header: {err}");
-        })
-    };
+fn splice_pipe(to: &mut Destination<'_>, fd: RawFd, relay: &sys::OutputPipe, budget: usize) -> io::Result<Drain> {
     let mut target = None;
     let mut filled = 0;
     let mut result = Drain::More;
@@ -144,10 +153,10 @@ fn splice_pipe(
                 // Only output that exists gets a place in a segment: a silent job creates no file.
                 let (file, data_at) = match target {
                     Some(target) => target,
-                    None => match output.splice_target(spares, SPLICE_RECORD_BYTES) {
+                    None => match to.splice_target(SPLICE_RECORD_BYTES) {
                         Ok(place) => *target.insert(place),
                         Err(err) => {
-                            commit(output, spares, filled)?;
+                            to.commit_spliced(filled)?;
                             return Err(err);
                         }
                     },
@@ -156,25 +165,25 @@ fn splice_pipe(
                 let (moved, error) = relay_to_file(relay.read.as_raw_fd(), file, at, n);
                 filled += moved;
                 if let Some(err) = error {
-                    commit(output, spares, filled)?;
+                    to.commit_spliced(filled)?;
                     return Err(err);
                 }
             }
             Ok(None) => result = Drain::Empty,
             Err(err) => {
-                commit(output, spares, filled)?;
+                to.commit_spliced(filled)?;
                 return Err(err);
             }
         }
         if filled == SPLICE_RECORD_BYTES || result != Drain::More {
-            commit(output, spares, filled)?;
+            to.commit_spliced(filled)?;
             (target, filled) = (None, 0);
         }
         if result != Drain::More {
             break;
         }
     }
-    commit(output, spares, filled)?;
+    to.commit_spliced(filled)?;
     Ok(result)
 }
 
@@ -192,40 +201,26 @@ fn relay_to_file(relay: RawFd, file: RawFd, at: u64, len: usize) -> (usize, Opti
     (moved, None)
 }
 
-/// Reads what the pipe `fd` holds into `output` with `read`, at most `budget` calls, consecutive reads gathered
+/// Reads what the pipe `fd` holds to `to` with `read`, at most `budget` calls, consecutive reads gathered
 /// into one record of up to `buf`'s size (which starts with room for the record header).
-fn read_pipe(
-    output: &mut OutputLog,
-    spares: &mut SpareSegments,
-    job: &dyn fmt::Display,
-    stream: Stream,
-    fd: RawFd,
-    budget: usize,
-    buf: &mut [u8],
-) -> Drain {
+fn read_pipe(to: &mut Destination<'_>, fd: RawFd, budget: usize, buf: &mut [u8]) -> Drain {
     // Consecutive reads are gathered into one record (up to the buffer's size): a job writing in small
     // pieces then costs one spool write and one output chunk per buffer, not per `write` it made.
     let mut filled = 0;
     let mut result = Drain::More;
-    let append = |output: &mut OutputLog, spares: &mut SpareSegments, record: &mut [u8]| {
-        if let Err(err) = output.append(spares, stream, record) {
-            let lost = record.len() - RECORD_HEADER_LEN;
-            log::error!("job {job}: {lost} bytes of output lost, cannot write the spool: {err}");
-        }
-    };
     for _ in 0..budget {
         match sys::read_nonblocking(fd, &mut buf[RECORD_HEADER_LEN + filled..]) {
             Ok(Some(0)) => result = Drain::Closed,
             Ok(Some(n)) => filled += n,
             Ok(None) => result = Drain::Empty,
             Err(err) => {
-                log::error!("job {job}: cannot read its {stream:?} pipe: {err}");
+                log::error!("job {}: cannot read its {:?} pipe: {err}", to.job, to.stream);
                 result = Drain::Closed;
             }
         }
         let buffer_full = RECORD_HEADER_LEN + filled == buf.len();
         if filled > 0 && (buffer_full || result != Drain::More) {
-            append(output, spares, &mut buf[..RECORD_HEADER_LEN + filled]);
+            to.append(&mut buf[..RECORD_HEADER_LEN + filled]);
             filled = 0;
         }
         if result != Drain::More {
@@ -233,7 +228,7 @@ fn read_pipe(
         }
     }
     if filled > 0 {
-        append(output, spares, &mut buf[..RECORD_HEADER_LEN + filled]);
+        to.append(&mut buf[..RECORD_HEADER_LEN + filled]);
     }
     result
 }

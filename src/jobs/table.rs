@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::task::Waker;
 use std::time::SystemTime;
 
-use super::ingest::{Drain, Ingester, PIPE_READS_PER_TURN};
+use super::ingest::{Destination, Drain, Ingester, PIPE_READS_PER_TURN};
 use super::launch::{Launched, Launcher};
 use super::limits::LimitPolicy;
 use super::output::{OutputLog, Stream};
@@ -544,7 +544,8 @@ impl JobTable {
         let Some(pipe) = job.pipes[side as usize].as_ref() else { return Drain::Closed };
         let fd = pipe.as_raw_fd();
         let (retained_before, end_before) = (job.output.retained(), job.output.end());
-        let result = self.ingester.ingest(&mut job.output, &mut self.spares, &job.id, side.stream(), fd, budget);
+        let to = Destination { log: &mut job.output, spares: &mut self.spares, job: &job.id, stream: side.stream() };
+        let result = self.ingester.ingest(to, fd, budget);
         if result == Drain::Closed {
             // Closing the descriptor also removes it from the reactor's epoll set.
             job.pipes[side as usize] = None;
