@@ -12,6 +12,8 @@ pub mod jobs;
 pub mod pki;
 pub mod proto;
 pub mod reactor;
+#[cfg(test)]
+mod scratch;
 pub mod server;
 pub mod sys;
 pub mod tls;

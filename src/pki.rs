@@ -501,26 +501,7 @@ mod tests {
     use rustls::server::WebPkiClientVerifier;
     use rustls::{CertificateError, RootCertStore};
 
-    /// A directory under the system temp dir, removed when dropped.
-    struct ScratchDir(PathBuf);
-
-    impl ScratchDir {
-        fn new() -> Self {
-            let path = std::env::temp_dir().join(format!("runnel-pki-test-{:016x}", rand::random::<u64>()));
-            fs::create_dir_all(&path).unwrap();
-            ScratchDir(path)
-        }
-
-        fn prefix(&self, name: &str) -> PathBuf {
-            self.0.join(name)
-        }
-    }
-
-    impl Drop for ScratchDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::scratch::ScratchDir;
 
     fn cert_der(prefix: &Path) -> CertificateDer<'static> {
         CertificateDer::from_pem_file(cert_path(prefix)).unwrap()
@@ -547,7 +528,7 @@ mod tests {
     }
 
     fn write_test_ca(dir: &ScratchDir) -> PathBuf {
-        let ca = dir.prefix("ca");
+        let ca = dir.join("ca");
         write_ca(&ca, "runnel test CA", &Validity::days_from_now(30)).unwrap();
         ca
     }
@@ -567,10 +548,10 @@ mod tests {
 
     #[test]
     fn writes_ca_server_and_client_that_rustls_accepts() {
-        let dir = ScratchDir::new();
+        let dir = ScratchDir::new("pki-test");
         let ca = write_test_ca(&dir);
-        let server = dir.prefix("out/server");
-        let client = dir.prefix("out/alice");
+        let server = dir.join("out/server");
+        let client = dir.join("out/alice");
         let ips = [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
         write_server(&ca, &server, &["localhost".into()], &ips, &Validity::days_from_now(30)).unwrap();
         write_client(&ca, &client, "alice", &Validity::days_from_now(30)).unwrap();
@@ -594,20 +575,20 @@ mod tests {
 
     #[test]
     fn client_from_another_ca_is_rejected() {
-        let dir = ScratchDir::new();
+        let dir = ScratchDir::new("pki-test");
         let ca = write_test_ca(&dir);
-        let other_ca = dir.prefix("other-ca");
+        let other_ca = dir.join("other-ca");
         write_ca(&other_ca, "someone else", &Validity::days_from_now(30)).unwrap();
-        let client = dir.prefix("mallory");
+        let client = dir.join("mallory");
         write_client(&other_ca, &client, "alice", &Validity::days_from_now(30)).unwrap();
         assert!(verify_client(&ca, &client).is_err());
     }
 
     #[test]
     fn expired_client_certificate_is_rejected() {
-        let dir = ScratchDir::new();
+        let dir = ScratchDir::new("pki-test");
         let ca = write_test_ca(&dir);
-        let client = dir.prefix("expired");
+        let client = dir.join("expired");
         let now = SystemTime::now();
         let expired = Validity {
             not_before: now - Duration::from_secs(10 * SECONDS_PER_DAY),
@@ -625,16 +606,16 @@ mod tests {
 
     #[test]
     fn identity_is_the_common_name() {
-        let dir = ScratchDir::new();
+        let dir = ScratchDir::new("pki-test");
         let ca = write_test_ca(&dir);
-        let client = dir.prefix("alice");
+        let client = dir.join("alice");
         write_client(&ca, &client, "alice", &Validity::days_from_now(1)).unwrap();
         assert_eq!(identity_from_cert_der(&cert_der(&client)).unwrap(), "alice");
     }
 
     #[test]
     fn identity_falls_back_to_dns_then_uri_san() {
-        let dir = ScratchDir::new();
+        let dir = ScratchDir::new("pki-test");
         let ca = write_test_ca(&dir);
         let dns = SanType::DnsName("worker-1.example".try_into().unwrap());
         let uri = SanType::URI("spiffe://example/worker".try_into().unwrap());
@@ -655,7 +636,7 @@ mod tests {
 
     #[test]
     fn unusable_common_name_is_an_error_not_a_fallback() {
-        let dir = ScratchDir::new();
+        let dir = ScratchDir::new("pki-test");
         let ca = write_test_ca(&dir);
         let dns = SanType::DnsName("bob.example".try_into().unwrap());
         let der = issue_with_rcgen(&ca, Some("alice\nINFO forged"), vec![dns.clone()]);
@@ -677,7 +658,7 @@ mod tests {
 
     #[test]
     fn existing_key_is_never_overwritten() {
-        let dir = ScratchDir::new();
+        let dir = ScratchDir::new("pki-test");
         let ca = write_test_ca(&dir);
         let original_key = fs::read(key_path(&ca)).unwrap();
         let original_cert = fs::read(cert_path(&ca)).unwrap();
@@ -696,42 +677,42 @@ mod tests {
 
     #[test]
     fn missing_ca_error_names_the_file_and_the_fix() {
-        let dir = ScratchDir::new();
-        let ca = dir.prefix("nope/ca");
-        let err = write_client(&ca, &dir.prefix("alice"), "alice", &Validity::days_from_now(1)).unwrap_err();
+        let dir = ScratchDir::new("pki-test");
+        let ca = dir.join("nope/ca");
+        let err = write_client(&ca, &dir.join("alice"), "alice", &Validity::days_from_now(1)).unwrap_err();
         let message = err.to_string();
         assert!(message.starts_with(&format!("cannot read CA certificate {}", cert_path(&ca).display())), "{message}");
         assert!(message.contains(&format!("runnel certs ca --out {}", ca.display())), "{message}");
-        assert!(!key_path(&dir.prefix("alice")).exists());
+        assert!(!key_path(&dir.join("alice")).exists());
     }
 
     #[test]
     fn ca_key_must_match_ca_certificate() {
-        let dir = ScratchDir::new();
+        let dir = ScratchDir::new("pki-test");
         let ca = write_test_ca(&dir);
-        let other_ca = dir.prefix("other");
+        let other_ca = dir.join("other");
         write_ca(&other_ca, "other", &Validity::days_from_now(30)).unwrap();
         fs::copy(key_path(&other_ca), key_path(&ca)).unwrap();
 
-        let err = write_client(&ca, &dir.prefix("alice"), "alice", &Validity::days_from_now(1)).unwrap_err();
+        let err = write_client(&ca, &dir.join("alice"), "alice", &Validity::days_from_now(1)).unwrap_err();
         assert!(matches!(&err, PkiError::UnusableCa { path, .. } if *path == key_path(&ca)), "{err:?}");
     }
 
     #[test]
     fn leaf_certificate_cannot_act_as_ca() {
-        let dir = ScratchDir::new();
+        let dir = ScratchDir::new("pki-test");
         let ca = write_test_ca(&dir);
-        let client = dir.prefix("alice");
+        let client = dir.join("alice");
         write_client(&ca, &client, "alice", &Validity::days_from_now(1)).unwrap();
-        let err = write_client(&client, &dir.prefix("bob"), "bob", &Validity::days_from_now(1)).unwrap_err();
+        let err = write_client(&client, &dir.join("bob"), "bob", &Validity::days_from_now(1)).unwrap_err();
         assert!(matches!(err, PkiError::UnusableCa { .. }), "{err:?}");
     }
 
     #[test]
     fn bad_names_and_periods_are_rejected() {
-        let dir = ScratchDir::new();
+        let dir = ScratchDir::new("pki-test");
         let ca = write_test_ca(&dir);
-        let out = dir.prefix("x");
+        let out = dir.join("x");
         let week = Validity::days_from_now(7);
 
         for name in ["", "al\u{7}ice", &"a".repeat(65)] {
@@ -747,10 +728,7 @@ mod tests {
         assert!(matches!(write_client(&ca, &out, "alice", &backwards), Err(PkiError::InvalidValidity { .. })));
         let too_long = Validity::days_from_now(u32::MAX);
         assert!(matches!(write_client(&ca, &out, "alice", &too_long), Err(PkiError::InvalidValidity { .. })));
-        assert!(matches!(
-            write_client(&ca, &dir.prefix("sub/"), "alice", &week),
-            Err(PkiError::BadOutputPrefix { .. })
-        ));
+        assert!(matches!(write_client(&ca, &dir.join("sub/"), "alice", &week), Err(PkiError::BadOutputPrefix { .. })));
 
         assert!(!key_path(&out).exists());
     }

@@ -442,21 +442,21 @@ fn read_header(at: &mut CursorFile) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scratch::ScratchDir;
 
-    /// A job's log and the spares it shares, in a temporary directory removed on drop.
+    /// A job's log and the spares it shares, in a scratch directory.
     struct Spool {
-        root: PathBuf,
         log: OutputLog,
         spares: SpareSegments,
+        root: ScratchDir,
     }
 
     impl Spool {
         fn new(name: &str, retention: u64) -> Spool {
-            let root = std::env::temp_dir().join(format!("runnel-output-{name}-{}", rand::random::<u64>()));
-            fs::create_dir(&root).unwrap();
+            let root = ScratchDir::new(&format!("output-{name}"));
             let log = OutputLog::create(root.join("log"), retention).unwrap();
             let spares = SpareSegments::create(root.join("spare"), 1 << 30).unwrap();
-            Spool { root, log, spares }
+            Spool { log, spares, root }
         }
 
         fn append(&mut self, stream: Stream, data: &[u8]) {
@@ -467,12 +467,6 @@ mod tests {
 
         fn remove(&mut self) {
             self.log.remove(&mut self.spares);
-        }
-    }
-
-    impl Drop for Spool {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.root);
         }
     }
 

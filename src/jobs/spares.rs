@@ -113,64 +113,51 @@ impl SpareSegments {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scratch::ScratchDir;
 
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new() -> Scratch {
-            let dir = std::env::temp_dir().join(format!("runnel-spares-{}", rand::random::<u64>()));
-            fs::create_dir(&dir).unwrap();
-            Scratch(dir)
-        }
-        fn segment(&self, name: &str, len: u64) -> PathBuf {
-            let path = self.0.join(name);
-            File::create(&path).unwrap().set_len(len).unwrap();
-            path
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
+    /// A discarded segment's stand-in: a file of `len` bytes.
+    fn segment(scratch: &ScratchDir, name: &str, len: u64) -> PathBuf {
+        let path = scratch.join(name);
+        File::create(&path).unwrap().set_len(len).unwrap();
+        path
     }
 
     #[test]
     fn keeps_big_discarded_files_up_to_its_count_and_hands_out_the_largest() {
-        let scratch = Scratch::new();
-        let mut spares = SpareSegments::create(scratch.0.join("spare"), 1 << 30).unwrap();
-        let small = scratch.segment("small", MIN_SPARE_BYTES - 1);
+        let scratch = ScratchDir::new("spares");
+        let mut spares = SpareSegments::create(scratch.join("spare"), 1 << 30).unwrap();
+        let small = segment(&scratch, "small", MIN_SPARE_BYTES - 1);
         spares.keep_or_delete(&small, MIN_SPARE_BYTES - 1);
         assert!(!small.exists(), "a small segment is deleted");
         assert_eq!(spares.bytes(), 0);
         for (name, len) in [("a", 2 << 20), ("b", 3 << 20), ("c", 1 << 20)] {
-            let path = scratch.segment(name, len);
+            let path = segment(&scratch, name, len);
             spares.keep_or_delete(&path, len);
             assert!(!path.exists());
         }
         assert_eq!(spares.bytes(), 5 << 20, "a and b kept; c over the file count");
 
-        let (_, len) = spares.take(&scratch.0.join("new")).unwrap();
+        let (_, len) = spares.take(&scratch.join("new")).unwrap();
         assert_eq!(len, 3 << 20, "the largest first");
-        assert_eq!(fs::metadata(scratch.0.join("new")).unwrap().len(), 3 << 20, "moved, contents kept");
-        let (_, len) = spares.take(&scratch.0.join("newer")).unwrap();
+        assert_eq!(fs::metadata(scratch.join("new")).unwrap().len(), 3 << 20, "moved, contents kept");
+        let (_, len) = spares.take(&scratch.join("newer")).unwrap();
         assert_eq!(len, 2 << 20);
-        assert!(spares.take(&scratch.0.join("none")).is_none());
-        assert_eq!(fs::read_dir(scratch.0.join("spare")).unwrap().count(), 0);
+        assert!(spares.take(&scratch.join("none")).is_none());
+        assert_eq!(fs::read_dir(scratch.join("spare")).unwrap().count(), 0);
     }
 
     #[test]
     fn spares_and_what_is_lent_stay_within_the_byte_limit() {
-        let scratch = Scratch::new();
-        let mut spares = SpareSegments::create(scratch.0.join("spare"), 5 << 20).unwrap();
-        spares.keep_or_delete(&scratch.segment("a", 3 << 20), 3 << 20);
-        let (_, lent) = spares.take(&scratch.0.join("written-over")).unwrap();
-        let refused = scratch.segment("b", 3 << 20);
+        let scratch = ScratchDir::new("spares");
+        let mut spares = SpareSegments::create(scratch.join("spare"), 5 << 20).unwrap();
+        spares.keep_or_delete(&segment(&scratch, "a", 3 << 20), 3 << 20);
+        let (_, lent) = spares.take(&scratch.join("written-over")).unwrap();
+        let refused = segment(&scratch, "b", 3 << 20);
         spares.keep_or_delete(&refused, 3 << 20);
         assert!(!refused.exists(), "3 MiB lent + 3 MiB more is over the 5 MiB limit: deleted");
         assert_eq!(spares.bytes(), 0);
         spares.settle(lent);
-        spares.keep_or_delete(&scratch.segment("c", 3 << 20), 3 << 20);
+        spares.keep_or_delete(&segment(&scratch, "c", 3 << 20), 3 << 20);
         assert_eq!(spares.bytes(), 3 << 20, "kept once the lent spare is settled");
     }
 }
