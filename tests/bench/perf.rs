@@ -8,7 +8,9 @@ mod util;
 
 use runnel::grpc::path;
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use runnel::client::{Client, ClientSettings};
 use runnel::proto::{GetJobRequest, Job, OutputChunk, StartJobRequest, StreamOutputRequest, WaitJobRequest};
+use runnel::tls::{client_config, server_config, server_name, KeySource};
 use util::{Pki, Server};
 
 fn median(values: &mut [f64]) -> f64 {
@@ -88,6 +91,9 @@ struct StreamRun {
     replay_cpu: f64,
     /// GetJob round trips (ms) from another connection while the unfollowed job wrote.
     probe_ms: Vec<f64>,
+    /// MB/s and the one thread's CPU seconds per GiB of the data path alone (see [`data_path_alone`]).
+    data_path: f64,
+    data_path_cpu: f64,
 }
 
 const GIB: &str = "1073741824";
@@ -126,7 +132,17 @@ fn stream_run(pki: &Pki, condition: Retention) -> (StreamRun, usize) {
     let (bytes, secs) = follow_all(&mut reader, &job.id);
     assert_eq!(bytes, 1 << 30);
     let (replay, replay_cpu) = (bytes as f64 / secs / 1e6, (cpu_ns(pid) - before) as f64 / 1e9);
-    (StreamRun { live, replay, spool_cpu, live_cpu, replay_cpu, probe_ms }, threads_seen)
+
+    // The same bytes through the data path alone, while the server still holds its spool, so that the page
+    // cache is in the state the live follow met: a new file below the cap, a cached one at the cap.
+    let scratch = util::TempDir::new("data-path");
+    let spool = scratch.path().join("spool");
+    if let Retention::AtCap = condition {
+        fill_gib(&spool);
+    }
+    let (data_path, data_path_cpu) = data_path_alone(pki, &spool);
+    let run = StreamRun { live, replay, spool_cpu, live_cpu, replay_cpu, probe_ms, data_path, data_path_cpu };
+    (run, threads_seen)
 }
 
 /// A second client asking for a job every 5 ms, timing each answer: everything the server's one thread does
@@ -162,16 +178,20 @@ impl LatencyProbe {
 
 /// CPU seconds this thread spends writing 1 GiB into the new file `path`, 1 MiB per `write` (then removed).
 fn page_cache_fill_seconds(path: &std::path::Path) -> f64 {
-    use std::io::Write;
+    let seconds = fill_gib(path);
+    fs::remove_file(path).unwrap();
+    seconds
+}
+
+/// Writes 1 GiB into the new file `path`, 1 MiB per `write`; returns this thread's CPU seconds for it.
+fn fill_gib(path: &std::path::Path) -> f64 {
     let block = vec![0x5au8; 1 << 20];
     let mut file = fs::File::create(path).unwrap();
     let before = thread_cpu_ns();
     for _ in 0..1024 {
         file.write_all(&block).unwrap();
     }
-    let seconds = (thread_cpu_ns() - before) as f64 / 1e9;
-    fs::remove_file(path).unwrap();
-    seconds
+    (thread_cpu_ns() - before) as f64 / 1e9
 }
 
 /// CPU time of the calling thread, in nanoseconds (`/proc/thread-self/schedstat`).
@@ -212,6 +232,90 @@ fn copy_seconds_per_gib(distance: usize) -> f64 {
         std::hint::black_box(&mut *dst);
     }
     begun.elapsed().as_secs_f64()
+}
+
+/// A live follow's data path alone, with no server: one thread doing only what the server must do with each byte
+/// of a job's output (splice it from the job's pipe into a spool file, `pread` it back, encrypt it with the same
+/// rustls configuration and suite, write it to a loopback TCP socket), a second thread as the TLS client reading
+/// it. The pipe is drained through a relay pipe, as the server does. No gRPC, no h2, no event loop, no job table. `spool` is written from offset 0; a file that already holds
+/// 1 GiB is overwritten in its cached pages, as the server's spare segments are at the retention cap.
+/// Returns (MB/s, CPU seconds per GiB of the writing thread).
+fn data_path_alone(pki: &Pki, spool: &std::path::Path) -> (f64, f64) {
+    let key = |name: &str| KeySource::File(pki.file(name));
+    let server_tls = server_config(&pki.file("server.crt"), &key("server.key"), &pki.file("ca.crt")).unwrap();
+    let client_tls = client_config(&pki.file("alice.crt"), &key("alice.key"), &pki.file("ca.crt")).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut socket = TcpStream::connect(address).unwrap();
+        let mut tls = rustls::ClientConnection::new(client_tls, server_name("localhost").unwrap()).unwrap();
+        let mut stream = rustls::Stream::new(&mut tls, &mut socket);
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        loop {
+            match stream.read(&mut buf).unwrap() {
+                0 => return total,
+                n => total += n as u64,
+            }
+        }
+    });
+    let (mut socket, _) = listener.accept().unwrap();
+    let mut tls = rustls::ServerConnection::new(server_tls).unwrap();
+    while tls.is_handshaking() {
+        tls.complete_io(&mut socket).unwrap();
+    }
+
+    let pipe = runnel::sys::output_pipe().unwrap();
+    let relay = runnel::sys::relay_pipe().unwrap();
+    let mut head = Command::new("head").args(["-c", GIB, "/dev/zero"]).stdout(Stdio::from(pipe.write)).spawn().unwrap();
+    let file = fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(spool).unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let (mut spooled, mut sent) = (0u64, 0u64);
+    let begun = Instant::now();
+    let cpu_before = thread_cpu_ns();
+    loop {
+        // As the server does: move the pipe's pages to a relay pipe (no copy, so the job's pipe is locked only
+        // briefly), then copy them from the relay into the file.
+        let moved = match runnel::sys::splice_to_pipe(pipe.read.as_raw_fd(), relay.write.as_raw_fd(), 1 << 20) {
+            Ok(Some(0)) => break,
+            Ok(Some(n)) => n as u64,
+            Ok(None) => {
+                runnel::sys::wait_readable(pipe.read.as_raw_fd(), -1).unwrap();
+                continue;
+            }
+            Err(e) => panic!("splice from the job's pipe: {e}"),
+        };
+        let relayed = spooled + moved;
+        while spooled < relayed {
+            let left = (relayed - spooled) as usize;
+            spooled += runnel::sys::splice_to_file(relay.read.as_raw_fd(), file.as_raw_fd(), spooled, left)
+                .unwrap()
+                .expect("the relay holds what was moved into it") as u64;
+        }
+        while sent < spooled {
+            let len = (spooled - sent).min(128 * 1024) as usize;
+            buf.clear();
+            runnel::sys::pread_append(file.as_raw_fd(), &mut buf, len, sent).unwrap();
+            let mut unsent = &buf[..];
+            while !unsent.is_empty() {
+                // rustls takes what fits in its send buffer; what it took goes out before the rest.
+                unsent = &unsent[tls.writer().write(unsent).unwrap()..];
+                while tls.wants_write() {
+                    tls.write_tls(&mut socket).unwrap();
+                }
+            }
+            sent += len as u64;
+        }
+    }
+    tls.send_close_notify();
+    while tls.wants_write() {
+        tls.write_tls(&mut socket).unwrap();
+    }
+    let received = reader.join().unwrap();
+    let (seconds, cpu) = (begun.elapsed().as_secs_f64(), (thread_cpu_ns() - cpu_before) as f64 / 1e9);
+    head.wait().unwrap();
+    assert_eq!((sent, received), (1 << 30, 1 << 30));
+    (sent as f64 / seconds / 1e6, cpu)
 }
 
 /// Each run's figure, in run order, with `decimals` places: the spread says how far a median can be trusted.
@@ -303,8 +407,10 @@ fn main() {
     // retention cap, and at it (`--max-output-total 1G` already full, so old output is discarded as new arrives,
     // as on a long-running server). The server's one core does two things per byte: write it into the spool
     // (page cache) and send it. Each run measures the server's CPU per GiB for a job nobody follows (the spool
-    // alone), for the followed job and for its replay; the page cache's own cost (writing 1 GiB into a new file
-    // in the same file system, no server) is measured after the runs, as it changes what memory they would get.
+    // alone), for the followed job and for its replay, then the same bytes through the data path alone (no
+    // server: splice, pread, TLS, socket on one thread), the most a live follow could reach at that moment. The
+    // page cache's own cost (writing 1 GiB into a new file in the same file system, no server) is measured after
+    // the runs, as it changes what memory they would get.
     let mut max_threads = 0;
     let mut figures = Vec::new();
     for condition in [Retention::BelowCap, Retention::AtCap] {
@@ -326,12 +432,23 @@ fn main() {
         let mut spool: Vec<f64> = runs.iter().map(|r| r.spool_cpu).collect();
         let mut live_cpu: Vec<f64> = runs.iter().map(|r| r.live_cpu).collect();
         let mut replay_cpu: Vec<f64> = runs.iter().map(|r| r.replay_cpu).collect();
+        let mut data_path: Vec<f64> = runs.iter().map(|r| r.data_path).collect();
+        let mut data_path_cpu: Vec<f64> = runs.iter().map(|r| r.data_path_cpu).collect();
         let (live_runs, replay_runs) = (list(&live, 0), list(&replay, 0));
+        let (data_path_runs, data_path_cpu_runs) = (list(&data_path, 0), list(&data_path_cpu, 2));
         let (spool_runs, live_cpu_runs, replay_cpu_runs) = (list(&spool, 2), list(&live_cpu, 2), list(&replay_cpu, 2));
-        let live = median(&mut live);
+        let (live, data_path) = (median(&mut live), median(&mut data_path));
         println!("  {}", condition.describe());
-        println!("    live    {live:6.0} MB/s (goal >= 800)  runs {live_runs}   live/baseline {:.2}", live / pipe);
+        println!(
+            "    live    {live:6.0} MB/s (goal >= 800)  runs {live_runs}   live/baseline {:.2}, live/data path {:.2}",
+            live / pipe,
+            live / data_path
+        );
         println!("    replay  {:6.0} MB/s                runs {replay_runs}", median(&mut replay));
+        println!(
+            "    baseline: the data path alone {data_path:6.0} MB/s  runs {data_path_runs}, one thread's CPU {:.2} s/GiB ({data_path_cpu_runs})",
+            median(&mut data_path_cpu)
+        );
         println!(
             "    server CPU s/GiB: spool alone {:.2} ({spool_runs}), live {:.2} ({live_cpu_runs}), replay {:.2} ({replay_cpu_runs})",
             median(&mut spool),
