@@ -91,9 +91,6 @@ struct StreamRun {
     replay_cpu: f64,
     /// GetJob round trips (ms) from another connection while the unfollowed job wrote.
     probe_ms: Vec<f64>,
-    /// MB/s and the one thread's CPU seconds per GiB of the data path alone (see [`data_path_alone`]).
-    data_path: f64,
-    data_path_cpu: f64,
 }
 
 const GIB: &str = "1073741824";
@@ -132,17 +129,7 @@ fn stream_run(pki: &Pki, condition: Retention) -> (StreamRun, usize) {
     let (bytes, secs) = follow_all(&mut reader, &job.id);
     assert_eq!(bytes, 1 << 30);
     let (replay, replay_cpu) = (bytes as f64 / secs / 1e6, (cpu_ns(pid) - before) as f64 / 1e9);
-
-    // The same bytes through the data path alone, while the server still holds its spool, so that the page
-    // cache is in the state the live follow met: a new file below the cap, a cached one at the cap.
-    let scratch = util::TempDir::new("data-path");
-    let spool = scratch.path().join("spool");
-    if let Retention::AtCap = condition {
-        fill_gib(&spool);
-    }
-    let (data_path, data_path_cpu) = data_path_alone(pki, &spool);
-    let run = StreamRun { live, replay, spool_cpu, live_cpu, replay_cpu, probe_ms, data_path, data_path_cpu };
-    (run, threads_seen)
+    (StreamRun { live, replay, spool_cpu, live_cpu, replay_cpu, probe_ms }, threads_seen)
 }
 
 /// A second client asking for a job every 5 ms, timing each answer: everything the server's one thread does
@@ -407,10 +394,9 @@ fn main() {
     // retention cap, and at it (`--max-output-total 1G` already full, so old output is discarded as new arrives,
     // as on a long-running server). The server's one core does two things per byte: write it into the spool
     // (page cache) and send it. Each run measures the server's CPU per GiB for a job nobody follows (the spool
-    // alone), for the followed job and for its replay, then the same bytes through the data path alone (no
-    // server: splice, pread, TLS, socket on one thread), the most a live follow could reach at that moment. The
-    // page cache's own cost (writing 1 GiB into a new file in the same file system, no server) is measured after
-    // the runs, as it changes what memory they would get.
+    // alone), for the followed job and for its replay. Measured after the runs, as each changes what memory and
+    // disk they would get: the page cache's own cost (writing 1 GiB into a new file in the same file system, no
+    // server), then the data path alone (no server: splice into a cached file, pread, TLS, socket on one thread).
     let mut max_threads = 0;
     let mut figures = Vec::new();
     for condition in [Retention::BelowCap, Retention::AtCap] {
@@ -425,6 +411,15 @@ fn main() {
     let mut pipe = (0..3).map(|_| pipe_baseline()).collect::<Vec<_>>();
     let pipe_runs = list(&pipe, 0);
     let pipe = median(&mut pipe);
+    let scratch = util::TempDir::new("page-cache");
+    let mut page_cache: Vec<f64> = (0..3).map(|_| page_cache_fill_seconds(&scratch.path().join("probe"))).collect();
+    let spool = scratch.path().join("spool");
+    fill_gib(&spool);
+    let (mut data_path, mut data_path_cpu): (Vec<f64>, Vec<f64>) =
+        (0..3).map(|_| data_path_alone(&pki, &spool)).unzip();
+    drop(scratch);
+    let (data_path_runs, data_path_cpu_runs) = (list(&data_path, 0), list(&data_path_cpu, 2));
+    let (data_path, data_path_cpu) = (median(&mut data_path), median(&mut data_path_cpu));
     println!("one follower, job writing 1 GiB: MB/s, and the server's CPU seconds per GiB");
     for (condition, runs) in &figures {
         let mut live: Vec<f64> = runs.iter().map(|r| r.live).collect();
@@ -432,12 +427,9 @@ fn main() {
         let mut spool: Vec<f64> = runs.iter().map(|r| r.spool_cpu).collect();
         let mut live_cpu: Vec<f64> = runs.iter().map(|r| r.live_cpu).collect();
         let mut replay_cpu: Vec<f64> = runs.iter().map(|r| r.replay_cpu).collect();
-        let mut data_path: Vec<f64> = runs.iter().map(|r| r.data_path).collect();
-        let mut data_path_cpu: Vec<f64> = runs.iter().map(|r| r.data_path_cpu).collect();
         let (live_runs, replay_runs) = (list(&live, 0), list(&replay, 0));
-        let (data_path_runs, data_path_cpu_runs) = (list(&data_path, 0), list(&data_path_cpu, 2));
         let (spool_runs, live_cpu_runs, replay_cpu_runs) = (list(&spool, 2), list(&live_cpu, 2), list(&replay_cpu, 2));
-        let (live, data_path) = (median(&mut live), median(&mut data_path));
+        let live = median(&mut live);
         println!("  {}", condition.describe());
         println!(
             "    live    {live:6.0} MB/s (goal >= 800)  runs {live_runs}   live/baseline {:.2}, live/data path {:.2}",
@@ -445,10 +437,6 @@ fn main() {
             live / data_path
         );
         println!("    replay  {:6.0} MB/s                runs {replay_runs}", median(&mut replay));
-        println!(
-            "    baseline: the data path alone {data_path:6.0} MB/s  runs {data_path_runs}, one thread's CPU {:.2} s/GiB ({data_path_cpu_runs})",
-            median(&mut data_path_cpu)
-        );
         println!(
             "    server CPU s/GiB: spool alone {:.2} ({spool_runs}), live {:.2} ({live_cpu_runs}), replay {:.2} ({replay_cpu_runs})",
             median(&mut spool),
@@ -467,10 +455,10 @@ fn main() {
         );
     }
     println!("  baseline: head | read(64 KiB), no server {pipe:8.0} MB/s   runs {pipe_runs}");
+    println!("  baseline: the data path alone, no server {data_path:8.0} MB/s   runs {data_path_runs}");
+    println!("    (splice into a cached file, pread, TLS, socket; one thread's CPU {data_path_cpu:.2} s/GiB, runs {data_path_cpu_runs})");
     println!("  baseline: GetJob, idle server            p50 {idle_probe_p50:.2} ms, max {idle_probe_max:.1} ms");
     println!("server threads under load (max seen)       {max_threads:8}");
-    let scratch = util::TempDir::new("page-cache");
-    let mut page_cache: Vec<f64> = (0..3).map(|_| page_cache_fill_seconds(&scratch.path().join("probe"))).collect();
     let page_cache_runs = list(&page_cache, 2);
     println!(
         "  page cache alone: 1 GiB into a new file   {:8.2} s CPU          runs {page_cache_runs}",
