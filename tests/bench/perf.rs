@@ -280,7 +280,8 @@ fn data_path_alone(pki: &Pki, spool: &std::path::Path) -> (f64, f64) {
                 .expect("the relay holds what was moved into it") as u64;
         }
         while sent < spooled {
-            let len = (spooled - sent).min(128 * 1024) as usize;
+            // As large as the server's largest output message.
+            let len = (spooled - sent).min(256 * 1024) as usize;
             buf.clear();
             runnel::sys::pread_append(file.as_raw_fd(), &mut buf, len, sent).unwrap();
             let mut unsent = &buf[..];
