@@ -289,22 +289,25 @@ fn data_path_alone(pki: &Pki, spool: &std::path::Path) -> (f64, f64) {
             while !unsent.is_empty() {
                 // rustls takes what fits in its send buffer; what it took goes out before the rest.
                 unsent = &unsent[tls.writer().write(unsent).unwrap()..];
-                while tls.wants_write() {
-                    tls.write_tls(&mut socket).unwrap();
-                }
+                send_records(&mut tls, &mut socket);
             }
             sent += len as u64;
         }
     }
     tls.send_close_notify();
-    while tls.wants_write() {
-        tls.write_tls(&mut socket).unwrap();
-    }
+    send_records(&mut tls, &mut socket);
     let received = reader.join().unwrap();
     let (seconds, cpu) = (begun.elapsed().as_secs_f64(), (thread_cpu_ns() - cpu_before) as f64 / 1e9);
     head.wait().unwrap();
     assert_eq!((sent, received), (1 << 30, 1 << 30));
     (sent as f64 / seconds / 1e6, cpu)
+}
+
+/// Writes every TLS record `tls` holds to `socket` (blocking).
+fn send_records(tls: &mut rustls::ServerConnection, socket: &mut TcpStream) {
+    while tls.wants_write() {
+        tls.write_tls(socket).unwrap();
+    }
 }
 
 /// Each run's figure, in run order, with `decimals` places: the spread says how far a median can be trusted.
