@@ -1,8 +1,13 @@
 //! Tests' scratch directories: one per test under the system temp dir, removed when dropped, so a test that
 //! fails leaves nothing behind for the next run either.
+//!
+//! The one helper for every test: the unit tests use it as `crate::scratch`, the integration tests and the
+//! bench include this same file from `tests/util`.
+// Each of those crates uses a different part of it.
+#![allow(dead_code)]
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub struct ScratchDir(PathBuf);
 
@@ -12,6 +17,10 @@ impl ScratchDir {
         let path = std::env::temp_dir().join(format!("runnel-{name}-{:016x}", rand::random::<u64>()));
         fs::create_dir_all(&path).unwrap();
         ScratchDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
     }
 
     pub fn join(&self, name: &str) -> PathBuf {

@@ -171,7 +171,7 @@ fn a_killed_server_leaves_no_job_process() {
 #[test]
 fn containment_requirements_the_host_cannot_meet_refuse_to_start() {
     let pki = Pki::new();
-    let scratch = util::TempDir::new("require");
+    let scratch = util::ScratchDir::new("require");
     // This host has no usable cgroup v2 (hybrid mode), so --require-limits must refuse.
     let output = util::server_command(&pki, &scratch.path().join("state")).arg("--require-limits").output().unwrap();
     assert_eq!(output.status.code(), Some(1));
@@ -231,24 +231,32 @@ fn the_jobs_environment_never_reaches_the_init_which_starts_as_root() {
 
 #[test]
 fn jobs_get_the_open_file_limit_the_server_started_with() {
-    let soft_limit = |limits: &str| -> String {
+    // The server raises its own soft limit to the hard one (it holds descriptors for every connection and job)
+    // and must give jobs back what it started with. Started below the hard limit, so the two differ.
+    // (soft, hard) from /proc/PID/limits: "Max open files  SOFT  HARD  files".
+    let open_file_limits = |pid: &str| -> (u64, u64) {
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
         let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("limits line").to_string();
-        line.split_whitespace().nth(3).unwrap().to_string()
+        let value = |i: usize| line.split_whitespace().nth(i).unwrap().parse().unwrap();
+        (value(3), value(4))
     };
-    let ours = soft_limit(&std::fs::read_to_string("/proc/self/limits").unwrap());
+    let soft_limit = |pid: &str| open_file_limits(pid).0;
+    let started_with = 512;
+    assert!(open_file_limits("self").1 > started_with, "this test needs a hard limit above {started_with}");
     let pki = Pki::new();
-    let server = Server::start(&pki, &[]);
-    let raised = soft_limit(&std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap());
+    let server = Server::start_with_soft_open_file_limit(&pki, started_with);
+    let raised = soft_limit(&server.pid().to_string());
+    assert!(raised > started_with, "the server raised its own limit ({raised})");
     let mut client = server.client("alice");
     let (_, out) = run_shell(&mut client, "ulimit -Sn");
-    assert_eq!(out.trim(), ours, "the job gets the limit the server was started with (the server has {raised})");
+    assert_eq!(out.trim(), started_with.to_string(), "the job gets the limit the server was started with");
 }
 
 #[test]
 fn a_state_dir_the_jobs_user_cannot_reach_is_refused_at_startup() {
     use std::os::unix::fs::PermissionsExt;
     let pki = Pki::new();
-    let scratch = util::TempDir::new("private");
+    let scratch = util::ScratchDir::new("private");
     let private = scratch.path().join("private");
     std::fs::create_dir(&private).unwrap();
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();

@@ -23,7 +23,7 @@ use runnel::tls::KeySource;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
-use util::{Pki, Server, TempDir, BIN};
+use util::{Pki, ScratchDir, Server, BIN};
 
 const TIMEOUT: Option<Duration> = Some(Duration::from_secs(10));
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
@@ -119,7 +119,7 @@ fn client_without_certificate_is_refused() {
 fn client_certificate_from_another_ca_is_refused() {
     let pki = Pki::new();
     let server = Server::start(&pki, &[]);
-    let other = TempDir::new("other-ca");
+    let other = ScratchDir::new("other-ca");
     let ca = other.path().join("ca");
     write_ca(&ca, "some other CA", &Validity::days_from_now(30)).unwrap();
     // Same identity name as a legitimate user: only the issuer differs.
@@ -134,7 +134,7 @@ fn client_certificate_from_another_ca_is_refused() {
 fn expired_client_certificate_is_refused() {
     let pki = Pki::new();
     let server = Server::start(&pki, &[]);
-    let scratch = TempDir::new("expired");
+    let scratch = ScratchDir::new("expired");
     let now = SystemTime::now();
     let expired = scratch.path().join("alice-expired");
     write_client(&pki.file("ca"), &expired, "alice", &Validity { not_before: now - 10 * DAY, not_after: now - DAY })

@@ -236,6 +236,7 @@ fn read_pipe(to: &mut Destination<'_>, fd: RawFd, budget: usize, buf: &mut [u8])
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scratch::ScratchDir;
     use std::fs;
 
     #[test]
@@ -246,7 +247,8 @@ mod tests {
         std::fs::File::from(job.write).write_all(b"job output").unwrap();
         assert_eq!(sys::splice_to_pipe(job.read.as_raw_fd(), relay.write.as_raw_fd(), 1 << 20).unwrap(), Some(10));
         // A file opened read-only cannot be spliced into: nothing moves, the bytes stay in the relay.
-        let path = std::env::temp_dir().join(format!("runnel-relay-{}", rand::random::<u64>()));
+        let scratch = ScratchDir::new("relay");
+        let path = scratch.join("segment");
         fs::write(&path, b"").unwrap();
         let file = fs::File::open(&path).unwrap();
         let (moved, error) = relay_to_file(relay.read.as_raw_fd(), file.as_raw_fd(), 0, 10);
@@ -255,6 +257,5 @@ mod tests {
         let mut left = [0u8; 16];
         let n = fs::File::from(relay.read).read(&mut left).unwrap();
         assert_eq!(&left[..n], b"job output");
-        fs::remove_file(path).unwrap();
     }
 }

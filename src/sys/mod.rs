@@ -329,10 +329,12 @@ pub fn is_cgroup2(path: &std::ffi::CStr) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scratch::ScratchDir;
 
     #[test]
     fn pread_append_reads_exactly_the_span_after_what_is_there() {
-        let path = std::env::temp_dir().join(format!("runnel-pread-{}", rand::random::<u64>()));
+        let scratch = ScratchDir::new("pread");
+        let path = scratch.join("data");
         let data: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
         std::fs::write(&path, &data).unwrap();
         let file = std::fs::File::open(&path).unwrap();
@@ -342,6 +344,5 @@ mod tests {
         assert_eq!(&buf[4..], &data[1234..201_234]);
         let err = pread_append(file.as_raw_fd(), &mut buf, 10, 299_995).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
-        std::fs::remove_file(path).unwrap();
     }
 }

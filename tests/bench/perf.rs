@@ -419,7 +419,7 @@ fn main() {
     let mut pipe = (0..3).map(|_| pipe_baseline()).collect::<Vec<_>>();
     let pipe_runs = list(&pipe, 0);
     let pipe = median(&mut pipe);
-    let scratch = util::TempDir::new("no-server");
+    let scratch = util::ScratchDir::new("no-server");
     let mut page_cache: Vec<f64> = (0..3).map(|_| page_cache_fill_seconds(&scratch.path().join("probe"))).collect();
     let spool = scratch.path().join("spool");
     fill_gib(&spool);

@@ -12,26 +12,10 @@ use runnel::tls::KeySource;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_runnel");
 
-/// A scratch directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(name: &str) -> TempDir {
-        let dir =
-            std::env::temp_dir().join(format!("runnel-it-{name}-{}-{}", std::process::id(), rand::random::<u32>()));
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
+/// The unit tests' scratch directories, for these tests too: one helper everywhere.
+#[path = "../../src/scratch.rs"]
+mod scratch;
+pub use scratch::ScratchDir;
 
 /// Runs `runnel` with `args`, failing the test if it does not succeed.
 pub fn runnel(args: &[&str]) -> Output {
@@ -42,12 +26,12 @@ pub fn runnel(args: &[&str]) -> Output {
 
 /// A CA, a server certificate for localhost/127.0.0.1, and client certificates for alice, bob and admin.
 pub struct Pki {
-    pub dir: TempDir,
+    pub dir: ScratchDir,
 }
 
 impl Pki {
     pub fn new() -> Pki {
-        let dir = TempDir::new("pki");
+        let dir = ScratchDir::new("pki");
         let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
         runnel(&["certs", "ca", "--out", &p("ca")]);
         runnel(&[
@@ -97,7 +81,7 @@ pub struct Server {
     pub log: PathBuf,
     pub ca: PathBuf,
     pub pki_dir: PathBuf,
-    _scratch: TempDir,
+    _scratch: ScratchDir,
 }
 
 impl Server {
@@ -116,11 +100,33 @@ impl Server {
         Server::start_with(pki, None, extra, env)
     }
 
+    /// As [`Server::start`], with the server started under a soft open-file limit of `soft` (the hard limit
+    /// unchanged), as a shell's `ulimit -Sn` would start it.
+    pub fn start_with_soft_open_file_limit(pki: &Pki, soft: u64) -> Server {
+        Server::launch(pki, None, &[], &[], Some(soft))
+    }
+
     fn start_with(pki: &Pki, state_dir: Option<&Path>, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        let scratch = TempDir::new("server");
+        Server::launch(pki, state_dir, extra, env, None)
+    }
+
+    fn launch(
+        pki: &Pki,
+        state_dir: Option<&Path>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        soft_open_files: Option<u64>,
+    ) -> Server {
+        let scratch = ScratchDir::new("server");
         let state_dir = state_dir.map_or_else(|| scratch.path().join("state"), Path::to_path_buf);
         let log = scratch.path().join("server.log");
         let mut command = server_command(pki, &state_dir);
+        if let Some(soft) = soft_open_files {
+            let mut under_ulimit = Command::new("sh");
+            under_ulimit.args(["-c", r#"ulimit -Sn "$0" && exec "$@""#]).arg(soft.to_string()).arg(BIN);
+            under_ulimit.args(command.get_args());
+            command = under_ulimit;
+        }
         command
             .args(["--admin", "admin"])
             .args(extra)
