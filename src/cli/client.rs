@@ -1,7 +1,6 @@
 //! `runnel client`: one command against a server, printed for people (tables, raw output) or scripts (JSON
 //! lines, exit codes).
 
-use crate::grpc::path;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Write};
@@ -9,14 +8,17 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::format::{self, parse_cpu, parse_duration, parse_size};
+use super::format::{self, parse_duration, parse_limit};
 use super::{finish, split_at_double_dash, CliError};
+use crate::cgroup::Limits;
 use crate::client::{CallError, Client, ClientSettings, ResponseStream};
-use crate::grpc::Code;
+use crate::grpc::{path, Code};
+use crate::jobs::LIMIT_FIELDS;
 use crate::proto::{
-    GetJobRequest, Job, ListJobsRequest, ListJobsResponse, OutputChunk, OutputStream, ResourceLimits, StartJobRequest,
-    StopJobRequest, StreamOutputRequest, WaitJobRequest,
+    GetJobRequest, Job, ListJobsRequest, ListJobsResponse, OutputChunk, OutputStream, StartJobRequest, StopJobRequest,
+    StreamOutputRequest, WaitJobRequest,
 };
+use crate::server::wire;
 use crate::tls::KeySource;
 
 pub const USAGE: &str = "\
@@ -165,34 +167,14 @@ fn parse_start(
         }
     }
     let working_dir: Option<String> = args.opt_value_from_str("--cwd")?;
-    let nonzero = |what: &str, value: u64| {
+    let mut limits = Limits::default();
+    for field in &LIMIT_FIELDS {
+        let Some(text) = args.opt_value_from_str::<_, String>(field.client_flag)? else { continue };
+        let value = parse_limit(field, &text).map_err(|e| CliError::usage(format!("{}: {e}", field.client_flag)))?;
         if value == 0 {
-            Err(CliError::usage(format!("{what} must be greater than 0")))
-        } else {
-            Ok(value)
+            return Err(CliError::usage(format!("{} must be greater than 0", field.client_flag)));
         }
-    };
-    let mut limits = ResourceLimits::default();
-    if let Some(cpu) = args.opt_value_from_fn("--cpu", parse_cpu)? {
-        limits.cpu_millicores = cpu;
-    }
-    if let Some(memory) = args.opt_value_from_fn("--memory", parse_size)? {
-        limits.memory_bytes = nonzero("--memory", memory)?;
-    }
-    if let Some(bps) = args.opt_value_from_fn("--io-read-bps", parse_size)? {
-        limits.io_read_bps = nonzero("--io-read-bps", bps)?;
-    }
-    if let Some(bps) = args.opt_value_from_fn("--io-write-bps", parse_size)? {
-        limits.io_write_bps = nonzero("--io-write-bps", bps)?;
-    }
-    if let Some(iops) = args.opt_value_from_str::<_, u64>("--io-read-iops")? {
-        limits.io_read_iops = nonzero("--io-read-iops", iops)?;
-    }
-    if let Some(iops) = args.opt_value_from_str::<_, u64>("--io-write-iops")? {
-        limits.io_write_iops = nonzero("--io-write-iops", iops)?;
-    }
-    if let Some(pids) = args.opt_value_from_str::<_, u32>("--pids")? {
-        limits.max_pids = nonzero("--pids", pids.into())? as u32;
+        (field.set)(&mut limits, value);
     }
     let words = command_line.unwrap_or_default();
     let mut words = words.into_iter().map(|w| {
@@ -207,7 +189,7 @@ fn parse_start(
         args: words.collect::<Result<_, _>>()?,
         env,
         working_dir: working_dir.unwrap_or_default(),
-        limits: (limits != ResourceLimits::default()).then_some(limits),
+        limits: (!limits.is_unlimited()).then(|| wire::limits(limits)),
     })
 }
 

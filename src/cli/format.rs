@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::jobs::{LimitField, LimitUnit};
 use crate::proto::{EndReason, Job, JobState};
 
 /// Parses a size: a whole number with an optional binary unit, `K`, `M`, `G` or `T` (`256M`, `1G`, `4096`).
@@ -49,6 +50,19 @@ pub fn parse_cpu(text: &str) -> Result<u32, String> {
         return Err(format!("{text:?} CPUs is out of range"));
     }
     Ok(millicores as u32)
+}
+
+/// Parses a limit in `field`'s unit: CPUs (`0.5`), a size (`256M`) or a whole number.
+pub fn parse_limit(field: &LimitField, text: &str) -> Result<u64, String> {
+    let value = match field.unit {
+        LimitUnit::Millicores => parse_cpu(text)?.into(),
+        LimitUnit::Bytes => parse_size(text)?,
+        LimitUnit::Count => text.trim().parse().map_err(|_| format!("{text:?} is not a whole number"))?,
+    };
+    if value > field.max_value {
+        return Err(format!("{text:?} is too large"));
+    }
+    Ok(value)
 }
 
 /// A job state's short name: RUNNING, STOPPING, EXITED, KILLED.
@@ -262,6 +276,17 @@ mod tests {
         assert_eq!(parse_cpu("0.5"), Ok(500));
         assert_eq!(parse_cpu("2"), Ok(2000));
         assert!(parse_cpu("0").is_err());
+    }
+
+    #[test]
+    fn limits_in_each_fields_unit() {
+        let field = |flag: &str| crate::jobs::LIMIT_FIELDS.iter().find(|f| f.client_flag == flag).unwrap();
+        assert_eq!(parse_limit(field("--cpu"), "0.5"), Ok(500));
+        assert_eq!(parse_limit(field("--memory"), "1G"), Ok(1 << 30));
+        assert_eq!(parse_limit(field("--io-write-iops"), "300"), Ok(300));
+        assert_eq!(parse_limit(field("--pids"), "4294967295"), Ok(u32::MAX as u64));
+        assert!(parse_limit(field("--pids"), "4294967296").unwrap_err().contains("too large"));
+        assert!(parse_limit(field("--pids"), "5x").unwrap_err().contains("not a whole number"));
     }
 
     #[test]

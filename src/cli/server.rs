@@ -1,12 +1,17 @@
 //! `runnel server`: flags into a [`ServerConfig`], then the server loop.
+//!
+//! Two stages, as for `certs` and `client`: [`RawFlags::parse`] reads every flag's value (syntax only), then
+//! [`RawFlags::validate`] applies the defaults and the rules that tie flags together.
 
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use super::format::{parse_cpu, parse_duration, parse_size};
+use super::format::{parse_duration, parse_limit, parse_size};
 use super::{finish, CliError};
-use crate::jobs::LimitPolicy;
-use crate::proto::ResourceLimits;
+use crate::cgroup::Limits;
+use crate::jobs::{LimitPolicy, LIMIT_FIELDS};
 use crate::server::{self, ContainmentConfig, ServerConfig};
 use crate::tls::KeySource;
 
@@ -54,68 +59,148 @@ Logging: RUST_LOG=debug|info|warn [default: info].
 ";
 
 pub fn run(args: Vec<OsString>) -> Result<(), CliError> {
-    let config = parse(args)?;
-    let Some(config) = config else {
+    let raw = RawFlags::parse(args)?;
+    if raw.help {
         print!("{USAGE}");
         return Ok(());
-    };
+    }
+    let config = raw.validate()?;
     server::run(config).map_err(|e| CliError::local(e.to_string()))
 }
 
-fn parse(args: Vec<OsString>) -> Result<Option<ServerConfig>, CliError> {
-    let mut args = pico_args::Arguments::from_vec(args);
-    if args.contains(["-h", "--help"]) {
-        return Ok(None);
-    }
-    let listen = args.opt_value_from_str("--listen")?.unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid"));
-    let cert: Option<PathBuf> = args.opt_value_from_str("--cert")?;
-    let key_file: Option<PathBuf> = args.opt_value_from_str("--key")?;
-    let client_ca: Option<PathBuf> = args.opt_value_from_str("--client-ca")?;
-    let admins: Vec<String> = args.values_from_str("--admin")?;
-    let state_dir: Option<PathBuf> = args.opt_value_from_str("--state-dir")?;
-    let max_jobs: usize = args.opt_value_from_str("--max-jobs")?.unwrap_or(10_000);
-    let max_running_per_client: usize = args.opt_value_from_str("--max-running-per-client")?.unwrap_or(1_000);
-    let max_output_bytes = args.opt_value_from_fn("--max-output-bytes", parse_size)?.unwrap_or(1 << 30);
-    let max_output_total = args.opt_value_from_fn("--max-output-total", parse_size)?.unwrap_or(8 << 30);
-    let stop_grace =
-        args.opt_value_from_fn("--stop-grace", parse_duration)?.unwrap_or(std::time::Duration::from_secs(10));
-    let shutdown_grace =
-        args.opt_value_from_fn("--shutdown-grace", parse_duration)?.unwrap_or(std::time::Duration::from_secs(5));
-    let containment = parse_containment(&mut args)?;
-    finish(args)?;
+/// The flags as given: each value read in its own syntax, none yet checked against another or defaulted.
+#[derive(Debug, Default)]
+struct RawFlags {
+    help: bool,
+    listen: Option<SocketAddr>,
+    cert: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    admins: Vec<String>,
+    state_dir: Option<PathBuf>,
+    max_jobs: Option<usize>,
+    max_running_per_client: Option<usize>,
+    max_output_bytes: Option<u64>,
+    max_output_total: Option<u64>,
+    stop_grace: Option<Duration>,
+    shutdown_grace: Option<Duration>,
+    /// `--default-*` and `--max-*`, in the order of [`LIMIT_FIELDS`]; `Some(0)` for `none`.
+    limit_defaults: Vec<Option<u64>>,
+    limit_maxima: Vec<Option<u64>>,
+    cgroup_root: Option<PathBuf>,
+    io_devices: Vec<String>,
+    require_limits: bool,
+    no_isolation: bool,
+    run_as: Option<String>,
+    host_network: bool,
+    require_isolation: bool,
+}
 
-    let cert = cert.ok_or_else(|| CliError::usage("--cert FILE is required (make one with `runnel certs server`)"))?;
-    let client_ca = client_ca.ok_or_else(|| CliError::usage("--client-ca FILE is required (the CA's .crt)"))?;
-    let key = KeySource::from_env_or(key_file)
-        .ok_or_else(|| CliError::usage("--key FILE is required (or the PEM text in RUNNEL_TLS_KEY)"))?;
-    if max_jobs == 0 || max_running_per_client == 0 {
-        return Err(CliError::usage("--max-jobs and --max-running-per-client must be at least 1"));
+impl RawFlags {
+    fn parse(args: Vec<OsString>) -> Result<RawFlags, CliError> {
+        let mut args = pico_args::Arguments::from_vec(args);
+        if args.contains(["-h", "--help"]) {
+            return Ok(RawFlags { help: true, ..RawFlags::default() });
+        }
+        let mut limit_defaults = Vec::with_capacity(LIMIT_FIELDS.len());
+        let mut limit_maxima = Vec::with_capacity(LIMIT_FIELDS.len());
+        for field in &LIMIT_FIELDS {
+            let parse = |text: &str| parse_limit(field, text);
+            limit_defaults.push(limit_value(&mut args, field.default_flag, parse)?);
+            limit_maxima.push(limit_value(&mut args, field.max_flag, parse)?);
+        }
+        let raw = RawFlags {
+            help: false,
+            listen: args.opt_value_from_str("--listen")?,
+            cert: args.opt_value_from_str("--cert")?,
+            key_file: args.opt_value_from_str("--key")?,
+            client_ca: args.opt_value_from_str("--client-ca")?,
+            admins: args.values_from_str("--admin")?,
+            state_dir: args.opt_value_from_str("--state-dir")?,
+            max_jobs: args.opt_value_from_str("--max-jobs")?,
+            max_running_per_client: args.opt_value_from_str("--max-running-per-client")?,
+            max_output_bytes: args.opt_value_from_fn("--max-output-bytes", parse_size)?,
+            max_output_total: args.opt_value_from_fn("--max-output-total", parse_size)?,
+            stop_grace: args.opt_value_from_fn("--stop-grace", parse_duration)?,
+            shutdown_grace: args.opt_value_from_fn("--shutdown-grace", parse_duration)?,
+            limit_defaults,
+            limit_maxima,
+            cgroup_root: args.opt_value_from_str("--cgroup-root")?,
+            io_devices: args.values_from_fn("--io-device", crate::cgroup::parse_device)?,
+            require_limits: args.contains("--require-limits"),
+            no_isolation: args.contains("--no-isolation"),
+            run_as: args.opt_value_from_str("--run-as")?,
+            host_network: args.contains("--host-network"),
+            require_isolation: args.contains("--require-isolation"),
+        };
+        finish(args)?;
+        Ok(raw)
     }
-    if max_output_bytes == 0 || max_output_total < max_output_bytes {
-        return Err(CliError::usage("--max-output-bytes must be > 0 and no more than --max-output-total"));
+
+    /// The configuration: defaults for what was not given, and every rule between flags checked.
+    fn validate(self) -> Result<ServerConfig, CliError> {
+        let mut policy = builtin_limit_policy();
+        for (i, field) in LIMIT_FIELDS.iter().enumerate() {
+            if let Some(default) = self.limit_defaults[i] {
+                (field.set)(&mut policy.defaults, default);
+            }
+            if let Some(max) = self.limit_maxima[i] {
+                (field.set)(&mut policy.maxima, max);
+            }
+        }
+        policy.check().map_err(CliError::usage)?;
+        if self.no_isolation && self.require_isolation {
+            return Err(CliError::usage("--no-isolation and --require-isolation contradict each other"));
+        }
+        let cert = self
+            .cert
+            .ok_or_else(|| CliError::usage("--cert FILE is required (make one with `runnel certs server`)"))?;
+        let client_ca =
+            self.client_ca.ok_or_else(|| CliError::usage("--client-ca FILE is required (the CA's .crt)"))?;
+        let key = KeySource::from_env_or(self.key_file)
+            .ok_or_else(|| CliError::usage("--key FILE is required (or the PEM text in RUNNEL_TLS_KEY)"))?;
+        let max_jobs = self.max_jobs.unwrap_or(10_000);
+        let max_running_per_client = self.max_running_per_client.unwrap_or(1_000);
+        if max_jobs == 0 || max_running_per_client == 0 {
+            return Err(CliError::usage("--max-jobs and --max-running-per-client must be at least 1"));
+        }
+        let max_output_bytes = self.max_output_bytes.unwrap_or(1 << 30);
+        let max_output_total = self.max_output_total.unwrap_or(8 << 30);
+        if max_output_bytes == 0 || max_output_total < max_output_bytes {
+            return Err(CliError::usage("--max-output-bytes must be > 0 and no more than --max-output-total"));
+        }
+        Ok(ServerConfig {
+            listen: self.listen.unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid")),
+            cert,
+            key,
+            client_ca,
+            admins: self.admins,
+            state_dir: self.state_dir.unwrap_or_else(default_state_dir),
+            max_jobs,
+            max_running_per_client,
+            max_output_bytes,
+            max_output_total,
+            stop_grace: self.stop_grace.unwrap_or(Duration::from_secs(10)),
+            shutdown_grace: self.shutdown_grace.unwrap_or(Duration::from_secs(5)),
+            containment: ContainmentConfig {
+                cgroup_root: self.cgroup_root,
+                io_devices: self.io_devices,
+                policy,
+                require_limits: self.require_limits,
+                no_isolation: self.no_isolation,
+                run_as: self.run_as,
+                host_network: self.host_network,
+                require_isolation: self.require_isolation,
+            },
+        })
     }
-    Ok(Some(ServerConfig {
-        listen,
-        cert,
-        key,
-        client_ca,
-        admins,
-        state_dir: state_dir.unwrap_or_else(default_state_dir),
-        max_jobs,
-        max_running_per_client,
-        max_output_bytes,
-        max_output_total,
-        stop_grace,
-        shutdown_grace,
-        containment,
-    }))
 }
 
 /// A limit flag's value: `none` (or 0) for no limit.
 fn limit_value(
     args: &mut pico_args::Arguments,
     flag: &'static str,
-    parse: fn(&str) -> Result<u64, String>,
+    parse: impl Fn(&str) -> Result<u64, String>,
 ) -> Result<Option<u64>, CliError> {
     let Some(text) = args.opt_value_from_str::<_, String>(flag)? else { return Ok(None) };
     if text.eq_ignore_ascii_case("none") {
@@ -124,55 +209,20 @@ fn limit_value(
     parse(&text).map(Some).map_err(|e| CliError::usage(format!("{flag}: {e}")))
 }
 
-fn parse_count(text: &str) -> Result<u64, String> {
-    text.parse().map_err(|_| format!("{text:?} is not a whole number"))
-}
-
-fn parse_cpus(text: &str) -> Result<u64, String> {
-    parse_cpu(text).map(u64::from)
-}
-
-fn parse_pids(text: &str) -> Result<u64, String> {
-    parse_count(text).and_then(|n| if n <= u64::from(u32::MAX) { Ok(n) } else { Err(format!("{n} is too large")) })
-}
-
-fn parse_containment(args: &mut pico_args::Arguments) -> Result<ContainmentConfig, CliError> {
+/// The limits a server applies when no flag says otherwise: 1024 processes per job by default; at most all of
+/// the host's CPUs and memory, and 65536 processes.
+fn builtin_limit_policy() -> LimitPolicy {
     let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64 * 1000;
     let host_memory = nix::sys::sysinfo::sysinfo().map_or(0, |info| info.ram_total());
-    type Setter = fn(&mut ResourceLimits, u64);
-    type Parser = fn(&str) -> Result<u64, String>;
-    // (field setter, default flag, max flag, parser, default, maximum)
-    let fields: [(Setter, &'static str, &'static str, Parser, u64, u64); 7] = [
-        (|l, v| l.cpu_millicores = v as u32, "--default-cpu", "--max-cpu", parse_cpus, 0, host_cpus),
-        (|l, v| l.memory_bytes = v, "--default-memory", "--max-memory", parse_size, 0, host_memory),
-        (|l, v| l.max_pids = v as u32, "--default-pids", "--max-pids", parse_pids, 1024, 65536),
-        (|l, v| l.io_read_bps = v, "--default-io-read-bps", "--max-io-read-bps", parse_size, 0, 0),
-        (|l, v| l.io_write_bps = v, "--default-io-write-bps", "--max-io-write-bps", parse_size, 0, 0),
-        (|l, v| l.io_read_iops = v, "--default-io-read-iops", "--max-io-read-iops", parse_count, 0, 0),
-        (|l, v| l.io_write_iops = v, "--default-io-write-iops", "--max-io-write-iops", parse_count, 0, 0),
-    ];
-    let mut policy = LimitPolicy::default();
-    for (set, default_flag, max_flag, parse, default, max) in fields {
-        let default = limit_value(args, default_flag, parse)?.unwrap_or(default);
-        let max = limit_value(args, max_flag, parse)?.unwrap_or(max);
-        set(&mut policy.defaults, default);
-        set(&mut policy.maxima, max);
+    LimitPolicy {
+        defaults: Limits { max_pids: 1024, ..Limits::default() },
+        maxima: Limits {
+            cpu_millicores: u32::try_from(host_cpus).unwrap_or(u32::MAX),
+            memory_bytes: host_memory,
+            max_pids: 65536,
+            ..Limits::default()
+        },
     }
-    policy.check().map_err(CliError::usage)?;
-    let config = ContainmentConfig {
-        cgroup_root: args.opt_value_from_str("--cgroup-root")?,
-        io_devices: args.values_from_fn("--io-device", crate::cgroup::parse_device)?,
-        policy,
-        require_limits: args.contains("--require-limits"),
-        no_isolation: args.contains("--no-isolation"),
-        run_as: args.opt_value_from_str("--run-as")?,
-        host_network: args.contains("--host-network"),
-        require_isolation: args.contains("--require-isolation"),
-    };
-    if config.no_isolation && config.require_isolation {
-        return Err(CliError::usage("--no-isolation and --require-isolation contradict each other"));
-    }
-    Ok(config)
 }
 
 fn default_state_dir() -> PathBuf {
@@ -183,5 +233,57 @@ fn default_state_dir() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("runnel"),
         _ => PathBuf::from(format!("/tmp/runnel-{uid}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(words: &[&str]) -> Vec<OsString> {
+        words.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn limit_flags_fill_the_policy_over_the_builtin_one() {
+        let raw = RawFlags::parse(args(&[
+            "--cert",
+            "c",
+            "--key",
+            "k",
+            "--client-ca",
+            "ca",
+            "--default-cpu",
+            "0.5",
+            "--max-memory",
+            "1G",
+            "--max-pids",
+            "none",
+            "--default-io-write-bps",
+            "1M",
+        ]))
+        .unwrap();
+        let policy = raw.validate().unwrap().containment.policy;
+        assert_eq!(
+            policy.defaults,
+            Limits { cpu_millicores: 500, io_write_bps: 1 << 20, max_pids: 1024, ..Limits::default() }
+        );
+        assert_eq!((policy.maxima.memory_bytes, policy.maxima.max_pids), (1 << 30, 0));
+    }
+
+    #[test]
+    fn rules_between_flags_are_checked_after_parsing() {
+        let validate =
+            |words: &[&str]| RawFlags::parse(args(words)).and_then(RawFlags::validate).unwrap_err().to_string();
+        let base = ["--cert", "c", "--key", "k", "--client-ca", "ca"];
+        let with = |extra: &[&'static str]| [&base[..], extra].concat();
+        assert!(validate(&with(&["--default-pids", "10", "--max-pids", "5"]))
+            .contains("--default-pids 10 is above --max-pids 5"));
+        assert!(validate(&with(&["--no-isolation", "--require-isolation"])).contains("contradict"));
+        assert!(
+            validate(&with(&["--max-output-bytes", "2G", "--max-output-total", "1G"])).contains("--max-output-bytes")
+        );
+        assert!(validate(&["--cert", "c", "--key", "k"]).contains("--client-ca FILE is required"));
+        assert!(validate(&with(&["--max-pids", "5x"])).contains("--max-pids: \"5x\" is not a whole number"));
     }
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use h2::client::SendRequest;
 use h2::RecvStream;
-use http::{HeaderMap, Request};
+use http::Request;
 use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Token};
@@ -125,14 +125,6 @@ fn status_from_h2(err: h2::Error) -> Status {
         }
     }
     unavailable(format!("connection to the server failed: {err}"))
-}
-
-/// The status in a header block (trailers, or a Trailers-Only response), if it has one.
-fn status_in(headers: &HeaderMap) -> Option<Status> {
-    let code = headers.get("grpc-status")?;
-    let code = std::str::from_utf8(code.as_bytes()).ok().and_then(|c| c.parse().ok()).unwrap_or(2);
-    let message = headers.get("grpc-message").map(|m| grpc::percent_decode_message(m.as_bytes())).unwrap_or_default();
-    Some(Status::new(Code::from_i32(code), message))
 }
 
 impl Client {
@@ -261,17 +253,6 @@ impl Client {
         }
     }
 
-    fn request(&self, path: &str, timeout: Option<Duration>) -> Request<()> {
-        let mut request = Request::post(format!("https://{}{path}", self.authority))
-            .header("content-type", grpc::CONTENT_TYPE)
-            .header("te", "trailers")
-            .header("user-agent", concat!("runnel/", env!("CARGO_PKG_VERSION")));
-        if let Some(timeout) = timeout {
-            request = request.header("grpc-timeout", grpc::format_timeout(timeout));
-        }
-        request.body(()).expect("valid request parts")
-    }
-
     /// Sends a request message and waits for the response headers.
     pub fn start_call<Req: Message>(
         &mut self,
@@ -313,7 +294,7 @@ impl Client {
         message: &Req,
         timeout: Option<Duration>,
     ) -> Result<PendingCall, CallError> {
-        let request = self.request(path, timeout);
+        let request = grpc::request(&self.authority, path, timeout);
         let body = encode_message(message);
         let deadline = timeout.map(|t| Instant::now() + t);
         let response = self.block_on(send_request(self.send.clone(), request, body), deadline)?;
@@ -350,7 +331,7 @@ async fn receive_response(response: h2::client::ResponseFuture) -> Result<Respon
     if parts.status != http::StatusCode::OK {
         return Err(Status::new(Code::Unknown, format!("the server answered HTTP {}", parts.status)));
     }
-    if let Some(status) = status_in(&parts.headers) {
+    if let Some(status) = grpc::status_in(&parts.headers) {
         // Trailers-Only: the call ended without a message.
         if status.code != Code::Ok {
             return Err(status);
@@ -377,7 +358,7 @@ async fn next_body(stream: &mut ResponseStream) -> Result<Option<Bytes>, Status>
                 stream.body = None;
                 let status = trailers
                     .as_ref()
-                    .and_then(status_in)
+                    .and_then(grpc::status_in)
                     .unwrap_or_else(|| Status::internal("the response ended without a grpc-status"));
                 if stream.decoder.buffered() > 0 {
                     return Err(Status::internal("the response ended inside a message"));

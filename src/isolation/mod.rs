@@ -26,8 +26,8 @@ use crate::sys::{self, ExecFailure, ExitStatus, Namespaces, SpawnStage};
 /// The hidden subcommand that runs a job's init (`runnel __init ...`).
 pub const INIT_COMMAND: &str = "__init";
 
-/// How long StartJob waits for a job's init to report whether the command was exec'd. The init's own work
-/// (a few mounts and system calls, then one exec) takes about a millisecond; this only bounds a wedged kernel.
+/// How long StartJob waits for a job's init to report whether the command was exec'd. The init's own work is
+/// a few mounts and system calls, then one exec; this only bounds a wedged kernel.
 pub const INIT_REPORT_TIMEOUT_MS: i32 = 10_000;
 
 /// Why jobs cannot be isolated on this host.
@@ -214,11 +214,6 @@ impl InitPlan {
     }
 }
 
-/// The hostname a job sees: the first 8 hex digits of its id.
-pub fn hostname_for(job_id: &str) -> String {
-    job_id.chars().filter(char::is_ascii_hexdigit).take(8).collect()
-}
-
 /// The steps of the init's setup, named in the error a failure produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(i32)]
@@ -371,11 +366,6 @@ mod tests {
         assert_eq!(args[1], INIT_COMMAND);
         assert_eq!(InitPlan::from_args(args[2..].to_vec()), Ok(plan));
         assert!(InitPlan::from_args(vec!["h".into(), "1".into()]).is_err());
-    }
-
-    #[test]
-    fn hostnames_are_the_id_prefix() {
-        assert_eq!(hostname_for("0f3c9a1e-7b2d-4c55-9e0a-1234567890ab"), "0f3c9a1e");
     }
 
     #[test]

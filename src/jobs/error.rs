@@ -1,42 +1,95 @@
-//! What can go wrong with a job request, phrased for the person who sent it.
+//! What can go wrong with a job request, in the job domain's own terms and phrased for the person who sent it.
+//! Which gRPC status each becomes is the service's choice, made in one place (`server::wire`).
 
 use std::fmt;
+use std::io;
+use std::path::PathBuf;
 
-/// A job request that cannot be carried out. The gRPC status for each is chosen in `server::status`.
+/// A job request that cannot be carried out.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum JobError {
-    /// A request field is malformed; the message names the field and what is wrong.
-    InvalidArgument(String),
+    /// A field of a start request is malformed; the message names the field and what is wrong with it.
+    InvalidSpec(String),
+    /// A requested limit is above the server's maximum for it, which `flag` sets.
+    LimitAboveMaximum { field: &'static str, asked: u64, max: u64, flag: &'static str },
+    /// A job id that is not a UUID.
+    MalformedId(String),
     /// No such job, or one the caller may not see (the two are deliberately indistinguishable).
-    NotFound(String),
+    UnknownJob(String),
     /// The command names no executable in the job's PATH.
     ExecutableNotFound(String),
-    /// The executable exists but may not be executed.
-    PermissionDenied(String),
-    /// The host or the request's circumstances forbid it now (missing working directory, limits unavailable).
-    FailedPrecondition(String),
-    /// A server-side quota is full.
-    ResourceExhausted(String),
-    /// A requested output offset lies past the end of a finished job's output.
-    OutOfRange(String),
+    /// The job's user may not execute the command.
+    ExecutionDenied { command: String, reason: io::Error },
+    /// The command exists but cannot be executed (not an executable format, a directory, ...).
+    NotExecutable { command: String, reason: io::Error },
+    /// The job's user may not enter the working directory.
+    WorkingDirDenied { dir: PathBuf, reason: io::Error },
+    /// The working directory does not exist or is not a directory.
+    WorkingDirUnusable { dir: PathBuf, reason: io::Error },
+    /// The request sets limits and this host cannot enforce any; the reason says why.
+    LimitsUnavailable(String),
+    /// The request sets io limits and the server knows no block device to apply them to.
+    NoIoDevice,
+    /// The owner already runs `--max-running-per-client` jobs.
+    TooManyRunning { owner: String, running: usize },
+    /// The table holds `--max-jobs` jobs and none has ended, so none can be evicted.
+    TooManyJobs { retained: usize },
+    /// An output offset past the end of a finished job's output.
+    OffsetPastEnd { offset: u64, end: u64 },
     /// The server is shutting down and takes no new jobs.
     ShuttingDown,
-    /// A system call failed where the request was not at fault.
-    Internal(String),
+    /// The server could not do its part (a system call failed where the request was not at fault); the message
+    /// says what it was doing.
+    System(String),
+}
+
+impl JobError {
+    /// A failed system call, with what the server was doing.
+    pub(super) fn system(what: &str, err: impl fmt::Display) -> JobError {
+        JobError::System(format!("{what}: {err}"))
+    }
 }
 
 impl fmt::Display for JobError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            JobError::InvalidArgument(m)
-            | JobError::NotFound(m)
-            | JobError::PermissionDenied(m)
-            | JobError::FailedPrecondition(m)
-            | JobError::ResourceExhausted(m)
-            | JobError::OutOfRange(m)
-            | JobError::Internal(m) => f.write_str(m),
+            JobError::InvalidSpec(message) | JobError::System(message) => f.write_str(message),
+            JobError::LimitAboveMaximum { field, asked, max, flag } => {
+                write!(f, "limits.{field} {asked} is above the server's maximum of {max} ({flag})")
+            }
+            JobError::MalformedId(id) => {
+                write!(f, "job_id {id:?} is not a UUID (like 123e4567-e89b-42d3-a456-426614174000)")
+            }
+            JobError::UnknownJob(id) => write!(f, "no job {id}"),
             JobError::ExecutableNotFound(name) => write!(f, "executable not found: {name}"),
+            JobError::ExecutionDenied { command, reason } | JobError::NotExecutable { command, reason } => {
+                write!(f, "cannot execute {command}: {reason}")
+            }
+            JobError::WorkingDirDenied { dir, reason } => {
+                write!(f, "cannot enter working directory {}: {reason}", dir.display())
+            }
+            JobError::WorkingDirUnusable { dir, reason } => {
+                write!(f, "working directory {} is not usable: {reason}", dir.display())
+            }
+            JobError::LimitsUnavailable(reason) => {
+                write!(f, "resource limits are unavailable on this host: {reason}")
+            }
+            JobError::NoIoDevice => f.write_str(
+                "io limits need a block device, and this host has none the server could find: start the server \
+                 with --io-device MAJ:MIN",
+            ),
+            JobError::TooManyRunning { owner, running } => write!(
+                f,
+                "{owner} already has {running} running jobs, the server's limit (--max-running-per-client); wait \
+                 for or stop some"
+            ),
+            JobError::TooManyJobs { retained } => {
+                write!(f, "the server retains {retained} jobs, its limit (--max-jobs), and none has ended yet")
+            }
+            JobError::OffsetPastEnd { offset, end } => {
+                write!(f, "offset {offset} is past the end of the job's output ({end} bytes)")
+            }
             JobError::ShuttingDown => f.write_str("the server is shutting down and accepts no new work"),
         }
     }

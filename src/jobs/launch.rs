@@ -55,9 +55,9 @@ impl Launcher {
     ) -> Result<Launched, JobError> {
         let cgroup_dir = match cgroup.map(JobCgroup::open).transpose() {
             Ok(dir) => dir,
-            Err(err) => return Err(JobError::Internal(format!("cannot open the job's cgroup: {err}"))),
+            Err(err) => return Err(JobError::system("cannot open the job's cgroup", err)),
         };
-        let internal = |err: io::Error| JobError::Internal(format!("cannot start the job: {err}"));
+        let internal = |err: io::Error| JobError::system("cannot start the job", err);
         let stdout = sys::output_pipe().map_err(internal)?;
         let stderr = sys::output_pipe().map_err(internal)?;
         let options = SpawnOptions {
@@ -89,7 +89,7 @@ impl Launcher {
                 // Only the read ends are kept: the write ends, closed as this returns, now belong to the job
                 // alone, so the pipes reach end of file when the job (and whatever inherited them) exits.
                 Ok((pid, pidfd)) => Ok(Launched { pid, pidfd, pipes: [stdout.read, stderr.read], control: None }),
-                Err(failure) => Err(exec_error(spec, &working_dir.display().to_string(), failure)),
+                Err(failure) => Err(exec_error(spec, working_dir, failure)),
             };
         };
 
@@ -122,30 +122,29 @@ impl Launcher {
         drop(control_write);
         let (pid, pidfd) = spawned.map_err(|failure| {
             let reason = io::Error::from_raw_os_error(failure.errno);
-            JobError::Internal(format!("cannot start the job's init (runnel's own executable): {reason}"))
+            JobError::system("cannot start the job's init (runnel's own executable)", reason)
         })?;
         let report = isolation::read_report(control_read.as_raw_fd(), isolation::INIT_REPORT_TIMEOUT_MS);
         let failure = match report {
             Ok(Some(InitReport::Started)) => {
                 return Ok(Launched { pid, pidfd, pipes: [stdout.read, stderr.read], control: Some(control_read) });
             }
-            Ok(Some(InitReport::SpawnFailed(failure))) => exec_error(spec, &working_dir.display().to_string(), failure),
-            Ok(Some(InitReport::SetupFailed { step, errno })) => JobError::Internal(format!(
-                "cannot isolate the job: {}: {}",
-                step.describe(),
-                io::Error::from_raw_os_error(errno)
-            )),
+            Ok(Some(InitReport::SpawnFailed(failure))) => exec_error(spec, working_dir, failure),
+            Ok(Some(InitReport::SetupFailed { step, errno })) => JobError::system(
+                &format!("cannot isolate the job: {}", step.describe()),
+                io::Error::from_raw_os_error(errno),
+            ),
             Ok(Some(InitReport::Ended(_)) | None) => match sys::wait_pidfd(pidfd.as_raw_fd(), sys::Wait::PeekIfEnded) {
-                Ok(None) => JobError::Internal(format!(
+                Ok(None) => JobError::System(format!(
                     "the job's init did not report within {} s; it was killed",
                     isolation::INIT_REPORT_TIMEOUT_MS / 1000
                 )),
                 Ok(Some(status)) => {
-                    JobError::Internal(format!("the job's init ended ({status:?}) without starting the command"))
+                    JobError::System(format!("the job's init ended ({status:?}) without starting the command"))
                 }
-                Err(err) => JobError::Internal(format!("cannot wait for the job's init: {err}")),
+                Err(err) => JobError::system("cannot wait for the job's init", err),
             },
-            Err(err) => JobError::Internal(format!("cannot read the job's init report: {err}")),
+            Err(err) => JobError::system("cannot read the job's init report", err),
         };
         // The init exits after any failure report; make sure of it and reap it so nothing is left behind.
         let _ = sys::signal_process(pid, libc::SIGKILL);
@@ -155,20 +154,15 @@ impl Launcher {
 }
 
 /// The error a client sees for a command that could not be exec'd.
-fn exec_error(spec: &JobSpec, working_dir: &str, failure: ExecFailure) -> JobError {
+fn exec_error(spec: &JobSpec, working_dir: &Path, failure: ExecFailure) -> JobError {
     let reason = io::Error::from_raw_os_error(failure.errno);
+    let (command, dir) = (spec.command.clone(), working_dir.to_path_buf());
     match (failure.stage, failure.errno) {
-        (SpawnStage::Exec, libc::ENOENT | libc::ENOTDIR) => JobError::ExecutableNotFound(spec.command.clone()),
-        (SpawnStage::Exec, libc::EACCES | libc::EPERM) => {
-            JobError::PermissionDenied(format!("cannot execute {}: {reason}", spec.command))
-        }
-        (SpawnStage::Exec, _) => JobError::FailedPrecondition(format!("cannot execute {}: {reason}", spec.command)),
-        (SpawnStage::WorkingDir, libc::EACCES) => {
-            JobError::PermissionDenied(format!("cannot enter working directory {working_dir}: {reason}"))
-        }
-        (SpawnStage::WorkingDir, _) => {
-            JobError::FailedPrecondition(format!("working directory {working_dir} is not usable: {reason}"))
-        }
-        (SpawnStage::Setup, _) => JobError::Internal(format!("cannot set up the job's process: {reason}")),
+        (SpawnStage::Exec, libc::ENOENT | libc::ENOTDIR) => JobError::ExecutableNotFound(command),
+        (SpawnStage::Exec, libc::EACCES | libc::EPERM) => JobError::ExecutionDenied { command, reason },
+        (SpawnStage::Exec, _) => JobError::NotExecutable { command, reason },
+        (SpawnStage::WorkingDir, libc::EACCES) => JobError::WorkingDirDenied { dir, reason },
+        (SpawnStage::WorkingDir, _) => JobError::WorkingDirUnusable { dir, reason },
+        (SpawnStage::Setup, _) => JobError::system("cannot set up the job's process", reason),
     }
 }

@@ -1,21 +1,27 @@
-//! The job table: every job the server has started, its process, its output, and who may see it.
+//! The job domain: every job the server has started, its process, its output, and who may see it.
 //!
-//! The table is owned by the event loop and changed only through `&mut` methods; it knows nothing about
-//! sockets or HTTP/2. The loop registers a job's pidfd and pipes with the reactor and calls back in here when
-//! they are ready ([`JobTable::drain`], [`JobTable::reap`]) or when a stop's grace period runs out.
+//! It knows nothing of sockets, HTTP/2 or protobuf: requests arrive as domain values ([`StartRequest`],
+//! [`Caller`], job id text), answers leave as [`Job`]s, and failures as [`JobError`]s, which the service turns
+//! into wire messages and gRPC statuses. The table is owned by the event loop and changed only through `&mut`
+//! methods. The loop registers a job's pidfd and pipes with the reactor and calls back in here when they are
+//! ready ([`JobTable::drain`], [`JobTable::reap`]) or when a stop's grace period runs out ([`JobTable::kill`]).
 
+mod caller;
 mod error;
-mod ingest;
+mod id;
+mod job;
 mod launch;
 mod limits;
-mod output;
-mod spares;
 mod spec;
+mod spool;
+mod start;
 mod table;
 
+pub use caller::Caller;
 pub use error::JobError;
-pub use ingest::{Drain, PIPE_READS_PER_TURN};
-pub use limits::LimitPolicy;
-pub use output::{OutputCursor, OutputLog, Span, Stream, RECORD_HEADER_LEN};
-pub use spec::{JobSpec, SpawnLimits};
-pub use table::{Caller, Containment, EndState, Job, JobId, JobKey, JobTable, JobTableConfig, PipeSide, StartedJob};
+pub use id::{JobId, JobKey};
+pub use job::{EndReason, EndState, Job, JobState};
+pub use limits::{LimitField, LimitPolicy, LimitUnit, LIMIT_FIELDS};
+pub use spec::{JobSpec, StartRequest};
+pub use spool::{Drain, OutputCursor, OutputLog, Span, Stream, PIPE_READS_PER_TURN};
+pub use table::{Containment, JobTable, JobTableConfig, StartedJob};

@@ -1,4 +1,4 @@
-//! Turning a `StartJobRequest` into a validated [`JobSpec`], and a spec into what the spawn call needs.
+//! Turning a [`StartRequest`] into a validated [`JobSpec`], and a spec into what the spawn call needs.
 //!
 //! Everything a client sends is checked here, before anything is created, so a bad request changes nothing.
 
@@ -6,7 +6,7 @@ use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
 use super::JobError;
-use crate::proto::{ResourceLimits, StartJobRequest};
+use crate::cgroup::Limits;
 
 /// PATH a job gets when its request sets none: the usual system directories, never the server's own PATH.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -23,6 +23,18 @@ const MIN_IO_BPS: u64 = 4096;
 /// The job's init counts against `pids.max` too: below 2 the command itself could not start.
 const MIN_PIDS: u32 = 2;
 
+/// A start request as the client sent it: nothing in it is checked yet.
+#[derive(Debug, Clone, Default)]
+pub struct StartRequest {
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    /// Empty: a fresh directory under the state dir.
+    pub working_dir: String,
+    /// The limits asked for; 0 fields take the server's defaults.
+    pub limits: Limits,
+}
+
 /// A start request that passed validation.
 #[derive(Debug, Clone)]
 pub struct JobSpec {
@@ -31,25 +43,13 @@ pub struct JobSpec {
     pub env: Vec<String>,
     /// `None`: a fresh directory under the state dir.
     pub working_dir: Option<PathBuf>,
-    pub limits: SpawnLimits,
-}
-
-/// The limits a request asked for (0 = server default). Enforcement arrives with cgroup support.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SpawnLimits {
-    pub requested: Option<ResourceLimits>,
-}
-
-impl SpawnLimits {
-    /// True if the request set any limit at all.
-    pub fn any_set(&self) -> bool {
-        self.requested.as_ref().is_some_and(|l| *l != ResourceLimits::default())
-    }
+    /// The limits asked for; 0 fields take the server's defaults.
+    pub limits: Limits,
 }
 
 impl JobSpec {
-    pub fn from_request(request: StartJobRequest) -> Result<JobSpec, JobError> {
-        let invalid = |m: String| Err(JobError::InvalidArgument(m));
+    pub fn validate(request: StartRequest) -> Result<JobSpec, JobError> {
+        let invalid = |m: String| Err(JobError::InvalidSpec(m));
         if request.command.is_empty() {
             return invalid("command is empty: give an absolute path or a name to look up in PATH".into());
         }
@@ -81,15 +81,13 @@ impl JobSpec {
             }
             Some(dir)
         };
-        if let Some(limits) = &request.limits {
-            check_limits(limits)?;
-        }
+        check_limits(&request.limits)?;
         Ok(JobSpec {
             command: request.command,
             args: request.args,
             env: request.env,
             working_dir,
-            limits: SpawnLimits { requested: request.limits },
+            limits: request.limits,
         })
     }
 
@@ -116,15 +114,15 @@ impl JobSpec {
 
 fn check_no_nul(field: &str, value: &str) -> Result<(), JobError> {
     if value.contains('\0') {
-        return Err(JobError::InvalidArgument(format!("{field} contains a NUL byte")));
+        return Err(JobError::InvalidSpec(format!("{field} contains a NUL byte")));
     }
     Ok(())
 }
 
-fn check_limits(limits: &ResourceLimits) -> Result<(), JobError> {
+fn check_limits(limits: &Limits) -> Result<(), JobError> {
     let too_small = |field: &str, value: u64, min: u64, unit: &str| {
         if value != 0 && value < min {
-            Err(JobError::InvalidArgument(format!(
+            Err(JobError::InvalidSpec(format!(
                 "limits.{field} {value} is below the minimum of {min} {unit} (0 means the server default)"
             )))
         } else {
@@ -148,14 +146,14 @@ pub fn c_string(value: impl Into<Vec<u8>>) -> CString {
 mod tests {
     use super::*;
 
-    fn request(command: &str) -> StartJobRequest {
-        StartJobRequest { command: command.into(), ..Default::default() }
+    fn request(command: &str) -> StartRequest {
+        StartRequest { command: command.into(), ..Default::default() }
     }
 
-    fn invalid(request: StartJobRequest) -> String {
-        match JobSpec::from_request(request) {
-            Err(JobError::InvalidArgument(m)) => m,
-            other => panic!("expected InvalidArgument, got {other:?}"),
+    fn invalid(request: StartRequest) -> String {
+        match JobSpec::validate(request) {
+            Err(JobError::InvalidSpec(m)) => m,
+            other => panic!("expected InvalidSpec, got {other:?}"),
         }
     }
 
@@ -176,17 +174,17 @@ mod tests {
         r.working_dir = "relative/dir".into();
         assert!(invalid(r).contains("not absolute"));
         let mut r = request("ls");
-        r.limits = Some(ResourceLimits { memory_bytes: 100, ..Default::default() });
+        r.limits = Limits { memory_bytes: 100, ..Default::default() };
         assert!(invalid(r).contains("memory_bytes 100 is below the minimum"));
     }
 
     #[test]
     fn environment_gets_default_path_only_when_missing() {
-        let spec = JobSpec::from_request(request("ls")).unwrap();
+        let spec = JobSpec::validate(request("ls")).unwrap();
         assert_eq!(spec.environment(), vec![format!("PATH={DEFAULT_PATH}")]);
         let mut r = request("ls");
         r.env = vec!["PATH=/opt/bin".into(), "A=b=c".into()];
-        let spec = JobSpec::from_request(r).unwrap();
+        let spec = JobSpec::validate(r).unwrap();
         assert_eq!(spec.environment(), vec!["PATH=/opt/bin".to_string(), "A=b=c".to_string()]);
         assert_eq!(spec.exec_candidates(), vec![PathBuf::from("/opt/bin/ls")]);
     }
@@ -195,9 +193,9 @@ mod tests {
     fn candidates_follow_path_or_use_a_path_as_is() {
         let mut r = request("tool");
         r.env = vec!["PATH=/a::/b".into()];
-        let spec = JobSpec::from_request(r).unwrap();
+        let spec = JobSpec::validate(r).unwrap();
         assert_eq!(spec.exec_candidates(), vec![PathBuf::from("/a/tool"), PathBuf::from("/b/tool")]);
-        let spec = JobSpec::from_request(request("./x/tool")).unwrap();
+        let spec = JobSpec::validate(request("./x/tool")).unwrap();
         assert_eq!(spec.exec_candidates(), vec![PathBuf::from("./x/tool")]);
     }
 }

@@ -16,7 +16,8 @@ use mio::net::TcpStream;
 use rustls::ServerConnection;
 
 use super::call::Call;
-use crate::grpc::{self, Code, Status};
+use super::wire::CallError;
+use crate::grpc;
 use crate::jobs::Caller;
 use crate::pki;
 use crate::reactor::{TaskId, WakeQueue};
@@ -47,7 +48,8 @@ pub struct Connection {
     /// The client's address (connection limits are kept per address).
     pub peer: std::net::IpAddr,
     phase: Phase,
-    caller: Result<Caller, Status>,
+    /// The client's identity, or why it has none.
+    caller: Result<Caller, String>,
     pub calls: HashMap<u64, Call>,
     next_call: u64,
     pub last_active: Instant,
@@ -69,7 +71,7 @@ impl Connection {
             id,
             peer,
             phase: Phase::Tls(Box::new(TlsStream::new(socket, tls, RECV_BUFFER))),
-            caller: Err(Status::new(Code::Unauthenticated, "no identity yet")),
+            caller: Err("no identity yet".into()),
             calls: HashMap::new(),
             next_call: 1,
             last_active: Instant::now(),
@@ -143,13 +145,13 @@ impl Connection {
                             let task = TaskId { connection: self.id, call: call_id };
                             let path = request.uri().path().to_string();
                             let timeout =
-                                request.headers().get("grpc-timeout").map(|v| grpc::parse_timeout(v.as_bytes()));
+                                request.headers().get(grpc::TIMEOUT).map(|v| grpc::parse_timeout(v.as_bytes()));
                             let waker = queue.waker(task);
                             let mut call = Call::new(&path, self.caller.clone(), request.into_body(), respond, waker);
                             match timeout {
                                 None => {}
                                 Some(Some(timeout)) => deadlines.push((task, timeout)),
-                                Some(None) => call.refuse(Status::invalid_argument("malformed grpc-timeout header")),
+                                Some(None) => call.refuse(CallError::MalformedTimeout),
                             }
                             call.waker.wake_by_ref();
                             self.calls.insert(call_id, call);
@@ -169,14 +171,12 @@ impl Connection {
     }
 }
 
-/// The caller's identity from its verified certificate: subject CN, else the first DNS or URI SAN.
-fn identity(transport: &Transport, admins: &[String]) -> Result<Caller, Status> {
-    let certificate = transport
-        .tls
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .ok_or_else(|| Status::new(Code::Unauthenticated, "no client certificate"))?;
+/// The caller's identity from its verified certificate (see [`pki::identity_from_cert_der`]), or why it has
+/// none.
+fn identity(transport: &Transport, admins: &[String]) -> Result<Caller, String> {
+    let certificate =
+        transport.tls.peer_certificates().and_then(|chain| chain.first()).ok_or("no client certificate")?;
     let identity = pki::identity_from_cert_der(certificate.as_ref())
-        .map_err(|e| Status::new(Code::Unauthenticated, format!("the client certificate names no identity: {e}")))?;
+        .map_err(|e| format!("the client certificate names no identity: {e}"))?;
     Ok(Caller { admin: admins.contains(&identity), identity })
 }

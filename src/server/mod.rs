@@ -7,8 +7,11 @@
 mod call;
 mod connection;
 mod containment;
+mod follower;
 mod service;
+mod source;
 mod state_dir;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -22,15 +25,16 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll as MioPoll, Registry};
+use mio::{Events, Interest, Poll as MioPoll};
 
 use self::connection::{Connection, ConnectionSettings, ConnectionState};
 pub use self::containment::ContainmentConfig;
+use self::service::{Effect, ServiceContext};
+use self::source::Source;
 use self::state_dir::StateDir;
-use crate::grpc::{Code, Status};
-use crate::jobs::{Drain, JobKey, JobTable, JobTableConfig, PipeSide, StartedJob, PIPE_READS_PER_TURN};
-use crate::proto::EndReason;
-use crate::reactor::{Source, TaskId, Timers, WakeQueue};
+use self::wire::CallError;
+use crate::jobs::{Drain, EndReason, JobKey, JobTable, JobTableConfig, StartedJob, Stream, PIPE_READS_PER_TURN};
+use crate::reactor::{TaskId, Timers, WakeQueue};
 use crate::sys;
 use crate::tls::{self, KeySource, TlsError};
 
@@ -91,7 +95,7 @@ fn io_error(what: &'static str) -> impl FnOnce(io::Error) -> ServerError {
     move |source| ServerError::Io { what, source }
 }
 
-/// Limits that keep one client from holding the server's resources (see `shared/notes/grpc-wire.md`).
+/// Limits that keep one client from holding the server's resources (see `docs/wire.md`).
 mod limits {
     use std::time::Duration;
     /// Connections at once; past it new connections are closed at once.
@@ -153,34 +157,6 @@ fn next_idle_check(now: Instant, last_active: Instant, has_calls: bool) -> Optio
     }
 }
 
-/// What a call may touch while it runs.
-pub struct ServiceContext<'a> {
-    pub jobs: &'a mut JobTable,
-    pub timers: &'a mut Timers<TimerEvent>,
-    pub registry: &'a Registry,
-    pub stop_grace: Duration,
-    pub shutting_down: bool,
-    pub shutdown_waiters: &'a mut Vec<Waker>,
-}
-
-impl ServiceContext<'_> {
-    /// Registers a new job's pidfd and pipes with the reactor.
-    pub fn watch_job(&mut self, started: StartedJob) {
-        let sources = [
-            (started.pidfd, Source::JobExit(started.key)),
-            (started.stdout, Source::JobOutput(started.key, PipeSide::Stdout)),
-            (started.stderr, Source::JobOutput(started.key, PipeSide::Stderr)),
-        ];
-        for (fd, source) in sources {
-            if let Err(err) = self.registry.register(&mut SourceFd(&fd), source.token(), Interest::READABLE) {
-                // Without the registration the job would never be seen to end: stop it now rather than leak it.
-                log::error!("cannot watch job descriptor {fd}: {err}; killing the job");
-                self.jobs.kill(started.key);
-            }
-        }
-    }
-}
-
 /// Where shutdown stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Lifecycle {
@@ -205,7 +181,9 @@ struct Server {
     timers: Timers<TimerEvent>,
     jobs: JobTable,
     /// Pipes whose read budget ran out with data left; drained again next turn.
-    pending_drains: Vec<(JobKey, PipeSide)>,
+    pending_drains: Vec<(JobKey, Stream)>,
+    /// What calls asked of the loop while they were polled (see [`Effect`]).
+    effects: Vec<Effect>,
     shutdown_waiters: Vec<Waker>,
     lifecycle: Lifecycle,
     config: ServerConfig,
@@ -275,6 +253,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         timers: Timers::default(),
         jobs,
         pending_drains: Vec::new(),
+        effects: Vec::new(),
         shutdown_waiters: Vec::new(),
         lifecycle: Lifecycle::Serving,
         config,
@@ -307,8 +286,8 @@ impl Server {
             for event in events.iter() {
                 self.dispatch(Source::from_token(event.token()));
             }
-            for (key, side) in std::mem::take(&mut self.pending_drains) {
-                self.drain(key, side);
+            for (key, stream) in std::mem::take(&mut self.pending_drains) {
+                self.drain(key, stream);
             }
             let now = Instant::now();
             while let Some(event) = self.timers.pop_due(now) {
@@ -333,13 +312,39 @@ impl Server {
             Source::JobExit(key) => {
                 self.jobs.reap(key);
             }
-            Source::JobOutput(key, side) => self.drain(key, side),
+            Source::JobOutput(key, stream) => self.drain(key, stream),
         }
     }
 
-    fn drain(&mut self, key: JobKey, side: PipeSide) {
-        if self.jobs.drain(key, side, PIPE_READS_PER_TURN) == Drain::More {
-            self.pending_drains.push((key, side));
+    fn drain(&mut self, key: JobKey, stream: Stream) {
+        if self.jobs.drain(key, stream, PIPE_READS_PER_TURN) == Drain::More {
+            self.pending_drains.push((key, stream));
+        }
+    }
+
+    /// Registers a new job's pidfd and pipes with the reactor.
+    fn watch_job(&mut self, started: StartedJob) {
+        let sources = [
+            (started.pidfd, Source::JobExit(started.key)),
+            (started.stdout, Source::JobOutput(started.key, Stream::Stdout)),
+            (started.stderr, Source::JobOutput(started.key, Stream::Stderr)),
+        ];
+        for (fd, source) in sources {
+            if let Err(err) = self.poll.registry().register(&mut SourceFd(&fd), source.token(), Interest::READABLE) {
+                // Without the registration the job would never be seen to end: stop it now rather than leak it.
+                log::error!("cannot watch job descriptor {fd}: {err}; killing the job");
+                self.jobs.kill(started.key);
+            }
+        }
+    }
+
+    /// Carries out what the calls polled last asked for.
+    fn apply_effects(&mut self) {
+        for effect in std::mem::take(&mut self.effects) {
+            match effect {
+                Effect::WatchJob(started) => self.watch_job(started),
+                Effect::KillJobAt(key, at) => self.timers.schedule(at, TimerEvent::KillJob(key)),
+            }
         }
     }
 
@@ -465,7 +470,7 @@ impl Server {
             TimerEvent::CallDeadline(connection_id, call_id) => {
                 let Some(connection) = self.connections.get_mut(&connection_id) else { return };
                 if let Some(mut call) = connection.calls.remove(&call_id) {
-                    call.abort(Status::new(Code::DeadlineExceeded, "the call's deadline (grpc-timeout) passed"));
+                    call.abort(CallError::DeadlineExceeded);
                     connection.waker.wake_by_ref();
                 }
             }
@@ -528,8 +533,7 @@ impl Server {
         let mut cx = Context::from_waker(&waker);
         let mut ctx = ServiceContext {
             jobs: &mut self.jobs,
-            timers: &mut self.timers,
-            registry: self.poll.registry(),
+            effects: &mut self.effects,
             stop_grace: self.config.stop_grace,
             shutting_down: self.lifecycle != Lifecycle::Serving,
             shutdown_waiters: &mut self.shutdown_waiters,
@@ -540,6 +544,7 @@ impl Server {
             // The call's last frames are queued in h2: let the connection write them.
             connection.waker.wake_by_ref();
         }
+        self.apply_effects();
     }
 }
 

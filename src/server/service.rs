@@ -1,20 +1,23 @@
 //! The RPC methods: decoding each request, checking it, and turning it into an action on the job table.
 //!
-//! This is the one place where errors become gRPC statuses ([`status_for`]); handlers return [`JobError`]s.
+//! Handlers see the job table and nothing else of the loop: what they need from it (watching a new job's
+//! descriptors, a kill at the end of a grace period) they ask for as [`Effect`]s, which the loop carries out
+//! once the call has been polled.
 
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message;
 
-use super::call::Follower;
-use super::{ServiceContext, TimerEvent};
-use crate::grpc::{encode_message, Code, Status};
-use crate::jobs::{Caller, JobError, JobKey, JobSpec, OutputCursor};
+use super::follower::Follower;
+use super::wire::{self, CallError};
+use crate::grpc::{encode_message, path};
+use crate::jobs::{Caller, EndReason, JobError, JobKey, JobSpec, JobTable, StartedJob};
 use crate::proto::health::{health_check_response::ServingStatus, HealthCheckRequest, HealthCheckResponse};
 use crate::proto::{
-    EndReason, GetJobRequest, JobState, ListJobsRequest, ListJobsResponse, StartJobRequest, StopJobRequest,
-    StreamOutputRequest, WaitJobRequest,
+    GetJobRequest, ListJobsRequest, ListJobsResponse, StartJobRequest, StopJobRequest, StreamOutputRequest,
+    WaitJobRequest,
 };
 
 /// The longest grace period a StopJob may ask for; longer is almost certainly a unit mistake.
@@ -22,6 +25,27 @@ const MAX_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// The service name health checks use for the job service.
 const JOB_SERVICE: &str = "runnel.v1.JobService";
+
+/// What a call may touch while it runs.
+pub struct ServiceContext<'a> {
+    pub jobs: &'a mut JobTable,
+    /// What the loop is to do once the call has been polled.
+    pub effects: &'a mut Vec<Effect>,
+    /// StopJob's grace period when the request sets none.
+    pub stop_grace: Duration,
+    pub shutting_down: bool,
+    /// Calls to wake when shutdown begins (health watches).
+    pub shutdown_waiters: &'a mut Vec<Waker>,
+}
+
+/// Something a call needs from the loop beyond the job table.
+#[derive(Debug, Clone, Copy)]
+pub enum Effect {
+    /// A job just started: watch its pidfd and pipes.
+    WatchJob(StartedJob),
+    /// A job was asked to stop: kill it at the end of its grace period.
+    KillJobAt(JobKey, Instant),
+}
 
 /// Every method the server serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,7 +62,6 @@ pub enum Method {
 
 impl Method {
     pub fn from_path(path: &str) -> Option<Method> {
-        use crate::grpc::path;
         Some(match path {
             path::START_JOB => Method::StartJob,
             path::STOP_JOB => Method::StopJob,
@@ -62,8 +85,6 @@ impl Method {
 pub enum Action {
     /// Answer with this message and OK.
     Reply(Bytes),
-    /// End with this status.
-    Fail(Status),
     /// Answer with the job once it has ended.
     AwaitJobEnd(JobKey),
     /// Stream output.
@@ -72,130 +93,98 @@ pub enum Action {
     WatchHealth,
 }
 
-/// The gRPC status for a job error: the single mapping the whole server uses.
-pub fn status_for(error: JobError) -> Status {
-    let code = match &error {
-        JobError::InvalidArgument(_) => Code::InvalidArgument,
-        JobError::NotFound(_) | JobError::ExecutableNotFound(_) => Code::NotFound,
-        JobError::PermissionDenied(_) => Code::PermissionDenied,
-        JobError::FailedPrecondition(_) => Code::FailedPrecondition,
-        JobError::ResourceExhausted(_) => Code::ResourceExhausted,
-        JobError::OutOfRange(_) => Code::OutOfRange,
-        JobError::ShuttingDown => Code::Unavailable,
-        JobError::Internal(_) => Code::Internal,
-    };
-    Status::new(code, error.to_string())
-}
-
-fn decode<M: Message + Default>(body: &Bytes) -> Result<M, Status> {
-    M::decode(body.clone()).map_err(|e| Status::internal(format!("cannot decode the request message: {e}")))
-}
-
-/// Runs `method` for `caller` on `body` (one whole request message).
-pub fn dispatch(method: Method, caller: &Result<Caller, Status>, body: &Bytes, ctx: &mut ServiceContext<'_>) -> Action {
-    match run(method, caller, body, ctx) {
-        Ok(action) => action,
-        Err(status) => Action::Fail(status),
+/// The health status the server reports.
+pub fn serving_status(shutting_down: bool) -> ServingStatus {
+    if shutting_down {
+        ServingStatus::NotServing
+    } else {
+        ServingStatus::Serving
     }
 }
 
-fn run(
+fn decode<M: Message + Default>(body: &Bytes) -> Result<M, CallError> {
+    M::decode(body.clone()).map_err(CallError::Undecodable)
+}
+
+fn check_health_service(request: &HealthCheckRequest) -> Result<(), CallError> {
+    if request.service.is_empty() || request.service == JOB_SERVICE {
+        Ok(())
+    } else {
+        Err(CallError::UnknownService(request.service.clone()))
+    }
+}
+
+/// Runs `method` for `caller` (or the reason the connection has no identity) on `body`, one whole request
+/// message.
+pub fn dispatch(
     method: Method,
-    caller: &Result<Caller, Status>,
+    caller: &Result<Caller, String>,
     body: &Bytes,
     ctx: &mut ServiceContext<'_>,
-) -> Result<Action, Status> {
-    let serving = if ctx.shutting_down { ServingStatus::NotServing } else { ServingStatus::Serving };
+) -> Result<Action, CallError> {
     let caller = match (method.needs_identity(), caller) {
         (false, _) => None,
         (true, Ok(caller)) => Some(caller),
-        (true, Err(status)) => return Err(status.clone()),
+        (true, Err(reason)) => return Err(CallError::Unauthenticated(reason.clone())),
     };
     if ctx.shutting_down && method.needs_identity() {
-        return Err(status_for(JobError::ShuttingDown));
+        return Err(JobError::ShuttingDown.into());
     }
-    let job_error = |e: JobError| status_for(e);
+    let caller = || caller.expect("identity checked");
     Ok(match method {
         Method::HealthCheck => {
-            let request: HealthCheckRequest = decode(body)?;
-            if !request.service.is_empty() && request.service != JOB_SERVICE {
-                return Err(Status::not_found(format!("unknown service {:?}", request.service)));
-            }
-            Action::Reply(encode_message(&HealthCheckResponse { status: serving as i32 }))
+            check_health_service(&decode(body)?)?;
+            let status = serving_status(ctx.shutting_down);
+            Action::Reply(encode_message(&HealthCheckResponse { status: status as i32 }))
         }
         Method::HealthWatch => {
-            let request: HealthCheckRequest = decode(body)?;
-            if !request.service.is_empty() && request.service != JOB_SERVICE {
-                return Err(Status::not_found(format!("unknown service {:?}", request.service)));
-            }
+            check_health_service(&decode(body)?)?;
             Action::WatchHealth
         }
         Method::StartJob => {
-            let caller = caller.expect("identity checked");
             let request: StartJobRequest = decode(body)?;
-            let spec = JobSpec::from_request(request).map_err(job_error)?;
-            let started = ctx.jobs.start(&caller.identity, spec).map_err(job_error)?;
-            ctx.watch_job(started);
-            Action::Reply(encode_message(&ctx.jobs.get(started.key).expect("just started").to_proto()))
+            let spec = JobSpec::validate(wire::start_request(request))?;
+            let started = ctx.jobs.start(&caller().identity, spec)?;
+            ctx.effects.push(Effect::WatchJob(started));
+            Action::Reply(encode_message(&wire::job(ctx.jobs.get(started.key).expect("just started"))))
         }
         Method::GetJob => {
             let request: GetJobRequest = decode(body)?;
-            let key = ctx.jobs.find(caller.expect("identity checked"), &request.job_id).map_err(job_error)?;
-            Action::Reply(encode_message(&ctx.jobs.get(key).expect("found").to_proto()))
+            let key = ctx.jobs.find(caller(), &request.job_id)?;
+            Action::Reply(encode_message(&wire::job(ctx.jobs.get(key).expect("found"))))
         }
         Method::ListJobs => {
             let request: ListJobsRequest = decode(body)?;
-            let mut states = Vec::with_capacity(request.states.len());
-            for value in request.states {
-                match JobState::try_from(value) {
-                    Ok(JobState::Unspecified) | Err(_) => {
-                        return Err(Status::invalid_argument(format!("states contains unknown job state {value}")))
-                    }
-                    Ok(state) => states.push(state),
-                }
-            }
-            let jobs = ctx.jobs.list(caller.expect("identity checked"), &states);
+            let states = wire::states(&request.states)?;
+            let jobs = ctx.jobs.list(caller(), &states).map(wire::job).collect();
             Action::Reply(encode_message(&ListJobsResponse { jobs }))
         }
         Method::WaitJob => {
             let request: WaitJobRequest = decode(body)?;
-            let key = ctx.jobs.find(caller.expect("identity checked"), &request.job_id).map_err(job_error)?;
-            Action::AwaitJobEnd(key)
+            Action::AwaitJobEnd(ctx.jobs.find(caller(), &request.job_id)?)
         }
         Method::StopJob => {
             let request: StopJobRequest = decode(body)?;
-            let grace = match request.grace_period {
-                None => ctx.stop_grace,
-                Some(d) => {
-                    let grace = Duration::try_from(d).map_err(|_| {
-                        Status::invalid_argument("grace_period is negative or malformed: give a duration ≥ 0")
-                    })?;
-                    if grace > MAX_GRACE {
-                        return Err(Status::invalid_argument(format!(
-                            "grace_period {grace:?} is longer than the maximum of {MAX_GRACE:?}"
-                        )));
-                    }
-                    grace
+            let grace = match wire::grace_period(request.grace_period)? {
+                Some(grace) if grace > MAX_GRACE => {
+                    return Err(CallError::InvalidField(format!(
+                        "grace_period {grace:?} is longer than the maximum of {MAX_GRACE:?}"
+                    )));
                 }
+                Some(grace) => grace,
+                None => ctx.stop_grace,
             };
-            let key = ctx.jobs.find(caller.expect("identity checked"), &request.job_id).map_err(job_error)?;
+            let key = ctx.jobs.find(caller(), &request.job_id)?;
             if ctx.jobs.request_stop(key, EndReason::Stopped) {
-                ctx.timers.schedule(Instant::now() + grace, TimerEvent::KillJob(key));
+                ctx.effects.push(Effect::KillJobAt(key, Instant::now() + grace));
             }
             Action::AwaitJobEnd(key)
         }
         Method::StreamOutput => {
             let request: StreamOutputRequest = decode(body)?;
-            let key = ctx.jobs.find(caller.expect("identity checked"), &request.job_id).map_err(job_error)?;
-            let job = ctx.jobs.get(key).expect("found");
-            if request.offset > job.output.end() && job.is_complete() {
-                return Err(status_for(JobError::OutOfRange(format!(
-                    "offset {} is past the end of the job's output ({} bytes)",
-                    request.offset,
-                    job.output.end()
-                ))));
-            }
-            Action::Follow(Follower::new(key, OutputCursor::new(request.offset), request.follow))
+            let key = ctx.jobs.find(caller(), &request.job_id)?;
+            let cursor = ctx.jobs.get(key).expect("found").read_output_from(request.offset)?;
+            Action::Follow(Follower::new(key, cursor, request.follow))
         }
     })
 }

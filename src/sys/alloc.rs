@@ -2,16 +2,16 @@
 //! block of 4 KiB or more aligned to a 64-byte cache line.
 //!
 //! Why: on AMD Zen processors (the development machine is an AMD EPYC) both glibc 2.36 and the kernel copy
-//! 4 KiB or more with `rep movsb`, which runs about 25 times slower when the destination lies 1 to 31 bytes
-//! past the source modulo 4 KiB: 0.55 s per GiB against 0.02 s for a 16 KiB `memcpy`, and 0.66 against 0.10 s
-//! for a `pread` from the page cache (`make bench` measures the `memcpy` case next to the aligned one). Below
-//! 4 KiB glibc copies with vector loops, which do not care. Receiving output, rustls copies each record's
-//! plaintext from just past its 5-byte header into a new buffer: with malloc's 16-byte alignment a run landed
-//! in that band for every record or for none, depending on where the heap happened to put its buffers, and the
-//! client's CPU per GiB streamed swung between 0.45 and 1.2 s from one run to the next. With both buffers on
+//! 4 KiB or more with `rep movsb`, which runs many times slower when the destination lies 1 to 31 bytes past
+//! the source modulo 4 KiB (`make bench` measures a 16 KiB `memcpy` in that band next to an aligned one;
+//! `docs/performance.md` has the figures). Below 4 KiB glibc copies with vector loops, which do not care.
+//! Receiving output, rustls copies each record's plaintext from just past its 5-byte header into a new buffer:
+//! with malloc's 16-byte alignment a run landed in that band for every record or for none, depending on where
+//! the heap happened to put its buffers, and the client's CPU per GiB streamed swung by more than twice from
+//! one run to the next. With both buffers on
 //! cache lines that copy's destination is 59 bytes past its source modulo 64, so never in the band. Copies the
 //! other way (plaintext to just past a header) are 5 bytes apart modulo 64 and still can be; where the server
-//! places the plaintext itself (an output message), `server::call` moves it through the page from one message
+//! places the plaintext itself (an output message), `server::follower` moves it through the page from one message
 //! to the next so that no run is in the band for every message.
 //!
 //! The costs: a few bytes of padding per large block; growing such a block allocates and copies instead of

@@ -48,7 +48,7 @@ pub struct OutputPipe {
 }
 
 /// Pipe buffer size asked for with `F_SETPIPE_SZ`: 1 MiB (the unprivileged maximum by default) lets a fast
-/// writer hand over more per wakeup, measured at 2.4 → 3.4 GB/s on this kind of machine.
+/// writer hand over more per wakeup than the default 64 KiB, and so move more per second.
 const PIPE_SIZE: libc::c_int = 1 << 20;
 
 /// Makes a close-on-exec pipe with a non-blocking read end and a blocking write end (jobs expect blocking stdout).
@@ -169,7 +169,7 @@ const MALLOC_TRIM_THRESHOLD: libc::c_int = 16 * 1024 * 1024;
 /// Makes glibc's allocator keep freed buffers for reuse. Streaming output allocates and frees a buffer of
 /// 100 KiB–1 MiB per message (h2's frames, gRPC messages); by default glibc serves such sizes with `mmap` or
 /// trims them off the heap when freed, so every message came back as fresh pages: one page fault per 4 KiB
-/// streamed, which measured as twice the client's CPU in some runs. Fixed thresholds (which also turn off
+/// streamed, a large share of a streaming client's CPU. Fixed thresholds (which also turn off
 /// glibc's dynamic adjustment of them) keep that memory in the heap. A no-op elsewhere (musl).
 pub fn retain_freed_memory() {
     #[cfg(target_env = "gnu")]

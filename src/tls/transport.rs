@@ -3,7 +3,7 @@
 //!
 //! The socket is registered edge-triggered for both directions once; a method returns `Pending` only after the
 //! socket itself said `WouldBlock`, so the next readiness event is guaranteed and nothing has to re-register.
-//! The reactor maps that event to the owning task. Facts this relies on (`shared/notes/h2-on-mio.md`): drain
+//! The reactor maps that event to the owning task. Facts this relies on (`docs/wire.md`): drain
 //! rustls' plaintext before reading more TLS records; a full rustls buffer means `Pending`, never `Ok(0)`;
 //! flush only in `poll_flush`; after a TLS error, write once more so the alert reaches the peer.
 //!

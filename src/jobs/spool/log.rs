@@ -1,5 +1,5 @@
-//! A job's output, spooled to append-only segment files and read back with `pread`, so server memory does not
-//! grow with output volume and any number of readers can replay it from any offset.
+//! [`OutputLog`]: one job's output, in append-only segment files read back with `pread`, so server memory does
+//! not grow with output volume and any number of readers can replay it from any offset.
 //!
 //! Output taken from a job's pipe in one go becomes one *record* in the current segment file: a 5-byte header
 //! (`stream: u8`, `len: u32` little-endian) followed by the bytes. Records are written at offsets the log keeps
@@ -8,7 +8,8 @@
 //! (stdout and stderr interleaved in the order the server read them) before a byte, headers excluded. When the
 //! retained bytes pass the job's cap, whole segments are discarded from the front and [`OutputLog::start`] moves
 //! forward; an offset never changes meaning. A discarded segment's file may become a spare that a later
-//! segment, of this job or another, is written over ([`SpareSegments`]): a segment's records end where the log
+//! segment, of this job or another, is written over ([`SpareSegments`], which the [`Spool`](super::Spool) lends
+//! every log's writes): a segment's records end where the log
 //! says, not where its file ends. Readers hold an [`OutputCursor`] with their own open segment file; one whose
 //! offset fell behind [`OutputLog::start`] jumps forward before it reads again, never reading a discarded file.
 
@@ -130,7 +131,7 @@ impl OutputCursor {
 impl OutputLog {
     /// Creates the spool directory `dir` (which must not exist yet) for a job whose retained output is capped at
     /// `retention` bytes.
-    pub fn create(dir: PathBuf, retention: u64) -> io::Result<OutputLog> {
+    pub(super) fn create(dir: PathBuf, retention: u64) -> io::Result<OutputLog> {
         fs::DirBuilder::new().mode(0o700).create(&dir)?;
         let segment_limit = (retention / 8).clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES);
         Ok(OutputLog {
@@ -169,7 +170,7 @@ impl OutputLog {
 
     /// Appends one record. `record` holds [`RECORD_HEADER_LEN`] spare bytes followed by the data; the header is
     /// filled in here so the whole record goes to the file in one `write`.
-    pub fn append(&mut self, spares: &mut SpareSegments, stream: Stream, record: &mut [u8]) -> io::Result<()> {
+    pub(super) fn append(&mut self, spares: &mut SpareSegments, stream: Stream, record: &mut [u8]) -> io::Result<()> {
         let len = record.len() - RECORD_HEADER_LEN;
         if len == 0 {
             return Ok(());
@@ -187,7 +188,7 @@ impl OutputLog {
     /// offset just past the record's header. Write the data there (e.g. with `splice`), then call
     /// [`Self::commit_spliced`]; until then the record is invisible to readers, and an uncommitted one is simply
     /// overwritten by the next.
-    pub fn splice_target(&mut self, spares: &mut SpareSegments, max_len: usize) -> io::Result<(RawFd, u64)> {
+    pub(super) fn splice_target(&mut self, spares: &mut SpareSegments, max_len: usize) -> io::Result<(RawFd, u64)> {
         self.roll_if_full(spares)?;
         self.reserve_blocks(RECORD_HEADER_LEN + max_len);
         let segment = self.segments.back().expect("rolled");
@@ -196,7 +197,7 @@ impl OutputLog {
 
     /// Completes the record whose `len` data bytes were written where [`Self::splice_target`] said, by writing
     /// its header in front of them.
-    pub fn commit_spliced(&mut self, spares: &mut SpareSegments, stream: Stream, len: usize) -> io::Result<()> {
+    pub(super) fn commit_spliced(&mut self, spares: &mut SpareSegments, stream: Stream, len: usize) -> io::Result<()> {
         if len == 0 {
             return Ok(());
         }
@@ -232,9 +233,8 @@ impl OutputLog {
     ///
     /// Why: on ext4 (and other delayed-allocation file systems) every 4 KiB written into a file's new page
     /// cache costs a block reservation, an extent-cache entry and a buffer head; into blocks already allocated
-    /// (`fallocate` with `KEEP_SIZE`: the size does not change, readers see nothing new) the write skips them.
-    /// Measured here, 1 GiB of 1 MiB writes into a new file: 0.29–0.32 s of CPU, 0.20–0.21 s into reserved
-    /// blocks. Only a segment that already holds a step's worth reserves (so at most a step past what a busy
+    /// (`fallocate` with `KEEP_SIZE`: the size does not change, readers see nothing new) the write skips them
+    /// (`docs/performance.md` has the measurement). Only a segment that already holds a step's worth reserves (so at most a step past what a busy
     /// job has written, and nothing for a quiet one), and never past the segment's limit, so a segment that
     /// fills up uses all it reserved; what the last segment reserved and did not use is given back when the
     /// output ends. A spare written over already has its blocks.
@@ -304,7 +304,7 @@ impl OutputLog {
 
     /// Discards the oldest segment if it is not the one being written, its file becoming a spare or deleted;
     /// returns the logical bytes freed.
-    pub fn discard_oldest_segment(&mut self, spares: &mut SpareSegments) -> u64 {
+    pub(super) fn discard_oldest_segment(&mut self, spares: &mut SpareSegments) -> u64 {
         let writing = self.writer.is_some();
         if self.segments.is_empty() || (writing && self.segments.len() == 1) {
             return 0;
@@ -316,7 +316,7 @@ impl OutputLog {
     }
 
     /// Marks the output complete: no more appends; wakes every waiting reader so it can end its stream.
-    pub fn finish(&mut self, spares: &mut SpareSegments) {
+    pub(super) fn finish(&mut self, spares: &mut SpareSegments) {
         self.release_unwritten_blocks(spares);
         self.writer = None;
         self.finished = true;
@@ -411,7 +411,7 @@ impl OutputLog {
 
     /// Discards every retained segment (into `spares` while they take them) and deletes the spool directory
     /// (job evicted, or server shutdown).
-    pub fn remove(&mut self, spares: &mut SpareSegments) {
+    pub(super) fn remove(&mut self, spares: &mut SpareSegments) {
         self.writer = None;
         for segment in std::mem::take(&mut self.segments) {
             spares.settle(segment.lent);
@@ -445,18 +445,18 @@ mod tests {
     use crate::scratch::ScratchDir;
 
     /// A job's log and the spares it shares, in a scratch directory.
-    struct Spool {
+    struct TestLog {
         log: OutputLog,
         spares: SpareSegments,
         root: ScratchDir,
     }
 
-    impl Spool {
-        fn new(name: &str, retention: u64) -> Spool {
+    impl TestLog {
+        fn new(name: &str, retention: u64) -> TestLog {
             let root = ScratchDir::new(&format!("output-{name}"));
             let log = OutputLog::create(root.join("log"), retention).unwrap();
             let spares = SpareSegments::create(root.join("spare"), 1 << 30).unwrap();
-            Spool { log, spares, root }
+            TestLog { log, spares, root }
         }
 
         fn append(&mut self, stream: Stream, data: &[u8]) {
@@ -482,7 +482,7 @@ mod tests {
 
     #[test]
     fn replays_interleaved_streams_byte_exact_from_any_offset() {
-        let mut spool = Spool::new("replay", 1 << 30);
+        let mut spool = TestLog::new("replay", 1 << 30);
         spool.append(Stream::Stdout, b"hello ");
         spool.append(Stream::Stderr, &[0, 0xff, 0xfe]);
         spool.append(Stream::Stdout, b"world");
@@ -517,7 +517,7 @@ mod tests {
     fn disk_blocks_are_reserved_ahead_of_a_big_segment_and_given_back_when_it_closes() {
         use std::os::unix::fs::MetadataExt;
         let allocated = |path: &std::path::Path| fs::metadata(path).unwrap().blocks() * 512;
-        let mut spool = Spool::new("reserve", 1 << 30);
+        let mut spool = TestLog::new("reserve", 1 << 30);
         spool.append(Stream::Stdout, &[7; 1000]);
         let first = spool.log.segment_path(0);
         // Needs a file system with fallocate (ext4, xfs, tmpfs...) under the temporary directory.
@@ -538,10 +538,10 @@ mod tests {
     #[test]
     fn spliced_records_interleave_with_written_ones() {
         use std::io::Write;
-        let mut spool = Spool::new("splice", 1 << 30);
+        let mut spool = TestLog::new("splice", 1 << 30);
         let pipe = crate::sys::output_pipe().unwrap();
         let mut writer = File::from(pipe.write);
-        let splice = |spool: &mut Spool, stream: Stream| {
+        let splice = |spool: &mut TestLog, stream: Stream| {
             let (file, at) = spool.log.splice_target(&mut spool.spares, 1 << 20).unwrap();
             let moved = crate::sys::splice_to_file(pipe.read.as_raw_fd(), file, at, 1 << 20).unwrap().unwrap();
             spool.log.commit_spliced(&mut spool.spares, stream, moved).unwrap();
@@ -577,7 +577,7 @@ mod tests {
     #[test]
     fn retention_discards_whole_segments_and_moves_start() {
         // Cap 256 KiB: segments of the 64 KiB minimum.
-        let mut spool = Spool::new("retention", 256 * 1024);
+        let mut spool = TestLog::new("retention", 256 * 1024);
         let block = vec![7u8; 16 * 1024];
         for _ in 0..64 {
             spool.append(Stream::Stdout, &block);
@@ -601,9 +601,9 @@ mod tests {
     fn a_log_at_its_cap_writes_over_discarded_segment_files_and_never_reads_their_old_bytes() {
         use std::os::unix::fs::MetadataExt;
         // Cap 8 MiB: segments of 1 MiB, each discarded one big enough to be kept as a spare.
-        let mut spool = Spool::new("reuse", 8 << 20);
+        let mut spool = TestLog::new("reuse", 8 << 20);
         let record = |i: usize| vec![i as u8; 100_000 + i % 7];
-        let file_size = |spool: &Spool, index: u64| fs::metadata(spool.log.segment_path(index)).unwrap().len();
+        let file_size = |spool: &TestLog, index: u64| fs::metadata(spool.log.segment_path(index)).unwrap().len();
         let mut cursor = OutputCursor::new(0);
         let mut reused = 0;
         for i in 0..400 {
@@ -623,7 +623,7 @@ mod tests {
         assert!(reused > 10, "new segments were written over discarded files ({reused} of them)");
         let files = fs::read_dir(spool.root.join("log")).unwrap().count();
         let spares = fs::read_dir(spool.root.join("spare")).unwrap().count();
-        assert!(files <= 9 && spares <= crate::jobs::spares::SPARE_FILES, "{files} segments, {spares} spares");
+        assert!(files <= 9 && spares <= super::super::spares::SPARE_FILES, "{files} segments, {spares} spares");
 
         // Everything retained reads back as written, from the reader that fell behind as from a new one.
         let expected_from = |start: u64| {
@@ -658,7 +658,7 @@ mod tests {
     #[test]
     fn a_reader_at_the_end_of_a_segment_another_job_now_writes_over_reads_on_in_its_own_job() {
         // Two jobs sharing spares, caps of 8 MiB: segments of 1 MiB, each 1 MiB record fills one.
-        let mut spool = Spool::new("shared-spare", 8 << 20);
+        let mut spool = TestLog::new("shared-spare", 8 << 20);
         let mut other = OutputLog::create(spool.root.join("other"), 8 << 20).unwrap();
         let mut append_other = |spares: &mut SpareSegments, byte: u8, len: usize| {
             let mut record = vec![byte; RECORD_HEADER_LEN + len];
@@ -687,7 +687,7 @@ mod tests {
     fn a_segment_that_fills_up_keeps_no_reserved_blocks_past_its_end() {
         use std::os::unix::fs::MetadataExt;
         // Cap 128 MiB: segments of 16 MiB, past the 8 MiB from which blocks are reserved ahead.
-        let mut spool = Spool::new("reserve-limit", 128 << 20);
+        let mut spool = TestLog::new("reserve-limit", 128 << 20);
         for _ in 0..17 {
             spool.append(Stream::Stdout, &vec![1u8; 1 << 20]);
         }
@@ -704,7 +704,7 @@ mod tests {
 
     #[test]
     fn reader_keeps_up_with_appends_across_segments() {
-        let mut spool = Spool::new("follow", 1 << 30);
+        let mut spool = TestLog::new("follow", 1 << 30);
         let mut cursor = OutputCursor::new(0);
         let mut seen = Vec::new();
         for round in 0..40u8 {

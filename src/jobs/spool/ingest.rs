@@ -7,7 +7,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
-use super::output::{OutputLog, Stream, RECORD_HEADER_LEN};
+use super::log::{OutputLog, Stream, RECORD_HEADER_LEN};
 use super::spares::SpareSegments;
 use crate::sys;
 
@@ -19,7 +19,7 @@ const PIPE_READ_BYTES: usize = 256 * 1024;
 
 /// How output gets from a job's pipe into its spool file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Ingest {
+pub(in crate::jobs) enum Ingest {
     /// `splice(2)` through the table's relay pipe: the kernel copies the pipe's pages into the file's page
     /// cache; no copy through user memory.
     Splice,

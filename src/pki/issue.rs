@@ -1,5 +1,4 @@
-//! The certificates runnel's mutual TLS stands on: a private CA, server and client certificates signed by it, and
-//! the rule that turns a verified client certificate into the identity that owns jobs.
+//! Issuing the certificates mutual TLS needs: a private CA, and server and client certificates signed by it.
 //!
 //! It exists so that a deployment needs nothing but the runnel binary: no openssl on the host, no hand-written
 //! `openssl.cnf`, and certificates whose extensions are right for rustls' verifiers by construction. A set of files
@@ -23,7 +22,6 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use x509_parser::certificate::X509Certificate;
-use x509_parser::extensions::GeneralName;
 
 /// Private keys are readable by their owner only, and get that mode when the file is created so there is no
 /// moment at which the key sits on disk world-readable.
@@ -130,35 +128,6 @@ impl std::error::Error for PkiError {
         }
     }
 }
-
-/// Why no client identity could be taken from a (verified) certificate.
-#[derive(Debug, PartialEq, Eq)]
-pub enum IdentityError {
-    /// The certificate is not parsable DER X.509.
-    Malformed(String),
-    /// The field the identity comes from is present but not a usable name.
-    InvalidIdentity { field: &'static str, reason: &'static str },
-    /// The certificate has no subject CN, DNS SAN or URI SAN.
-    NoIdentity,
-}
-
-impl fmt::Display for IdentityError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            IdentityError::Malformed(detail) => write!(f, "client certificate is not valid X.509: {detail}"),
-            IdentityError::InvalidIdentity { field, reason } => {
-                write!(f, "client certificate's {field} cannot serve as an identity: it {reason}")
-            }
-            IdentityError::NoIdentity => write!(
-                f,
-                "client certificate names no identity: it has no subject CN, DNS SAN or URI SAN (issue one with \
-                 `runnel certs client --name NAME`)"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for IdentityError {}
 
 /// The period a certificate is valid for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,7 +236,8 @@ pub fn write_server(
 
 /// Writes a client certificate for `name` signed by the CA at prefix `ca` to `<out>.crt` and `<out>.key`.
 ///
-/// `name` becomes the subject CN, which is the identity [`identity_from_cert_der`] gives the server.
+/// `name` becomes the subject CN, which is the identity [`identity_from_cert_der`](super::identity_from_cert_der)
+/// gives the server.
 pub fn write_client(ca: &Path, out: &Path, name: &str, validity: &Validity) -> Result<(), PkiError> {
     check_output_prefix(out)?;
     check_common_name("client name", name)?;
@@ -275,53 +245,6 @@ pub fn write_client(ca: &Path, out: &Path, name: &str, validity: &Validity) -> R
 
     let params = leaf_params(name, validity, ExtendedKeyUsagePurpose::ClientAuth);
     write_leaf(ca, out, &params)
-}
-
-/// The identity of a client: its subject CN; without one, its first DNS SAN; without that, its first URI SAN.
-///
-/// Call this only on a certificate rustls has already verified against the CA: it trusts what it reads. A present
-/// but unusable CN (not text, empty, control characters) is an error rather than a reason to fall back to a SAN,
-/// so one certificate can never be read as two different identities.
-pub fn identity_from_cert_der(der: &[u8]) -> Result<String, IdentityError> {
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(der).map_err(|err| IdentityError::Malformed(err.to_string()))?;
-
-    if let Some(common_name) = cert.subject().iter_common_name().next() {
-        let text = common_name.as_str().map_err(|_| IdentityError::InvalidIdentity {
-            field: "subject CN",
-            reason: "is not a UTF-8, printable or IA5 string",
-        })?;
-        return checked_identity("subject CN", text);
-    }
-
-    let alt_names = cert.subject_alternative_name().map_err(|err| IdentityError::Malformed(err.to_string()))?;
-    let general_names = alt_names.map(|ext| ext.value.general_names.as_slice()).unwrap_or_default();
-    let first_dns = general_names.iter().find_map(|name| match name {
-        GeneralName::DNSName(dns) => Some(*dns),
-        _ => None,
-    });
-    if let Some(dns) = first_dns {
-        return checked_identity("DNS SAN", dns);
-    }
-    let first_uri = general_names.iter().find_map(|name| match name {
-        GeneralName::URI(uri) => Some(*uri),
-        _ => None,
-    });
-    match first_uri {
-        Some(uri) => checked_identity("URI SAN", uri),
-        None => Err(IdentityError::NoIdentity),
-    }
-}
-
-/// Identities end up in logs and job listings, so control characters (which could forge log lines) are refused.
-fn checked_identity(field: &'static str, text: &str) -> Result<String, IdentityError> {
-    if text.is_empty() {
-        return Err(IdentityError::InvalidIdentity { field, reason: "is empty" });
-    }
-    if text.chars().any(char::is_control) {
-        return Err(IdentityError::InvalidIdentity { field, reason: "contains control characters" });
-    }
-    Ok(text.to_owned())
 }
 
 fn check_output_prefix(prefix: &Path) -> Result<(), PkiError> {
@@ -487,6 +410,52 @@ fn write_file(path: &Path, options: &OpenOptions, contents: &str) -> io::Result<
     file.sync_all()
 }
 
+/// Helpers for the tests of this folder: a CA in a scratch directory, and certificates with any subject.
+#[cfg(test)]
+pub(super) mod testing {
+    use super::*;
+    use crate::scratch::ScratchDir;
+
+    pub fn cert_der(prefix: &Path) -> CertificateDer<'static> {
+        CertificateDer::from_pem_file(cert_path(prefix)).unwrap()
+    }
+
+    /// A scratch directory with a CA at prefix `ca` in it.
+    pub fn test_ca() -> (ScratchDir, PathBuf) {
+        let dir = ScratchDir::new("pki-test");
+        let ca = dir.join("ca");
+        write_ca(&ca, "runnel test CA", &Validity::days_from_now(30)).unwrap();
+        (dir, ca)
+    }
+
+    /// A second CA in `dir`, unrelated to the first.
+    pub fn write_other_ca(dir: &ScratchDir) -> PathBuf {
+        let other = dir.join("other-ca");
+        write_ca(&other, "someone else", &Validity::days_from_now(30)).unwrap();
+        other
+    }
+
+    /// A client certificate for `name`, valid for a day, issued by `ca` into `dir`.
+    pub fn write_test_client(dir: &ScratchDir, ca: &Path, name: &str) -> PathBuf {
+        let client = dir.join(name);
+        write_client(ca, &client, name, &Validity::days_from_now(1)).unwrap();
+        client
+    }
+
+    /// Issues a certificate with arbitrary subject and SANs from the CA at `ca`, for the identity fallbacks.
+    pub fn issue_with_rcgen(ca: &Path, common_name: Option<&str>, alt_names: Vec<SanType>) -> CertificateDer<'static> {
+        let issuer = read_ca(ca).unwrap();
+        let mut params = leaf_params("placeholder", &Validity::days_from_now(1), ExtendedKeyUsagePurpose::ClientAuth);
+        params.distinguished_name = DistinguishedName::new();
+        if let Some(common_name) = common_name {
+            params.distinguished_name.push(DnType::CommonName, common_name);
+        }
+        params.subject_alt_names = alt_names;
+        let key = generate_key().unwrap();
+        params.signed_by(&key, &issuer).unwrap().der().clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,11 +470,8 @@ mod tests {
     use rustls::server::WebPkiClientVerifier;
     use rustls::{CertificateError, RootCertStore};
 
+    use super::testing::{cert_der, test_ca, write_other_ca, write_test_client};
     use crate::scratch::ScratchDir;
-
-    fn cert_der(prefix: &Path) -> CertificateDer<'static> {
-        CertificateDer::from_pem_file(cert_path(prefix)).unwrap()
-    }
 
     fn provider() -> Arc<rustls::crypto::CryptoProvider> {
         Arc::new(rustls::crypto::ring::default_provider())
@@ -527,29 +493,9 @@ mod tests {
         verifier.verify_server_cert(&cert_der(server), &[], &name, &[], UnixTime::now()).map(|_| ())
     }
 
-    fn write_test_ca(dir: &ScratchDir) -> PathBuf {
-        let ca = dir.join("ca");
-        write_ca(&ca, "runnel test CA", &Validity::days_from_now(30)).unwrap();
-        ca
-    }
-
-    /// Issues a certificate with arbitrary subject and SANs from the CA at `ca`, for the identity fallbacks.
-    fn issue_with_rcgen(ca: &Path, common_name: Option<&str>, alt_names: Vec<SanType>) -> CertificateDer<'static> {
-        let issuer = read_ca(ca).unwrap();
-        let mut params = leaf_params("placeholder", &Validity::days_from_now(1), ExtendedKeyUsagePurpose::ClientAuth);
-        params.distinguished_name = DistinguishedName::new();
-        if let Some(common_name) = common_name {
-            params.distinguished_name.push(DnType::CommonName, common_name);
-        }
-        params.subject_alt_names = alt_names;
-        let key = generate_key().unwrap();
-        params.signed_by(&key, &issuer).unwrap().der().clone()
-    }
-
     #[test]
     fn writes_ca_server_and_client_that_rustls_accepts() {
-        let dir = ScratchDir::new("pki-test");
-        let ca = write_test_ca(&dir);
+        let (dir, ca) = test_ca();
         let server = dir.join("out/server");
         let client = dir.join("out/alice");
         let ips = [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
@@ -575,10 +521,8 @@ mod tests {
 
     #[test]
     fn client_from_another_ca_is_rejected() {
-        let dir = ScratchDir::new("pki-test");
-        let ca = write_test_ca(&dir);
-        let other_ca = dir.join("other-ca");
-        write_ca(&other_ca, "someone else", &Validity::days_from_now(30)).unwrap();
+        let (dir, ca) = test_ca();
+        let other_ca = write_other_ca(&dir);
         let client = dir.join("mallory");
         write_client(&other_ca, &client, "alice", &Validity::days_from_now(30)).unwrap();
         assert!(verify_client(&ca, &client).is_err());
@@ -586,8 +530,7 @@ mod tests {
 
     #[test]
     fn expired_client_certificate_is_rejected() {
-        let dir = ScratchDir::new("pki-test");
-        let ca = write_test_ca(&dir);
+        let (dir, ca) = test_ca();
         let client = dir.join("expired");
         let now = SystemTime::now();
         let expired = Validity {
@@ -605,61 +548,8 @@ mod tests {
     }
 
     #[test]
-    fn identity_is_the_common_name() {
-        let dir = ScratchDir::new("pki-test");
-        let ca = write_test_ca(&dir);
-        let client = dir.join("alice");
-        write_client(&ca, &client, "alice", &Validity::days_from_now(1)).unwrap();
-        assert_eq!(identity_from_cert_der(&cert_der(&client)).unwrap(), "alice");
-    }
-
-    #[test]
-    fn identity_falls_back_to_dns_then_uri_san() {
-        let dir = ScratchDir::new("pki-test");
-        let ca = write_test_ca(&dir);
-        let dns = SanType::DnsName("worker-1.example".try_into().unwrap());
-        let uri = SanType::URI("spiffe://example/worker".try_into().unwrap());
-        let ip = SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST));
-
-        let der = issue_with_rcgen(&ca, None, vec![ip.clone(), uri.clone(), dns]);
-        assert_eq!(identity_from_cert_der(&der).unwrap(), "worker-1.example");
-
-        let der = issue_with_rcgen(&ca, None, vec![ip.clone(), uri]);
-        assert_eq!(identity_from_cert_der(&der).unwrap(), "spiffe://example/worker");
-
-        let der = issue_with_rcgen(&ca, None, vec![ip]);
-        assert_eq!(identity_from_cert_der(&der), Err(IdentityError::NoIdentity));
-
-        let der = issue_with_rcgen(&ca, None, vec![]);
-        assert_eq!(identity_from_cert_der(&der), Err(IdentityError::NoIdentity));
-    }
-
-    #[test]
-    fn unusable_common_name_is_an_error_not_a_fallback() {
-        let dir = ScratchDir::new("pki-test");
-        let ca = write_test_ca(&dir);
-        let dns = SanType::DnsName("bob.example".try_into().unwrap());
-        let der = issue_with_rcgen(&ca, Some("alice\nINFO forged"), vec![dns.clone()]);
-        assert!(matches!(
-            identity_from_cert_der(&der),
-            Err(IdentityError::InvalidIdentity { field: "subject CN", .. })
-        ));
-        let der = issue_with_rcgen(&ca, Some(""), vec![dns]);
-        assert!(matches!(
-            identity_from_cert_der(&der),
-            Err(IdentityError::InvalidIdentity { field: "subject CN", .. })
-        ));
-    }
-
-    #[test]
-    fn garbage_is_malformed() {
-        assert!(matches!(identity_from_cert_der(b"not a certificate"), Err(IdentityError::Malformed(_))));
-    }
-
-    #[test]
     fn existing_key_is_never_overwritten() {
-        let dir = ScratchDir::new("pki-test");
-        let ca = write_test_ca(&dir);
+        let (_dir, ca) = test_ca();
         let original_key = fs::read(key_path(&ca)).unwrap();
         let original_cert = fs::read(cert_path(&ca)).unwrap();
 
@@ -688,10 +578,8 @@ mod tests {
 
     #[test]
     fn ca_key_must_match_ca_certificate() {
-        let dir = ScratchDir::new("pki-test");
-        let ca = write_test_ca(&dir);
-        let other_ca = dir.join("other");
-        write_ca(&other_ca, "other", &Validity::days_from_now(30)).unwrap();
+        let (dir, ca) = test_ca();
+        let other_ca = write_other_ca(&dir);
         fs::copy(key_path(&other_ca), key_path(&ca)).unwrap();
 
         let err = write_client(&ca, &dir.join("alice"), "alice", &Validity::days_from_now(1)).unwrap_err();
@@ -700,18 +588,15 @@ mod tests {
 
     #[test]
     fn leaf_certificate_cannot_act_as_ca() {
-        let dir = ScratchDir::new("pki-test");
-        let ca = write_test_ca(&dir);
-        let client = dir.join("alice");
-        write_client(&ca, &client, "alice", &Validity::days_from_now(1)).unwrap();
+        let (dir, ca) = test_ca();
+        let client = write_test_client(&dir, &ca, "alice");
         let err = write_client(&client, &dir.join("bob"), "bob", &Validity::days_from_now(1)).unwrap_err();
         assert!(matches!(err, PkiError::UnusableCa { .. }), "{err:?}");
     }
 
     #[test]
     fn bad_names_and_periods_are_rejected() {
-        let dir = ScratchDir::new("pki-test");
-        let ca = write_test_ca(&dir);
+        let (dir, ca) = test_ca();
         let out = dir.join("x");
         let week = Validity::days_from_now(7);
 

@@ -3,15 +3,16 @@
 //!
 //! Why: freeing a file's disk blocks happens in the thread that deletes or truncates the file, and that thread
 //! is the event loop. On ext4 without a journal and mounted with `discard` (the machines runnel is measured on),
-//! every freed extent is discarded synchronously: deleting a 64 MiB segment took 17–83 ms, and up to seconds
-//! while writeback kept the disk busy, with every connection waiting. A new file also needs new disk blocks and
+//! every freed extent is discarded synchronously: deleting a large segment takes milliseconds to tens of
+//! milliseconds, and seconds while writeback keeps the disk busy, with every connection waiting
+//! (`docs/performance.md`). A new file also needs new disk blocks and
 //! new page-cache pages, which on a VM that handed its free memory back to the host is the largest part of what
 //! the spool costs. A spare written over keeps its blocks and its cached pages, so a server whose retention caps
 //! discard output as fast as jobs write it (a long-running server, at `--max-output-bytes` or
 //! `--max-output-total`) neither frees nor allocates anything for its spool.
 //!
 //! A spare is a file in the spare directory; [`SpareSegments::take`] renames it into a job's spool, and an
-//! [`OutputLog`](super::OutputLog) writes over it from offset 0, keeping its own record of how much of the file
+//! [`OutputLog`](super::log::OutputLog) writes over it from offset 0, keeping its own record of how much of the file
 //! holds output (a spare's old bytes past that are never read). A spare taken stays *lent* until the segment
 //! written over it fills up or its output ends ([`SpareSegments::settle`]), since until then the file holds old
 //! bytes no cap counts. At most [`SPARE_FILES`] spares are kept, and spares plus what is lent stay within a

@@ -1,0 +1,117 @@
+//! The output spool: every job's output on disk, under the state directory's `output/`.
+//!
+//! Each job has an [`OutputLog`] (`log.rs`): its output in segment files, read back by any number of
+//! [`OutputCursor`]s. The [`Spool`] owns what the logs share: the spare segment files a log's next segment is
+//! written over (`spares.rs`), the [`Ingester`](ingest::Ingester) that moves output from a job's pipe into its
+//! log (`ingest.rs`), and the count of bytes retained across every log that `--max-output-total` caps. Every
+//! change to a log's contents goes through the spool, so that count is always exact and costs nothing to check.
+
+mod ingest;
+mod log;
+mod spares;
+
+pub use self::ingest::{Drain, PIPE_READS_PER_TURN};
+pub use self::log::{OutputCursor, OutputLog, Span, Stream};
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use self::ingest::{Destination, Ingester};
+use self::spares::SpareSegments;
+
+/// Every job's output log and what they share.
+pub struct Spool {
+    /// `STATE/output`: one directory per job.
+    dir: PathBuf,
+    /// Retained output per job (`--max-output-bytes`).
+    max_per_log: u64,
+    /// Retained output across every log (`--max-output-total`).
+    max_total: u64,
+    /// Output retained across every log, kept as it changes.
+    retained_total: u64,
+    spares: SpareSegments,
+    ingester: Ingester,
+}
+
+impl Spool {
+    /// Creates `STATE/output` and `STATE/spare` (neither may exist yet) for logs of at most `max_per_log` bytes
+    /// each and `max_total` together.
+    pub fn create(state_dir: &Path, max_per_log: u64, max_total: u64) -> io::Result<Spool> {
+        let dir = state_dir.join("output");
+        // Output is the server's alone.
+        fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let spares = SpareSegments::create(state_dir.join("spare"), max_total / 4)?;
+        Ok(Spool { dir, max_per_log, max_total, retained_total: 0, spares, ingester: Ingester::default() })
+    }
+
+    /// A new, empty log named `name` (a job's id).
+    pub fn create_log(&self, name: &str) -> io::Result<OutputLog> {
+        OutputLog::create(self.dir.join(name), self.max_per_log)
+    }
+
+    /// True while the logs together retain more than `--max-output-total`.
+    pub fn is_over_total(&self) -> bool {
+        self.retained_total > self.max_total
+    }
+
+    /// Moves what the pipe `fd` holds into `log` as `stream` output of `job`, at most `budget` reads, and wakes
+    /// the log's readers if anything arrived. The log's own cap applies at once; the total cap is the caller's
+    /// to enforce (see [`Self::is_over_total`]), since which job's output goes first is the job table's rule.
+    pub fn ingest(
+        &mut self,
+        log: &mut OutputLog,
+        job: &dyn fmt::Display,
+        stream: Stream,
+        fd: RawFd,
+        budget: usize,
+    ) -> Drain {
+        let end_before = log.end();
+        let drained = self.counted(log, |log, spares, ingester| {
+            ingester.ingest(Destination { log, spares, job, stream }, fd, budget)
+        });
+        if log.end() != end_before {
+            log.wake_readers();
+        }
+        drained
+    }
+
+    /// Marks `log` complete (its job's pipes are closed) and gives back the disk blocks it reserved ahead.
+    pub fn finish(&mut self, log: &mut OutputLog) {
+        self.counted(log, |log, spares, _| log.finish(spares));
+    }
+
+    /// Discards `log`'s oldest segment unless it is the one being written; returns the bytes freed.
+    pub fn discard_oldest_segment(&mut self, log: &mut OutputLog) -> u64 {
+        self.counted(log, |log, spares, _| log.discard_oldest_segment(spares))
+    }
+
+    /// Deletes `log` and its directory (job evicted, or server shutdown).
+    pub fn remove(&mut self, log: &mut OutputLog) {
+        self.counted(log, |log, spares, _| log.remove(spares));
+    }
+
+    /// Runs a change to `log`, keeping the retained total up to date.
+    fn counted<R>(
+        &mut self,
+        log: &mut OutputLog,
+        change: impl FnOnce(&mut OutputLog, &mut SpareSegments, &mut Ingester) -> R,
+    ) -> R {
+        let before = log.retained();
+        let result = change(log, &mut self.spares, &mut self.ingester);
+        self.retained_total = self.retained_total - before + log.retained();
+        result
+    }
+
+    /// How output is taken from pipes: tests choose, and check that the state directory allowed their choice.
+    #[cfg(test)]
+    pub(super) fn ingest_mode(&mut self) -> &mut Ingest {
+        &mut self.ingester.mode
+    }
+}
+
+#[cfg(test)]
+pub(super) use self::ingest::Ingest;

@@ -1,0 +1,128 @@
+//! Starting a job is several steps that each create something (its output log, its working directory, its
+//! cgroup, its process) and any of which can fail. [`HalfStarted`] holds what the steps made so far; dropped
+//! before it is [`done`](HalfStarted::done), it takes all of it back, so a failed start leaves nothing behind
+//! whichever step failed.
+
+use std::fs;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use super::launch::{Launched, Launcher};
+use super::spool::{OutputLog, Spool};
+use super::{JobError, JobId, JobSpec};
+use crate::cgroup::{CgroupRoot, JobCgroup, Limits};
+use crate::isolation::{Isolation, RunAs};
+use crate::sys;
+
+/// A job part way through starting.
+pub(super) struct HalfStarted<'a> {
+    id: JobId,
+    spool: &'a mut Spool,
+    cgroups: Option<&'a mut CgroupRoot>,
+    output: Option<OutputLog>,
+    own_work_dir: Option<PathBuf>,
+    cgroup: Option<JobCgroup>,
+    process: Option<Launched>,
+}
+
+/// Everything a started job was given.
+pub(super) struct Started {
+    pub output: OutputLog,
+    pub own_work_dir: Option<PathBuf>,
+    pub cgroup: Option<JobCgroup>,
+    pub process: Launched,
+}
+
+impl<'a> HalfStarted<'a> {
+    pub fn new(id: JobId, spool: &'a mut Spool, cgroups: Option<&'a mut CgroupRoot>) -> Self {
+        HalfStarted { id, spool, cgroups, output: None, own_work_dir: None, cgroup: None, process: None }
+    }
+
+    /// Creates the job's output log.
+    pub fn create_output(&mut self) -> Result<(), JobError> {
+        let log = self.spool.create_log(&self.id.to_string());
+        self.output = Some(log.map_err(|e| JobError::system("cannot create the job's output spool", e))?);
+        Ok(())
+    }
+
+    /// Creates a fresh working directory for the job under `parent`, owned by the user its command runs as
+    /// (`None`: the server's own user), and returns it.
+    pub fn create_work_dir(&mut self, parent: &Path, run_as: Option<RunAs>) -> Result<PathBuf, JobError> {
+        let dir = parent.join(self.id.to_string());
+        make_work_dir(&dir, run_as).map_err(|e| {
+            let _ = fs::remove_dir(&dir);
+            JobError::system("cannot create the job's working directory", e)
+        })?;
+        self.own_work_dir = Some(dir.clone());
+        Ok(dir)
+    }
+
+    /// Creates the job's cgroup with `limits` written (all but the CPU's: see [`Self::limit_cpu`]).
+    pub fn create_cgroup(&mut self, limits: &Limits) -> Result<(), JobError> {
+        let Some(cgroups) = self.cgroups.as_deref() else { return Ok(()) };
+        let cgroup = cgroups.create_job(&self.id.to_string(), limits);
+        self.cgroup = Some(cgroup.map_err(|e| JobError::system("cannot create the job's cgroup", e))?);
+        Ok(())
+    }
+
+    /// Starts the job's process; returns once the command was exec'd.
+    pub fn launch(
+        &mut self,
+        launcher: &mut Launcher,
+        spec: &JobSpec,
+        working_dir: &Path,
+        isolation: Option<&Isolation>,
+    ) -> Result<(), JobError> {
+        let hostname = self.id.hostname();
+        self.process = Some(launcher.launch(spec, &hostname, working_dir, isolation, self.cgroup.as_ref())?);
+        Ok(())
+    }
+
+    /// Caps the running job's CPU. Written only now: the launch waits for the job's init on the event loop,
+    /// and the init's setup under a small CPU quota would hold the loop for several of the quota's periods.
+    pub fn limit_cpu(&mut self, limits: &Limits) -> Result<(), JobError> {
+        let Some(cgroup) = &self.cgroup else { return Ok(()) };
+        cgroup.limit_cpu(limits).map_err(|e| JobError::system("cannot limit the job's CPU", e))
+    }
+
+    /// The start succeeded: hands over what the job was given, to be released with the job.
+    pub fn done(mut self) -> Started {
+        Started {
+            output: self.output.take().expect("create_output came first"),
+            own_work_dir: self.own_work_dir.take(),
+            cgroup: self.cgroup.take(),
+            process: self.process.take().expect("launch came first"),
+        }
+    }
+}
+
+impl Drop for HalfStarted<'_> {
+    fn drop(&mut self) {
+        if let Some(process) = self.process.take() {
+            let _ = sys::signal_process(process.pid, libc::SIGKILL);
+            let _ = sys::wait_pidfd(process.pidfd.as_raw_fd(), sys::Wait::Reap);
+        }
+        if let (Some(cgroups), Some(cgroup)) = (self.cgroups.as_deref_mut(), self.cgroup.take()) {
+            cgroups.remove_job(cgroup);
+        }
+        if let Some(dir) = self.own_work_dir.take() {
+            if let Err(err) = fs::remove_dir_all(&dir) {
+                log::warn!("cannot remove working directory {}: {err}", dir.display());
+            }
+        }
+        if let Some(mut output) = self.output.take() {
+            self.spool.remove(&mut output);
+        }
+    }
+}
+
+/// Makes a job's working directory, private to the user its command runs as.
+fn make_work_dir(dir: &Path, run_as: Option<RunAs>) -> io::Result<()> {
+    fs::DirBuilder::new().mode(0o700).create(dir)?;
+    if let Some(run_as) = run_as {
+        std::os::unix::fs::chown(dir, Some(run_as.uid), Some(run_as.gid))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! The rule that turns a verified client certificate into the identity that owns jobs: its subject CN;
+//! without one, its first DNS SAN; without that, its first URI SAN.
+
+use std::fmt;
+
+use x509_parser::extensions::GeneralName;
+
+/// Why no client identity could be taken from a (verified) certificate.
+#[derive(Debug, PartialEq, Eq)]
+pub enum IdentityError {
+    /// The certificate is not parsable DER X.509.
+    Malformed(String),
+    /// The field the identity comes from is present but not a usable name.
+    InvalidIdentity { field: &'static str, reason: &'static str },
+    /// The certificate has no subject CN, DNS SAN or URI SAN.
+    NoIdentity,
+}
+
+impl fmt::Display for IdentityError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IdentityError::Malformed(detail) => write!(f, "client certificate is not valid X.509: {detail}"),
+            IdentityError::InvalidIdentity { field, reason } => {
+                write!(f, "client certificate's {field} cannot serve as an identity: it {reason}")
+            }
+            IdentityError::NoIdentity => write!(
+                f,
+                "client certificate names no identity: it has no subject CN, DNS SAN or URI SAN (issue one with \
+                 `runnel certs client --name NAME`)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for IdentityError {}
+
+/// The identity of a client: its subject CN; without one, its first DNS SAN; without that, its first URI SAN.
+///
+/// Call this only on a certificate rustls has already verified against the CA: it trusts what it reads. A present
+/// but unusable CN (not text, empty, control characters) is an error rather than a reason to fall back to a SAN,
+/// so one certificate can never be read as two different identities.
+pub fn identity_from_cert_der(der: &[u8]) -> Result<String, IdentityError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|err| IdentityError::Malformed(err.to_string()))?;
+
+    if let Some(common_name) = cert.subject().iter_common_name().next() {
+        let text = common_name.as_str().map_err(|_| IdentityError::InvalidIdentity {
+            field: "subject CN",
+            reason: "is not a UTF-8, printable or IA5 string",
+        })?;
+        return checked_identity("subject CN", text);
+    }
+
+    let alt_names = cert.subject_alternative_name().map_err(|err| IdentityError::Malformed(err.to_string()))?;
+    let general_names = alt_names.map(|ext| ext.value.general_names.as_slice()).unwrap_or_default();
+    let first_dns = general_names.iter().find_map(|name| match name {
+        GeneralName::DNSName(dns) => Some(*dns),
+        _ => None,
+    });
+    if let Some(dns) = first_dns {
+        return checked_identity("DNS SAN", dns);
+    }
+    let first_uri = general_names.iter().find_map(|name| match name {
+        GeneralName::URI(uri) => Some(*uri),
+        _ => None,
+    });
+    match first_uri {
+        Some(uri) => checked_identity("URI SAN", uri),
+        None => Err(IdentityError::NoIdentity),
+    }
+}
+
+/// Identities end up in logs and job listings, so control characters (which could forge log lines) are refused.
+fn checked_identity(field: &'static str, text: &str) -> Result<String, IdentityError> {
+    if text.is_empty() {
+        return Err(IdentityError::InvalidIdentity { field, reason: "is empty" });
+    }
+    if text.chars().any(char::is_control) {
+        return Err(IdentityError::InvalidIdentity { field, reason: "contains control characters" });
+    }
+    Ok(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use rcgen::SanType;
+
+    use super::super::issue::testing::{cert_der, issue_with_rcgen, test_ca, write_test_client};
+
+    #[test]
+    fn identity_is_the_common_name() {
+        let (dir, ca) = test_ca();
+        let client = write_test_client(&dir, &ca, "alice");
+        assert_eq!(identity_from_cert_der(&cert_der(&client)).unwrap(), "alice");
+    }
+
+    #[test]
+    fn identity_falls_back_to_dns_then_uri_san() {
+        let (_dir, ca) = test_ca();
+        let dns = SanType::DnsName("worker-1.example".try_into().unwrap());
+        let uri = SanType::URI("spiffe://example/worker".try_into().unwrap());
+        let ip = SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST));
+
+        let der = issue_with_rcgen(&ca, None, vec![ip.clone(), uri.clone(), dns]);
+        assert_eq!(identity_from_cert_der(&der).unwrap(), "worker-1.example");
+
+        let der = issue_with_rcgen(&ca, None, vec![ip.clone(), uri]);
+        assert_eq!(identity_from_cert_der(&der).unwrap(), "spiffe://example/worker");
+
+        let der = issue_with_rcgen(&ca, None, vec![ip]);
+        assert_eq!(identity_from_cert_der(&der), Err(IdentityError::NoIdentity));
+
+        let der = issue_with_rcgen(&ca, None, vec![]);
+        assert_eq!(identity_from_cert_der(&der), Err(IdentityError::NoIdentity));
+    }
+
+    #[test]
+    fn unusable_common_name_is_an_error_not_a_fallback() {
+        let (_dir, ca) = test_ca();
+        let dns = SanType::DnsName("bob.example".try_into().unwrap());
+        let der = issue_with_rcgen(&ca, Some("alice\nINFO forged"), vec![dns.clone()]);
+        assert!(matches!(
+            identity_from_cert_der(&der),
+            Err(IdentityError::InvalidIdentity { field: "subject CN", .. })
+        ));
+        let der = issue_with_rcgen(&ca, Some(""), vec![dns]);
+        assert!(matches!(
+            identity_from_cert_der(&der),
+            Err(IdentityError::InvalidIdentity { field: "subject CN", .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        assert!(matches!(identity_from_cert_der(b"not a certificate"), Err(IdentityError::Malformed(_))));
+    }
+}

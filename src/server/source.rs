@@ -1,0 +1,67 @@
+//! What each reactor token stands for. Tokens are computed from ids, not stored, so a stale event for a closed
+//! descriptor simply finds no owner.
+
+use mio::Token;
+
+use crate::jobs::{JobKey, Stream};
+
+/// Where a readiness event comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Listener,
+    Signals,
+    Connection(u64),
+    JobExit(JobKey),
+    JobOutput(JobKey, Stream),
+}
+
+/// Connection tokens have the top bit set; job tokens pack the job key with a 2-bit kind.
+const CONNECTION_BIT: usize = 1 << (usize::BITS - 1);
+
+impl Source {
+    pub fn token(self) -> Token {
+        Token(match self {
+            Source::Listener => 0,
+            Source::Signals => 1,
+            Source::Connection(id) => CONNECTION_BIT | id as usize,
+            Source::JobExit(key) => (key as usize) << 2 | 1,
+            Source::JobOutput(key, Stream::Stdout) => (key as usize) << 2 | 2,
+            Source::JobOutput(key, Stream::Stderr) => (key as usize) << 2 | 3,
+        })
+    }
+
+    pub fn from_token(token: Token) -> Source {
+        let value = token.0;
+        if value & CONNECTION_BIT != 0 {
+            return Source::Connection((value & !CONNECTION_BIT) as u64);
+        }
+        let key = (value >> 2) as JobKey;
+        match (key, value & 3) {
+            (0, 0) => Source::Listener,
+            (0, _) => Source::Signals,
+            (key, 1) => Source::JobExit(key),
+            (key, 2) => Source::JobOutput(key, Stream::Stdout),
+            (key, _) => Source::JobOutput(key, Stream::Stderr),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        for source in [
+            Source::Listener,
+            Source::Signals,
+            Source::Connection(0),
+            Source::Connection(77),
+            Source::JobExit(1),
+            Source::JobOutput(1, Stream::Stdout),
+            Source::JobOutput(123_456, Stream::Stderr),
+        ] {
+            assert_eq!(Source::from_token(source.token()), source);
+        }
+    }
+}

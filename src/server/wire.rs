@@ -1,0 +1,275 @@
+//! The edge between the job domain and the wire: the one place that turns protobuf messages into domain values
+//! and back, and the one place that chooses the gRPC status for a failure ([`CallError::status`]).
+
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use crate::cgroup::{Limits, Usage};
+use crate::grpc::{Code, Status};
+use crate::jobs::{EndReason, Job, JobError, JobState, StartRequest, Stream};
+use crate::proto;
+use crate::sys::ExitStatus;
+
+/// Why a call fails: the job domain refused or failed, or something about the call itself is wrong.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The job table refused the request or failed to carry it out.
+    Job(JobError),
+    /// The path names no method this server serves.
+    UnknownMethod,
+    /// `grpc-timeout` is not 1 to 8 digits and a unit.
+    MalformedTimeout,
+    /// The connection's certificate names no identity that can own jobs; the reason says why.
+    Unauthenticated(String),
+    /// The request's framing was refused (a message over the size limit, or compressed).
+    Framing(Status),
+    /// More than one request message on a unary or server-streaming call.
+    ExtraMessage,
+    /// The request ended without a whole message: `0` bytes left over means no message at all.
+    IncompleteRequest(usize),
+    /// The request message does not decode as the method's request type.
+    Undecodable(prost::DecodeError),
+    /// A request field outside the job domain (a stop's grace period, a state filter) is invalid; the message
+    /// names it.
+    InvalidField(String),
+    /// A health check names a service this server does not serve.
+    UnknownService(String),
+    /// The job the call was waiting on was evicted meanwhile; says what the call was doing.
+    JobRemoved(&'static str),
+    /// The job's output could not be read back from the spool.
+    OutputUnreadable(io::Error),
+    /// The call's `grpc-timeout` passed.
+    DeadlineExceeded,
+}
+
+impl From<JobError> for CallError {
+    fn from(err: JobError) -> Self {
+        CallError::Job(err)
+    }
+}
+
+impl CallError {
+    /// The status a client receives: the code for what went wrong, and a message the person can act on.
+    pub fn status(&self) -> Status {
+        Status::new(self.code(), self.to_string())
+    }
+
+    fn code(&self) -> Code {
+        match self {
+            CallError::Job(err) => match err {
+                JobError::InvalidSpec(_) | JobError::LimitAboveMaximum { .. } | JobError::MalformedId(_) => {
+                    Code::InvalidArgument
+                }
+                JobError::UnknownJob(_) | JobError::ExecutableNotFound(_) => Code::NotFound,
+                JobError::ExecutionDenied { .. } | JobError::WorkingDirDenied { .. } => Code::PermissionDenied,
+                JobError::NotExecutable { .. }
+                | JobError::WorkingDirUnusable { .. }
+                | JobError::LimitsUnavailable(_)
+                | JobError::NoIoDevice => Code::FailedPrecondition,
+                JobError::TooManyRunning { .. } | JobError::TooManyJobs { .. } => Code::ResourceExhausted,
+                JobError::OffsetPastEnd { .. } => Code::OutOfRange,
+                JobError::ShuttingDown => Code::Unavailable,
+                JobError::System(_) => Code::Internal,
+            },
+            CallError::UnknownMethod => Code::Unimplemented,
+            CallError::MalformedTimeout | CallError::ExtraMessage | CallError::InvalidField(_) => Code::InvalidArgument,
+            CallError::Unauthenticated(_) => Code::Unauthenticated,
+            CallError::Framing(status) => status.code,
+            CallError::IncompleteRequest(_) | CallError::Undecodable(_) | CallError::OutputUnreadable(_) => {
+                Code::Internal
+            }
+            CallError::UnknownService(_) | CallError::JobRemoved(_) => Code::NotFound,
+            CallError::DeadlineExceeded => Code::DeadlineExceeded,
+        }
+    }
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::Job(err) => err.fmt(f),
+            CallError::UnknownMethod => f.write_str("unknown service or method"),
+            CallError::MalformedTimeout => f.write_str("malformed grpc-timeout header"),
+            CallError::Unauthenticated(reason) | CallError::InvalidField(reason) => f.write_str(reason),
+            CallError::Framing(status) => f.write_str(&status.message),
+            CallError::ExtraMessage => f.write_str("more than one request message on a unary or server-streaming call"),
+            CallError::IncompleteRequest(0) => f.write_str("the request has no message"),
+            CallError::IncompleteRequest(n) => write!(f, "the request ends inside a message ({n} bytes)"),
+            CallError::Undecodable(err) => write!(f, "cannot decode the request message: {err}"),
+            CallError::UnknownService(name) => write!(f, "unknown service {name:?}"),
+            CallError::JobRemoved(doing) => write!(f, "the job was removed while {doing}"),
+            CallError::OutputUnreadable(err) => write!(f, "cannot read the job's output: {err}"),
+            CallError::DeadlineExceeded => f.write_str("the call's deadline (grpc-timeout) passed"),
+        }
+    }
+}
+
+/// A start request as the domain takes it.
+pub fn start_request(request: proto::StartJobRequest) -> StartRequest {
+    StartRequest {
+        command: request.command,
+        args: request.args,
+        env: request.env,
+        working_dir: request.working_dir,
+        limits: request.limits.map(limits_from).unwrap_or_default(),
+    }
+}
+
+/// The job states a ListJobs request filters on; an unknown or unspecified state is refused.
+pub fn states(values: &[i32]) -> Result<Vec<JobState>, CallError> {
+    values
+        .iter()
+        .map(|&value| match proto::JobState::try_from(value) {
+            Ok(proto::JobState::Running) => Ok(JobState::Running),
+            Ok(proto::JobState::Stopping) => Ok(JobState::Stopping),
+            Ok(proto::JobState::Exited) => Ok(JobState::Exited),
+            Ok(proto::JobState::Killed) => Ok(JobState::Killed),
+            Ok(proto::JobState::Unspecified) | Err(_) => {
+                Err(CallError::InvalidField(format!("states contains unknown job state {value}")))
+            }
+        })
+        .collect()
+}
+
+/// A StopJob's grace period, if it sets one.
+pub fn grace_period(value: Option<prost_types::Duration>) -> Result<Option<Duration>, CallError> {
+    value
+        .map(|d| {
+            Duration::try_from(d).map_err(|_| {
+                CallError::InvalidField("grace_period is negative or malformed: give a duration ≥ 0".into())
+            })
+        })
+        .transpose()
+}
+
+/// Everything `Job` reports.
+pub fn job(job: &Job) -> proto::Job {
+    let (exit_code, signal) = match job.end.map(|e| e.status) {
+        Some(ExitStatus::Exited(code)) => (Some(code), None),
+        Some(ExitStatus::Signaled(signal)) => (None, Some(signal)),
+        None => (None, None),
+    };
+    proto::Job {
+        id: job.id.to_string(),
+        owner: job.owner.clone(),
+        command: job.command.clone(),
+        args: job.args.clone(),
+        state: state(job.state()) as i32,
+        end_reason: job.end.map_or(proto::EndReason::Unspecified, |e| end_reason(e.reason)) as i32,
+        exit_code,
+        signal,
+        pid: job.pid,
+        started_at: Some(job.started_at.into()),
+        ended_at: job.end.map(|e| e.at.into()),
+        limits: job.limits().map(limits),
+        usage: job.usage().map(usage),
+        output_bytes: job.output.end(),
+        output_start: job.output.start(),
+    }
+}
+
+/// The stream an output chunk's bytes came from.
+pub fn output_stream(stream: Stream) -> proto::OutputStream {
+    match stream {
+        Stream::Stdout => proto::OutputStream::Stdout,
+        Stream::Stderr => proto::OutputStream::Stderr,
+    }
+}
+
+fn state(state: JobState) -> proto::JobState {
+    match state {
+        JobState::Running => proto::JobState::Running,
+        JobState::Stopping => proto::JobState::Stopping,
+        JobState::Exited => proto::JobState::Exited,
+        JobState::Killed => proto::JobState::Killed,
+    }
+}
+
+fn end_reason(reason: EndReason) -> proto::EndReason {
+    match reason {
+        EndReason::Exited => proto::EndReason::Exited,
+        EndReason::Stopped => proto::EndReason::Stopped,
+        EndReason::OomKilled => proto::EndReason::OomKilled,
+        EndReason::Signaled => proto::EndReason::Signaled,
+        EndReason::ServerShutdown => proto::EndReason::ServerShutdown,
+    }
+}
+
+/// A `$to` with each named field taken from `$from`: the struct literal fails to compile if either side gains a
+/// field the list lacks.
+macro_rules! same_fields {
+    ($from:expr => $to:path { $($field:ident),* }) => {{
+        let from = $from;
+        $to { $($field: from.$field),* }
+    }};
+}
+
+/// Limits as the API carries them.
+pub fn limits(limits: Limits) -> proto::ResourceLimits {
+    same_fields!(limits => proto::ResourceLimits {
+        cpu_millicores, memory_bytes, io_read_bps, io_write_bps, io_read_iops, io_write_iops, max_pids
+    })
+}
+
+fn limits_from(limits: proto::ResourceLimits) -> Limits {
+    same_fields!(limits => Limits {
+        cpu_millicores, memory_bytes, io_read_bps, io_write_bps, io_read_iops, io_write_iops, max_pids
+    })
+}
+
+fn usage(usage: Usage) -> proto::ResourceUsage {
+    same_fields!(usage => proto::ResourceUsage { cpu_usec, memory_peak_bytes, io_read_bytes, io_write_bytes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_cross_the_wire_field_for_field() {
+        let domain = Limits {
+            cpu_millicores: 1,
+            memory_bytes: 2,
+            io_read_bps: 3,
+            io_write_bps: 4,
+            io_read_iops: 5,
+            io_write_iops: 6,
+            max_pids: 7,
+        };
+        let wire = limits(domain);
+        assert_eq!(
+            (wire.cpu_millicores, wire.memory_bytes, wire.io_read_bps, wire.io_write_bps),
+            (1, 2, 3, 4),
+            "{wire:?}"
+        );
+        assert_eq!((wire.io_read_iops, wire.io_write_iops, wire.max_pids), (5, 6, 7), "{wire:?}");
+        assert_eq!(limits_from(wire), domain);
+    }
+
+    #[test]
+    fn every_state_filter_maps_and_unknown_ones_are_refused() {
+        let all =
+            [proto::JobState::Running, proto::JobState::Stopping, proto::JobState::Exited, proto::JobState::Killed];
+        let domain = states(&all.map(|s| s as i32)).unwrap();
+        assert_eq!(domain.iter().map(|&s| state(s)).collect::<Vec<_>>(), all);
+        for bad in [0, 99, -1] {
+            let err = states(&[bad]).unwrap_err();
+            assert_eq!(err.status().code, Code::InvalidArgument, "{bad}");
+        }
+    }
+
+    #[test]
+    fn failures_get_the_codes_clients_act_on() {
+        let code = |err: JobError| CallError::Job(err).status().code;
+        assert_eq!(code(JobError::UnknownJob("x".into())), Code::NotFound);
+        assert_eq!(code(JobError::MalformedId("x".into())), Code::InvalidArgument);
+        assert_eq!(code(JobError::TooManyJobs { retained: 1 }), Code::ResourceExhausted);
+        assert_eq!(code(JobError::OffsetPastEnd { offset: 2, end: 1 }), Code::OutOfRange);
+        assert_eq!(code(JobError::ShuttingDown), Code::Unavailable);
+        let denied = JobError::ExecutionDenied { command: "x".into(), reason: io::Error::from_raw_os_error(13) };
+        assert_eq!(code(denied), Code::PermissionDenied);
+        assert_eq!(CallError::IncompleteRequest(0).status().message, "the request has no message");
+    }
+}
