@@ -3,8 +3,6 @@
 //!
 //! The one helper for every test: the unit tests use it as `crate::scratch`, the integration tests and the
 //! bench include this same file from `tests/util`.
-// Each of those crates uses a different part of it.
-#![allow(dead_code)]
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -85,8 +85,8 @@ struct RawFlags {
     stop_grace: Option<Duration>,
     shutdown_grace: Option<Duration>,
     /// `--default-*` and `--max-*`, in the order of [`LIMIT_FIELDS`]; `Some(0)` for `none`.
-    limit_defaults: Vec<Option<u64>>,
-    limit_maxima: Vec<Option<u64>>,
+    limit_defaults: [Option<u64>; LIMIT_FIELDS.len()],
+    limit_maxima: [Option<u64>; LIMIT_FIELDS.len()],
     cgroup_root: Option<PathBuf>,
     io_devices: Vec<String>,
     require_limits: bool,
@@ -102,12 +102,11 @@ impl RawFlags {
         if args.contains(["-h", "--help"]) {
             return Ok(RawFlags { help: true, ..RawFlags::default() });
         }
-        let mut limit_defaults = Vec::with_capacity(LIMIT_FIELDS.len());
-        let mut limit_maxima = Vec::with_capacity(LIMIT_FIELDS.len());
-        for field in &LIMIT_FIELDS {
+        let (mut limit_defaults, mut limit_maxima) = ([None; LIMIT_FIELDS.len()], [None; LIMIT_FIELDS.len()]);
+        for (i, field) in LIMIT_FIELDS.iter().enumerate() {
             let parse = |text: &str| parse_limit(field, text);
-            limit_defaults.push(limit_value(&mut args, field.default_flag, parse)?);
-            limit_maxima.push(limit_value(&mut args, field.max_flag, parse)?);
+            limit_defaults[i] = limit_value(&mut args, field.default_flag, parse)?;
+            limit_maxima[i] = limit_value(&mut args, field.max_flag, parse)?;
         }
         let raw = RawFlags {
             help: false,

@@ -26,7 +26,7 @@ use mio::{Events, Interest, Token};
 use prost::Message;
 use rustls::ClientConnection;
 
-use crate::grpc::{self, encode_message, Code, MessageDecoder, Status};
+use crate::grpc::{self, encode_message, Code, FramingError, MessageDecoder, Status};
 use crate::sys;
 use crate::tls::{self, KeySource, TlsStream};
 
@@ -109,6 +109,15 @@ pub struct PendingCall {
 pub struct ResponseStream {
     body: Option<RecvStream>,
     decoder: MessageDecoder,
+}
+
+/// A response message the client refuses to take.
+fn framing_status(err: FramingError) -> Status {
+    let code = match err {
+        FramingError::Compressed => Code::Unimplemented,
+        FramingError::TooLarge { .. } => Code::ResourceExhausted,
+    };
+    Status::new(code, format!("the server's response: {err}"))
 }
 
 fn unavailable(message: String) -> Status {
@@ -343,7 +352,7 @@ async fn receive_response(response: h2::client::ResponseFuture) -> Result<Respon
 
 async fn next_body(stream: &mut ResponseStream) -> Result<Option<Bytes>, Status> {
     loop {
-        if let Some(message) = stream.decoder.next_message()? {
+        if let Some(message) = stream.decoder.next_message().map_err(framing_status)? {
             return Ok(Some(message));
         }
         let Some(body) = stream.body.as_mut() else { return Ok(None) };

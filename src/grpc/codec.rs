@@ -1,8 +1,8 @@
 //! Length-prefixed message framing: 1 byte compressed flag, 4 bytes big-endian length, then the message.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::fmt;
 
-use super::Status;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 pub const MESSAGE_HEADER_LEN: usize = 5;
 
@@ -20,6 +20,28 @@ pub fn encode_message_into<M: prost::Message>(message: &M, buf: &mut BytesMut) {
     buf.put_u8(0);
     buf.put_u32(len as u32);
     message.encode(buf).expect("reserved enough capacity");
+}
+
+/// A message the decoder refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FramingError {
+    /// The compressed flag is set; runnel speaks only the identity encoding.
+    Compressed,
+    /// The message announces more bytes than the limit.
+    TooLarge { len: usize, max: usize },
+}
+
+impl fmt::Display for FramingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FramingError::Compressed => {
+                f.write_str("compressed messages are not supported: send with grpc-encoding identity")
+            }
+            FramingError::TooLarge { len, max } => {
+                write!(f, "message of {len} bytes is larger than the limit of {max} bytes")
+            }
+        }
+    }
 }
 
 /// Reassembles whole messages from DATA-frame bytes.
@@ -67,7 +89,7 @@ impl MessageDecoder {
     }
 
     /// The next complete message body, `Ok(None)` if more bytes are needed.
-    pub fn next_message(&mut self) -> Result<Option<Bytes>, Status> {
+    pub fn next_message(&mut self) -> Result<Option<Bytes>, FramingError> {
         let pending: &[u8] = if self.frame.is_empty() { &self.buffer } else { &self.frame };
         if pending.len() < MESSAGE_HEADER_LEN {
             self.gather();
@@ -76,16 +98,10 @@ impl MessageDecoder {
         let compressed = pending[0];
         let len = u32::from_be_bytes([pending[1], pending[2], pending[3], pending[4]]) as usize;
         if compressed != 0 {
-            return Err(Status::new(
-                super::Code::Unimplemented,
-                "compressed messages are not supported: send with grpc-encoding identity",
-            ));
+            return Err(FramingError::Compressed);
         }
         if len > self.max_message {
-            return Err(Status::new(
-                super::Code::ResourceExhausted,
-                format!("message of {len} bytes is larger than the limit of {} bytes", self.max_message),
-            ));
+            return Err(FramingError::TooLarge { len, max: self.max_message });
         }
         if pending.len() < MESSAGE_HEADER_LEN + len {
             self.gather();
@@ -105,7 +121,6 @@ impl MessageDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grpc::Code;
 
     fn frame(body: &[u8]) -> Vec<u8> {
         let mut out = vec![0];
@@ -164,13 +179,13 @@ mod tests {
     fn refuses_oversized_before_body_arrives() {
         let mut decoder = MessageDecoder::new(10);
         decoder.push(Bytes::from_static(&[0, 0, 0, 0, 11]));
-        assert_eq!(decoder.next_message().unwrap_err().code, Code::ResourceExhausted);
+        assert_eq!(decoder.next_message().unwrap_err(), FramingError::TooLarge { len: 11, max: 10 });
     }
 
     #[test]
     fn refuses_compressed() {
         let mut decoder = MessageDecoder::new(10);
         decoder.push(Bytes::from_static(&[1, 0, 0, 0, 1, 0]));
-        assert_eq!(decoder.next_message().unwrap_err().code, Code::Unimplemented);
+        assert_eq!(decoder.next_message().unwrap_err(), FramingError::Compressed);
     }
 }

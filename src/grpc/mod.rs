@@ -11,7 +11,7 @@ mod headers;
 mod response;
 mod status;
 
-pub use codec::{encode_message, encode_message_into, MessageDecoder, MESSAGE_HEADER_LEN};
+pub use codec::{encode_message, encode_message_into, FramingError, MessageDecoder, MESSAGE_HEADER_LEN};
 pub use headers::{
     format_timeout, parse_timeout, percent_decode_message, percent_encode_message, request, status_in, TIMEOUT,
 };

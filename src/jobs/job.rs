@@ -1,11 +1,11 @@
 //! [`Job`]: one job the server started: its process, its pipes, its output, and how it ended.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
 use std::task::Waker;
 use std::time::SystemTime;
 
 use super::spool::{OutputCursor, OutputLog, Stream};
+use super::start::OwnWorkDir;
 use super::{JobError, JobId, JobKey};
 use crate::cgroup::{CgroupRoot, FinalUsage, JobCgroup, Limits, Usage};
 use crate::isolation::{self, InitReport};
@@ -72,8 +72,8 @@ pub struct Job {
     pub(super) cgroup: Option<JobCgroup>,
     pub(super) final_usage: Option<FinalUsage>,
     pub(super) end_waiters: Vec<Waker>,
-    /// A working directory the server made for the job, removed with it.
-    pub(super) own_work_dir: Option<PathBuf>,
+    /// A working directory the server made for the job: held for its `Drop`, which removes it with the job.
+    pub(super) _own_work_dir: Option<OwnWorkDir>,
 }
 
 impl Job {

@@ -1,7 +1,8 @@
 //! Starting a job is several steps that each create something (its output log, its working directory, its
 //! cgroup, its process) and any of which can fail. [`HalfStarted`] holds what the steps made so far; dropped
 //! before it is [`done`](HalfStarted::done), it takes all of it back, so a failed start leaves nothing behind
-//! whichever step failed.
+//! whichever step failed. A working directory the server made ([`OwnWorkDir`]) removes itself when dropped,
+//! here or with its job.
 
 use std::fs;
 use std::io;
@@ -22,7 +23,7 @@ pub(super) struct HalfStarted<'a> {
     spool: &'a mut Spool,
     cgroups: Option<&'a mut CgroupRoot>,
     output: Option<OutputLog>,
-    own_work_dir: Option<PathBuf>,
+    own_work_dir: Option<OwnWorkDir>,
     cgroup: Option<JobCgroup>,
     process: Option<Launched>,
 }
@@ -30,7 +31,7 @@ pub(super) struct HalfStarted<'a> {
 /// Everything a started job was given.
 pub(super) struct Started {
     pub output: OutputLog,
-    pub own_work_dir: Option<PathBuf>,
+    pub own_work_dir: Option<OwnWorkDir>,
     pub cgroup: Option<JobCgroup>,
     pub process: Launched,
 }
@@ -50,18 +51,17 @@ impl<'a> HalfStarted<'a> {
     /// Creates a fresh working directory for the job under `parent`, owned by the user its command runs as
     /// (`None`: the server's own user), and returns it.
     pub fn create_work_dir(&mut self, parent: &Path, run_as: Option<RunAs>) -> Result<PathBuf, JobError> {
-        let dir = parent.join(self.id.to_string());
-        make_work_dir(&dir, run_as).map_err(|e| {
-            let _ = fs::remove_dir(&dir);
-            JobError::system("cannot create the job's working directory", e)
-        })?;
-        self.own_work_dir = Some(dir.clone());
-        Ok(dir)
+        let dir = OwnWorkDir::create(parent.join(self.id.to_string()), run_as)
+            .map_err(|e| JobError::system("cannot create the job's working directory", e))?;
+        Ok(self.own_work_dir.insert(dir).path().to_path_buf())
     }
 
     /// Creates the job's cgroup with `limits` written (all but the CPU's: see [`Self::limit_cpu`]).
     pub fn create_cgroup(&mut self, limits: &Limits) -> Result<(), JobError> {
-        let Some(cgroups) = self.cgroups.as_deref() else { return Ok(()) };
+        // Limits are resolved only where there is a cgroup root; without one, refuse rather than run unlimited.
+        let Some(cgroups) = self.cgroups.as_deref() else {
+            return Err(JobError::System("limits were resolved without a cgroup subtree to enforce them".into()));
+        };
         let cgroup = cgroups.create_job(&self.id.to_string(), limits);
         self.cgroup = Some(cgroup.map_err(|e| JobError::system("cannot create the job's cgroup", e))?);
         Ok(())
@@ -107,22 +107,39 @@ impl Drop for HalfStarted<'_> {
         if let (Some(cgroups), Some(cgroup)) = (self.cgroups.as_deref_mut(), self.cgroup.take()) {
             cgroups.remove_job(cgroup);
         }
-        if let Some(dir) = self.own_work_dir.take() {
-            if let Err(err) = fs::remove_dir_all(&dir) {
-                log::warn!("cannot remove working directory {}: {err}", dir.display());
-            }
-        }
+        // Dropped here, a working directory the start made removes itself.
         if let Some(mut output) = self.output.take() {
             self.spool.remove(&mut output);
         }
     }
 }
 
-/// Makes a job's working directory, private to the user its command runs as.
-fn make_work_dir(dir: &Path, run_as: Option<RunAs>) -> io::Result<()> {
-    fs::DirBuilder::new().mode(0o700).create(dir)?;
-    if let Some(run_as) = run_as {
-        std::os::unix::fs::chown(dir, Some(run_as.uid), Some(run_as.gid))?;
+/// A working directory the server made for a job: removed, with whatever the job left in it, when dropped (the
+/// job evicted, the server shutting down, or the start failing).
+#[derive(Debug)]
+pub(super) struct OwnWorkDir(PathBuf);
+
+impl OwnWorkDir {
+    /// Makes `dir`, private to the user the job's command runs as (`None`: the server's own user).
+    fn create(dir: PathBuf, run_as: Option<RunAs>) -> io::Result<OwnWorkDir> {
+        fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        // From here on, a failure removes the directory again.
+        let made = OwnWorkDir(dir);
+        if let Some(run_as) = run_as {
+            std::os::unix::fs::chown(&made.0, Some(run_as.uid), Some(run_as.gid))?;
+        }
+        Ok(made)
     }
-    Ok(())
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for OwnWorkDir {
+    fn drop(&mut self) {
+        if let Err(err) = fs::remove_dir_all(&self.0) {
+            log::warn!("cannot remove working directory {}: {err}", self.0.display());
+        }
+    }
 }

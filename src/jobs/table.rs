@@ -169,7 +169,7 @@ impl JobTable {
             cgroup,
             final_usage: None,
             end_waiters: Vec::new(),
-            own_work_dir,
+            _own_work_dir: own_work_dir,
         };
         log::info!("job {id} started for {owner}: pid {}, {:?}", job.pid, job.command);
         *self.running_by_owner.entry(owner.to_string()).or_default() += 1;
@@ -251,15 +251,14 @@ impl JobTable {
     pub fn drain(&mut self, key: JobKey, stream: Stream, budget: usize) -> Drain {
         let Some(job) = self.jobs.get_mut(&key) else { return Drain::Closed };
         let Some(fd) = job.pipe(stream) else { return Drain::Closed };
-        let end_before = job.output.end();
-        let drained = self.spool.ingest(&mut job.output, &job.id, stream, fd, budget);
-        if drained == Drain::Closed && job.close_pipe(stream) {
+        let ingested = self.spool.ingest(&mut job.output, &job.id, stream, fd, budget);
+        if ingested.drain == Drain::Closed && job.close_pipe(stream) {
             self.spool.finish(&mut job.output);
         }
-        if job.output.end() != end_before {
+        if ingested.appended {
             self.enforce_output_total();
         }
-        drained
+        ingested.drain
     }
 
     /// Keeps the output retained across all jobs under `--max-output-total`: first the output of the oldest
@@ -291,7 +290,8 @@ impl JobTable {
             let mut job = self.jobs.remove(&key).expect("present");
             self.by_id.remove(&job.id);
             log::debug!("evicting ended job {}", job.id);
-            self.remove_job_files(&mut job);
+            // Its output goes now; its working directory as the job is dropped.
+            self.spool.remove(&mut job.output);
         }
     }
 
@@ -308,18 +308,9 @@ impl JobTable {
     /// Deletes every job's files (server shutdown, after every job ended).
     pub fn remove_all(&mut self) {
         for mut job in std::mem::take(&mut self.jobs).into_values() {
-            self.remove_job_files(&mut job);
+            self.spool.remove(&mut job.output);
         }
         self.by_id.clear();
-    }
-
-    fn remove_job_files(&mut self, job: &mut Job) {
-        self.spool.remove(&mut job.output);
-        if let Some(dir) = job.own_work_dir.take() {
-            if let Err(err) = fs::remove_dir_all(&dir) {
-                log::warn!("cannot remove working directory {}: {err}", dir.display());
-            }
-        }
     }
 }
 
@@ -552,6 +543,28 @@ mod tests {
         assert!(old_job.output.start() > 0, "the oldest output was discarded first");
         assert!(old_job.output.retained() + new_job.output.retained() <= 1 << 20);
         assert_eq!(old_job.output.end(), 1 << 20, "offsets keep their meaning");
+        assert_total_is_exact(&table);
         table.remove_all();
+        assert_eq!(table.spool.retained_total(), 0);
+    }
+
+    /// The spool's running total of retained output is what the logs hold.
+    fn assert_total_is_exact(table: &JobTable) {
+        let sum: u64 = table.jobs.values().map(|job| job.output.retained()).sum();
+        assert_eq!(table.spool.retained_total(), sum);
+    }
+
+    #[test]
+    fn the_retained_total_stays_exact_through_evictions_and_removal() {
+        let (mut table, _state_dir) = table("evict");
+        for round in 0..5 {
+            let started = table.start("a", spec("head", &["-c", "307200", "/dev/zero"])).unwrap();
+            run_to_end(&mut table, started.key);
+            assert_total_is_exact(&table);
+            assert_eq!(table.jobs.len(), (round + 1).min(3), "the oldest ended job is evicted past --max-jobs");
+        }
+        assert_eq!(table.spool.retained_total(), 3 * 307_200);
+        table.remove_all();
+        assert_eq!(table.spool.retained_total(), 0);
     }
 }

@@ -139,7 +139,7 @@ impl Call {
                         Ok(None) => {}
                         Ok(Some(message)) if self.request.is_none() => self.request = Some(message),
                         Ok(Some(_)) => return Poll::Ready(Err(Some(CallError::ExtraMessage))),
-                        Err(status) => return Poll::Ready(Err(Some(CallError::Framing(status)))),
+                        Err(framing) => return Poll::Ready(Err(Some(CallError::Framing(framing)))),
                     }
                 }
                 Poll::Ready(Some(Err(_))) => return Poll::Ready(Err(None)),

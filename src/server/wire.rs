@@ -6,7 +6,7 @@ use std::io;
 use std::time::Duration;
 
 use crate::cgroup::{Limits, Usage};
-use crate::grpc::{Code, Status};
+use crate::grpc::{Code, FramingError, Status};
 use crate::jobs::{EndReason, Job, JobError, JobState, StartRequest, Stream};
 use crate::proto;
 use crate::sys::ExitStatus;
@@ -24,7 +24,7 @@ pub enum CallError {
     /// The connection's certificate names no identity that can own jobs; the reason says why.
     Unauthenticated(String),
     /// The request's framing was refused (a message over the size limit, or compressed).
-    Framing(Status),
+    Framing(FramingError),
     /// More than one request message on a unary or server-streaming call.
     ExtraMessage,
     /// The request ended without a whole message: `0` bytes left over means no message at all.
@@ -76,7 +76,8 @@ impl CallError {
             CallError::UnknownMethod => Code::Unimplemented,
             CallError::MalformedTimeout | CallError::ExtraMessage | CallError::InvalidField(_) => Code::InvalidArgument,
             CallError::Unauthenticated(_) => Code::Unauthenticated,
-            CallError::Framing(status) => status.code,
+            CallError::Framing(FramingError::Compressed) => Code::Unimplemented,
+            CallError::Framing(FramingError::TooLarge { .. }) => Code::ResourceExhausted,
             CallError::IncompleteRequest(_) | CallError::Undecodable(_) | CallError::OutputUnreadable(_) => {
                 Code::Internal
             }
@@ -93,7 +94,7 @@ impl fmt::Display for CallError {
             CallError::UnknownMethod => f.write_str("unknown service or method"),
             CallError::MalformedTimeout => f.write_str("malformed grpc-timeout header"),
             CallError::Unauthenticated(reason) | CallError::InvalidField(reason) => f.write_str(reason),
-            CallError::Framing(status) => f.write_str(&status.message),
+            CallError::Framing(err) => err.fmt(f),
             CallError::ExtraMessage => f.write_str("more than one request message on a unary or server-streaming call"),
             CallError::IncompleteRequest(0) => f.write_str("the request has no message"),
             CallError::IncompleteRequest(n) => write!(f, "the request ends inside a message ({n} bytes)"),
@@ -197,30 +198,30 @@ fn end_reason(reason: EndReason) -> proto::EndReason {
     }
 }
 
-/// A `$to` with each named field taken from `$from`: the struct literal fails to compile if either side gains a
-/// field the list lacks.
+/// Moves the named fields from a `$from_ty` into a `$to`. Both the pattern and the struct literal must name every
+/// field of their type, so either side gaining a field the list lacks fails to compile.
 macro_rules! same_fields {
-    ($from:expr => $to:path { $($field:ident),* }) => {{
-        let from = $from;
-        $to { $($field: from.$field),* }
+    ($value:expr, $from_ty:path => $to:path { $($field:ident),* }) => {{
+        let $from_ty { $($field),* } = $value;
+        $to { $($field),* }
     }};
 }
 
 /// Limits as the API carries them.
 pub fn limits(limits: Limits) -> proto::ResourceLimits {
-    same_fields!(limits => proto::ResourceLimits {
+    same_fields!(limits, Limits => proto::ResourceLimits {
         cpu_millicores, memory_bytes, io_read_bps, io_write_bps, io_read_iops, io_write_iops, max_pids
     })
 }
 
 fn limits_from(limits: proto::ResourceLimits) -> Limits {
-    same_fields!(limits => Limits {
+    same_fields!(limits, proto::ResourceLimits => Limits {
         cpu_millicores, memory_bytes, io_read_bps, io_write_bps, io_read_iops, io_write_iops, max_pids
     })
 }
 
 fn usage(usage: Usage) -> proto::ResourceUsage {
-    same_fields!(usage => proto::ResourceUsage { cpu_usec, memory_peak_bytes, io_read_bytes, io_write_bytes })
+    same_fields!(usage, Usage => proto::ResourceUsage { cpu_usec, memory_peak_bytes, io_read_bytes, io_write_bytes })
 }
 
 #[cfg(test)]

@@ -23,6 +23,15 @@ use std::path::{Path, PathBuf};
 use self::ingest::{Destination, Ingester};
 use self::spares::SpareSegments;
 
+/// What one [`Spool::ingest`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Ingested {
+    /// Where the pipe stands.
+    pub drain: Drain,
+    /// Whether any output arrived.
+    pub appended: bool,
+}
+
 /// Every job's output log and what they share.
 pub struct Spool {
     /// `STATE/output`: one directory per job.
@@ -68,15 +77,16 @@ impl Spool {
         stream: Stream,
         fd: RawFd,
         budget: usize,
-    ) -> Drain {
+    ) -> Ingested {
         let end_before = log.end();
-        let drained = self.counted(log, |log, spares, ingester| {
+        let drain = self.counted(log, |log, spares, ingester| {
             ingester.ingest(Destination { log, spares, job, stream }, fd, budget)
         });
-        if log.end() != end_before {
+        let appended = log.end() != end_before;
+        if appended {
             log.wake_readers();
         }
-        drained
+        Ingested { drain, appended }
     }
 
     /// Marks `log` complete (its job's pipes are closed) and gives back the disk blocks it reserved ahead.
@@ -110,6 +120,12 @@ impl Spool {
     #[cfg(test)]
     pub(super) fn ingest_mode(&mut self) -> &mut Ingest {
         &mut self.ingester.mode
+    }
+
+    /// The retained total the spool keeps, for tests to hold against the logs' own counts.
+    #[cfg(test)]
+    pub(super) fn retained_total(&self) -> u64 {
+        self.retained_total
     }
 }
 
