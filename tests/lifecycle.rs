@@ -27,7 +27,7 @@ const SIGINT: i32 = 2;
 const SIGKILL: i32 = 9;
 const SIGTERM: i32 = 15;
 /// The server's `limits::HANDSHAKE_TIMEOUT`.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The server's `limits::SHUTDOWN_DRAIN`.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 /// A job that ignores SIGTERM (its `sleep`s inherit the ignored disposition), so only SIGKILL ends it.
@@ -390,57 +390,4 @@ fn run_reports_the_jobs_end_when_the_server_shuts_down_under_it() {
     let output = run.wait_with_output().unwrap();
     // The WaitJob `run` sent before streaming is answered although the server refuses new calls by then.
     assert_eq!(output.status.code(), Some(128 + SIGTERM), "{}", String::from_utf8_lossy(&output.stderr));
-}
-
-/// A TCP connection to `address` from the local address `source` (another loopback address stands in for
-/// another client machine).
-fn connect_from(source: std::net::Ipv4Addr, address: &str) -> TcpStream {
-    use std::os::fd::FromRawFd;
-    let target: std::net::SocketAddrV4 = address.parse().unwrap();
-    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
-        sin_zero: [0; 8],
-    };
-    let (local, remote) = (sockaddr(source, 0), sockaddr(*target.ip(), target.port()));
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: plain socket calls on a descriptor this function owns, with valid sockaddr_in pointers; the
-    // descriptor is handed to TcpStream, which closes it.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0);
-        let stream = TcpStream::from_raw_fd(fd);
-        assert_eq!(libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len), 0, "bind {source}");
-        assert_eq!(libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len), 0, "connect {address}");
-        stream
-    }
-}
-
-/// True if the server closed `stream` within `within` (EOF or reset), false if it is still open.
-fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
-    stream.set_read_timeout(Some(within)).unwrap();
-    match stream.read(&mut [0u8; 64]) {
-        Ok(0) => true,
-        Ok(_) => panic!("the server sent bytes to a client that sent none"),
-        Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
-        Err(_) => true,
-    }
-}
-
-#[test]
-fn one_address_holding_silent_handshakes_does_not_lock_out_others() {
-    let pki = Pki::new();
-    let server = Server::start(&pki, &[]);
-    let attacker = std::net::Ipv4Addr::new(127, 0, 0, 1);
-    let held: Vec<TcpStream> = (0..16).map(|_| connect_from(attacker, &server.address)).collect();
-    assert!(eventually(Duration::from_secs(5), || server.log_text().matches(" from 127.0.0.1:").count() >= 16));
-    let mut one_more = connect_from(attacker, &server.address);
-    assert!(closed_within(&mut one_more, Duration::from_secs(5)), "the 17th silent connection was kept");
-    assert!(server.log_text().contains("too many unfinished handshakes from that address"), "{}", server.log_text());
-    // Another address still gets in (and is held to the handshake timeout like anyone).
-    let mut other = connect_from(std::net::Ipv4Addr::new(127, 0, 0, 2), &server.address);
-    assert!(!closed_within(&mut other, Duration::from_secs(1)), "a connection from another address was refused");
-    assert!(server.log_text().contains(" from 127.0.0.2:"), "{}", server.log_text());
-    drop(held);
 }

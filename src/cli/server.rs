@@ -27,8 +27,11 @@ Serves the runnel job API over mutual TLS (TLS 1.3, client certificate required)
   --admin NAME                   identity that may see and act on every job (repeatable)
   --state-dir DIR                job output and working directories [default: /var/lib/runnel as root,
                                  else $XDG_RUNTIME_DIR/runnel or /tmp/runnel-UID]; removed at shutdown
+  --max-connections N            established client connections at once [default: 4096]
+  --max-connections-per-client N established connections at once per identity [default: 64]
   --max-jobs N                   jobs retained, running and ended [default: 10000]
   --max-running-per-client N     running jobs per identity [default: 1000]
+  --max-job-request SIZE         command, args, env and working dir of one job together [default: 256K]
   --max-output-bytes SIZE        output retained per job; older output is discarded [default: 1G]
   --max-output-total SIZE        output retained across all jobs [default: 8G]
   --stop-grace DUR               StopJob's SIGTERM→SIGKILL grace when the request sets none [default: 10s]
@@ -78,8 +81,11 @@ struct RawFlags {
     client_ca: Option<PathBuf>,
     admins: Vec<String>,
     state_dir: Option<PathBuf>,
+    max_connections: Option<usize>,
+    max_connections_per_client: Option<usize>,
     max_jobs: Option<usize>,
     max_running_per_client: Option<usize>,
+    max_job_request: Option<u64>,
     max_output_bytes: Option<u64>,
     max_output_total: Option<u64>,
     stop_grace: Option<Duration>,
@@ -116,8 +122,11 @@ impl RawFlags {
             client_ca: args.opt_value_from_str("--client-ca")?,
             admins: args.values_from_str("--admin")?,
             state_dir: args.opt_value_from_str("--state-dir")?,
+            max_connections: args.opt_value_from_str("--max-connections")?,
+            max_connections_per_client: args.opt_value_from_str("--max-connections-per-client")?,
             max_jobs: args.opt_value_from_str("--max-jobs")?,
             max_running_per_client: args.opt_value_from_str("--max-running-per-client")?,
+            max_job_request: args.opt_value_from_fn("--max-job-request", parse_size)?,
             max_output_bytes: args.opt_value_from_fn("--max-output-bytes", parse_size)?,
             max_output_total: args.opt_value_from_fn("--max-output-total", parse_size)?,
             stop_grace: args.opt_value_from_fn("--stop-grace", parse_duration)?,
@@ -158,11 +167,24 @@ impl RawFlags {
             self.client_ca.ok_or_else(|| CliError::usage("--client-ca FILE is required (the CA's .crt)"))?;
         let key = KeySource::from_env_or(self.key_file)
             .ok_or_else(|| CliError::usage("--key FILE is required (or the PEM text in RUNNEL_TLS_KEY)"))?;
+        let max_connections = self.max_connections.unwrap_or(4096);
+        let max_connections_per_client = self.max_connections_per_client.unwrap_or(64);
+        if max_connections == 0 || max_connections_per_client == 0 || max_connections_per_client > max_connections {
+            return Err(CliError::usage(
+                "--max-connections and --max-connections-per-client must be at least 1, and the second no more than \
+                 the first",
+            ));
+        }
         let max_jobs = self.max_jobs.unwrap_or(10_000);
         let max_running_per_client = self.max_running_per_client.unwrap_or(1_000);
         if max_jobs == 0 || max_running_per_client == 0 {
             return Err(CliError::usage("--max-jobs and --max-running-per-client must be at least 1"));
         }
+        // Past a few MiB the request could not reach the server anyway (4 MiB messages), nor exec (ARG_MAX).
+        let max_request_bytes = match self.max_job_request.unwrap_or(256 << 10) {
+            bytes @ 1024..=0x100_0000 => bytes as usize,
+            _ => return Err(CliError::usage("--max-job-request must be between 1K and 16M")),
+        };
         let max_output_bytes = self.max_output_bytes.unwrap_or(1 << 30);
         let max_output_total = self.max_output_total.unwrap_or(8 << 30);
         if max_output_bytes == 0 || max_output_total < max_output_bytes {
@@ -174,9 +196,12 @@ impl RawFlags {
             key,
             client_ca,
             admins: self.admins,
+            max_connections,
+            max_connections_per_client,
             state_dir: self.state_dir.unwrap_or_else(default_state_dir),
             max_jobs,
             max_running_per_client,
+            max_request_bytes,
             max_output_bytes,
             max_output_total,
             stop_grace: self.stop_grace.unwrap_or(Duration::from_secs(10)),

@@ -104,8 +104,9 @@ impl MessageDecoder {
             return Err(FramingError::TooLarge { len, max: self.max_message });
         }
         if pending.len() < MESSAGE_HEADER_LEN + len {
+            // Only what arrived is held: reserving the announced length would let a client make the server
+            // allocate the limit on every stream by sending headers alone.
             self.gather();
-            self.buffer.reserve(MESSAGE_HEADER_LEN + len - self.buffer.len());
             return Ok(None);
         }
         if self.frame.is_empty() {
@@ -180,6 +181,16 @@ mod tests {
         let mut decoder = MessageDecoder::new(10);
         decoder.push(Bytes::from_static(&[0, 0, 0, 0, 11]));
         assert_eq!(decoder.next_message().unwrap_err(), FramingError::TooLarge { len: 11, max: 10 });
+    }
+
+    #[test]
+    fn an_announced_length_is_not_allocated_before_its_bytes_arrive() {
+        let mut decoder = MessageDecoder::new(4 << 20);
+        decoder.push(Bytes::from_static(&[0, 0, 0x40, 0, 0, 1, 2, 3]));
+        decoder.push(Bytes::from_static(&[4, 5, 6]));
+        assert_eq!(decoder.next_message().unwrap(), None);
+        assert_eq!(decoder.buffered(), 11);
+        assert!(decoder.buffer.capacity() < 64 * 1024, "holds {} bytes", decoder.buffer.capacity());
     }
 
     #[test]

@@ -8,6 +8,10 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 
 use super::{Code, Status, CONTENT_TYPE};
 
+/// Longest status message sent, in bytes before encoding: a message is for a person to read, and longer ones are
+/// cut at a character boundary.
+const MAX_STATUS_MESSAGE: usize = 1024;
+
 /// The header that carries a call's deadline.
 pub const TIMEOUT: &str = "grpc-timeout";
 const STATUS: &str = "grpc-status";
@@ -35,7 +39,11 @@ pub(super) fn trailers(status: &Status) -> HeaderMap {
     let mut trailers = HeaderMap::new();
     trailers.insert(STATUS, HeaderValue::from(status.code as i32));
     if !status.message.is_empty() {
-        let encoded = percent_encode_message(&status.message);
+        let mut end = status.message.len().min(MAX_STATUS_MESSAGE);
+        while !status.message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let encoded = percent_encode_message(&status.message[..end]);
         trailers.insert(MESSAGE, HeaderValue::from_str(&encoded).expect("percent-encoded is visible ASCII"));
     }
     trailers
@@ -156,6 +164,9 @@ mod tests {
             assert_eq!(status_in(&trailers(&status)), Some(status));
         }
         assert_eq!(status_in(&HeaderMap::new()), None);
+        let long = Status::new(Code::Internal, "ü".repeat(2000));
+        let read = status_in(&trailers(&long)).unwrap();
+        assert_eq!(read.message, "ü".repeat(MAX_STATUS_MESSAGE / 2), "cut at a character boundary");
     }
 
     #[test]

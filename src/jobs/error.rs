@@ -1,9 +1,31 @@
 //! What can go wrong with a job request, in the job domain's own terms and phrased for the person who sent it.
 //! Which gRPC status each becomes is the service's choice, made in one place (`server::wire`).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// Most bytes of a client's own input an error message repeats: enough to recognise it, too few for a request
+/// to make the server write megabytes back.
+pub const QUOTE_LIMIT: usize = 200;
+
+/// `text` as an error message may repeat it: whole up to [`QUOTE_LIMIT`] bytes, else its first bytes (cut at a
+/// character boundary) and how long it was.
+pub fn clip(text: &str) -> Cow<'_, str> {
+    if text.len() <= QUOTE_LIMIT {
+        return Cow::Borrowed(text);
+    }
+    let mut end = QUOTE_LIMIT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}… ({} bytes)", &text[..end], text.len()))
+}
+
+fn clip_path(path: &Path) -> String {
+    clip(&path.to_string_lossy()).into_owned()
+}
 
 /// A job request that cannot be carried out.
 #[derive(Debug)]
@@ -59,18 +81,18 @@ impl fmt::Display for JobError {
                 write!(f, "limits.{field} {asked} is above the server's maximum of {max} ({flag})")
             }
             JobError::MalformedId(id) => {
-                write!(f, "job_id {id:?} is not a UUID (like 123e4567-e89b-42d3-a456-426614174000)")
+                write!(f, "job_id {:?} is not a UUID (like 123e4567-e89b-42d3-a456-426614174000)", clip(id))
             }
             JobError::UnknownJob(id) => write!(f, "no job {id}"),
-            JobError::ExecutableNotFound(name) => write!(f, "executable not found: {name}"),
+            JobError::ExecutableNotFound(name) => write!(f, "executable not found: {}", clip(name)),
             JobError::ExecutionDenied { command, reason } | JobError::NotExecutable { command, reason } => {
-                write!(f, "cannot execute {command}: {reason}")
+                write!(f, "cannot execute {}: {reason}", clip(command))
             }
             JobError::WorkingDirDenied { dir, reason } => {
-                write!(f, "cannot enter working directory {}: {reason}", dir.display())
+                write!(f, "cannot enter working directory {}: {reason}", clip_path(dir))
             }
             JobError::WorkingDirUnusable { dir, reason } => {
-                write!(f, "working directory {} is not usable: {reason}", dir.display())
+                write!(f, "working directory {} is not usable: {reason}", clip_path(dir))
             }
             JobError::LimitsUnavailable(reason) => {
                 write!(f, "resource limits are unavailable on this host: {reason}")
@@ -81,8 +103,9 @@ impl fmt::Display for JobError {
             ),
             JobError::TooManyRunning { owner, running } => write!(
                 f,
-                "{owner} already has {running} running jobs, the server's limit (--max-running-per-client); wait \
-                 for or stop some"
+                "{} already has {running} running jobs, the server's limit (--max-running-per-client); wait for or \
+                 stop some",
+                clip(owner)
             ),
             JobError::TooManyJobs { retained } => {
                 write!(f, "the server retains {retained} jobs, its limit (--max-jobs), and none has ended yet")
@@ -92,5 +115,23 @@ impl fmt::Display for JobError {
             }
             JobError::ShuttingDown => f.write_str("the server is shutting down and accepts no new work"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_input_is_quoted_short() {
+        assert_eq!(clip("short"), "short");
+        let long = "é".repeat(300);
+        let clipped = clip(&long);
+        assert!(clipped.len() < QUOTE_LIMIT + 20, "{}", clipped.len());
+        assert!(clipped.starts_with("éé") && clipped.ends_with("… (600 bytes)"), "{clipped}");
+        let message = JobError::MalformedId("x".repeat(4 << 20)).to_string();
+        assert!(message.len() < 300, "{} bytes", message.len());
+        let message = JobError::ExecutableNotFound("y".repeat(1 << 20)).to_string();
+        assert!(message.len() < 300 && message.contains("(1048576 bytes)"), "{message}");
     }
 }

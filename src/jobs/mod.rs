@@ -18,7 +18,7 @@ mod start;
 mod table;
 
 pub use caller::Caller;
-pub use error::JobError;
+pub use error::{clip, JobError, QUOTE_LIMIT};
 pub use id::{JobId, JobKey};
 pub use job::{EndReason, EndState, Job, JobState};
 pub use limits::{LimitField, LimitPolicy, LimitUnit, LIMIT_FIELDS};

@@ -5,6 +5,7 @@
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
+use super::error::clip;
 use super::JobError;
 use crate::cgroup::Limits;
 
@@ -48,8 +49,19 @@ pub struct JobSpec {
 }
 
 impl JobSpec {
-    pub fn validate(request: StartRequest) -> Result<JobSpec, JobError> {
+    /// Checks every field of `request`, and that what the job would keep of it (command, args, env and working
+    /// directory together) is at most `max_bytes`.
+    pub fn validate(request: StartRequest, max_bytes: usize) -> Result<JobSpec, JobError> {
         let invalid = |m: String| Err(JobError::InvalidSpec(m));
+        let size = request.command.len()
+            + request.args.iter().chain(&request.env).map(String::len).sum::<usize>()
+            + request.working_dir.len();
+        if size > max_bytes {
+            return invalid(format!(
+                "the request's command, args, env and working_dir take {size} bytes, more than the server's limit \
+                 of {max_bytes} (--max-job-request)"
+            ));
+        }
         if request.command.is_empty() {
             return invalid("command is empty: give an absolute path or a name to look up in PATH".into());
         }
@@ -66,8 +78,10 @@ impl JobSpec {
         for (i, entry) in request.env.iter().enumerate() {
             check_no_nul(&format!("env[{i}]"), entry)?;
             match entry.split_once('=') {
-                None => return invalid(format!("env[{i}] {entry:?} has no '=': write NAME=value")),
-                Some(("", _)) => return invalid(format!("env[{i}] {entry:?} has an empty name: write NAME=value")),
+                None => return invalid(format!("env[{i}] {:?} has no '=': write NAME=value", clip(entry))),
+                Some(("", _)) => {
+                    return invalid(format!("env[{i}] {:?} has an empty name: write NAME=value", clip(entry)))
+                }
                 Some(_) => {}
             }
         }
@@ -77,7 +91,7 @@ impl JobSpec {
             check_no_nul("working_dir", &request.working_dir)?;
             let dir = PathBuf::from(&request.working_dir);
             if !dir.is_absolute() {
-                return invalid(format!("working_dir {:?} is not absolute", request.working_dir));
+                return invalid(format!("working_dir {:?} is not absolute", clip(&request.working_dir)));
             }
             Some(dir)
         };
@@ -146,12 +160,14 @@ pub fn c_string(value: impl Into<Vec<u8>>) -> CString {
 mod tests {
     use super::*;
 
+    const LIMIT: usize = 64 * 1024;
+
     fn request(command: &str) -> StartRequest {
         StartRequest { command: command.into(), ..Default::default() }
     }
 
     fn invalid(request: StartRequest) -> String {
-        match JobSpec::validate(request) {
+        match JobSpec::validate(request, LIMIT) {
             Err(JobError::InvalidSpec(m)) => m,
             other => panic!("expected InvalidSpec, got {other:?}"),
         }
@@ -176,15 +192,21 @@ mod tests {
         let mut r = request("ls");
         r.limits = Limits { memory_bytes: 100, ..Default::default() };
         assert!(invalid(r).contains("memory_bytes 100 is below the minimum"));
+        let mut r = request("ls");
+        r.args = vec!["a".repeat(LIMIT / 2), "b".repeat(LIMIT / 2)];
+        assert!(invalid(r).contains(&format!("take {} bytes, more than the server's limit of {LIMIT}", LIMIT + 2)));
+        let mut r = request("ls");
+        r.env = vec![format!("X={}", "v".repeat(LIMIT - 10))];
+        assert!(JobSpec::validate(r, LIMIT).is_ok(), "just under the limit");
     }
 
     #[test]
     fn environment_gets_default_path_only_when_missing() {
-        let spec = JobSpec::validate(request("ls")).unwrap();
+        let spec = JobSpec::validate(request("ls"), LIMIT).unwrap();
         assert_eq!(spec.environment(), vec![format!("PATH={DEFAULT_PATH}")]);
         let mut r = request("ls");
         r.env = vec!["PATH=/opt/bin".into(), "A=b=c".into()];
-        let spec = JobSpec::validate(r).unwrap();
+        let spec = JobSpec::validate(r, LIMIT).unwrap();
         assert_eq!(spec.environment(), vec!["PATH=/opt/bin".to_string(), "A=b=c".to_string()]);
         assert_eq!(spec.exec_candidates(), vec![PathBuf::from("/opt/bin/ls")]);
     }
@@ -193,9 +215,9 @@ mod tests {
     fn candidates_follow_path_or_use_a_path_as_is() {
         let mut r = request("tool");
         r.env = vec!["PATH=/a::/b".into()];
-        let spec = JobSpec::validate(r).unwrap();
+        let spec = JobSpec::validate(r, LIMIT).unwrap();
         assert_eq!(spec.exec_candidates(), vec![PathBuf::from("/a/tool"), PathBuf::from("/b/tool")]);
-        let spec = JobSpec::validate(request("./x/tool")).unwrap();
+        let spec = JobSpec::validate(request("./x/tool"), LIMIT).unwrap();
         assert_eq!(spec.exec_candidates(), vec![PathBuf::from("./x/tool")]);
     }
 }

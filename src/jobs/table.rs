@@ -13,7 +13,7 @@ use super::launch::Launcher;
 use super::limits::LimitPolicy;
 use super::spool::{Drain, Spool, Stream, PIPE_READS_PER_TURN};
 use super::start::{HalfStarted, Started};
-use super::{Caller, EndReason, Job, JobError, JobId, JobKey, JobSpec, JobState};
+use super::{Caller, EndReason, Job, JobError, JobId, JobKey, JobSpec, JobState, StartRequest};
 use crate::cgroup::{CgroupRoot, Limits};
 use crate::isolation::Isolation;
 
@@ -23,6 +23,8 @@ pub struct JobTableConfig {
     pub state_dir: PathBuf,
     pub max_jobs: usize,
     pub max_running_per_client: usize,
+    /// Most bytes of a start request (command, args, env, working directory) a job keeps.
+    pub max_request_bytes: usize,
     pub max_output_bytes: u64,
     pub max_output_total: u64,
 }
@@ -119,8 +121,10 @@ impl JobTable {
         self.jobs.values().any(|j| !j.is_ended())
     }
 
-    /// Starts a job for `owner`. Returns once the command has been exec'd; on failure nothing is left behind.
-    pub fn start(&mut self, owner: &str, spec: JobSpec) -> Result<StartedJob, JobError> {
+    /// Checks `request` and starts it as a job of `owner`. Returns once the command has been exec'd; on failure
+    /// nothing is left behind.
+    pub fn start(&mut self, owner: &str, request: StartRequest) -> Result<StartedJob, JobError> {
+        let spec = JobSpec::validate(request, self.config.max_request_bytes)?;
         let limits = self.admit(owner, &spec)?;
         let id = JobId::random();
         let mut start = HalfStarted::new(id, &mut self.spool, self.containment.cgroups.as_mut());
@@ -318,7 +322,6 @@ impl JobTable {
 mod tests {
     use super::*;
     use crate::jobs::spool::{Ingest, OutputCursor};
-    use crate::jobs::StartRequest;
     use crate::scratch::ScratchDir;
     use crate::sys::ExitStatus;
     use std::time::{Duration, Instant};
@@ -334,6 +337,7 @@ mod tests {
             state_dir: state_dir.path().to_path_buf(),
             max_jobs: 3,
             max_running_per_client: 2,
+            max_request_bytes: 64 * 1024,
             max_output_bytes: per_job,
             max_output_total: total,
         };
@@ -341,13 +345,12 @@ mod tests {
         (JobTable::new(config, containment).unwrap(), state_dir)
     }
 
-    fn spec(command: &str, args: &[&str]) -> JobSpec {
-        JobSpec::validate(StartRequest {
+    fn spec(command: &str, args: &[&str]) -> StartRequest {
+        StartRequest {
             command: command.into(),
             args: args.iter().map(|a| a.to_string()).collect(),
             ..Default::default()
-        })
-        .unwrap()
+        }
     }
 
     fn run_to_end(table: &mut JobTable, key: JobKey) {
@@ -488,7 +491,7 @@ mod tests {
         assert!(matches!(table.start("a", spec("no-such-program-xyz", &[])), Err(JobError::ExecutableNotFound(_))));
         assert!(matches!(table.start("a", spec("/etc/passwd", &[])), Err(JobError::ExecutionDenied { .. })));
         let mut missing_dir = spec("true", &[]);
-        missing_dir.working_dir = Some(PathBuf::from("/no/such/dir"));
+        missing_dir.working_dir = "/no/such/dir".into();
         assert!(matches!(table.start("a", missing_dir), Err(JobError::WorkingDirUnusable { .. })));
         assert_eq!(fs::read_dir(dir.join("output")).unwrap().count(), 0);
         assert_eq!(fs::read_dir(dir.join("work")).unwrap().count(), 0);

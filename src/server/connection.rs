@@ -15,6 +15,7 @@ use bytes::Bytes;
 use mio::net::TcpStream;
 use rustls::ServerConnection;
 
+use super::admission::{Admission, ConnectionCap};
 use super::call::Call;
 use super::wire::CallError;
 use crate::grpc;
@@ -50,6 +51,10 @@ pub struct Connection {
     phase: Phase,
     /// The client's identity, or why it has none.
     caller: Result<Caller, String>,
+    /// Counted among the established connections ([`Admission`]); given back when the connection closes.
+    admitted: bool,
+    /// The cap this connection is over: every call on it is refused, and it closes.
+    refusal: Option<ConnectionCap>,
     pub calls: HashMap<u64, Call>,
     next_call: u64,
     pub last_active: Instant,
@@ -72,6 +77,8 @@ impl Connection {
             peer,
             phase: Phase::Tls(Box::new(TlsStream::new(socket, tls, RECV_BUFFER))),
             caller: Err("no identity yet".into()),
+            admitted: false,
+            refusal: None,
             calls: HashMap::new(),
             next_call: 1,
             last_active: Instant::now(),
@@ -83,6 +90,16 @@ impl Connection {
     /// Still in the TLS or HTTP/2 handshake.
     pub fn is_handshaking(&self) -> bool {
         !matches!(self.phase, Phase::Serving(_))
+    }
+
+    /// Holds one of the slots for unfinished handshakes: still handshaking, or refused and about to close.
+    pub fn holds_handshake_slot(&self) -> bool {
+        self.is_handshaking() || self.refusal.is_some()
+    }
+
+    /// The identity this connection was admitted with, to give back when it closes; `None` if it was not.
+    pub fn admitted_as(&self) -> Option<&Result<Caller, String>> {
+        self.admitted.then_some(&self.caller)
     }
 
     /// Starts a graceful close: GOAWAY now, the connection ends once its calls have.
@@ -100,6 +117,7 @@ impl Connection {
         &mut self,
         cx: &mut Context<'_>,
         settings: &ConnectionSettings,
+        admission: &mut Admission,
         queue: &Arc<WakeQueue>,
         deadlines: &mut Vec<(TaskId, Duration)>,
     ) -> ConnectionState {
@@ -108,6 +126,15 @@ impl Connection {
                 Phase::Tls(transport) => match transport.drive_handshake() {
                     Ok(true) => {
                         self.caller = identity(transport, &settings.admins);
+                        match admission.admit(&self.caller) {
+                            Ok(()) => self.admitted = true,
+                            Err(cap) => {
+                                // Its first call is answered with why, then it goes away; the handshake deadline
+                                // closes it if no call comes.
+                                log::warn!("connection {} from {}: refused: {cap}", self.id, self.peer);
+                                self.refusal = Some(cap);
+                            }
+                        }
                         log::debug!(
                             "connection {}: TLS established ({:?})",
                             self.id,
@@ -152,6 +179,11 @@ impl Connection {
                                 None => {}
                                 Some(Some(timeout)) => deadlines.push((task, timeout)),
                                 Some(None) => call.refuse(CallError::MalformedTimeout),
+                            }
+                            if let Some(cap) = &self.refusal {
+                                call.refuse(CallError::OverConnectionCap(cap.clone()));
+                                self.going_away = true;
+                                h2.graceful_shutdown();
                             }
                             call.waker.wake_by_ref();
                             self.calls.insert(call_id, call);

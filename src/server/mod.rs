@@ -4,6 +4,7 @@
 //! hands each event to its owner, then polls every task that was woken until none is left. Nothing here
 //! blocks except `epoll_wait`, and nothing is shared: handlers get `&mut` access to what they need.
 
+mod admission;
 mod call;
 mod connection;
 mod containment;
@@ -27,6 +28,7 @@ use mio::net::TcpListener;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll as MioPoll};
 
+use self::admission::Admission;
 use self::connection::{Connection, ConnectionSettings, ConnectionState};
 pub use self::containment::ContainmentConfig;
 use self::service::{Effect, ServiceContext};
@@ -47,8 +49,14 @@ pub struct ServerConfig {
     pub client_ca: PathBuf,
     pub admins: Vec<String>,
     pub state_dir: PathBuf,
+    /// Established connections at once (`--max-connections`).
+    pub max_connections: usize,
+    /// Established connections at once per identity (`--max-connections-per-client`).
+    pub max_connections_per_client: usize,
     pub max_jobs: usize,
     pub max_running_per_client: usize,
+    /// Most bytes of a start request a job keeps (`--max-job-request`).
+    pub max_request_bytes: usize,
     pub max_output_bytes: u64,
     pub max_output_total: u64,
     pub stop_grace: Duration,
@@ -98,15 +106,11 @@ fn io_error(what: &'static str) -> impl FnOnce(io::Error) -> ServerError {
 /// Limits that keep one client from holding the server's resources (see `docs/wire.md`).
 mod limits {
     use std::time::Duration;
-    /// Connections at once; past it new connections are closed at once.
-    pub const MAX_CONNECTIONS: usize = 4096;
-    /// Connections still in the TLS or HTTP/2 handshake at once (slowloris on the handshake).
+    /// Connections still in the TLS or HTTP/2 handshake at once (slowloris on the handshake); past it a new
+    /// connection closes the oldest unfinished one of the busiest address (see `server::admission`).
     pub const MAX_HANDSHAKING: usize = 128;
-    /// Connections still in their TLS handshake from one IP address: one peer holding silent connections
-    /// cannot use up `MAX_HANDSHAKING` for everyone else.
-    pub const MAX_HANDSHAKING_PER_PEER: usize = 16;
-    /// Time a connection has to finish both handshakes.
-    pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Time a connection has to finish both handshakes; a prompt client needs a few round trips.
+    pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
     /// A connection with no call for this long is closed with GOAWAY.
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
     /// Concurrent calls per connection (Rapid Reset: h2 advertises no limit by default).
@@ -176,6 +180,7 @@ struct Server {
     tls: Arc<rustls::ServerConfig>,
     settings: ConnectionSettings,
     connections: HashMap<u64, Connection>,
+    admission: Admission,
     next_connection: u64,
     queue: Arc<WakeQueue>,
     timers: Timers<TimerEvent>,
@@ -213,6 +218,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
             state_dir: state_dir.path().to_path_buf(),
             max_jobs: config.max_jobs,
             max_running_per_client: config.max_running_per_client,
+            max_request_bytes: config.max_request_bytes,
             max_output_bytes: config.max_output_bytes,
             max_output_total: config.max_output_total,
         },
@@ -248,6 +254,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         tls,
         settings: ConnectionSettings { h2, admins: config.admins.clone() },
         connections: HashMap::new(),
+        admission: Admission::new(config.max_connections, config.max_connections_per_client),
         next_connection: 1,
         queue: Arc::new(WakeQueue::default()),
         timers: Timers::default(),
@@ -349,8 +356,8 @@ impl Server {
     }
 
     fn accept(&mut self) {
-        let Some(listener) = self.listener.as_ref() else { return };
         loop {
+            let Some(listener) = self.listener.as_ref() else { return };
             let (mut socket, peer) = match listener.accept() {
                 Ok(accepted) => accepted,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
@@ -360,15 +367,7 @@ impl Server {
                     return;
                 }
             };
-            let handshaking = || self.connections.values().filter(|c| c.is_handshaking());
-            if self.connections.len() >= limits::MAX_CONNECTIONS || handshaking().count() >= limits::MAX_HANDSHAKING {
-                log::warn!("refusing connection from {peer}: too many connections");
-                continue;
-            }
-            if handshaking().filter(|c| c.peer == peer.ip()).count() >= limits::MAX_HANDSHAKING_PER_PEER {
-                log::warn!("refusing connection from {peer}: too many unfinished handshakes from that address");
-                continue;
-            }
+            self.make_room_for_a_handshake();
             let _ = socket.set_nodelay(true);
             let tls = match rustls::ServerConnection::new(Arc::clone(&self.tls)) {
                 Ok(mut tls) => {
@@ -397,6 +396,27 @@ impl Server {
             self.connections.insert(id, connection);
             self.timers.schedule(Instant::now() + limits::HANDSHAKE_TIMEOUT, TimerEvent::HandshakeDeadline(id));
             self.timers.schedule(Instant::now() + limits::IDLE_TIMEOUT, TimerEvent::IdleCheck(id));
+        }
+    }
+
+    /// Keeps unfinished handshakes under their cap: closes the oldest one of the address holding the most.
+    fn make_room_for_a_handshake(&mut self) {
+        let holders = || self.connections.values().filter(|c| c.holds_handshake_slot()).map(|c| (c.id, c.peer));
+        if holders().count() < limits::MAX_HANDSHAKING {
+            return;
+        }
+        if let Some(victim) = admission::handshake_to_evict(holders()) {
+            log::debug!("connection {victim}: unfinished handshake closed to make room for a new connection");
+            self.close_connection(victim);
+        }
+    }
+
+    /// Drops a connection, giving back its place among the established ones.
+    fn close_connection(&mut self, id: u64) {
+        if let Some(connection) = self.connections.remove(&id) {
+            if let Some(caller) = connection.admitted_as() {
+                self.admission.release(caller);
+            }
         }
     }
 
@@ -475,9 +495,10 @@ impl Server {
                 }
             }
             TimerEvent::HandshakeDeadline(id) => {
-                if self.connections.get(&id).is_some_and(|c| c.is_handshaking()) {
-                    log::debug!("connection {id}: handshake timed out");
-                    self.connections.remove(&id);
+                // Also ends a refused connection: it had the time it took to read why.
+                if self.connections.get(&id).is_some_and(|c| c.holds_handshake_slot()) {
+                    log::debug!("connection {id}: handshake timed out, or refused");
+                    self.close_connection(id);
                 }
             }
             TimerEvent::IdleCheck(id) => {
@@ -495,7 +516,11 @@ impl Server {
             // Each phase's timer acts only in its own phase: the followers' timer must not cut short the
             // closing phase's own allowance when the followers finished early.
             TimerEvent::FollowersDrainOver if self.lifecycle == Lifecycle::Draining => self.close_connections(),
-            TimerEvent::ConnectionsCloseOver if self.lifecycle == Lifecycle::Closing => self.connections.clear(),
+            TimerEvent::ConnectionsCloseOver if self.lifecycle == Lifecycle::Closing => {
+                for id in self.connections.keys().copied().collect::<Vec<_>>() {
+                    self.close_connection(id);
+                }
+            }
             TimerEvent::FollowersDrainOver | TimerEvent::ConnectionsCloseOver => {}
         }
     }
@@ -522,9 +547,10 @@ impl Server {
         if task.is_connection() {
             let waker = connection.waker.clone();
             let mut cx = Context::from_waker(&waker);
-            if connection.poll(&mut cx, &self.settings, &self.queue, deadlines) == ConnectionState::Closed {
+            let state = connection.poll(&mut cx, &self.settings, &mut self.admission, &self.queue, deadlines);
+            if state == ConnectionState::Closed {
                 log::debug!("connection {} closed", task.connection);
-                self.connections.remove(&task.connection);
+                self.close_connection(task.connection);
             }
             return;
         }

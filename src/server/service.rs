@@ -13,7 +13,7 @@ use prost::Message;
 use super::follower::Follower;
 use super::wire::{self, CallError};
 use crate::grpc::{encode_message, path};
-use crate::jobs::{Caller, EndReason, JobError, JobKey, JobSpec, JobTable, StartedJob};
+use crate::jobs::{Caller, EndReason, JobError, JobKey, JobTable, StartedJob};
 use crate::proto::health::{health_check_response::ServingStatus, HealthCheckRequest, HealthCheckResponse};
 use crate::proto::{
     GetJobRequest, ListJobsRequest, ListJobsResponse, StartJobRequest, StopJobRequest, StreamOutputRequest,
@@ -143,8 +143,7 @@ pub fn dispatch(
         }
         Method::StartJob => {
             let request: StartJobRequest = decode(body)?;
-            let spec = JobSpec::validate(wire::start_request(request))?;
-            let started = ctx.jobs.start(&caller().identity, spec)?;
+            let started = ctx.jobs.start(&caller().identity, wire::start_request(request))?;
             ctx.effects.push(Effect::WatchJob(started));
             Action::Reply(encode_message(&wire::job(ctx.jobs.get(started.key).expect("just started"))))
         }

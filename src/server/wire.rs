@@ -5,9 +5,10 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
+use super::admission::ConnectionCap;
 use crate::cgroup::{Limits, Usage};
 use crate::grpc::{Code, FramingError, Status};
-use crate::jobs::{EndReason, Job, JobError, JobState, StartRequest, Stream};
+use crate::jobs::{clip, EndReason, Job, JobError, JobState, StartRequest, Stream};
 use crate::proto;
 use crate::sys::ExitStatus;
 
@@ -42,6 +43,8 @@ pub enum CallError {
     OutputUnreadable(io::Error),
     /// The call's `grpc-timeout` passed.
     DeadlineExceeded,
+    /// The connection is over one of the server's connection caps.
+    OverConnectionCap(ConnectionCap),
 }
 
 impl From<JobError> for CallError {
@@ -83,6 +86,7 @@ impl CallError {
             }
             CallError::UnknownService(_) | CallError::JobRemoved(_) => Code::NotFound,
             CallError::DeadlineExceeded => Code::DeadlineExceeded,
+            CallError::OverConnectionCap(_) => Code::ResourceExhausted,
         }
     }
 }
@@ -99,10 +103,11 @@ impl fmt::Display for CallError {
             CallError::IncompleteRequest(0) => f.write_str("the request has no message"),
             CallError::IncompleteRequest(n) => write!(f, "the request ends inside a message ({n} bytes)"),
             CallError::Undecodable(err) => write!(f, "cannot decode the request message: {err}"),
-            CallError::UnknownService(name) => write!(f, "unknown service {name:?}"),
+            CallError::UnknownService(name) => write!(f, "unknown service {:?}", clip(name)),
             CallError::JobRemoved(doing) => write!(f, "the job was removed while {doing}"),
             CallError::OutputUnreadable(err) => write!(f, "cannot read the job's output: {err}"),
             CallError::DeadlineExceeded => f.write_str("the call's deadline (grpc-timeout) passed"),
+            CallError::OverConnectionCap(cap) => cap.fmt(f),
         }
     }
 }

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 use std::fs;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -253,6 +255,17 @@ pub fn pids_matching(needle: &str) -> Vec<i32> {
         }
     }
     pids
+}
+
+/// A TCP connection to `to` from the loopback address `from` (any of 127.0.0.0/8 is this host), which then
+/// says nothing.
+pub fn silent_connection(from: Ipv4Addr, to: &str) -> TcpStream {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let SocketAddr::V4(to) = to.parse::<SocketAddr>().unwrap() else { panic!("the server listens on IPv4") };
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
+    bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(from, 0))).unwrap();
+    connect(fd.as_raw_fd(), &SockaddrIn::from(to)).unwrap();
+    TcpStream::from(fd)
 }
 
 /// Polls `check` until it is true or `timeout` passes; returns its last value.

@@ -1,0 +1,141 @@
+//! Hostile clients against the real binary: each attack bounded in count and time, each asserting what must
+//! still hold for everyone else. Functional assertions with generous bounds; `make bench` has the figures.
+
+mod util;
+
+use std::net::{Ipv4Addr, TcpStream};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use runnel::client::{CallError, Client};
+use runnel::grpc::{path, Code, Status};
+use runnel::proto::health::{HealthCheckRequest, HealthCheckResponse};
+use runnel::proto::{GetJobRequest, Job, StartJobRequest};
+use util::{eventually, silent_connection, Pki, Server};
+
+/// A health check over a new connection, as a client arriving now would make it.
+fn health_check_from_a_new_client(server: &Server) -> Result<(), Status> {
+    let mut client = Client::connect(&server.settings("alice"))?;
+    let _: HealthCheckResponse = client
+        .unary(path::HEALTH_CHECK, &HealthCheckRequest::default(), Some(Duration::from_secs(5)))
+        .map_err(status)?;
+    Ok(())
+}
+
+fn status(err: CallError) -> Status {
+    match err {
+        CallError::Status(status) => status,
+        CallError::Interrupted => panic!("no interrupt was asked for"),
+    }
+}
+
+/// While connections from `addresses` keep arriving and saying nothing, `rounds` new clients each connect and
+/// are served.
+fn clients_are_served_through_a_silent_flood(addresses: &[Ipv4Addr], per_address: usize, rounds: usize) {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut silent = Vec::new();
+    for from in addresses {
+        for _ in 0..per_address {
+            silent.push(silent_connection(*from, &server.address));
+        }
+    }
+    for round in 0..rounds {
+        // The flood goes on between clients.
+        for from in addresses {
+            silent.push(silent_connection(*from, &server.address));
+        }
+        let begun = Instant::now();
+        health_check_from_a_new_client(&server).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert!(begun.elapsed() < Duration::from_secs(5), "round {round} took {:?}", begun.elapsed());
+    }
+}
+
+#[test]
+fn silent_connections_from_many_addresses_leave_room_for_a_client() {
+    let addresses: Vec<Ipv4Addr> = (2..10).map(|last| Ipv4Addr::new(127, 0, 0, last)).collect();
+    clients_are_served_through_a_silent_flood(&addresses, 32, 20);
+}
+
+#[test]
+fn silent_connections_from_the_clients_own_address_leave_room_for_it() {
+    clients_are_served_through_a_silent_flood(&[Ipv4Addr::LOCALHOST], 200, 20);
+}
+
+#[test]
+fn forty_concurrent_command_line_calls_from_one_address_all_succeed() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    // The same address also holds unfinished handshakes (a neighbour behind the same NAT, say).
+    let _silent: Vec<TcpStream> = (0..16).map(|_| silent_connection(Ipv4Addr::LOCALHOST, &server.address)).collect();
+    let children: Vec<_> = (0..40)
+        .map(|_| server.cli("alice").arg("list").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap())
+        .collect();
+    let mut failures = Vec::new();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        if !output.status.success() {
+            failures.push(String::from_utf8_lossy(&output.stderr).into_owned());
+        }
+    }
+    assert!(failures.is_empty(), "{} of 40 failed: {failures:?}", failures.len());
+}
+
+#[test]
+fn an_identity_over_its_connection_cap_is_told_which_flag_and_others_are_not() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &["--max-connections-per-client", "2", "--max-connections", "3"]);
+    let check = |client: &mut Client| -> Result<(), Status> {
+        let _: HealthCheckResponse =
+            client.unary(path::HEALTH_CHECK, &HealthCheckRequest::default(), None).map_err(status)?;
+        Ok(())
+    };
+    let mut held = vec![server.client("alice"), server.client("alice")];
+    for client in &mut held {
+        check(client).unwrap();
+    }
+    let refused = check(&mut server.client("alice")).unwrap_err();
+    assert_eq!(refused.code, Code::ResourceExhausted, "{refused}");
+    assert!(refused.message.contains("alice already holds 2 connections"), "{refused}");
+    assert!(refused.message.contains("--max-connections-per-client"), "{refused}");
+
+    // Another identity is not held back by alice's cap, until the total is reached.
+    let mut bob = server.client("bob");
+    check(&mut bob).unwrap();
+    let refused = check(&mut server.client("admin")).unwrap_err();
+    assert_eq!(refused.code, Code::ResourceExhausted, "{refused}");
+    assert!(refused.message.contains("(--max-connections)"), "{refused}");
+
+    // A closed connection makes room again.
+    drop(held.pop());
+    assert!(
+        eventually(Duration::from_secs(5), || check(&mut server.client("alice")).is_ok()),
+        "alice could not connect again after closing a connection"
+    );
+}
+
+#[test]
+fn error_messages_quote_little_of_a_large_input() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut client = server.client("alice");
+    let huge = "x".repeat(1 << 20);
+    let refused = client.unary::<_, Job>(path::GET_JOB, &GetJobRequest { job_id: huge.clone() }, None);
+    let refused = status(refused.unwrap_err());
+    assert_eq!(refused.code, Code::InvalidArgument);
+    assert!(refused.message.len() < 1024, "{} bytes of message", refused.message.len());
+    assert!(refused.message.contains("(1048576 bytes)"), "{}", &refused.message[..200]);
+
+    // A request over what a job may keep is refused naming the limit, and not echoed.
+    let start = StartJobRequest { command: huge, ..Default::default() };
+    let refused = status(client.unary::<_, Job>(path::START_JOB, &start, None).unwrap_err());
+    assert_eq!(refused.code, Code::InvalidArgument);
+    assert!(refused.message.contains("(--max-job-request)"), "{refused}");
+    assert!(refused.message.len() < 1024, "{} bytes of message", refused.message.len());
+    // Under it, a long command that does not exist: named, clipped.
+    let start = StartJobRequest { command: "y".repeat(100_000), ..Default::default() };
+    let refused = status(client.unary::<_, Job>(path::START_JOB, &start, None).unwrap_err());
+    assert!(refused.message.len() < 1024, "{}: {} bytes of message", refused.code.name(), refused.message.len());
+    // The connection goes on serving.
+    let _: HealthCheckResponse = client.unary(path::HEALTH_CHECK, &HealthCheckRequest::default(), None).unwrap();
+}
