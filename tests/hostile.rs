@@ -139,3 +139,73 @@ fn error_messages_quote_little_of_a_large_input() {
     // The connection goes on serving.
     let _: HealthCheckResponse = client.unary(path::HEALTH_CHECK, &HealthCheckRequest::default(), None).unwrap();
 }
+
+#[test]
+fn starts_whose_init_hangs_freeze_nobody_and_fail_at_the_init_deadline() {
+    let pki = Pki::new();
+    let scratch = util::ScratchDir::new("hung-fs");
+    let hung = scratch.join("hung");
+    std::fs::create_dir(&hung).unwrap();
+    let hung = hung.to_str().unwrap().to_string();
+    // A FUSE mount nobody serves, in a mount namespace of the server's own: every access to it waits (killably)
+    // for an answer that never comes. The server holds the device open (descriptor 3), so the mount stays hung
+    // rather than failing.
+    let script = format!(
+        r#"exec 3<>/dev/fuse && mount -i -t fuse -o fd=3,rootmode=40000,user_id=0,group_id=0,allow_other runnel-hung {hung} \
+           && exec "$@""#
+    );
+    let server = Server::start_after(&pki, &["unshare", "-m", "--propagation", "private"], &script, &[]);
+    let mut probe = server.client("alice");
+    let started = probe
+        .unary::<_, Job>(
+            path::START_JOB,
+            &StartJobRequest { command: "sleep".into(), args: vec!["60".into()], ..Default::default() },
+            None,
+        )
+        .unwrap();
+
+    let begun = Instant::now();
+    // Each from its own connection, as separate clients would.
+    let hung_starts: Vec<_> = (0..3)
+        .map(|_| {
+            let (settings, dir) = (server.settings("bob"), hung.clone());
+            std::thread::spawn(move || {
+                let mut client = Client::connect(&settings).unwrap();
+                let start = StartJobRequest {
+                    command: "true".into(),
+                    working_dir: format!("{dir}/work"),
+                    ..Default::default()
+                };
+                client.unary::<_, Job>(path::START_JOB, &start, Some(Duration::from_secs(30))).map_err(status)
+            })
+        })
+        .collect();
+    // While the three inits hang, everyone else is served: the loop never waits for an init.
+    let mut probes = 0;
+    while Instant::now() < begun + Duration::from_secs(6) {
+        let asked = Instant::now();
+        let job: Job = probe.unary(path::GET_JOB, &GetJobRequest { job_id: started.id.clone() }, None).unwrap();
+        assert_eq!(job.id, started.id);
+        assert!(asked.elapsed() < Duration::from_secs(1), "a GetJob took {:?} while inits hung", asked.elapsed());
+        probes += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(probes > 20, "only {probes} probes in 6 s");
+
+    // Each hung start fails at the init's deadline, saying why, and leaves nothing behind.
+    for start in hung_starts {
+        let refused = start.join().unwrap().unwrap_err();
+        assert_eq!(refused.code, Code::DeadlineExceeded, "{refused}");
+        assert!(refused.message.contains("did not start the command within 10 s"), "{refused}");
+    }
+    assert!(begun.elapsed() < Duration::from_secs(20), "the hung starts took {:?}", begun.elapsed());
+    let mut bob = server.client("bob");
+    let listed: runnel::proto::ListJobsResponse =
+        bob.unary(path::LIST_JOBS, &runnel::proto::ListJobsRequest::default(), None).unwrap();
+    assert!(listed.jobs.is_empty(), "a failed start left a job behind: {:?}", listed.jobs);
+    let ran: Job =
+        bob.unary(path::START_JOB, &StartJobRequest { command: "true".into(), ..Default::default() }, None).unwrap();
+    assert!(!ran.id.is_empty());
+    let hung_inits = || util::pids_where(|cmdline| cmdline.starts_with("runnel __init ") && cmdline.contains(&hung));
+    assert!(eventually(Duration::from_secs(5), || hung_inits().is_empty()), "inits left: {:?}", hung_inits());
+}

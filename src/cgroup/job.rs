@@ -33,19 +33,14 @@ impl JobCgroup {
         open_dir(&self.path)
     }
 
-    /// Writes every limit but the CPU's (see [`JobCgroup::limit_cpu`]).
+    /// Writes every limit, before the job's first process is created in the cgroup: the job is capped from its
+    /// first instruction. (The server does not wait for the job's init, so a small CPU quota on the init's
+    /// setup costs the loop nothing.)
     pub(super) fn write_limits(&self, limits: &Limits, io_devices: &[String]) -> Result<(), CgroupError> {
+        cpu::limit(&self.path, limits.cpu_millicores)?;
         memory::limit(&self.path, limits.memory_bytes)?;
         pids::limit(&self.path, limits.max_pids)?;
         io::limit(&self.path, limits, io_devices)
-    }
-
-    /// Writes the CPU limit. The server does this once the job's init has reported the command started:
-    /// StartJob waits for that report on the event loop, and the init's setup under a small quota would stall
-    /// the loop for several of the quota's periods. The job is in its cgroup from its first instruction either
-    /// way; only the CPU cap starts a little later.
-    pub fn limit_cpu(&self, limits: &Limits) -> Result<(), CgroupError> {
-        cpu::limit(&self.path, limits.cpu_millicores)
     }
 
     /// Usage so far: CPU time, peak memory, bytes read and written.
@@ -91,8 +86,6 @@ mod tests {
         };
         fs::write(scratch.join("memory.swap.max"), "max").unwrap();
         cgroup.write_limits(&limits, &["259:0".to_string()]).unwrap();
-        assert!(!scratch.join("cpu.max").exists(), "the CPU limit is written once the job started");
-        cgroup.limit_cpu(&limits).unwrap();
         let file = |name: &str| fs::read_to_string(scratch.join(name)).unwrap();
         assert_eq!(file("cpu.max"), "20000 100000");
         assert_eq!(file("memory.max"), "33554432");
@@ -125,7 +118,6 @@ mod tests {
         let scratch = ScratchDir::new("cgroup-unlimited");
         let cgroup = JobCgroup::new(scratch.path().to_path_buf());
         cgroup.write_limits(&Limits::default(), &["259:0".to_string()]).unwrap();
-        cgroup.limit_cpu(&Limits::default()).unwrap();
         let names: Vec<String> =
             fs::read_dir(scratch.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         assert_eq!(names, ["memory.oom.group"]);

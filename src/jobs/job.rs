@@ -1,6 +1,7 @@
 //! [`Job`]: one job the server started: its process, its pipes, its output, and how it ended.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
 use std::task::Waker;
 use std::time::SystemTime;
 
@@ -64,19 +65,29 @@ pub struct Job {
     pub(super) pidfd: Option<OwnedFd>,
     pub(super) stdout: Option<OwnedFd>,
     pub(super) stderr: Option<OwnedFd>,
-    /// The init's report pipe (isolated jobs): where the command's exact exit status arrives.
+    /// The init's report pipe (isolated jobs): first whether the command started, then its exact exit status.
     pub(super) control: Option<OwnedFd>,
+    /// Set while an isolated job's init has not yet reported whether the command started: the working
+    /// directory, for the error if it did not. Such a job is not visible to clients yet.
+    pub(super) awaiting_init: Option<PathBuf>,
     /// The limits the job's cgroup enforces (`None`: the host cannot enforce limits).
     pub(super) limits: Option<Limits>,
     /// The job's cgroup while it runs; its final usage once it ended.
     pub(super) cgroup: Option<JobCgroup>,
     pub(super) final_usage: Option<FinalUsage>,
-    pub(super) end_waiters: Vec<Waker>,
+    pub(super) waiters: Vec<Waker>,
     /// A working directory the server made for the job: held for its `Drop`, which removes it with the job.
     pub(super) _own_work_dir: Option<OwnWorkDir>,
 }
 
 impl Job {
+    /// True until an isolated job's init reports that the command started (see [`JobTable::settle_start`]).
+    ///
+    /// [`JobTable::settle_start`]: super::JobTable::settle_start
+    pub fn is_starting(&self) -> bool {
+        self.awaiting_init.is_some()
+    }
+
     pub fn is_ended(&self) -> bool {
         self.end.is_some()
     }
@@ -121,7 +132,12 @@ impl Job {
 
     /// Remembers a call to wake when the job ends.
     pub fn wait_for_end(&mut self, waker: &Waker) {
-        crate::reactor::remember_waker(&mut self.end_waiters, waker);
+        crate::reactor::remember_waker(&mut self.waiters, waker);
+    }
+
+    /// Remembers a call to wake when the job's init reports (or fails to report) that the command started.
+    pub fn wait_for_start(&mut self, waker: &Waker) {
+        crate::reactor::remember_waker(&mut self.waiters, waker);
     }
 
     /// The read end of the job's pipe for `stream`, while it is open.
@@ -219,9 +235,10 @@ impl Job {
         true
     }
 
-    /// Wakes every call waiting for the job's end, and its output's readers (who finish once it is complete).
+    /// Wakes every call waiting for the job's start or end, and its output's readers (who finish once it is
+    /// complete).
     pub(super) fn wake_waiters(&mut self) {
-        for waker in self.end_waiters.drain(..) {
+        for waker in self.waiters.drain(..) {
             waker.wake();
         }
         self.output.wake_readers();

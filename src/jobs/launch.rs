@@ -1,16 +1,22 @@
 //! Starting a job's process: the command itself when the server cannot isolate jobs, otherwise runnel's init
 //! inside new namespaces (see `isolation`), which starts the command. Either way the first process is created
-//! inside the job's cgroup when there is one, and the call returns only once the command was exec'd.
+//! inside the job's cgroup when there is one.
+//!
+//! Without isolation the launch returns once the command was exec'd (the spawn is a `vfork`, and the search
+//! for the executable is bounded by the request's PATH limits). With isolation it returns as soon as the init
+//! exists: the init reports on its control pipe whether the command started, which the event loop reads when
+//! it arrives ([`init_failure`] turns a failure report into the client's error), so a slow namespace setup or
+//! executable search never holds the loop.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use super::spec::{c_string, JobSpec};
 use super::JobError;
 use crate::cgroup::JobCgroup;
-use crate::isolation::{self, InitPlan, InitReport, Isolation};
+use crate::isolation::{InitPlan, InitReport, Isolation};
 use crate::sys::{self, CStringArray, ChildStack, ExecFailure, SpawnFds, SpawnOptions, SpawnProgram, SpawnStage};
 
 /// A job process that is running the command.
@@ -20,7 +26,7 @@ pub struct Launched {
     pub pidfd: OwnedFd,
     /// Read ends of the stdout and stderr pipes.
     pub pipes: [OwnedFd; 2],
-    /// The init's report pipe (isolated jobs only): the command's exit status arrives here.
+    /// The init's report pipe (isolated jobs only): first whether the command started, later its exit status.
     pub control: Option<OwnedFd>,
 }
 
@@ -44,7 +50,8 @@ impl Launcher {
         Ok(Launcher { child_stack: ChildStack::default(), dev_null: sys::open_dev_null()?, open_files })
     }
 
-    /// Starts `spec`; on failure nothing is left running.
+    /// Starts `spec`'s process (for an isolated job, its init, whose report is still to come); on failure
+    /// nothing is left running.
     pub fn launch(
         &mut self,
         spec: &JobSpec,
@@ -89,7 +96,7 @@ impl Launcher {
                 // Only the read ends are kept: the write ends, closed as this returns, now belong to the job
                 // alone, so the pipes reach end of file when the job (and whatever inherited them) exits.
                 Ok((pid, pidfd)) => Ok(Launched { pid, pidfd, pipes: [stdout.read, stderr.read], control: None }),
-                Err(failure) => Err(exec_error(spec, working_dir, failure)),
+                Err(failure) => Err(exec_error(&spec.command, working_dir, failure)),
             };
         };
 
@@ -124,39 +131,28 @@ impl Launcher {
             let reason = io::Error::from_raw_os_error(failure.errno);
             JobError::system("cannot start the job's init (runnel's own executable)", reason)
         })?;
-        let report = isolation::read_report(control_read.as_raw_fd(), isolation::INIT_REPORT_TIMEOUT_MS);
-        let failure = match report {
-            Ok(Some(InitReport::Started)) => {
-                return Ok(Launched { pid, pidfd, pipes: [stdout.read, stderr.read], control: Some(control_read) });
-            }
-            Ok(Some(InitReport::SpawnFailed(failure))) => exec_error(spec, working_dir, failure),
-            Ok(Some(InitReport::SetupFailed { step, errno })) => JobError::system(
-                &format!("cannot isolate the job: {}", step.describe()),
-                io::Error::from_raw_os_error(errno),
-            ),
-            Ok(Some(InitReport::Ended(_)) | None) => match sys::wait_pidfd(pidfd.as_raw_fd(), sys::Wait::PeekIfEnded) {
-                Ok(None) => JobError::System(format!(
-                    "the job's init did not report within {} s; it was killed",
-                    isolation::INIT_REPORT_TIMEOUT_MS / 1000
-                )),
-                Ok(Some(status)) => {
-                    JobError::System(format!("the job's init ended ({status:?}) without starting the command"))
-                }
-                Err(err) => JobError::system("cannot wait for the job's init", err),
-            },
-            Err(err) => JobError::system("cannot read the job's init report", err),
-        };
-        // The init exits after any failure report; make sure of it and reap it so nothing is left behind.
-        let _ = sys::signal_process(pid, libc::SIGKILL);
-        let _ = sys::wait_pidfd(pidfd.as_raw_fd(), sys::Wait::Reap);
-        Err(failure)
+        Ok(Launched { pid, pidfd, pipes: [stdout.read, stderr.read], control: Some(control_read) })
+    }
+}
+
+/// Why an isolated job running `command` in `working_dir` did not start, from its init's first report.
+pub fn init_failure(report: InitReport, command: &str, working_dir: &Path) -> JobError {
+    match report {
+        InitReport::SpawnFailed(failure) => exec_error(command, working_dir, failure),
+        InitReport::SetupFailed { step, errno } => JobError::system(
+            &format!("cannot isolate the job: {}", step.describe()),
+            io::Error::from_raw_os_error(errno),
+        ),
+        InitReport::Started | InitReport::Ended(_) => {
+            JobError::System(format!("the job's init sent {report:?} before reporting the command started"))
+        }
     }
 }
 
 /// The error a client sees for a command that could not be exec'd.
-fn exec_error(spec: &JobSpec, working_dir: &Path, failure: ExecFailure) -> JobError {
+fn exec_error(command: &str, working_dir: &Path, failure: ExecFailure) -> JobError {
     let reason = io::Error::from_raw_os_error(failure.errno);
-    let (command, dir) = (spec.command.clone(), working_dir.to_path_buf());
+    let (command, dir) = (command.to_string(), working_dir.to_path_buf());
     match (failure.stage, failure.errno) {
         (SpawnStage::Exec, libc::ENOENT | libc::ENOTDIR) => JobError::ExecutableNotFound(command),
         (SpawnStage::Exec, libc::EACCES | libc::EPERM) => JobError::ExecutionDenied { command, reason },

@@ -17,6 +17,12 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 const MAX_ARGS: usize = 16 * 1024;
 const MAX_ENV: usize = 16 * 1024;
 
+/// Limits on the job's PATH, which bound the search for its executable: each directory costs one path
+/// lookup, which symlink chains can make slow. Generous next to real PATHs (a dozen or so directories, a few
+/// hundred bytes; Nix profiles reach a few dozen).
+pub const MAX_PATH_DIRS: usize = 64;
+pub const MAX_PATH_BYTES: usize = 4096;
+
 /// Smallest limits that make sense; below them a job cannot start (and a client probably meant a bigger unit).
 const MIN_CPU_MILLICORES: u32 = 10;
 const MIN_MEMORY_BYTES: u64 = 1024 * 1024;
@@ -82,6 +88,7 @@ impl JobSpec {
                 Some(("", _)) => {
                     return invalid(format!("env[{i}] {:?} has an empty name: write NAME=value", clip(entry)))
                 }
+                Some(("PATH", path)) => check_path(i, path)?,
                 Some(_) => {}
             }
         }
@@ -124,6 +131,19 @@ impl JobSpec {
         let path = env.iter().rev().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(DEFAULT_PATH);
         path.split(':').filter(|dir| !dir.is_empty()).map(|dir| Path::new(dir).join(&self.command)).collect()
     }
+}
+
+/// Checks the PATH of `env[i]` against [`MAX_PATH_BYTES`] and [`MAX_PATH_DIRS`].
+fn check_path(i: usize, path: &str) -> Result<(), JobError> {
+    let dirs = path.split(':').filter(|dir| !dir.is_empty()).count();
+    if path.len() > MAX_PATH_BYTES || dirs > MAX_PATH_DIRS {
+        return Err(JobError::InvalidSpec(format!(
+            "env[{i}] PATH has {dirs} directories in {} bytes, more than the limit of {MAX_PATH_DIRS} directories \
+             or {MAX_PATH_BYTES} bytes: name the command by its absolute path, or shorten PATH",
+            path.len()
+        )));
+    }
+    Ok(())
 }
 
 fn check_no_nul(field: &str, value: &str) -> Result<(), JobError> {
@@ -209,6 +229,22 @@ mod tests {
         let spec = JobSpec::validate(r, LIMIT).unwrap();
         assert_eq!(spec.environment(), vec!["PATH=/opt/bin".to_string(), "A=b=c".to_string()]);
         assert_eq!(spec.exec_candidates(), vec![PathBuf::from("/opt/bin/ls")]);
+    }
+
+    #[test]
+    fn path_is_capped_in_directories_and_bytes() {
+        let with_path = |path: String| {
+            let mut r = request("tool");
+            r.env = vec!["HOME=/root".into(), format!("PATH={path}")];
+            JobSpec::validate(r, LIMIT).map(|_| ()).map_err(|e| e.to_string())
+        };
+        let dirs = |n: usize| (0..n).map(|i| format!("/d{i}")).collect::<Vec<_>>().join(":");
+        assert_eq!(with_path(dirs(MAX_PATH_DIRS)), Ok(()));
+        let refused = with_path(dirs(MAX_PATH_DIRS + 1)).unwrap_err();
+        assert!(refused.contains("env[1] PATH has 65 directories") && refused.contains("absolute path"), "{refused}");
+        // Empty entries cost no lookup and are not counted; bytes are.
+        assert_eq!(with_path(":".repeat(MAX_PATH_BYTES - 1)), Ok(()));
+        assert!(with_path("/".repeat(MAX_PATH_BYTES + 1)).unwrap_err().contains("4097 bytes"));
     }
 
     #[test]

@@ -1,21 +1,23 @@
 //! [`JobTable`]: the registry of jobs, in start order, with the rules that span them: who may see which job,
 //! how many each owner may run, how many are retained, and which output goes first when the spool is full.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
+use std::task::{Poll, Waker};
 use std::time::SystemTime;
 
-use super::launch::Launcher;
+use super::launch::{self, Launcher};
 use super::limits::LimitPolicy;
 use super::spool::{Drain, Spool, Stream, PIPE_READS_PER_TURN};
 use super::start::{HalfStarted, Started};
 use super::{Caller, EndReason, Job, JobError, JobId, JobKey, JobSpec, JobState, StartRequest};
 use crate::cgroup::{CgroupRoot, Limits};
-use crate::isolation::Isolation;
+use crate::isolation::{self, InitReport, Isolation};
+use crate::sys;
 
 /// The server settings the table enforces.
 #[derive(Debug, Clone)]
@@ -48,6 +50,9 @@ pub struct StartedJob {
     pub pidfd: RawFd,
     pub stdout: RawFd,
     pub stderr: RawFd,
+    /// An isolated job's init report pipe: readable once the init says whether the command started (see
+    /// [`JobTable::settle_start`]), which it must do within [`isolation::INIT_REPORT_TIMEOUT`].
+    pub init_report: Option<RawFd>,
 }
 
 pub struct JobTable {
@@ -60,6 +65,12 @@ pub struct JobTable {
     containment: Containment,
     launcher: Launcher,
     spool: Spool,
+    /// Why recent starts failed, for their StartJob calls to take (see [`JobTable::poll_start`]). A call that
+    /// went away leaves its entry behind: at most `max_jobs` are kept, oldest dropped first.
+    start_failures: VecDeque<(JobKey, JobError)>,
+    /// Inits of failed starts that were killed but had not exited yet: reaped when their pidfd (still watched by
+    /// the reactor as the job's) turns readable, so a start never waits for a process to die.
+    killed_inits: HashMap<JobKey, OwnedFd>,
     shutting_down: bool,
 }
 
@@ -82,6 +93,8 @@ impl JobTable {
             containment,
             launcher: Launcher::new()?,
             spool,
+            start_failures: VecDeque::new(),
+            killed_inits: HashMap::new(),
             shutting_down: false,
         })
     }
@@ -95,13 +108,14 @@ impl JobTable {
     }
 
     /// Finds a job by its id text, if `caller` may see it. A job that exists but is not the caller's is as
-    /// unknown as one that does not exist, so a caller learns nothing about jobs that are not theirs.
+    /// unknown as one that does not exist, so a caller learns nothing about jobs that are not theirs; nor is
+    /// one still starting, whose id nobody has been told yet.
     pub fn find(&self, caller: &Caller, id: &str) -> Result<JobKey, JobError> {
         let parsed = JobId::parse(id).ok_or_else(|| JobError::MalformedId(id.to_string()))?;
         self.by_id
             .get(&parsed)
             .copied()
-            .filter(|key| caller.may_see(&self.jobs[key]))
+            .filter(|key| Self::visible(caller, &self.jobs[key]))
             .ok_or_else(|| JobError::UnknownJob(id.to_string()))
     }
 
@@ -109,8 +123,12 @@ impl JobTable {
     pub fn list<'a>(&'a self, caller: &'a Caller, states: &'a [JobState]) -> impl Iterator<Item = &'a Job> + 'a {
         self.jobs
             .values()
-            .filter(move |job| caller.may_see(job))
+            .filter(move |job| Self::visible(caller, job))
             .filter(move |job| states.is_empty() || states.contains(&job.state()))
+    }
+
+    fn visible(caller: &Caller, job: &Job) -> bool {
+        !job.is_starting() && caller.may_see(job)
     }
 
     pub fn running_jobs(&self) -> impl Iterator<Item = JobKey> + '_ {
@@ -121,8 +139,9 @@ impl JobTable {
         self.jobs.values().any(|j| !j.is_ended())
     }
 
-    /// Checks `request` and starts it as a job of `owner`. Returns once the command has been exec'd; on failure
-    /// nothing is left behind.
+    /// Checks `request` and starts it as a job of `owner`; on failure nothing is left behind. Without isolation
+    /// the command has been exec'd when this returns; an isolated job's init reports that later (see
+    /// [`Self::poll_start`]), and until then the job counts against its owner's limits but is not visible.
     pub fn start(&mut self, owner: &str, request: StartRequest) -> Result<StartedJob, JobError> {
         let spec = JobSpec::validate(request, self.config.max_request_bytes)?;
         let limits = self.admit(owner, &spec)?;
@@ -140,9 +159,6 @@ impl JobTable {
             start.create_cgroup(limits)?;
         }
         start.launch(&mut self.launcher, &spec, &working_dir, self.containment.isolation.as_ref())?;
-        if let Some(limits) = &limits {
-            start.limit_cpu(limits)?;
-        }
         let Started { output, own_work_dir, cgroup, process } = start.done();
 
         let key = self.next_key;
@@ -153,6 +169,7 @@ impl JobTable {
             pidfd: process.pidfd.as_raw_fd(),
             stdout: stdout.as_raw_fd(),
             stderr: stderr.as_raw_fd(),
+            init_report: process.control.as_ref().map(AsRawFd::as_raw_fd),
         };
         let job = Job {
             key,
@@ -168,18 +185,99 @@ impl JobTable {
             pidfd: Some(process.pidfd),
             stdout: Some(stdout),
             stderr: Some(stderr),
+            awaiting_init: process.control.is_some().then_some(working_dir),
             control: process.control,
             limits,
             cgroup,
             final_usage: None,
-            end_waiters: Vec::new(),
+            waiters: Vec::new(),
             _own_work_dir: own_work_dir,
         };
-        log::info!("job {id} started for {owner}: pid {}, {:?}", job.pid, job.command);
+        log::info!("job {id} launched for {owner}: pid {}, {:?}", job.pid, job.command);
         *self.running_by_owner.entry(owner.to_string()).or_default() += 1;
         self.by_id.insert(id, key);
         self.jobs.insert(key, job);
         Ok(started)
+    }
+
+    /// Where the start of job `key` stands for its StartJob call: pending (with `waker` remembered) while an
+    /// isolated job's init has not reported, the job once its command runs, or why it failed (told once).
+    pub fn poll_start(&mut self, key: JobKey, waker: &Waker) -> Poll<Result<&Job, JobError>> {
+        if let Some(job) = self.jobs.get_mut(&key) {
+            if job.is_starting() {
+                job.wait_for_start(waker);
+                return Poll::Pending;
+            }
+            return Poll::Ready(Ok(job));
+        }
+        let failure = self.start_failures.iter().position(|(failed, _)| *failed == key);
+        Poll::Ready(Err(match failure.and_then(|at| self.start_failures.remove(at)) {
+            Some((_, error)) => error,
+            None => JobError::System("the job was removed before its start was reported".into()),
+        }))
+    }
+
+    /// Settles an isolated job's start once its init has reported, or has ended without a report: the job runs
+    /// (and becomes visible), or it is taken back and its StartJob call told why. Called when the report pipe
+    /// turns readable and when the init ends; before either it does nothing.
+    pub fn settle_start(&mut self, key: JobKey) {
+        let Some(job) = self.jobs.get_mut(&key) else { return };
+        let (Some(working_dir), Some(control), Some(pidfd)) = (&job.awaiting_init, &job.control, &job.pidfd) else {
+            return;
+        };
+        let failure = match isolation::read_report(control.as_raw_fd(), 0) {
+            Ok(Some(InitReport::Started)) => {
+                job.awaiting_init = None;
+                log::info!("job {} started: the init exec'd {:?}", job.id, job.command);
+                job.wake_waiters();
+                return;
+            }
+            Ok(Some(report)) => launch::init_failure(report, &job.command, working_dir),
+            // Nothing to read: either not yet, or the init closed the pipe without a word.
+            Ok(None) => match sys::wait_pidfd(pidfd.as_raw_fd(), sys::Wait::PeekIfEnded) {
+                Ok(None) => return,
+                Ok(Some(status)) => {
+                    JobError::System(format!("the job's init ended ({status:?}) without starting the command"))
+                }
+                Err(err) => JobError::system("cannot wait for the job's init", err),
+            },
+            Err(err) => JobError::system("cannot read the job's init report", err),
+        };
+        self.fail_start(key, failure);
+    }
+
+    /// The init of job `key` has had [`isolation::INIT_REPORT_TIMEOUT`] to report: if it still has not, the job
+    /// is killed and its start fails.
+    pub fn start_overdue(&mut self, key: JobKey) {
+        // A report may have arrived in this very turn, before the loop read it.
+        self.settle_start(key);
+        if self.jobs.get(&key).is_some_and(Job::is_starting) {
+            self.fail_start(key, JobError::InitTimedOut(isolation::INIT_REPORT_TIMEOUT));
+        }
+    }
+
+    /// Takes back a job whose start failed: kills its init, removes its cgroup, output and working directory,
+    /// and keeps `error` for its StartJob call. Never waits: an init that has not exited yet is reaped later.
+    fn fail_start(&mut self, key: JobKey, error: JobError) {
+        let Some(mut job) = self.jobs.remove(&key) else { return };
+        self.by_id.remove(&job.id);
+        count_ended(&mut self.running_by_owner, &job.owner);
+        log::info!("job {} did not start: {error}", job.id);
+        if let Some(pidfd) = job.pidfd.take() {
+            let _ = sys::signal_process(job.pid, libc::SIGKILL);
+            if !matches!(sys::wait_pidfd(pidfd.as_raw_fd(), sys::Wait::ReapIfEnded), Ok(Some(_))) {
+                self.killed_inits.insert(key, pidfd);
+            }
+        }
+        if let (Some(cgroups), Some(cgroup)) = (self.containment.cgroups.as_mut(), job.cgroup.take()) {
+            cgroups.remove_job(cgroup);
+        }
+        self.spool.remove(&mut job.output);
+        job.wake_waiters();
+        self.start_failures.push_back((key, error));
+        while self.start_failures.len() > self.config.max_jobs {
+            self.start_failures.pop_front();
+        }
     }
 
     /// Checks that `owner` may start `spec` now and makes room for it: the limits its cgroup will enforce
@@ -230,16 +328,21 @@ impl JobTable {
     /// Handles a readable pidfd. If the job's main process has exited, marks the job ended and takes what is
     /// already in its pipes. Returns true if the job ended now; safe to call at any time.
     pub fn reap(&mut self, key: JobKey) -> bool {
-        let Some(job) = self.jobs.get_mut(&key) else { return false };
-        if !job.reap(self.containment.cgroups.as_mut()) {
+        if let Some(pidfd) = self.killed_inits.get(&key) {
+            if !matches!(sys::wait_pidfd(pidfd.as_raw_fd(), sys::Wait::ReapIfEnded), Ok(None)) {
+                self.killed_inits.remove(&key);
+            }
             return false;
         }
-        if let Some(count) = self.running_by_owner.get_mut(&job.owner) {
-            *count -= 1;
-            if *count == 0 {
-                self.running_by_owner.remove(&job.owner);
-            }
+        if self.jobs.get(&key).is_some_and(Job::is_starting) {
+            // The init ended before the loop read its report: the report, or its absence, settles the start.
+            self.settle_start(key);
         }
+        let Some(job) = self.jobs.get_mut(&key) else { return false };
+        if job.is_starting() || !job.reap(self.containment.cgroups.as_mut()) {
+            return false;
+        }
+        count_ended(&mut self.running_by_owner, &job.owner);
         // Take everything the job wrote before it ended, so a WaitJob answered now reports its full output.
         for stream in [Stream::Stdout, Stream::Stderr] {
             while self.drain(key, stream, PIPE_READS_PER_TURN) == Drain::More {}
@@ -315,6 +418,16 @@ impl JobTable {
             self.spool.remove(&mut job.output);
         }
         self.by_id.clear();
+    }
+}
+
+/// One fewer running job for `owner`.
+fn count_ended(running_by_owner: &mut HashMap<String, usize>, owner: &str) {
+    if let Some(count) = running_by_owner.get_mut(owner) {
+        *count -= 1;
+        if *count == 0 {
+            running_by_owner.remove(owner);
+        }
     }
 }
 

@@ -34,6 +34,7 @@ pub struct Call {
 
 enum Phase {
     ReadRequest,
+    AwaitStart(JobKey),
     AwaitJobEnd(JobKey),
     Follow(Follower),
     WatchHealth { sent: Option<ServingStatus> },
@@ -82,6 +83,7 @@ impl Call {
                     Poll::Ready(Ok(body)) => {
                         match service::dispatch(method, &self.caller, &body, ctx) {
                             Ok(Action::Reply(message)) => return self.reply(message),
+                            Ok(Action::AwaitStart(key)) => self.phase = Phase::AwaitStart(key),
                             Ok(Action::AwaitJobEnd(key)) => self.phase = Phase::AwaitJobEnd(key),
                             Ok(Action::Follow(follower)) => self.phase = Phase::Follow(follower),
                             Ok(Action::WatchHealth) => self.phase = Phase::WatchHealth { sent: None },
@@ -91,6 +93,12 @@ impl Call {
                     }
                     Poll::Ready(Err(Some(error))) => return self.fail(error),
                     Poll::Ready(Err(None)) => return Poll::Ready(()),
+                    Poll::Pending => {}
+                },
+                // A StartJob that goes away meanwhile does not stop the start: the job is the owner's to find.
+                Phase::AwaitStart(key) => match ctx.jobs.poll_start(*key, cx.waker()) {
+                    Poll::Ready(Ok(job)) => return self.reply(encode_message(&wire::job(job))),
+                    Poll::Ready(Err(error)) => return self.fail(error.into()),
                     Poll::Pending => {}
                 },
                 Phase::AwaitJobEnd(key) => match ctx.jobs.get_mut(*key) {

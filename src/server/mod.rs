@@ -35,6 +35,7 @@ use self::service::{Effect, ServiceContext};
 use self::source::Source;
 use self::state_dir::StateDir;
 use self::wire::CallError;
+use crate::isolation;
 use crate::jobs::{Drain, EndReason, JobKey, JobTable, JobTableConfig, StartedJob, Stream, PIPE_READS_PER_TURN};
 use crate::reactor::{TaskId, Timers, WakeQueue};
 use crate::sys;
@@ -135,6 +136,8 @@ mod limits {
 pub enum TimerEvent {
     /// A stop's grace period is over: SIGKILL the job's process group.
     KillJob(JobKey),
+    /// A job's init must have reported whether the command started by now.
+    InitDeadline(JobKey),
     /// A call's `grpc-timeout` expired.
     CallDeadline(u64, u64),
     /// A connection must have finished its handshakes by now.
@@ -320,6 +323,7 @@ impl Server {
                 self.jobs.reap(key);
             }
             Source::JobOutput(key, stream) => self.drain(key, stream),
+            Source::JobInitReport(key) => self.jobs.settle_start(key),
         }
     }
 
@@ -329,14 +333,20 @@ impl Server {
         }
     }
 
-    /// Registers a new job's pidfd and pipes with the reactor.
+    /// Registers a new job's pidfd, pipes and init report pipe with the reactor, and schedules its init's
+    /// deadline.
     fn watch_job(&mut self, started: StartedJob) {
         let sources = [
-            (started.pidfd, Source::JobExit(started.key)),
-            (started.stdout, Source::JobOutput(started.key, Stream::Stdout)),
-            (started.stderr, Source::JobOutput(started.key, Stream::Stderr)),
+            Some((started.pidfd, Source::JobExit(started.key))),
+            Some((started.stdout, Source::JobOutput(started.key, Stream::Stdout))),
+            Some((started.stderr, Source::JobOutput(started.key, Stream::Stderr))),
+            started.init_report.map(|fd| (fd, Source::JobInitReport(started.key))),
         ];
-        for (fd, source) in sources {
+        if started.init_report.is_some() {
+            let deadline = Instant::now() + isolation::INIT_REPORT_TIMEOUT;
+            self.timers.schedule(deadline, TimerEvent::InitDeadline(started.key));
+        }
+        for (fd, source) in sources.into_iter().flatten() {
             if let Err(err) = self.poll.registry().register(&mut SourceFd(&fd), source.token(), Interest::READABLE) {
                 // Without the registration the job would never be seen to end: stop it now rather than leak it.
                 log::error!("cannot watch job descriptor {fd}: {err}; killing the job");
@@ -487,6 +497,7 @@ impl Server {
     fn fire(&mut self, event: TimerEvent) {
         match event {
             TimerEvent::KillJob(key) => self.jobs.kill(key),
+            TimerEvent::InitDeadline(key) => self.jobs.start_overdue(key),
             TimerEvent::CallDeadline(connection_id, call_id) => {
                 let Some(connection) = self.connections.get_mut(&connection_id) else { return };
                 if let Some(mut call) = connection.calls.remove(&call_id) {

@@ -41,7 +41,7 @@ pub struct ServiceContext<'a> {
 /// Something a call needs from the loop beyond the job table.
 #[derive(Debug, Clone, Copy)]
 pub enum Effect {
-    /// A job just started: watch its pidfd and pipes.
+    /// A job just started: watch its pidfd, pipes and init report, and give its init its deadline.
     WatchJob(StartedJob),
     /// A job was asked to stop: kill it at the end of its grace period.
     KillJobAt(JobKey, Instant),
@@ -85,6 +85,8 @@ impl Method {
 pub enum Action {
     /// Answer with this message and OK.
     Reply(Bytes),
+    /// Answer with the job once its command runs (an isolated job's init reports that through the loop).
+    AwaitStart(JobKey),
     /// Answer with the job once it has ended.
     AwaitJobEnd(JobKey),
     /// Stream output.
@@ -145,7 +147,7 @@ pub fn dispatch(
             let request: StartJobRequest = decode(body)?;
             let started = ctx.jobs.start(&caller().identity, wire::start_request(request))?;
             ctx.effects.push(Effect::WatchJob(started));
-            Action::Reply(encode_message(&wire::job(ctx.jobs.get(started.key).expect("just started"))))
+            Action::AwaitStart(started.key)
         }
         Method::GetJob => {
             let request: GetJobRequest = decode(body)?;

@@ -13,9 +13,11 @@ pub enum Source {
     Connection(u64),
     JobExit(JobKey),
     JobOutput(JobKey, Stream),
+    /// An isolated job's init report pipe.
+    JobInitReport(JobKey),
 }
 
-/// Connection tokens have the top bit set; job tokens pack the job key with a 2-bit kind.
+/// Connection tokens have the top bit set; job tokens pack the job key with a 3-bit kind.
 const CONNECTION_BIT: usize = 1 << (usize::BITS - 1);
 
 impl Source {
@@ -24,9 +26,10 @@ impl Source {
             Source::Listener => 0,
             Source::Signals => 1,
             Source::Connection(id) => CONNECTION_BIT | id as usize,
-            Source::JobExit(key) => (key as usize) << 2 | 1,
-            Source::JobOutput(key, Stream::Stdout) => (key as usize) << 2 | 2,
-            Source::JobOutput(key, Stream::Stderr) => (key as usize) << 2 | 3,
+            Source::JobExit(key) => (key as usize) << 3 | 1,
+            Source::JobOutput(key, Stream::Stdout) => (key as usize) << 3 | 2,
+            Source::JobOutput(key, Stream::Stderr) => (key as usize) << 3 | 3,
+            Source::JobInitReport(key) => (key as usize) << 3 | 4,
         })
     }
 
@@ -35,13 +38,14 @@ impl Source {
         if value & CONNECTION_BIT != 0 {
             return Source::Connection((value & !CONNECTION_BIT) as u64);
         }
-        let key = (value >> 2) as JobKey;
-        match (key, value & 3) {
+        let key = (value >> 3) as JobKey;
+        match (key, value & 7) {
             (0, 0) => Source::Listener,
             (0, _) => Source::Signals,
             (key, 1) => Source::JobExit(key),
             (key, 2) => Source::JobOutput(key, Stream::Stdout),
-            (key, _) => Source::JobOutput(key, Stream::Stderr),
+            (key, 3) => Source::JobOutput(key, Stream::Stderr),
+            (key, _) => Source::JobInitReport(key),
         }
     }
 }
@@ -60,6 +64,8 @@ mod tests {
             Source::JobExit(1),
             Source::JobOutput(1, Stream::Stdout),
             Source::JobOutput(123_456, Stream::Stderr),
+            Source::JobInitReport(1),
+            Source::JobInitReport(987_654_321),
         ] {
             assert_eq!(Source::from_token(source.token()), source);
         }

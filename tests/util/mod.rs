@@ -105,7 +105,14 @@ impl Server {
     /// As [`Server::start`], with the server started under a soft open-file limit of `soft` (the hard limit
     /// unchanged), as a shell's `ulimit -Sn` would start it.
     pub fn start_with_soft_open_file_limit(pki: &Pki, soft: u64) -> Server {
-        Server::launch(pki, None, &[], &[], Some(soft))
+        let script = format!(r#"ulimit -Sn {soft} && exec "$@""#);
+        Server::launch(pki, None, &[], &[], Some((&[], &script)))
+    }
+
+    /// As [`Server::start`], with the server exec'd at the end of the shell `script` (which ends in
+    /// `exec "$@"`), the shell itself run by the command line `runner` (e.g. `unshare -m`).
+    pub fn start_after(pki: &Pki, runner: &[&str], script: &str, extra: &[&str]) -> Server {
+        Server::launch(pki, None, extra, &[], Some((runner, script)))
     }
 
     fn start_with(pki: &Pki, state_dir: Option<&Path>, extra: &[&str], env: &[(&str, &str)]) -> Server {
@@ -117,17 +124,17 @@ impl Server {
         state_dir: Option<&Path>,
         extra: &[&str],
         env: &[(&str, &str)],
-        soft_open_files: Option<u64>,
+        wrapper: Option<(&[&str], &str)>,
     ) -> Server {
         let scratch = ScratchDir::new("server");
         let state_dir = state_dir.map_or_else(|| scratch.path().join("state"), Path::to_path_buf);
         let log = scratch.path().join("server.log");
         let mut command = server_command(pki, &state_dir);
-        if let Some(soft) = soft_open_files {
-            let mut under_ulimit = Command::new("sh");
-            under_ulimit.args(["-c", r#"ulimit -Sn "$0" && exec "$@""#]).arg(soft.to_string()).arg(BIN);
-            under_ulimit.args(command.get_args());
-            command = under_ulimit;
+        if let Some((runner, script)) = wrapper {
+            let mut wrapped = Command::new(runner.first().copied().unwrap_or("sh"));
+            wrapped.args(runner.iter().skip(1)).args(if runner.is_empty() { &[][..] } else { &["sh"][..] });
+            wrapped.args(["-c", script, "sh", BIN]).args(command.get_args());
+            command = wrapped;
         }
         command
             .args(["--admin", "admin"])
@@ -245,12 +252,17 @@ pub fn process_alive(pid: i32) -> bool {
 
 /// Pids of live processes whose command line starts with `needle`.
 pub fn pids_matching(needle: &str) -> Vec<i32> {
+    pids_where(|cmdline| cmdline.starts_with(needle))
+}
+
+/// Pids of live processes whose command line (arguments joined by spaces) passes `check`.
+pub fn pids_where(check: impl Fn(&str) -> bool) -> Vec<i32> {
     let mut pids = Vec::new();
     for entry in fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
         let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else { continue };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.starts_with(needle) && process_alive(pid) {
+        if check(&cmdline) && process_alive(pid) {
             pids.push(pid);
         }
     }
