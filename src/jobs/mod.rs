@@ -4,7 +4,8 @@
 //! [`Caller`], job id text), answers leave as [`Job`]s, and failures as [`JobError`]s, which the service turns
 //! into wire messages and gRPC statuses. The table is owned by the event loop and changed only through `&mut`
 //! methods. The loop registers a job's pidfd and pipes with the reactor and calls back in here when they are
-//! ready ([`JobTable::drain`], [`JobTable::reap`]) or when a stop's grace period runs out ([`JobTable::kill`]).
+//! ready ([`JobTable::drain`], with the share of the turn's output budget it chooses; [`JobTable::reap`];
+//! [`JobTable::settle_start`]) or when a timer runs out ([`JobTable::kill`], [`JobTable::start_overdue`]).
 
 mod caller;
 mod error;
@@ -23,5 +24,5 @@ pub use id::{JobId, JobKey};
 pub use job::{EndReason, EndState, Job, JobState};
 pub use limits::{LimitField, LimitPolicy, LimitUnit, LIMIT_FIELDS};
 pub use spec::{JobSpec, StartRequest};
-pub use spool::{Drain, OutputCursor, OutputLog, Span, Stream, PIPE_READS_PER_TURN};
+pub use spool::{Drain, Ingested, OutputCursor, OutputLog, Span, Stream, PIPE_CAPACITY};
 pub use table::{Containment, JobTable, JobTableConfig, StartedJob};

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 
 use super::launch::{self, Launcher};
 use super::limits::LimitPolicy;
-use super::spool::{Drain, Spool, Stream, PIPE_READS_PER_TURN};
+use super::spool::{Drain, Ingested, Spool, Stream, PIPE_CAPACITY};
 use super::start::{HalfStarted, Started};
 use super::{Caller, EndReason, Job, JobError, JobId, JobKey, JobSpec, JobState, StartRequest};
 use crate::cgroup::{CgroupRoot, Limits};
@@ -343,9 +343,10 @@ impl JobTable {
             return false;
         }
         count_ended(&mut self.running_by_owner, &job.owner);
-        // Take everything the job wrote before it ended, so a WaitJob answered now reports its full output.
+        // Take everything the job wrote before it ended (at most a full pipe each), so a WaitJob answered now
+        // reports its full output. What a process that escaped the job writes later comes as any output does.
         for stream in [Stream::Stdout, Stream::Stderr] {
-            while self.drain(key, stream, PIPE_READS_PER_TURN) == Drain::More {}
+            self.drain(key, stream, PIPE_CAPACITY);
         }
         if let Some(job) = self.jobs.get_mut(&key) {
             job.wake_waiters();
@@ -353,19 +354,19 @@ impl JobTable {
         true
     }
 
-    /// Moves what a job's pipe holds into its output log, at most `budget` reads (the reactor passes
-    /// [`PIPE_READS_PER_TURN`]).
-    pub fn drain(&mut self, key: JobKey, stream: Stream, budget: usize) -> Drain {
-        let Some(job) = self.jobs.get_mut(&key) else { return Drain::Closed };
-        let Some(fd) = job.pipe(stream) else { return Drain::Closed };
+    /// Moves what a job's pipe holds into its output log, at most `budget` bytes (the loop's share for it).
+    pub fn drain(&mut self, key: JobKey, stream: Stream, budget: usize) -> Ingested {
+        let closed = Ingested { drain: Drain::Closed, bytes: 0 };
+        let Some(job) = self.jobs.get_mut(&key) else { return closed };
+        let Some(fd) = job.pipe(stream) else { return closed };
         let ingested = self.spool.ingest(&mut job.output, &job.id, stream, fd, budget);
         if ingested.drain == Drain::Closed && job.close_pipe(stream) {
             self.spool.finish(&mut job.output);
         }
-        if ingested.appended {
+        if ingested.bytes > 0 {
             self.enforce_output_total();
         }
-        ingested.drain
+        ingested
     }
 
     /// Keeps the output retained across all jobs under `--max-output-total`: first the output of the oldest
@@ -473,26 +474,33 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         for stream in [Stream::Stdout, Stream::Stderr] {
-            while table.drain(key, stream, PIPE_READS_PER_TURN) != Drain::Closed {
+            while table.drain(key, stream, PIPE_CAPACITY).drain != Drain::Closed {
                 assert!(Instant::now() < deadline, "pipe did not close");
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
     }
 
-    /// Like `run_to_end`, but drains the pipes while the job runs, so it can write more than they hold.
+    /// Like `run_to_end`, but drains the pipes while the job runs, so it can write more than they hold, in
+    /// shares of an odd size that no drain may exceed.
     fn run_draining(table: &mut JobTable, key: JobKey) {
         let deadline = Instant::now() + Duration::from_secs(20);
+        let share = 100_003;
+        let mut drain = |table: &mut JobTable, stream| {
+            let ingested = table.drain(key, stream, share);
+            assert!(ingested.bytes <= share as u64, "{} bytes moved on a share of {share}", ingested.bytes);
+            ingested.drain
+        };
         while !table.reap(key) {
             assert!(Instant::now() < deadline, "job did not end");
-            let stdout = table.drain(key, Stream::Stdout, PIPE_READS_PER_TURN);
-            let stderr = table.drain(key, Stream::Stderr, PIPE_READS_PER_TURN);
+            let stdout = drain(table, Stream::Stdout);
+            let stderr = drain(table, Stream::Stderr);
             if stdout != Drain::More && stderr != Drain::More {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
         for stream in [Stream::Stdout, Stream::Stderr] {
-            while table.drain(key, stream, PIPE_READS_PER_TURN) != Drain::Closed {
+            while drain(table, stream) != Drain::Closed {
                 assert!(Instant::now() < deadline, "pipe did not close");
                 std::thread::sleep(Duration::from_millis(1));
             }

@@ -14,7 +14,7 @@ mod source;
 mod state_dir;
 pub mod wire;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -36,7 +36,7 @@ use self::source::Source;
 use self::state_dir::StateDir;
 use self::wire::CallError;
 use crate::isolation;
-use crate::jobs::{Drain, EndReason, JobKey, JobTable, JobTableConfig, StartedJob, Stream, PIPE_READS_PER_TURN};
+use crate::jobs::{Drain, EndReason, JobKey, JobTable, JobTableConfig, StartedJob, Stream};
 use crate::reactor::{TaskId, Timers, WakeQueue};
 use crate::sys;
 use crate::tls::{self, KeySource, TlsError};
@@ -129,6 +129,13 @@ mod limits {
     pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
     /// Tasks polled in one turn before the loop checks for I/O again, so a busy task cannot starve the rest.
     pub const TASK_ROUNDS_PER_TURN: usize = 64;
+    /// Job output moved from pipes into the spool in one turn, shared round-robin among the pipes that have
+    /// some; a job writing faster than its share waits in `write` on its own pipe. Small enough that a turn
+    /// stays short under any number of flooding jobs, large enough that one job with a follower streams at
+    /// full speed (see docs/performance.md).
+    pub const OUTPUT_BYTES_PER_TURN: usize = 2 << 20;
+    /// The most one pipe gets per turn: a full pipe.
+    pub const OUTPUT_BYTES_PER_PIPE: usize = crate::jobs::PIPE_CAPACITY;
 }
 
 /// Timer events. Each is checked when it fires: a job may have ended, a call finished, a connection closed.
@@ -176,6 +183,36 @@ enum Lifecycle {
     Closing,
 }
 
+/// A queue of job pipes, each at most once: readiness is edge-triggered, so a pipe is queued when output
+/// arrives and leaves the queue once it was found empty.
+#[derive(Default)]
+struct ReadyPipes {
+    order: VecDeque<(JobKey, Stream)>,
+    queued: HashSet<(JobKey, Stream)>,
+}
+
+impl ReadyPipes {
+    fn push(&mut self, key: JobKey, stream: Stream) {
+        if self.queued.insert((key, stream)) {
+            self.order.push_back((key, stream));
+        }
+    }
+
+    fn pop(&mut self) -> Option<(JobKey, Stream)> {
+        let pipe = self.order.pop_front()?;
+        self.queued.remove(&pipe);
+        Some(pipe)
+    }
+
+    fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
 struct Server {
     poll: MioPoll,
     listener: Option<TcpListener>,
@@ -188,8 +225,8 @@ struct Server {
     queue: Arc<WakeQueue>,
     timers: Timers<TimerEvent>,
     jobs: JobTable,
-    /// Pipes whose read budget ran out with data left; drained again next turn.
-    pending_drains: Vec<(JobKey, Stream)>,
+    /// Job pipes that may hold output, in the order they get their next share of a turn's output budget.
+    ready_pipes: ReadyPipes,
     /// What calls asked of the loop while they were polled (see [`Effect`]).
     effects: Vec<Effect>,
     shutdown_waiters: Vec<Waker>,
@@ -262,7 +299,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         queue: Arc::new(WakeQueue::default()),
         timers: Timers::default(),
         jobs,
-        pending_drains: Vec::new(),
+        ready_pipes: ReadyPipes::default(),
         effects: Vec::new(),
         shutdown_waiters: Vec::new(),
         lifecycle: Lifecycle::Serving,
@@ -283,7 +320,7 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         loop {
             let now = Instant::now();
-            let timeout = if !self.queue.is_empty() || !self.pending_drains.is_empty() {
+            let timeout = if !self.queue.is_empty() || !self.ready_pipes.is_empty() {
                 Some(Duration::ZERO)
             } else {
                 self.timers.next_timeout(now)
@@ -296,9 +333,7 @@ impl Server {
             for event in events.iter() {
                 self.dispatch(Source::from_token(event.token()));
             }
-            for (key, stream) in std::mem::take(&mut self.pending_drains) {
-                self.drain(key, stream);
-            }
+            self.ingest_output();
             let now = Instant::now();
             while let Some(event) = self.timers.pop_due(now) {
                 self.fire(event);
@@ -320,16 +355,32 @@ impl Server {
                 }
             }
             Source::JobExit(key) => {
-                self.jobs.reap(key);
+                if self.jobs.reap(key) {
+                    // The reap took what the pipes held at the end; whatever comes after is read as usual.
+                    self.ready_pipes.push(key, Stream::Stdout);
+                    self.ready_pipes.push(key, Stream::Stderr);
+                }
             }
-            Source::JobOutput(key, stream) => self.drain(key, stream),
+            Source::JobOutput(key, stream) => self.ready_pipes.push(key, stream),
             Source::JobInitReport(key) => self.jobs.settle_start(key),
         }
     }
 
-    fn drain(&mut self, key: JobKey, stream: Stream) {
-        if self.jobs.drain(key, stream, PIPE_READS_PER_TURN) == Drain::More {
-            self.pending_drains.push((key, stream));
+    /// Moves job output into the spool: each ready pipe in turn gets a share, until the turn's budget is
+    /// spent or every pipe has had one. A pipe left with data waits at the back of the queue; a job that
+    /// writes faster than that blocks in `write` (back-pressure), and nothing is dropped.
+    fn ingest_output(&mut self) {
+        let mut budget = limits::OUTPUT_BYTES_PER_TURN;
+        for _ in 0..self.ready_pipes.len() {
+            if budget == 0 {
+                break;
+            }
+            let Some((key, stream)) = self.ready_pipes.pop() else { break };
+            let ingested = self.jobs.drain(key, stream, budget.min(limits::OUTPUT_BYTES_PER_PIPE));
+            budget = budget.saturating_sub(ingested.bytes as usize);
+            if ingested.drain == Drain::More {
+                self.ready_pipes.push(key, stream);
+            }
         }
     }
 

@@ -49,7 +49,7 @@ pub struct OutputPipe {
 
 /// Pipe buffer size asked for with `F_SETPIPE_SZ`: 1 MiB (the unprivileged maximum by default) lets a fast
 /// writer hand over more per wakeup than the default 64 KiB, and so move more per second.
-const PIPE_SIZE: libc::c_int = 1 << 20;
+pub const PIPE_SIZE: usize = 1 << 20;
 
 /// Makes a close-on-exec pipe with a non-blocking read end and a blocking write end (jobs expect blocking stdout).
 pub fn output_pipe() -> io::Result<OutputPipe> {
@@ -60,7 +60,7 @@ pub fn output_pipe() -> io::Result<OutputPipe> {
     let flags = syscall!(fcntl(read.as_raw_fd(), libc::F_GETFL))?;
     syscall!(fcntl(read.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK))?;
     // A smaller pipe still works; the size is only a throughput optimisation.
-    let _ = syscall!(fcntl(read.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE));
+    let _ = syscall!(fcntl(read.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int));
     Ok(OutputPipe { read, write })
 }
 
@@ -84,7 +84,7 @@ pub fn relay_pipe() -> io::Result<OutputPipe> {
     // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
     let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     // As large as a job's pipe, so one move can take all it holds; a smaller relay only means more moves.
-    let _ = syscall!(fcntl(read.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE));
+    let _ = syscall!(fcntl(read.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int));
     Ok(OutputPipe { read, write })
 }
 

@@ -315,6 +315,100 @@ fn list(values: &[f64], decimals: usize) -> String {
     values.iter().map(|v| format!("{v:.decimals$}")).collect::<Vec<_>>().join(" ")
 }
 
+/// Percentiles of latencies in milliseconds: p50, p99, max.
+fn percentiles(values: &mut [f64]) -> (f64, f64, f64) {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let at = |q: f64| values[((values.len() - 1) as f64 * q) as usize];
+    (at(0.5), at(0.99), at(1.0))
+}
+
+/// What a second identity sees while `flooders` jobs of the first write output as fast as they can, nobody
+/// reading it: GetJob on its own job every 5 ms and a StartJob every 50 ms (each over its own kept-open
+/// connection) for `seconds`.
+struct FloodProbe {
+    /// Round trips in milliseconds.
+    get_job: Vec<f64>,
+    start_job: Vec<f64>,
+    /// The server's CPU time and its time runnable but waiting for a CPU (`/proc/PID/schedstat`), in seconds.
+    server_cpu: f64,
+    server_waiting: f64,
+}
+
+/// The first two fields of `/proc/PID/schedstat`: time on a CPU, time waiting for one (nanoseconds).
+fn schedstat(pid: i32) -> (u64, u64) {
+    let stat = fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap();
+    let mut fields = stat.split_whitespace().map(|f| f.parse().unwrap());
+    (fields.next().unwrap(), fields.next().unwrap())
+}
+
+fn probe_under_flood(pki: &Pki, flooders: usize, seconds: u64) -> FloodProbe {
+    // At the retention cap from the first seconds on, as on a long-running server.
+    let server = Server::start(pki, &["--max-output-total", "2G"]);
+    let mut flood = server.client("alice");
+    let jobs: Vec<Job> = (0..flooders).map(|_| start(&mut flood, "cat", &["/dev/zero"])).collect();
+    let mut probe = server.client("bob");
+    let own = start(&mut probe, "sleep", &["600"]);
+    let starter_settings = server.settings("bob");
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = Arc::clone(&stop);
+    let starter = std::thread::spawn(move || {
+        let mut client = Client::connect(&starter_settings).unwrap();
+        let mut round_trips = Vec::new();
+        while !stopped.load(Ordering::Relaxed) {
+            let begun = Instant::now();
+            let job = start(&mut client, "/bin/true", &[]);
+            round_trips.push(begun.elapsed().as_secs_f64() * 1e3);
+            let _: Job = client.unary(path::WAIT_JOB, &WaitJobRequest { job_id: job.id }, None).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        round_trips
+    });
+    let mut get_job = Vec::new();
+    let (cpu_before, waiting_before) = schedstat(server.pid());
+    let until = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < until {
+        let begun = Instant::now();
+        let _: Job = probe.unary(path::GET_JOB, &GetJobRequest { job_id: own.id.clone() }, None).unwrap();
+        get_job.push(begun.elapsed().as_secs_f64() * 1e3);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (cpu_after, waiting_after) = schedstat(server.pid());
+    stop.store(true, Ordering::Relaxed);
+    let start_job = starter.join().unwrap();
+    drop(jobs);
+    FloodProbe {
+        get_job,
+        start_job,
+        server_cpu: (cpu_after - cpu_before) as f64 / 1e9,
+        server_waiting: (waiting_after - waiting_before) as f64 / 1e9,
+    }
+}
+
+/// The probe idle, and with 4 and 16 jobs flooding output: GetJob and StartJob p50/p99/max.
+fn flood_figures(pki: &Pki) {
+    println!("a second identity's calls while the first's jobs flood output nobody reads (--max-output-total 2G)");
+    let mut idle_start_p99 = 0.0;
+    for flooders in [0, 4, 16] {
+        let mut run = probe_under_flood(pki, flooders, 10);
+        let (g50, g99, gmax) = percentiles(&mut run.get_job);
+        let (s50, s99, smax) = percentiles(&mut run.start_job);
+        if flooders == 0 {
+            idle_start_p99 = s99;
+        }
+        let label = if flooders == 0 { "idle (baseline)".to_string() } else { format!("{flooders} flooding jobs") };
+        println!(
+            "  {label:16} GetJob p50 {g50:6.2} p99 {g99:7.2} max {gmax:7.1} ms ({} calls); \
+             StartJob p50 {s50:6.2} p99 {s99:7.2} max {smax:7.1} ms ({:.1}x idle p99); \
+             server CPU {:.1} s, waiting for a CPU {:.1} s",
+            run.get_job.len(),
+            s99 / idle_start_p99,
+            run.server_cpu,
+            run.server_waiting
+        );
+    }
+    println!("  (goals under flood: GetJob p99 <= 10 ms, max <= 50 ms; StartJob p99 <= 3x idle)");
+}
+
 fn main() {
     // `cargo test --all-targets` runs bench targets in test mode; the figures only make sense in a real run.
     if !std::env::args().any(|a| a == "--bench") {
@@ -325,6 +419,11 @@ fn main() {
     // As `runnel client` does: the bench's in-process client should stream like the command line's.
     runnel::sys::retain_freed_memory();
     let pki = Pki::new();
+    // `RUNNEL_BENCH=flood make bench`: only the flood figures, for quick A/B work.
+    if std::env::var("RUNNEL_BENCH").as_deref() == Ok("flood") {
+        flood_figures(&pki);
+        return;
+    }
     // Start from a quiet disk: what an earlier run (or anything else) left dirty would otherwise be written back
     // during this one's measurements (creating a job's directories took 2.4 times as long under writeback).
     Command::new("sync").status().unwrap();
@@ -500,4 +599,6 @@ fn main() {
         rss_before as f64 / 1024.0,
         peak as f64 / 1024.0
     );
+
+    flood_figures(&pki);
 }

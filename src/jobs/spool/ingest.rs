@@ -1,7 +1,7 @@
 //! How a job's output gets from its pipe into its spool file: `splice(2)` through a relay pipe, so no byte passes
 //! through user memory and the job's pipe lock is held only briefly, or `read` + `write` where the state
-//! directory's file system cannot splice. Either way consecutive pieces are gathered into one record, and a read
-//! budget per call keeps one flooding job from starving the loop.
+//! directory's file system cannot splice. Either way consecutive pieces are gathered into one record, and each
+//! call moves at most the byte budget it is given, so the loop decides how much of a turn output may take.
 
 use std::fmt;
 use std::io;
@@ -27,16 +27,15 @@ pub(in crate::jobs) enum Ingest {
     Read,
 }
 
-/// Reads from one pipe per readiness event before yielding to other work, so one flooding job cannot starve
-/// the loop; the loop comes back for the rest.
-pub const PIPE_READS_PER_TURN: usize = 16;
+/// The most a job's pipe holds: what was in it when the job ended is at most this.
+pub const PIPE_CAPACITY: usize = sys::PIPE_SIZE;
 
 /// The outcome of draining a pipe.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum Drain {
     /// The pipe is empty for now.
     Empty,
-    /// The read budget ran out with data left: call again soon.
+    /// The byte budget ran out, maybe with data left: call again soon.
     More,
     /// End of file: the pipe is closed.
     Closed,
@@ -88,7 +87,7 @@ impl Destination<'_> {
 }
 
 impl Ingester {
-    /// Moves what the pipe `fd` holds to `to`, at most `budget` reads.
+    /// Moves what the pipe `fd` holds to `to`, at most `budget` bytes (at least 1).
     pub fn ingest(&mut self, mut to: Destination<'_>, fd: RawFd, budget: usize) -> Drain {
         if self.mode == Ingest::Splice && self.relay.is_none() {
             match sys::relay_pipe() {
@@ -123,8 +122,9 @@ impl Ingester {
                     self.read_buf = vec![0; RECORD_HEADER_LEN + PIPE_READ_BYTES];
                 }
                 if let (true, Some(relay)) = (rescue, self.relay.as_ref()) {
-                    // Bytes taken from the job's pipe but not into the file are in the relay: they come first.
-                    read_pipe(&mut to, relay.read.as_raw_fd(), usize::MAX, &mut self.read_buf);
+                    // Bytes taken from the job's pipe but not into the file are in the relay (at most a full
+                    // relay): they come first, whatever the budget.
+                    read_pipe(&mut to, relay.read.as_raw_fd(), PIPE_CAPACITY, &mut self.read_buf);
                 }
                 read_pipe(&mut to, fd, budget, &mut self.read_buf)
             }
@@ -132,7 +132,7 @@ impl Ingester {
     }
 }
 
-/// Splices what the pipe `fd` holds to `to`, at most `budget` moves, consecutive ones into one record (up
+/// Splices what the pipe `fd` holds to `to`, at most `budget` bytes, consecutive moves into one record (up
 /// to [`SPLICE_RECORD_BYTES`]).
 ///
 /// Each move goes through `relay`: first from the job's pipe into the relay, which only moves page references
@@ -145,9 +145,10 @@ impl Ingester {
 fn splice_pipe(to: &mut Destination<'_>, fd: RawFd, relay: &sys::OutputPipe, budget: usize) -> io::Result<Drain> {
     let mut target = None;
     let mut filled = 0;
+    let mut left = budget;
     let mut result = Drain::More;
-    for _ in 0..budget {
-        match sys::splice_to_pipe(fd, relay.write.as_raw_fd(), SPLICE_RECORD_BYTES - filled) {
+    while left > 0 {
+        match sys::splice_to_pipe(fd, relay.write.as_raw_fd(), (SPLICE_RECORD_BYTES - filled).min(left)) {
             Ok(Some(0)) => result = Drain::Closed,
             Ok(Some(n)) => {
                 // Only output that exists gets a place in a segment: a silent job creates no file.
@@ -164,6 +165,7 @@ fn splice_pipe(to: &mut Destination<'_>, fd: RawFd, relay: &sys::OutputPipe, bud
                 let at = data_at + filled as u64;
                 let (moved, error) = relay_to_file(relay.read.as_raw_fd(), file, at, n);
                 filled += moved;
+                left -= n;
                 if let Some(err) = error {
                     to.commit_spliced(filled)?;
                     return Err(err);
@@ -201,17 +203,22 @@ fn relay_to_file(relay: RawFd, file: RawFd, at: u64, len: usize) -> (usize, Opti
     (moved, None)
 }
 
-/// Reads what the pipe `fd` holds to `to` with `read`, at most `budget` calls, consecutive reads gathered
+/// Reads what the pipe `fd` holds to `to` with `read`, at most `budget` bytes, consecutive reads gathered
 /// into one record of up to `buf`'s size (which starts with room for the record header).
 fn read_pipe(to: &mut Destination<'_>, fd: RawFd, budget: usize, buf: &mut [u8]) -> Drain {
     // Consecutive reads are gathered into one record (up to the buffer's size): a job writing in small
     // pieces then costs one spool write and one output chunk per buffer, not per `write` it made.
     let mut filled = 0;
+    let mut left = budget;
     let mut result = Drain::More;
-    for _ in 0..budget {
-        match sys::read_nonblocking(fd, &mut buf[RECORD_HEADER_LEN + filled..]) {
+    while left > 0 {
+        let room = (buf.len() - RECORD_HEADER_LEN - filled).min(left);
+        match sys::read_nonblocking(fd, &mut buf[RECORD_HEADER_LEN + filled..][..room]) {
             Ok(Some(0)) => result = Drain::Closed,
-            Ok(Some(n)) => filled += n,
+            Ok(Some(n)) => {
+                filled += n;
+                left -= n;
+            }
             Ok(None) => result = Drain::Empty,
             Err(err) => {
                 log::error!("job {}: cannot read its {:?} pipe: {err}", to.job, to.stream);

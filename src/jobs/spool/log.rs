@@ -24,7 +24,7 @@ use std::task::Waker;
 use super::spares::SpareSegments;
 
 /// Which of the job's streams a byte came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Stream {
     Stdout,
     Stderr,

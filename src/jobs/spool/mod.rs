@@ -10,7 +10,7 @@ mod ingest;
 mod log;
 mod spares;
 
-pub use self::ingest::{Drain, PIPE_READS_PER_TURN};
+pub use self::ingest::{Drain, PIPE_CAPACITY};
 pub use self::log::{OutputCursor, OutputLog, Span, Stream};
 
 use std::fmt;
@@ -24,12 +24,12 @@ use self::ingest::{Destination, Ingester};
 use self::spares::SpareSegments;
 
 /// What one [`Spool::ingest`] did.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub struct Ingested {
     /// Where the pipe stands.
     pub drain: Drain,
-    /// Whether any output arrived.
-    pub appended: bool,
+    /// Output bytes that arrived.
+    pub bytes: u64,
 }
 
 /// Every job's output log and what they share.
@@ -67,7 +67,7 @@ impl Spool {
         self.retained_total > self.max_total
     }
 
-    /// Moves what the pipe `fd` holds into `log` as `stream` output of `job`, at most `budget` reads, and wakes
+    /// Moves what the pipe `fd` holds into `log` as `stream` output of `job`, at most `budget` bytes, and wakes
     /// the log's readers if anything arrived. The log's own cap applies at once; the total cap is the caller's
     /// to enforce (see [`Self::is_over_total`]), since which job's output goes first is the job table's rule.
     pub fn ingest(
@@ -82,11 +82,11 @@ impl Spool {
         let drain = self.counted(log, |log, spares, ingester| {
             ingester.ingest(Destination { log, spares, job, stream }, fd, budget)
         });
-        let appended = log.end() != end_before;
-        if appended {
+        let bytes = log.end() - end_before;
+        if bytes > 0 {
             log.wake_readers();
         }
-        Ingested { drain, appended }
+        Ingested { drain, bytes }
     }
 
     /// Marks `log` complete (its job's pipes are closed) and gives back the disk blocks it reserved ahead.
