@@ -486,7 +486,7 @@ mod tests {
     fn run_draining(table: &mut JobTable, key: JobKey) {
         let deadline = Instant::now() + Duration::from_secs(20);
         let share = 100_003;
-        let mut drain = |table: &mut JobTable, stream| {
+        let drain = |table: &mut JobTable, stream| {
             let ingested = table.drain(key, stream, share);
             assert!(ingested.bytes <= share as u64, "{} bytes moved on a share of {share}", ingested.bytes);
             ingested.drain
