@@ -391,3 +391,30 @@ fn run_reports_the_jobs_end_when_the_server_shuts_down_under_it() {
     // The WaitJob `run` sent before streaming is answered although the server refuses new calls by then.
     assert_eq!(output.status.code(), Some(128 + SIGTERM), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+#[test]
+fn the_janitor_removes_an_evicted_jobs_files_and_dies_with_the_server() {
+    let pki = Pki::new();
+    let mut server = Server::start(&pki, &["--max-jobs", "1"]);
+    let trash = server.state_dir.join("trash");
+    let trash_text = trash.to_str().unwrap().to_string();
+    let janitors = || util::pids_where(|cmdline| cmdline.contains(" __janitor ") && cmdline.contains(&trash_text));
+    assert_eq!(janitors().len(), 1, "one janitor per server: {:?}", janitors());
+    let janitor = janitors()[0];
+
+    // A job leaves output and a working directory full of files; the next start evicts it.
+    let mut client = server.client("alice");
+    let first = start(&mut client, "mkdir -p a/b && for i in $(seq 200); do echo $i > a/b/$i; done; echo done");
+    let _: Job = client.unary(path::WAIT_JOB, &WaitJobRequest { job_id: first.id.clone() }, TIMEOUT).unwrap();
+    let (work, output) =
+        (server.state_dir.join("work").join(&first.id), server.state_dir.join("output").join(&first.id));
+    assert!(work.join("a/b/200").exists() && output.exists());
+    let _second = start(&mut client, "true");
+    assert!(!work.exists() && !output.exists(), "the evicted job's files are moved out at once");
+    let trash_empty = || std::fs::read_dir(&trash).map(|d| d.count() == 0).unwrap_or(false);
+    assert!(eventually(Duration::from_secs(10), trash_empty), "the janitor left the trash full");
+    assert!(server.log_text().contains(&format!("janitor started: pid {janitor}")), "{}", server.log_text());
+
+    server.stop_with(SIGKILL, Duration::from_secs(10));
+    assert!(eventually(Duration::from_secs(5), || !process_alive(janitor)), "the janitor outlived the server");
+}

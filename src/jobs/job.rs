@@ -76,8 +76,8 @@ pub struct Job {
     pub(super) cgroup: Option<JobCgroup>,
     pub(super) final_usage: Option<FinalUsage>,
     pub(super) waiters: Vec<Waker>,
-    /// A working directory the server made for the job: held for its `Drop`, which removes it with the job.
-    pub(super) _own_work_dir: Option<OwnWorkDir>,
+    /// A working directory the server made for the job, removed with it.
+    pub(super) own_work_dir: Option<OwnWorkDir>,
 }
 
 impl Job {

@@ -10,6 +10,7 @@
 mod caller;
 mod error;
 mod id;
+pub mod janitor;
 mod job;
 mod launch;
 mod limits;

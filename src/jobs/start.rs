@@ -107,8 +107,9 @@ impl Drop for HalfStarted<'_> {
     }
 }
 
-/// A working directory the server made for a job: removed, with whatever the job left in it, when dropped (the
-/// job evicted, the server shutting down, or the start failing).
+/// A working directory the server made for a job: removed, with whatever the job left in it, when dropped (a
+/// start failing before the job ran, when it is still empty), or handed to the janitor with
+/// [`OwnWorkDir::into_path`] (the job evicted, the server shutting down).
 #[derive(Debug)]
 pub(super) struct OwnWorkDir(PathBuf);
 
@@ -126,6 +127,12 @@ impl OwnWorkDir {
 
     pub fn path(&self) -> &Path {
         &self.0
+    }
+
+    /// The directory, no longer removed when this is dropped: for a caller that removes it another way.
+    pub fn into_path(self) -> PathBuf {
+        let mut kept = std::mem::ManuallyDrop::new(self);
+        std::mem::take(&mut kept.0)
     }
 }
 

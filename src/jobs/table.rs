@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::task::{Poll, Waker};
 use std::time::SystemTime;
 
+use super::janitor::Janitor;
 use super::launch::{self, Launcher};
 use super::limits::LimitPolicy;
 use super::spool::{Drain, Ingested, Spool, Stream, PIPE_CAPACITY};
@@ -29,6 +30,9 @@ pub struct JobTableConfig {
     pub max_request_bytes: usize,
     pub max_output_bytes: u64,
     pub max_output_total: u64,
+    /// The server's own executable, to start the janitor from (see `jobs::janitor`); `None`: files are removed
+    /// on the loop.
+    pub janitor_executable: Option<PathBuf>,
 }
 
 /// How jobs are contained on this host, decided once at server startup.
@@ -82,7 +86,8 @@ impl JobTable {
         // own directory, but not list it.
         fs::DirBuilder::new().mode(0o711).create(&work_dir)?;
         fs::set_permissions(&work_dir, fs::Permissions::from_mode(0o711))?;
-        let spool = Spool::create(&config.state_dir, config.max_output_bytes, config.max_output_total)?;
+        let janitor = Janitor::start(config.state_dir.join("trash"), config.janitor_executable.as_deref())?;
+        let spool = Spool::create(&config.state_dir, config.max_output_bytes, config.max_output_total, janitor)?;
         Ok(JobTable {
             config,
             jobs: BTreeMap::new(),
@@ -191,7 +196,7 @@ impl JobTable {
             cgroup,
             final_usage: None,
             waiters: Vec::new(),
-            _own_work_dir: own_work_dir,
+            own_work_dir,
         };
         log::info!("job {id} launched for {owner}: pid {}, {:?}", job.pid, job.command);
         *self.running_by_owner.entry(owner.to_string()).or_default() += 1;
@@ -272,8 +277,8 @@ impl JobTable {
         if let (Some(cgroups), Some(cgroup)) = (self.containment.cgroups.as_mut(), job.cgroup.take()) {
             cgroups.remove_job(cgroup);
         }
-        self.spool.remove(&mut job.output);
         job.wake_waiters();
+        self.remove_files(job);
         self.start_failures.push_back((key, error));
         while self.start_failures.len() > self.config.max_jobs {
             self.start_failures.pop_front();
@@ -395,11 +400,10 @@ impl JobTable {
     fn evict_ended(&mut self, keep: usize) {
         while self.jobs.len() > keep {
             let Some(key) = self.jobs.values().find(|j| j.is_ended()).map(|j| j.key) else { return };
-            let mut job = self.jobs.remove(&key).expect("present");
+            let job = self.jobs.remove(&key).expect("present");
             self.by_id.remove(&job.id);
             log::debug!("evicting ended job {}", job.id);
-            // Its output goes now; its working directory as the job is dropped.
-            self.spool.remove(&mut job.output);
+            self.remove_files(job);
         }
     }
 
@@ -413,12 +417,21 @@ impl JobTable {
         self.containment.cgroups.take()
     }
 
-    /// Deletes every job's files (server shutdown, after every job ended).
+    /// Deletes every job's files (server shutdown, after every job ended), and waits until they are gone.
     pub fn remove_all(&mut self) {
-        for mut job in std::mem::take(&mut self.jobs).into_values() {
-            self.spool.remove(&mut job.output);
+        for job in std::mem::take(&mut self.jobs).into_values() {
+            self.remove_files(job);
         }
         self.by_id.clear();
+        self.spool.finish_removals();
+    }
+
+    /// Hands a job's output and working directory to the janitor.
+    fn remove_files(&mut self, mut job: Job) {
+        self.spool.remove(&mut job.output);
+        if let Some(dir) = job.own_work_dir.take() {
+            self.spool.dispose(&dir.into_path());
+        }
     }
 }
 
@@ -454,6 +467,7 @@ mod tests {
             max_request_bytes: 64 * 1024,
             max_output_bytes: per_job,
             max_output_total: total,
+            janitor_executable: None,
         };
         let containment = Containment { limits_unavailable: Some("test host".into()), ..Default::default() };
         (JobTable::new(config, containment).unwrap(), state_dir)

@@ -261,6 +261,8 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
             max_request_bytes: config.max_request_bytes,
             max_output_bytes: config.max_output_bytes,
             max_output_total: config.max_output_total,
+            // The running executable, even if its file was replaced or removed since.
+            janitor_executable: Some(PathBuf::from("/proc/self/exe")),
         },
         containment,
     )

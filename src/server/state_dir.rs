@@ -12,7 +12,7 @@ use crate::sys;
 
 const LOCK_FILE: &str = "runnel.lock";
 /// Subdirectories the job table creates; removed at startup (a crashed predecessor's) and at shutdown.
-const JOB_DIRS: [&str; 3] = ["output", "spare", "work"];
+const JOB_DIRS: [&str; 4] = ["output", "spare", "work", "trash"];
 
 pub struct StateDir {
     path: PathBuf,

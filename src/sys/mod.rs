@@ -76,6 +76,51 @@ pub fn read_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> 
     }
 }
 
+/// Writes `bytes` to `fd` without blocking: `Ok(None)` when the pipe is full (`EAGAIN`).
+pub fn write_nonblocking(fd: RawFd, bytes: &[u8]) -> io::Result<Option<usize>> {
+    loop {
+        match syscall!(write(fd, bytes.as_ptr().cast(), bytes.len())) {
+            Ok(n) => return Ok(Some(n as usize)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The pipe to a helper process the server starts: a blocking read end for the helper's stdin, and a
+/// non-blocking write end the server keeps. Both close-on-exec (the spawn makes the read end the helper's 0).
+pub fn helper_pipe() -> io::Result<OutputPipe> {
+    let mut fds = [0 as RawFd; 2];
+    syscall!(pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC))?;
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let flags = syscall!(fcntl(write.as_raw_fd(), libc::F_GETFL))?;
+    syscall!(fcntl(write.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK))?;
+    Ok(OutputPipe { read, write })
+}
+
+/// Makes the process `command` starts die with the server (`PR_SET_PDEATHSIG(SIGKILL)`), for helper processes.
+pub fn die_with_parent(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getpid is async-signal-safe; it runs before the fork.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the closure runs in the child between fork and exec, and makes only async-signal-safe system
+    // calls (prctl, getppid), allocating nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The server died before the signal was armed: nothing would kill us later.
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A pipe whose two ends the server keeps, both non-blocking: the relay through which job output is spliced
 /// into spool files (see [`splice_to_pipe`]).
 pub fn relay_pipe() -> io::Result<OutputPipe> {

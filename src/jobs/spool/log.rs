@@ -417,11 +417,7 @@ impl OutputLog {
             spares.settle(segment.lent);
             spares.keep_or_delete(&self.segment_path(segment.index), segment.blocks_to);
         }
-        if let Err(err) = fs::remove_dir_all(&self.dir) {
-            if err.kind() != io::ErrorKind::NotFound {
-                log::warn!("cannot remove output spool {}: {err}", self.dir.display());
-            }
-        }
+        spares.dispose(&self.dir);
     }
 }
 
@@ -455,7 +451,9 @@ mod tests {
         fn new(name: &str, retention: u64) -> TestLog {
             let root = ScratchDir::new(&format!("output-{name}"));
             let log = OutputLog::create(root.join("log"), retention).unwrap();
-            let spares = SpareSegments::create(root.join("spare"), 1 << 30).unwrap();
+            let spares =
+                SpareSegments::create(root.join("spare"), 1 << 30, crate::jobs::janitor::Janitor::in_place(&root))
+                    .unwrap();
             TestLog { log, spares, root }
         }
 

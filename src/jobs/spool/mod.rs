@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use self::ingest::{Destination, Ingester};
 use self::spares::SpareSegments;
+use super::janitor::Janitor;
 
 /// What one [`Spool::ingest`] did.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -48,12 +49,12 @@ pub struct Spool {
 
 impl Spool {
     /// Creates `STATE/output` and `STATE/spare` (neither may exist yet) for logs of at most `max_per_log` bytes
-    /// each and `max_total` together.
-    pub fn create(state_dir: &Path, max_per_log: u64, max_total: u64) -> io::Result<Spool> {
+    /// each and `max_total` together, with `janitor` to remove what they no longer keep.
+    pub fn create(state_dir: &Path, max_per_log: u64, max_total: u64, janitor: Janitor) -> io::Result<Spool> {
         let dir = state_dir.join("output");
         // Output is the server's alone.
         fs::DirBuilder::new().mode(0o700).create(&dir)?;
-        let spares = SpareSegments::create(state_dir.join("spare"), max_total / 4)?;
+        let spares = SpareSegments::create(state_dir.join("spare"), max_total / 4, janitor)?;
         Ok(Spool { dir, max_per_log, max_total, retained_total: 0, spares, ingester: Ingester::default() })
     }
 
@@ -102,6 +103,16 @@ impl Spool {
     /// Deletes `log` and its directory (job evicted, or server shutdown).
     pub fn remove(&mut self, log: &mut OutputLog) {
         self.counted(log, |log, spares, _| log.remove(spares));
+    }
+
+    /// Removes `path`, a file or a directory tree (a job's working directory), off the event loop.
+    pub fn dispose(&mut self, path: &Path) {
+        self.spares.dispose(path);
+    }
+
+    /// Waits until everything disposed of is gone (server shutdown, after [`Self::remove`] of every log).
+    pub fn finish_removals(&mut self) {
+        self.spares.finish_removals();
     }
 
     /// Runs a change to `log`, keeping the retained total up to date.

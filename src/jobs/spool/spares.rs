@@ -24,6 +24,8 @@ use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
+use crate::jobs::janitor::Janitor;
+
 /// How many discarded segment files are kept for reuse: a roll takes one as a discard gives one back, so a
 /// couple covers a server at its caps.
 pub const SPARE_FILES: usize = 2;
@@ -40,6 +42,8 @@ pub struct SpareSegments {
     /// Bytes of spares taken whose segments have not yet filled up or ended.
     lent: u64,
     max_bytes: u64,
+    /// Where the segments that are not kept go (off the event loop).
+    janitor: Janitor,
 }
 
 #[derive(Debug)]
@@ -50,14 +54,25 @@ struct Spare {
 }
 
 impl SpareSegments {
-    /// Creates the spare directory `dir` (which must not exist yet); spares will hold at most `max_bytes`.
-    pub fn create(dir: PathBuf, max_bytes: u64) -> io::Result<SpareSegments> {
+    /// Creates the spare directory `dir` (which must not exist yet); spares will hold at most `max_bytes`, and
+    /// `janitor` removes the rest.
+    pub fn create(dir: PathBuf, max_bytes: u64, janitor: Janitor) -> io::Result<SpareSegments> {
         fs::DirBuilder::new().mode(0o700).create(&dir)?;
-        Ok(SpareSegments { dir, spares: Vec::new(), next_name: 0, lent: 0, max_bytes })
+        Ok(SpareSegments { dir, spares: Vec::new(), next_name: 0, lent: 0, max_bytes, janitor })
+    }
+
+    /// Removes `path`, a file or a directory tree, through the janitor.
+    pub fn dispose(&mut self, path: &Path) {
+        self.janitor.remove(path);
+    }
+
+    /// Waits for the janitor to finish (server shutdown).
+    pub fn finish_removals(&mut self) {
+        self.janitor.finish();
     }
 
     /// Takes over the discarded segment file at `path`, `len` bytes long, as a spare if there is room for it;
-    /// deletes it otherwise.
+    /// has the janitor delete it otherwise.
     pub fn keep_or_delete(&mut self, path: &Path, len: u64) {
         let room = self.spares.len() < SPARE_FILES && self.bytes() + self.lent + len <= self.max_bytes;
         if len >= MIN_SPARE_BYTES && room {
@@ -71,9 +86,7 @@ impl SpareSegments {
                 Err(err) => log::debug!("cannot keep {} as a spare segment: {err}", path.display()),
             }
         }
-        if let Err(err) = fs::remove_file(path) {
-            log::warn!("cannot remove output segment {}: {err}", path.display());
-        }
+        self.janitor.remove(path);
     }
 
     /// Moves the largest spare to `path` and opens it for writing over: the file and its size, or `None` when
@@ -93,7 +106,7 @@ impl SpareSegments {
             }
             Err(err) => {
                 log::warn!("cannot reuse spare segment {}: {err}", spare.path.display());
-                let _ = fs::remove_file(&spare.path);
+                self.janitor.remove(&spare.path);
                 None
             }
         }
@@ -126,7 +139,7 @@ mod tests {
     #[test]
     fn keeps_big_discarded_files_up_to_its_count_and_hands_out_the_largest() {
         let scratch = ScratchDir::new("spares");
-        let mut spares = SpareSegments::create(scratch.join("spare"), 1 << 30).unwrap();
+        let mut spares = SpareSegments::create(scratch.join("spare"), 1 << 30, Janitor::in_place(&scratch)).unwrap();
         let small = segment(&scratch, "small", MIN_SPARE_BYTES - 1);
         spares.keep_or_delete(&small, MIN_SPARE_BYTES - 1);
         assert!(!small.exists(), "a small segment is deleted");
@@ -150,7 +163,7 @@ mod tests {
     #[test]
     fn spares_and_what_is_lent_stay_within_the_byte_limit() {
         let scratch = ScratchDir::new("spares");
-        let mut spares = SpareSegments::create(scratch.join("spare"), 5 << 20).unwrap();
+        let mut spares = SpareSegments::create(scratch.join("spare"), 5 << 20, Janitor::in_place(&scratch)).unwrap();
         spares.keep_or_delete(&segment(&scratch, "a", 3 << 20), 3 << 20);
         let (_, lent) = spares.take(&scratch.join("written-over")).unwrap();
         let refused = segment(&scratch, "b", 3 << 20);
