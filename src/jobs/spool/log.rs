@@ -12,6 +12,13 @@
 //! every log's writes): a segment's records end where the log
 //! says, not where its file ends. Readers hold an [`OutputCursor`] with their own open segment file; one whose
 //! offset fell behind [`OutputLog::start`] jumps forward before it reads again, never reading a discarded file.
+//!
+//! A reader that starts at an arbitrary offset must find the record holding it. Each segment keeps a sparse
+//! index in memory: the logical offset and file position of the first record header at or past every
+//! [`INDEX_STRIDE`] bytes of the file. Opening at an offset is then one binary search and one `pread` of at
+//! most a stride, whose headers are walked in memory, however small the records the job wrote (walking the
+//! headers one `pread` each took 19.5 s for 50 readers near the end of 37 MB written in tiny pieces). The index
+//! costs 16 bytes per stride of retained output: 2 MiB for 8 GiB.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -54,6 +61,9 @@ pub const RECORD_HEADER_LEN: usize = 5;
 const MIN_SEGMENT_BYTES: u64 = 64 * 1024;
 const MAX_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
+/// File bytes between two points of a segment's index (see the module documentation).
+const INDEX_STRIDE: u64 = 64 * 1024;
+
 /// Disk blocks are reserved ahead of the writer in steps this large, once the segment being written holds at
 /// least this much (see [`OutputLog::reserve_blocks`]): a job that writes little never reserves anything.
 /// Reservations stop at the segment's limit, so a segment that fills up has nothing left to give back.
@@ -74,6 +84,15 @@ struct Segment {
     /// The size of the spare this segment is written over, until it is settled with the spares (see
     /// [`SpareSegments::settle`]); 0 for a new file.
     lent: u64,
+    /// The sparse index: (logical offset, file position) of the first record header at or past every
+    /// [`INDEX_STRIDE`] bytes of the file, the first record's included.
+    index_points: Vec<(u64, u64)>,
+}
+
+impl Segment {
+    fn new(index: u64, start: u64, blocks_to: u64, lent: u64) -> Segment {
+        Segment { index, start, len: 0, file_len: 0, blocks_to, lent, index_points: Vec::new() }
+    }
 }
 
 /// One job's spooled output.
@@ -220,6 +239,10 @@ impl OutputLog {
     /// Accounts for a record of `len` data bytes just written at the end of the current segment.
     fn recorded(&mut self, spares: &mut SpareSegments, len: usize) {
         let segment = self.segments.back_mut().expect("rolled");
+        let next_point = segment.index_points.last().map_or(0, |&(_, position)| position + INDEX_STRIDE);
+        if segment.file_len >= next_point {
+            segment.index_points.push((self.end, segment.file_len));
+        }
         segment.len += len as u64;
         segment.file_len += (RECORD_HEADER_LEN + len) as u64;
         segment.blocks_to = segment.blocks_to.max(segment.file_len);
@@ -294,7 +317,7 @@ impl OutputLog {
         };
         self.next_index += 1;
         self.writer = Some(file);
-        self.segments.push_back(Segment { index, start: self.end, len: 0, file_len: 0, blocks_to, lent });
+        self.segments.push_back(Segment::new(index, self.end, blocks_to, lent));
         Ok(())
     }
 
@@ -382,31 +405,39 @@ impl OutputLog {
         self.segments.iter().find(|s| s.index == index).map(|s| s.file_len)
     }
 
-    /// Opens the segment holding `cursor.offset` and walks its record headers up to that offset.
+    /// Opens the segment holding `cursor.offset` and finds the record holding it: from the index point at or
+    /// before it, one `pread` of at most a stride and a walk over the headers in memory.
     fn open_at(&self, cursor: &mut OutputCursor) -> io::Result<()> {
+        let offset = cursor.offset;
         let segment = self
             .segments
             .iter()
-            .find(|s| cursor.offset >= s.start && cursor.offset < s.start + s.len)
-            .ok_or_else(|| io::Error::other(format!("no retained segment holds offset {}", cursor.offset)))?;
+            .find(|s| offset >= s.start && offset < s.start + s.len)
+            .ok_or_else(|| io::Error::other(format!("no retained segment holds offset {offset}")))?;
         let file = File::open(self.segment_path(segment.index))?;
-        let mut at =
-            CursorFile { index: segment.index, file, position: 0, record_left: 0, record_stream: Stream::Stdout };
-        let mut logical = segment.start;
+        let point = segment.index_points.partition_point(|&(logical, _)| logical <= offset);
+        let (mut logical, from) = segment.index_points[point.checked_sub(1).expect("the first record is a point")];
+        // Every header from `from` to the record holding `offset` lies within a stride of it: the first header
+        // past the stride would be the next index point.
+        let mut headers = vec![0; (INDEX_STRIDE as usize + RECORD_HEADER_LEN).min((segment.file_len - from) as usize)];
+        file.read_exact_at(&mut headers, from)?;
+        let mut at = 0;
         loop {
-            read_header(&mut at)?;
-            if cursor.offset < logical + at.record_left {
-                let skip = cursor.offset - logical;
-                at.position += skip;
-                at.record_left -= skip;
-                break;
+            let header = headers
+                .get(at..at + RECORD_HEADER_LEN)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "output index points past a record"))?;
+            let record_stream = Stream::from_tag(header[0])?;
+            let record_len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as u64;
+            if offset < logical + record_len {
+                let skip = offset - logical;
+                let position = from + (at + RECORD_HEADER_LEN) as u64 + skip;
+                let record_left = record_len - skip;
+                cursor.file = Some(CursorFile { index: segment.index, file, position, record_left, record_stream });
+                return Ok(());
             }
-            logical += at.record_left;
-            at.position += at.record_left;
-            at.record_left = 0;
+            logical += record_len;
+            at += RECORD_HEADER_LEN + record_len as usize;
         }
-        cursor.file = Some(at);
-        Ok(())
     }
 
     /// Discards every retained segment (into `spares` while they take them) and deletes the spool directory
@@ -509,6 +540,44 @@ mod tests {
         assert!(read_all(log, &mut OutputCursor::new(14), 10).is_empty());
         spool.remove();
         assert!(!spool.root.join("log").exists());
+    }
+
+    #[test]
+    fn opening_at_any_offset_among_tiny_and_huge_records_finds_the_right_byte() {
+        // Segments of 512 KiB (retention / 8): tiny records, then a record longer than a stride, then tiny ones.
+        let mut spool = TestLog::new("index", 4 << 20);
+        let mut expected = Vec::new();
+        let mut append = |spool: &mut TestLog, stream: Stream, data: &[u8]| {
+            spool.append(stream, data);
+            expected.extend(data.iter().map(|&b| (stream, b)));
+        };
+        for i in 0..60_000u32 {
+            let stream = if i % 3 == 0 { Stream::Stderr } else { Stream::Stdout };
+            append(&mut spool, stream, &i.to_le_bytes()[..1 + (i % 3) as usize]);
+        }
+        append(&mut spool, Stream::Stdout, &vec![7u8; 200_000]);
+        for i in 0..20_000u32 {
+            append(&mut spool, Stream::Stderr, &[i as u8]);
+        }
+        let log = &spool.log;
+        assert_eq!(log.end(), expected.len() as u64);
+        assert!(log.segments.len() > 1, "the output spans segments");
+        let points: usize = log.segments.iter().map(|s| s.index_points.len()).sum();
+        let file_bytes: u64 = log.segments.iter().map(|s| s.file_len).sum();
+        assert!(points as u64 <= file_bytes / INDEX_STRIDE + log.segments.len() as u64, "{points} points");
+        // Every offset near a stride boundary, a segment boundary, the huge record, and spread evenly.
+        let mut offsets: Vec<u64> = (0..expected.len() as u64).step_by(997).collect();
+        for segment in &log.segments {
+            offsets.extend(segment.index_points.iter().flat_map(|&(logical, _)| [logical.saturating_sub(1), logical]));
+            offsets.push(segment.start + segment.len - 1);
+        }
+        for offset in offsets {
+            let mut cursor = OutputCursor::new(offset);
+            let span = log.next_span(&mut cursor, 1).unwrap().unwrap();
+            let mut byte = bytes::BytesMut::new();
+            log.read_span(&mut cursor, 1, &mut byte).unwrap();
+            assert_eq!((span.stream, byte[0]), expected[offset as usize], "at offset {offset}");
+        }
     }
 
     #[test]
