@@ -81,8 +81,9 @@ fn start_status_list_wait_stop() {
     assert_eq!(got.state, JobState::Running as i32);
     let listed: ListJobsResponse = alice.unary(path::LIST_JOBS, &ListJobsRequest::default(), None).unwrap();
     assert_eq!(listed.jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), [quick.id.as_str(), &sleeper.id]);
-    let running: ListJobsResponse =
-        alice.unary(path::LIST_JOBS, &ListJobsRequest { states: vec![JobState::Running as i32] }, None).unwrap();
+    let running: ListJobsResponse = alice
+        .unary(path::LIST_JOBS, &ListJobsRequest { states: vec![JobState::Running as i32], ..Default::default() }, None)
+        .unwrap();
     assert_eq!(running.jobs.len(), 1);
 
     let stopped = stop(&mut alice, &sleeper.id, None);
@@ -360,4 +361,60 @@ fn a_second_server_on_the_same_state_dir_is_refused() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(&format!("PID {}", server.pid())), "{stderr}");
+}
+
+fn list_page(client: &mut Client, page_size: u32, page_token: &str) -> Result<ListJobsResponse, CallError> {
+    let request = ListJobsRequest { page_size, page_token: page_token.into(), ..Default::default() };
+    client.unary(path::LIST_JOBS, &request, None)
+}
+
+#[test]
+fn list_jobs_comes_in_pages_by_count_and_by_size_and_the_cli_follows_them() {
+    use prost::Message;
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut alice = server.client("alice");
+    // Seven jobs that each keep 200 KB of arguments: about five fit in a 1 MiB answer.
+    let big = "a".repeat(100_000);
+    let started: Vec<String> = (0..7).map(|_| start(&mut alice, "true", &[&big, &big]).id).collect();
+    let mut pages = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = list_page(&mut alice, 0, &token).unwrap();
+        assert!(page.encoded_len() <= (1 << 20) + 4096, "an answer of {} bytes", page.encoded_len());
+        assert!(!page.jobs.is_empty());
+        pages.push(page.jobs.len());
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert!(pages.len() >= 2 && pages.iter().sum::<usize>() == 7, "pages of {pages:?}");
+
+    // By count: three pages of at most 3, in start order, together all seven.
+    let (mut ids, mut token) = (Vec::new(), String::new());
+    for expected in [3, 3, 1] {
+        let page = list_page(&mut alice, 3, &token).unwrap();
+        assert_eq!(page.jobs.len(), expected);
+        ids.extend(page.jobs.into_iter().map(|j| j.id));
+        token = page.next_page_token;
+    }
+    assert!(token.is_empty());
+    assert_eq!(ids, started);
+
+    let (code, message) = status_of(list_page(&mut alice, 1001, ""));
+    assert_eq!(code, Code::InvalidArgument, "{message}");
+    assert!(message.contains("page_size 1001 is more than the maximum of 1000"), "{message}");
+    let (code, message) = status_of(list_page(&mut alice, 0, "not-a-token"));
+    assert_eq!(code, Code::InvalidArgument, "{message}");
+    assert!(message.contains("page_token \"not-a-token\""), "{message}");
+
+    // The command line follows the pages: more jobs than one default page (100), every one listed.
+    for _ in 0..100 {
+        start(&mut alice, "true", &[]);
+    }
+    let output = server.cli("alice").args(["list", "--json"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let listed = String::from_utf8_lossy(&output.stdout).matches("\"owner\"").count();
+    assert_eq!(listed, 107, "the CLI listed {listed} of 107 jobs");
 }

@@ -216,9 +216,18 @@ impl Command {
                 Ok(0)
             }
             Command::List { states, json } => {
-                let response: ListJobsResponse =
-                    client.unary(path::LIST_JOBS, &ListJobsRequest { states }, None).map_err(call_error)?;
-                print_jobs(&response.jobs, json);
+                // Every page, then one table (or one JSON array).
+                let mut jobs = Vec::new();
+                let mut request = ListJobsRequest { states, ..Default::default() };
+                loop {
+                    let page: ListJobsResponse = client.unary(path::LIST_JOBS, &request, None).map_err(call_error)?;
+                    jobs.extend(page.jobs);
+                    if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    request.page_token = page.next_page_token;
+                }
+                print_jobs(&jobs, json);
                 Ok(0)
             }
             Command::Logs { id, offset, follow } => {

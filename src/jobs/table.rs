@@ -124,10 +124,18 @@ impl JobTable {
             .ok_or_else(|| JobError::UnknownJob(id.to_string()))
     }
 
-    /// The jobs `caller` may see, oldest first, in one of `states` (empty = all).
-    pub fn list<'a>(&'a self, caller: &'a Caller, states: &'a [JobState]) -> impl Iterator<Item = &'a Job> + 'a {
+    /// The jobs `caller` may see, oldest first, in one of `states` (empty = all), started after the job with
+    /// key `after` (`None`: from the oldest; the job itself need not exist any more).
+    pub fn list<'a>(
+        &'a self,
+        caller: &'a Caller,
+        states: &'a [JobState],
+        after: Option<JobKey>,
+    ) -> impl Iterator<Item = &'a Job> + 'a {
+        let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
         self.jobs
-            .values()
+            .range((from, std::ops::Bound::Unbounded))
+            .map(|(_, job)| job)
             .filter(move |job| Self::visible(caller, job))
             .filter(move |job| states.is_empty() || states.contains(&job.state()))
     }
@@ -630,7 +638,7 @@ mod tests {
         assert!(matches!(table.start("a", missing_dir), Err(JobError::WorkingDirUnusable { .. })));
         assert_eq!(fs::read_dir(dir.join("output")).unwrap().count(), 0);
         assert_eq!(fs::read_dir(dir.join("work")).unwrap().count(), 0);
-        assert!(table.list(&Caller { identity: "a".into(), admin: true }, &[]).next().is_none());
+        assert!(table.list(&Caller { identity: "a".into(), admin: true }, &[], None).next().is_none());
     }
 
     #[test]
@@ -652,8 +660,11 @@ mod tests {
         assert_eq!(table.find(&alice, &id).unwrap(), a.key);
         assert!(matches!(table.find(&bob, &id), Err(JobError::UnknownJob(_))));
         assert_eq!(table.find(&admin, &id).unwrap(), a.key);
-        assert_eq!(table.list(&bob, &[]).count(), 1);
-        assert_eq!(table.list(&admin, &[]).count(), 3);
+        assert_eq!(table.list(&bob, &[], None).count(), 1);
+        assert_eq!(table.list(&admin, &[], None).count(), 3);
+        let keys: Vec<JobKey> = table.list(&admin, &[], None).map(|j| j.key).collect();
+        let after_first: Vec<JobKey> = table.list(&admin, &[], Some(keys[0])).map(|j| j.key).collect();
+        assert_eq!(after_first, keys[1..], "a page starts after the key it is given");
 
         for key in table.running_jobs().collect::<Vec<_>>() {
             table.request_stop(key, EndReason::Stopped);

@@ -13,7 +13,7 @@ use prost::Message;
 use super::follower::Follower;
 use super::wire::{self, CallError};
 use crate::grpc::{encode_message, path};
-use crate::jobs::{Caller, EndReason, JobError, JobKey, JobTable, StartedJob};
+use crate::jobs::{Caller, EndReason, Job, JobError, JobKey, JobTable, StartedJob};
 use crate::proto::health::{health_check_response::ServingStatus, HealthCheckRequest, HealthCheckResponse};
 use crate::proto::{
     GetJobRequest, ListJobsRequest, ListJobsResponse, StartJobRequest, StopJobRequest, StreamOutputRequest,
@@ -116,6 +116,26 @@ fn check_health_service(request: &HealthCheckRequest) -> Result<(), CallError> {
     }
 }
 
+/// One page of `jobs`: at most `size` of them, stopping short of [`wire::MAX_PAGE_BYTES`], with the token for
+/// the next page if any job is left.
+fn list_page<'a>(jobs: impl Iterator<Item = &'a Job>, size: usize) -> ListJobsResponse {
+    let mut page = ListJobsResponse::default();
+    let mut bytes = 0;
+    let mut last = None;
+    for job in jobs {
+        let message = wire::job(job);
+        let len = message.encoded_len();
+        if page.jobs.len() == size || (!page.jobs.is_empty() && bytes + len > wire::MAX_PAGE_BYTES) {
+            page.next_page_token = wire::page_token(last.expect("a job before this one"));
+            break;
+        }
+        bytes += len;
+        last = Some(job.key);
+        page.jobs.push(message);
+    }
+    page
+}
+
 /// Runs `method` for `caller` (or the reason the connection has no identity) on `body`, one whole request
 /// message.
 pub fn dispatch(
@@ -157,8 +177,8 @@ pub fn dispatch(
         Method::ListJobs => {
             let request: ListJobsRequest = decode(body)?;
             let states = wire::states(&request.states)?;
-            let jobs = ctx.jobs.list(caller(), &states).map(wire::job).collect();
-            Action::Reply(encode_message(&ListJobsResponse { jobs }))
+            let page = wire::page(request.page_size, &request.page_token)?;
+            Action::Reply(encode_message(&list_page(ctx.jobs.list(caller(), &states, page.after), page.size)))
         }
         Method::WaitJob => {
             let request: WaitJobRequest = decode(body)?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::admission::ConnectionCap;
 use crate::cgroup::{Limits, Usage};
 use crate::grpc::{Code, FramingError, Status};
-use crate::jobs::{clip, EndReason, Job, JobError, JobState, StartRequest, Stream};
+use crate::jobs::{clip, EndReason, Job, JobError, JobKey, JobState, StartRequest, Stream};
 use crate::proto;
 use crate::sys::ExitStatus;
 
@@ -138,6 +138,50 @@ pub fn states(values: &[i32]) -> Result<Vec<JobState>, CallError> {
             }
         })
         .collect()
+}
+
+/// Jobs in a ListJobs answer when the request sets no page size, and the most it may ask for.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// A ListJobs answer stops before its jobs take more than this (one job, however large, always fits).
+pub const MAX_PAGE_BYTES: usize = 1 << 20;
+
+/// Which page of jobs a ListJobs asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub size: usize,
+    /// The page starts after this job.
+    pub after: Option<JobKey>,
+}
+
+/// The page a ListJobs request asks for. A token is the key of the last job of the previous page, which
+/// stays meaningful when that job is evicted (keys are never reused).
+pub fn page(page_size: u32, page_token: &str) -> Result<Page, CallError> {
+    let size = match page_size as usize {
+        0 => DEFAULT_PAGE_SIZE,
+        size if size > MAX_PAGE_SIZE => {
+            return Err(CallError::InvalidField(format!(
+                "page_size {size} is more than the maximum of {MAX_PAGE_SIZE}"
+            )))
+        }
+        size => size,
+    };
+    let after = match page_token {
+        "" => None,
+        token => Some(token.parse::<JobKey>().map_err(|_| {
+            CallError::InvalidField(format!(
+                "page_token {:?} is not one this server gave: pass a ListJobs answer's next_page_token, or none",
+                clip(token)
+            ))
+        })?),
+    };
+    Ok(Page { size, after })
+}
+
+/// The token that asks for the page after the job with key `last`.
+pub fn page_token(last: JobKey) -> String {
+    last.to_string()
 }
 
 /// A StopJob's grace period, if it sets one.

@@ -275,23 +275,53 @@ def test_env_and_working_dir(alice):
         assert out == f"bar baz|{os.path.realpath(wd)}|"
 
 
+def list_all(stub, **fields):
+    """Every job ListJobs gives, following next_page_token."""
+    jobs, token = [], ""
+    while True:
+        page = stub.ListJobs(pb.ListJobsRequest(page_token=token, **fields), timeout=TIMEOUT)
+        jobs.extend(page.jobs)
+        if not page.next_page_token:
+            return jobs
+        token = page.next_page_token
+
+
+def test_list_jobs_pages(alice):
+    started = [start(alice, "true").id for _ in range(5)]
+    ids, token, sizes = [], "", []
+    while True:
+        page = alice.ListJobs(pb.ListJobsRequest(page_size=2, page_token=token), timeout=TIMEOUT)
+        assert len(page.jobs) <= 2
+        sizes.append(len(page.jobs))
+        ids.extend(j.id for j in page.jobs)
+        if not page.next_page_token:
+            break
+        token = page.next_page_token
+    assert ids[-5:] == started, "pages continue in start order"
+    assert len(sizes) >= 3
+    with pytest.raises(grpc.RpcError) as err:
+        alice.ListJobs(pb.ListJobsRequest(page_token="garbage"), timeout=TIMEOUT)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "page_token" in err.value.details()
+
+
 def test_list_jobs(alice):
     ended = start(alice, "true")
     alice.WaitJob(pb.WaitJobRequest(job_id=ended.id), timeout=TIMEOUT)
     running = start(alice, "sleep", "60")
     try:
-        jobs = alice.ListJobs(pb.ListJobsRequest(), timeout=TIMEOUT).jobs
+        jobs = list_all(alice)
         ids = [j.id for j in jobs]
         assert ended.id in ids and running.id in ids
         assert ids.index(ended.id) < ids.index(running.id), "ListJobs must be in start order"
         assert all(j.owner == "alice" for j in jobs)
 
-        only_running = alice.ListJobs(pb.ListJobsRequest(states=[pb.JOB_STATE_RUNNING]), timeout=TIMEOUT).jobs
+        only_running = list_all(alice, states=[pb.JOB_STATE_RUNNING])
         assert running.id in [j.id for j in only_running]
         assert ended.id not in [j.id for j in only_running]
         assert all(j.state == pb.JOB_STATE_RUNNING for j in only_running)
 
-        only_exited = alice.ListJobs(pb.ListJobsRequest(states=[pb.JOB_STATE_EXITED]), timeout=TIMEOUT).jobs
+        only_exited = list_all(alice, states=[pb.JOB_STATE_EXITED])
         assert ended.id in [j.id for j in only_exited]
         assert running.id not in [j.id for j in only_exited]
     finally:
@@ -438,15 +468,15 @@ def test_authorization(alice, bob, admin):
                      pb.StreamOutputRequest(job_id=job.id))
 
         bobs = start(bob, "true")
-        bob_ids = [j.id for j in bob.ListJobs(pb.ListJobsRequest(), timeout=TIMEOUT).jobs]
+        bob_ids = [j.id for j in list_all(bob)]
         assert bobs.id in bob_ids
         assert job.id not in bob_ids
-        assert all(j.owner == "bob" for j in bob.ListJobs(pb.ListJobsRequest(), timeout=TIMEOUT).jobs)
-        assert bobs.id not in [j.id for j in alice.ListJobs(pb.ListJobsRequest(), timeout=TIMEOUT).jobs]
+        assert all(j.owner == "bob" for j in list_all(bob))
+        assert bobs.id not in [j.id for j in list_all(alice)]
 
         seen = admin.GetJob(pb.GetJobRequest(job_id=job.id), timeout=TIMEOUT)
         assert seen.owner == "alice" and seen.state == pb.JOB_STATE_RUNNING
-        admin_ids = [j.id for j in admin.ListJobs(pb.ListJobsRequest(), timeout=TIMEOUT).jobs]
+        admin_ids = [j.id for j in list_all(admin)]
         assert job.id in admin_ids and bobs.id in admin_ids
 
         # The job is untouched by bob's attempt to stop it; admin may stop it.
