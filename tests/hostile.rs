@@ -209,3 +209,66 @@ fn starts_whose_init_hangs_freeze_nobody_and_fail_at_the_init_deadline() {
     let hung_inits = || util::pids_where(|cmdline| cmdline.starts_with("runnel __init ") && cmdline.contains(&hung));
     assert!(eventually(Duration::from_secs(5), || hung_inits().is_empty()), "inits left: {:?}", hung_inits());
 }
+
+#[test]
+fn an_identity_over_its_call_or_follower_cap_is_told_which_flag_and_others_are_not() {
+    use runnel::proto::{OutputChunk, StreamOutputRequest, WaitJobRequest};
+    let pki = Pki::new();
+    let server = Server::start(&pki, &["--max-calls-per-client", "4", "--max-followers-per-client", "2"]);
+    let mut alice = server.client("alice");
+    let sleeper = StartJobRequest { command: "sleep".into(), args: vec!["60".into()], ..Default::default() };
+    let job: Job = alice.unary(path::START_JOB, &sleeper, None).unwrap();
+    let follow = StreamOutputRequest { job_id: job.id.clone(), offset: 0, follow: true };
+    // Two followers, each on its own connection: the cap counts across connections.
+    let mut followers: Vec<_> = (0..2)
+        .map(|_| {
+            let mut client = server.client("alice");
+            let stream = client.start_call(path::STREAM_OUTPUT, &follow, None).unwrap();
+            (client, stream)
+        })
+        .collect();
+    // A refusal comes as the response's headers (trailers only) or, later, as its end.
+    let first_error = |client: &mut Client, request: &StreamOutputRequest, timeout| -> Status {
+        let result = client
+            .start_call(path::STREAM_OUTPUT, request, timeout)
+            .and_then(|mut stream| client.next_message::<OutputChunk>(&mut stream));
+        status(result.unwrap_err())
+    };
+    let refused = first_error(&mut server.client("alice"), &follow, None);
+    assert_eq!(refused.code, Code::ResourceExhausted, "{refused}");
+    assert!(refused.message.contains("alice already streams output on 2 calls"), "{refused}");
+    assert!(refused.message.contains("(--max-followers-per-client)"), "{refused}");
+
+    // Two WaitJobs make four calls in flight; a fifth call of any kind is refused, naming its flag.
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let (settings, wait) = (server.settings("alice"), WaitJobRequest { job_id: job.id.clone() });
+            std::thread::spawn(move || Client::connect(&settings).unwrap().unary::<_, Job>(path::WAIT_JOB, &wait, None))
+        })
+        .collect();
+    // The calls arrive in order on separate connections: wait until the server counts all four.
+    std::thread::sleep(Duration::from_millis(300));
+    let refused =
+        status(alice.unary::<_, Job>(path::GET_JOB, &GetJobRequest { job_id: job.id.clone() }, None).unwrap_err());
+    assert_eq!(refused.code, Code::ResourceExhausted, "{refused}");
+    assert!(refused.message.contains("(--max-calls-per-client)"), "{refused}");
+    // Another identity is not held back.
+    let mut bob = server.client("bob");
+    let _: HealthCheckResponse = bob.unary(path::HEALTH_CHECK, &HealthCheckRequest::default(), None).unwrap();
+
+    // Ending a call gives its places back (a follower is a call too).
+    followers.pop();
+    assert!(
+        eventually(Duration::from_secs(5), || alice
+            .unary::<_, Job>(path::GET_JOB, &GetJobRequest { job_id: job.id.clone() }, None)
+            .is_ok()),
+        "alice's call count was not given back"
+    );
+    let ended = first_error(&mut server.client("alice"), &follow, Some(Duration::from_millis(500)));
+    assert_eq!(ended.code, Code::DeadlineExceeded, "a follower is allowed again, until its deadline: {ended}");
+    let stop = runnel::proto::StopJobRequest { job_id: job.id.clone(), grace_period: None };
+    let _: Job = alice.unary(path::STOP_JOB, &stop, None).unwrap();
+    for wait in waiting {
+        assert_eq!(wait.join().unwrap().unwrap().id, job.id);
+    }
+}

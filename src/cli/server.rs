@@ -29,6 +29,8 @@ Serves the runnel job API over mutual TLS (TLS 1.3, client certificate required)
                                  else $XDG_RUNTIME_DIR/runnel or /tmp/runnel-UID]; removed at shutdown
   --max-connections N            established client connections at once [default: 4096]
   --max-connections-per-client N established connections at once per identity [default: 64]
+  --max-calls-per-client N       calls in flight at once per identity, on all its connections [default: 1024]
+  --max-followers-per-client N   StreamOutput calls in flight at once per identity [default: 64]
   --max-jobs N                   jobs retained, running and ended [default: 10000]
   --max-running-per-client N     running jobs per identity [default: 1000]
   --max-job-request SIZE         command, args, env and working dir of one job together [default: 256K]
@@ -83,6 +85,8 @@ struct RawFlags {
     state_dir: Option<PathBuf>,
     max_connections: Option<usize>,
     max_connections_per_client: Option<usize>,
+    max_calls_per_client: Option<usize>,
+    max_followers_per_client: Option<usize>,
     max_jobs: Option<usize>,
     max_running_per_client: Option<usize>,
     max_job_request: Option<u64>,
@@ -124,6 +128,8 @@ impl RawFlags {
             state_dir: args.opt_value_from_str("--state-dir")?,
             max_connections: args.opt_value_from_str("--max-connections")?,
             max_connections_per_client: args.opt_value_from_str("--max-connections-per-client")?,
+            max_calls_per_client: args.opt_value_from_str("--max-calls-per-client")?,
+            max_followers_per_client: args.opt_value_from_str("--max-followers-per-client")?,
             max_jobs: args.opt_value_from_str("--max-jobs")?,
             max_running_per_client: args.opt_value_from_str("--max-running-per-client")?,
             max_job_request: args.opt_value_from_fn("--max-job-request", parse_size)?,
@@ -175,6 +181,11 @@ impl RawFlags {
                  the first",
             ));
         }
+        let max_calls_per_client = self.max_calls_per_client.unwrap_or(1024);
+        let max_followers_per_client = self.max_followers_per_client.unwrap_or(64);
+        if max_calls_per_client == 0 || max_followers_per_client == 0 {
+            return Err(CliError::usage("--max-calls-per-client and --max-followers-per-client must be at least 1"));
+        }
         let max_jobs = self.max_jobs.unwrap_or(10_000);
         let max_running_per_client = self.max_running_per_client.unwrap_or(1_000);
         if max_jobs == 0 || max_running_per_client == 0 {
@@ -198,6 +209,8 @@ impl RawFlags {
             admins: self.admins,
             max_connections,
             max_connections_per_client,
+            max_calls_per_client,
+            max_followers_per_client,
             state_dir: self.state_dir.unwrap_or_else(default_state_dir),
             max_jobs,
             max_running_per_client,

@@ -7,7 +7,11 @@
 //! client that completes its handshake promptly is never the one closed unless hundreds of newer connections
 //! arrive while it handshakes. After the TLS handshake the client has an identity, and established
 //! connections are capped in all (`--max-connections`) and per identity (`--max-connections-per-client`); a
-//! connection over either cap answers its calls RESOURCE_EXHAUSTED, naming the flag, and is closed.
+//! connection over either cap answers its calls RESOURCE_EXHAUSTED, naming the flag, and is closed. An identity's
+//! calls in flight (`--max-calls-per-client`) and its StreamOutput calls among them (`--max-followers-per-client`)
+//! are capped across all its connections: each holds server memory (a follower up to h2's send buffer), and
+//! without the caps one identity's connections times 256 streams could hold a great deal of it. A call over a
+//! cap is answered RESOURCE_EXHAUSTED, naming the flag; the connection goes on.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -39,18 +43,59 @@ impl fmt::Display for ConnectionCap {
     }
 }
 
-/// Established connections, counted in all and per identity.
+/// A cap a call was refused for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallCap {
+    /// The identity has `--max-calls-per-client` calls in flight.
+    Calls { identity: String, max: usize },
+    /// The identity has `--max-followers-per-client` StreamOutput calls in flight.
+    Followers { identity: String, max: usize },
+}
+
+impl fmt::Display for CallCap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallCap::Calls { identity, max } => write!(
+                f,
+                "{identity} already has {max} calls in flight, the server's limit (--max-calls-per-client); wait \
+                 for some to finish"
+            ),
+            CallCap::Followers { identity, max } => write!(
+                f,
+                "{identity} already streams output on {max} calls, the server's limit (--max-followers-per-client); \
+                 end some first"
+            ),
+        }
+    }
+}
+
+/// The per-identity caps, and what the server's connections and calls hold against them.
 #[derive(Debug)]
 pub struct Admission {
     max_connections: usize,
-    max_per_client: usize,
     established: usize,
-    by_identity: HashMap<String, usize>,
+    connections: PerIdentity,
+    calls: PerIdentity,
+    followers: PerIdentity,
+}
+
+/// The caps on what one identity holds at once.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientCaps {
+    pub connections: usize,
+    pub calls: usize,
+    pub followers: usize,
 }
 
 impl Admission {
-    pub fn new(max_connections: usize, max_per_client: usize) -> Self {
-        Admission { max_connections, max_per_client, established: 0, by_identity: HashMap::new() }
+    pub fn new(max_connections: usize, per_client: ClientCaps) -> Self {
+        Admission {
+            max_connections,
+            established: 0,
+            connections: PerIdentity::new(per_client.connections),
+            calls: PerIdentity::new(per_client.calls),
+            followers: PerIdentity::new(per_client.followers),
+        }
     }
 
     /// A connection finished its TLS handshake as `caller` (or without an identity): counts it, or says which
@@ -60,11 +105,9 @@ impl Admission {
             return Err(ConnectionCap::Total { max: self.max_connections });
         }
         if let Ok(caller) = caller {
-            let held = self.by_identity.get(&caller.identity).copied().unwrap_or(0);
-            if held >= self.max_per_client {
-                return Err(ConnectionCap::PerClient { identity: caller.identity.clone(), max: self.max_per_client });
-            }
-            self.by_identity.insert(caller.identity.clone(), held + 1);
+            self.connections
+                .take(&caller.identity)
+                .map_err(|max| ConnectionCap::PerClient { identity: caller.identity.clone(), max })?;
         }
         self.established += 1;
         Ok(())
@@ -74,11 +117,58 @@ impl Admission {
     pub fn release(&mut self, caller: &Result<Caller, String>) {
         self.established -= 1;
         if let Ok(caller) = caller {
-            if let Some(held) = self.by_identity.get_mut(&caller.identity) {
-                *held -= 1;
-                if *held == 0 {
-                    self.by_identity.remove(&caller.identity);
-                }
+            self.connections.give_back(&caller.identity);
+        }
+    }
+
+    /// A call arrived from `identity`: counts it, or says it is over the cap.
+    pub fn admit_call(&mut self, identity: &str) -> Result<(), CallCap> {
+        self.calls.take(identity).map_err(|max| CallCap::Calls { identity: identity.to_string(), max })
+    }
+
+    /// A counted call ended.
+    pub fn release_call(&mut self, identity: &str) {
+        self.calls.give_back(identity);
+    }
+
+    /// A call from `identity` is about to stream output: counts it, or says it is over the cap.
+    pub fn admit_follower(&mut self, identity: &str) -> Result<(), CallCap> {
+        self.followers.take(identity).map_err(|max| CallCap::Followers { identity: identity.to_string(), max })
+    }
+
+    /// A counted follower ended.
+    pub fn release_follower(&mut self, identity: &str) {
+        self.followers.give_back(identity);
+    }
+}
+
+/// A count per identity, under a cap; identities holding nothing take no room.
+#[derive(Debug)]
+struct PerIdentity {
+    max: usize,
+    held: HashMap<String, usize>,
+}
+
+impl PerIdentity {
+    fn new(max: usize) -> Self {
+        PerIdentity { max, held: HashMap::new() }
+    }
+
+    /// One more for `identity`, or the cap it is at.
+    fn take(&mut self, identity: &str) -> Result<(), usize> {
+        let held = self.held.get(identity).copied().unwrap_or(0);
+        if held >= self.max {
+            return Err(self.max);
+        }
+        self.held.insert(identity.to_string(), held + 1);
+        Ok(())
+    }
+
+    fn give_back(&mut self, identity: &str) {
+        if let Some(held) = self.held.get_mut(identity) {
+            *held -= 1;
+            if *held == 0 {
+                self.held.remove(identity);
             }
         }
     }
@@ -107,7 +197,7 @@ mod tests {
 
     #[test]
     fn caps_count_established_connections_in_all_and_per_identity() {
-        let mut admission = Admission::new(3, 2);
+        let mut admission = Admission::new(3, ClientCaps { connections: 2, calls: 2, followers: 1 });
         assert_eq!(admission.admit(&caller("alice")), Ok(()));
         assert_eq!(admission.admit(&caller("alice")), Ok(()));
         let over = admission.admit(&caller("alice")).unwrap_err();
@@ -119,7 +209,31 @@ mod tests {
         assert!(over.to_string().contains("--max-connections)"), "{over}");
         admission.release(&caller("alice"));
         assert_eq!(admission.admit(&caller("bob")), Ok(()), "a closed connection makes room");
-        assert_eq!(admission.by_identity.get("alice"), Some(&1));
+        assert_eq!(admission.connections.held.get("alice"), Some(&1));
+    }
+
+    #[test]
+    fn calls_and_followers_are_capped_per_identity_and_given_back() {
+        let mut admission = Admission::new(3, ClientCaps { connections: 2, calls: 2, followers: 1 });
+        assert_eq!(admission.admit_call("alice"), Ok(()));
+        assert_eq!(admission.admit_call("alice"), Ok(()));
+        let over = admission.admit_call("alice").unwrap_err();
+        assert_eq!(over, CallCap::Calls { identity: "alice".into(), max: 2 });
+        assert!(over.to_string().contains("(--max-calls-per-client)"), "{over}");
+        assert_eq!(admission.admit_call("bob"), Ok(()), "another identity has its own count");
+        admission.release_call("alice");
+        assert_eq!(admission.admit_call("alice"), Ok(()));
+        assert_eq!(admission.admit_follower("alice"), Ok(()));
+        let over = admission.admit_follower("alice").unwrap_err();
+        assert!(over.to_string().contains("(--max-followers-per-client)"), "{over}");
+        admission.release_follower("alice");
+        assert_eq!(admission.admit_follower("alice"), Ok(()));
+        for _ in 0..2 {
+            admission.release_call("alice");
+        }
+        admission.release_call("bob");
+        admission.release_follower("alice");
+        assert!(admission.calls.held.is_empty() && admission.followers.held.is_empty(), "nothing left counted");
     }
 
     #[test]

@@ -9,13 +9,26 @@ use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::RecvStream;
 
+use super::admission::Admission;
 use super::follower::{FollowEnd, Follower};
+use super::limits;
 use super::service::{self, Action, Method, ServiceContext};
 use super::wire::{self, CallError};
 use crate::grpc::{self, encode_message, MessageDecoder, Responder, Status};
 use crate::jobs::{Caller, JobKey};
 use crate::proto::health::{health_check_response::ServingStatus, HealthCheckResponse};
 use crate::reactor;
+
+/// What the calls of one connection hold of requests that have not fully arrived, under
+/// `limits::REQUEST_BYTES_PER_CONNECTION`. Past it a call stops giving HTTP/2 flow-control capacity back, so the
+/// client's windows close and it can send no more until a request completes or a call ends: a connection holds
+/// at most the budget plus its receive window, however many streams it opens.
+#[derive(Debug, Default)]
+pub struct RequestBudget {
+    held: usize,
+    /// Calls waiting for room to give capacity back.
+    waiting: Vec<Waker>,
+}
 
 pub struct Call {
     method: Option<Method>,
@@ -28,6 +41,12 @@ pub struct Call {
     phase: Phase,
     /// A reason to refuse the call found before it was first polled (e.g. a malformed header).
     refusal: Option<CallError>,
+    /// Counted among its identity's calls in flight (`Admission::admit_call`).
+    holds_call_slot: bool,
+    /// Request bytes this call holds in the connection's [`RequestBudget`].
+    request_bytes: usize,
+    /// Request bytes received whose flow-control capacity has not been given back yet.
+    unreleased: usize,
     /// This call's own task waker, made once.
     pub waker: Waker,
 }
@@ -57,8 +76,32 @@ impl Call {
             response: Responder::new(respond),
             phase: Phase::ReadRequest,
             refusal: None,
+            holds_call_slot: false,
+            request_bytes: 0,
+            unreleased: 0,
             waker,
         }
+    }
+
+    /// Counts the call among its identity's calls in flight, or refuses it over the cap.
+    pub fn admit(&mut self, admission: &mut Admission) {
+        let Ok(caller) = &self.caller else { return };
+        match admission.admit_call(&caller.identity) {
+            Ok(()) => self.holds_call_slot = true,
+            Err(cap) => self.refuse(CallError::OverCallCap(cap)),
+        }
+    }
+
+    /// Gives back what the call held: its place among its identity's calls and followers, and its request
+    /// bytes. Called once, as the call is removed.
+    pub fn release(&mut self, admission: &mut Admission, requests: &mut RequestBudget) {
+        if let (true, Ok(caller)) = (std::mem::take(&mut self.holds_call_slot), &self.caller) {
+            admission.release_call(&caller.identity);
+            if self.is_follower() {
+                admission.release_follower(&caller.identity);
+            }
+        }
+        self.give_back_request_bytes(requests);
     }
 
     /// Makes the call end with `error` when it is first polled.
@@ -71,15 +114,20 @@ impl Call {
         matches!(self.phase, Phase::Follow(_))
     }
 
-    /// Moves the call forward. `Ready(())` when it is finished and can be dropped.
-    pub fn poll(&mut self, cx: &mut Context<'_>, ctx: &mut ServiceContext<'_>) -> Poll<()> {
+    /// Moves the call forward. `Ready(())` when it is finished: remove it, then [`Self::release`] it.
+    pub fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        ctx: &mut ServiceContext<'_>,
+        requests: &mut RequestBudget,
+    ) -> Poll<()> {
         let Some(method) = self.method else { return self.fail(CallError::UnknownMethod) };
         if let Some(error) = self.refusal.take() {
             return self.fail(error);
         }
         loop {
             match &mut self.phase {
-                Phase::ReadRequest => match self.read_request(cx) {
+                Phase::ReadRequest => match self.read_request(cx, requests) {
                     Poll::Ready(Ok(body)) => {
                         match service::dispatch(method, &self.caller, &body, ctx) {
                             Ok(Action::Reply(message)) => return self.reply(message),
@@ -136,12 +184,32 @@ impl Call {
     }
 
     /// Reads the single request message. `Err(None)` means the client reset the stream.
-    fn read_request(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, Option<CallError>>> {
+    fn read_request(
+        &mut self,
+        cx: &mut Context<'_>,
+        requests: &mut RequestBudget,
+    ) -> Poll<Result<Bytes, Option<CallError>>> {
+        let read = self.read_request_bytes(cx, requests);
+        if read.is_ready() {
+            self.give_back_request_bytes(requests);
+        }
+        read
+    }
+
+    fn read_request_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        requests: &mut RequestBudget,
+    ) -> Poll<Result<Bytes, Option<CallError>>> {
+        self.release_capacity_within(cx, requests);
         loop {
             match self.body.poll_data(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(chunk))) => {
-                    let _ = self.body.flow_control().release_capacity(chunk.len());
+                    self.request_bytes += chunk.len();
+                    requests.held += chunk.len();
+                    self.unreleased += chunk.len();
+                    self.release_capacity_within(cx, requests);
                     self.decoder.push(chunk);
                     match self.decoder.next_message() {
                         Ok(None) => {}
@@ -157,6 +225,33 @@ impl Call {
                         (_, left) => Err(Some(CallError::IncompleteRequest(left))),
                     });
                 }
+            }
+        }
+    }
+
+    /// Gives the client back the flow-control capacity of what arrived, while the connection's request bytes are
+    /// within budget; otherwise waits for room.
+    fn release_capacity_within(&mut self, cx: &mut Context<'_>, requests: &mut RequestBudget) {
+        if self.unreleased == 0 {
+            return;
+        }
+        if requests.held <= limits::REQUEST_BYTES_PER_CONNECTION {
+            let _ = self.body.flow_control().release_capacity(std::mem::take(&mut self.unreleased));
+        } else {
+            reactor::remember_waker(&mut requests.waiting, cx.waker());
+        }
+    }
+
+    /// The request is complete (or the call is over): its bytes leave the budget, and the calls waiting for room
+    /// are woken.
+    fn give_back_request_bytes(&mut self, requests: &mut RequestBudget) {
+        if self.unreleased > 0 {
+            let _ = self.body.flow_control().release_capacity(std::mem::take(&mut self.unreleased));
+        }
+        if self.request_bytes > 0 {
+            requests.held -= std::mem::take(&mut self.request_bytes);
+            for waker in requests.waiting.drain(..) {
+                waker.wake();
             }
         }
     }

@@ -16,7 +16,7 @@ use mio::net::TcpStream;
 use rustls::ServerConnection;
 
 use super::admission::{Admission, ConnectionCap};
-use super::call::Call;
+use super::call::{Call, RequestBudget};
 use super::wire::CallError;
 use crate::grpc;
 use crate::jobs::Caller;
@@ -56,6 +56,8 @@ pub struct Connection {
     /// The cap this connection is over: every call on it is refused, and it closes.
     refusal: Option<ConnectionCap>,
     pub calls: HashMap<u64, Call>,
+    /// What the calls hold of requests still arriving.
+    pub requests: RequestBudget,
     next_call: u64,
     pub last_active: Instant,
     going_away: bool,
@@ -80,6 +82,7 @@ impl Connection {
             admitted: false,
             refusal: None,
             calls: HashMap::new(),
+            requests: RequestBudget::default(),
             next_call: 1,
             last_active: Instant::now(),
             going_away: false,
@@ -184,6 +187,8 @@ impl Connection {
                                 call.refuse(CallError::OverConnectionCap(cap.clone()));
                                 self.going_away = true;
                                 h2.graceful_shutdown();
+                            } else {
+                                call.admit(admission);
                             }
                             call.waker.wake_by_ref();
                             self.calls.insert(call_id, call);

@@ -28,7 +28,7 @@ use mio::net::TcpListener;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll as MioPoll};
 
-use self::admission::Admission;
+use self::admission::{Admission, ClientCaps};
 use self::connection::{Connection, ConnectionSettings, ConnectionState};
 pub use self::containment::ContainmentConfig;
 use self::service::{Effect, ServiceContext};
@@ -54,6 +54,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Established connections at once per identity (`--max-connections-per-client`).
     pub max_connections_per_client: usize,
+    /// Calls in flight at once per identity, across its connections (`--max-calls-per-client`).
+    pub max_calls_per_client: usize,
+    /// StreamOutput calls in flight at once per identity (`--max-followers-per-client`).
+    pub max_followers_per_client: usize,
     pub max_jobs: usize,
     pub max_running_per_client: usize,
     /// Most bytes of a start request a job keeps (`--max-job-request`).
@@ -122,6 +126,12 @@ mod limits {
     pub const HEADER_TABLE: u32 = 4096;
     /// Per-stream receive window: requests are small; 1 MiB lets a 4 MiB request arrive in a few round trips.
     pub const STREAM_WINDOW: u32 = 1024 * 1024;
+    /// Bytes of unfinished requests the calls of one connection may hold before the server stops opening the
+    /// client's flow-control windows (see `call::RequestBudget`): two of the largest requests.
+    pub const REQUEST_BYTES_PER_CONNECTION: usize = 2 * crate::grpc::MAX_REQUEST_MESSAGE;
+    /// What h2 may queue per stream ahead of the socket (h2's own default, 400 KiB, stated here as a bound a
+    /// follower holds; a follower builds no message larger than the capacity h2 grants it).
+    pub const SEND_BUFFER_PER_STREAM: usize = 400 * 1024;
     /// rustls' outgoing buffer per connection (its default is 64 KiB): larger means fewer, larger socket writes
     /// when streaming output. h2's own per-stream send buffer bounds what is queued in front of it.
     pub const TLS_SEND_BUFFER: usize = 512 * 1024;
@@ -288,7 +298,8 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         .max_header_list_size(limits::MAX_HEADER_LIST)
         .header_table_size(limits::HEADER_TABLE)
         .initial_window_size(limits::STREAM_WINDOW)
-        .initial_connection_window_size(limits::STREAM_WINDOW * 4);
+        .initial_connection_window_size(limits::STREAM_WINDOW * 4)
+        .max_send_buffer_size(limits::SEND_BUFFER_PER_STREAM);
     let mut server = Server {
         poll,
         listener: Some(listener),
@@ -296,7 +307,14 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         tls,
         settings: ConnectionSettings { h2, admins: config.admins.clone() },
         connections: HashMap::new(),
-        admission: Admission::new(config.max_connections, config.max_connections_per_client),
+        admission: Admission::new(
+            config.max_connections,
+            ClientCaps {
+                connections: config.max_connections_per_client,
+                calls: config.max_calls_per_client,
+                followers: config.max_followers_per_client,
+            },
+        ),
         next_connection: 1,
         queue: Arc::new(WakeQueue::default()),
         timers: Timers::default(),
@@ -474,9 +492,12 @@ impl Server {
         }
     }
 
-    /// Drops a connection, giving back its place among the established ones.
+    /// Drops a connection, giving back its place among the established ones and what its calls held.
     fn close_connection(&mut self, id: u64) {
-        if let Some(connection) = self.connections.remove(&id) {
+        if let Some(mut connection) = self.connections.remove(&id) {
+            for call in connection.calls.values_mut() {
+                call.release(&mut self.admission, &mut connection.requests);
+            }
             if let Some(caller) = connection.admitted_as() {
                 self.admission.release(caller);
             }
@@ -555,6 +576,7 @@ impl Server {
                 let Some(connection) = self.connections.get_mut(&connection_id) else { return };
                 if let Some(mut call) = connection.calls.remove(&call_id) {
                     call.abort(CallError::DeadlineExceeded);
+                    call.release(&mut self.admission, &mut connection.requests);
                     connection.waker.wake_by_ref();
                 }
             }
@@ -623,12 +645,14 @@ impl Server {
         let mut cx = Context::from_waker(&waker);
         let mut ctx = ServiceContext {
             jobs: &mut self.jobs,
+            admission: &mut self.admission,
             effects: &mut self.effects,
             stop_grace: self.config.stop_grace,
             shutting_down: self.lifecycle != Lifecycle::Serving,
             shutdown_waiters: &mut self.shutdown_waiters,
         };
-        if let Poll::Ready(()) = call.poll(&mut cx, &mut ctx) {
+        if let Poll::Ready(()) = call.poll(&mut cx, &mut ctx, &mut connection.requests) {
+            call.release(&mut self.admission, &mut connection.requests);
             connection.calls.remove(&task.call);
             connection.last_active = Instant::now();
             // The call's last frames are queued in h2: let the connection write them.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use prost::Message;
 
+use super::admission::Admission;
 use super::follower::Follower;
 use super::wire::{self, CallError};
 use crate::grpc::{encode_message, path};
@@ -29,6 +30,8 @@ const JOB_SERVICE: &str = "runnel.v1.JobService";
 /// What a call may touch while it runs.
 pub struct ServiceContext<'a> {
     pub jobs: &'a mut JobTable,
+    /// The per-identity caps (a StreamOutput counts among its identity's followers).
+    pub admission: &'a mut Admission,
     /// What the loop is to do once the call has been polled.
     pub effects: &'a mut Vec<Effect>,
     /// StopJob's grace period when the request sets none.
@@ -205,6 +208,8 @@ pub fn dispatch(
             let request: StreamOutputRequest = decode(body)?;
             let key = ctx.jobs.find(caller(), &request.job_id)?;
             let cursor = ctx.jobs.get(key).expect("found").read_output_from(request.offset)?;
+            // Counted from here until the call ends (`Call::release`).
+            ctx.admission.admit_follower(&caller().identity).map_err(CallError::OverCallCap)?;
             Action::Follow(Follower::new(key, cursor, request.follow))
         }
     })

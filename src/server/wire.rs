@@ -5,7 +5,7 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
-use super::admission::ConnectionCap;
+use super::admission::{CallCap, ConnectionCap};
 use crate::cgroup::{Limits, Usage};
 use crate::grpc::{Code, FramingError, Status};
 use crate::jobs::{clip, EndReason, Job, JobError, JobKey, JobState, StartRequest, Stream};
@@ -45,6 +45,8 @@ pub enum CallError {
     DeadlineExceeded,
     /// The connection is over one of the server's connection caps.
     OverConnectionCap(ConnectionCap),
+    /// The caller is at a per-identity cap on calls or followers.
+    OverCallCap(CallCap),
 }
 
 impl From<JobError> for CallError {
@@ -87,7 +89,7 @@ impl CallError {
             }
             CallError::UnknownService(_) | CallError::JobRemoved(_) => Code::NotFound,
             CallError::DeadlineExceeded => Code::DeadlineExceeded,
-            CallError::OverConnectionCap(_) => Code::ResourceExhausted,
+            CallError::OverConnectionCap(_) | CallError::OverCallCap(_) => Code::ResourceExhausted,
         }
     }
 }
@@ -109,6 +111,7 @@ impl fmt::Display for CallError {
             CallError::OutputUnreadable(err) => write!(f, "cannot read the job's output: {err}"),
             CallError::DeadlineExceeded => f.write_str("the call's deadline (grpc-timeout) passed"),
             CallError::OverConnectionCap(cap) => cap.fmt(f),
+            CallError::OverCallCap(cap) => cap.fmt(f),
         }
     }
 }
