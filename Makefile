@@ -6,7 +6,7 @@ DEV_PKI  := certs/dev
 DEMO_DIR := $(CURDIR)/target/demo
 ADDR     := 127.0.0.1:50051
 
-.PHONY: all build static demo test unit interop bench deps clean vmtest
+.PHONY: all build static demo test unit interop hostile-h2 bench deps clean vmtest
 
 all: build
 
@@ -55,7 +55,7 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv procps coreutils; }
 
 # Every test: unit and integration tests, the grpcio interop test, and the cgroup v2 guest test (QEMU).
-test: deps unit interop vmtest
+test: deps unit interop hostile-h2 vmtest
 
 unit:
 	$(CARGO) test --lib --bins --tests
@@ -63,6 +63,12 @@ unit:
 interop: deps
 	$(CARGO) build
 	bash tests/interop/run.sh target/debug/runnel
+
+# Hostile HTTP/2 clients, frame by frame (Python's h2): floods, resets, bombs, never-read followers, and the
+# memory each may make the server hold.
+hostile-h2: deps
+	$(CARGO) build
+	bash tests/interop/run.sh target/debug/runnel tests/hostile_h2
 
 bench:
 	$(CARGO) bench --bench perf

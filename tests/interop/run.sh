@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Interop test: drives a real runnel server with the reference gRPC implementation (grpcio, Python).
-# Usage: tests/interop/run.sh BINARY
+# Also runs the hostile HTTP/2 suite (Python's `h2`, frame by frame) from the same environment.
+# Usage: tests/interop/run.sh BINARY [TEST_DIR]   (default tests/interop)
 set -euo pipefail
 
-if [[ $# -ne 1 ]]; then
-    echo "usage: $0 BINARY" >&2
+if [[ $# -lt 1 || $# -gt 2 ]]; then
+    echo "usage: $0 BINARY [TEST_DIR]" >&2
     exit 2
 fi
+TESTS="${2:-tests/interop}"
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
@@ -37,4 +39,4 @@ mkdir -p "$GEN"
 
 cd "$REPO"
 RUNNEL_BIN="$BIN" PYTHONPATH="$GEN${PYTHONPATH:+:$PYTHONPATH}" \
-    "$PY" -m pytest -q -p no:cacheprovider tests/interop
+    "$PY" -m pytest -q -p no:cacheprovider "$TESTS"
