@@ -181,7 +181,7 @@ impl Client {
         let woken = Arc::new(Flag::default());
         let waker = Waker::from(Arc::clone(&woken));
         let mut handshake = pin!(builder.handshake::<_, Bytes>(transport));
-        let (send, connection) = loop {
+        let (send, mut connection) = loop {
             let mut cx = Context::from_waker(&waker);
             match handshake.as_mut().poll(&mut cx) {
                 Poll::Ready(Ok(pair)) => break pair,
@@ -193,6 +193,12 @@ impl Client {
                 }
             }
         };
+        // The handshake only queued the preface and SETTINGS: send them now, so the server counts the connection
+        // as established even if its first call comes much later (until then it holds one of the server's
+        // slots for unfinished handshakes, and would be closed at the handshake deadline).
+        if let Poll::Ready(Err(err)) = Pin::new(&mut connection).poll(&mut Context::from_waker(&waker)) {
+            return Err(status_from_h2(err));
+        }
         Ok(Client {
             poll,
             events,

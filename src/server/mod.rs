@@ -137,6 +137,9 @@ mod limits {
     pub const TLS_SEND_BUFFER: usize = 512 * 1024;
     /// Once every job has ended at shutdown, time left for followers to receive the last output.
     pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+    /// After a connection closes, how long until the freed memory goes back to the kernel (`sys::give_back_freed_memory`);
+    /// one trim covers every connection that closed meanwhile.
+    pub const TRIM_AFTER: Duration = Duration::from_secs(3);
     /// Tasks polled in one turn before the loop checks for I/O again, so a busy task cannot starve the rest.
     pub const TASK_ROUNDS_PER_TURN: usize = 64;
     /// Job output moved from pipes into the spool in one turn, shared round-robin among the pipes that have
@@ -161,6 +164,8 @@ pub enum TimerEvent {
     HandshakeDeadline(u64),
     /// Check whether a connection has been idle too long.
     IdleCheck(u64),
+    /// Connections closed a while ago: give the memory they freed back to the kernel.
+    TrimMemory,
     /// Shutdown: stop waiting for followers and send GOAWAY on every connection.
     FollowersDrainOver,
     /// Shutdown: stop waiting for connections to close after GOAWAY and drop them.
@@ -240,6 +245,8 @@ struct Server {
     /// What calls asked of the loop while they were polled (see [`Effect`]).
     effects: Vec<Effect>,
     shutdown_waiters: Vec<Waker>,
+    /// A [`TimerEvent::TrimMemory`] is pending.
+    trim_scheduled: bool,
     lifecycle: Lifecycle,
     config: ServerConfig,
 }
@@ -322,6 +329,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         ready_pipes: ReadyPipes::default(),
         effects: Vec::new(),
         shutdown_waiters: Vec::new(),
+        trim_scheduled: false,
         lifecycle: Lifecycle::Serving,
         config,
     };
@@ -501,6 +509,10 @@ impl Server {
             if let Some(caller) = connection.admitted_as() {
                 self.admission.release(caller);
             }
+            if !self.trim_scheduled {
+                self.trim_scheduled = true;
+                self.timers.schedule(Instant::now() + limits::TRIM_AFTER, TimerEvent::TrimMemory);
+            }
         }
     }
 
@@ -571,6 +583,10 @@ impl Server {
     fn fire(&mut self, event: TimerEvent) {
         match event {
             TimerEvent::KillJob(key) => self.jobs.kill(key),
+            TimerEvent::TrimMemory => {
+                self.trim_scheduled = false;
+                sys::give_back_freed_memory();
+            }
             TimerEvent::InitDeadline(key) => self.jobs.start_overdue(key),
             TimerEvent::CallDeadline(connection_id, call_id) => {
                 let Some(connection) = self.connections.get_mut(&connection_id) else { return };

@@ -409,6 +409,39 @@ fn flood_figures(pki: &Pki) {
     println!("  (goals under flood: GetJob p99 <= 10 ms, max <= 50 ms; StartJob p99 <= 3x idle)");
 }
 
+/// Server RSS with `count` idle mutual-TLS connections (each made a call), and after they closed, next to
+/// the same server idle before them.
+fn idle_connection_figures(pki: &Pki, count: usize) {
+    let server = Server::start(pki, &["--max-connections-per-client", &count.to_string()]);
+    let pid = server.pid();
+    let mut first = server.client("alice");
+    let _: runnel::proto::ListJobsResponse =
+        first.unary(path::LIST_JOBS, &runnel::proto::ListJobsRequest::default(), None).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let idle = proc_status_kib(pid, "VmRSS:") as f64 / 1024.0;
+    let mut clients: Vec<Client> = (1..count).map(|_| server.client("alice")).collect();
+    for (i, client) in clients.iter_mut().enumerate() {
+        let listed: Result<runnel::proto::ListJobsResponse, _> =
+            client.unary(path::LIST_JOBS, &runnel::proto::ListJobsRequest::default(), None);
+        if let Err(err) = listed {
+            let log = server.log_text();
+            panic!("connection {i}: {err:?}\n{}", &log[log.len().saturating_sub(3000)..]);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let held = proc_status_kib(pid, "VmRSS:") as f64 / 1024.0;
+    clients.clear();
+    drop(first);
+    // What the server gives back once they are gone (its allocator may keep some for reuse).
+    std::thread::sleep(Duration::from_secs(10));
+    let after = proc_status_kib(pid, "VmRSS:") as f64 / 1024.0;
+    println!(
+        "RSS with {count} idle mTLS connections    {held:8.1} MiB (goal <= 48); 10 s after they closed {after:.1} MiB, \
+         {:.1} above idle (goal <= 16); baseline: idle {idle:.1} MiB",
+        after - idle
+    );
+}
+
 fn main() {
     // `cargo test --all-targets` runs bench targets in test mode; the figures only make sense in a real run.
     if !std::env::args().any(|a| a == "--bench") {
@@ -419,10 +452,11 @@ fn main() {
     // As `runnel client` does: the bench's in-process client should stream like the command line's.
     runnel::sys::retain_freed_memory();
     let pki = Pki::new();
-    // `RUNNEL_BENCH=flood make bench`: only the flood figures, for quick A/B work.
-    if std::env::var("RUNNEL_BENCH").as_deref() == Ok("flood") {
-        flood_figures(&pki);
-        return;
+    // `RUNNEL_BENCH=flood make bench` (or `connections`): only those figures, for quick A/B work.
+    match std::env::var("RUNNEL_BENCH").as_deref() {
+        Ok("flood") => return flood_figures(&pki),
+        Ok("connections") => return idle_connection_figures(&pki, 1000),
+        _ => {}
     }
     // Start from a quiet disk: what an earlier run (or anything else) left dirty would otherwise be written back
     // during this one's measurements (creating a job's directories took 2.4 times as long under writeback).
@@ -601,4 +635,5 @@ fn main() {
     );
 
     flood_figures(&pki);
+    idle_connection_figures(&pki, 1000);
 }

@@ -98,6 +98,16 @@ def server():
                     proc.wait()
 
 
+def assert_memory_given_back(server, before, attack):
+    """Within 10 s of an attack's connections closing, RSS is back within 16 MiB of where it was."""
+    deadline = time.monotonic() + 10
+    while server.rss_mib() - before > 16 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    held = server.rss_mib() - before
+    print(f"{attack}: {held:.1f} MiB above the start 10 s after")
+    assert held <= 16, f"{held:.1f} MiB still held 10 s after {attack} ended"
+
+
 class H2Client:
     """One HTTP/2 connection driven by hand: `h2` for the protocol, raw frames where an attack needs them."""
 
@@ -198,6 +208,7 @@ def test_unfinished_large_requests_on_every_stream_hold_a_bounded_amount_per_con
     # Without the request budget every byte sent is held: here at least 16 MiB per connection went out.
     assert sent >= 3 * 8 * MiB, f"only {sent / MiB:.1f} MiB sent: the test did not push hard enough"
     assert grown < 64, f"the server grew {grown:.1f} MiB holding {sent / MiB:.0f} MiB of unfinished requests"
+    assert_memory_given_back(server, before, "unfinished requests")
 
 
 def test_followers_that_never_read_hold_a_bounded_amount(server):
