@@ -442,6 +442,48 @@ fn idle_connection_figures(pki: &Pki, count: usize) {
     );
 }
 
+/// StartJob, GetJob and a ListJobs page with `count` isolated jobs running, next to the same calls on the same
+/// server before them.
+fn many_jobs_figures(pki: &Pki, count: usize) {
+    let server = Server::start(pki, &["--max-running-per-client", &(count + 100).to_string()]);
+    let mut client = server.client("alice");
+    let own = start(&mut client, "sleep", &["3600"]);
+    let measure = |client: &mut Client, rounds: usize| {
+        let (mut start_job, mut get_job, mut list_page) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let begun = Instant::now();
+            let job = start(client, "/bin/true", &[]);
+            start_job.push(begun.elapsed().as_secs_f64() * 1e3);
+            let _: Job = client.unary(path::WAIT_JOB, &WaitJobRequest { job_id: job.id }, None).unwrap();
+            let begun = Instant::now();
+            let _: Job = client.unary(path::GET_JOB, &GetJobRequest { job_id: own.id.clone() }, None).unwrap();
+            get_job.push(begun.elapsed().as_secs_f64() * 1e3);
+            let begun = Instant::now();
+            let page: runnel::proto::ListJobsResponse =
+                client.unary(path::LIST_JOBS, &runnel::proto::ListJobsRequest::default(), None).unwrap();
+            list_page.push(begun.elapsed().as_secs_f64() * 1e3);
+            assert!(!page.jobs.is_empty());
+        }
+        [start_job, get_job, list_page].map(|mut v| percentiles(&mut v))
+    };
+    let before = measure(&mut client, 200);
+    let begun = Instant::now();
+    let sleepers: Vec<Job> = (0..count).map(|_| start(&mut client, "sleep", &["3600"])).collect();
+    let started_in = begun.elapsed().as_secs_f64();
+    let during = measure(&mut client, 200);
+    println!(
+        "with {} running isolated jobs (started in {started_in:.1} s), p50 / p99 / max in ms, next to the same server \
+         before them:",
+        sleepers.len()
+    );
+    for (i, (name, goal)) in [("StartJob", 10.0), ("GetJob", 5.0), ("ListJobs page (100)", 10.0)].iter().enumerate() {
+        let ((b50, b99, bmax), (d50, d99, dmax)) = (before[i], during[i]);
+        println!(
+            "  {name:20} {d50:6.2} / {d99:6.2} / {dmax:6.1}  (goal p99 <= {goal}); before {b50:.2} / {b99:.2} / {bmax:.1}"
+        );
+    }
+}
+
 fn main() {
     // `cargo test --all-targets` runs bench targets in test mode; the figures only make sense in a real run.
     if !std::env::args().any(|a| a == "--bench") {
@@ -452,10 +494,11 @@ fn main() {
     // As `runnel client` does: the bench's in-process client should stream like the command line's.
     runnel::sys::retain_freed_memory();
     let pki = Pki::new();
-    // `RUNNEL_BENCH=flood make bench` (or `connections`): only those figures, for quick A/B work.
+    // `RUNNEL_BENCH=flood make bench` (or `connections`, `jobs`): only those figures, for quick A/B work.
     match std::env::var("RUNNEL_BENCH").as_deref() {
         Ok("flood") => return flood_figures(&pki),
         Ok("connections") => return idle_connection_figures(&pki, 1000),
+        Ok("jobs") => return many_jobs_figures(&pki, 1000),
         _ => {}
     }
     // Start from a quiet disk: what an earlier run (or anything else) left dirty would otherwise be written back
@@ -636,4 +679,5 @@ fn main() {
 
     flood_figures(&pki);
     idle_connection_figures(&pki, 1000);
+    many_jobs_figures(&pki, 1000);
 }
