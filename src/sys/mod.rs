@@ -53,12 +53,8 @@ pub const PIPE_SIZE: usize = 1 << 20;
 
 /// Makes a close-on-exec pipe with a non-blocking read end and a blocking write end (jobs expect blocking stdout).
 pub fn output_pipe() -> io::Result<OutputPipe> {
-    let mut fds = [0 as RawFd; 2];
-    syscall!(pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC))?;
-    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let flags = syscall!(fcntl(read.as_raw_fd(), libc::F_GETFL))?;
-    syscall!(fcntl(read.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK))?;
+    let OutputPipe { read, write } = pipe(libc::O_CLOEXEC)?;
+    set_nonblocking(read.as_raw_fd())?;
     // A smaller pipe still works; the size is only a throughput optimisation.
     let _ = syscall!(fcntl(read.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int));
     Ok(OutputPipe { read, write })
@@ -91,13 +87,24 @@ pub fn write_nonblocking(fd: RawFd, bytes: &[u8]) -> io::Result<Option<usize>> {
 /// The pipe to a helper process the server starts: a blocking read end for the helper's stdin, and a
 /// non-blocking write end the server keeps. Both close-on-exec (the spawn makes the read end the helper's 0).
 pub fn helper_pipe() -> io::Result<OutputPipe> {
+    let pipe = pipe(libc::O_CLOEXEC)?;
+    set_nonblocking(pipe.write.as_raw_fd())?;
+    Ok(pipe)
+}
+
+/// A pipe made with `pipe2(flags)`.
+fn pipe(flags: libc::c_int) -> io::Result<OutputPipe> {
     let mut fds = [0 as RawFd; 2];
-    syscall!(pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC))?;
+    syscall!(pipe2(fds.as_mut_ptr(), flags))?;
     // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
     let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let flags = syscall!(fcntl(write.as_raw_fd(), libc::F_GETFL))?;
-    syscall!(fcntl(write.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK))?;
     Ok(OutputPipe { read, write })
+}
+
+/// Sets `O_NONBLOCK` on one end of a pipe (the other keeps blocking).
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    let flags = syscall!(fcntl(fd, libc::F_GETFL))?;
+    syscall!(fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK)).map(drop)
 }
 
 /// Makes the process `command` starts die with the server (`PR_SET_PDEATHSIG(SIGKILL)`), for helper processes.
@@ -124,10 +131,7 @@ pub fn die_with_parent(command: &mut std::process::Command) {
 /// A pipe whose two ends the server keeps, both non-blocking: the relay through which job output is spliced
 /// into spool files (see [`splice_to_pipe`]).
 pub fn relay_pipe() -> io::Result<OutputPipe> {
-    let mut fds = [0 as RawFd; 2];
-    syscall!(pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK))?;
-    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let OutputPipe { read, write } = pipe(libc::O_CLOEXEC | libc::O_NONBLOCK)?;
     // As large as a job's pipe, so one move can take all it holds; a smaller relay only means more moves.
     let _ = syscall!(fcntl(read.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int));
     Ok(OutputPipe { read, write })
