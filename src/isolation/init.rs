@@ -104,7 +104,7 @@ fn start_command(plan: &InitPlan) -> Result<i32, InitReport> {
         working_dir: c_string(plan.working_dir.as_os_str().as_bytes()),
     };
     let [stdin, stdout, stderr] = sys::standard_fds();
-    let fds = SpawnFds { stdin, stdout, stderr, control: None };
+    let fds = SpawnFds { stdin, stdout, stderr, control: None, report: None };
     let options = SpawnOptions { die_with_parent: true, ..SpawnOptions::default() };
     let failed_to_start = |err: std::io::Error| InitReport::SetupFailed {
         step: SetupStep::Command,

@@ -20,18 +20,11 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use crate::sys::{self, ExecFailure, ExitStatus, Namespaces, SpawnStage};
 
 /// The hidden subcommand that runs a job's init (`runnel __init ...`).
 pub const INIT_COMMAND: &str = "__init";
-
-/// How long a job's init has to report whether the command was exec'd, after which the job is killed and
-/// StartJob fails. The init's own work is a few mounts and system calls, then the search for the executable
-/// and one exec: milliseconds, unless the working directory or PATH leads somewhere slow (a hung network file
-/// system, long symlink chains). The server does not wait meanwhile: the report arrives through its loop.
-pub const INIT_REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why jobs cannot be isolated on this host.
 #[derive(Debug)]

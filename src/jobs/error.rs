@@ -60,8 +60,8 @@ pub enum JobError {
     TooManyJobs { retained: usize },
     /// An output offset past the end of a finished job's output.
     OffsetPastEnd { offset: u64, end: u64 },
-    /// An isolated job's init did not report within this long whether the command started; the job was killed.
-    InitTimedOut(Duration),
+    /// The job did not report within this long that its command started; it was killed.
+    StartTimedOut(Duration),
     /// The server is shutting down and takes no new jobs.
     ShuttingDown,
     /// The server could not do its part (a system call failed where the request was not at fault); the message
@@ -116,10 +116,10 @@ impl fmt::Display for JobError {
             JobError::OffsetPastEnd { offset, end } => {
                 write!(f, "offset {offset} is past the end of the job's output ({end} bytes)")
             }
-            JobError::InitTimedOut(after) => write!(
+            JobError::StartTimedOut(after) => write!(
                 f,
-                "the job's init did not start the command within {} s, so the job was killed: is its working \
-                 directory or a PATH directory on a slow or hung file system?",
+                "the command did not start within {} s, so the job was killed: is its working directory or a PATH \
+                 directory on a slow or hung file system?",
                 after.as_secs()
             ),
             JobError::ShuttingDown => f.write_str("the server is shutting down and accepts no new work"),

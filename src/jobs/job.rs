@@ -47,6 +47,16 @@ pub struct EndState {
     pub at: SystemTime,
 }
 
+/// What a job whose command has not yet been reported started keeps for that report.
+#[derive(Debug)]
+pub(super) struct Starting {
+    /// For the error if the command does not start.
+    pub working_dir: PathBuf,
+    /// Where the report comes: the exec's own pipe (closed once read), or `None` for the init's control pipe
+    /// (`Job::control`, kept for the command's exit status).
+    pub exec_report: Option<OwnedFd>,
+}
+
 /// One job.
 #[derive(Debug)]
 pub struct Job {
@@ -67,9 +77,8 @@ pub struct Job {
     pub(super) stderr: Option<OwnedFd>,
     /// The init's report pipe (isolated jobs): first whether the command started, then its exact exit status.
     pub(super) control: Option<OwnedFd>,
-    /// Set while an isolated job's init has not yet reported whether the command started: the working
-    /// directory, for the error if it did not. Such a job is not visible to clients yet.
-    pub(super) awaiting_init: Option<PathBuf>,
+    /// Set until the job reports that its command started; such a job is not visible to clients yet.
+    pub(super) starting: Option<Starting>,
     /// The limits the job's cgroup enforces (`None`: the host cannot enforce limits).
     pub(super) limits: Option<Limits>,
     /// The job's cgroup while it runs; its final usage once it ended.
@@ -81,11 +90,11 @@ pub struct Job {
 }
 
 impl Job {
-    /// True until an isolated job's init reports that the command started (see [`JobTable::settle_start`]).
+    /// True until the job reports that its command started (see [`JobTable::settle_start`]).
     ///
     /// [`JobTable::settle_start`]: super::JobTable::settle_start
     pub fn is_starting(&self) -> bool {
-        self.awaiting_init.is_some()
+        self.starting.is_some()
     }
 
     pub fn is_ended(&self) -> bool {

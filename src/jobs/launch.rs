@@ -2,16 +2,17 @@
 //! inside new namespaces (see `isolation`), which starts the command. Either way the first process is created
 //! inside the job's cgroup when there is one.
 //!
-//! Without isolation the launch returns once the command was exec'd (the spawn is a `vfork`, and the search
-//! for the executable is bounded by the request's PATH limits). With isolation it returns as soon as the init
-//! exists: the init reports on its control pipe whether the command started, which the event loop reads when
-//! it arrives ([`init_failure`] turns a failure report into the client's error), so a slow namespace setup or
-//! executable search never holds the loop.
+//! Either way the launch returns as soon as the process exists, and whether the command started comes later,
+//! through the event loop, within [`START_TIMEOUT`]: without isolation the child (a fork) reports an exec
+//! failure on a pipe that otherwise closes at the exec; with isolation the init reports on its control pipe
+//! ([`init_failure`] and [`exec_error`] turn a failure into the client's error). So a slow namespace setup, a
+//! working directory on a hung file system or a long executable search never holds the loop.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::time::Duration;
 
 use super::spec::{c_string, JobSpec};
 use super::JobError;
@@ -19,15 +20,30 @@ use crate::cgroup::JobCgroup;
 use crate::isolation::{InitPlan, InitReport, Isolation};
 use crate::sys::{self, CStringArray, ChildStack, ExecFailure, SpawnFds, SpawnOptions, SpawnProgram, SpawnStage};
 
-/// A job process that is running the command.
+/// How long a job has to report that its command started (its init's report, or the exec of a job without
+/// isolation), after which the job is killed and StartJob fails. The work is a few mounts and system calls,
+/// the search for the executable and one exec: milliseconds, unless the working directory or PATH leads
+/// somewhere slow (a hung network file system, long symlink chains). The server does not wait meanwhile.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A job process whose command is starting.
 pub struct Launched {
     /// Host pid of the job's top process: the init when isolated, else the command.
     pub pid: i32,
     pub pidfd: OwnedFd,
     /// Read ends of the stdout and stderr pipes.
     pub pipes: [OwnedFd; 2],
-    /// The init's report pipe (isolated jobs only): first whether the command started, later its exit status.
-    pub control: Option<OwnedFd>,
+    /// Where the start's outcome arrives.
+    pub report: StartReport,
+}
+
+/// The pipe a starting job reports on.
+pub enum StartReport {
+    /// The command's own exec (no isolation): 8 bytes of failure, or end of file once it exec'd
+    /// (`sys::read_spawn_report`).
+    Exec(OwnedFd),
+    /// The job's init: `Started` or a failure, later the command's exit status (`isolation::InitReport`).
+    Init(OwnedFd),
 }
 
 /// What every launch reuses: the child's stack and the job's stdin.
@@ -86,16 +102,24 @@ impl Launcher {
                 envp: CStringArray::new(spec.environment().into_iter().map(c_string).collect()),
                 working_dir: c_string(working_dir.as_os_str().as_bytes()),
             };
+            let (report_read, report_write) = sys::control_pipe().map_err(internal)?;
             let fds = SpawnFds {
                 stdin: self.dev_null.as_fd(),
                 stdout: stdout.write.as_fd(),
                 stderr: stderr.write.as_fd(),
                 control: None,
+                report: Some(report_write.as_fd()),
             };
             return match sys::spawn(&program, &fds, options, &mut self.child_stack).map_err(internal)? {
                 // Only the read ends are kept: the write ends, closed as this returns, now belong to the job
-                // alone, so the pipes reach end of file when the job (and whatever inherited them) exits.
-                Ok((pid, pidfd)) => Ok(Launched { pid, pidfd, pipes: [stdout.read, stderr.read], control: None }),
+                // alone, so the pipes reach end of file when the job (and whatever inherited them) exits, and the
+                // report pipe when the child exec'd.
+                Ok((pid, pidfd)) => Ok(Launched {
+                    pid,
+                    pidfd,
+                    pipes: [stdout.read, stderr.read],
+                    report: StartReport::Exec(report_read),
+                }),
                 Err(failure) => Err(exec_error(&spec.command, working_dir, failure)),
             };
         };
@@ -123,6 +147,7 @@ impl Launcher {
             stdout: stdout.write.as_fd(),
             stderr: stderr.write.as_fd(),
             control: Some(control_write.as_fd()),
+            report: None,
         };
         let options = SpawnOptions { namespaces: isolation.namespaces(), ..options };
         let spawned = sys::spawn(&program, &fds, options, &mut self.child_stack).map_err(internal)?;
@@ -131,7 +156,7 @@ impl Launcher {
             let reason = io::Error::from_raw_os_error(failure.errno);
             JobError::system("cannot start the job's init (runnel's own executable)", reason)
         })?;
-        Ok(Launched { pid, pidfd, pipes: [stdout.read, stderr.read], control: Some(control_read) })
+        Ok(Launched { pid, pidfd, pipes: [stdout.read, stderr.read], report: StartReport::Init(control_read) })
     }
 }
 
@@ -150,7 +175,7 @@ pub fn init_failure(report: InitReport, command: &str, working_dir: &Path) -> Jo
 }
 
 /// The error a client sees for a command that could not be exec'd.
-fn exec_error(command: &str, working_dir: &Path, failure: ExecFailure) -> JobError {
+pub fn exec_error(command: &str, working_dir: &Path, failure: ExecFailure) -> JobError {
     let reason = io::Error::from_raw_os_error(failure.errno);
     let (command, dir) = (command.to_string(), working_dir.to_path_buf());
     match (failure.stage, failure.errno) {

@@ -23,6 +23,7 @@ pub use caller::Caller;
 pub use error::{clip, JobError, QUOTE_LIMIT};
 pub use id::{JobId, JobKey};
 pub use job::{EndReason, EndState, Job, JobState};
+pub use launch::START_TIMEOUT;
 pub use limits::{LimitField, LimitPolicy, LimitUnit, LIMIT_FIELDS};
 pub use spec::{JobSpec, StartRequest};
 pub use spool::{Drain, Ingested, OutputCursor, OutputLog, Span, Stream, PIPE_CAPACITY};

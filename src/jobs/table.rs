@@ -11,14 +11,15 @@ use std::task::{Poll, Waker};
 use std::time::SystemTime;
 
 use super::janitor::Janitor;
-use super::launch::{self, Launcher};
+use super::job::Starting;
+use super::launch::{self, Launcher, StartReport, START_TIMEOUT};
 use super::limits::LimitPolicy;
 use super::spool::{Drain, Ingested, Spool, Stream, PIPE_CAPACITY};
 use super::start::{HalfStarted, Started};
 use super::{Caller, EndReason, Job, JobError, JobId, JobKey, JobSpec, JobState, StartRequest};
 use crate::cgroup::{CgroupRoot, Limits};
 use crate::isolation::{self, InitReport, Isolation};
-use crate::sys;
+use crate::sys::{self, SpawnReport};
 
 /// The server settings the table enforces.
 #[derive(Debug, Clone)]
@@ -54,9 +55,9 @@ pub struct StartedJob {
     pub pidfd: RawFd,
     pub stdout: RawFd,
     pub stderr: RawFd,
-    /// An isolated job's init report pipe: readable once the init says whether the command started (see
-    /// [`JobTable::settle_start`]), which it must do within [`isolation::INIT_REPORT_TIMEOUT`].
-    pub init_report: Option<RawFd>,
+    /// The pipe the job reports its command's start on: readable once it has (see [`JobTable::settle_start`]),
+    /// which it must do within [`START_TIMEOUT`].
+    pub start_report: RawFd,
 }
 
 pub struct JobTable {
@@ -152,9 +153,9 @@ impl JobTable {
         self.jobs.values().any(|j| !j.is_ended())
     }
 
-    /// Checks `request` and starts it as a job of `owner`; on failure nothing is left behind. Without isolation
-    /// the command has been exec'd when this returns; an isolated job's init reports that later (see
-    /// [`Self::poll_start`]), and until then the job counts against its owner's limits but is not visible.
+    /// Checks `request` and starts it as a job of `owner`; on failure nothing is left behind. Whether the command
+    /// started is reported later (see [`Self::poll_start`]); until then the job counts against its owner's
+    /// limits but is not visible.
     pub fn start(&mut self, owner: &str, request: StartRequest) -> Result<StartedJob, JobError> {
         let spec = JobSpec::validate(request, self.config.max_request_bytes)?;
         let limits = self.admit(owner, &spec)?;
@@ -182,7 +183,13 @@ impl JobTable {
             pidfd: process.pidfd.as_raw_fd(),
             stdout: stdout.as_raw_fd(),
             stderr: stderr.as_raw_fd(),
-            init_report: process.control.as_ref().map(AsRawFd::as_raw_fd),
+            start_report: match &process.report {
+                StartReport::Exec(fd) | StartReport::Init(fd) => fd.as_raw_fd(),
+            },
+        };
+        let (starting, control) = match process.report {
+            StartReport::Exec(fd) => (Starting { working_dir, exec_report: Some(fd) }, None),
+            StartReport::Init(fd) => (Starting { working_dir, exec_report: None }, Some(fd)),
         };
         let job = Job {
             key,
@@ -198,8 +205,8 @@ impl JobTable {
             pidfd: Some(process.pidfd),
             stdout: Some(stdout),
             stderr: Some(stderr),
-            awaiting_init: process.control.is_some().then_some(working_dir),
-            control: process.control,
+            starting: Some(starting),
+            control,
             limits,
             cgroup,
             final_usage: None,
@@ -213,8 +220,8 @@ impl JobTable {
         Ok(started)
     }
 
-    /// Where the start of job `key` stands for its StartJob call: pending (with `waker` remembered) while an
-    /// isolated job's init has not reported, the job once its command runs, or why it failed (told once).
+    /// Where the start of job `key` stands for its StartJob call: pending (with `waker` remembered) until the job
+    /// reports, the job once its command runs, or why it failed (told once).
     pub fn poll_start(&mut self, key: JobKey, waker: &Waker) -> Poll<Result<&Job, JobError>> {
         if let Some(job) = self.jobs.get_mut(&key) {
             if job.is_starting() {
@@ -230,42 +237,52 @@ impl JobTable {
         }))
     }
 
-    /// Settles an isolated job's start once its init has reported, or has ended without a report: the job runs
-    /// (and becomes visible), or it is taken back and its StartJob call told why. Called when the report pipe
-    /// turns readable and when the init ends; before either it does nothing.
+    /// Settles a job's start once it has reported (its exec's pipe, or its init's), or ended without a report:
+    /// the job runs (and becomes visible), or it is taken back and its StartJob call told why. Called when the
+    /// report pipe turns readable and when the job's top process ends; before either it does nothing.
     pub fn settle_start(&mut self, key: JobKey) {
         let Some(job) = self.jobs.get_mut(&key) else { return };
-        let (Some(working_dir), Some(control), Some(pidfd)) = (&job.awaiting_init, &job.control, &job.pidfd) else {
-            return;
-        };
-        let failure = match isolation::read_report(control.as_raw_fd(), 0) {
-            Ok(Some(InitReport::Started)) => {
-                job.awaiting_init = None;
-                log::info!("job {} started: the init exec'd {:?}", job.id, job.command);
-                job.wake_waiters();
-                return;
-            }
-            Ok(Some(report)) => launch::init_failure(report, &job.command, working_dir),
-            // Nothing to read: either not yet, or the init closed the pipe without a word.
-            Ok(None) => match sys::wait_pidfd(pidfd.as_raw_fd(), sys::Wait::PeekIfEnded) {
-                Ok(None) => return,
-                Ok(Some(status)) => {
-                    JobError::System(format!("the job's init ended ({status:?}) without starting the command"))
+        let (Some(starting), Some(pidfd)) = (&job.starting, &job.pidfd) else { return };
+        let failure = match &starting.exec_report {
+            Some(report) => match sys::read_spawn_report(report.as_raw_fd()) {
+                Ok(SpawnReport::Pending) => return,
+                Ok(SpawnReport::Execd) => None,
+                Ok(SpawnReport::Failed(failure)) => {
+                    Some(launch::exec_error(&job.command, &starting.working_dir, failure))
                 }
-                Err(err) => JobError::system("cannot wait for the job's init", err),
+                Err(err) => Some(JobError::system("cannot read the job's exec report", err)),
             },
-            Err(err) => JobError::system("cannot read the job's init report", err),
+            None => match job.control.as_ref().map(|fd| isolation::read_report(fd.as_raw_fd(), 0)) {
+                Some(Ok(Some(InitReport::Started))) => None,
+                Some(Ok(Some(report))) => Some(launch::init_failure(report, &job.command, &starting.working_dir)),
+                // Nothing to read: either not yet, or the init closed the pipe without a word.
+                Some(Ok(None)) | None => match sys::wait_pidfd(pidfd.as_raw_fd(), sys::Wait::PeekIfEnded) {
+                    Ok(None) => return,
+                    Ok(Some(status)) => Some(JobError::System(format!(
+                        "the job's init ended ({status:?}) without starting the command"
+                    ))),
+                    Err(err) => Some(JobError::system("cannot wait for the job's init", err)),
+                },
+                Some(Err(err)) => Some(JobError::system("cannot read the job's init report", err)),
+            },
         };
-        self.fail_start(key, failure);
+        match failure {
+            None => {
+                job.starting = None;
+                log::info!("job {} started: {:?} exec'd", job.id, job.command);
+                job.wake_waiters();
+            }
+            Some(failure) => self.fail_start(key, failure),
+        }
     }
 
-    /// The init of job `key` has had [`isolation::INIT_REPORT_TIMEOUT`] to report: if it still has not, the job
-    /// is killed and its start fails.
+    /// Job `key` has had [`START_TIMEOUT`] to report that its command started: if it still has not, it is
+    /// killed and its start fails.
     pub fn start_overdue(&mut self, key: JobKey) {
         // A report may have arrived in this very turn, before the loop read it.
         self.settle_start(key);
         if self.jobs.get(&key).is_some_and(Job::is_starting) {
-            self.fail_start(key, JobError::InitTimedOut(isolation::INIT_REPORT_TIMEOUT));
+            self.fail_start(key, JobError::StartTimedOut(START_TIMEOUT));
         }
     }
 
@@ -348,7 +365,8 @@ impl JobTable {
             return false;
         }
         if self.jobs.get(&key).is_some_and(Job::is_starting) {
-            // The init ended before the loop read its report: the report, or its absence, settles the start.
+            // The job's process ended before the loop read its report: the report, or its absence, settles the
+            // start.
             self.settle_start(key);
         }
         let Some(job) = self.jobs.get_mut(&key) else { return false };
@@ -486,6 +504,20 @@ mod tests {
             command: command.into(),
             args: args.iter().map(|a| a.to_string()).collect(),
             ..Default::default()
+        }
+    }
+
+    /// Starts `request` for `owner` and waits for the start's outcome, as the StartJob call does.
+    fn start_settled(table: &mut JobTable, owner: &str, request: StartRequest) -> Result<JobKey, JobError> {
+        let key = table.start(owner, request)?.key;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            table.settle_start(key);
+            if let Poll::Ready(outcome) = table.poll_start(key, std::task::Waker::noop()) {
+                return outcome.map(|job| job.key);
+            }
+            assert!(Instant::now() < deadline, "the start was not reported");
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
@@ -631,35 +663,47 @@ mod tests {
     #[test]
     fn exec_failures_map_to_errors_and_leave_nothing() {
         let (mut table, dir) = table("fail");
-        assert!(matches!(table.start("a", spec("no-such-program-xyz", &[])), Err(JobError::ExecutableNotFound(_))));
-        assert!(matches!(table.start("a", spec("/etc/passwd", &[])), Err(JobError::ExecutionDenied { .. })));
+        let mut start = |request| start_settled(&mut table, "a", request);
+        assert!(matches!(start(spec("no-such-program-xyz", &[])), Err(JobError::ExecutableNotFound(_))));
+        assert!(matches!(start(spec("/etc/passwd", &[])), Err(JobError::ExecutionDenied { .. })));
         let mut missing_dir = spec("true", &[]);
         missing_dir.working_dir = "/no/such/dir".into();
-        assert!(matches!(table.start("a", missing_dir), Err(JobError::WorkingDirUnusable { .. })));
+        assert!(matches!(start(missing_dir), Err(JobError::WorkingDirUnusable { .. })));
         assert_eq!(fs::read_dir(dir.join("output")).unwrap().count(), 0);
         assert_eq!(fs::read_dir(dir.join("work")).unwrap().count(), 0);
         assert!(table.list(&Caller { identity: "a".into(), admin: true }, &[], None).next().is_none());
+        assert!(!table.has_running(), "a failed start counts as no running job");
     }
 
     #[test]
     fn quotas_and_visibility() {
         let (mut table, _state_dir) = table("quota");
-        let a = table.start("alice", spec("sleep", &["30"])).unwrap();
-        let _b = table.start("alice", spec("sleep", &["30"])).unwrap();
+        let a = start_settled(&mut table, "alice", spec("sleep", &["30"])).unwrap();
+        let b = table.start("alice", spec("sleep", &["30"])).unwrap().key;
         assert!(matches!(table.start("alice", spec("true", &[])), Err(JobError::TooManyRunning { .. })));
-        let _c = table.start("bob", spec("sleep", &["30"])).unwrap();
+        assert_eq!(
+            table.list(&Caller { identity: "alice".into(), admin: false }, &[], None).count(),
+            1,
+            "one starting"
+        );
+        assert!(matches!(start_settled(&mut table, "alice", spec("true", &[])), Err(JobError::TooManyRunning { .. })));
+        while table.get(b).unwrap().is_starting() {
+            table.settle_start(b);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _c = start_settled(&mut table, "bob", spec("sleep", &["30"])).unwrap();
         assert!(
             matches!(table.start("bob", spec("true", &[])), Err(JobError::TooManyJobs { retained: 3 })),
             "max_jobs"
         );
 
-        let id = table.get(a.key).unwrap().id.to_string();
+        let id = table.get(a).unwrap().id.to_string();
         let alice = Caller { identity: "alice".into(), admin: false };
         let bob = Caller { identity: "bob".into(), admin: false };
         let admin = Caller { identity: "root".into(), admin: true };
-        assert_eq!(table.find(&alice, &id).unwrap(), a.key);
+        assert_eq!(table.find(&alice, &id).unwrap(), a);
         assert!(matches!(table.find(&bob, &id), Err(JobError::UnknownJob(_))));
-        assert_eq!(table.find(&admin, &id).unwrap(), a.key);
+        assert_eq!(table.find(&admin, &id).unwrap(), a);
         assert_eq!(table.list(&bob, &[], None).count(), 1);
         assert_eq!(table.list(&admin, &[], None).count(), 3);
         let keys: Vec<JobKey> = table.list(&admin, &[], None).map(|j| j.key).collect();
@@ -674,7 +718,7 @@ mod tests {
             assert_eq!(job.end.unwrap().reason, EndReason::Stopped);
         }
         // Room again: the oldest ended job is evicted to make space.
-        table.start("bob", spec("true", &[])).unwrap();
+        start_settled(&mut table, "bob", spec("true", &[])).unwrap();
         assert!(matches!(table.find(&admin, &id), Err(JobError::UnknownJob(_))));
         table.remove_all();
     }

@@ -35,8 +35,7 @@ use self::service::{Effect, ServiceContext};
 use self::source::Source;
 use self::state_dir::StateDir;
 use self::wire::CallError;
-use crate::isolation;
-use crate::jobs::{Drain, EndReason, JobKey, JobTable, JobTableConfig, StartedJob, Stream};
+use crate::jobs::{Drain, EndReason, JobKey, JobTable, JobTableConfig, StartedJob, Stream, START_TIMEOUT};
 use crate::reactor::{TaskId, Timers, WakeQueue};
 use crate::sys;
 use crate::tls::{self, KeySource, TlsError};
@@ -156,8 +155,8 @@ mod limits {
 pub enum TimerEvent {
     /// A stop's grace period is over: SIGKILL the job's process group.
     KillJob(JobKey),
-    /// A job's init must have reported whether the command started by now.
-    InitDeadline(JobKey),
+    /// A job must have reported that its command started by now.
+    StartDeadline(JobKey),
     /// A call's `grpc-timeout` expired.
     CallDeadline(u64, u64),
     /// A connection must have finished its handshakes by now.
@@ -390,7 +389,7 @@ impl Server {
                 }
             }
             Source::JobOutput(key, stream) => self.ready_pipes.push(key, stream),
-            Source::JobInitReport(key) => self.jobs.settle_start(key),
+            Source::JobStartReport(key) => self.jobs.settle_start(key),
         }
     }
 
@@ -412,20 +411,17 @@ impl Server {
         }
     }
 
-    /// Registers a new job's pidfd, pipes and init report pipe with the reactor, and schedules its init's
-    /// deadline.
+    /// Registers a new job's pidfd, pipes and start report pipe with the reactor, and schedules the deadline for
+    /// that report.
     fn watch_job(&mut self, started: StartedJob) {
         let sources = [
-            Some((started.pidfd, Source::JobExit(started.key))),
-            Some((started.stdout, Source::JobOutput(started.key, Stream::Stdout))),
-            Some((started.stderr, Source::JobOutput(started.key, Stream::Stderr))),
-            started.init_report.map(|fd| (fd, Source::JobInitReport(started.key))),
+            (started.pidfd, Source::JobExit(started.key)),
+            (started.stdout, Source::JobOutput(started.key, Stream::Stdout)),
+            (started.stderr, Source::JobOutput(started.key, Stream::Stderr)),
+            (started.start_report, Source::JobStartReport(started.key)),
         ];
-        if started.init_report.is_some() {
-            let deadline = Instant::now() + isolation::INIT_REPORT_TIMEOUT;
-            self.timers.schedule(deadline, TimerEvent::InitDeadline(started.key));
-        }
-        for (fd, source) in sources.into_iter().flatten() {
+        self.timers.schedule(Instant::now() + START_TIMEOUT, TimerEvent::StartDeadline(started.key));
+        for (fd, source) in sources {
             if let Err(err) = self.poll.registry().register(&mut SourceFd(&fd), source.token(), Interest::READABLE) {
                 // Without the registration the job would never be seen to end: stop it now rather than leak it.
                 log::error!("cannot watch job descriptor {fd}: {err}; killing the job");
@@ -587,7 +583,7 @@ impl Server {
                 self.trim_scheduled = false;
                 sys::give_back_freed_memory();
             }
-            TimerEvent::InitDeadline(key) => self.jobs.start_overdue(key),
+            TimerEvent::StartDeadline(key) => self.jobs.start_overdue(key),
             TimerEvent::CallDeadline(connection_id, call_id) => {
                 let Some(connection) = self.connections.get_mut(&connection_id) else { return };
                 if let Some(mut call) = connection.calls.remove(&call_id) {

@@ -13,8 +13,8 @@ pub enum Source {
     Connection(u64),
     JobExit(JobKey),
     JobOutput(JobKey, Stream),
-    /// An isolated job's init report pipe.
-    JobInitReport(JobKey),
+    /// The pipe a starting job reports its command's start on (its exec's, or its init's).
+    JobStartReport(JobKey),
 }
 
 /// Connection tokens have the top bit set; job tokens pack the job key with a 3-bit kind.
@@ -29,7 +29,7 @@ impl Source {
             Source::JobExit(key) => (key as usize) << 3 | 1,
             Source::JobOutput(key, Stream::Stdout) => (key as usize) << 3 | 2,
             Source::JobOutput(key, Stream::Stderr) => (key as usize) << 3 | 3,
-            Source::JobInitReport(key) => (key as usize) << 3 | 4,
+            Source::JobStartReport(key) => (key as usize) << 3 | 4,
         })
     }
 
@@ -45,7 +45,7 @@ impl Source {
             (key, 1) => Source::JobExit(key),
             (key, 2) => Source::JobOutput(key, Stream::Stdout),
             (key, 3) => Source::JobOutput(key, Stream::Stderr),
-            (key, _) => Source::JobInitReport(key),
+            (key, _) => Source::JobStartReport(key),
         }
     }
 }
@@ -64,8 +64,8 @@ mod tests {
             Source::JobExit(1),
             Source::JobOutput(1, Stream::Stdout),
             Source::JobOutput(123_456, Stream::Stderr),
-            Source::JobInitReport(1),
-            Source::JobInitReport(987_654_321),
+            Source::JobStartReport(1),
+            Source::JobStartReport(987_654_321),
         ] {
             assert_eq!(Source::from_token(source.token()), source);
         }

@@ -76,7 +76,7 @@ impl CallError {
                 JobError::TooManyRunning { .. } | JobError::TooManyJobs { .. } => Code::ResourceExhausted,
                 JobError::OffsetPastEnd { .. } => Code::OutOfRange,
                 JobError::ShuttingDown => Code::Unavailable,
-                JobError::InitTimedOut(_) => Code::DeadlineExceeded,
+                JobError::StartTimedOut(_) => Code::DeadlineExceeded,
                 JobError::System(_) => Code::Internal,
             },
             CallError::UnknownMethod => Code::Unimplemented,

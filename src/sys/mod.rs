@@ -12,8 +12,8 @@ mod spawn;
 pub use alloc::CacheLineAllocator;
 
 pub use spawn::{
-    probe_namespaces, spawn, CStringArray, ChildStack, ExecFailure, Namespaces, SpawnFds, SpawnOptions, SpawnProgram,
-    SpawnStage,
+    probe_namespaces, read_spawn_report, spawn, CStringArray, ChildStack, ExecFailure, Namespaces, SpawnFds,
+    SpawnOptions, SpawnProgram, SpawnReport, SpawnStage,
 };
 
 use std::io;

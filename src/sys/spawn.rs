@@ -7,6 +7,13 @@
 //! the child shares the parent's memory and must not allocate or take locks. `CLONE_VFORK` suspends the parent
 //! until the child has exec'd or exited, so the child can report an exec failure by writing into a
 //! `ChildReport` that lives in the parent's stack frame, and the parent reads it afterwards without a race.
+//!
+//! That wait is the length of the child's chdir and executable search, which a working directory on a hung file
+//! system makes endless. Where the caller cannot afford it (the server's event loop starting a job's command
+//! directly), it passes a report pipe instead ([`SpawnFds::report`]): the child is then a plain fork (a
+//! copy-on-write copy of the parent's memory, no `CLONE_VM`/`CLONE_VFORK`), the spawn returns at once, and the
+//! child writes its failure to the pipe, whose end of file without a report means the exec succeeded
+//! ([`read_spawn_report`]).
 
 use std::ffi::CString;
 use std::io;
@@ -49,6 +56,9 @@ pub struct SpawnFds<'a> {
     pub stderr: BorrowedFd<'a>,
     /// Becomes descriptor 3 (not close-on-exec): the job init's report channel to the server.
     pub control: Option<BorrowedFd<'a>>,
+    /// The write end of a close-on-exec pipe: with it the spawn does not wait for the exec (see the module
+    /// documentation), and the child reports a failure here.
+    pub report: Option<BorrowedFd<'a>>,
 }
 
 /// Where and how the child starts, beyond the program and its descriptors.
@@ -115,6 +125,38 @@ struct ChildReport {
     errno: i32,
 }
 
+/// Bytes of a failure on a report pipe: the stage and the errno, each a little-endian u32.
+const REPORT_BYTES: usize = 8;
+
+/// What a spawn's report pipe ([`SpawnFds::report`]) says so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpawnReport {
+    /// Nothing yet: the child is still on its way to the exec.
+    Pending,
+    /// End of file without a failure: the exec succeeded (the pipe closed with it).
+    Execd,
+    Failed(ExecFailure),
+}
+
+/// Reads the read end of a report pipe without waiting.
+pub fn read_spawn_report(fd: RawFd) -> io::Result<SpawnReport> {
+    if !super::wait_readable(fd, 0)? {
+        return Ok(SpawnReport::Pending);
+    }
+    let mut bytes = [0u8; REPORT_BYTES];
+    // Written in one `write` of less than PIPE_BUF before the child exits: whole or not at all.
+    match super::read_nonblocking(fd, &mut bytes)? {
+        None => Ok(SpawnReport::Pending),
+        Some(0) => Ok(SpawnReport::Execd),
+        Some(REPORT_BYTES) => {
+            let stage = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
+            let errno = i32::from_le_bytes(bytes[4..].try_into().expect("4 bytes"));
+            Ok(SpawnReport::Failed(ExecFailure { stage: SpawnStage::from_code(stage), errno }))
+        }
+        Some(n) => Err(io::Error::new(io::ErrorKind::InvalidData, format!("a spawn report of {n} bytes"))),
+    }
+}
+
 /// A stack for the short-lived child, allocated once and reused: the child only runs until `execve`, and
 /// `CLONE_VFORK` guarantees one child at a time uses it.
 pub struct ChildStack {
@@ -137,14 +179,17 @@ struct ChildArgs<'a> {
     control: Option<RawFd>,
     die_with_parent: bool,
     open_files: Option<libc::rlimit>,
+    /// Where a failure goes: the parent's frame (vfork), or a pipe (fork).
     report: *mut ChildReport,
+    report_pipe: Option<RawFd>,
 }
 
 /// Starts the program in a new session (so it leads its own process group) with the given descriptors as
 /// 0/1/2, every other descriptor closed, default signal dispositions and an empty signal mask.
 ///
 /// Returns the pid and a pidfd once the child has exec'd, or the child's failure (the child has then already
-/// been reaped).
+/// been reaped). With a report pipe ([`SpawnFds::report`]) it returns at once, and the exec's outcome comes on
+/// the pipe.
 pub fn spawn(
     program: &SpawnProgram<'_>,
     fds: &SpawnFds<'_>,
@@ -159,15 +204,18 @@ pub fn spawn(
         die_with_parent: options.die_with_parent,
         open_files: options.open_files,
         report: &mut report,
+        report_pipe: fds.report.map(|fd| fd.as_raw_fd()),
     };
     let mut flags = options.namespaces.0;
     if options.cgroup.is_some() {
         flags |= CLONE_INTO_CGROUP;
     }
     let cgroup = options.cgroup.map_or(0, |fd| fd.as_raw_fd() as u64);
+    let shared = if fds.report.is_some() { Shared::Copy } else { Shared::UntilExec };
     // SAFETY: `child_main` only makes async-signal-safe system calls and reads `args`, which outlives the
-    // child's use of it: CLONE_VFORK keeps us suspended until the child execs or exits.
-    let (pid, pidfd) = unsafe { clone_vfork(flags, cgroup, stack, child_main, &args as *const ChildArgs as *mut _)? };
+    // child's use of it: CLONE_VFORK keeps us suspended until the child execs or exits, or the child has a copy.
+    let (pid, pidfd) =
+        unsafe { clone_child(shared, flags, cgroup, stack, child_main, &args as *const ChildArgs as *mut _)? };
     if report.stage != 0 {
         // The child has exited (127) before exec; reap it so nothing is left behind.
         super::wait_pidfd(pidfd.as_raw_fd(), super::Wait::Reap)?;
@@ -176,14 +224,24 @@ pub fn spawn(
     Ok(Ok((pid, pidfd)))
 }
 
-/// `clone3(CLONE_VM | CLONE_VFORK | CLONE_PIDFD | extra_flags)` running `child(arg)` on `stack`, with every
-/// signal blocked meanwhile so no handler of ours can run on the child's stack. Returns once the child has
-/// exec'd or exited, with its pid and pidfd.
+/// How the child has the parent's memory.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shared {
+    /// `CLONE_VM | CLONE_VFORK`: the same memory, the parent suspended until the child execs or exits.
+    UntilExec,
+    /// A copy-on-write copy (a fork): the parent goes on at once.
+    Copy,
+}
+
+/// `clone3(CLONE_PIDFD | extra_flags)`, plus `CLONE_VM | CLONE_VFORK` for [`Shared::UntilExec`], running
+/// `child(arg)` on `stack`, with every signal blocked meanwhile so no handler of ours can run on the child's
+/// stack. Returns the child's pid and pidfd: once it has exec'd or exited, or at once for [`Shared::Copy`].
 ///
 /// # Safety
 /// As for [`clone3_trampoline`]: `child` may only make raw system calls, and whatever `arg` points to must
-/// stay valid until the child execs or exits (which CLONE_VFORK makes "until this returns").
-unsafe fn clone_vfork(
+/// stay valid until the child execs or exits (which CLONE_VFORK makes "until this returns"; a copy has its own).
+unsafe fn clone_child(
+    shared: Shared,
     extra_flags: u64,
     cgroup: u64,
     stack: &mut ChildStack,
@@ -191,8 +249,12 @@ unsafe fn clone_vfork(
     arg: *mut libc::c_void,
 ) -> io::Result<(i32, OwnedFd)> {
     let mut pidfd: RawFd = -1;
+    let memory = match shared {
+        Shared::UntilExec => (libc::CLONE_VM | libc::CLONE_VFORK) as u64,
+        Shared::Copy => 0,
+    };
     let mut clone_args = CloneArgs {
-        flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD) as u64 | extra_flags,
+        flags: memory | libc::CLONE_PIDFD as u64 | extra_flags,
         pidfd: &mut pidfd as *mut RawFd as u64,
         exit_signal: libc::SIGCHLD as u64,
         stack: stack.memory.as_mut_ptr() as u64,
@@ -202,7 +264,7 @@ unsafe fn clone_vfork(
     };
     let old_mask = block_all_signals()?;
     // SAFETY: `clone_args` describes a stack we own exclusively for the child's lifetime (`&mut` and
-    // CLONE_VFORK); the caller vouches for `child` and `arg`.
+    // CLONE_VFORK, or the child's own copy of it); the caller vouches for `child` and `arg`.
     let pid = unsafe { clone3_trampoline(&mut clone_args, child, arg) };
     restore_signal_mask(&old_mask);
     if pid < 0 {
@@ -219,7 +281,8 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// creating them (a server that may not runs jobs without isolation).
 pub fn probe_namespaces(namespaces: Namespaces, stack: &mut ChildStack) -> io::Result<()> {
     // SAFETY: `exit_at_once` makes no call at all and takes no argument.
-    let (_, pidfd) = unsafe { clone_vfork(namespaces.0, 0, stack, exit_at_once, std::ptr::null_mut())? };
+    let (_, pidfd) =
+        unsafe { clone_child(Shared::UntilExec, namespaces.0, 0, stack, exit_at_once, std::ptr::null_mut())? };
     super::wait_pidfd(pidfd.as_raw_fd(), super::Wait::Reap).map(drop)
 }
 
@@ -315,16 +378,31 @@ compile_error!("runnel's spawn trampoline is written for x86_64 Linux only");
 /// cannot be changed). Rust ignores SIGPIPE and installs SIGSEGV/SIGBUS handlers; a job must see neither.
 const RESET_SIGNALS: std::ops::RangeInclusive<libc::c_int> = 1..=31;
 
-/// The child, between clone and exec. Raw system calls only: it shares the parent's memory.
+/// The child, between clone and exec. Raw system calls only: it may share the parent's memory.
 extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` is the `ChildArgs` the parent passed, alive while the parent is suspended by CLONE_VFORK.
+    // SAFETY: `arg` is the `ChildArgs` the parent passed, alive while the parent is suspended by CLONE_VFORK
+    // (or this process's own copy of it).
     let args = unsafe { &*(arg as *const ChildArgs) };
+    // Where a failure goes when there is a report pipe: moved to descriptor 3 below.
+    let report_pipe = std::cell::Cell::new(args.report_pipe);
     let fail = |stage: SpawnStage| -> libc::c_int {
-        // SAFETY: errno is thread-local storage of the parent's thread, readable here since we share memory
-        // and the parent is suspended; `report` points into the parent's suspended frame.
+        // SAFETY: errno is thread-local storage, the parent's thread's (readable since we share its memory and it
+        // is suspended) or our copy of it; `report` points into the parent's suspended frame, and the report
+        // pipe is an open descriptor.
         unsafe {
-            (*args.report).errno = *libc::__errno_location();
-            (*args.report).stage = stage as u32;
+            let errno = *libc::__errno_location();
+            match report_pipe.get() {
+                Some(fd) => {
+                    let mut bytes = [0u8; REPORT_BYTES];
+                    bytes[..4].copy_from_slice(&(stage as u32).to_le_bytes());
+                    bytes[4..].copy_from_slice(&errno.to_le_bytes());
+                    libc::write(fd, bytes.as_ptr().cast(), REPORT_BYTES);
+                }
+                None => {
+                    (*args.report).errno = errno;
+                    (*args.report).stage = stage as u32;
+                }
+            }
         }
         127
     };
@@ -364,6 +442,17 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 return fail(SpawnStage::Setup);
             }
             first_closed = 4;
+        }
+        if let Some(report) = args.report_pipe {
+            // A fork may wait long in chdir or the executable search: it holds none of the server's descriptors
+            // (its sockets, whose peers would not see them close) meanwhile, only the report pipe, as 3.
+            if libc::dup2(report, 3) < 0 || libc::fcntl(3, libc::F_SETFD, libc::FD_CLOEXEC) < 0 {
+                return fail(SpawnStage::Setup);
+            }
+            report_pipe.set(Some(3));
+            if libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0) < 0 {
+                return fail(SpawnStage::Setup);
+            }
         }
         // Every server descriptor is close-on-exec already; this makes sure of it for any that is not.
         if libc::syscall(libc::SYS_close_range, first_closed, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) < 0 {

@@ -255,6 +255,17 @@ pub fn pids_matching(needle: &str) -> Vec<i32> {
     pids_where(|cmdline| cmdline.starts_with(needle))
 }
 
+/// The parent pid of `pid`, if it is alive.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The command line of `pid`, arguments joined by spaces (empty if it is gone).
+pub fn cmdline_of(pid: i32) -> String {
+    String::from_utf8_lossy(&fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).replace('\0', " ")
+}
+
 /// Pids of live processes whose command line (arguments joined by spaces) passes `check`.
 pub fn pids_where(check: impl Fn(&str) -> bool) -> Vec<i32> {
     let mut pids = Vec::new();
