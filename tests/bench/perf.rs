@@ -484,6 +484,41 @@ fn many_jobs_figures(pki: &Pki, count: usize) {
     }
 }
 
+/// The floor under an isolated StartJob, in microseconds: `clone3` into the namespaces a job gets (PID, mount,
+/// UTS, IPC, cgroup, network) and an exec of `/bin/true`, then its reap, from this process with the server's own
+/// spawn (`sys::spawn`); median of `rounds`.
+fn clone3_floor_us(rounds: usize) -> f64 {
+    use runnel::sys::{self, CStringArray, ChildStack, Namespaces, SpawnFds, SpawnOptions, SpawnProgram};
+    use std::os::fd::AsFd;
+    let dev_null = sys::open_dev_null().unwrap();
+    let program = SpawnProgram {
+        exec_fd: None,
+        candidates: CStringArray::new(vec![c"/bin/true".into()]),
+        argv: CStringArray::new(vec![c"true".into()]),
+        envp: CStringArray::new(Vec::new()),
+        working_dir: c"/".into(),
+    };
+    let fds = SpawnFds {
+        stdin: dev_null.as_fd(),
+        stdout: dev_null.as_fd(),
+        stderr: dev_null.as_fd(),
+        control: None,
+        report: None,
+    };
+    let options =
+        SpawnOptions { namespaces: Namespaces::JOB.with_network(), die_with_parent: true, ..Default::default() };
+    let mut stack = ChildStack::default();
+    let mut times: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let begun = Instant::now();
+            let (_, pidfd) = sys::spawn(&program, &fds, options, &mut stack).unwrap().unwrap();
+            sys::wait_pidfd(pidfd.as_raw_fd(), sys::Wait::Reap).unwrap();
+            begun.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    median(&mut times)
+}
+
 fn main() {
     // `cargo test --all-targets` runs bench targets in test mode; the figures only make sense in a real run.
     if !std::env::args().any(|a| a == "--bench") {
@@ -549,6 +584,11 @@ fn main() {
     println!(
         "StartJob p50, isolated (namespaces+init) {isolated_p50:8.0} µs   {:.1}x the no-isolation path",
         isolated_p50 / start_p50
+    );
+    let floor = clone3_floor_us(300);
+    println!(
+        "  floor: clone3 into the same namespaces + exec /bin/true + reap {floor:8.0} µs   ratio {:.2}x (goal ≤ 1.3x)",
+        isolated_p50 / floor
     );
 
     // Idle: 10 followers attached to a silent job; server CPU over 5 s.
