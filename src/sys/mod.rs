@@ -62,20 +62,18 @@ pub fn output_pipe() -> io::Result<OutputPipe> {
 
 /// Reads into `buf`, mapping `EAGAIN` to `Ok(None)`.
 pub fn read_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
-    loop {
-        match syscall!(read(fd, buf.as_mut_ptr().cast(), buf.len())) {
-            Ok(n) => return Ok(Some(n as usize)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
+    transfer(|| syscall!(read(fd, buf.as_mut_ptr().cast(), buf.len())))
 }
 
 /// Writes `bytes` to `fd` without blocking: `Ok(None)` when the pipe is full (`EAGAIN`).
 pub fn write_nonblocking(fd: RawFd, bytes: &[u8]) -> io::Result<Option<usize>> {
+    transfer(|| syscall!(write(fd, bytes.as_ptr().cast(), bytes.len())))
+}
+
+/// Runs a `read` or `write` until no signal interrupts it, mapping `EAGAIN` to `Ok(None)`.
+fn transfer(mut call: impl FnMut() -> io::Result<libc::ssize_t>) -> io::Result<Option<usize>> {
     loop {
-        match syscall!(write(fd, bytes.as_ptr().cast(), bytes.len())) {
+        match call() {
             Ok(n) => return Ok(Some(n as usize)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
