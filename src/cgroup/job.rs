@@ -33,14 +33,20 @@ impl JobCgroup {
         open_dir(&self.path)
     }
 
-    /// Writes every limit, before the job's first process is created in the cgroup: the job is capped from its
-    /// first instruction. (The server does not wait for the job's init, so a small CPU quota on the init's
-    /// setup costs the loop nothing.)
+    /// Writes every limit but the CPU's (see [`JobCgroup::limit_cpu`]), before the job's first process is
+    /// created in the cgroup.
     pub(super) fn write_limits(&self, limits: &Limits, io_devices: &[String]) -> Result<(), CgroupError> {
-        cpu::limit(&self.path, limits.cpu_millicores)?;
         memory::limit(&self.path, limits.memory_bytes)?;
         pids::limit(&self.path, limits.max_pids)?;
         io::limit(&self.path, limits, io_devices)
+    }
+
+    /// Writes the CPU limit. The server does this right after the spawn returns: an isolated job's spawn is a
+    /// `vfork` that holds the server until the init is exec'd, and that exec copies the job's arguments and
+    /// environment (up to `--max-job-request`), which under a small quota would take several of its 100 ms
+    /// periods, with the event loop waiting. The init's setup and the command run capped.
+    pub fn limit_cpu(&self, limits: &Limits) -> Result<(), CgroupError> {
+        cpu::limit(&self.path, limits.cpu_millicores)
     }
 
     /// Usage so far: CPU time, peak memory, bytes read and written.
@@ -86,6 +92,8 @@ mod tests {
         };
         fs::write(scratch.join("memory.swap.max"), "max").unwrap();
         cgroup.write_limits(&limits, &["259:0".to_string()]).unwrap();
+        assert!(!scratch.join("cpu.max").exists(), "the CPU limit is written once the spawn returned");
+        cgroup.limit_cpu(&limits).unwrap();
         let file = |name: &str| fs::read_to_string(scratch.join(name)).unwrap();
         assert_eq!(file("cpu.max"), "20000 100000");
         assert_eq!(file("memory.max"), "33554432");
@@ -118,6 +126,7 @@ mod tests {
         let scratch = ScratchDir::new("cgroup-unlimited");
         let cgroup = JobCgroup::new(scratch.path().to_path_buf());
         cgroup.write_limits(&Limits::default(), &["259:0".to_string()]).unwrap();
+        cgroup.limit_cpu(&Limits::default()).unwrap();
         let names: Vec<String> =
             fs::read_dir(scratch.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         assert_eq!(names, ["memory.oom.group"]);

@@ -89,6 +89,16 @@ impl Janitor {
         self.tell_helper();
     }
 
+    /// True while names wait for room in the helper's pipe: call [`Self::retry`] a little later.
+    pub fn has_backlog(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+
+    /// Hands the helper what waited for room in its pipe.
+    pub fn retry(&mut self) {
+        self.tell_helper();
+    }
+
     /// Hands the backlog to the helper, as much as its pipe takes; removes in place what it cannot take.
     fn tell_helper(&mut self) {
         while let Some(&name) = self.backlog.front() {
@@ -136,6 +146,9 @@ impl Helper {
             .stdin(Stdio::from(pipe.read))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        // Its own process group: a Ctrl-C or a signal to the server's group is the server's to handle (it
+        // waits for the janitor at shutdown); the janitor ends when its stdin closes, or with the server.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         sys::die_with_parent(&mut command);
         Ok(Helper { process: command.spawn()?, names: pipe.write })
     }

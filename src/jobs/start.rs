@@ -56,7 +56,7 @@ impl<'a> HalfStarted<'a> {
         Ok(self.own_work_dir.insert(dir).path().to_path_buf())
     }
 
-    /// Creates the job's cgroup with `limits` written.
+    /// Creates the job's cgroup with `limits` written (all but the CPU's: see [`Self::limit_cpu`]).
     pub fn create_cgroup(&mut self, limits: &Limits) -> Result<(), JobError> {
         // Limits are resolved only where there is a cgroup root; without one, refuse rather than run unlimited.
         let Some(cgroups) = self.cgroups.as_deref() else {
@@ -78,6 +78,12 @@ impl<'a> HalfStarted<'a> {
         let hostname = self.id.hostname();
         self.process = Some(launcher.launch(spec, &hostname, working_dir, isolation, self.cgroup.as_ref())?);
         Ok(())
+    }
+
+    /// Caps the job's CPU, once its process exists (see `JobCgroup::limit_cpu` for why not before).
+    pub fn limit_cpu(&mut self, limits: &Limits) -> Result<(), JobError> {
+        let Some(cgroup) = &self.cgroup else { return Ok(()) };
+        cgroup.limit_cpu(limits).map_err(|e| JobError::system("cannot limit the job's CPU", e))
     }
 
     /// The start succeeded: hands over what the job was given, to be released with the job.

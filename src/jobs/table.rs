@@ -173,6 +173,9 @@ impl JobTable {
             start.create_cgroup(limits)?;
         }
         start.launch(&mut self.launcher, &spec, &working_dir, self.containment.isolation.as_ref())?;
+        if let Some(limits) = &limits {
+            start.limit_cpu(limits)?;
+        }
         let Started { output, own_work_dir, cgroup, process } = start.done();
 
         let key = self.next_key;
@@ -431,6 +434,17 @@ impl JobTable {
             log::debug!("evicting ended job {}", job.id);
             self.remove_files(job);
         }
+    }
+
+    /// True while files to remove wait for room in the janitor's pipe (it is behind); the loop then calls
+    /// [`Self::retry_removals`] a little later, since nothing else may come to push them on.
+    pub fn has_removals_waiting(&mut self) -> bool {
+        self.spool.has_removals_waiting()
+    }
+
+    /// Hands the janitor what waited for room in its pipe.
+    pub fn retry_removals(&mut self) {
+        self.spool.retry_removals();
     }
 
     /// Refuses new jobs from now on (server shutdown).

@@ -23,9 +23,15 @@ use crate::reactor;
 /// `limits::REQUEST_BYTES_PER_CONNECTION`. Past it a call stops giving HTTP/2 flow-control capacity back, so the
 /// client's windows close and it can send no more until a request completes or a call ends: a connection holds
 /// at most the budget plus its receive window, however many streams it opens.
+///
+/// Over the budget one call at a time is let through (it goes on giving capacity back until its request is
+/// complete), so requests that together pass the budget still finish one after another instead of all waiting
+/// for each other; the most a connection holds is the budget plus one request plus its receive window.
 #[derive(Debug, Default)]
 pub struct RequestBudget {
     held: usize,
+    /// A call is let through over the budget.
+    let_through: bool,
     /// Calls waiting for room to give capacity back.
     waiting: Vec<Waker>,
 }
@@ -47,6 +53,8 @@ pub struct Call {
     request_bytes: usize,
     /// Request bytes received whose flow-control capacity has not been given back yet.
     unreleased: usize,
+    /// This call is the one let through over the connection's request budget.
+    let_through: bool,
     /// This call's own task waker, made once.
     pub waker: Waker,
 }
@@ -79,6 +87,7 @@ impl Call {
             holds_call_slot: false,
             request_bytes: 0,
             unreleased: 0,
+            let_through: false,
             waker,
         }
     }
@@ -235,11 +244,15 @@ impl Call {
         if self.unreleased == 0 {
             return;
         }
-        if requests.held <= limits::REQUEST_BYTES_PER_CONNECTION {
-            let _ = self.body.flow_control().release_capacity(std::mem::take(&mut self.unreleased));
-        } else {
-            reactor::remember_waker(&mut requests.waiting, cx.waker());
+        if requests.held > limits::REQUEST_BYTES_PER_CONNECTION && !self.let_through {
+            if requests.let_through {
+                reactor::remember_waker(&mut requests.waiting, cx.waker());
+                return;
+            }
+            requests.let_through = true;
+            self.let_through = true;
         }
+        let _ = self.body.flow_control().release_capacity(std::mem::take(&mut self.unreleased));
     }
 
     /// The request is complete (or the call is over): its bytes leave the budget, and the calls waiting for room
@@ -247,6 +260,9 @@ impl Call {
     fn give_back_request_bytes(&mut self, requests: &mut RequestBudget) {
         if self.unreleased > 0 {
             let _ = self.body.flow_control().release_capacity(std::mem::take(&mut self.unreleased));
+        }
+        if std::mem::take(&mut self.let_through) {
+            requests.let_through = false;
         }
         if self.request_bytes > 0 {
             requests.held -= std::mem::take(&mut self.request_bytes);

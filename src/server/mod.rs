@@ -139,6 +139,8 @@ mod limits {
     /// After a connection closes, how long until the freed memory goes back to the kernel (`sys::give_back_freed_memory`);
     /// one trim covers every connection that closed meanwhile.
     pub const TRIM_AFTER: Duration = Duration::from_secs(3);
+    /// How soon files that found the janitor's pipe full are offered to it again.
+    pub const REMOVAL_RETRY: Duration = Duration::from_millis(100);
     /// Tasks polled in one turn before the loop checks for I/O again, so a busy task cannot starve the rest.
     pub const TASK_ROUNDS_PER_TURN: usize = 64;
     /// Job output moved from pipes into the spool in one turn, shared round-robin among the pipes that have
@@ -165,6 +167,8 @@ pub enum TimerEvent {
     IdleCheck(u64),
     /// Connections closed a while ago: give the memory they freed back to the kernel.
     TrimMemory,
+    /// Files to remove waited for room in the janitor's pipe: hand them over now.
+    RetryRemovals,
     /// Shutdown: stop waiting for followers and send GOAWAY on every connection.
     FollowersDrainOver,
     /// Shutdown: stop waiting for connections to close after GOAWAY and drop them.
@@ -246,6 +250,8 @@ struct Server {
     shutdown_waiters: Vec<Waker>,
     /// A [`TimerEvent::TrimMemory`] is pending.
     trim_scheduled: bool,
+    /// A [`TimerEvent::RetryRemovals`] is pending.
+    removal_retry_scheduled: bool,
     lifecycle: Lifecycle,
     config: ServerConfig,
 }
@@ -329,6 +335,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         effects: Vec::new(),
         shutdown_waiters: Vec::new(),
         trim_scheduled: false,
+        removal_retry_scheduled: false,
         lifecycle: Lifecycle::Serving,
         config,
     };
@@ -366,6 +373,10 @@ impl Server {
                 self.fire(event);
             }
             self.run_tasks();
+            if !self.removal_retry_scheduled && self.jobs.has_removals_waiting() {
+                self.removal_retry_scheduled = true;
+                self.timers.schedule(Instant::now() + limits::REMOVAL_RETRY, TimerEvent::RetryRemovals);
+            }
             if self.advance_shutdown() {
                 return Ok(());
             }
@@ -579,6 +590,11 @@ impl Server {
     fn fire(&mut self, event: TimerEvent) {
         match event {
             TimerEvent::KillJob(key) => self.jobs.kill(key),
+            TimerEvent::RetryRemovals => {
+                self.removal_retry_scheduled = false;
+                // Scheduled again at the end of the turn if some still wait.
+                self.jobs.retry_removals();
+            }
             TimerEvent::TrimMemory => {
                 self.trim_scheduled = false;
                 sys::give_back_freed_memory();

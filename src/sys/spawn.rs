@@ -182,6 +182,8 @@ struct ChildArgs<'a> {
     /// Where a failure goes: the parent's frame (vfork), or a pipe (fork).
     report: *mut ChildReport,
     report_pipe: Option<RawFd>,
+    /// The parent's pid: a fork checks it is still its parent once the death signal is armed.
+    parent: libc::pid_t,
 }
 
 /// Starts the program in a new session (so it leads its own process group) with the given descriptors as
@@ -205,6 +207,8 @@ pub fn spawn(
         open_files: options.open_files,
         report: &mut report,
         report_pipe: fds.report.map(|fd| fd.as_raw_fd()),
+        // SAFETY: getpid has no preconditions.
+        parent: unsafe { libc::getpid() },
     };
     let mut flags = options.namespaces.0;
     if options.cgroup.is_some() {
@@ -423,6 +427,11 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         }
         // The child of a server that dies gets SIGKILL (the init re-arms this after changing its credentials).
         if args.die_with_parent && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
+            return fail(SpawnStage::Setup);
+        }
+        // A fork's parent goes on at once and may have died before the signal was armed: nothing would end
+        // this job then (a vfork's parent is suspended, and alive, until the exec).
+        if args.die_with_parent && args.report_pipe.is_some() && libc::getppid() != args.parent {
             return fail(SpawnStage::Setup);
         }
         if let Some(limit) = &args.open_files {

@@ -211,6 +211,42 @@ def test_unfinished_large_requests_on_every_stream_hold_a_bounded_amount_per_con
     assert_memory_given_back(server, before, "unfinished requests")
 
 
+def test_large_requests_that_together_pass_the_budget_all_complete(server):
+    """Three 4 MiB requests interleaved on one connection pass the 8 MiB budget together: they must still finish
+    (one is let through at a time), not wait for each other for good."""
+    client = H2Client(server)
+    client.read(0.5)
+    size = 4 * MiB - 64
+    streams = {}
+    for _ in range(3):
+        stream = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(stream, client.headers("/runnel.v1.JobService/StartJob"))
+        client.conn.send_data(stream, grpc_prefix(size))
+        streams[stream] = size
+    client.flush()
+    deadline = time.monotonic() + 20
+    while streams and time.monotonic() < deadline and not client.closed:
+        for stream, left in list(streams.items()):
+            window = min(client.conn.local_flow_control_window(stream), left, client.conn.max_outbound_frame_size)
+            if window > 0:
+                client.conn.send_data(stream, b"\0" * window, end_stream=window == left)
+                left -= window
+                if left:
+                    streams[stream] = left
+                else:
+                    del streams[stream]
+        client.flush()
+        client.read(0.01)
+    assert not streams, f"{len(streams)} requests could not be sent in full: the connection's windows stayed shut"
+    answered = lambda: {e.stream_id for e in client.events if isinstance(e, h2.events.TrailersReceived)
+                        or (isinstance(e, h2.events.ResponseReceived)
+                            and any(k in (b"grpc-status", "grpc-status") for k, _ in e.headers))}
+    serve_until(client, 10, until=lambda: len(answered()) == 3)
+    assert len(answered()) == 3, f"answered: {answered()}"
+    client.close()
+    server.probe()
+
+
 def test_followers_that_never_read_hold_a_bounded_amount(server):
     job = server.cli("alice", "start", "--", "cat", "/dev/zero")
     assert job.returncode == 0, job.stderr.decode()

@@ -110,6 +110,16 @@ impl Spool {
         self.spares.dispose(path);
     }
 
+    /// Hands the janitor what waited for room in its pipe.
+    pub fn retry_removals(&mut self) {
+        self.spares.janitor().retry();
+    }
+
+    /// True while removals wait for room in the janitor's pipe.
+    pub fn has_removals_waiting(&mut self) -> bool {
+        self.spares.janitor().has_backlog()
+    }
+
     /// Waits until everything disposed of is gone (server shutdown, after [`Self::remove`] of every log).
     pub fn finish_removals(&mut self) {
         self.spares.finish_removals();

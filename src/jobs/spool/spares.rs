@@ -66,6 +66,11 @@ impl SpareSegments {
         self.janitor.remove(path);
     }
 
+    /// The janitor, for the loop to retry what waited for room in its pipe.
+    pub fn janitor(&mut self) -> &mut Janitor {
+        &mut self.janitor
+    }
+
     /// Waits for the janitor to finish (server shutdown).
     pub fn finish_removals(&mut self) {
         self.janitor.finish();
