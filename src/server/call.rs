@@ -21,8 +21,8 @@ use crate::reactor;
 
 /// What the calls of one connection hold of requests that have not fully arrived, under
 /// `limits::REQUEST_BYTES_PER_CONNECTION`. Past it a call stops giving HTTP/2 flow-control capacity back, so the
-/// client's windows close and it can send no more until a request completes or a call ends: a connection holds
-/// at most the budget plus its receive window, however many streams it opens.
+/// client's windows close and it can send no more until a request completes or a call ends, however many
+/// streams it opens.
 ///
 /// Over the budget one call at a time is let through (it goes on giving capacity back until its request is
 /// complete), so requests that together pass the budget still finish one after another instead of all waiting
