@@ -438,7 +438,7 @@ impl JobTable {
 
     /// True while files to remove wait for room in the janitor's pipe (it is behind); the loop then calls
     /// [`Self::retry_removals`] a little later, since nothing else may come to push them on.
-    pub fn has_removals_waiting(&mut self) -> bool {
+    pub fn has_removals_waiting(&self) -> bool {
         self.spool.has_removals_waiting()
     }
 

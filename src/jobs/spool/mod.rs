@@ -112,12 +112,12 @@ impl Spool {
 
     /// Hands the janitor what waited for room in its pipe.
     pub fn retry_removals(&mut self) {
-        self.spares.janitor().retry();
+        self.spares.retry_removals();
     }
 
     /// True while removals wait for room in the janitor's pipe.
-    pub fn has_removals_waiting(&mut self) -> bool {
-        self.spares.janitor().has_backlog()
+    pub fn has_removals_waiting(&self) -> bool {
+        self.spares.has_removals_waiting()
     }
 
     /// Waits until everything disposed of is gone (server shutdown, after [`Self::remove`] of every log).

@@ -66,9 +66,14 @@ impl SpareSegments {
         self.janitor.remove(path);
     }
 
-    /// The janitor, for the loop to retry what waited for room in its pipe.
-    pub fn janitor(&mut self) -> &mut Janitor {
-        &mut self.janitor
+    /// Hands the janitor what waited for room in its pipe.
+    pub fn retry_removals(&mut self) {
+        self.janitor.retry();
+    }
+
+    /// True while removals wait for room in the janitor's pipe.
+    pub fn has_removals_waiting(&self) -> bool {
+        self.janitor.has_backlog()
     }
 
     /// Waits for the janitor to finish (server shutdown).
