@@ -17,10 +17,15 @@ fn run_shell(client: &mut Client, script: &str) -> (Job, String) {
     let request =
         StartJobRequest { command: "sh".into(), args: vec!["-c".into(), script.into()], ..Default::default() };
     let job: Job = client.unary(path::START_JOB, &request, None).expect("start");
+    wait_and_read(client, &job.id)
+}
+
+/// Waits for the job `job_id` to end; returns it and its stdout.
+fn wait_and_read(client: &mut Client, job_id: &str) -> (Job, String) {
     let ended: Job = client
-        .unary(path::WAIT_JOB, &WaitJobRequest { job_id: job.id.clone() }, Some(Duration::from_secs(30)))
+        .unary(path::WAIT_JOB, &WaitJobRequest { job_id: job_id.into() }, Some(Duration::from_secs(30)))
         .expect("wait");
-    let request = StreamOutputRequest { job_id: job.id.clone(), offset: 0, follow: false };
+    let request = StreamOutputRequest { job_id: job_id.into(), offset: 0, follow: false };
     let mut stream = client.start_call(path::STREAM_OUTPUT, &request, Some(Duration::from_secs(30))).expect("stream");
     let mut stdout = Vec::new();
     while let Some(chunk) = client.next_message::<runnel::proto::OutputChunk>(&mut stream).expect("chunk") {
@@ -61,6 +66,54 @@ fn a_job_sees_only_its_own_processes_hostname_and_loopback() {
         table.lines().skip(1).filter_map(|l| l.split_once(':')).map(|(name, _)| name.trim()).collect();
     assert_eq!(interfaces, ["lo"], "only the loopback interface:\n{out}");
     assert!(out.lines().any(|l| l.trim_start().starts_with("lo:")));
+}
+
+/// The network namespace a job sees: its `/proc/self/ns/net` link and the interfaces in `/proc/net/dev`.
+const SHOW_NETWORK: &str = "readlink /proc/self/ns/net; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '";
+
+#[test]
+fn network_namespaces_made_ahead_of_time_are_each_jobs_own_and_the_helper_is_not_needed() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut client = server.client("alice");
+    let helpers = util::pids_where(|c| c.contains("__netns"));
+    let helper = *helpers.iter().find(|&&pid| util::parent_of(pid) == Some(server.pid())).expect("the helper runs");
+    let descriptors: BTreeSet<String> = std::fs::read_dir(format!("/proc/{helper}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(descriptors, BTreeSet::from(["0".into(), "1".into(), "2".into()]), "the helper holds only 0-2");
+
+    // More jobs at once than the pool holds (8): some take a namespace made ahead, some make their own.
+    let script = format!("{SHOW_NETWORK}; sleep 3");
+    let started: Vec<Job> = (0..12)
+        .map(|_| {
+            let request =
+                StartJobRequest { command: "sh".into(), args: vec!["-c".into(), script.clone()], ..Default::default() };
+            client.unary(path::START_JOB, &request, None).expect("start")
+        })
+        .collect();
+    let host = std::fs::read_link("/proc/self/ns/net").unwrap().to_string_lossy().into_owned();
+    let mut namespaces = BTreeSet::new();
+    for job in &started {
+        let (_, out) = wait_and_read(&mut client, &job.id);
+        let mut lines = out.lines();
+        let namespace = lines.next().expect("the namespace").to_string();
+        assert_ne!(namespace, host, "a job in the host's network namespace");
+        assert_eq!(lines.collect::<Vec<_>>(), ["lo"], "only the loopback interface:\n{out}");
+        namespaces.insert(namespace);
+    }
+    assert_eq!(namespaces.len(), started.len(), "jobs running at once share a network namespace: {namespaces:?}");
+
+    // Without the helper, each start makes its own namespace.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(helper), nix::sys::signal::Signal::SIGKILL).unwrap();
+    for _ in 0..10 {
+        let (job, out) = run_shell(&mut client, "readlink /proc/self/ns/net; cat /sys/class/net/lo/operstate");
+        assert_eq!(job.exit_code, Some(0), "{out}");
+        assert!(!out.starts_with(&host) && out.lines().nth(1).is_some_and(|l| l != "down"), "{out}");
+    }
+    assert!(server.log_text().contains("network-namespace helper is gone"), "{}", server.log_text());
+    assert!(eventually(Duration::from_secs(5), || util::parent_of(helper).is_none()), "the helper was not reaped");
 }
 
 #[test]

@@ -13,6 +13,7 @@
 //! the report format ([`InitReport`]) both sides share.
 
 pub mod init;
+pub mod network_pool;
 
 use std::ffi::{CString, OsString};
 use std::fmt;

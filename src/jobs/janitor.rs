@@ -149,7 +149,7 @@ impl Helper {
         // Its own process group: a Ctrl-C or a signal to the server's group is the server's to handle (it
         // waits for the janitor at shutdown); the janitor ends when its stdin closes, or with the server.
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        sys::die_with_parent(&mut command);
+        sys::prepare_helper(&mut command);
         Ok(Helper { process: command.spawn()?, names: pipe.write })
     }
 

@@ -17,8 +17,11 @@ use std::time::Duration;
 use super::spec::{c_string, JobSpec};
 use super::JobError;
 use crate::cgroup::JobCgroup;
+use crate::isolation::network_pool::NetworkPool;
 use crate::isolation::{InitPlan, InitReport, Isolation};
-use crate::sys::{self, CStringArray, ChildStack, ExecFailure, SpawnFds, SpawnOptions, SpawnProgram, SpawnStage};
+use crate::sys::{
+    self, CStringArray, ChildStack, ExecFailure, Namespaces, SpawnFds, SpawnOptions, SpawnProgram, SpawnStage,
+};
 
 /// How long a job has to report that its command started (its init's report, or the exec of a job without
 /// isolation), after which the job is killed and StartJob fails. The work is a few mounts and system calls,
@@ -46,16 +49,19 @@ pub enum StartReport {
     Init(OwnedFd),
 }
 
-/// What every launch reuses: the child's stack and the job's stdin.
+/// What every launch reuses: the child's stack, the job's stdin, network namespaces made ahead of time.
 pub struct Launcher {
     child_stack: ChildStack,
     dev_null: OwnedFd,
+    /// Where isolated jobs with a network of their own take their namespace from; without one (or when it is
+    /// empty), the job's spawn makes it.
+    network_pool: Option<NetworkPool>,
     /// The server's open-file limits before it raised them: what jobs get.
     open_files: Option<libc::rlimit>,
 }
 
 impl Launcher {
-    pub fn new() -> io::Result<Launcher> {
+    pub fn new(network_pool: Option<NetworkPool>) -> io::Result<Launcher> {
         let open_files = match sys::raise_open_file_limit() {
             Ok(original) => Some(original),
             Err(err) => {
@@ -63,7 +69,7 @@ impl Launcher {
                 None
             }
         };
-        Ok(Launcher { child_stack: ChildStack::default(), dev_null: sys::open_dev_null()?, open_files })
+        Ok(Launcher { child_stack: ChildStack::default(), dev_null: sys::open_dev_null()?, open_files, network_pool })
     }
 
     /// Starts `spec`'s process (for an isolated job, its init, whose report is still to come); on failure
@@ -86,6 +92,7 @@ impl Launcher {
         let options = SpawnOptions {
             namespaces: Default::default(),
             cgroup: cgroup_dir.as_ref().map(AsFd::as_fd),
+            network: None,
             die_with_parent: true,
             open_files: self.open_files,
         };
@@ -149,7 +156,13 @@ impl Launcher {
             control: Some(control_write.as_fd()),
             report: None,
         };
-        let options = SpawnOptions { namespaces: isolation.namespaces(), ..options };
+        // A network namespace made ahead of time, joined by the init's first instant, spares the loop its creation.
+        let network = match isolation.own_network {
+            true => self.network_pool.as_mut().and_then(NetworkPool::take),
+            false => None,
+        };
+        let namespaces = if network.is_some() { Namespaces::JOB } else { isolation.namespaces() };
+        let options = SpawnOptions { namespaces, network: network.as_ref().map(AsFd::as_fd), ..options };
         let spawned = sys::spawn(&program, &fds, options, &mut self.child_stack).map_err(internal)?;
         drop(control_write);
         let (pid, pidfd) = spawned.map_err(|failure| {

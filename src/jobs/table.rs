@@ -18,6 +18,7 @@ use super::spool::{Drain, Ingested, Spool, Stream, PIPE_CAPACITY};
 use super::start::{HalfStarted, Started};
 use super::{Caller, EndReason, Job, JobError, JobId, JobKey, JobSpec, JobState, StartRequest};
 use crate::cgroup::{CgroupRoot, Limits};
+use crate::isolation::network_pool::NetworkPool;
 use crate::isolation::{self, InitReport, Isolation};
 use crate::sys::{self, SpawnReport};
 
@@ -31,9 +32,10 @@ pub struct JobTableConfig {
     pub max_request_bytes: usize,
     pub max_output_bytes: u64,
     pub max_output_total: u64,
-    /// The server's own executable, to start the janitor from (see `jobs::janitor`); `None`: files are removed
-    /// on the loop.
-    pub janitor_executable: Option<PathBuf>,
+    /// The server's own executable, to start its helper processes from: the janitor (see `jobs::janitor`) and
+    /// the network-namespace pool (see `isolation::network_pool`). `None` (unit tests): files are removed on
+    /// the loop and each isolated job's start makes its own network namespace.
+    pub helper_executable: Option<PathBuf>,
 }
 
 /// How jobs are contained on this host, decided once at server startup.
@@ -87,8 +89,12 @@ impl JobTable {
         // own directory, but not list it.
         fs::DirBuilder::new().mode(0o711).create(&work_dir)?;
         fs::set_permissions(&work_dir, fs::Permissions::from_mode(0o711))?;
-        let janitor = Janitor::start(config.state_dir.join("trash"), config.janitor_executable.as_deref())?;
+        let janitor = Janitor::start(config.state_dir.join("trash"), config.helper_executable.as_deref())?;
         let spool = Spool::create(&config.state_dir, config.max_output_bytes, config.max_output_total, janitor)?;
+        let network_pool = match (&config.helper_executable, &containment.isolation) {
+            (Some(executable), Some(isolation)) if isolation.own_network => Some(NetworkPool::start(executable)),
+            _ => None,
+        };
         Ok(JobTable {
             config,
             jobs: BTreeMap::new(),
@@ -97,7 +103,7 @@ impl JobTable {
             next_key: 1,
             work_dir,
             containment,
-            launcher: Launcher::new()?,
+            launcher: Launcher::new(network_pool)?,
             spool,
             start_failures: VecDeque::new(),
             killed_inits: HashMap::new(),
@@ -507,7 +513,7 @@ mod tests {
             max_request_bytes: 64 * 1024,
             max_output_bytes: per_job,
             max_output_total: total,
-            janitor_executable: None,
+            helper_executable: None,
         };
         let containment = Containment { limits_unavailable: Some("test host".into()), ..Default::default() };
         (JobTable::new(config, containment).unwrap(), state_dir)

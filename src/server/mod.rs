@@ -284,7 +284,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
             max_output_bytes: config.max_output_bytes,
             max_output_total: config.max_output_total,
             // The running executable, even if its file was replaced or removed since.
-            janitor_executable: Some(PathBuf::from("/proc/self/exe")),
+            helper_executable: Some(PathBuf::from("/proc/self/exe")),
         },
         containment,
     )

@@ -248,3 +248,83 @@ pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and is always safe to call.
     unsafe { libc::_exit(code) }
 }
+
+/// Moves this process into a new network namespace and opens it (close-on-exec): the descriptor keeps the
+/// namespace alive after the process moves on, and another process can join it with `setns`.
+pub fn new_network_namespace() -> io::Result<OwnedFd> {
+    syscall!(unshare(libc::CLONE_NEWNET))?;
+    open_read_only(c"/proc/thread-self/ns/net")
+}
+
+/// A connected pair of `AF_UNIX` `SOCK_SEQPACKET` sockets (message boundaries kept), both close-on-exec: the
+/// first non-blocking (the server's end), the second blocking (a helper's).
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    syscall!(socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()))?;
+    // SAFETY: socketpair succeeded, so both descriptors are open and owned by nobody else.
+    let (server, helper) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    super::set_nonblocking(server.as_raw_fd())?;
+    Ok((server, helper))
+}
+
+/// Sends `fd` over the unix socket `socket` (`SCM_RIGHTS`), with one byte of data, blocking.
+pub fn send_descriptor(socket: RawFd, fd: RawFd) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let data = [0u8];
+    let fds = [fd];
+    let sent = sendmsg::<()>(
+        socket,
+        &[io::IoSlice::new(&data)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    );
+    sent.map(drop).map_err(io::Error::from)
+}
+
+/// What a non-blocking receive of a descriptor found.
+#[derive(Debug)]
+pub enum ReceivedDescriptor {
+    /// A message with one descriptor (close-on-exec).
+    Descriptor(OwnedFd),
+    /// Nothing queued.
+    Empty,
+    /// The peer closed its end.
+    Closed,
+}
+
+/// Takes one message from the unix socket `socket` without blocking, with the descriptor it carries.
+pub fn receive_descriptor(socket: RawFd) -> io::Result<ReceivedDescriptor> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut data = [0u8; 1];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [io::IoSliceMut::new(&mut data)];
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC;
+    let message = loop {
+        match recvmsg::<()>(socket, &mut iov, Some(&mut space), flags) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EAGAIN) => return Ok(ReceivedDescriptor::Empty),
+            Err(errno) => return Err(errno.into()),
+            Ok(message) => break message,
+        }
+    };
+    // Own every descriptor that arrived before judging the message, so none leaks.
+    let mut received: Vec<OwnedFd> = Vec::new();
+    for cmsg in message.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            // SAFETY: the kernel installed these descriptors in this process for this message; nothing else
+            // knows of them.
+            received.extend(fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    if message.bytes == 0 && received.is_empty() {
+        return Ok(ReceivedDescriptor::Closed);
+    }
+    match <[OwnedFd; 1]>::try_from(received) {
+        Ok([fd]) => Ok(ReceivedDescriptor::Descriptor(fd)),
+        Err(received) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a message with {} descriptors where one was expected", received.len()),
+        )),
+    }
+}

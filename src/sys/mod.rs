@@ -37,8 +37,9 @@ mod isolation;
 
 pub use isolation::{
     bring_loopback_up, close_from, control_pipe, drop_privileges, exit_now, getpid, is_pipe, make_mounts_private,
-    mount_proc, mount_sysfs, open_own_executable, open_read_only, pipe_reader_gone, reap_any_child,
-    reset_oom_score_adj, set_cloexec, set_hostname, signal_process, standard_fds, wait_readable, write_all,
+    mount_proc, mount_sysfs, new_network_namespace, open_own_executable, open_read_only, pipe_reader_gone,
+    reap_any_child, receive_descriptor, reset_oom_score_adj, send_descriptor, seqpacket_pair, set_cloexec,
+    set_hostname, signal_process, standard_fds, wait_readable, write_all, ReceivedDescriptor,
 };
 
 /// A pipe for one of a job's output streams: the server keeps `read` (non-blocking), the job gets `write`.
@@ -100,18 +101,19 @@ fn pipe(flags: libc::c_int) -> io::Result<OutputPipe> {
 }
 
 /// Sets `O_NONBLOCK` on one end of a pipe (the other keeps blocking).
-fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     let flags = syscall!(fcntl(fd, libc::F_GETFL))?;
     syscall!(fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK)).map(drop)
 }
 
-/// Makes the process `command` starts die with the server (`PR_SET_PDEATHSIG(SIGKILL)`), for helper processes.
-pub fn die_with_parent(command: &mut std::process::Command) {
+/// Makes the helper process `command` starts die with the server (`PR_SET_PDEATHSIG(SIGKILL)`) and keep none
+/// of the descriptors the server inherited without close-on-exec, only its 0-2.
+pub fn prepare_helper(command: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: getpid is async-signal-safe; it runs before the fork.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the closure runs in the child between fork and exec, and makes only async-signal-safe system
-    // calls (prctl, getppid), allocating nothing.
+    // calls (prctl, getppid, close_range), allocating nothing.
     unsafe {
         command.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
@@ -120,6 +122,9 @@ pub fn die_with_parent(command: &mut std::process::Command) {
             // The server died before the signal was armed: nothing would kill us later.
             if libc::getppid() != parent {
                 return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) < 0 {
+                return Err(io::Error::last_os_error());
             }
             Ok(())
         });

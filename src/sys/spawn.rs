@@ -68,6 +68,9 @@ pub struct SpawnOptions<'a> {
     pub namespaces: Namespaces,
     /// A cgroup v2 directory the child is created in (`CLONE_INTO_CGROUP`).
     pub cgroup: Option<BorrowedFd<'a>>,
+    /// A network namespace the child joins (`setns`) before it execs, made ahead of time (see
+    /// `isolation::network_pool`); `namespaces` then leaves out `CLONE_NEWNET`.
+    pub network: Option<BorrowedFd<'a>>,
     /// `PR_SET_PDEATHSIG(SIGKILL)`: the child dies with the server.
     pub die_with_parent: bool,
     /// The open-file limit the child gets back (the server raises its own; see `raise_open_file_limit`).
@@ -179,6 +182,7 @@ struct ChildArgs<'a> {
     control: Option<RawFd>,
     die_with_parent: bool,
     open_files: Option<libc::rlimit>,
+    network: Option<RawFd>,
     /// Where a failure goes: the parent's frame (vfork), or a pipe (fork).
     report: *mut ChildReport,
     report_pipe: Option<RawFd>,
@@ -205,6 +209,7 @@ pub fn spawn(
         control: fds.control.map(|fd| fd.as_raw_fd()),
         die_with_parent: options.die_with_parent,
         open_files: options.open_files,
+        network: options.network.map(|fd| fd.as_raw_fd()),
         report: &mut report,
         report_pipe: fds.report.map(|fd| fd.as_raw_fd()),
         // SAFETY: getpid has no preconditions.
@@ -433,6 +438,11 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         // this job then (a vfork's parent is suspended, and alive, until the exec).
         if args.die_with_parent && args.report_pipe.is_some() && libc::getppid() != args.parent {
             return fail(SpawnStage::Setup);
+        }
+        if let Some(network) = args.network {
+            if libc::setns(network, libc::CLONE_NEWNET) < 0 {
+                return fail(SpawnStage::Setup);
+            }
         }
         if let Some(limit) = &args.open_files {
             if libc::setrlimit(libc::RLIMIT_NOFILE, limit) < 0 {

@@ -519,35 +519,11 @@ fn clone3_floor_us(rounds: usize) -> f64 {
     median(&mut times)
 }
 
-fn main() {
-    // `cargo test --all-targets` runs bench targets in test mode; the figures only make sense in a real run.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("perf: run with `make bench` (cargo bench --bench perf)");
-        return;
-    }
-    assert!(util::BIN.contains("release"), "build with `cargo bench` so the server is the release binary");
-    // As `runnel client` does: the bench's in-process client should stream like the command line's.
-    runnel::sys::retain_freed_memory();
-    let pki = Pki::new();
-    // `RUNNEL_BENCH=flood make bench` (or `connections`, `jobs`): only those figures, for quick A/B work.
-    match std::env::var("RUNNEL_BENCH").as_deref() {
-        Ok("flood") => return flood_figures(&pki),
-        Ok("connections") => return idle_connection_figures(&pki, 1000),
-        Ok("jobs") => return many_jobs_figures(&pki, 1000),
-        _ => {}
-    }
-    // Start from a quiet disk: what an earlier run (or anything else) left dirty would otherwise be written back
-    // during this one's measurements (creating a job's directories took 2.4 times as long under writeback).
-    Command::new("sync").status().unwrap();
-    let server = Server::start(&pki, &["--max-output-bytes", "4G", "--max-output-total", "16G"]);
-    let pid = server.pid();
-    let mut client = server.client("alice");
-    println!("runnel perf ({} cores), server pid {pid}", std::thread::available_parallelism().unwrap());
-    println!();
-
-    // StartJob p50 over a kept-open connection, next to std's posix_spawn + wait of the same program: without
-    // isolation (the spawn itself), and with every namespace and the init (the default as root).
-    let plain = Server::start(&pki, &["--no-isolation"]);
+/// StartJob p50 over a kept-open connection, next to std's posix_spawn + wait of the same program: without
+/// isolation (the spawn itself), and with every namespace and the init (the default as root) next to its
+/// `clone3` floor. `client` talks to a default (isolated) server.
+fn start_figures(pki: &Pki, client: &mut Client) {
+    let plain = Server::start(pki, &["--no-isolation"]);
     let mut plain_client = plain.client("alice");
     let rounds = 300;
     let mut baseline = Vec::new();
@@ -569,7 +545,7 @@ fn main() {
             timed_start(&mut plain_client, &mut startjob);
         }
         for _ in 0..rounds / 3 {
-            timed_start(&mut client, &mut isolated);
+            timed_start(client, &mut isolated);
         }
     }
     drop(plain_client);
@@ -590,6 +566,39 @@ fn main() {
         "  floor: clone3 into the same namespaces + exec /bin/true + reap {floor:8.0} µs   ratio {:.2}x (goal ≤ 1.3x)",
         isolated_p50 / floor
     );
+}
+
+fn main() {
+    // `cargo test --all-targets` runs bench targets in test mode; the figures only make sense in a real run.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("perf: run with `make bench` (cargo bench --bench perf)");
+        return;
+    }
+    assert!(util::BIN.contains("release"), "build with `cargo bench` so the server is the release binary");
+    // As `runnel client` does: the bench's in-process client should stream like the command line's.
+    runnel::sys::retain_freed_memory();
+    let pki = Pki::new();
+    // `RUNNEL_BENCH=flood make bench` (or `connections`, `jobs`, `start`): only those figures, for quick A/B work.
+    match std::env::var("RUNNEL_BENCH").as_deref() {
+        Ok("flood") => return flood_figures(&pki),
+        Ok("connections") => return idle_connection_figures(&pki, 1000),
+        Ok("jobs") => return many_jobs_figures(&pki, 1000),
+        Ok("start") => {
+            let server = Server::start(&pki, &[]);
+            return start_figures(&pki, &mut server.client("alice"));
+        }
+        _ => {}
+    }
+    // Start from a quiet disk: what an earlier run (or anything else) left dirty would otherwise be written back
+    // during this one's measurements (creating a job's directories took 2.4 times as long under writeback).
+    Command::new("sync").status().unwrap();
+    let server = Server::start(&pki, &["--max-output-bytes", "4G", "--max-output-total", "16G"]);
+    let pid = server.pid();
+    let mut client = server.client("alice");
+    println!("runnel perf ({} cores), server pid {pid}", std::thread::available_parallelism().unwrap());
+    println!();
+
+    start_figures(&pki, &mut client);
 
     // Idle: 10 followers attached to a silent job; server CPU over 5 s.
     let silent = start(&mut client, "sleep", &["60"]);
