@@ -283,6 +283,52 @@ fn the_jobs_environment_never_reaches_the_init_which_starts_as_root() {
 }
 
 #[test]
+fn a_jobs_environment_and_working_directory_are_in_no_command_line_on_the_host() {
+    // Every local user can read every process's command line. The job's request reaches its init without one:
+    // the init's is `runnel __init`, and only the command's own argv is the command's.
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut client = server.client("alice");
+    let secret = format!("s3cr3t-{}", std::process::id());
+    let request = StartJobRequest {
+        command: "sleep".into(),
+        args: vec!["30".into()],
+        env: vec![format!("SECRET_TOKEN={secret}")],
+        ..Default::default()
+    };
+    let job: Job = client.unary(path::START_JOB, &request, None).unwrap();
+    let readers = util::pids_where(|cmdline| cmdline.contains(&secret) || cmdline.contains(&job.id));
+    let shown = |pids: &[i32]| pids.iter().map(|&pid| util::cmdline_of(pid)).collect::<Vec<_>>();
+    assert!(readers.is_empty(), "the job's environment or id in a command line: {:?}", shown(&readers));
+    // Other tests' jobs may be running too: every init's command line is the bare one.
+    let inits = util::pids_where(|cmdline| cmdline.starts_with("runnel __init"));
+    assert!(!inits.is_empty(), "no init is running");
+    assert!(inits.iter().all(|&pid| util::cmdline_of(pid).trim_end() == "runnel __init"), "{:?}", shown(&inits));
+}
+
+#[test]
+fn a_stop_right_after_the_start_reaches_the_command() {
+    // StartJob answers once the command runs, before the init has its signalfd: a stop sent then must wait
+    // for it (pending), not vanish (PID 1 of a namespace drops unhandled signals from outside).
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut client = server.client("alice");
+    for _ in 0..5 {
+        let request = StartJobRequest { command: "sleep".into(), args: vec!["30".into()], ..Default::default() };
+        let job: Job = client.unary(path::START_JOB, &request, None).unwrap();
+        let grace = Some(prost_types::Duration { seconds: 20, nanos: 0 });
+        let stop = runnel::proto::StopJobRequest { job_id: job.id.clone(), grace_period: grace };
+        let begun = std::time::Instant::now();
+        let _: Job = client.unary(path::STOP_JOB, &stop, None).unwrap();
+        let ended: Job = client
+            .unary(path::WAIT_JOB, &WaitJobRequest { job_id: job.id.clone() }, Some(Duration::from_secs(30)))
+            .unwrap();
+        assert_eq!(ended.signal, Some(libc::SIGTERM), "{ended:?}");
+        assert!(begun.elapsed() < Duration::from_secs(10), "the stop waited for its grace period: {ended:?}");
+    }
+}
+
+#[test]
 fn jobs_get_the_open_file_limit_the_server_started_with() {
     // The server raises its own soft limit to the hard one (it holds descriptors for every connection and job)
     // and must give jobs back what it started with. Started below the hard limit, so the two differ.

@@ -41,10 +41,9 @@ impl JobCgroup {
         io::limit(&self.path, limits, io_devices)
     }
 
-    /// Writes the CPU limit. The server does this right after the spawn returns: an isolated job's spawn is a
-    /// `vfork` that holds the server until the init is exec'd, and that exec copies the job's arguments and
-    /// environment (up to `--max-job-request`), which under a small quota would take several of its 100 ms
-    /// periods, with the event loop waiting. The init's setup and the command run capped.
+    /// Writes the CPU limit. The server does this right after the spawn returns, never before: a spawn that
+    /// held the loop until its child's exec (a `vfork`) would hold it for several of the quota's 100 ms periods
+    /// under a small quota. The init's setup and the command run capped.
     pub fn limit_cpu(&self, limits: &Limits) -> Result<(), CgroupError> {
         cpu::limit(&self.path, limits.cpu_millicores)
     }

@@ -1,5 +1,6 @@
-//! Starting a job's process: the command itself when the server cannot isolate jobs, otherwise runnel's init
-//! inside new namespaces (see `isolation`), which starts the command. Either way the first process is created
+//! Starting a job's process: the command itself when the server cannot isolate jobs, otherwise the job's init:
+//! a fork into new namespaces that starts the command and then becomes runnel's init (see `isolation` and
+//! `sys::spawn_init`). Either way the first process is created
 //! inside the job's cgroup when there is one.
 //!
 //! Either way the launch returns as soon as the process exists, and whether the command started comes later,
@@ -18,9 +19,10 @@ use super::spec::{c_string, JobSpec};
 use super::JobError;
 use crate::cgroup::JobCgroup;
 use crate::isolation::network_pool::NetworkPool;
-use crate::isolation::{InitPlan, InitReport, Isolation};
+use crate::isolation::{InitReport, Isolation, RunAs, INIT_COMMAND, RUN_AS_VARIABLE};
 use crate::sys::{
-    self, CStringArray, ChildStack, ExecFailure, Namespaces, SpawnFds, SpawnOptions, SpawnProgram, SpawnStage,
+    self, CStringArray, ChildStack, ExecFailure, InitStacks, InitStart, Namespaces, SpawnFds, SpawnOptions,
+    SpawnProgram, SpawnStage,
 };
 
 /// How long a job has to report that its command started (its init's report, or the exec of a job without
@@ -49,9 +51,13 @@ pub enum StartReport {
     Init(OwnedFd),
 }
 
-/// What every launch reuses: the child's stack, the job's stdin, network namespaces made ahead of time.
+/// What every launch reuses: the children's stacks, the job's stdin, the init's argv, network namespaces made
+/// ahead of time.
 pub struct Launcher {
     child_stack: ChildStack,
+    init_stacks: InitStacks,
+    /// `runnel __init`: all an init's command line says (the job's own arguments are not in it).
+    init_argv: CStringArray,
     dev_null: OwnedFd,
     /// Where isolated jobs with a network of their own take their namespace from; without one (or when it is
     /// empty), the job's spawn makes it.
@@ -69,7 +75,20 @@ impl Launcher {
                 None
             }
         };
-        Ok(Launcher { child_stack: ChildStack::default(), dev_null: sys::open_dev_null()?, open_files, network_pool })
+        Ok(Launcher {
+            child_stack: ChildStack::default(),
+            init_stacks: InitStacks::default(),
+            init_argv: CStringArray::new(vec![c"runnel".into(), c_string(INIT_COMMAND.as_bytes())]),
+            dev_null: sys::open_dev_null()?,
+            open_files,
+            network_pool,
+        })
+    }
+
+    /// Ends the network-namespace helper and waits for it (server shutdown); later isolated jobs would make
+    /// their own namespaces.
+    pub fn finish(&mut self) {
+        self.network_pool = None;
     }
 
     /// Starts `spec`'s process (for an isolated job, its init, whose report is still to come); on failure
@@ -98,17 +117,7 @@ impl Launcher {
         };
 
         let Some(isolation) = isolation else {
-            let program = SpawnProgram {
-                exec_fd: None,
-                candidates: CStringArray::new(
-                    spec.exec_candidates().iter().map(|p| c_string(p.as_os_str().as_bytes())).collect(),
-                ),
-                argv: CStringArray::new(
-                    std::iter::once(&spec.command).chain(&spec.args).map(|a| c_string(a.as_bytes())).collect(),
-                ),
-                envp: CStringArray::new(spec.environment().into_iter().map(c_string).collect()),
-                working_dir: c_string(working_dir.as_os_str().as_bytes()),
-            };
+            let program = command_program(spec, working_dir);
             let (report_read, report_write) = sys::control_pipe().map_err(internal)?;
             let fds = SpawnFds {
                 stdin: self.dev_null.as_fd(),
@@ -131,22 +140,17 @@ impl Launcher {
             };
         };
 
-        let plan = InitPlan {
-            hostname: hostname.to_string(),
-            run_as: isolation.run_as,
-            loopback: isolation.own_network,
-            working_dir: working_dir.to_path_buf(),
-            candidates: spec.exec_candidates(),
-            env: spec.environment(),
-            argv: std::iter::once(&spec.command).chain(&spec.args).cloned().collect(),
-        };
-        let program = SpawnProgram {
-            exec_fd: Some(isolation.init_executable()),
-            candidates: CStringArray::new(Vec::new()),
-            argv: CStringArray::new(plan.to_args()),
-            // Empty: the init starts as root (see `InitPlan`).
-            envp: CStringArray::new(Vec::new()),
-            working_dir: c"/".into(),
+        let command = command_program(spec, working_dir);
+        let RunAs { uid, gid } = isolation.run_as;
+        let hostname = c_string(hostname.as_bytes());
+        let start = InitStart {
+            hostname: &hostname,
+            own_network: isolation.own_network,
+            command: &command,
+            run_as: (uid, gid),
+            init_executable: isolation.init_executable(),
+            init_argv: &self.init_argv,
+            init_envp: &CStringArray::new(vec![c_string(format!("{RUN_AS_VARIABLE}={uid}:{gid}").as_bytes())]),
         };
         let (control_read, control_write) = sys::control_pipe().map_err(internal)?;
         let fds = SpawnFds {
@@ -156,20 +160,31 @@ impl Launcher {
             control: Some(control_write.as_fd()),
             report: None,
         };
-        // A network namespace made ahead of time, joined by the init's first instant, spares the loop its creation.
+        // A network namespace made ahead of time, joined by the init's first instant, spares the spawn its creation.
         let network = match isolation.own_network {
             true => self.network_pool.as_mut().and_then(NetworkPool::take),
             false => None,
         };
         let namespaces = if network.is_some() { Namespaces::JOB } else { isolation.namespaces() };
         let options = SpawnOptions { namespaces, network: network.as_ref().map(AsFd::as_fd), ..options };
-        let spawned = sys::spawn(&program, &fds, options, &mut self.child_stack).map_err(internal)?;
-        drop(control_write);
-        let (pid, pidfd) = spawned.map_err(|failure| {
-            let reason = io::Error::from_raw_os_error(failure.errno);
-            JobError::system("cannot start the job's init (runnel's own executable)", reason)
-        })?;
+        let (pid, pidfd) = sys::spawn_init(&start, &fds, options, &mut self.init_stacks)
+            .map_err(|err| JobError::system("cannot start the job's init", err))?;
         Ok(Launched { pid, pidfd, pipes: [stdout.read, stderr.read], report: StartReport::Init(control_read) })
+    }
+}
+
+/// The job's command as the spawn execs it: the candidates of its executable search, argv, environment.
+fn command_program(spec: &JobSpec, working_dir: &Path) -> SpawnProgram<'static> {
+    SpawnProgram {
+        exec_fd: None,
+        candidates: CStringArray::new(
+            spec.exec_candidates().iter().map(|p| c_string(p.as_os_str().as_bytes())).collect(),
+        ),
+        argv: CStringArray::new(
+            std::iter::once(&spec.command).chain(&spec.args).map(|a| c_string(a.as_bytes())).collect(),
+        ),
+        envp: CStringArray::new(spec.environment().into_iter().map(c_string).collect()),
+        working_dir: c_string(working_dir.as_os_str().as_bytes()),
     }
 }
 

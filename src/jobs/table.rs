@@ -463,13 +463,15 @@ impl JobTable {
         self.containment.cgroups.take()
     }
 
-    /// Deletes every job's files (server shutdown, after every job ended), and waits until they are gone.
+    /// Server shutdown, after every job ended: deletes every job's files and ends the helper processes, and
+    /// waits until both are done (the helpers live in the server's cgroup, which is removed next).
     pub fn remove_all(&mut self) {
         for job in std::mem::take(&mut self.jobs).into_values() {
             self.remove_files(job);
         }
         self.by_id.clear();
         self.spool.finish_removals();
+        self.launcher.finish();
     }
 
     /// Hands a job's output and working directory to the janitor.

@@ -95,9 +95,11 @@ pub fn drop_privileges(uid: u32, gid: u32) -> io::Result<()> {
     }
     let zero: libc::c_ulong = 0;
     syscall!(prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, zero, zero, zero))?;
-    syscall!(setgroups(0, std::ptr::null()))?;
-    syscall!(setresgid(gid, gid, gid))?;
-    syscall!(setresuid(uid, uid, uid))?;
+    // Raw system calls, not the C library's wrappers (musl's synchronise every thread first): this also runs in
+    // a vfork child (see `init_start`).
+    raw_syscall(libc::SYS_setgroups, [0, 0, 0])?;
+    raw_syscall(libc::SYS_setresgid, [gid.into(), gid.into(), gid.into()])?;
+    raw_syscall(libc::SYS_setresuid, [uid.into(), uid.into(), uid.into()])?;
     // Leaving uid 0 already empties the permitted and effective sets; this also covers a run-as uid of 0 and the
     // inheritable set.
     let header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
@@ -116,6 +118,15 @@ pub fn drop_privileges(uid: u32, gid: u32) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     syscall!(prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, zero, zero, zero)).map(drop)
+}
+
+/// `syscall(number, args...)` with three integer arguments.
+fn raw_syscall(number: libc::c_long, args: [libc::c_long; 3]) -> io::Result<()> {
+    // SAFETY: the callers pass only integer (or null pointer) arguments the system call accepts.
+    if unsafe { libc::syscall(number, args[0], args[1], args[2]) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// True if `fd` is an open pipe.

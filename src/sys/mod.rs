@@ -7,9 +7,12 @@
 //! execs, so it may only make raw system calls: no allocation, no locks, nothing that touches Rust state.
 
 mod alloc;
+mod init_start;
 mod spawn;
 
 pub use alloc::CacheLineAllocator;
+
+pub use init_start::{spawn_init, InitReport, InitStacks, InitStart, SetupStep, COMMAND_PID, REPORT_LEN};
 
 pub use spawn::{
     probe_namespaces, read_spawn_report, spawn, CStringArray, ChildStack, ExecFailure, Namespaces, SpawnFds,

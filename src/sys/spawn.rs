@@ -1,7 +1,8 @@
 //! Starting a job's process: `clone3(CLONE_VM | CLONE_VFORK | CLONE_PIDFD)` and `execve`, posix_spawn style.
 //!
-//! The same call starts a job's init inside fresh namespaces and its cgroup (`CLONE_NEW*`, `CLONE_INTO_CGROUP`:
-//! no instant of the child runs outside either), and, inside the init, the job's command itself.
+//! It starts a job's command inside its init (see `init_start`, whose fork into the job's namespaces and cgroup
+//! uses the same clone: `CLONE_NEW*`, `CLONE_INTO_CGROUP`, no instant of the child outside either), and the
+//! command of a job without isolation.
 //!
 //! The parent prepares everything the child needs (C strings, descriptors, a stack) before the clone, because
 //! the child shares the parent's memory and must not allocate or take locks. `CLONE_VFORK` suspends the parent
@@ -92,6 +93,10 @@ impl Namespaces {
     pub fn with_network(self) -> Namespaces {
         Namespaces(self.0 | libc::CLONE_NEWNET as u64)
     }
+
+    pub(super) fn bits(self) -> u64 {
+        self.0
+    }
 }
 
 /// The step at which the child failed, reported back through shared memory.
@@ -123,9 +128,9 @@ pub struct ExecFailure {
 
 /// Memory the child writes its failure into; zero stage means the exec succeeded.
 #[repr(C)]
-struct ChildReport {
-    stage: u32,
-    errno: i32,
+pub(super) struct ChildReport {
+    pub(super) stage: u32,
+    pub(super) errno: i32,
 }
 
 /// Bytes of a failure on a report pipe: the stage and the errno, each a little-endian u32.
@@ -176,18 +181,21 @@ impl Default for ChildStack {
 }
 
 /// Everything the child function reads, passed by pointer through the trampoline.
-struct ChildArgs<'a> {
-    program: &'a SpawnProgram<'a>,
-    fds: [RawFd; 3],
-    control: Option<RawFd>,
-    die_with_parent: bool,
-    open_files: Option<libc::rlimit>,
-    network: Option<RawFd>,
+pub(super) struct ChildArgs<'a> {
+    pub(super) program: &'a SpawnProgram<'a>,
+    pub(super) fds: [RawFd; 3],
+    pub(super) control: Option<RawFd>,
+    pub(super) die_with_parent: bool,
+    pub(super) open_files: Option<libc::rlimit>,
+    pub(super) network: Option<RawFd>,
+    /// Drop to this uid and gid, with no capability left, before the chdir and exec (a job's command started
+    /// by its init, see `init_start`).
+    pub(super) run_as: Option<(u32, u32)>,
     /// Where a failure goes: the parent's frame (vfork), or a pipe (fork).
-    report: *mut ChildReport,
-    report_pipe: Option<RawFd>,
+    pub(super) report: *mut ChildReport,
+    pub(super) report_pipe: Option<RawFd>,
     /// The parent's pid: a fork checks it is still its parent once the death signal is armed.
-    parent: libc::pid_t,
+    pub(super) parent: libc::pid_t,
 }
 
 /// Starts the program in a new session (so it leads its own process group) with the given descriptors as
@@ -210,6 +218,7 @@ pub fn spawn(
         die_with_parent: options.die_with_parent,
         open_files: options.open_files,
         network: options.network.map(|fd| fd.as_raw_fd()),
+        run_as: None,
         report: &mut report,
         report_pipe: fds.report.map(|fd| fd.as_raw_fd()),
         // SAFETY: getpid has no preconditions.
@@ -235,7 +244,7 @@ pub fn spawn(
 
 /// How the child has the parent's memory.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Shared {
+pub(super) enum Shared {
     /// `CLONE_VM | CLONE_VFORK`: the same memory, the parent suspended until the child execs or exits.
     UntilExec,
     /// A copy-on-write copy (a fork): the parent goes on at once.
@@ -249,7 +258,7 @@ enum Shared {
 /// # Safety
 /// As for [`clone3_trampoline`]: `child` may only make raw system calls, and whatever `arg` points to must
 /// stay valid until the child execs or exits (which CLONE_VFORK makes "until this returns"; a copy has its own).
-unsafe fn clone_child(
+pub(super) unsafe fn clone_child(
     shared: Shared,
     extra_flags: u64,
     cgroup: u64,
@@ -284,7 +293,7 @@ unsafe fn clone_child(
 }
 
 /// `CLONE_INTO_CGROUP` from `linux/sched.h` (not in the libc crate).
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+pub(super) const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// Starts and reaps a child in `namespaces` that exits at once: whether this kernel and these privileges allow
 /// creating them (a server that may not runs jobs without isolation).
@@ -387,8 +396,24 @@ compile_error!("runnel's spawn trampoline is written for x86_64 Linux only");
 /// cannot be changed). Rust ignores SIGPIPE and installs SIGSEGV/SIGBUS handlers; a job must see neither.
 const RESET_SIGNALS: std::ops::RangeInclusive<libc::c_int> = 1..=31;
 
+/// Resets every signal's disposition to the default (the server ignores SIGPIPE and handles others).
+///
+/// # Safety
+/// Only for a freshly cloned child, which must not run any handler of the parent's.
+pub(super) unsafe fn reset_signal_dispositions() {
+    // SAFETY: sigaction is plain data; all-zero with SIG_DFL is a valid default disposition.
+    let mut default: libc::sigaction = unsafe { std::mem::zeroed() };
+    default.sa_sigaction = libc::SIG_DFL;
+    for signal in RESET_SIGNALS {
+        if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+            // SAFETY: a valid signal number and disposition.
+            unsafe { libc::sigaction(signal, &default, std::ptr::null_mut()) };
+        }
+    }
+}
+
 /// The child, between clone and exec. Raw system calls only: it may share the parent's memory.
-extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+pub(super) extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the `ChildArgs` the parent passed, alive while the parent is suspended by CLONE_VFORK
     // (or this process's own copy of it).
     let args = unsafe { &*(arg as *const ChildArgs) };
@@ -419,13 +444,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY (for the block below): each call is a thin async-signal-safe system call wrapper on values the
     // parent prepared; none allocates or locks.
     unsafe {
-        let mut default: libc::sigaction = std::mem::zeroed();
-        default.sa_sigaction = libc::SIG_DFL;
-        for signal in RESET_SIGNALS {
-            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
-                libc::sigaction(signal, &default, std::ptr::null_mut());
-            }
-        }
+        reset_signal_dispositions();
         // A new session: its own process group (so stop can signal the whole group) and no controlling terminal.
         if libc::setsid() < 0 {
             return fail(SpawnStage::Setup);
@@ -476,6 +495,11 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         // Every server descriptor is close-on-exec already; this makes sure of it for any that is not.
         if libc::syscall(libc::SYS_close_range, first_closed, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) < 0 {
             return fail(SpawnStage::Setup);
+        }
+        if let Some((uid, gid)) = args.run_as {
+            if super::isolation::drop_privileges(uid, gid).is_err() {
+                return fail(SpawnStage::Setup);
+            }
         }
         if libc::chdir(args.program.working_dir.as_ptr()) < 0 {
             return fail(SpawnStage::WorkingDir);
