@@ -329,6 +329,49 @@ fn a_stop_right_after_the_start_reaches_the_command() {
 }
 
 #[test]
+fn each_job_has_private_temporary_directories_of_bounded_size() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &["--tmp-size", "1M"]);
+    let (mut alice, mut bob) = (server.client("alice"), server.client("bob"));
+    let marker = format!("runnel-tmp-test-{}", std::process::id());
+    let write = format!("for d in /tmp /var/tmp /dev/shm; do echo alice > $d/{marker} || exit 1; done; sleep 5");
+    let request = StartJobRequest { command: "sh".into(), args: vec!["-c".into(), write], ..Default::default() };
+    let writer: Job = alice.unary(path::START_JOB, &request, None).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Bob's job, meanwhile, sees empty directories of its own, each 1 MiB and no more.
+    let look = format!("ls -A /tmp /var/tmp /dev/shm; df -k /tmp /var/tmp /dev/shm | tail -n 3; head -c 2M /dev/zero > /tmp/big && echo fit; cat /tmp/{marker}");
+    let (job, out) = run_shell(&mut bob, &look);
+    assert!(!out.contains(&marker) && !out.contains("alice"), "bob's job sees alice's files:\n{out}");
+    assert!(!out.contains("fit"), "2 MiB fit in a 1 MiB /tmp:\n{out}");
+    let sizes: Vec<&str> =
+        out.lines().filter(|l| l.starts_with("tmpfs")).filter_map(|l| l.split_whitespace().nth(1)).collect();
+    assert_eq!(sizes, ["1024", "1024", "1024"], "{out}");
+    assert_ne!(job.exit_code, Some(0));
+    for dir in ["/tmp", "/var/tmp", "/dev/shm"] {
+        assert!(!std::path::Path::new(dir).join(&marker).exists(), "alice's job wrote into the host's {dir}");
+    }
+    let (ended, _) = wait_and_read(&mut alice, &writer.id);
+    assert_eq!(ended.exit_code, Some(0), "alice's job could not write its temporary files");
+
+    // A working directory under the host's /tmp stays reachable, and only it.
+    let host_dir = util::ScratchDir::new("tmp-cwd");
+    std::fs::set_permissions(host_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::write(host_dir.path().join("input"), "from the host\n").unwrap();
+    let request = StartJobRequest {
+        command: "sh".into(),
+        args: vec!["-c".into(), "pwd; cat input; echo from the job > output".into()],
+        working_dir: host_dir.path().to_str().unwrap().into(),
+        ..Default::default()
+    };
+    let job: Job = alice.unary(path::START_JOB, &request, None).unwrap();
+    let (ended, out) = wait_and_read(&mut alice, &job.id);
+    assert_eq!(ended.exit_code, Some(0), "{out}");
+    assert_eq!(out, format!("{}\nfrom the host\n", host_dir.path().display()));
+    assert_eq!(std::fs::read_to_string(host_dir.path().join("output")).unwrap(), "from the job\n");
+}
+
+#[test]
 fn jobs_get_the_open_file_limit_the_server_started_with() {
     // The server raises its own soft limit to the hard one (it holds descriptors for every connection and job)
     // and must give jobs back what it started with. Started below the hard limit, so the two differ.

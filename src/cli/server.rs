@@ -42,6 +42,8 @@ Serves the runnel job API over mutual TLS (TLS 1.3, client certificate required)
 isolation (needs root; otherwise jobs run as the server's user, with a warning):
   --run-as USER[:GROUP]          user jobs run as, with no capabilities [default: nobody:nogroup]
   --host-network                 jobs keep the host's network (default: their own, with only lo)
+  --tmp-size SIZE                each job's private /tmp, /var/tmp and /dev/shm (tmpfs, each) [default: 64M,
+                                 or the job's memory limit if smaller]
   --no-isolation                 run jobs in the host's namespaces as the server's user
   --require-isolation            refuse to start if jobs cannot be isolated
 
@@ -103,6 +105,7 @@ struct RawFlags {
     no_isolation: bool,
     run_as: Option<String>,
     host_network: bool,
+    tmp_size: Option<u64>,
     require_isolation: bool,
 }
 
@@ -145,6 +148,7 @@ impl RawFlags {
             no_isolation: args.contains("--no-isolation"),
             run_as: args.opt_value_from_str("--run-as")?,
             host_network: args.contains("--host-network"),
+            tmp_size: args.opt_value_from_fn("--tmp-size", parse_size)?,
             require_isolation: args.contains("--require-isolation"),
         };
         finish(args)?;
@@ -192,6 +196,10 @@ impl RawFlags {
             return Err(CliError::usage("--max-jobs and --max-running-per-client must be at least 1"));
         }
         // Past a few MiB the request could not reach the server anyway (4 MiB messages), nor exec (ARG_MAX).
+        let tmp_size = self.tmp_size.unwrap_or(64 << 20);
+        if tmp_size < 4096 {
+            return Err(CliError::usage("--tmp-size must be at least 4K (one page)"));
+        }
         let max_request_bytes = match self.max_job_request.unwrap_or(256 << 10) {
             bytes @ 1024..=0x100_0000 => bytes as usize,
             _ => return Err(CliError::usage("--max-job-request must be between 1K and 16M")),
@@ -227,6 +235,7 @@ impl RawFlags {
                 no_isolation: self.no_isolation,
                 run_as: self.run_as,
                 host_network: self.host_network,
+                tmp_size,
                 require_isolation: self.require_isolation,
             },
         })

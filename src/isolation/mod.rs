@@ -109,11 +109,13 @@ pub struct Isolation {
     pub run_as: RunAs,
     /// False with `--host-network`: jobs share the host's network namespace.
     pub own_network: bool,
+    /// The size of each private temporary directory (`--tmp-size`), unless the job's memory limit is smaller.
+    pub tmp_size: u64,
 }
 
 impl Isolation {
     /// Checks that this server can isolate jobs: it is root and the kernel creates the namespaces.
-    pub fn detect(run_as: RunAs, own_network: bool) -> Result<Isolation, IsolationError> {
+    pub fn detect(run_as: RunAs, own_network: bool, tmp_size: u64) -> Result<Isolation, IsolationError> {
         if !nix::unistd::geteuid().is_root() {
             return Err(IsolationError::NotRoot);
         }
@@ -121,6 +123,7 @@ impl Isolation {
             init_executable: sys::open_own_executable().map_err(IsolationError::OwnExecutable)?,
             run_as,
             own_network,
+            tmp_size,
         };
         sys::probe_namespaces(isolation.namespaces(), &mut sys::ChildStack::default())
             .map_err(IsolationError::NamespacesRefused)?;

@@ -9,10 +9,11 @@
 //! ([`init_failure`] and [`exec_error`] turn a failure into the client's error). So a slow namespace setup, a
 //! working directory on a hung file system or a long executable search never holds the loop.
 
+use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::spec::{c_string, JobSpec};
@@ -22,7 +23,7 @@ use crate::isolation::network_pool::NetworkPool;
 use crate::isolation::{InitReport, Isolation, RunAs, INIT_COMMAND, RUN_AS_VARIABLE};
 use crate::sys::{
     self, CStringArray, ChildStack, ExecFailure, InitStacks, InitStart, Namespaces, SpawnFds, SpawnOptions,
-    SpawnProgram, SpawnStage,
+    SpawnProgram, SpawnStage, WorkingDirBind,
 };
 
 /// How long a job has to report that its command started (its init's report, or the exec of a job without
@@ -100,6 +101,7 @@ impl Launcher {
         working_dir: &Path,
         isolation: Option<&Isolation>,
         cgroup: Option<&JobCgroup>,
+        memory_limit: Option<u64>,
     ) -> Result<Launched, JobError> {
         let cgroup_dir = match cgroup.map(JobCgroup::open).transpose() {
             Ok(dir) => dir,
@@ -143,11 +145,17 @@ impl Launcher {
         let command = command_program(spec, working_dir);
         let RunAs { uid, gid } = isolation.run_as;
         let hostname = c_string(hostname.as_bytes());
+        // Each private temporary directory holds at most --tmp-size, and no more than the job's memory.
+        let tmp_size = memory_limit.map_or(isolation.tmp_size, |limit| limit.min(isolation.tmp_size));
+        let tmp_options = c_string(format!("size={tmp_size},mode=1777").as_bytes());
+        let bind = WorkingDirMount::under_private_tmp(working_dir);
         let start = InitStart {
             hostname: &hostname,
             own_network: isolation.own_network,
             command: &command,
             run_as: (uid, gid),
+            tmp_options: &tmp_options,
+            working_dir_bind: bind.as_ref().map(WorkingDirMount::as_bind),
             init_executable: isolation.init_executable(),
             init_argv: &self.init_argv,
             init_envp: &CStringArray::new(vec![c_string(format!("{RUN_AS_VARIABLE}={uid}:{gid}").as_bytes())]),
@@ -170,6 +178,38 @@ impl Launcher {
         let (pid, pidfd) = sys::spawn_init(&start, &fds, options, &mut self.init_stacks)
             .map_err(|err| JobError::system("cannot start the job's init", err))?;
         Ok(Launched { pid, pidfd, pipes: [stdout.read, stderr.read], report: StartReport::Init(control_read) })
+    }
+}
+
+/// A working directory under a private temporary directory, and what mounting it back there takes (see
+/// `sys::WorkingDirBind`).
+struct WorkingDirMount {
+    source: CString,
+    directories: CStringArray,
+}
+
+impl WorkingDirMount {
+    /// `None` for a directory outside them, or named with `..` (which the job's own view then resolves).
+    fn under_private_tmp(working_dir: &Path) -> Option<WorkingDirMount> {
+        if working_dir.components().any(|c| c == std::path::Component::ParentDir) {
+            return None;
+        }
+        let tmp = sys::PRIVATE_TMP_DIRS
+            .iter()
+            .map(|dir| Path::new(std::ffi::OsStr::from_bytes(dir.to_bytes())))
+            .find(|dir| working_dir.starts_with(dir))?;
+        let below: Vec<_> = working_dir.strip_prefix(tmp).ok()?.components().collect();
+        let directories = (1..=below.len())
+            .map(|depth| c_string(tmp.join(below[..depth].iter().collect::<PathBuf>()).as_os_str().as_bytes()))
+            .collect();
+        Some(WorkingDirMount {
+            source: c_string(working_dir.as_os_str().as_bytes()),
+            directories: CStringArray::new(directories),
+        })
+    }
+
+    fn as_bind(&self) -> WorkingDirBind<'_> {
+        WorkingDirBind { source: &self.source, directories: &self.directories, target: &self.source }
     }
 }
 

@@ -74,9 +74,12 @@ impl<'a> HalfStarted<'a> {
         spec: &JobSpec,
         working_dir: &Path,
         isolation: Option<&Isolation>,
+        limits: Option<&Limits>,
     ) -> Result<(), JobError> {
         let hostname = self.id.hostname();
-        self.process = Some(launcher.launch(spec, &hostname, working_dir, isolation, self.cgroup.as_ref())?);
+        let memory_limit = limits.map(|l| l.memory_bytes).filter(|&bytes| bytes > 0);
+        let cgroup = self.cgroup.as_ref();
+        self.process = Some(launcher.launch(spec, &hostname, working_dir, isolation, cgroup, memory_limit)?);
         Ok(())
     }
 

@@ -178,7 +178,7 @@ impl JobTable {
         if let Some(limits) = &limits {
             start.create_cgroup(limits)?;
         }
-        start.launch(&mut self.launcher, &spec, &working_dir, self.containment.isolation.as_ref())?;
+        start.launch(&mut self.launcher, &spec, &working_dir, self.containment.isolation.as_ref(), limits.as_ref())?;
         if let Some(limits) = &limits {
             start.limit_cpu(limits)?;
         }

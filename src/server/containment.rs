@@ -25,6 +25,8 @@ pub struct ContainmentConfig {
     pub run_as: Option<String>,
     /// `--host-network`: jobs keep the host's network namespace.
     pub host_network: bool,
+    /// `--tmp-size`: bytes of each private temporary directory of a job.
+    pub tmp_size: u64,
     pub require_isolation: bool,
 }
 
@@ -58,7 +60,7 @@ pub fn prepare(config: &ContainmentConfig) -> Result<Containment, ServerError> {
         return Ok(containment);
     }
     let run_as = RunAs::resolve(config.run_as.as_deref()).map_err(|e| ServerError::Containment(e.to_string()))?;
-    match Isolation::detect(run_as, !config.host_network) {
+    match Isolation::detect(run_as, !config.host_network, config.tmp_size) {
         Ok(isolation) => {
             log::info!(
                 "isolation: jobs get their own PID, mount, UTS, IPC{} namespaces and run as uid {} gid {}",

@@ -23,6 +23,21 @@ use super::{ChildStack, ExecFailure, ExitStatus, SpawnFds, SpawnOptions, SpawnPr
 /// The command's pid in the job's PID namespace: the first process the init starts.
 pub const COMMAND_PID: i32 = 2;
 
+/// The directories every isolated job gets a private, empty `tmpfs` on (those that exist on the host).
+pub const PRIVATE_TMP_DIRS: [&CStr; 3] = [c"/tmp", c"/var/tmp", c"/dev/shm"];
+
+/// A working directory under one of [`PRIVATE_TMP_DIRS`], which the job's `tmpfs` would hide: it is opened as
+/// the job's user before the mount and bind-mounted back at its path inside it.
+pub struct WorkingDirBind<'a> {
+    /// The working directory, as the client or the server named it.
+    pub source: &'a CStr,
+    /// The directories to make in the `tmpfs`, parents first, the last one being the working directory's path
+    /// (none when the working directory is the temporary directory itself).
+    pub directories: &'a super::CStringArray,
+    /// Where the working directory is mounted: its own path.
+    pub target: &'a CStr,
+}
+
 /// What the init's first instants need, prepared by the server before the fork.
 pub struct InitStart<'a> {
     pub hostname: &'a CStr,
@@ -32,6 +47,9 @@ pub struct InitStart<'a> {
     pub command: &'a SpawnProgram<'a>,
     /// The user and group the command (and, once it has dropped its privileges, the init) runs as.
     pub run_as: (u32, u32),
+    /// Options of the private `tmpfs` mounts (`size=...,mode=1777`).
+    pub tmp_options: &'a CStr,
+    pub working_dir_bind: Option<WorkingDirBind<'a>>,
     /// runnel's own executable, the init proper.
     pub init_executable: BorrowedFd<'a>,
     /// The init proper's argv and environment.
@@ -85,6 +103,9 @@ pub fn spawn_init(
         clone_child(Shared::Copy, flags, cgroup, &mut stacks.init, init_child_main, &args as *const InitArgs as *mut _)
     }
 }
+
+/// Where the init's first instants keep a working directory that is mounted back (`/proc/self/fd/5`).
+const WORKING_DIR_FD: libc::c_int = 5;
 
 /// Writes `report` to the control pipe (descriptor 3), raw.
 fn send(report: InitReport) {
@@ -175,6 +196,53 @@ extern "C" fn init_child_main(arg: *mut libc::c_void) -> libc::c_int {
                 return failed(SetupStep::Loopback);
             }
         }
+        // Private temporary directories: what one job leaves there, no other job sees, and it goes with the job.
+        // A working directory under one of them is opened first, as the job's user would reach it (its file
+        // system ids, no supplementary group), and mounted back in place.
+        if let Some(bind) = &start.working_dir_bind {
+            let (uid, gid) = start.run_as;
+            libc::syscall(libc::SYS_setgroups, 0, 0);
+            libc::syscall(libc::SYS_setfsgid, gid);
+            libc::syscall(libc::SYS_setfsuid, uid);
+            let working_dir = libc::open(bind.source.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
+            let open_errno = errno();
+            libc::syscall(libc::SYS_setfsuid, 0);
+            libc::syscall(libc::SYS_setfsgid, 0);
+            if working_dir < 0 {
+                let failure = ExecFailure { stage: SpawnStage::WorkingDir, errno: open_errno };
+                send(InitReport::SpawnFailed(failure));
+                return 127;
+            }
+            // Descriptors from 5 up were closed, so it is 5 already; make sure.
+            if working_dir != WORKING_DIR_FD {
+                if libc::dup3(working_dir, WORKING_DIR_FD, libc::O_CLOEXEC) < 0 {
+                    return failed(SetupStep::TmpDirs);
+                }
+                libc::close(working_dir);
+            }
+        }
+        for dir in PRIVATE_TMP_DIRS {
+            let tmpfs = c"tmpfs".as_ptr();
+            let flags = libc::MS_NOSUID | libc::MS_NODEV;
+            if libc::mount(tmpfs, dir.as_ptr(), tmpfs, flags, start.tmp_options.as_ptr().cast()) < 0
+                && errno() != libc::ENOENT
+            {
+                return failed(SetupStep::TmpDirs);
+            }
+        }
+        if let Some(bind) = &start.working_dir_bind {
+            for &dir in bind.directories.pointers().iter().take_while(|p| !p.is_null()) {
+                if libc::mkdir(dir, 0o755) < 0 && errno() != libc::EEXIST {
+                    return failed(SetupStep::TmpDirs);
+                }
+            }
+            // Not recursive: a recursive bind of the whole temporary directory would bring the new tmpfs along.
+            let source = c"/proc/self/fd/5".as_ptr();
+            if libc::mount(source, bind.target.as_ptr(), std::ptr::null(), libc::MS_BIND, none) < 0 {
+                return failed(SetupStep::TmpDirs);
+            }
+            libc::close(WORKING_DIR_FD);
+        }
         // A server protected from the OOM killer (systemd's OOMScoreAdjust=-1000) does not pass that on.
         let oom = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
         if oom < 0 || libc::write(oom, c"0".as_ptr().cast(), 1) != 1 {
@@ -259,6 +327,7 @@ pub enum SetupStep {
     Sysfs = 9,
     OomScore = 10,
     Network = 11,
+    TmpDirs = 12,
 }
 
 impl SetupStep {
@@ -275,6 +344,7 @@ impl SetupStep {
             Self::Sysfs,
             Self::OomScore,
             Self::Network,
+            Self::TmpDirs,
         ]
         .into_iter()
         .find(|s| *s as i32 == code)
@@ -293,6 +363,7 @@ impl SetupStep {
             SetupStep::Sysfs => "mount /sys",
             SetupStep::OomScore => "reset the OOM score adjustment",
             SetupStep::Network => "join its network namespace",
+            SetupStep::TmpDirs => "mount its private /tmp, /var/tmp and /dev/shm",
         }
     }
 }

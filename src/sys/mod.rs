@@ -12,7 +12,9 @@ mod spawn;
 
 pub use alloc::CacheLineAllocator;
 
-pub use init_start::{spawn_init, InitReport, InitStacks, InitStart, SetupStep, COMMAND_PID, REPORT_LEN};
+pub use init_start::{
+    spawn_init, InitReport, InitStacks, InitStart, SetupStep, WorkingDirBind, COMMAND_PID, PRIVATE_TMP_DIRS, REPORT_LEN,
+};
 
 pub use spawn::{
     probe_namespaces, read_spawn_report, spawn, CStringArray, ChildStack, ExecFailure, Namespaces, SpawnFds,
