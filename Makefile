@@ -50,9 +50,10 @@ demo: build $(DEV_PKI)/ca.crt
 # Everything the tests need that a fresh Debian 12 root machine lacks: Python's venv module, procps (`kill`).
 deps:
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust (rustup) first" >&2; exit 1; }
-	@python3 -c 'import ensurepip, venv' 2>/dev/null && command -v kill >/dev/null && command -v sha256sum >/dev/null || { \
-	  echo "installing python3-venv and procps"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv procps coreutils; }
+	@python3 -c 'import ensurepip, venv' 2>/dev/null && command -v kill >/dev/null && command -v sha256sum >/dev/null \
+	  && command -v openssl >/dev/null || { \
+	  echo "installing python3-venv, procps and openssl"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv procps coreutils openssl; }
 
 # Every test: unit and integration tests, the grpcio interop test, and the cgroup v2 guest test (QEMU).
 test: deps unit interop hostile-h2 vmtest

@@ -144,6 +144,79 @@ fn expired_client_certificate_is_refused() {
     assert_still_serving(&server);
 }
 
+/// Issues a client certificate with the subject `subject` (openssl's `/CN=.../CN=...` form) and `extensions`
+/// (openssl's extension-file lines) from the test CA, with openssl, which (unlike `runnel certs`) writes what
+/// it is told.
+fn openssl_client(pki: &Pki, dir: &Path, name: &str, subject: &str, extensions: &str) -> std::path::PathBuf {
+    let prefix = dir.join(name);
+    let [key, csr, crt, ext] = ["key", "csr", "crt", "ext"].map(|s| format!("{}.{s}", prefix.display()));
+    std::fs::write(&ext, format!("extendedKeyUsage=clientAuth\n{extensions}")).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().expect("openssl (Debian package openssl) is needed");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-utf8",
+        "-multivalue-rdn",
+        "-keyout",
+        &key,
+        "-subj",
+        subject,
+        "-out",
+        &csr,
+    ]);
+    let (ca_crt, ca_key) = (pki.file("ca.crt"), pki.file("ca.key"));
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        ca_crt.to_str().unwrap(),
+        "-CAkey",
+        ca_key.to_str().unwrap(),
+        "-days",
+        "1",
+        "-extfile",
+        &ext,
+        "-out",
+        &crt,
+    ]);
+    prefix
+}
+
+#[test]
+fn ambiguous_or_deceptive_identities_are_refused_with_the_reason() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let scratch = ScratchDir::new("identities");
+    // openssl keeps a CN within 64 bytes (RFC 5280); a DNS SAN is the identity of a certificate without one.
+    let long = format!("subjectAltName=DNS:{}.example\n", "a".repeat(121));
+    for (name, subject, extensions, reason) in [
+        ("two-cns", "/CN=admin/CN=alice", "", "more than one CN"),
+        ("escape", "/CN=alice\u{1b}[31m", "", "control characters"),
+        ("override", "/CN=alice\u{202e}nimda", "", "direction"),
+        ("long", "/O=runnel tests", long.as_str(), "longer than 128 bytes"),
+    ] {
+        let prefix = openssl_client(&pki, scratch.path(), name, subject, extensions);
+        let mut client = Client::connect(&settings_with(&server, &prefix)).expect("the TLS handshake itself succeeds");
+        let status =
+            status_of(client.unary::<_, ListJobsResponse>(path::LIST_JOBS, &ListJobsRequest::default(), TIMEOUT));
+        assert_eq!(status.code, Code::Unauthenticated, "{name}: {status:?}");
+        assert!(status.message.contains(reason), "{name}: {:?} does not say {reason:?}", status.message);
+        let log = server.log_text();
+        assert!(log.lines().any(|l| l.contains("refused") && l.contains(reason)), "{name}: not logged:\n{log}");
+    }
+    assert_still_serving(&server);
+}
+
 #[test]
 fn tls12_client_is_refused() {
     let pki = Pki::new();

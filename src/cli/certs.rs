@@ -140,9 +140,12 @@ fn parse(mut args: pico_args::Arguments) -> Result<CertRequest, CliError> {
         }
         "client" => {
             reject_flags(&kind, &[("--dns", !raw.dns.is_empty()), ("--ip", !raw.ips.is_empty())])?;
+            let name = require(raw.name, &kind, "--name NAME")?;
+            // A certificate the server would not take as an identity is useless: say so now.
+            pki::check_identity(&name).map_err(|reason| CliError::usage(format!("--name {name:?}: {reason}")))?;
             Ok(CertRequest::Client {
                 ca: require(raw.ca, &kind, "--ca PREFIX")?,
-                name: require(raw.name, &kind, "--name NAME")?,
+                name,
                 out: require(raw.out, &kind, "--out PREFIX")?,
                 days: parse_days(raw.days.as_deref(), DEFAULT_LEAF_DAYS)?,
             })

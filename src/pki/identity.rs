@@ -1,9 +1,15 @@
 //! The rule that turns a verified client certificate into the identity that owns jobs: its subject CN;
-//! without one, its first DNS SAN; without that, its first URI SAN.
+//! without one, its first DNS SAN; without that, its first URI SAN. A certificate that could be read as two
+//! identities (two CNs), or whose identity could deceive a reader of logs and listings (control or
+//! direction-changing characters, or more than [`MAX_IDENTITY_BYTES`]), names none.
 
 use std::fmt;
 
 use x509_parser::extensions::GeneralName;
+
+/// The longest identity accepted: room for any sensible user or service name, and bounded in what every job
+/// record, log line and listing repeats.
+pub const MAX_IDENTITY_BYTES: usize = 128;
 
 /// Why no client identity could be taken from a (verified) certificate.
 #[derive(Debug, PartialEq, Eq)]
@@ -43,6 +49,13 @@ pub fn identity_from_cert_der(der: &[u8]) -> Result<String, IdentityError> {
     let (_, cert) =
         x509_parser::parse_x509_certificate(der).map_err(|err| IdentityError::Malformed(err.to_string()))?;
 
+    let mut common_names = cert.subject().iter_common_name();
+    if let (Some(_), Some(_)) = (common_names.next(), common_names.next()) {
+        return Err(IdentityError::InvalidIdentity {
+            field: "subject",
+            reason: "has more than one CN, so it could be read as more than one identity",
+        });
+    }
     if let Some(common_name) = cert.subject().iter_common_name().next() {
         let text = common_name.as_str().map_err(|_| IdentityError::InvalidIdentity {
             field: "subject CN",
@@ -70,15 +83,36 @@ pub fn identity_from_cert_der(der: &[u8]) -> Result<String, IdentityError> {
     }
 }
 
-/// Identities end up in logs and job listings, so control characters (which could forge log lines) are refused.
+/// Checks that `name` can serve as an identity (for `runnel certs client --name`): the reason if not.
+pub fn check_identity(name: &str) -> Result<(), &'static str> {
+    match checked_identity("name", name) {
+        Ok(_) => Ok(()),
+        Err(IdentityError::InvalidIdentity { reason, .. }) => Err(reason),
+        Err(_) => Err("is not a usable identity"),
+    }
+}
+
+/// Identities end up in logs and job listings, so control characters (which could forge log lines or drive a
+/// terminal) and characters that change the direction of text (which make one name look like another) are
+/// refused, and so is a name over [`MAX_IDENTITY_BYTES`].
 fn checked_identity(field: &'static str, text: &str) -> Result<String, IdentityError> {
-    if text.is_empty() {
-        return Err(IdentityError::InvalidIdentity { field, reason: "is empty" });
-    }
-    if text.chars().any(char::is_control) {
-        return Err(IdentityError::InvalidIdentity { field, reason: "contains control characters" });
-    }
-    Ok(text.to_owned())
+    let reason = if text.is_empty() {
+        "is empty"
+    } else if text.len() > MAX_IDENTITY_BYTES {
+        "is longer than 128 bytes"
+    } else if text.chars().any(char::is_control) {
+        "contains control characters"
+    } else if text.chars().any(changes_direction) {
+        "contains characters that change the direction of text"
+    } else {
+        return Ok(text.to_owned());
+    };
+    Err(IdentityError::InvalidIdentity { field, reason })
+}
+
+/// Unicode's bidirectional marks, embeddings, overrides and isolates.
+fn changes_direction(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 #[cfg(test)]
@@ -131,6 +165,38 @@ mod tests {
             identity_from_cert_der(&der),
             Err(IdentityError::InvalidIdentity { field: "subject CN", .. })
         ));
+    }
+
+    #[test]
+    fn two_common_names_long_names_and_direction_changes_name_no_identity() {
+        let (_dir, ca) = test_ca();
+        let two = issue_with_extra_common_name(&ca, "admin", "alice");
+        let err = identity_from_cert_der(&two).unwrap_err();
+        assert!(err.to_string().contains("more than one CN"), "{err}");
+
+        let longest = "a".repeat(MAX_IDENTITY_BYTES);
+        let der = issue_with_rcgen(&ca, Some(&longest), vec![]);
+        assert_eq!(identity_from_cert_der(&der).unwrap(), longest);
+        let der = issue_with_rcgen(&ca, Some(&format!("{longest}a")), vec![]);
+        assert!(identity_from_cert_der(&der).unwrap_err().to_string().contains("longer than 128 bytes"));
+        let dns = SanType::DnsName(format!("{longest}.example").try_into().unwrap());
+        let der = issue_with_rcgen(&ca, None, vec![dns]);
+        assert!(identity_from_cert_der(&der).unwrap_err().to_string().contains("DNS SAN"));
+
+        let der = issue_with_rcgen(&ca, Some("alice\u{202e}nimda"), vec![]);
+        assert!(identity_from_cert_der(&der).unwrap_err().to_string().contains("direction"));
+        let der = issue_with_rcgen(&ca, Some("alice\u{1b}[31m"), vec![]);
+        assert!(identity_from_cert_der(&der).unwrap_err().to_string().contains("control characters"));
+    }
+
+    /// A certificate whose subject has the CN `first` and, after it, a second CN `second`.
+    fn issue_with_extra_common_name(ca: &std::path::Path, first: &str, second: &str) -> Vec<u8> {
+        use rcgen::{DistinguishedName, DnType};
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, first);
+        // The CN's own OID under another key: rcgen keeps one value per key.
+        name.push(DnType::CustomDnType(vec![2, 5, 4, 3]), second);
+        super::super::issue::testing::issue_with_name(ca, name).to_vec()
     }
 
     #[test]

@@ -444,12 +444,22 @@ pub(super) mod testing {
 
     /// Issues a certificate with arbitrary subject and SANs from the CA at `ca`, for the identity fallbacks.
     pub fn issue_with_rcgen(ca: &Path, common_name: Option<&str>, alt_names: Vec<SanType>) -> CertificateDer<'static> {
+        let mut name = DistinguishedName::new();
+        if let Some(common_name) = common_name {
+            name.push(DnType::CommonName, common_name);
+        }
+        issue_with(ca, name, alt_names)
+    }
+
+    /// A client certificate from `ca` with this subject and no SAN.
+    pub fn issue_with_name(ca: &Path, name: DistinguishedName) -> CertificateDer<'static> {
+        issue_with(ca, name, Vec::new())
+    }
+
+    fn issue_with(ca: &Path, name: DistinguishedName, alt_names: Vec<SanType>) -> CertificateDer<'static> {
         let issuer = read_ca(ca).unwrap();
         let mut params = leaf_params("placeholder", &Validity::days_from_now(1), ExtendedKeyUsagePurpose::ClientAuth);
-        params.distinguished_name = DistinguishedName::new();
-        if let Some(common_name) = common_name {
-            params.distinguished_name.push(DnType::CommonName, common_name);
-        }
+        params.distinguished_name = name;
         params.subject_alt_names = alt_names;
         let key = generate_key().unwrap();
         params.signed_by(&key, &issuer).unwrap().der().clone()

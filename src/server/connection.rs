@@ -129,6 +129,10 @@ impl Connection {
                 Phase::Tls(transport) => match transport.drive_handshake() {
                     Ok(true) => {
                         self.caller = identity(transport, &settings.admins);
+                        if let Err(reason) = &self.caller {
+                            // Its calls are answered UNAUTHENTICATED with the reason; none can act.
+                            log::warn!("connection {} from {}: refused: {reason}", self.id, self.peer);
+                        }
                         match admission.admit(&self.caller) {
                             Ok(()) => self.admitted = true,
                             Err(cap) => {
