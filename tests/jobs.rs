@@ -418,3 +418,27 @@ fn list_jobs_comes_in_pages_by_count_and_by_size_and_the_cli_follows_them() {
     let listed = String::from_utf8_lossy(&output.stdout).matches("\"owner\"").count();
     assert_eq!(listed, 107, "the CLI listed {listed} of 107 jobs");
 }
+
+#[test]
+fn list_and_status_print_hostile_arguments_escaped_one_row_per_job() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut alice = server.client("alice");
+    let hostile = ["\u{1b}[31mred\u{1b}[0m", "two\nlines\rback", "\u{9b}2J\u{202e}gnp.exe"];
+    let job = start(&mut alice, "true", &hostile);
+    start(&mut alice, "true", &["plain"]);
+    wait(&mut alice, &job.id);
+    for args in [vec!["list"], vec!["status", &job.id]] {
+        let output = server.cli("alice").args(&args).output().unwrap();
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        let text = String::from_utf8(output.stdout).unwrap();
+        let raw: Vec<char> = text.chars().filter(|&c| c.is_control() && c != '\n' || c == '\u{202e}').collect();
+        assert!(raw.is_empty(), "{args:?} printed {raw:?}:\n{text}");
+        let rows = if args[0] == "list" { 3 } else { 2 };
+        assert_eq!(text.lines().count(), rows, "{args:?}: one row per job, after the header:\n{text}");
+        assert!(text.contains(r"$'\x1b[31mred\x1b[0m' $'two\nlines\rback' $'\u009b2J\u202egnp.exe'"), "{text}");
+    }
+    let output = server.cli("alice").args(["status", &job.id, "--json"]).output().unwrap();
+    let line = String::from_utf8(output.stdout).unwrap();
+    assert!(line.contains(r#""two\nlines\rback""#) && !line.trim_end().chars().any(char::is_control), "{line}");
+}

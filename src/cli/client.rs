@@ -56,7 +56,8 @@ Errors print as `error: CODE: message`; usage errors exit 2, others 1.
 
 fn call_error(err: CallError) -> CliError {
     match err {
-        CallError::Status(status) => CliError::status(status.code, status.message),
+        // The server's words, printed on the user's terminal: nothing in them may act on it.
+        CallError::Status(status) => CliError::status(status.code, format::terminal_safe(&status.message)),
         CallError::Interrupted => CliError::status(Code::Cancelled, "interrupted"),
     }
 }
@@ -97,7 +98,8 @@ pub fn run(args: Vec<OsString>) -> Result<i32, CliError> {
         ca: ca.ok_or_else(|| CliError::usage("no CA certificate: pass --ca FILE or set RUNNEL_CA"))?,
         server_name,
     };
-    let mut client = Client::connect(&settings).map_err(|s| CliError::status(s.code, s.message))?;
+    let mut client =
+        Client::connect(&settings).map_err(|s| CliError::status(s.code, format::terminal_safe(&s.message)))?;
     parsed.execute(&mut client)
 }
 
@@ -207,7 +209,7 @@ impl Command {
         match self {
             Command::Start(request) => {
                 let job: Job = client.unary(path::START_JOB, &request, None).map_err(call_error)?;
-                println!("{}", job.id);
+                println!("{}", format::terminal_safe(&job.id));
                 Ok(0)
             }
             Command::Status { id, json } => {
@@ -319,7 +321,7 @@ fn run_job(client: &mut Client, request: StartJobRequest) -> Result<i32, CliErro
             Ok(()) | Err(CopyError::ClosedOutput) => break,
             Err(CopyError::Call(CallError::Interrupted)) if !stopping => {
                 stopping = true;
-                eprintln!("runnel: stopping job {} (Ctrl-C again to leave it)", job.id);
+                eprintln!("runnel: stopping job {} (Ctrl-C again to leave it)", format::terminal_safe(&job.id));
                 let stop = StopJobRequest { job_id: job.id.clone(), grace_period: None };
                 match client.unary::<_, Job>(path::STOP_JOB, &stop, None) {
                     Ok(_) => {}

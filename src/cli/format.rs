@@ -131,14 +131,65 @@ fn exit_text(job: &Job) -> String {
     }
 }
 
+/// Characters that would act on a terminal instead of showing: control characters (escape sequences, line
+/// breaks) and those that change the direction of text (which make one thing look like another).
+fn acts_on_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `c` as an escape that shows instead of acting: `\n`, `\t`, `\r`, `\xNN`, `\uNNNN`.
+fn push_escaped(out: &mut String, c: char) {
+    let _ = match c {
+        '\n' => write!(out, "\\n"),
+        '\t' => write!(out, "\\t"),
+        '\r' => write!(out, "\\r"),
+        c if (c as u32) < 0x80 => write!(out, "\\x{:02x}", c as u32),
+        c => write!(out, "\\u{:04x}", c as u32),
+    };
+}
+
+/// A field from the server, safe to print on a terminal: what would act on it is escaped (see
+/// [`acts_on_terminal`]); anything else, the text as it is.
+pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(acts_on_terminal) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if acts_on_terminal(c) {
+            push_escaped(&mut out, c);
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
+
+/// The command and its arguments as a shell would take them back: plain words as they are, others in single
+/// quotes, and words with characters that act on a terminal in bash's `$'...'`, escaped.
 fn command_line(job: &Job) -> String {
     std::iter::once(&job.command)
         .chain(&job.args)
         .map(|word| {
             if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
                 word.clone()
-            } else {
+            } else if !word.chars().any(acts_on_terminal) {
                 format!("'{}'", word.replace('\'', r"'\''"))
+            } else {
+                let mut quoted = String::from("$'");
+                for c in word.chars() {
+                    match c {
+                        '\\' | '\'' => {
+                            quoted.push('\\');
+                            quoted.push(c);
+                        }
+                        c if acts_on_terminal(c) => push_escaped(&mut quoted, c),
+                        c => quoted.push(c),
+                    }
+                }
+                quoted.push('\'');
+                quoted
             }
         })
         .collect::<Vec<_>>()
@@ -156,8 +207,8 @@ pub fn table(jobs: &[Job]) -> String {
             let ended = system_time(&job.ended_at).unwrap_or(now);
             let duration = started.and_then(|s| ended.duration_since(s).ok()).unwrap_or_default();
             [
-                job.id.clone(),
-                job.owner.clone(),
+                terminal_safe(&job.id).into_owned(),
+                terminal_safe(&job.owner).into_owned(),
                 state_name(job.state).to_string(),
                 exit_text(job),
                 started.map_or("-".into(), |s| utc(s, false)),
@@ -197,7 +248,9 @@ fn json_string(out: &mut String, value: &str) {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
+            // Control characters all escaped (C1 and DEL too, which JSON would allow raw): the line is safe to
+            // print, and a JSON reader gets the exact value back.
+            c if c.is_control() => {
                 let _ = write!(out, "\\u{:04x}", c as u32);
             }
             c => out.push(c),
@@ -337,5 +390,27 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0].find("OWNER"), lines[1].find("alice"));
         assert!(lines[1].ends_with("sh -c 'echo hi'"));
+    }
+
+    #[test]
+    fn fields_that_would_act_on_a_terminal_are_escaped_one_row_per_job() {
+        let job = Job {
+            id: "abc".into(),
+            owner: "mallory\u{1b}[2J".into(),
+            command: "printf".into(),
+            args: vec!["\u{1b}[31mred\nline two\ttab".into(), "it's \\ \u{9b}\u{202e}".into(), "plain words".into()],
+            state: JobState::Running as i32,
+            ..Default::default()
+        };
+        let text = table(&[job.clone(), job.clone()]);
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+        let row = text.lines().nth(1).unwrap();
+        assert!(row.contains("mallory\\x1b[2J"), "{row}");
+        assert!(row.ends_with(r"printf $'\x1b[31mred\nline two\ttab' $'it\'s \\ \u009b\u202e' 'plain words'"), "{row}");
+        let line = json(&job);
+        assert!(line.contains(r#""mallory\u001b[2J""#) && line.contains(r"\u009b"), "{line}");
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert_eq!(terminal_safe("plain"), "plain");
     }
 }
