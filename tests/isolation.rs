@@ -371,6 +371,47 @@ fn each_job_has_private_temporary_directories_of_bounded_size() {
     assert_eq!(std::fs::read_to_string(host_dir.path().join("output")).unwrap(), "from the job\n");
 }
 
+/// Makes system calls by number from Python and prints `name ok` or `name ERROR`.
+const PROBE_SYSCALLS: &str = r#"
+import ctypes, errno
+libc = ctypes.CDLL(None, use_errno=True)
+for name, nr, args in [("unshare", 272, (0x10000000,)), ("keyctl", 250, (0, 0)), ("bpf", 321, (0, 0, 0)),
+                       ("io_uring_setup", 425, (1, 0)), ("mount", 165, (0, 0, 0, 0, 0)), ("getpid", 39, ())]:
+    result = libc.syscall(nr, *args)
+    print(name, "ok" if result >= 0 else errno.errorcode[ctypes.get_errno()])
+"#;
+
+#[test]
+fn the_default_seccomp_filter_refuses_what_widens_the_kernel_and_ordinary_programs_still_work() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut client = server.client("alice");
+    let (_, out) = run_shell(&mut client, &format!("python3 -c '{PROBE_SYSCALLS}'; unshare -U true; echo unshare=$?"));
+    for refused in ["unshare EPERM", "keyctl EPERM", "bpf EPERM", "io_uring_setup EPERM", "mount EPERM", "unshare=1"] {
+        assert!(out.lines().any(|l| l == refused), "expected {refused:?}:\n{out}");
+    }
+    assert!(out.lines().any(|l| l == "getpid ok"), "{out}");
+
+    let ordinary = r#"
+        set -e
+        printf 'b\na\n' | sort | tr '\n' ' '; ls / > /dev/null; echo coreutils ok
+        python3 -c 'import threading, subprocess; t = threading.Thread(target=print, args=("python threads ok",)); t.start(); t.join(); subprocess.run(["true"], check=True)'
+        printf '#include <stdio.h>\nint main(void) { puts("cc ok"); return 0; }\n' > /tmp/hello.c
+        cc -o /tmp/hello /tmp/hello.c && /tmp/hello
+    "#;
+    let (job, out) = run_shell(&mut client, ordinary);
+    assert_eq!(job.exit_code, Some(0), "{out}");
+    assert_eq!(out, "a b coreutils ok\npython threads ok\ncc ok\n");
+
+    let server = Server::start(&pki, &["--seccomp", "off"]);
+    let mut client = server.client("alice");
+    let (_, out) = run_shell(&mut client, &format!("python3 -c '{PROBE_SYSCALLS}'"));
+    assert!(
+        out.lines().any(|l| l == "unshare ok"),
+        "without the filter this host lets a job make user namespaces:\n{out}"
+    );
+}
+
 #[test]
 fn jobs_get_the_open_file_limit_the_server_started_with() {
     // The server raises its own soft limit to the hard one (it holds descriptors for every connection and job)

@@ -42,6 +42,7 @@ Serves the runnel job API over mutual TLS (TLS 1.3, client certificate required)
 isolation (needs root; otherwise jobs run as the server's user, with a warning):
   --run-as USER[:GROUP]          user jobs run as, with no capabilities [default: nobody:nogroup]
   --host-network                 jobs keep the host's network (default: their own, with only lo)
+  --seccomp default|off          the default seccomp filter on jobs' commands, or none [default: default]
   --tmp-size SIZE                each job's private /tmp, /var/tmp and /dev/shm (tmpfs, each) [default: 64M,
                                  or the job's memory limit if smaller]
   --no-isolation                 run jobs in the host's namespaces as the server's user
@@ -106,6 +107,7 @@ struct RawFlags {
     run_as: Option<String>,
     host_network: bool,
     tmp_size: Option<u64>,
+    seccomp: Option<String>,
     require_isolation: bool,
 }
 
@@ -149,6 +151,7 @@ impl RawFlags {
             run_as: args.opt_value_from_str("--run-as")?,
             host_network: args.contains("--host-network"),
             tmp_size: args.opt_value_from_fn("--tmp-size", parse_size)?,
+            seccomp: args.opt_value_from_str("--seccomp")?,
             require_isolation: args.contains("--require-isolation"),
         };
         finish(args)?;
@@ -196,6 +199,11 @@ impl RawFlags {
             return Err(CliError::usage("--max-jobs and --max-running-per-client must be at least 1"));
         }
         // Past a few MiB the request could not reach the server anyway (4 MiB messages), nor exec (ARG_MAX).
+        let no_seccomp = match self.seccomp.as_deref() {
+            None | Some("default") => false,
+            Some("off") => true,
+            Some(other) => return Err(CliError::usage(format!("--seccomp {other:?}: expected default or off"))),
+        };
         let tmp_size = self.tmp_size.unwrap_or(64 << 20);
         if tmp_size < 4096 {
             return Err(CliError::usage("--tmp-size must be at least 4K (one page)"));
@@ -236,6 +244,7 @@ impl RawFlags {
                 run_as: self.run_as,
                 host_network: self.host_network,
                 tmp_size,
+                no_seccomp,
                 require_isolation: self.require_isolation,
             },
         })

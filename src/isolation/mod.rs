@@ -21,7 +21,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 
 pub use crate::sys::{InitReport, SetupStep, REPORT_LEN};
 
-use crate::sys::{self, Namespaces};
+use crate::sys::{self, Namespaces, SeccompFilter};
 
 /// The hidden subcommand that runs a job's init (`runnel __init`).
 pub const INIT_COMMAND: &str = "__init";
@@ -111,11 +111,13 @@ pub struct Isolation {
     pub own_network: bool,
     /// The size of each private temporary directory (`--tmp-size`), unless the job's memory limit is smaller.
     pub tmp_size: u64,
+    /// The commands' seccomp filter (`--seccomp default`); `None` with `--seccomp off`.
+    pub seccomp: Option<SeccompFilter>,
 }
 
 impl Isolation {
     /// Checks that this server can isolate jobs: it is root and the kernel creates the namespaces.
-    pub fn detect(run_as: RunAs, own_network: bool, tmp_size: u64) -> Result<Isolation, IsolationError> {
+    pub fn detect(run_as: RunAs, own_network: bool, tmp_size: u64, seccomp: bool) -> Result<Isolation, IsolationError> {
         if !nix::unistd::geteuid().is_root() {
             return Err(IsolationError::NotRoot);
         }
@@ -124,6 +126,7 @@ impl Isolation {
             run_as,
             own_network,
             tmp_size,
+            seccomp: seccomp.then(SeccompFilter::default_for_jobs),
         };
         sys::probe_namespaces(isolation.namespaces(), &mut sys::ChildStack::default())
             .map_err(IsolationError::NamespacesRefused)?;

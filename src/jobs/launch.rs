@@ -154,6 +154,7 @@ impl Launcher {
             own_network: isolation.own_network,
             command: &command,
             run_as: (uid, gid),
+            seccomp: isolation.seccomp.as_ref(),
             tmp_options: &tmp_options,
             working_dir_bind: bind.as_ref().map(WorkingDirMount::as_bind),
             init_executable: isolation.init_executable(),

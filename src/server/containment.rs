@@ -27,6 +27,8 @@ pub struct ContainmentConfig {
     pub host_network: bool,
     /// `--tmp-size`: bytes of each private temporary directory of a job.
     pub tmp_size: u64,
+    /// `--seccomp off`: no seccomp filter on jobs' commands.
+    pub no_seccomp: bool,
     pub require_isolation: bool,
 }
 
@@ -60,13 +62,14 @@ pub fn prepare(config: &ContainmentConfig) -> Result<Containment, ServerError> {
         return Ok(containment);
     }
     let run_as = RunAs::resolve(config.run_as.as_deref()).map_err(|e| ServerError::Containment(e.to_string()))?;
-    match Isolation::detect(run_as, !config.host_network, config.tmp_size) {
+    match Isolation::detect(run_as, !config.host_network, config.tmp_size, !config.no_seccomp) {
         Ok(isolation) => {
             log::info!(
-                "isolation: jobs get their own PID, mount, UTS, IPC{} namespaces and run as uid {} gid {}",
+                "isolation: jobs get their own PID, mount, UTS, IPC{} namespaces and run as uid {} gid {}{}",
                 if isolation.own_network { " and network" } else { " (host network)" },
                 run_as.uid,
-                run_as.gid
+                run_as.gid,
+                if isolation.seccomp.is_some() { ", with the default seccomp filter" } else { ", without seccomp" }
             );
             containment.isolation = Some(isolation);
         }

@@ -47,6 +47,8 @@ pub struct InitStart<'a> {
     pub command: &'a SpawnProgram<'a>,
     /// The user and group the command (and, once it has dropped its privileges, the init) runs as.
     pub run_as: (u32, u32),
+    /// The command's seccomp filter, if any.
+    pub seccomp: Option<&'a super::SeccompFilter>,
     /// Options of the private `tmpfs` mounts (`size=...,mode=1777`).
     pub tmp_options: &'a CStr,
     pub working_dir_bind: Option<WorkingDirBind<'a>>,
@@ -252,6 +254,7 @@ extern "C" fn init_child_main(arg: *mut libc::c_void) -> libc::c_int {
 
         // The command: PID 2, in a session of its own, without privileges, signals unblocked at its exec.
         let mut report = ChildReport { stage: 0, errno: 0 };
+        let seccomp = start.seccomp.map(super::SeccompFilter::program);
         let command_args = ChildArgs {
             program: start.command,
             fds: [0, 1, 2],
@@ -260,6 +263,7 @@ extern "C" fn init_child_main(arg: *mut libc::c_void) -> libc::c_int {
             open_files: None,
             network: None,
             run_as: Some(start.run_as),
+            seccomp: seccomp.as_ref().map(|program| program as *const libc::sock_fprog),
             report: &mut report,
             report_pipe: None,
             parent: 1,

@@ -8,9 +8,11 @@
 
 mod alloc;
 mod init_start;
+mod seccomp;
 mod spawn;
 
 pub use alloc::CacheLineAllocator;
+pub use seccomp::{SeccompFilter, DENIED as SECCOMP_DENIED};
 
 pub use init_start::{
     spawn_init, InitReport, InitStacks, InitStart, SetupStep, WorkingDirBind, COMMAND_PID, PRIVATE_TMP_DIRS, REPORT_LEN,

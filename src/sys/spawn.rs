@@ -191,6 +191,8 @@ pub(super) struct ChildArgs<'a> {
     /// Drop to this uid and gid, with no capability left, before the chdir and exec (a job's command started
     /// by its init, see `init_start`).
     pub(super) run_as: Option<(u32, u32)>,
+    /// A seccomp filter installed just before the exec (after `run_as`, which sets `NO_NEW_PRIVS`).
+    pub(super) seccomp: Option<*const libc::sock_fprog>,
     /// Where a failure goes: the parent's frame (vfork), or a pipe (fork).
     pub(super) report: *mut ChildReport,
     pub(super) report_pipe: Option<RawFd>,
@@ -219,6 +221,7 @@ pub fn spawn(
         open_files: options.open_files,
         network: options.network.map(|fd| fd.as_raw_fd()),
         run_as: None,
+        seccomp: None,
         report: &mut report,
         report_pipe: fds.report.map(|fd| fd.as_raw_fd()),
         // SAFETY: getpid has no preconditions.
@@ -498,6 +501,11 @@ pub(super) extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         }
         if let Some((uid, gid)) = args.run_as {
             if super::isolation::drop_privileges(uid, gid).is_err() {
+                return fail(SpawnStage::Setup);
+            }
+        }
+        if let Some(program) = args.seccomp {
+            if !super::seccomp::install(program) {
                 return fail(SpawnStage::Setup);
             }
         }
