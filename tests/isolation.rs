@@ -127,22 +127,88 @@ fn host_network_keeps_the_hosts_interfaces() {
 }
 
 #[test]
-fn the_command_runs_unprivileged_as_nobody() {
+fn each_job_runs_unprivileged_as_a_user_of_its_own_or_the_one_given() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let (mut alice, mut bob) = (server.client("alice"), server.client("bob"));
+    let script = "id -u; id -g; stat -c %u:%a .; grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Groups):' /proc/self/status; sleep 1";
+    let request =
+        StartJobRequest { command: "sh".into(), args: vec!["-c".into(), script.into()], ..Default::default() };
+    // Running at the same time, so neither's user can have gone back to the range.
+    let first: Job = alice.unary(path::START_JOB, &request, None).unwrap();
+    let second: Job = bob.unary(path::START_JOB, &request, None).unwrap();
+    let mut uids = BTreeSet::new();
+    for (client, job) in [(&mut alice, &first), (&mut bob, &second)] {
+        let (_, out) = wait_and_read(client, &job.id);
+        let mut lines = out.lines();
+        let uid: u32 = lines.next().and_then(|l| l.parse().ok()).unwrap_or_else(|| panic!("{out}"));
+        assert!((0x7000_0000..0x7001_0000).contains(&uid), "a uid from the default range:\n{out}");
+        assert_eq!(lines.next(), Some(uid.to_string().as_str()), "its group is the same number:\n{out}");
+        assert_eq!(lines.next(), Some(format!("{uid}:700").as_str()), "its working directory is its own:\n{out}");
+        let fields: Vec<(&str, &str)> = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k, v.trim())).collect();
+        for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert!(fields.contains(&(cap, "0000000000000000")), "{cap} not empty:\n{out}");
+        }
+        assert!(fields.contains(&("NoNewPrivs", "1")), "{out}");
+        assert!(fields.contains(&("Groups", "")), "no supplementary groups:\n{out}");
+        uids.insert(uid);
+    }
+    assert_eq!(uids.len(), 2, "two jobs running at once share a user: {uids:?}");
+
+    let server = Server::start(&pki, &["--run-as", "nobody"]);
+    let (_, out) = run_shell(&mut server.client("alice"), "id -u");
+    let nobody = Command::new("id").args(["-u", "nobody"]).output().unwrap();
+    assert_eq!(out.trim(), String::from_utf8(nobody.stdout).unwrap().trim(), "--run-as nobody");
+
+    // A range with an account's id in it is refused at startup, naming the account.
+    let scratch = util::ScratchDir::new("range");
+    let output = util::server_command(&pki, &scratch.path().join("state"))
+        .args(["--run-as-range", "65000:1000"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--run-as-range 65000:1000") && stderr.contains("nobody"), "{stderr}");
+}
+
+#[test]
+fn a_jobs_own_user_bounds_its_processes_where_there_is_no_cgroup() {
+    // This host has no usable cgroup v2: --pids is enforced by the job's user's process count alone.
     let pki = Pki::new();
     let server = Server::start(&pki, &[]);
     let mut client = server.client("alice");
-    let (_, out) =
-        run_shell(&mut client, "id -u; grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Groups):' /proc/self/status");
-    let nobody = Command::new("id").args(["-u", "nobody"]).output().unwrap();
-    let nobody = String::from_utf8(nobody.stdout).unwrap();
+    let bomb = r#"
+import os, time
+children = 0
+try:
+    while children < 500:
+        if os.fork() == 0:
+            time.sleep(3)
+            os._exit(0)
+        children += 1
+except OSError as err:
+    print("refused", err.errno == 11)
+print(children)
+"#;
+    let mut request =
+        StartJobRequest { command: "python3".into(), args: vec!["-c".into(), bomb.into()], ..Default::default() };
+    request.limits = Some(runnel::proto::ResourceLimits { max_pids: 50, ..Default::default() });
+    let job: Job = client.unary(path::START_JOB, &request, None).unwrap();
+    assert_eq!(job.limits.as_ref().map(|l| l.max_pids), Some(50), "{job:?}");
+    let (_, out) = wait_and_read(&mut client, &job.id);
     let mut lines = out.lines();
-    assert_eq!(lines.next(), Some(nobody.trim()), "runs as nobody:\n{out}");
-    let fields: Vec<(&str, &str)> = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k, v.trim())).collect();
-    for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
-        assert!(fields.contains(&(cap, "0000000000000000")), "{cap} not empty:\n{out}");
-    }
-    assert!(fields.contains(&("NoNewPrivs", "1")), "{out}");
-    assert!(fields.contains(&("Groups", "")), "no supplementary groups:\n{out}");
+    assert_eq!(lines.next(), Some("refused True"), "fork failed with EAGAIN:\n{out}");
+    let children: u32 = lines.next().and_then(|l| l.parse().ok()).unwrap_or_else(|| panic!("{out}"));
+    // The init and the python process count too.
+    assert!((40..=48).contains(&children), "{children} processes started under --pids 50");
+
+    let request = StartJobRequest {
+        command: "true".into(),
+        limits: Some(runnel::proto::ResourceLimits { memory_bytes: 1 << 20, ..Default::default() }),
+        ..Default::default()
+    };
+    let err = client.unary::<_, Job>(path::START_JOB, &request, None).unwrap_err();
+    assert!(format!("{err:?}").contains("only pids is enforced here"), "{err:?}");
 }
 
 #[test]

@@ -40,7 +40,9 @@ Serves the runnel job API over mutual TLS (TLS 1.3, client certificate required)
   --shutdown-grace DUR           grace for jobs when the server shuts down [default: 5s]
 
 isolation (needs root; otherwise jobs run as the server's user, with a warning):
-  --run-as USER[:GROUP]          user jobs run as, with no capabilities [default: nobody:nogroup]
+  --run-as-range FIRST:COUNT     each job runs as a user and group of its own from these ids, which no account
+                                 may use [default: 1879048192:65536]
+  --run-as USER[:GROUP]          instead, one user every job runs as (no capabilities either way)
   --host-network                 jobs keep the host's network (default: their own, with only lo)
   --seccomp default|off          the default seccomp filter on jobs' commands, or none [default: default]
   --tmp-size SIZE                each job's private /tmp, /var/tmp and /dev/shm (tmpfs, each) [default: 64M,
@@ -105,6 +107,7 @@ struct RawFlags {
     require_limits: bool,
     no_isolation: bool,
     run_as: Option<String>,
+    run_as_range: Option<(u32, u32)>,
     host_network: bool,
     tmp_size: Option<u64>,
     seccomp: Option<String>,
@@ -149,6 +152,7 @@ impl RawFlags {
             require_limits: args.contains("--require-limits"),
             no_isolation: args.contains("--no-isolation"),
             run_as: args.opt_value_from_str("--run-as")?,
+            run_as_range: args.opt_value_from_fn("--run-as-range", crate::isolation::users::parse_range)?,
             host_network: args.contains("--host-network"),
             tmp_size: args.opt_value_from_fn("--tmp-size", parse_size)?,
             seccomp: args.opt_value_from_str("--seccomp")?,
@@ -242,6 +246,7 @@ impl RawFlags {
                 require_limits: self.require_limits,
                 no_isolation: self.no_isolation,
                 run_as: self.run_as,
+                run_as_range: self.run_as_range,
                 host_network: self.host_network,
                 tmp_size,
                 no_seccomp,

@@ -14,6 +14,7 @@
 
 pub mod init;
 pub mod network_pool;
+pub mod users;
 
 use std::fmt;
 use std::io;
@@ -22,6 +23,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 pub use crate::sys::{InitReport, SetupStep, REPORT_LEN};
 
 use crate::sys::{self, Namespaces, SeccompFilter};
+use users::JobUsers;
 
 /// The hidden subcommand that runs a job's init (`runnel __init`).
 pub const INIT_COMMAND: &str = "__init";
@@ -58,18 +60,9 @@ pub struct RunAs {
 }
 
 impl RunAs {
-    /// Resolves `USER[:GROUP]`; without a group, the user's primary group. The default `nobody` falls back to
-    /// `nogroup`, then to the customary 65534, so a minimal container without `/etc/passwd` still works.
-    pub fn resolve(spec: Option<&str>) -> Result<RunAs, IsolationError> {
+    /// Resolves `--run-as USER[:GROUP]` (names or numbers); without a group, the user's primary group.
+    pub fn resolve(spec: &str) -> Result<RunAs, IsolationError> {
         use nix::unistd::{Group, User};
-        let Some(spec) = spec else {
-            let uid = User::from_name("nobody").ok().flatten().map_or(65534, |u| u.uid.as_raw());
-            let gid = ["nogroup", "nobody"]
-                .iter()
-                .find_map(|name| Group::from_name(name).ok().flatten())
-                .map_or(65534, |g| g.gid.as_raw());
-            return Ok(RunAs { uid, gid });
-        };
         let (user, group) = match spec.split_once(':') {
             Some((user, group)) => (user, Some(group)),
             None => (spec, None),
@@ -106,7 +99,8 @@ impl RunAs {
 pub struct Isolation {
     /// The server's own executable, opened at startup: each job's init is exec'd from it.
     init_executable: OwnedFd,
-    pub run_as: RunAs,
+    /// Who jobs run as.
+    pub users: JobUsers,
     /// False with `--host-network`: jobs share the host's network namespace.
     pub own_network: bool,
     /// The size of each private temporary directory (`--tmp-size`), unless the job's memory limit is smaller.
@@ -117,13 +111,18 @@ pub struct Isolation {
 
 impl Isolation {
     /// Checks that this server can isolate jobs: it is root and the kernel creates the namespaces.
-    pub fn detect(run_as: RunAs, own_network: bool, tmp_size: u64, seccomp: bool) -> Result<Isolation, IsolationError> {
+    pub fn detect(
+        users: JobUsers,
+        own_network: bool,
+        tmp_size: u64,
+        seccomp: bool,
+    ) -> Result<Isolation, IsolationError> {
         if !nix::unistd::geteuid().is_root() {
             return Err(IsolationError::NotRoot);
         }
         let isolation = Isolation {
             init_executable: sys::open_own_executable().map_err(IsolationError::OwnExecutable)?,
-            run_as,
+            users,
             own_network,
             tmp_size,
             seccomp: seccomp.then(SeccompFilter::default_for_jobs),
@@ -192,11 +191,10 @@ mod tests {
 
     #[test]
     fn run_as_numbers_and_defaults() {
-        assert_eq!(RunAs::resolve(Some("1234:99")).unwrap(), RunAs { uid: 1234, gid: 99 });
-        assert_eq!(RunAs::resolve(Some("1234")).unwrap(), RunAs { uid: 1234, gid: 1234 });
-        assert!(RunAs::resolve(Some("root")).unwrap_err().to_string().contains("may not run as uid 0"));
-        assert!(RunAs::resolve(Some("1000:0")).is_err());
-        assert!(RunAs::resolve(Some("no-such-user-here")).unwrap_err().to_string().contains("no-such-user-here"));
-        assert_ne!(RunAs::resolve(None).unwrap().uid, 0);
+        assert_eq!(RunAs::resolve("1234:99").unwrap(), RunAs { uid: 1234, gid: 99 });
+        assert_eq!(RunAs::resolve("1234").unwrap(), RunAs { uid: 1234, gid: 1234 });
+        assert!(RunAs::resolve("root").unwrap_err().to_string().contains("may not run as uid 0"));
+        assert!(RunAs::resolve("1000:0").is_err());
+        assert!(RunAs::resolve("no-such-user-here").unwrap_err().to_string().contains("no-such-user-here"));
     }
 }

@@ -58,6 +58,8 @@ pub enum JobError {
     TooManyRunning { owner: String, running: usize },
     /// The table holds `--max-jobs` jobs and none has ended, so none can be evicted.
     TooManyJobs { retained: usize },
+    /// Every id of `--run-as-range` belongs to a job whose files are still kept.
+    NoFreeUser,
     /// An output offset past the end of a finished job's output.
     OffsetPastEnd { offset: u64, end: u64 },
     /// The job did not report within this long that its command started; it was killed.
@@ -109,6 +111,10 @@ impl fmt::Display for JobError {
                 "{} already has {running} running jobs, the server's limit (--max-running-per-client); wait for or \
                  stop some",
                 clip(owner)
+            ),
+            JobError::NoFreeUser => f.write_str(
+                "every user id of --run-as-range belongs to a job still retained: wait for jobs to be evicted, or \
+                 widen the range",
             ),
             JobError::TooManyJobs { retained } => {
                 write!(f, "the server retains {retained} jobs, its limit (--max-jobs), and none has ended yet")

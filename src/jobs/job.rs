@@ -87,6 +87,8 @@ pub struct Job {
     pub(super) waiters: Vec<Waker>,
     /// A working directory the server made for the job, removed with it.
     pub(super) own_work_dir: Option<OwnWorkDir>,
+    /// The user an isolated job runs as, given back when its files go.
+    pub(super) run_as: Option<crate::isolation::RunAs>,
 }
 
 impl Job {

@@ -43,6 +43,16 @@ pub struct Launched {
     pub report: StartReport,
 }
 
+/// What an isolated job runs inside: the server's isolation, the user it was given and its bounds.
+pub struct Sandbox<'a> {
+    pub isolation: &'a Isolation,
+    pub run_as: RunAs,
+    /// Bounds its private temporary directories too.
+    pub memory_limit: Option<u64>,
+    /// `RLIMIT_NPROC`, for a user of the job's own.
+    pub max_processes: Option<u32>,
+}
+
 /// The pipe a starting job reports on.
 pub enum StartReport {
     /// The command's own exec (no isolation): 8 bytes of failure, or end of file once it exec'd
@@ -99,9 +109,8 @@ impl Launcher {
         spec: &JobSpec,
         hostname: &str,
         working_dir: &Path,
-        isolation: Option<&Isolation>,
+        sandbox: Option<Sandbox<'_>>,
         cgroup: Option<&JobCgroup>,
-        memory_limit: Option<u64>,
     ) -> Result<Launched, JobError> {
         let cgroup_dir = match cgroup.map(JobCgroup::open).transpose() {
             Ok(dir) => dir,
@@ -118,7 +127,7 @@ impl Launcher {
             open_files: self.open_files,
         };
 
-        let Some(isolation) = isolation else {
+        let Some(Sandbox { isolation, run_as, memory_limit, max_processes }) = sandbox else {
             let program = command_program(spec, working_dir);
             let (report_read, report_write) = sys::control_pipe().map_err(internal)?;
             let fds = SpawnFds {
@@ -143,7 +152,7 @@ impl Launcher {
         };
 
         let command = command_program(spec, working_dir);
-        let RunAs { uid, gid } = isolation.run_as;
+        let RunAs { uid, gid } = run_as;
         let hostname = c_string(hostname.as_bytes());
         // Each private temporary directory holds at most --tmp-size, and no more than the job's memory.
         let tmp_size = memory_limit.map_or(isolation.tmp_size, |limit| limit.min(isolation.tmp_size));
@@ -154,6 +163,7 @@ impl Launcher {
             own_network: isolation.own_network,
             command: &command,
             run_as: (uid, gid),
+            max_processes: max_processes.map(u64::from),
             seccomp: isolation.seccomp.as_ref(),
             tmp_options: &tmp_options,
             working_dir_bind: bind.as_ref().map(WorkingDirMount::as_bind),

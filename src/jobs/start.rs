@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use super::launch::{Launched, Launcher};
+use super::launch::{Launched, Launcher, Sandbox};
 use super::spool::{OutputLog, Spool};
 use super::{JobError, JobId, JobSpec};
 use crate::cgroup::{CgroupRoot, JobCgroup, Limits};
@@ -67,19 +67,24 @@ impl<'a> HalfStarted<'a> {
         Ok(())
     }
 
-    /// Starts the job's process (see [`Launcher::launch`]).
+    /// Starts the job's process (see [`Launcher::launch`]), as `run_as` inside `isolation` when there is one.
     pub fn launch(
         &mut self,
         launcher: &mut Launcher,
         spec: &JobSpec,
         working_dir: &Path,
-        isolation: Option<&Isolation>,
+        isolation: Option<(&Isolation, RunAs)>,
         limits: Option<&Limits>,
     ) -> Result<(), JobError> {
         let hostname = self.id.hostname();
-        let memory_limit = limits.map(|l| l.memory_bytes).filter(|&bytes| bytes > 0);
-        let cgroup = self.cgroup.as_ref();
-        self.process = Some(launcher.launch(spec, &hostname, working_dir, isolation, cgroup, memory_limit)?);
+        let sandbox = isolation.map(|(isolation, run_as)| Sandbox {
+            isolation,
+            run_as,
+            memory_limit: limits.map(|l| l.memory_bytes).filter(|&bytes| bytes > 0),
+            // A per-user count is a per-job count only when the user is the job's own.
+            max_processes: limits.map(|l| l.max_pids).filter(|&pids| pids > 0 && isolation.users.one_per_job()),
+        });
+        self.process = Some(launcher.launch(spec, &hostname, working_dir, sandbox, self.cgroup.as_ref())?);
         Ok(())
     }
 

@@ -19,7 +19,7 @@ use super::start::{HalfStarted, Started};
 use super::{Caller, EndReason, Job, JobError, JobId, JobKey, JobSpec, JobState, StartRequest};
 use crate::cgroup::{CgroupRoot, Limits};
 use crate::isolation::network_pool::NetworkPool;
-use crate::isolation::{self, InitReport, Isolation};
+use crate::isolation::{self, InitReport, Isolation, RunAs};
 use crate::sys::{self, SpawnReport};
 
 /// The server settings the table enforces.
@@ -165,21 +165,40 @@ impl JobTable {
     pub fn start(&mut self, owner: &str, request: StartRequest) -> Result<StartedJob, JobError> {
         let spec = JobSpec::validate(request, self.config.max_request_bytes)?;
         let limits = self.admit(owner, &spec)?;
+        let run_as = match self.containment.isolation.as_mut() {
+            Some(isolation) => Some(isolation.users.allocate().ok_or(JobError::NoFreeUser)?),
+            None => None,
+        };
+        let started = self.start_as(owner, spec, limits, run_as);
+        if let (Err(_), Some(run_as), Some(isolation)) = (&started, run_as, self.containment.isolation.as_mut()) {
+            isolation.users.release(run_as);
+        }
+        started
+    }
+
+    /// The rest of [`Self::start`], as `run_as` (for an isolated job), which the caller gives back on failure.
+    fn start_as(
+        &mut self,
+        owner: &str,
+        spec: JobSpec,
+        limits: Option<Limits>,
+        run_as: Option<RunAs>,
+    ) -> Result<StartedJob, JobError> {
         let id = JobId::random();
+        // Limits go to a cgroup where there is one (without, only pids is enforced, by the user's own count).
+        let cgroup_limits = limits.filter(|_| self.containment.cgroups.is_some());
         let mut start = HalfStarted::new(id, &mut self.spool, self.containment.cgroups.as_mut());
         start.create_output()?;
         let working_dir = match &spec.working_dir {
             Some(dir) => dir.clone(),
-            None => {
-                let run_as = self.containment.isolation.as_ref().map(|isolation| isolation.run_as);
-                start.create_work_dir(&self.work_dir, run_as)?
-            }
+            None => start.create_work_dir(&self.work_dir, run_as)?,
         };
-        if let Some(limits) = &limits {
+        if let Some(limits) = &cgroup_limits {
             start.create_cgroup(limits)?;
         }
-        start.launch(&mut self.launcher, &spec, &working_dir, self.containment.isolation.as_ref(), limits.as_ref())?;
-        if let Some(limits) = &limits {
+        let sandbox = self.containment.isolation.as_ref().zip(run_as);
+        start.launch(&mut self.launcher, &spec, &working_dir, sandbox, limits.as_ref())?;
+        if let Some(limits) = &cgroup_limits {
             start.limit_cpu(limits)?;
         }
         let Started { output, own_work_dir, cgroup, process } = start.done();
@@ -221,8 +240,14 @@ impl JobTable {
             final_usage: None,
             waiters: Vec::new(),
             own_work_dir,
+            run_as,
         };
-        log::info!("job {id} launched for {owner}: pid {}, {:?}", job.pid, job.command);
+        match run_as {
+            Some(run_as) => {
+                log::info!("job {id} launched for {owner}: pid {}, {:?}, as uid {}", job.pid, job.command, run_as.uid)
+            }
+            None => log::info!("job {id} launched for {owner}: pid {}, {:?}", job.pid, job.command),
+        }
         *self.running_by_owner.entry(owner.to_string()).or_default() += 1;
         self.by_id.insert(id, key);
         self.jobs.insert(key, job);
@@ -333,6 +358,18 @@ impl JobTable {
                     return Err(JobError::NoIoDevice);
                 }
                 Some(limits)
+            }
+            // Without cgroups, a user of the job's own still bounds its processes (RLIMIT_NPROC); nothing else can.
+            None if self.containment.isolation.as_ref().is_some_and(|i| i.users.one_per_job()) => {
+                let pids_only = Limits { max_pids: spec.limits.max_pids, ..Limits::default() };
+                if spec.limits != pids_only {
+                    let reason = self.containment.limits_unavailable.as_deref().unwrap_or("no cgroup v2");
+                    return Err(JobError::LimitsUnavailable(format!(
+                        "{reason} (only pids is enforced here, through the job's own user)"
+                    )));
+                }
+                let pids = self.containment.policy.resolve(&pids_only)?.max_pids;
+                (pids > 0).then_some(Limits { max_pids: pids, ..Limits::default() })
             }
             None if !spec.limits.is_unlimited() => {
                 let reason = self.containment.limits_unavailable.as_deref().unwrap_or("no cgroup v2");
@@ -474,11 +511,15 @@ impl JobTable {
         self.launcher.finish();
     }
 
-    /// Hands a job's output and working directory to the janitor.
+    /// Hands a job's output and working directory to the janitor, and its user back: nothing it left in its
+    /// working directory is reachable by a later job given the same user.
     fn remove_files(&mut self, mut job: Job) {
         self.spool.remove(&mut job.output);
         if let Some(dir) = job.own_work_dir.take() {
             self.spool.dispose(&dir.into_path());
+        }
+        if let (Some(run_as), Some(isolation)) = (job.run_as, self.containment.isolation.as_mut()) {
+            isolation.users.release(run_as);
         }
     }
 }

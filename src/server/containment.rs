@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::ServerError;
 use crate::cgroup::{CgroupError, CgroupRoot};
+use crate::isolation::users::{JobUsers, UserRange, DEFAULT_RANGE};
 use crate::isolation::{Isolation, RunAs};
 use crate::jobs::{Containment, LimitPolicy};
 
@@ -21,8 +22,11 @@ pub struct ContainmentConfig {
     pub require_limits: bool,
     /// `--no-isolation`: run jobs in the host's namespaces as the server's user.
     pub no_isolation: bool,
-    /// `--run-as USER[:GROUP]`; default `nobody`.
+    /// `--run-as USER[:GROUP]`: every job runs as this user.
     pub run_as: Option<String>,
+    /// `--run-as-range FIRST:COUNT`: each job runs as a user of its own from these ids (the default, with
+    /// `users::DEFAULT_RANGE`, unless `--run-as` is given).
+    pub run_as_range: Option<(u32, u32)>,
     /// `--host-network`: jobs keep the host's network namespace.
     pub host_network: bool,
     /// `--tmp-size`: bytes of each private temporary directory of a job.
@@ -61,14 +65,13 @@ pub fn prepare(config: &ContainmentConfig) -> Result<Containment, ServerError> {
         log::warn!("--no-isolation: jobs run in the host's namespaces as the server's user");
         return Ok(containment);
     }
-    let run_as = RunAs::resolve(config.run_as.as_deref()).map_err(|e| ServerError::Containment(e.to_string()))?;
-    match Isolation::detect(run_as, !config.host_network, config.tmp_size, !config.no_seccomp) {
+    let users = job_users(config)?;
+    match Isolation::detect(users, !config.host_network, config.tmp_size, !config.no_seccomp) {
         Ok(isolation) => {
             log::info!(
-                "isolation: jobs get their own PID, mount, UTS, IPC{} namespaces and run as uid {} gid {}{}",
+                "isolation: jobs get their own PID, mount, UTS, IPC{} namespaces and run as {}{}",
                 if isolation.own_network { " and network" } else { " (host network)" },
-                run_as.uid,
-                run_as.gid,
+                isolation.users.describe(),
                 if isolation.seccomp.is_some() { ", with the default seccomp filter" } else { ", without seccomp" }
             );
             containment.isolation = Some(isolation);
@@ -81,11 +84,28 @@ pub fn prepare(config: &ContainmentConfig) -> Result<Containment, ServerError> {
     Ok(containment)
 }
 
+/// Who jobs run as: `--run-as`'s user, or a user of their own from `--run-as-range` (or its default), a range
+/// checked against the host's accounts.
+fn job_users(config: &ContainmentConfig) -> Result<JobUsers, ServerError> {
+    let refuse = |e: crate::isolation::IsolationError| ServerError::Containment(e.to_string());
+    match (&config.run_as, config.run_as_range) {
+        (Some(_), Some(_)) => Err(ServerError::Containment(
+            "--run-as and --run-as-range contradict each other: one user for every job, or one each".into(),
+        )),
+        (Some(spec), None) => RunAs::resolve(spec).map(JobUsers::Fixed).map_err(refuse),
+        (None, range) => {
+            let (first, count) = range.unwrap_or(DEFAULT_RANGE);
+            let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+            UserRange::new(first, count, &read("/etc/passwd"), &read("/etc/group")).map(JobUsers::Range).map_err(refuse)
+        }
+    }
+}
+
 /// Checks that the user isolated jobs run as can pass through every directory down to `dir` (where their
 /// working directories are made); otherwise every job would fail to start, so the server refuses instead.
 pub fn check_reachable_by_jobs(containment: &Containment, dir: &Path) -> Result<(), ServerError> {
     let Some(isolation) = &containment.isolation else { return Ok(()) };
-    let run_as = isolation.run_as;
+    let run_as = isolation.users.example();
     for ancestor in dir.ancestors() {
         let Ok(meta) = std::fs::metadata(ancestor) else { continue };
         let mode = meta.permissions().mode();

@@ -73,7 +73,9 @@ impl CallError {
                 | JobError::WorkingDirUnusable { .. }
                 | JobError::LimitsUnavailable(_)
                 | JobError::NoIoDevice => Code::FailedPrecondition,
-                JobError::TooManyRunning { .. } | JobError::TooManyJobs { .. } => Code::ResourceExhausted,
+                JobError::TooManyRunning { .. } | JobError::TooManyJobs { .. } | JobError::NoFreeUser => {
+                    Code::ResourceExhausted
+                }
                 JobError::OffsetPastEnd { .. } => Code::OutOfRange,
                 JobError::ShuttingDown => Code::Unavailable,
                 JobError::StartTimedOut(_) => Code::DeadlineExceeded,

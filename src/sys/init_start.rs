@@ -47,6 +47,8 @@ pub struct InitStart<'a> {
     pub command: &'a SpawnProgram<'a>,
     /// The user and group the command (and, once it has dropped its privileges, the init) runs as.
     pub run_as: (u32, u32),
+    /// The command's `RLIMIT_NPROC`: set where the job has a user of its own.
+    pub max_processes: Option<u64>,
     /// The command's seccomp filter, if any.
     pub seccomp: Option<&'a super::SeccompFilter>,
     /// Options of the private `tmpfs` mounts (`size=...,mode=1777`).
@@ -263,6 +265,7 @@ extern "C" fn init_child_main(arg: *mut libc::c_void) -> libc::c_int {
             open_files: None,
             network: None,
             run_as: Some(start.run_as),
+            max_processes: start.max_processes,
             seccomp: seccomp.as_ref().map(|program| program as *const libc::sock_fprog),
             report: &mut report,
             report_pipe: None,

@@ -191,6 +191,8 @@ pub(super) struct ChildArgs<'a> {
     /// Drop to this uid and gid, with no capability left, before the chdir and exec (a job's command started
     /// by its init, see `init_start`).
     pub(super) run_as: Option<(u32, u32)>,
+    /// `RLIMIT_NPROC` after `run_as`: the most processes (threads) the user may have, for a user of the job's own.
+    pub(super) max_processes: Option<u64>,
     /// A seccomp filter installed just before the exec (after `run_as`, which sets `NO_NEW_PRIVS`).
     pub(super) seccomp: Option<*const libc::sock_fprog>,
     /// Where a failure goes: the parent's frame (vfork), or a pipe (fork).
@@ -221,6 +223,7 @@ pub fn spawn(
         open_files: options.open_files,
         network: options.network.map(|fd| fd.as_raw_fd()),
         run_as: None,
+        max_processes: None,
         seccomp: None,
         report: &mut report,
         report_pipe: fds.report.map(|fd| fd.as_raw_fd()),
@@ -501,6 +504,12 @@ pub(super) extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         }
         if let Some((uid, gid)) = args.run_as {
             if super::isolation::drop_privileges(uid, gid).is_err() {
+                return fail(SpawnStage::Setup);
+            }
+        }
+        if let Some(count) = args.max_processes {
+            let limit = libc::rlimit { rlim_cur: count, rlim_max: count };
+            if libc::setrlimit(libc::RLIMIT_NPROC, &limit) < 0 {
                 return fail(SpawnStage::Setup);
             }
         }

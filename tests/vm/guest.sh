@@ -155,7 +155,8 @@ check_roundtrip() {
     fi
 }
 
-# 9. The job's UTS namespace is named after its id, it runs as nobody and it cannot gain privileges.
+# 9. The job's UTS namespace is named after its id, it runs as a user of its own from the default range
+# (1879048192 on) and it cannot gain privileges.
 check_isolation() {
     start isolation -- sh -c 'hostname; grep NoNewPrivs /proc/self/status; echo "uid $(id -u) pid $$"' || return
     wait_job "$JOB"
@@ -164,10 +165,12 @@ check_isolation() {
     host=$(echo "$out" | head -1)
     nnp=$(echo "$out" | sed -n 's/^NoNewPrivs:[[:space:]]*//p')
     rest=$(echo "$out" | tail -1)
-    if [ "$host" = "$want" ] && [ "$nnp" = 1 ] && [ "${rest%% pid*}" = "uid 65534" ]; then
+    uid=${rest#uid }
+    uid=${uid%% pid*}
+    if [ "$host" = "$want" ] && [ "$nnp" = 1 ] && [ "$uid" -ge 1879048192 ] && [ "${rest#* pid }" = 2 ]; then
         pass isolation "hostname $host (id $JOB), NoNewPrivs $nnp, $rest, guest hostname $(hostname)"
     else
-        fail isolation "hostname \"$host\" (want $want), NoNewPrivs \"$nnp\" (want 1), $rest (want uid 65534); status $JS"
+        fail isolation "hostname \"$host\" (want $want), NoNewPrivs \"$nnp\" (want 1), $rest (want a uid from 1879048192, pid 2); status $JS"
     fi
 }
 
@@ -253,6 +256,32 @@ check_pids() {
     err=$(echo "$out" | grep -v -e '^started' -e '^loop done' | head -1)
     msg="$n of 30 background sleeps started (err: \"$err\"), wait rc $WAIT_RC"
     if [ "$n" -ge 5 ] && [ "$n" -le 10 ]; then pass pids "$msg"; else fail pids "$msg; status $JS"; fi
+}
+
+# 3b. Two jobs at once, each under --pids 10: each runs as a user of its own (so RLIMIT_NPROC, which runnel sets
+# to the same 10, counts only its own processes) and each still gets at most ~9 background sleeps.
+check_user_pids() {
+    script='id -u; grep "Max processes" /proc/self/limits; i=0; while [ $i -lt 30 ]; do sleep 1006 & echo started; i=$((i + 1)); done'
+    start user_pids --pids 10 -- sh -c "$script" || return
+    first=$JOB
+    start user_pids --pids 10 -- sh -c "$script" || return
+    second=$JOB
+    msg=""
+    ok=1
+    uids=""
+    for job in $first $second; do
+        wait_job "$job"
+        out=$(client logs "$job" 2>&1)
+        uid=$(echo "$out" | head -1)
+        nproc=$(echo "$out" | grep "Max processes" | tr -s ' ' | cut -d' ' -f3)
+        n=$(echo "$out" | grep -c '^started')
+        msg="$msg uid $uid, RLIMIT_NPROC $nproc, $n of 30 started;"
+        uids="$uids $uid"
+        if [ "$uid" -lt 1879048192 ] || [ "$nproc" != 10 ] || [ "$n" -lt 5 ] || [ "$n" -gt 10 ]; then ok=0; fi
+    done
+    set -- $uids
+    if [ "$1" = "$2" ]; then ok=0; fi
+    if [ "$ok" = 1 ]; then pass user_pids "$msg"; else fail user_pids "$msg"; fi
 }
 
 # io_write_job [start flags]: a 4 MiB O_DIRECT write to the NVMe disk, timed inside the job (this
@@ -436,7 +465,7 @@ main() {
         dump_logs
         return 1
     fi
-    for check in roundtrip isolation limits oom cpu pids io stop_descendants usage shutdown crash_cleanup; do
+    for check in roundtrip isolation limits oom cpu pids user_pids io stop_descendants usage shutdown crash_cleanup; do
         section "$check"
         "check_$check"
     done
