@@ -89,6 +89,7 @@ pub fn run(args: Vec<OsString>) -> Result<i32, CliError> {
 
     let parsed = parse_command(&command, &mut args, command_line)?;
     finish(args)?;
+    crate::sys::die_on_closed_stdout();
 
     let settings = ClientSettings {
         server: server.or_else(|| std::env::var("RUNNEL_SERVER").ok()).unwrap_or_else(|| "127.0.0.1:50051".into()),
