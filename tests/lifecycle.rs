@@ -336,7 +336,7 @@ fn connections_that_stall_in_a_handshake_are_closed_after_the_handshake_timeout(
     let silent_closed = time_until_closed(silent, Instant::now(), "connection that sent nothing");
     // One completes the TLS handshake with a valid certificate, then never sends the HTTP/2 preface.
     let settings = server.settings("alice");
-    let config = tls::client_config(&settings.cert, &settings.key, &settings.ca).unwrap();
+    let config = tls::client_config(&settings.cert, &settings.key, settings.ca.as_deref(), None).unwrap();
     let mut connection = rustls::ClientConnection::new(config, tls::server_name("localhost").unwrap()).unwrap();
     let mut tls_only = TcpStream::connect(&server.address).unwrap();
     let tls_opened = Instant::now();

@@ -217,6 +217,123 @@ fn ambiguous_or_deceptive_identities_are_refused_with_the_reason() {
     assert_still_serving(&server);
 }
 
+/// Runs openssl, failing loudly if it is missing or refuses.
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl").args(args).output().expect("openssl (Debian package openssl) is needed");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CRL from the test CA that revokes the certificate of `prefix`, with openssl's `ca` tool.
+fn crl_revoking(pki: &Pki, dir: &Path, prefix: &Path) -> std::path::PathBuf {
+    let d = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    std::fs::write(d("index.txt"), "").unwrap();
+    std::fs::write(d("crlnumber"), "01\n").unwrap();
+    let config = format!(
+        "[ca]\ndefault_ca = test\n[test]\ndatabase = {}\ncrlnumber = {}\ndefault_md = sha256\ndefault_crl_days = 1\n",
+        d("index.txt"),
+        d("crlnumber")
+    );
+    std::fs::write(d("ca.cnf"), config).unwrap();
+    let (ca_crt, ca_key) = (pki.file("ca.crt"), pki.file("ca.key"));
+    let ca = ["-config", &d("ca.cnf"), "-cert", ca_crt.to_str().unwrap(), "-keyfile", ca_key.to_str().unwrap()];
+    let revoked = runnel::pki::cert_path(prefix);
+    openssl(&[&["ca"][..], &ca, &["-revoke", revoked.to_str().unwrap()]].concat());
+    openssl(&[&["ca"][..], &ca, &["-gencrl", "-out", &d("crl.pem")]].concat());
+    dir.join("crl.pem")
+}
+
+fn fingerprint_of(pki: &Pki, name: &str) -> String {
+    let output =
+        Command::new(BIN).args(["certs", "fingerprint"]).arg(pki.file(&format!("{name}.crt"))).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn pinned_and_revoked_client_certificates() {
+    let pki = Pki::new();
+    let alice_pin = fingerprint_of(&pki, "alice");
+    assert!(alice_pin.starts_with("sha256:") && alice_pin.len() == 71, "{alice_pin}");
+
+    // Pinned on top of the CA: alice connects, bob (same CA) does not.
+    let server = Server::start(&pki, &["--client-cert-pin", &alice_pin]);
+    assert_still_serving(&server);
+    assert_refused(&server, &server.settings("bob"), "a client certificate from the CA, not pinned");
+    assert!(server.log_text().contains("is not pinned"), "{}", server.log_text());
+
+    // Revoked by the CA: bob is refused, alice still connects.
+    let scratch = ScratchDir::new("crl");
+    let crl = crl_revoking(&pki, scratch.path(), &pki.file("bob"));
+    let server = Server::start(&pki, &["--crl", crl.to_str().unwrap()]);
+    assert_still_serving(&server);
+    assert_refused(&server, &server.settings("bob"), "a revoked client certificate");
+
+    // No CA: a self-signed client, pinned, is accepted with its CN as identity; another self-signed one is not.
+    let self_signed = |name: &str| {
+        let prefix = scratch.path().join(name);
+        let (key, crt) = (format!("{}.key", prefix.display()), format!("{}.crt", prefix.display()));
+        let subject = format!("/CN={name}");
+        openssl(
+            &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"]
+                .into_iter()
+                .chain(["-keyout", &key, "-out", &crt, "-subj", &subject, "-addext", "extendedKeyUsage=clientAuth"])
+                .collect::<Vec<_>>(),
+        );
+        prefix
+    };
+    let (carol, mallory) = (self_signed("carol"), self_signed("mallory"));
+    let carol_pin = String::from_utf8(
+        Command::new(BIN).args(["certs", "fingerprint"]).arg(runnel::pki::cert_path(&carol)).output().unwrap().stdout,
+    )
+    .unwrap();
+    let carol_pin = carol_pin.split_whitespace().next().unwrap();
+    let server = Server::start_without_client_ca(&pki, &["--client-cert-pin", carol_pin]);
+    let mut client = Client::connect(&settings_with(&server, &carol)).unwrap();
+    let job: Job = client
+        .unary(path::START_JOB, &StartJobRequest { command: "true".into(), ..Default::default() }, TIMEOUT)
+        .unwrap();
+    assert_eq!(job.owner, "carol");
+    assert_refused(&server, &settings_with(&server, &mallory), "an unpinned self-signed client");
+    assert_refused(&server, &server.settings("alice"), "a CA's client, with no CA trusted");
+}
+
+#[test]
+fn the_client_connects_only_to_the_pinned_server() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let pin_of = |name: &str| runnel::tls::Fingerprint::parse(&fingerprint_of(&pki, name)).unwrap();
+    let (server_pin, wrong_pin) = (pin_of("server"), pin_of("alice"));
+    let pinned = |ca: bool, pin| ClientSettings {
+        ca: if ca { Some(pki.file("ca.crt")) } else { None },
+        server_pin: Some(pin),
+        ..server.settings("alice")
+    };
+    for ca in [true, false] {
+        let mut client = Client::connect(&pinned(ca, server_pin)).unwrap_or_else(|s| panic!("ca {ca}: {s:?}"));
+        let _: ListJobsResponse = client.unary(path::LIST_JOBS, &ListJobsRequest::default(), TIMEOUT).unwrap();
+        let status = Client::connect(&pinned(ca, wrong_pin)).map(drop).unwrap_err();
+        assert!(status.message.contains("is not pinned"), "ca {ca}: {status:?}");
+    }
+    // The command line, pinned through RUNNEL_SERVER_PIN, without a CA.
+    let cli = |pin: runnel::tls::Fingerprint| {
+        Command::new(BIN)
+            .args(["client", "--server", &server.address, "--server-name", "localhost", "--cert"])
+            .arg(pki.file("alice.crt"))
+            .arg("--key")
+            .arg(pki.file("alice.key"))
+            .env_remove("RUNNEL_CA")
+            .env("RUNNEL_SERVER_PIN", pin.to_string())
+            .arg("list")
+            .output()
+            .unwrap()
+    };
+    assert!(cli(server_pin).status.success());
+    let refused = cli(wrong_pin);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is not pinned"), "{stderr}");
+}
+
 #[test]
 fn tls12_client_is_refused() {
     let pki = Pki::new();

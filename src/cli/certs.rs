@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use crate::cli::CliError;
 use crate::pki::{self, PkiError, Validity};
+use rustls::pki_types::pem::PemObject;
 
 pub const USAGE: &str = "\
 Write the certificates for mutual TLS (ECDSA P-256, PEM). PREFIX names a pair of files:
@@ -22,11 +23,14 @@ Usage:
   runnel certs ca --out PREFIX [--name CN] [--days N]
   runnel certs server --ca PREFIX --out PREFIX [--dns NAME]... [--ip ADDR]... [--days N]
   runnel certs client --ca PREFIX --name NAME --out PREFIX [--days N]
+  runnel certs fingerprint FILE...
 
 Kinds:
   ca        a self-signed CA that signs server and client certificates
   server    a server certificate signed by the CA at --ca
   client    a client certificate signed by the CA at --ca; --name is the client's identity
+  fingerprint  print each certificate file's SHA-256 fingerprint, the value --client-cert-pin and
+            --server-pin take
 
 Options:
   --out PREFIX   where to write PREFIX.crt and PREFIX.key (parent directories are created)
@@ -75,8 +79,29 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), CliError> {
         print!("{USAGE}");
         return Ok(());
     }
-    let request = parse(args)?;
+    let rest = args.finish();
+    if rest.first().is_some_and(|kind| kind == "fingerprint") {
+        return print_fingerprints(&rest[1..]);
+    }
+    let request = parse(pico_args::Arguments::from_vec(rest))?;
     execute(&request)
+}
+
+/// `runnel certs fingerprint FILE...`: the SHA-256 of each file's first certificate, `sha256:HEX  FILE`.
+fn print_fingerprints(files: &[OsString]) -> Result<(), CliError> {
+    if files.is_empty() {
+        return Err(CliError::usage("`runnel certs fingerprint FILE...`: name at least one certificate file"));
+    }
+    for file in files {
+        let path = PathBuf::from(file);
+        let first = rustls::pki_types::CertificateDer::pem_file_iter(&path)
+            .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?
+            .next()
+            .ok_or_else(|| CliError::usage(format!("{}: no CERTIFICATE block in the file", path.display())))?
+            .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
+        println!("{}  {}", crate::tls::Fingerprint::of(&first), path.display());
+    }
+    Ok(())
 }
 
 fn parse(mut args: pico_args::Arguments) -> Result<CertRequest, CliError> {

@@ -19,7 +19,7 @@ use crate::proto::{
     StreamOutputRequest, WaitJobRequest,
 };
 use crate::server::wire;
-use crate::tls::KeySource;
+use crate::tls::{Fingerprint, KeySource};
 
 pub const USAGE: &str = "\
 usage: runnel client [connection options] COMMAND ...
@@ -49,6 +49,8 @@ connection options (or environment variables):
   --cert FILE          client certificate [RUNNEL_CERT]
   --key FILE           client private key [RUNNEL_KEY; or the PEM text in RUNNEL_TLS_KEY]
   --ca FILE            CA that signed the server's certificate [RUNNEL_CA]
+  --server-pin sha256:HEX  connect only to the server certificate with this fingerprint (`runnel certs
+                       fingerprint`); with --ca, on top of it; without, a self-signed server [RUNNEL_SERVER_PIN]
   --server-name NAME   name the server's certificate must carry [default: the host of --server]
 
 Errors print as `error: CODE: message`; usage errors exit 2, others 1.
@@ -77,6 +79,13 @@ pub fn run(args: Vec<OsString>) -> Result<i32, CliError> {
     let key = path_setting(&mut args, "--key", "RUNNEL_KEY")?;
     let ca = path_setting(&mut args, "--ca", "RUNNEL_CA")?;
     let server_name: Option<String> = args.opt_value_from_str("--server-name")?;
+    let server_pin = match args.opt_value_from_str::<_, String>("--server-pin")? {
+        Some(text) => Some(text),
+        None => std::env::var("RUNNEL_SERVER_PIN").ok(),
+    };
+    let server_pin = server_pin
+        .map(|text| Fingerprint::parse(&text).map_err(|e| CliError::usage(format!("--server-pin {e}"))))
+        .transpose()?;
     let help = args.contains(["-h", "--help"]);
     let command = args.subcommand()?;
     if help || command.as_deref() == Some("help") {
@@ -96,7 +105,15 @@ pub fn run(args: Vec<OsString>) -> Result<i32, CliError> {
         cert: cert.ok_or_else(|| CliError::usage("no client certificate: pass --cert FILE or set RUNNEL_CERT"))?,
         key: KeySource::from_env_or(key)
             .ok_or_else(|| CliError::usage("no client key: pass --key FILE, set RUNNEL_KEY or RUNNEL_TLS_KEY"))?,
-        ca: ca.ok_or_else(|| CliError::usage("no CA certificate: pass --ca FILE or set RUNNEL_CA"))?,
+        ca: match (ca, server_pin) {
+            (None, None) => {
+                return Err(CliError::usage(
+                    "no CA certificate: pass --ca FILE or set RUNNEL_CA (or pin the server with --server-pin)",
+                ))
+            }
+            (ca, _) => ca,
+        },
+        server_pin,
         server_name,
     };
     let mut client =

@@ -13,10 +13,10 @@ use super::{finish, CliError};
 use crate::cgroup::Limits;
 use crate::jobs::{LimitPolicy, LIMIT_FIELDS};
 use crate::server::{self, ContainmentConfig, ServerConfig};
-use crate::tls::KeySource;
+use crate::tls::{ClientTrust, Fingerprint, KeySource};
 
 pub const USAGE: &str = "\
-usage: runnel server --cert FILE --key FILE --client-ca FILE [options]
+usage: runnel server --cert FILE --key FILE (--client-ca FILE | --client-cert-pin sha256:HEX) [options]
 
 Serves the runnel job API over mutual TLS (TLS 1.3, client certificate required).
 
@@ -24,6 +24,10 @@ Serves the runnel job API over mutual TLS (TLS 1.3, client certificate required)
   --cert FILE                    server certificate (PEM)
   --key FILE                     server private key (PEM); or the PEM text in RUNNEL_TLS_KEY
   --client-ca FILE               CA that client certificates must chain to (PEM)
+  --crl FILE                     certificates the client CA revoked (PEM CRL; repeatable)
+  --client-cert-pin sha256:HEX   accept only this client certificate (repeatable; `runnel certs fingerprint`);
+                                 with --client-ca, on top of it; without, self-signed clients
+  --client-cert-pins FILE        the same, one fingerprint per line (# comments)
   --admin NAME                   identity that may see and act on every job (repeatable)
   --state-dir DIR                job output and working directories [default: /var/lib/runnel as root,
                                  else $XDG_RUNTIME_DIR/runnel or /tmp/runnel-UID]; removed at shutdown
@@ -86,6 +90,9 @@ struct RawFlags {
     cert: Option<PathBuf>,
     key_file: Option<PathBuf>,
     client_ca: Option<PathBuf>,
+    crls: Vec<PathBuf>,
+    client_cert_pins: Vec<Fingerprint>,
+    client_cert_pin_file: Option<PathBuf>,
     admins: Vec<String>,
     state_dir: Option<PathBuf>,
     max_connections: Option<usize>,
@@ -132,6 +139,9 @@ impl RawFlags {
             cert: args.opt_value_from_str("--cert")?,
             key_file: args.opt_value_from_str("--key")?,
             client_ca: args.opt_value_from_str("--client-ca")?,
+            crls: args.values_from_str("--crl")?,
+            client_cert_pins: args.values_from_fn("--client-cert-pin", |text: &str| Fingerprint::parse(text))?,
+            client_cert_pin_file: args.opt_value_from_str("--client-cert-pins")?,
             admins: args.values_from_str("--admin")?,
             state_dir: args.opt_value_from_str("--state-dir")?,
             max_connections: args.opt_value_from_str("--max-connections")?,
@@ -180,8 +190,24 @@ impl RawFlags {
         let cert = self
             .cert
             .ok_or_else(|| CliError::usage("--cert FILE is required (make one with `runnel certs server`)"))?;
-        let client_ca =
-            self.client_ca.ok_or_else(|| CliError::usage("--client-ca FILE is required (the CA's .crt)"))?;
+        let mut pins = self.client_cert_pins;
+        if let Some(file) = &self.client_cert_pin_file {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| CliError::usage(format!("--client-cert-pins {}: {e}", file.display())))?;
+            pins.extend(
+                Fingerprint::parse_file(&text)
+                    .map_err(|e| CliError::usage(format!("--client-cert-pins {}: {e}", file.display())))?,
+            );
+        }
+        if self.client_ca.is_none() && pins.is_empty() {
+            return Err(CliError::usage(
+                "--client-ca FILE is required (the CA's .crt), or --client-cert-pin for self-signed clients",
+            ));
+        }
+        if self.client_ca.is_none() && !self.crls.is_empty() {
+            return Err(CliError::usage("--crl needs --client-ca: a CRL is its CA's list"));
+        }
+        let clients = ClientTrust { ca: self.client_ca, crls: self.crls, pins };
         let key = KeySource::from_env_or(self.key_file)
             .ok_or_else(|| CliError::usage("--key FILE is required (or the PEM text in RUNNEL_TLS_KEY)"))?;
         let max_connections = self.max_connections.unwrap_or(4096);
@@ -225,7 +251,7 @@ impl RawFlags {
             listen: self.listen.unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid")),
             cert,
             key,
-            client_ca,
+            clients,
             admins: self.admins,
             max_connections,
             max_connections_per_client,

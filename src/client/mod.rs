@@ -52,7 +52,10 @@ pub struct ClientSettings {
     pub server: String,
     pub cert: PathBuf,
     pub key: KeySource,
-    pub ca: PathBuf,
+    /// The CA the server's certificate must chain to; `None`: the pin alone (a self-signed server).
+    pub ca: Option<PathBuf>,
+    /// The server's certificate's fingerprint: connect only to it.
+    pub server_pin: Option<tls::Fingerprint>,
     /// Name the server's certificate must carry; default: the host part of `server`.
     pub server_name: Option<String>,
 }
@@ -139,7 +142,7 @@ fn status_from_h2(err: h2::Error) -> Status {
 impl Client {
     /// Connects and completes the TLS and HTTP/2 handshakes.
     pub fn connect(settings: &ClientSettings) -> Result<Client, Status> {
-        let config = tls::client_config(&settings.cert, &settings.key, &settings.ca)
+        let config = tls::client_config(&settings.cert, &settings.key, settings.ca.as_deref(), settings.server_pin)
             .map_err(|e| Status::new(Code::FailedPrecondition, e.to_string()))?;
         let (host, address) = resolve(&settings.server)?;
         let name = settings.server_name.clone().unwrap_or(host);

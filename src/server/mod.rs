@@ -46,7 +46,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub cert: PathBuf,
     pub key: KeySource,
-    pub client_ca: PathBuf,
+    /// Which client certificates are accepted (`--client-ca`, `--crl`, `--client-cert-pin`).
+    pub clients: tls::ClientTrust,
     pub admins: Vec<String>,
     pub state_dir: PathBuf,
     /// Established connections at once (`--max-connections`).
@@ -261,7 +262,7 @@ struct Server {
 pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     sys::ensure_standard_fds().map_err(io_error("cannot check standard descriptors"))?;
     sys::retain_freed_memory();
-    let tls = tls::server_config(&config.cert, &config.key, &config.client_ca)?;
+    let tls = tls::server_config(&config.cert, &config.key, &config.clients)?;
     let signals = sys::signalfd(&sys::SHUTDOWN_SIGNALS).map_err(io_error("cannot set up signal handling"))?;
     let state_dir = StateDir::acquire(&config.state_dir)?;
     let prepared = containment::prepare(&config.containment).and_then(|containment| {

@@ -4,8 +4,10 @@
 //! Keys come from a PEM file or from PEM text in `RUNNEL_TLS_KEY`, which is removed from the process
 //! environment as soon as it is read so no job (and no `/proc/PID/environ` reader) can see it.
 
+mod pins;
 mod transport;
 
+pub use pins::Fingerprint;
 pub use transport::TlsStream;
 
 use std::fmt;
@@ -122,11 +124,41 @@ fn client_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(provider)
 }
 
-/// The server side: TLS 1.3 only, ALPN h2, a client certificate chaining to `client_ca` required.
-pub fn server_config(cert: &Path, key: &KeySource, client_ca: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(load_roots(client_ca)?, provider())
-        .build()
-        .map_err(|e| TlsError::Config(format!("client CA {}: {e}", client_ca.display())))?;
+/// Which client certificates the server accepts: those chaining to `ca` (and not revoked by one of `crls`), of
+/// which only `pins` if any are given; without a CA, exactly the `pins`.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTrust {
+    pub ca: Option<PathBuf>,
+    pub crls: Vec<PathBuf>,
+    pub pins: Vec<Fingerprint>,
+}
+
+/// The server side: TLS 1.3 only, ALPN h2, a client certificate that `clients` trusts required.
+pub fn server_config(cert: &Path, key: &KeySource, clients: &ClientTrust) -> Result<Arc<ServerConfig>, TlsError> {
+    let ca_verifier = match &clients.ca {
+        Some(ca) => {
+            let mut crls = Vec::new();
+            for path in &clients.crls {
+                let pem_error = |reason: String| TlsError::Pem { what: "CRL", path: path.clone(), reason };
+                let found = rustls::pki_types::CertificateRevocationListDer::pem_file_iter(path)
+                    .map_err(|e| pem_error(e.to_string()))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| pem_error(e.to_string()))?;
+                if found.is_empty() {
+                    return Err(pem_error("no X509 CRL block in the file".into()));
+                }
+                crls.extend(found);
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(load_roots(ca)?, provider())
+                .with_crls(crls)
+                .build()
+                .map_err(|e| TlsError::Config(format!("client CA {}: {e}", ca.display())))?;
+            Some(verifier)
+        }
+        None if clients.pins.is_empty() => return Err(TlsError::Config("no client CA and no client pin".into())),
+        None => None,
+    };
+    let verifier = Arc::new(pins::PinnedClients::new(ca_verifier, clients.pins.clone(), &provider()));
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
@@ -137,12 +169,31 @@ pub fn server_config(cert: &Path, key: &KeySource, client_ca: &Path) -> Result<A
     Ok(Arc::new(config))
 }
 
-/// The client side: TLS 1.3 only, ALPN h2, the server verified against `ca`, our certificate presented.
-pub fn client_config(cert: &Path, key: &KeySource, ca: &Path) -> Result<Arc<ClientConfig>, TlsError> {
+/// The client side: TLS 1.3 only, ALPN h2, the server verified against `ca` and, if given, `pin` (without a CA,
+/// the pin alone), our certificate presented.
+pub fn client_config(
+    cert: &Path,
+    key: &KeySource,
+    ca: Option<&Path>,
+    pin: Option<Fingerprint>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let ca_verifier = match ca {
+        Some(ca) => {
+            let verifier =
+                rustls::client::WebPkiServerVerifier::builder_with_provider(load_roots(ca)?, client_provider())
+                    .build()
+                    .map_err(|e| TlsError::Config(format!("CA {}: {e}", ca.display())))?;
+            Some(verifier as Arc<dyn rustls::client::danger::ServerCertVerifier>)
+        }
+        None if pin.is_none() => return Err(TlsError::Config("no CA and no server pin".into())),
+        None => None,
+    };
+    let verifier = Arc::new(pins::PinnedServer::new(ca_verifier, pin, &client_provider()));
     let mut config = ClientConfig::builder_with_provider(client_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_root_certificates(load_roots(ca)?)
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(load_certs("client certificate", cert)?, key.load()?)
         .map_err(|e| TlsError::Config(e.to_string()))?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];

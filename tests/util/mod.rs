@@ -61,6 +61,13 @@ impl Pki {
 
 /// `runnel server` on an ephemeral loopback port with the PKI's server certificate and `state_dir`.
 pub fn server_command(pki: &Pki, state_dir: &Path) -> Command {
+    let mut command = server_command_without_client_ca(pki, state_dir);
+    command.arg("--client-ca").arg(pki.file("ca.crt"));
+    command
+}
+
+/// As [`server_command`], trusting no client CA (for pinned self-signed clients).
+pub fn server_command_without_client_ca(pki: &Pki, state_dir: &Path) -> Command {
     let mut command = Command::new(BIN);
     command
         .args(["server", "--listen", "127.0.0.1:0"])
@@ -68,8 +75,6 @@ pub fn server_command(pki: &Pki, state_dir: &Path) -> Command {
         .arg(pki.file("server.crt"))
         .arg("--key")
         .arg(pki.file("server.key"))
-        .arg("--client-ca")
-        .arg(pki.file("ca.crt"))
         .arg("--state-dir")
         .arg(state_dir);
     command
@@ -119,6 +124,11 @@ impl Server {
         Server::launch(pki, state_dir, extra, env, None)
     }
 
+    /// As [`Server::start`], with no `--client-ca`: `extra` must pin the clients it accepts.
+    pub fn start_without_client_ca(pki: &Pki, extra: &[&str]) -> Server {
+        Server::launch(pki, None, extra, &[("RUNNEL_TEST_NO_CLIENT_CA", "1")], None)
+    }
+
     fn launch(
         pki: &Pki,
         state_dir: Option<&Path>,
@@ -129,7 +139,10 @@ impl Server {
         let scratch = ScratchDir::new("server");
         let state_dir = state_dir.map_or_else(|| scratch.path().join("state"), Path::to_path_buf);
         let log = scratch.path().join("server.log");
-        let mut command = server_command(pki, &state_dir);
+        let mut command = match env.iter().any(|(name, _)| *name == "RUNNEL_TEST_NO_CLIENT_CA") {
+            true => server_command_without_client_ca(pki, &state_dir),
+            false => server_command(pki, &state_dir),
+        };
         if let Some((runner, script)) = wrapper {
             let mut wrapped = Command::new(runner.first().copied().unwrap_or("sh"));
             wrapped.args(runner.iter().skip(1)).args(if runner.is_empty() { &[][..] } else { &["sh"][..] });
@@ -176,7 +189,8 @@ impl Server {
             server: self.address.clone(),
             cert: self.pki_dir.join(format!("{identity}.crt")),
             key: KeySource::File(self.pki_dir.join(format!("{identity}.key"))),
-            ca: self.ca.clone(),
+            ca: Some(self.ca.clone()),
+            server_pin: None,
             server_name: Some("localhost".into()),
         }
     }
