@@ -479,6 +479,29 @@ fn the_default_seccomp_filter_refuses_what_widens_the_kernel_and_ordinary_progra
 }
 
 #[test]
+fn a_job_cannot_enter_another_jobs_working_directory_even_knowing_its_path() {
+    // The state directory outside /tmp (as /var/lib/runnel would be), so the path is there to try.
+    let pki = Pki::new();
+    let state_dir = std::path::PathBuf::from(format!("/run/runnel-test-{}-workdirs", std::process::id()));
+    let server = Server::start_on(&pki, Some(&state_dir), &[]);
+    let (mut alice, mut bob) = (server.client("alice"), server.client("bob"));
+    let request = StartJobRequest {
+        command: "sh".into(),
+        args: vec!["-c".into(), "pwd; echo secret > file; sleep 2".into()],
+        ..Default::default()
+    };
+    let job: Job = alice.unary(path::START_JOB, &request, None).unwrap();
+    let alice_dir = format!("{}/work/{}", state_dir.display(), job.id);
+    assert!(eventually(Duration::from_secs(5), || std::path::Path::new(&alice_dir).join("file").exists()));
+    let (_, out) = run_shell(&mut bob, &format!("ls -d {alice_dir} && cat {alice_dir}/file || echo refused"));
+    assert_eq!(out, format!("{alice_dir}\nrefused\n"), "bob's job read alice's working directory");
+    let (_, pwd) = wait_and_read(&mut alice, &job.id);
+    assert_eq!(pwd.trim(), alice_dir);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&state_dir);
+}
+
+#[test]
 fn jobs_get_the_open_file_limit_the_server_started_with() {
     // The server raises its own soft limit to the hard one (it holds descriptors for every connection and job)
     // and must give jobs back what it started with. Started below the hard limit, so the two differ.
