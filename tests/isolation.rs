@@ -435,6 +435,17 @@ fn each_job_has_private_temporary_directories_of_bounded_size() {
     assert_eq!(ended.exit_code, Some(0), "{out}");
     assert_eq!(out, format!("{}\nfrom the host\n", host_dir.path().display()));
     assert_eq!(std::fs::read_to_string(host_dir.path().join("output")).unwrap(), "from the job\n");
+
+    // Asking for /tmp itself gets the private one, not the host's.
+    let request = StartJobRequest {
+        command: "sh".into(),
+        args: vec!["-c".into(), "pwd; ls -A | wc -l; df -k . | tail -n 1 | cut -d' ' -f1".into()],
+        working_dir: "/tmp".into(),
+        ..Default::default()
+    };
+    let job: Job = alice.unary(path::START_JOB, &request, None).unwrap();
+    let (_, out) = wait_and_read(&mut alice, &job.id);
+    assert_eq!(out, "/tmp\n0\ntmpfs\n", "--cwd /tmp is the job's private /tmp");
 }
 
 /// Makes system calls by number from Python and prints `name ok` or `name ERROR`.

@@ -203,6 +203,7 @@ fn ambiguous_or_deceptive_identities_are_refused_with_the_reason() {
         ("two-cns", "/CN=admin/CN=alice", "", "more than one CN"),
         ("escape", "/CN=alice\u{1b}[31m", "", "control characters"),
         ("override", "/CN=alice\u{202e}nimda", "", "direction"),
+        ("invisible", "/CN=alice\u{200b}", "", "invisible"),
         ("long", "/O=runnel tests", long.as_str(), "longer than 128 bytes"),
     ] {
         let prefix = openssl_client(&pki, scratch.path(), name, subject, extensions);

@@ -87,7 +87,8 @@ pub fn run(mut args: pico_args::Arguments) -> Result<(), CliError> {
     execute(&request)
 }
 
-/// `runnel certs fingerprint FILE...`: the SHA-256 of each file's first certificate, `sha256:HEX  FILE`.
+/// `runnel certs fingerprint FILE...`: the SHA-256 of each file's first certificate and the identity it names,
+/// `sha256:HEX  FILE  (identity "NAME")`.
 fn print_fingerprints(files: &[OsString]) -> Result<(), CliError> {
     if files.is_empty() {
         return Err(CliError::usage("`runnel certs fingerprint FILE...`: name at least one certificate file"));
@@ -99,7 +100,12 @@ fn print_fingerprints(files: &[OsString]) -> Result<(), CliError> {
             .next()
             .ok_or_else(|| CliError::usage(format!("{}: no CERTIFICATE block in the file", path.display())))?
             .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
-        println!("{}  {}", crate::tls::Fingerprint::of(&first), path.display());
+        // What a pin admits is this identity: without a CA, nobody else vouches for the name.
+        let identity = match pki::identity_from_cert_der(&first) {
+            Ok(identity) => format!("identity {:?}", super::format::terminal_safe(&identity)),
+            Err(err) => format!("no identity: {err}"),
+        };
+        println!("{}  {}  ({identity})", crate::tls::Fingerprint::of(&first), path.display());
     }
     Ok(())
 }

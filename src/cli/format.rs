@@ -132,10 +132,10 @@ fn exit_text(job: &Job) -> String {
 }
 
 /// Characters that would act on a terminal instead of showing: control characters (escape sequences, line
-/// breaks) and those that change the direction of text (which make one thing look like another).
+/// breaks), and those that make one thing look like another (invisible ones, direction changes: the set an
+/// identity may not contain, `pki::misleads_reader`).
 fn acts_on_terminal(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    c.is_control() || crate::pki::misleads_reader(c)
 }
 
 /// `c` as an escape that shows instead of acting: `\n`, `\t`, `\r`, `\xNN`, `\uNNNN`.

@@ -77,8 +77,17 @@ pub struct UserRange {
 
 impl UserRange {
     /// The range `FIRST:COUNT`, checked against the accounts in `passwd` and `group` (the contents of
-    /// `/etc/passwd` and `/etc/group`): no id in it may belong to one, or a job would act as that account.
-    pub fn new(first: u32, count: u32, passwd: &str, group: &str) -> Result<UserRange, IsolationError> {
+    /// `/etc/passwd` and `/etc/group`) and the subordinate ranges in `subordinate` (`/etc/subuid` and
+    /// `/etc/subgid`, `name:first:count` lines): no id in it may belong to an account, or a job would act as that
+    /// account, nor to a user's subordinate range, whose containers' files a job would own. Accounts served by
+    /// other databases (LDAP, SSSD) are not seen here: on such hosts, choose a range outside theirs.
+    pub fn new(
+        first: u32,
+        count: u32,
+        passwd: &str,
+        group: &str,
+        subordinate: &str,
+    ) -> Result<UserRange, IsolationError> {
         let refuse = |m: String| Err(IsolationError::UnknownUser(m));
         let end = match first.checked_add(count) {
             Some(end) if first > 0 && count > 0 && end <= 1 << 31 => end,
@@ -97,6 +106,19 @@ impl UserRange {
                          account uses"
                     ));
                 }
+            }
+        }
+        for line in subordinate.lines() {
+            let mut fields = line.split(':');
+            let (Some(name), Some(start), Some(length)) = (fields.next(), fields.next(), fields.next()) else {
+                continue;
+            };
+            let (Ok(start), Ok(length)) = (start.parse::<u64>(), length.parse::<u64>()) else { continue };
+            if start < u64::from(end) && u64::from(first) < start + length {
+                return refuse(format!(
+                    "--run-as-range {first}:{count}: it overlaps {name:?}'s subordinate ids {start}:{length} \
+                     (/etc/subuid or /etc/subgid); choose a range outside them"
+                ));
             }
         }
         Ok(UserRange { ids: first..end, in_use: BTreeSet::new(), next: first })
@@ -125,7 +147,7 @@ mod tests {
 
     #[test]
     fn ids_go_round_the_range_and_come_back_only_when_released() {
-        let mut users = JobUsers::Range(UserRange::new(1000, 3, "", "").unwrap());
+        let mut users = JobUsers::Range(UserRange::new(1000, 3, "", "", "").unwrap());
         let taken: Vec<u32> = (0..3).map(|_| users.allocate().unwrap().uid).collect();
         assert_eq!(taken, [1000, 1001, 1002]);
         assert_eq!(users.allocate(), None, "every id is taken");
@@ -140,13 +162,15 @@ mod tests {
 
     #[test]
     fn a_range_an_account_uses_or_out_of_bounds_is_refused() {
-        assert!(UserRange::new(DEFAULT_RANGE.0, DEFAULT_RANGE.1, PASSWD, GROUP).is_ok());
-        let err = UserRange::new(65000, 1000, PASSWD, GROUP).unwrap_err().to_string();
+        assert!(UserRange::new(DEFAULT_RANGE.0, DEFAULT_RANGE.1, PASSWD, GROUP, "alice:100000:65536\n").is_ok());
+        let err = UserRange::new(65000, 1000, PASSWD, GROUP, "").unwrap_err().to_string();
         assert!(err.contains("nobody") && err.contains("/etc/passwd"), "{err}");
-        let err = UserRange::new(65534, 1, "", GROUP).unwrap_err().to_string();
+        let err = UserRange::new(65534, 1, "", GROUP, "").unwrap_err().to_string();
         assert!(err.contains("nogroup") && err.contains("/etc/group"), "{err}");
-        assert!(UserRange::new(0, 10, "", "").is_err());
-        assert!(UserRange::new(u32::MAX - 5, 10, "", "").is_err());
+        assert!(UserRange::new(0, 10, "", "", "").is_err());
+        assert!(UserRange::new(u32::MAX - 5, 10, "", "", "").is_err());
+        let err = UserRange::new(200000, 10, "", "", "alice:100000:65536\nbob:165536:65536\n").unwrap_err();
+        assert!(err.to_string().contains("\"bob\"'s subordinate ids 165536:65536"), "{err}");
         assert_eq!(parse_range("100:5"), Ok((100, 5)));
         assert!(parse_range("100").is_err());
     }

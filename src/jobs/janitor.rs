@@ -51,7 +51,9 @@ impl Janitor {
     /// Creates `trash` (which must not exist) and starts the janitor process from `executable`, the server's
     /// own; `None`, or a janitor that cannot start, means removal in place.
     pub fn start(trash: PathBuf, executable: Option<&Path>) -> io::Result<Janitor> {
-        fs::DirBuilder::new().create(&trash)?;
+        // Root's alone: what a job left in its working directory must not be reachable there by a later job
+        // given the same user while the janitor works.
+        std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700).create(&trash)?;
         let helper = executable.and_then(|executable| match Helper::start(executable, &trash) {
             Ok(helper) => {
                 log::info!("janitor started: pid {}, removing spool and working-directory files", helper.process.id());
@@ -218,6 +220,9 @@ mod tests {
         assert!(!tree.exists() && !file.exists());
         assert!(scratch.path().exists(), "a symbolic link out of the tree is not followed");
         assert_eq!(fs::read_dir(scratch.join("trash")).unwrap().count(), 0);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(scratch.join("trash")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "jobs' users cannot reach what waits in the trash");
         janitor.finish();
     }
 }

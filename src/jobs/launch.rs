@@ -200,7 +200,9 @@ struct WorkingDirMount {
 }
 
 impl WorkingDirMount {
-    /// `None` for a directory outside them, or named with `..` (which the job's own view then resolves).
+    /// `None` for a directory outside them, or named with `..` (which the job's own view then resolves), or one of
+    /// them itself: a job asking to run in `/tmp` runs in its private `/tmp`, as under systemd's `PrivateTmp=`,
+    /// never in the host's.
     fn under_private_tmp(working_dir: &Path) -> Option<WorkingDirMount> {
         if working_dir.components().any(|c| c == std::path::Component::ParentDir) {
             return None;
@@ -210,6 +212,9 @@ impl WorkingDirMount {
             .map(|dir| Path::new(std::ffi::OsStr::from_bytes(dir.to_bytes())))
             .find(|dir| working_dir.starts_with(dir))?;
         let below: Vec<_> = working_dir.strip_prefix(tmp).ok()?.components().collect();
+        if below.is_empty() {
+            return None;
+        }
         let directories = (1..=below.len())
             .map(|depth| c_string(tmp.join(below[..depth].iter().collect::<PathBuf>()).as_os_str().as_bytes()))
             .collect();

@@ -81,8 +81,12 @@ impl<'a> HalfStarted<'a> {
             isolation,
             run_as,
             memory_limit: limits.map(|l| l.memory_bytes).filter(|&bytes| bytes > 0),
-            // A per-user count is a per-job count only when the user is the job's own.
-            max_processes: limits.map(|l| l.max_pids).filter(|&pids| pids > 0 && isolation.users.one_per_job()),
+            // A per-user count is a per-job count only when the user is the job's own. One less than pids: the init
+            // joins the count once it gives up root, after the command started, and pids.max counts it too.
+            max_processes: limits
+                .map(|l| l.max_pids)
+                .filter(|&pids| pids > 0 && isolation.users.one_per_job())
+                .map(|pids| pids - 1),
         });
         self.process = Some(launcher.launch(spec, &hostname, working_dir, sandbox, self.cgroup.as_ref())?);
         Ok(())

@@ -102,17 +102,28 @@ fn checked_identity(field: &'static str, text: &str) -> Result<String, IdentityE
         "is longer than 128 bytes"
     } else if text.chars().any(char::is_control) {
         "contains control characters"
-    } else if text.chars().any(changes_direction) {
-        "contains characters that change the direction of text"
+    } else if text.chars().any(misleads_reader) {
+        "contains invisible characters or ones that change the direction of text"
     } else {
         return Ok(text.to_owned());
     };
     Err(IdentityError::InvalidIdentity { field, reason })
 }
 
-/// Unicode's bidirectional marks, embeddings, overrides and isolates.
-fn changes_direction(c: char) -> bool {
-    matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+/// Characters that make text read other than it is: Unicode's bidirectional marks, embeddings, overrides and
+/// isolates, and invisible ones (zero-width spaces and joiners, the word joiner, the byte-order mark, the soft
+/// hyphen, the line and paragraph separators), with which `alice\u{200b}` would show as `alice`.
+pub fn misleads_reader(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00ad}'
+            | '\u{061c}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{feff}'
+    )
 }
 
 #[cfg(test)]
@@ -183,8 +194,10 @@ mod tests {
         let der = issue_with_rcgen(&ca, None, vec![dns]);
         assert!(identity_from_cert_der(&der).unwrap_err().to_string().contains("DNS SAN"));
 
-        let der = issue_with_rcgen(&ca, Some("alice\u{202e}nimda"), vec![]);
-        assert!(identity_from_cert_der(&der).unwrap_err().to_string().contains("direction"));
+        for deceptive in ["alice\u{202e}nimda", "alice\u{200b}", "al\u{ad}ice", "\u{feff}alice"] {
+            let der = issue_with_rcgen(&ca, Some(deceptive), vec![]);
+            assert!(identity_from_cert_der(&der).unwrap_err().to_string().contains("invisible"), "{deceptive:?}");
+        }
         let der = issue_with_rcgen(&ca, Some("alice\u{1b}[31m"), vec![]);
         assert!(identity_from_cert_der(&der).unwrap_err().to_string().contains("control characters"));
     }

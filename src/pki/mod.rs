@@ -5,5 +5,5 @@
 pub mod identity;
 pub mod issue;
 
-pub use identity::{check_identity, identity_from_cert_der, IdentityError, MAX_IDENTITY_BYTES};
+pub use identity::{check_identity, identity_from_cert_der, misleads_reader, IdentityError, MAX_IDENTITY_BYTES};
 pub use issue::{cert_path, key_path, write_ca, write_client, write_server, PkiError, Validity};

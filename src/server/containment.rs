@@ -96,7 +96,9 @@ fn job_users(config: &ContainmentConfig) -> Result<JobUsers, ServerError> {
         (None, range) => {
             let (first, count) = range.unwrap_or(DEFAULT_RANGE);
             let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
-            UserRange::new(first, count, &read("/etc/passwd"), &read("/etc/group")).map(JobUsers::Range).map_err(refuse)
+            let subordinate = read("/etc/subuid") + &read("/etc/subgid");
+            let (passwd, group) = (read("/etc/passwd"), read("/etc/group"));
+            UserRange::new(first, count, &passwd, &group, &subordinate).map(JobUsers::Range).map_err(refuse)
         }
     }
 }

@@ -140,6 +140,13 @@ extern "C" fn init_child_main(arg: *mut libc::c_void) -> libc::c_int {
         if args.die_with_parent && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
             return 127;
         }
+        // Before the descriptors move: the namespace's own may be among those the moves overwrite. A failure here
+        // cannot be reported yet (the control pipe is not 3): the server sees the init end without a report.
+        if let Some(network) = args.network {
+            if libc::setns(network, libc::CLONE_NEWNET) < 0 {
+                return 127;
+            }
+        }
         // 0-2 the job's stdin, stdout and stderr, 3 the control pipe, 4 the init's executable: each lifted above
         // 4 first, so that no source is overwritten by another's move. 3 and 4 stay close-on-exec for the
         // command's exec; 3 is made inheritable just before the init proper's.
@@ -155,11 +162,6 @@ extern "C" fn init_child_main(arg: *mut libc::c_void) -> libc::c_int {
             let flags = if target < 3 { 0 } else { libc::O_CLOEXEC };
             if libc::dup3(fd, target as libc::c_int, flags) < 0 {
                 return 127;
-            }
-        }
-        if let Some(network) = args.network {
-            if libc::setns(network, libc::CLONE_NEWNET) < 0 {
-                return failed(SetupStep::Network);
             }
         }
         // None of the server's descriptors (its sockets, its other jobs' pipes) stays open in the job.
@@ -212,6 +214,10 @@ extern "C" fn init_child_main(arg: *mut libc::c_void) -> libc::c_int {
             let open_errno = errno();
             libc::syscall(libc::SYS_setfsuid, 0);
             libc::syscall(libc::SYS_setfsgid, 0);
+            // Changing the file-system ids cleared the parent-death signal: arm it again.
+            if args.die_with_parent && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
+                return failed(SetupStep::TmpDirs);
+            }
             if working_dir < 0 {
                 let failure = ExecFailure { stage: SpawnStage::WorkingDir, errno: open_errno };
                 send(InitReport::SpawnFailed(failure));

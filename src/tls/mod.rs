@@ -149,10 +149,14 @@ pub fn server_config(cert: &Path, key: &KeySource, clients: &ClientTrust) -> Res
                 }
                 crls.extend(found);
             }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(load_roots(ca)?, provider())
-                .with_crls(crls)
-                .build()
-                .map_err(|e| TlsError::Config(format!("client CA {}: {e}", ca.display())))?;
+            let mut builder = rustls::server::WebPkiClientVerifier::builder_with_provider(load_roots(ca)?, provider());
+            if !crls.is_empty() {
+                // The client's own certificate is checked against the CRLs (an intermediate CA without a CRL of
+                // its issuer given is not a reason to refuse everyone), and a CRL past its next update refuses
+                // every client until a fresh one is given: revocation fails closed.
+                builder = builder.with_crls(crls).only_check_end_entity_revocation().enforce_revocation_expiration();
+            }
+            let verifier = builder.build().map_err(|e| TlsError::Config(format!("client CA {}: {e}", ca.display())))?;
             Some(verifier)
         }
         None if clients.pins.is_empty() => return Err(TlsError::Config("no client CA and no client pin".into())),
