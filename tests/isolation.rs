@@ -492,8 +492,16 @@ fn the_default_seccomp_filter_refuses_what_widens_the_kernel_and_ordinary_progra
 #[test]
 fn a_job_cannot_enter_another_jobs_working_directory_even_knowing_its_path() {
     // The state directory outside /tmp (as /var/lib/runnel would be), so the path is there to try.
+    struct RemovedOnDrop(std::path::PathBuf);
+    impl Drop for RemovedOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
     let pki = Pki::new();
     let state_dir = std::path::PathBuf::from(format!("/run/runnel-test-{}-workdirs", std::process::id()));
+    // Declared before the server, so dropped after it: also when an assertion fails.
+    let _removed = RemovedOnDrop(state_dir.clone());
     let server = Server::start_on(&pki, Some(&state_dir), &[]);
     let (mut alice, mut bob) = (server.client("alice"), server.client("bob"));
     let request = StartJobRequest {
@@ -508,8 +516,6 @@ fn a_job_cannot_enter_another_jobs_working_directory_even_knowing_its_path() {
     assert_eq!(out, format!("{alice_dir}\nrefused\n"), "bob's job read alice's working directory");
     let (_, pwd) = wait_and_read(&mut alice, &job.id);
     assert_eq!(pwd.trim(), alice_dir);
-    drop(server);
-    let _ = std::fs::remove_dir_all(&state_dir);
 }
 
 #[test]
