@@ -98,7 +98,6 @@ pub fn run(args: Vec<OsString>) -> Result<i32, CliError> {
 
     let parsed = parse_command(&command, &mut args, command_line)?;
     finish(args)?;
-    crate::sys::die_on_closed_stdout();
 
     let settings = ClientSettings {
         server: server.or_else(|| std::env::var("RUNNEL_SERVER").ok()).unwrap_or_else(|| "127.0.0.1:50051".into()),
@@ -227,7 +226,7 @@ impl Command {
         match self {
             Command::Start(request) => {
                 let job: Job = client.unary(path::START_JOB, &request, None).map_err(call_error)?;
-                println!("{}", format::terminal_safe(&job.id));
+                print_stdout(&format!("{}\n", format::terminal_safe(&job.id)));
                 Ok(0)
             }
             Command::Status { id, json } => {
@@ -278,11 +277,20 @@ impl Command {
 
 fn print_jobs(jobs: &[Job], json: bool) {
     if json {
-        for job in jobs {
-            println!("{}", format::json(job));
-        }
+        print_stdout(&jobs.iter().map(|job| format::json(job) + "\n").collect::<String>());
     } else {
-        print!("{}", format::table(jobs));
+        print_stdout(&format::table(jobs));
+    }
+}
+
+/// Writes `text` to stdout. A closed stdout (`runnel client list | head -1`) is not an error: the reader has
+/// what it wanted, as with `logs` (see [`copy_output`]); `println!` would panic there instead.
+fn print_stdout(text: &str) {
+    let mut stdout = io::stdout().lock();
+    if let Err(err) = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        if err.kind() != io::ErrorKind::BrokenPipe {
+            eprintln!("runnel: cannot write to stdout: {err}");
+        }
     }
 }
 

@@ -225,14 +225,6 @@ const MALLOC_MMAP_THRESHOLD: libc::c_int = 4 * 1024 * 1024;
 #[cfg(target_env = "gnu")]
 const MALLOC_TRIM_THRESHOLD: libc::c_int = 16 * 1024 * 1024;
 
-/// Lets a write to a closed pipe end this process quietly, as it ends `cat` (`runnel client logs ID | head`):
-/// the default `SIGPIPE` action, which Rust's runtime replaces with "ignore", making `println!` panic instead.
-/// Sockets are unaffected: their writes pass `MSG_NOSIGNAL`. For the command line's client only.
-pub fn die_on_closed_stdout() {
-    // SAFETY: resetting a signal's disposition to the default has no preconditions.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-}
-
 /// Makes glibc's allocator keep freed buffers for reuse. Streaming output allocates and frees a buffer of
 /// 100 KiB–1 MiB per message (h2's frames, gRPC messages); by default glibc serves such sizes with `mmap` or
 /// trims them off the heap when freed, so every message came back as fresh pages: one page fault per 4 KiB
