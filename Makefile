@@ -6,7 +6,7 @@ DEV_PKI  := certs/dev
 DEMO_DIR := $(CURDIR)/target/demo
 ADDR     := 127.0.0.1:50051
 
-.PHONY: all build static demo test unit interop hostile-h2 bench deps clean vmtest
+.PHONY: all build static demo test unit interop hostile-h2 bench deps clean vmtest fuzz
 
 all: build
 
@@ -70,6 +70,11 @@ interop: deps
 hostile-h2: deps
 	$(CARGO) build
 	bash tests/interop/run.sh target/debug/runnel tests/hostile_h2
+
+# Coverage-guided fuzzing of every parser of untrusted input (fuzz/, cargo-fuzz on the nightly toolchain):
+# each target for FUZZ_SECONDS (default 60). Installs cargo-fuzz if it is missing.
+fuzz:
+	bash fuzz/run.sh
 
 bench:
 	$(CARGO) bench --bench perf

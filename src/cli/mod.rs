@@ -6,7 +6,7 @@
 pub mod certs;
 mod client;
 mod error;
-mod format;
+pub mod format;
 mod server;
 
 pub use error::CliError;

@@ -193,9 +193,14 @@ pub fn page_token(last: JobKey) -> String {
 pub fn grace_period(value: Option<prost_types::Duration>) -> Result<Option<Duration>, CallError> {
     value
         .map(|d| {
-            Duration::try_from(d).map_err(|_| {
-                CallError::InvalidField("grace_period is negative or malformed: give a duration ≥ 0".into())
-            })
+            // Checked here rather than by prost-types' conversion, which negates `seconds` unchecked: i64::MIN
+            // overflowed there (a panic with overflow checks on, found by `fuzz/request_headers`).
+            if d.seconds < 0 || !(0..1_000_000_000).contains(&d.nanos) {
+                return Err(CallError::InvalidField(
+                    "grace_period is negative or malformed (nanos must be 0 to 999999999): give a duration ≥ 0".into(),
+                ));
+            }
+            Ok(Duration::new(d.seconds as u64, d.nanos as u32))
         })
         .transpose()
 }
@@ -282,6 +287,22 @@ fn usage(usage: Usage) -> proto::ResourceUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grace_periods_out_of_range_are_refused_not_a_panic() {
+        let duration = |seconds, nanos| Some(prost_types::Duration { seconds, nanos });
+        // Found by fuzz/request_headers: prost-types' own conversion negated i64::MIN.
+        assert!(grace_period(duration(i64::MIN, -1)).is_err());
+        assert!(grace_period(duration(-1, 0)).is_err());
+        assert!(grace_period(duration(0, 1_000_000_000)).is_err());
+        assert!(grace_period(duration(1, -1)).is_err());
+        assert_eq!(
+            grace_period(duration(i64::MAX, 999_999_999)).unwrap(),
+            Some(Duration::new(i64::MAX as u64, 999_999_999))
+        );
+        assert_eq!(grace_period(duration(2, 500)).unwrap(), Some(Duration::new(2, 500)));
+        assert_eq!(grace_period(None).unwrap(), None);
+    }
 
     #[test]
     fn limits_cross_the_wire_field_for_field() {
