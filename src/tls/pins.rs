@@ -68,6 +68,10 @@ impl fmt::Debug for Fingerprint {
     }
 }
 
+/// Both verifiers' answer to a TLS 1.2 signature: the configurations offer TLS 1.3 only, so one never comes.
+const TLS12_REFUSED: Result<HandshakeSignatureValid, Error> =
+    Err(Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered));
+
 /// The error a handshake fails with when a certificate is not pinned.
 fn not_pinned(whose: &str, certificate: &CertificateDer<'_>) -> Error {
     let message = format!("the {whose} certificate {} is not pinned", Fingerprint::of(certificate));
@@ -145,7 +149,7 @@ impl ClientCertVerifier for PinnedClients {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        Err(Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+        TLS12_REFUSED
     }
 
     fn verify_tls13_signature(
@@ -203,7 +207,7 @@ impl ServerCertVerifier for PinnedServer {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        Err(Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+        TLS12_REFUSED
     }
 
     fn verify_tls13_signature(
