@@ -179,26 +179,23 @@ extern "C" fn init_child_main(arg: *mut libc::c_void) -> libc::c_int {
                 return failed(SetupStep::Descriptors);
             }
         }
+        // The helpers below are thin system-call wrappers too (no allocation), and leave errno as they found it.
+        use super::isolation::{bring_loopback_up, make_mounts_private, mount_proc, mount_sysfs, set_hostname};
         let none = std::ptr::null::<libc::c_void>();
-        let private = libc::MS_REC | libc::MS_PRIVATE;
-        if libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), private, none) < 0 {
+        if make_mounts_private().is_err() {
             return failed(SetupStep::Mounts);
         }
-        let proc_flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-        if libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), proc_flags, none) < 0 {
+        if mount_proc().is_err() {
             return failed(SetupStep::Proc);
         }
-        let hostname = start.hostname.to_bytes();
-        if libc::sethostname(hostname.as_ptr().cast(), hostname.len()) < 0 {
+        if set_hostname(start.hostname.to_bytes()).is_err() {
             return failed(SetupStep::Hostname);
         }
         if start.own_network {
-            if libc::mount(c"sysfs".as_ptr(), c"/sys".as_ptr(), c"sysfs".as_ptr(), proc_flags | libc::MS_RDONLY, none)
-                < 0
-            {
+            if mount_sysfs().is_err() {
                 return failed(SetupStep::Sysfs);
             }
-            if super::isolation::bring_loopback_up().is_err() {
+            if bring_loopback_up().is_err() {
                 return failed(SetupStep::Loopback);
             }
         }

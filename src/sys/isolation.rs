@@ -1,5 +1,6 @@
-//! The system calls a job's init makes inside its new namespaces: a private mount tree with a fresh `/proc`,
-//! its hostname, the loopback interface, and giving up every privilege before the command runs.
+//! The system calls of a job's isolation: a private mount tree with a fresh `/proc`, its hostname, the loopback
+//! interface and giving up every privilege (made by the job's first process, `init_start`, and its init), and
+//! the network namespaces made ahead of time (`isolation::network_pool`).
 
 use std::ffi::CStr;
 use std::io;
@@ -28,7 +29,7 @@ pub fn mount_sysfs() -> io::Result<()> {
 }
 
 /// Sets this process's hostname (in its own UTS namespace).
-pub fn set_hostname(name: &str) -> io::Result<()> {
+pub fn set_hostname(name: &[u8]) -> io::Result<()> {
     syscall!(sethostname(name.as_ptr().cast(), name.len())).map(drop)
 }
 
@@ -68,12 +69,6 @@ const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 /// `KEYCTL_JOIN_SESSION_KEYRING` from `linux/keyctl.h`.
 const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
-
-/// Resets this process's OOM score adjustment to neutral, so a server running with a protective
-/// `oom_score_adj` (e.g. systemd's `OOMScoreAdjust=-1000`) does not pass the protection to its jobs.
-pub fn reset_oom_score_adj() -> io::Result<()> {
-    std::fs::write("/proc/self/oom_score_adj", "0")
-}
 
 /// Becomes `uid`:`gid` with no supplementary groups and no capability in any set (effective, permitted,
 /// inheritable, bounding, ambient), sets `PR_SET_NO_NEW_PRIVS`, and re-arms the parent-death signal (a
@@ -237,15 +232,6 @@ pub fn control_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     syscall!(pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC))?;
     // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// Descriptors 0, 1 and 2, borrowed for the rest of the process's life.
-///
-/// Only for a process whose standard descriptors stay open throughout, like a job's init (the server's spawn
-/// sets them up and nothing closes them).
-pub fn standard_fds() -> [std::os::fd::BorrowedFd<'static>; 3] {
-    // SAFETY: per the contract above, 0-2 are open and never closed while the process lives.
-    [0, 1, 2].map(|fd| unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
 }
 
 /// This process's pid.

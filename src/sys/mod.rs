@@ -43,10 +43,9 @@ macro_rules! syscall {
 mod isolation;
 
 pub use isolation::{
-    bring_loopback_up, close_from, control_pipe, drop_privileges, exit_now, getpid, is_pipe, make_mounts_private,
-    mount_proc, mount_sysfs, new_network_namespace, open_own_executable, open_read_only, pipe_reader_gone,
-    reap_any_child, receive_descriptor, reset_oom_score_adj, send_descriptor, seqpacket_pair, set_cloexec,
-    set_hostname, signal_process, standard_fds, wait_readable, write_all, ReceivedDescriptor,
+    close_from, control_pipe, drop_privileges, exit_now, getpid, is_pipe, new_network_namespace, open_own_executable,
+    open_read_only, pipe_reader_gone, reap_any_child, receive_descriptor, send_descriptor, seqpacket_pair, set_cloexec,
+    signal_process, wait_readable, write_all, ReceivedDescriptor,
 };
 
 /// A pipe for one of a job's output streams: the server keeps `read` (non-blocking), the job gets `write`.
