@@ -17,7 +17,7 @@ use std::ffi::OsString;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
 use crate::sys::{self, ReceivedDescriptor};
 
@@ -117,17 +117,8 @@ impl Drop for NetworkPool {
 impl Helper {
     fn start(executable: &Path) -> io::Result<Helper> {
         let (socket, helper_end) = sys::seqpacket_pair()?;
-        let mut command = Command::new(executable);
-        command
-            .arg(NETWORK_POOL_COMMAND)
-            .env_clear()
-            .stdin(Stdio::from(helper_end))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        // Its own process group, as the janitor's: a signal to the server's group is the server's to handle.
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        sys::prepare_helper(&mut command);
-        Ok(Helper { process: command.spawn()?, socket })
+        let process = sys::spawn_helper(executable, &[NETWORK_POOL_COMMAND.as_ref()], helper_end)?;
+        Ok(Helper { process, socket })
     }
 
     /// Closes the socket, which ends the helper at its next read, and reaps it; killed first, as nothing it

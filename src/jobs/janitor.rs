@@ -18,7 +18,7 @@ use std::fs;
 use std::io::{self, BufRead};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
 use crate::sys;
 
@@ -140,19 +140,9 @@ impl Janitor {
 impl Helper {
     fn start(executable: &Path, trash: &Path) -> io::Result<Helper> {
         let pipe = sys::helper_pipe()?;
-        let mut command = Command::new(executable);
-        command
-            .arg(JANITOR_COMMAND)
-            .arg(trash)
-            .env_clear()
-            .stdin(Stdio::from(pipe.read))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        // Its own process group: a Ctrl-C or a signal to the server's group is the server's to handle (it
-        // waits for the janitor at shutdown); the janitor ends when its stdin closes, or with the server.
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        sys::prepare_helper(&mut command);
-        Ok(Helper { process: command.spawn()?, names: pipe.write })
+        // It ends when its stdin closes (the server waits for it at shutdown), or with the server.
+        let process = sys::spawn_helper(executable, &[JANITOR_COMMAND.as_ref(), trash.as_os_str()], pipe.read)?;
+        Ok(Helper { process, names: pipe.write })
     }
 
     /// Closes the janitor's stdin, which ends it once it removed what it was told of, and reaps it.

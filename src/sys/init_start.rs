@@ -336,7 +336,6 @@ pub enum SetupStep {
     Command = 8,
     Sysfs = 9,
     OomScore = 10,
-    Network = 11,
     TmpDirs = 12,
 }
 
@@ -353,7 +352,6 @@ impl SetupStep {
             Self::Command,
             Self::Sysfs,
             Self::OomScore,
-            Self::Network,
             Self::TmpDirs,
         ]
         .into_iter()
@@ -372,7 +370,6 @@ impl SetupStep {
             SetupStep::Command => "start the command",
             SetupStep::Sysfs => "mount /sys",
             SetupStep::OomScore => "reset the OOM score adjustment",
-            SetupStep::Network => "join its network namespace",
             SetupStep::TmpDirs => "mount its private /tmp, /var/tmp and /dev/shm",
         }
     }

@@ -112,10 +112,26 @@ pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     syscall!(fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK)).map(drop)
 }
 
-/// Makes the helper process `command` starts die with the server (`PR_SET_PDEATHSIG(SIGKILL)`) and keep none
-/// of the descriptors the server inherited without close-on-exec, only its 0-2.
-pub fn prepare_helper(command: &mut std::process::Command) {
+/// Starts one of the server's helper processes (the janitor, the network-namespace maker): `executable` (the
+/// server's own) with `args`, `stdin` as its channel to the server, an empty environment, stdout to
+/// `/dev/null` and stderr shared. It is in a process group of its own (a Ctrl-C or a signal to the server's
+/// group is the server's to handle), dies with the server (`PR_SET_PDEATHSIG(SIGKILL)`), and keeps none of the
+/// descriptors the server inherited without close-on-exec, only its 0-2.
+pub fn spawn_helper(
+    executable: &std::path::Path,
+    args: &[&std::ffi::OsStr],
+    stdin: OwnedFd,
+) -> io::Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let mut command = Command::new(executable);
+    command
+        .args(args)
+        .env_clear()
+        .stdin(Stdio::from(stdin))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .process_group(0);
     // SAFETY: getpid is async-signal-safe; it runs before the fork.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the closure runs in the child between fork and exec, and makes only async-signal-safe system
@@ -135,6 +151,7 @@ pub fn prepare_helper(command: &mut std::process::Command) {
             Ok(())
         });
     }
+    command.spawn()
 }
 
 /// A pipe whose two ends the server keeps, both non-blocking: the relay through which job output is spliced
