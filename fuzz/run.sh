@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds=${FUZZ_SECONDS:-60}
-targets=(grpc_framing start_request request_headers client_identity values)
+targets=(grpc_framing start_request request_headers client_identity values spool)
 if ! rustup toolchain list | grep -q '^nightly'; then
     echo "error: fuzzing needs the nightly toolchain: rustup toolchain install nightly" >&2
     exit 1

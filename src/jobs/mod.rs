@@ -28,3 +28,7 @@ pub use limits::{LimitField, LimitPolicy, LimitUnit, LIMIT_FIELDS};
 pub use spec::{JobSpec, StartRequest};
 pub use spool::{Drain, Ingested, OutputCursor, OutputLog, Span, Stream, PIPE_CAPACITY};
 pub use table::{Containment, JobTable, JobTableConfig, StartedJob};
+
+/// The spool itself, for the fuzz target that holds it against a model (`fuzz/fuzz_targets/spool.rs`).
+#[cfg(fuzzing)]
+pub use spool::Spool;

@@ -20,6 +20,10 @@
 //! headers one `pread` each took 19.5 s for 50 readers near the end of 37 MB written in tiny pieces). The index
 //! costs 16 bytes per stride of retained output: 2 MiB for 8 GiB.
 
+// This module reads bytes from outside (a client, a job, a file): no panicking shortcuts on them, as one
+// reachable panic aborts the server and every job with it. Fuzzed: see fuzz/ and README, "Fuzzing".
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -182,6 +186,12 @@ impl OutputLog {
         self.end - self.start()
     }
 
+    /// Segments retained, for the fuzz target's check of the cap: past it, only the one being written remains.
+    #[cfg(fuzzing)]
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
     /// True once no more output will come (the job ended and its pipes reached end of file).
     pub fn is_finished(&self) -> bool {
         self.finished
@@ -190,15 +200,18 @@ impl OutputLog {
     /// Appends one record. `record` holds [`RECORD_HEADER_LEN`] spare bytes followed by the data; the header is
     /// filled in here so the whole record goes to the file in one `write`.
     pub(super) fn append(&mut self, spares: &mut SpareSegments, stream: Stream, record: &mut [u8]) -> io::Result<()> {
-        let len = record.len() - RECORD_HEADER_LEN;
+        let Some((header, data)) = record.split_at_mut_checked(RECORD_HEADER_LEN) else {
+            return Err(io::Error::other("an output record without room for its header"));
+        };
+        let len = data.len();
         if len == 0 {
             return Ok(());
         }
-        record[..RECORD_HEADER_LEN].copy_from_slice(&record_header(stream, len));
+        header.copy_from_slice(&record_header(stream, len));
         self.roll_if_full(spares)?;
         self.reserve_blocks(record.len());
-        let segment = self.segments.back_mut().expect("rolled");
-        self.writer.as_ref().expect("rolled").write_all_at(record, segment.file_len)?;
+        let (segment, file) = self.writing()?;
+        file.write_all_at(record, segment.file_len)?;
         self.recorded(spares, len);
         Ok(())
     }
@@ -210,8 +223,8 @@ impl OutputLog {
     pub(super) fn splice_target(&mut self, spares: &mut SpareSegments, max_len: usize) -> io::Result<(RawFd, u64)> {
         self.roll_if_full(spares)?;
         self.reserve_blocks(RECORD_HEADER_LEN + max_len);
-        let segment = self.segments.back().expect("rolled");
-        Ok((self.writer.as_ref().expect("rolled").as_raw_fd(), segment.file_len + RECORD_HEADER_LEN as u64))
+        let (segment, file) = self.writing()?;
+        Ok((file.as_raw_fd(), segment.file_len + RECORD_HEADER_LEN as u64))
     }
 
     /// Completes the record whose `len` data bytes were written where [`Self::splice_target`] said, by writing
@@ -220,13 +233,18 @@ impl OutputLog {
         if len == 0 {
             return Ok(());
         }
-        let segment = self.segments.back().expect("splice_target rolled");
-        self.writer
-            .as_ref()
-            .expect("splice_target rolled")
-            .write_all_at(&record_header(stream, len), segment.file_len)?;
+        let (segment, file) = self.writing()?;
+        file.write_all_at(&record_header(stream, len), segment.file_len)?;
         self.recorded(spares, len);
         Ok(())
+    }
+
+    /// The segment being written and its file: there is one from the first record's roll until the output ends.
+    fn writing(&self) -> io::Result<(&Segment, &File)> {
+        match (self.segments.back(), self.writer.as_ref()) {
+            (Some(segment), Some(file)) => Ok((segment, file)),
+            _ => Err(io::Error::other("no output segment is being written (the output has ended)")),
+        }
     }
 
     fn roll_if_full(&mut self, spares: &mut SpareSegments) -> io::Result<()> {
@@ -238,7 +256,7 @@ impl OutputLog {
 
     /// Accounts for a record of `len` data bytes just written at the end of the current segment.
     fn recorded(&mut self, spares: &mut SpareSegments, len: usize) {
-        let segment = self.segments.back_mut().expect("rolled");
+        let Some(segment) = self.segments.back_mut() else { return };
         let next_point = segment.index_points.last().map_or(0, |&(_, position)| position + INDEX_STRIDE);
         if segment.file_len >= next_point {
             segment.index_points.push((self.end, segment.file_len));
@@ -328,11 +346,10 @@ impl OutputLog {
     /// Discards the oldest segment if it is not the one being written, its file becoming a spare or deleted;
     /// returns the logical bytes freed.
     pub(super) fn discard_oldest_segment(&mut self, spares: &mut SpareSegments) -> u64 {
-        let writing = self.writer.is_some();
-        if self.segments.is_empty() || (writing && self.segments.len() == 1) {
+        if self.writer.is_some() && self.segments.len() == 1 {
             return 0;
         }
-        let segment = self.segments.pop_front().expect("non-empty");
+        let Some(segment) = self.segments.pop_front() else { return 0 };
         spares.settle(segment.lent);
         spares.keep_or_delete(&self.segment_path(segment.index), segment.blocks_to);
         segment.len
@@ -370,29 +387,32 @@ impl OutputLog {
             return Ok(None);
         }
         loop {
-            if cursor.file.is_none() {
+            let Some(at) = cursor.file.as_mut() else {
                 self.open_at(cursor)?;
-            }
-            let at = cursor.file.as_mut().expect("opened");
+                continue;
+            };
             if at.record_left > 0 {
                 let len = (at.record_left as usize).min(max);
                 return Ok(Some(Span { offset: cursor.offset, stream: at.record_stream, len, position: at.position }));
             }
             // Segments are discarded oldest first, so one still being read is retained (the offset check above).
-            let file_len = self.segment_file_len(at.index).unwrap_or(0);
+            let (file_len, logical_end) = self.segment_ends(at.index).unwrap_or((0, 0));
             if at.position >= file_len {
                 // End of this segment: go on in the next one.
                 cursor.file = None;
                 continue;
             }
-            read_header(at)?;
+            read_header(at, file_len)?;
+            if cursor.offset + at.record_left > logical_end {
+                return Err(past_the_segment(at.position, cursor.offset + at.record_left, logical_end));
+            }
         }
     }
 
     /// Appends the span [`Self::next_span`] returned (its first `len` bytes, at most `span.len`) to `dst` and
     /// advances the cursor past them.
     pub fn read_span(&self, cursor: &mut OutputCursor, len: usize, dst: &mut bytes::BytesMut) -> io::Result<()> {
-        let at = cursor.file.as_mut().expect("next_span opened the segment");
+        let at = cursor.file.as_mut().ok_or_else(|| io::Error::other("read_span without a span from next_span"))?;
         debug_assert!(len as u64 <= at.record_left);
         crate::sys::pread_append(at.file.as_raw_fd(), dst, len, at.position)?;
         at.position += len as u64;
@@ -401,8 +421,9 @@ impl OutputLog {
         Ok(())
     }
 
-    fn segment_file_len(&self, index: u64) -> Option<u64> {
-        self.segments.iter().find(|s| s.index == index).map(|s| s.file_len)
+    /// Where segment `index` ends, if it is retained: its file's bytes, and the logical offset past its output.
+    fn segment_ends(&self, index: u64) -> Option<(u64, u64)> {
+        self.segments.iter().find(|s| s.index == index).map(|s| (s.file_len, s.start + s.len))
     }
 
     /// Opens the segment holding `cursor.offset` and finds the record holding it: from the index point at or
@@ -416,7 +437,11 @@ impl OutputLog {
             .ok_or_else(|| io::Error::other(format!("no retained segment holds offset {offset}")))?;
         let file = File::open(self.segment_path(segment.index))?;
         let point = segment.index_points.partition_point(|&(logical, _)| logical <= offset);
-        let (mut logical, from) = segment.index_points[point.checked_sub(1).expect("the first record is a point")];
+        // The first record is always a point, and `offset` is at or past it.
+        let &(mut logical, from) = point
+            .checked_sub(1)
+            .and_then(|point| segment.index_points.get(point))
+            .ok_or_else(|| io::Error::other(format!("no index point at or before offset {offset}")))?;
         // Every header from `from` to the record holding `offset` lies within a stride of it: the first header
         // past the stride would be the next index point.
         let mut headers = vec![0; (INDEX_STRIDE as usize + RECORD_HEADER_LEN).min((segment.file_len - from) as usize)];
@@ -426,9 +451,11 @@ impl OutputLog {
             let header = headers
                 .get(at..at + RECORD_HEADER_LEN)
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "output index points past a record"))?;
-            let record_stream = Stream::from_tag(header[0])?;
-            let record_len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as u64;
+            let (record_stream, record_len) = parse_header(header, from + at as u64, segment.file_len)?;
             if offset < logical + record_len {
+                if logical + record_len > segment.start + segment.len {
+                    return Err(past_the_segment(from + at as u64, logical + record_len, segment.start + segment.len));
+                }
                 let skip = offset - logical;
                 let position = from + (at + RECORD_HEADER_LEN) as u64 + skip;
                 let record_left = record_len - skip;
@@ -453,17 +480,44 @@ impl OutputLog {
 }
 
 fn record_header(stream: Stream, len: usize) -> [u8; RECORD_HEADER_LEN] {
+    #[allow(clippy::expect_used, reason = "a record is at most one pipe read or splice, far below 4 GiB")]
     let len = u32::try_from(len).expect("records are far smaller than 4 GiB").to_le_bytes();
     [stream.tag(), len[0], len[1], len[2], len[3]]
 }
 
-fn read_header(at: &mut CursorFile) -> io::Result<()> {
+/// Reads the record header at the cursor's position in a segment of `file_len` bytes.
+fn read_header(at: &mut CursorFile, file_len: u64) -> io::Result<()> {
     let mut header = [0u8; RECORD_HEADER_LEN];
     at.file.read_exact_at(&mut header, at.position)?;
+    (at.record_stream, at.record_left) = parse_header(&header, at.position, file_len)?;
     at.position += RECORD_HEADER_LEN as u64;
-    at.record_stream = Stream::from_tag(header[0])?;
-    at.record_left = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as u64;
     Ok(())
+}
+
+/// A record whose output would end at logical offset `ends` in a segment whose output ends at `segment_end`.
+fn past_the_segment(position: u64, ends: u64, segment_end: u64) -> io::Error {
+    let message =
+        format!("corrupt output record at {position}: it would end at offset {ends}, past its segment's {segment_end}");
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+/// The stream and data length of the record whose header, `header`, is at `position` in a segment of
+/// `file_len` bytes. The server wrote the file, but it is a file: a header damaged on disk (a torn write, a
+/// stray writer) must end the readers of that log with an error, never send bytes from past the record or
+/// from another one.
+fn parse_header(header: &[u8], position: u64, file_len: u64) -> io::Result<(Stream, u64)> {
+    let &[tag, a, b, c, d] = header else {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "output record header cut short"));
+    };
+    let stream = Stream::from_tag(tag)?;
+    let len = u64::from(u32::from_le_bytes([a, b, c, d]));
+    if position + RECORD_HEADER_LEN as u64 + len > file_len {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("corrupt output record at {position}: {len} bytes would pass the segment's end ({file_len})"),
+        ));
+    }
+    Ok((stream, len))
 }
 
 #[cfg(test)]
@@ -767,6 +821,49 @@ mod tests {
             full.blocks() * 512,
             full.len()
         );
+    }
+
+    #[test]
+    fn a_record_header_damaged_on_disk_ends_the_reader_with_an_error_not_with_other_bytes() {
+        use std::os::unix::fs::FileExt;
+        // Three records, 5, 6 and 46 bytes: 57 of output in 72 bytes of file.
+        let damaged = |header: [u8; RECORD_HEADER_LEN], at: u64| {
+            let mut spool = TestLog::new("damaged", 1 << 30);
+            spool.append(Stream::Stdout, b"first");
+            spool.append(Stream::Stderr, b"second");
+            spool.append(Stream::Stdout, b"third, long enough to hold the second's claim");
+            let file = OpenOptions::new().write(true).open(spool.log.segment_path(0)).unwrap();
+            file.write_all_at(&header, at).unwrap();
+            let mut cursor = OutputCursor::new(0);
+            let mut results = Vec::new();
+            for _ in 0..4 {
+                match spool.log.next_span(&mut cursor, 100) {
+                    Ok(Some(span)) => {
+                        let mut buf = bytes::BytesMut::new();
+                        spool.log.read_span(&mut cursor, span.len, &mut buf).unwrap();
+                        results.push(Ok(buf.to_vec()));
+                    }
+                    Ok(None) => break,
+                    Err(err) => {
+                        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+                        results.push(Err(err.to_string()));
+                        break;
+                    }
+                }
+            }
+            // The first record as written; then the damaged one fails, from a reader reading on and from one
+            // opened on it.
+            assert_eq!(results[0], Ok(b"first".to_vec()));
+            assert!(results[1].is_err(), "{results:?}");
+            assert!(spool.log.next_span(&mut OutputCursor::new(7), 100).is_err());
+        };
+        let second = (RECORD_HEADER_LEN + 5) as u64;
+        // Longer than the file holds.
+        damaged([2, 0xff, 0xff, 0, 0], second);
+        // Within the file (10 + 5 + 55 <= 72), but past the segment's output (5 + 55 > 57).
+        damaged([2, 55, 0, 0, 0], second);
+        // A tag that is neither stream.
+        damaged([9, 6, 0, 0, 0], second);
     }
 
     #[test]

@@ -143,12 +143,18 @@ impl Spool {
         &mut self.ingester.mode
     }
 
+    /// Takes output with `read` instead of `splice` from now on, for the fuzz target to drive both paths.
+    #[cfg(fuzzing)]
+    pub fn read_instead_of_splice(&mut self) {
+        self.ingester.mode = Ingest::Read;
+    }
+
     /// The retained total the spool keeps, for tests to hold against the logs' own counts.
-    #[cfg(test)]
-    pub(super) fn retained_total(&self) -> u64 {
+    #[cfg(any(test, fuzzing))]
+    pub fn retained_total(&self) -> u64 {
         self.retained_total
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, fuzzing))]
 pub(super) use self::ingest::Ingest;
