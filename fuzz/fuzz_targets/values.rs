@@ -1,5 +1,6 @@
 //! The small parsers of text and bytes from outside: the command line's sizes, durations, CPUs, job states
-//! and limits, certificate fingerprints, `--run-as-range`, and the job init's 12-byte report. No panic, and
+//! and limits, certificate fingerprints, `--run-as-range` and the account files it is checked against,
+//! `--io-device`, and the job init's 12-byte report. No panic, and
 //! what parses round-trips where a printed form exists.
 #![no_main]
 
@@ -23,7 +24,15 @@ fuzz_target!(|data: &[u8]| {
     for field in &LIMIT_FIELDS {
         let _ = format::parse_limit(field, text);
     }
-    let _ = users::parse_range(text);
+    if let Ok((first, count)) = users::parse_range(text) {
+        let _ = users::UserRange::new(first, count, "", "", "");
+    }
+    // The host's account files, as `--run-as-range` reads them: passwd, group and subuid text split at NULs.
+    let mut files = text.splitn(3, '\0');
+    if let (Some(passwd), Some(group), Some(subordinate)) = (files.next(), files.next(), files.next()) {
+        let _ = users::UserRange::new(0x7000_0000, 65536, passwd, group, subordinate);
+    }
+    let _ = runnel::cgroup::parse_device(text);
     if let Ok(pin) = Fingerprint::parse(text) {
         assert_eq!(Fingerprint::parse(&pin.to_string()), Ok(pin));
     }
