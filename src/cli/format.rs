@@ -1,5 +1,9 @@
 //! Parsing the CLI's human units (sizes, durations, CPUs) and printing jobs as tables or JSON lines.
 
+// This module reads bytes from outside (a client, a job, a file): no panicking shortcuts on them, as one
+// reachable panic aborts the server and every job with it. Fuzzed: see fuzz/ and README, "Fuzzing".
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -230,7 +234,7 @@ pub fn table(jobs: &[Job]) -> String {
             if i + 1 == row.len() {
                 line.push_str(cell);
             } else {
-                let _ = write!(line, "{cell:<width$}  ", width = widths[i]);
+                let _ = write!(line, "{cell:<width$}  ", width = widths.get(i).copied().unwrap_or(0));
             }
         }
         out.push_str(line.trim_end());

@@ -147,6 +147,7 @@ impl Client {
         let (host, address) = resolve(&settings.server)?;
         let name = settings.server_name.clone().unwrap_or(host);
         let server_name = tls::server_name(&name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let authority = request_authority(&name)?;
         let socket = StdTcpStream::connect_timeout(&address, CONNECT_TIMEOUT).map_err(|e| {
             unavailable(format!("cannot connect to {}: {e} (is `runnel server` running there?)", settings.server))
         })?;
@@ -202,17 +203,7 @@ impl Client {
         if let Poll::Ready(Err(err)) = Pin::new(&mut connection).poll(&mut Context::from_waker(&waker)) {
             return Err(status_from_h2(err));
         }
-        Ok(Client {
-            poll,
-            events,
-            connection,
-            connection_error: None,
-            send,
-            authority: name,
-            woken,
-            waker,
-            signals: None,
-        })
+        Ok(Client { poll, events, connection, connection_error: None, send, authority, woken, waker, signals: None })
     }
 
     /// From now on, SIGINT (Ctrl-C) interrupts a blocking call with [`CallError::Interrupted`] instead of
@@ -329,6 +320,21 @@ impl Client {
             return Err(CallError::Status(Status::internal("the server sent more than one response message")));
         }
         Ok(response)
+    }
+}
+
+/// The `:authority` of every request, for the server named `name`: an IPv6 address goes in brackets, as in a
+/// URI; a name that cannot be one is refused here, before any call is built with it.
+fn request_authority(name: &str) -> Result<String, Status> {
+    let authority = match name.parse::<std::net::Ipv6Addr>() {
+        Ok(_) => format!("[{name}]"),
+        Err(_) => name.to_string(),
+    };
+    match http::uri::Authority::try_from(authority.as_str()) {
+        Ok(_) => Ok(authority),
+        Err(err) => {
+            Err(Status::invalid_argument(format!("server name {name:?} cannot name an HTTP/2 authority: {err}")))
+        }
     }
 }
 

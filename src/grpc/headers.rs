@@ -2,6 +2,10 @@
 //! that ends it. A status travels in `grpc-status` (decimal, required even for OK) and `grpc-message` (UTF-8,
 //! percent-encoded), in the trailers or, for a call that fails before any message, in a Trailers-Only response.
 
+// This module reads bytes from outside (a client, a job, a file): no panicking shortcuts on them, as one
+// reachable panic aborts the server and every job with it. Fuzzed: see fuzz/ and README, "Fuzzing".
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Request, Response};
@@ -26,11 +30,16 @@ pub fn request(authority: &str, path: &str, timeout: Option<Duration>) -> Reques
     if let Some(timeout) = timeout {
         request = request.header(TIMEOUT, format_timeout(timeout));
     }
+    #[allow(
+        clippy::expect_used,
+        reason = "the client checked the authority when it connected; paths are the service's"
+    )]
     request.body(()).expect("valid request parts")
 }
 
 /// A response's headers: 200 and the gRPC content type.
 pub(super) fn response() -> Response<()> {
+    #[allow(clippy::expect_used, reason = "the same constant headers every time")]
     Response::builder().status(200).header("content-type", CONTENT_TYPE).body(()).expect("static headers are valid")
 }
 
@@ -39,14 +48,18 @@ pub(super) fn trailers(status: &Status) -> HeaderMap {
     let mut trailers = HeaderMap::new();
     trailers.insert(STATUS, HeaderValue::from(status.code as i32));
     if !status.message.is_empty() {
-        let mut end = status.message.len().min(MAX_STATUS_MESSAGE);
-        while !status.message.is_char_boundary(end) {
-            end -= 1;
-        }
-        let encoded = percent_encode_message(&status.message[..end]);
-        trailers.insert(MESSAGE, HeaderValue::from_str(&encoded).expect("percent-encoded is visible ASCII"));
+        let message = clip_to_char(&status.message, MAX_STATUS_MESSAGE);
+        // Percent-encoded text is visible ASCII, which a header value always takes.
+        let encoded = HeaderValue::from_str(&percent_encode_message(message));
+        trailers.insert(MESSAGE, encoded.unwrap_or(HeaderValue::from_static("(message not encodable)")));
     }
     trailers
+}
+
+/// The longest start of `text` of at most `max` bytes that ends on a character boundary.
+fn clip_to_char(text: &str, max: usize) -> &str {
+    let end = (0..=max.min(text.len())).rev().find(|&end| text.is_char_boundary(end)).unwrap_or(0);
+    text.get(..end).unwrap_or_default()
 }
 
 /// The status in a header block (trailers, or a Trailers-Only response), if it has one.
@@ -64,7 +77,7 @@ pub fn parse_timeout(value: &[u8]) -> Option<Duration> {
         return None;
     }
     let amount: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
-    Some(match unit[0] {
+    Some(match *unit.first()? {
         b'H' => Duration::from_secs(amount * 3600),
         b'M' => Duration::from_secs(amount * 60),
         b'S' => Duration::from_secs(amount),
@@ -109,18 +122,17 @@ pub fn percent_encode_message(message: &str) -> String {
 /// Decodes a `grpc-message` header. Never fails: a malformed escape is kept as it is, invalid UTF-8 is replaced.
 pub fn percent_decode_message(value: &[u8]) -> String {
     let mut out = Vec::with_capacity(value.len());
-    let mut i = 0;
-    while i < value.len() {
-        if value[i] == b'%' && i + 2 < value.len() {
-            let hex = std::str::from_utf8(&value[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
-            if let Some(byte) = hex {
-                out.push(byte);
-                i += 3;
+    let mut rest = value;
+    while let Some((&byte, after)) = rest.split_first() {
+        if let (b'%', Some(hex)) = (byte, after.get(..2)) {
+            if let Some(decoded) = std::str::from_utf8(hex).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(decoded);
+                rest = after.get(2..).unwrap_or_default();
                 continue;
             }
         }
-        out.push(value[i]);
-        i += 1;
+        out.push(byte);
+        rest = after;
     }
     String::from_utf8_lossy(&out).into_owned()
 }

@@ -1,5 +1,9 @@
 //! How jobs are named: a [`JobKey`] inside the server, a [`JobId`] (a random UUID) to clients.
 
+// This module reads bytes from outside (a client, a job, a file): no panicking shortcuts on them, as one
+// reachable panic aborts the server and every job with it. Fuzzed: see fuzz/ and README, "Fuzzing".
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
 use std::fmt;
 
 /// A job's place in the table: start order, never reused. The server also derives the job's reactor tokens
@@ -21,16 +25,18 @@ impl JobId {
     /// Parses the hyphenated form (either case); `None` for anything else.
     pub fn parse(text: &str) -> Option<JobId> {
         let bytes = text.as_bytes();
-        if bytes.len() != 36 || [8, 13, 18, 23].iter().any(|&i| bytes[i] != b'-') {
+        if bytes.len() != 36 || [8, 13, 18, 23].iter().any(|&i| bytes.get(i) != Some(&b'-')) {
             return None;
         }
         let hex: Vec<u8> = bytes.iter().copied().filter(|&b| b != b'-').collect();
-        let mut id = [0u8; 16];
-        for (i, pair) in hex.chunks(2).enumerate() {
-            let pair = std::str::from_utf8(pair).ok()?;
-            id[i] = u8::from_str_radix(pair, 16).ok()?;
+        if hex.len() != 32 {
+            return None;
         }
-        (hex.len() == 32).then_some(JobId(id))
+        let mut id = [0u8; 16];
+        for (byte, pair) in id.iter_mut().zip(hex.chunks(2)) {
+            *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+        }
+        Some(JobId(id))
     }
 
     /// The hostname a job sees: the id's first 8 hex digits.

@@ -2,6 +2,10 @@
 //!
 //! Everything a client sends is checked here, before anything is created, so a bad request changes nothing.
 
+// This module reads bytes from outside (a client, a job, a file): no panicking shortcuts on them, as one
+// reachable panic aborts the server and every job with it. Fuzzed: see fuzz/ and README, "Fuzzing".
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
@@ -173,6 +177,7 @@ fn check_limits(limits: &Limits) -> Result<(), JobError> {
 
 /// Converts to a C string; callers have already rejected NUL bytes.
 pub fn c_string(value: impl Into<Vec<u8>>) -> CString {
+    #[allow(clippy::expect_used, reason = "validation refused NUL bytes in every value a request brings")]
     CString::new(value).expect("validated: no NUL bytes")
 }
 

@@ -3,6 +3,10 @@
 //! identities (two CNs), or whose identity could deceive a reader of logs and listings (control or
 //! direction-changing characters, or more than [`MAX_IDENTITY_BYTES`]), names none.
 
+// This module reads bytes from outside (a client, a job, a file): no panicking shortcuts on them, as one
+// reachable panic aborts the server and every job with it. Fuzzed: see fuzz/ and README, "Fuzzing".
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
 use std::fmt;
 
 use x509_parser::extensions::GeneralName;

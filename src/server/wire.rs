@@ -1,6 +1,10 @@
 //! The edge between the job domain and the wire: the one place that turns protobuf messages into domain values
 //! and back, and the one place that chooses the gRPC status for a failure ([`CallError::status`]).
 
+// This module reads bytes from outside (a client, a job, a file): no panicking shortcuts on them, as one
+// reachable panic aborts the server and every job with it. Fuzzed: see fuzz/ and README, "Fuzzing".
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
 use std::fmt;
 use std::io;
 use std::time::Duration;

@@ -406,9 +406,15 @@ impl InitReport {
         out
     }
 
+    /// The report in `bytes`, as read from the init's pipe: `None` for anything [`Self::encode`] never writes.
+    #[deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
     pub fn decode(bytes: &[u8; REPORT_LEN]) -> Option<InitReport> {
-        let word = |i: usize| i32::from_le_bytes(bytes[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
-        let (kind, a, b) = (word(0), word(1), word(2));
+        let [k0, k1, k2, k3, a0, a1, a2, a3, b0, b1, b2, b3] = *bytes;
+        let (kind, a, b) = (
+            i32::from_le_bytes([k0, k1, k2, k3]),
+            i32::from_le_bytes([a0, a1, a2, a3]),
+            i32::from_le_bytes([b0, b1, b2, b3]),
+        );
         Some(match (kind, a) {
             (1, _) => InitReport::Started,
             (2, _) => InitReport::SpawnFailed(ExecFailure { stage: SpawnStage::from_code(a as u32), errno: b }),
