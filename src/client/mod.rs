@@ -416,3 +416,19 @@ fn resolve(server: &str) -> Result<(String, SocketAddr), Status> {
         .ok_or_else(|| unavailable(format!("{server} resolves to no address")))?;
     Ok((host, address))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_server_name_is_bracketed_and_a_name_no_authority_takes_is_refused() {
+        assert_eq!(request_authority("::1").unwrap(), "[::1]");
+        assert_eq!(request_authority("localhost").unwrap(), "localhost");
+        assert_eq!(request_authority("10.0.0.1").unwrap(), "10.0.0.1");
+        // A request built on the bracketed form is valid; on the bare one it was not.
+        let _ = grpc::request(&request_authority("fe80::1").unwrap(), grpc::path::GET_JOB, None);
+        assert!(http::Request::post("https://::1/x").body(()).is_err());
+        assert_eq!(request_authority("a b").unwrap_err().code, Code::InvalidArgument);
+    }
+}
