@@ -72,7 +72,8 @@ hostile-h2: deps
 	bash tests/interop/run.sh target/debug/runnel tests/hostile_h2
 
 # Coverage-guided fuzzing of every parser of untrusted input (fuzz/, cargo-fuzz on the nightly toolchain):
-# each target for FUZZ_SECONDS (default 60). Installs cargo-fuzz if it is missing.
+# each target for FUZZ_SECONDS (default 60) or FUZZ_RUNS executions, FUZZ_TARGETS to choose. Installs cargo-fuzz
+# if it is missing.
 fuzz:
 	bash fuzz/run.sh
 
