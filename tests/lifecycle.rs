@@ -418,3 +418,27 @@ fn the_janitor_removes_an_evicted_jobs_files_and_dies_with_the_server() {
     server.stop_with(SIGKILL, Duration::from_secs(10));
     assert!(eventually(Duration::from_secs(5), || !process_alive(janitor)), "the janitor outlived the server");
 }
+
+#[test]
+fn a_server_configured_by_its_environment_serves_and_a_misspelt_variable_stops_it() {
+    let pki = Pki::new();
+    let server = Server::start_configured_by_environment(&pki);
+    let mut client = server.client("alice");
+    let job = start(&mut client, "echo from-env");
+    let ended: Job = client.unary(path::WAIT_JOB, &WaitJobRequest { job_id: job.id }, None).unwrap();
+    assert_eq!(ended.exit_code, Some(0));
+    // RUNNEL_SERVER_ADMIN=admin made admin an admin: it sees alice's job.
+    let listed: ListJobsResponse =
+        server.client("admin").unary(path::LIST_JOBS, &ListJobsRequest::default(), None).unwrap();
+    assert_eq!(listed.jobs.len(), 1);
+
+    let output = Command::new(util::BIN)
+        .args(["server", "--help"])
+        .env("RUNNEL_SERVER_CLIENT_CERT_PINZ", "sha256:00")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("RUNNEL_SERVER_CLIENT_CERT_PINZ names no server flag"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}

@@ -1,7 +1,9 @@
 //! `runnel server`: flags into a [`ServerConfig`], then the server loop.
 //!
 //! Two stages, as for `certs` and `client`: [`RawFlags::parse`] reads every flag's value (syntax only), then
-//! [`RawFlags::validate`] applies the defaults and the rules that tie flags together.
+//! [`RawFlags::validate`] applies the defaults and the rules that tie flags together. Before both, every flag
+//! not on the command line may come from the environment ([`with_environment`]): a systemd unit's
+//! `EnvironmentFile=` or a container's `env:` then says what a command line would.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -68,12 +70,126 @@ resource limits (cgroup v2; otherwise jobs run without limits, with a warning):
   --default-io-write-iops N    --max-io-write-iops N      disk write operations/s [default: none; max: none]
   A request's unset limits take the defaults; a request above a maximum is refused; none = no limit.
 
+Every flag may also come from the environment: --flag-name from RUNNEL_SERVER_FLAG_NAME (RUNNEL_SERVER_LISTEN,
+RUNNEL_SERVER_CLIENT_CA, ...); a repeatable flag takes a comma-separated list, a switch 1/true or 0/false; the
+command line wins. An unknown RUNNEL_SERVER_* variable is an error.
 SIGTERM or SIGINT stops every job and exits; a second signal skips the grace period.
 Logging: RUST_LOG=debug|info|warn [default: info].
 ";
 
+/// Environment variables of the server's flags: `RUNNEL_SERVER_` and the flag's name in capitals, `-` as `_`.
+const ENV_PREFIX: &str = "RUNNEL_SERVER_";
+
+/// Variables with the prefix that are the client's, not the server's flags: left alone.
+const CLIENT_VARIABLES: [&str; 1] = ["RUNNEL_SERVER_PIN"];
+
+/// How a flag takes its value, from the command line or the environment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FlagKind {
+    Value,
+    /// Repeatable: from the environment, a comma-separated list.
+    List,
+    /// No value: from the environment, 1/true/yes or 0/false/no.
+    Switch,
+}
+
+/// Every server flag but the per-field limit flags (see [`server_flags`]).
+const FLAGS: &[(&str, FlagKind)] = &[
+    ("--listen", FlagKind::Value),
+    ("--cert", FlagKind::Value),
+    ("--key", FlagKind::Value),
+    ("--client-ca", FlagKind::Value),
+    ("--crl", FlagKind::List),
+    ("--client-cert-pin", FlagKind::List),
+    ("--client-cert-pins", FlagKind::Value),
+    ("--admin", FlagKind::List),
+    ("--state-dir", FlagKind::Value),
+    ("--max-connections", FlagKind::Value),
+    ("--max-connections-per-client", FlagKind::Value),
+    ("--max-calls-per-client", FlagKind::Value),
+    ("--max-followers-per-client", FlagKind::Value),
+    ("--max-jobs", FlagKind::Value),
+    ("--max-running-per-client", FlagKind::Value),
+    ("--max-job-request", FlagKind::Value),
+    ("--max-output-bytes", FlagKind::Value),
+    ("--max-output-total", FlagKind::Value),
+    ("--stop-grace", FlagKind::Value),
+    ("--shutdown-grace", FlagKind::Value),
+    ("--cgroup-root", FlagKind::Value),
+    ("--io-device", FlagKind::List),
+    ("--require-limits", FlagKind::Switch),
+    ("--no-isolation", FlagKind::Switch),
+    ("--run-as", FlagKind::Value),
+    ("--run-as-range", FlagKind::Value),
+    ("--host-network", FlagKind::Switch),
+    ("--tmp-size", FlagKind::Value),
+    ("--seccomp", FlagKind::Value),
+    ("--require-isolation", FlagKind::Switch),
+];
+
+/// Every flag the server takes, and how.
+fn server_flags() -> impl Iterator<Item = (&'static str, FlagKind)> {
+    let limits = LIMIT_FIELDS.iter().flat_map(|f| [(f.default_flag, FlagKind::Value), (f.max_flag, FlagKind::Value)]);
+    FLAGS.iter().copied().chain(limits)
+}
+
+/// The command line `args` with every flag it lacks that `environment` (name, value pairs) sets appended.
+/// A variable with the prefix that names no flag is refused: a misspelt setting must not pass unnoticed.
+fn with_environment(
+    mut args: Vec<OsString>,
+    environment: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Result<Vec<OsString>, CliError> {
+    let given = |flag: &str| {
+        args.iter().any(|arg| {
+            let arg = arg.as_encoded_bytes();
+            arg == flag.as_bytes() || arg.strip_prefix(flag.as_bytes()).is_some_and(|rest| rest.starts_with(b"="))
+        })
+    };
+    let mut from_environment = Vec::new();
+    let mut variables: Vec<(OsString, OsString)> = environment.into_iter().collect();
+    variables.sort();
+    for (name, value) in variables {
+        let Some(name) = name.to_str() else { continue };
+        let Some(suffix) = name.strip_prefix(ENV_PREFIX) else { continue };
+        if CLIENT_VARIABLES.contains(&name) {
+            continue;
+        }
+        let flag = format!("--{}", suffix.to_ascii_lowercase().replace('_', "-"));
+        let Some((flag, kind)) = server_flags().find(|&(known, _)| known == flag && suffix == env_suffix(known)) else {
+            return Err(CliError::usage(format!(
+                "{name} names no server flag (expected RUNNEL_SERVER_ and a flag's name in capitals, e.g. \
+                 RUNNEL_SERVER_LISTEN for --listen)"
+            )));
+        };
+        if given(flag) {
+            continue;
+        }
+        let value = value.into_string().map_err(|_| CliError::usage(format!("{name}: not valid UTF-8")))?;
+        match kind {
+            FlagKind::Value => from_environment.extend([flag.into(), value.into()]),
+            FlagKind::List => {
+                for item in value.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+                    from_environment.extend([OsString::from(flag), item.into()]);
+                }
+            }
+            FlagKind::Switch => match value.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" => from_environment.push(flag.into()),
+                "0" | "false" | "no" | "" => {}
+                _ => return Err(CliError::usage(format!("{name}={value:?}: expected 1/true/yes or 0/false/no"))),
+            },
+        }
+    }
+    args.extend(from_environment);
+    Ok(args)
+}
+
+/// The part of `flag`'s environment variable after the prefix: `--client-ca` → `CLIENT_CA`.
+fn env_suffix(flag: &str) -> String {
+    flag.trim_start_matches('-').to_ascii_uppercase().replace('-', "_")
+}
+
 pub fn run(args: Vec<OsString>) -> Result<(), CliError> {
-    let raw = RawFlags::parse(args)?;
+    let raw = RawFlags::parse(with_environment(args, std::env::vars_os())?)?;
     if raw.help {
         print!("{USAGE}");
         return Ok(());
@@ -328,6 +444,58 @@ mod tests {
 
     fn args(words: &[&str]) -> Vec<OsString> {
         words.iter().map(OsString::from).collect()
+    }
+
+    fn environment(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        pairs.iter().map(|(name, value)| (OsString::from(name), OsString::from(value))).collect()
+    }
+
+    #[test]
+    fn flags_missing_from_the_command_line_come_from_the_environment() {
+        let env = environment(&[
+            ("RUNNEL_SERVER_LISTEN", "0.0.0.0:7000"),
+            ("RUNNEL_SERVER_CERT", "from-env.crt"),
+            ("RUNNEL_SERVER_ADMIN", "alice, bob"),
+            ("RUNNEL_SERVER_HOST_NETWORK", "true"),
+            ("RUNNEL_SERVER_NO_ISOLATION", "0"),
+            ("RUNNEL_SERVER_MAX_PIDS", "100"),
+            ("RUNNEL_SERVER_STATE_DIR", "/from/env"),
+            // The client's settings, which one shell may hold beside the server's.
+            ("RUNNEL_SERVER", "host:1"),
+            ("RUNNEL_SERVER_PIN", "sha256:00"),
+            ("RUNNEL_CERT", "client.crt"),
+        ]);
+        let got = with_environment(args(&["--cert", "cli.crt", "--state-dir=/from/cli"]), env).unwrap();
+        let raw = RawFlags::parse(got).unwrap();
+        assert_eq!(raw.cert, Some("cli.crt".into()), "the command line wins");
+        assert_eq!(raw.state_dir, Some("/from/cli".into()), "--flag=value counts as given");
+        assert_eq!(raw.listen, Some("0.0.0.0:7000".parse().unwrap()));
+        assert_eq!(raw.admins, ["alice", "bob"]);
+        assert!(raw.host_network && !raw.no_isolation);
+        let pids = LIMIT_FIELDS.iter().position(|f| f.max_flag == "--max-pids").unwrap();
+        assert_eq!(raw.limit_maxima[pids], Some(100));
+    }
+
+    #[test]
+    fn a_server_variable_that_names_no_flag_or_a_bad_switch_is_refused() {
+        let refused =
+            |pairs: &[(&str, &str)]| with_environment(Vec::new(), environment(pairs)).unwrap_err().to_string();
+        assert!(refused(&[("RUNNEL_SERVER_LISTNE", "x")]).contains("RUNNEL_SERVER_LISTNE names no server flag"));
+        // Only the spelling the help gives: capitals, underscores.
+        assert!(refused(&[("RUNNEL_SERVER_client-ca", "x")]).contains("names no server flag"));
+        assert!(refused(&[("RUNNEL_SERVER_HOST_NETWORK", "maybe")]).contains("expected 1/true/yes"));
+    }
+
+    #[test]
+    fn every_flag_in_the_help_can_come_from_the_environment() {
+        let in_help: std::collections::BTreeSet<&str> = USAGE
+            .split(|c: char| c.is_whitespace() || c == '(' || c == ')' || c == ',' || c == ';')
+            .filter(|word| word.starts_with("--") && word.len() > 2 && !word.ends_with('-'))
+            // The help's own example of the naming rule.
+            .filter(|&word| word != "--flag-name")
+            .collect();
+        let known: std::collections::BTreeSet<&str> = server_flags().map(|(flag, _)| flag).collect();
+        assert_eq!(in_help, known);
     }
 
     #[test]

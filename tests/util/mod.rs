@@ -149,9 +149,37 @@ impl Server {
             wrapped.args(["-c", script, "sh", BIN]).args(command.get_args());
             command = wrapped;
         }
+        command.args(["--admin", "admin"]).args(extra);
+        Server::spawn(command, pki, scratch, state_dir, log, env)
+    }
+
+    /// As [`Server::start`], every setting given in `RUNNEL_SERVER_*` environment variables instead of flags.
+    pub fn start_configured_by_environment(pki: &Pki) -> Server {
+        let scratch = ScratchDir::new("server");
+        let state_dir = scratch.path().join("state");
+        let log = scratch.path().join("server.log");
+        let mut command = Command::new(BIN);
         command
-            .args(["--admin", "admin"])
-            .args(extra)
+            .arg("server")
+            .env("RUNNEL_SERVER_LISTEN", "127.0.0.1:0")
+            .env("RUNNEL_SERVER_CERT", pki.file("server.crt"))
+            .env("RUNNEL_SERVER_KEY", pki.file("server.key"))
+            .env("RUNNEL_SERVER_CLIENT_CA", pki.file("ca.crt"))
+            .env("RUNNEL_SERVER_STATE_DIR", &state_dir)
+            .env("RUNNEL_SERVER_ADMIN", "admin");
+        Server::spawn(command, pki, scratch, state_dir, log, &[])
+    }
+
+    /// Runs `command` (a server) with `env`, its log in `log`, and waits until it listens.
+    fn spawn(
+        mut command: Command,
+        pki: &Pki,
+        scratch: ScratchDir,
+        state_dir: PathBuf,
+        log: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Server {
+        command
             .env("RUST_LOG", "debug")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
