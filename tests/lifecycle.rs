@@ -442,3 +442,37 @@ fn a_server_configured_by_its_environment_serves_and_a_misspelt_variable_stops_i
     assert!(stderr.contains("RUNNEL_SERVER_CLIENT_CERT_PINZ names no server flag"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
+
+#[test]
+fn every_log_line_begins_with_its_utc_time_and_level_and_json_lines_are_objects() {
+    let pki = Pki::new();
+    let looks_timed = |line: &str| {
+        let (time, rest) = line.split_at(line.len().min(24));
+        let digits = time.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            10 => b == b'T',
+            13 | 16 => b == b':',
+            19 => b == b'.',
+            23 => b == b'Z',
+            _ => b.is_ascii_digit(),
+        });
+        digits && ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"].iter().any(|l| rest[1..].starts_with(l))
+    };
+    let text = Server::start(&pki, &[]);
+    let log = text.log_text();
+    assert_eq!(log.matches("runnel server listening on").count(), 1, "{log}");
+    assert!(log.lines().all(looks_timed), "{log}");
+
+    let json = Server::start(&pki, &["--log-format", "json"]);
+    let _ = json.client("alice");
+    let log = json.log_text();
+    assert_eq!(log.matches("runnel server listening on").count(), 1, "{log}");
+    for line in log.lines() {
+        let time = line.strip_prefix("{\"time\":\"").and_then(|rest| rest.get(..24));
+        assert!(time.is_some_and(|time| looks_timed(&format!("{time} INFO"))), "{line}");
+        assert!(
+            line.contains("\",\"level\":\"") && line.contains(",\"message\":\"") && line.ends_with("\"}"),
+            "{line}"
+        );
+    }
+}

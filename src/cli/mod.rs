@@ -7,6 +7,7 @@ pub mod certs;
 mod client;
 mod error;
 pub mod format;
+pub mod logging;
 mod server;
 
 pub use error::CliError;
@@ -39,6 +40,11 @@ fn run(mut args: Vec<OsString>) -> Result<i32, CliError> {
         return Err(CliError::usage("no command given; see `runnel --help`"));
     }
     let command = args.remove(0);
+    if command != "server" {
+        // The server logs its lifecycle at info, in the format its flags choose; everything else speaks only
+        // through its output and errors.
+        logging::init("warn", logging::LogFormat::Text);
+    }
     match command.to_str() {
         Some("server") => server::run(args).map(|()| 0),
         Some("client") => client::run(args),

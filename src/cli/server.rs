@@ -70,6 +70,8 @@ resource limits (cgroup v2; otherwise jobs run without limits, with a warning):
   --default-io-write-iops N    --max-io-write-iops N      disk write operations/s [default: none; max: none]
   A request's unset limits take the defaults; a request above a maximum is refused; none = no limit.
 
+  --log-format text|json         log lines as text or one JSON object each; both begin with an RFC 3339 UTC
+                                 time [default: text]
 Every flag may also come from the environment: --flag-name from RUNNEL_SERVER_FLAG_NAME (RUNNEL_SERVER_LISTEN,
 RUNNEL_SERVER_CLIENT_CA, ...); a repeatable flag takes a comma-separated list, a switch 1/true or 0/false; the
 command line wins. An unknown RUNNEL_SERVER_* variable is an error.
@@ -125,6 +127,7 @@ const FLAGS: &[(&str, FlagKind)] = &[
     ("--tmp-size", FlagKind::Value),
     ("--seccomp", FlagKind::Value),
     ("--require-isolation", FlagKind::Switch),
+    ("--log-format", FlagKind::Value),
 ];
 
 /// Every flag the server takes, and how.
@@ -190,6 +193,7 @@ fn env_suffix(flag: &str) -> String {
 
 pub fn run(args: Vec<OsString>) -> Result<(), CliError> {
     let raw = RawFlags::parse(with_environment(args, std::env::vars_os())?)?;
+    super::logging::init("info", raw.log_format.unwrap_or_default());
     if raw.help {
         print!("{USAGE}");
         return Ok(());
@@ -235,6 +239,7 @@ struct RawFlags {
     tmp_size: Option<u64>,
     seccomp: Option<String>,
     require_isolation: bool,
+    log_format: Option<super::logging::LogFormat>,
 }
 
 impl RawFlags {
@@ -283,6 +288,7 @@ impl RawFlags {
             tmp_size: args.opt_value_from_fn("--tmp-size", parse_size)?,
             seccomp: args.opt_value_from_str("--seccomp")?,
             require_isolation: args.contains("--require-isolation"),
+            log_format: args.opt_value_from_str("--log-format")?,
         };
         finish(args)?;
         Ok(raw)

@@ -301,10 +301,8 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         .register(&mut SourceFd(&signals.as_raw_fd()), Source::Signals.token(), Interest::READABLE)
         .map_err(io_error("cannot watch signals"))?;
     let address = listener.local_addr().map_err(io_error("cannot read the listening address"))?;
-    // The one line scripts and tests wait for.
-    log::info!("listening on {address}");
-    // One write, so a reader never sees half the line (stderr is unbuffered).
-    let _ = io::Write::write_all(&mut io::stderr(), format!("runnel server listening on {address}\n").as_bytes());
+    // The one line scripts and tests wait for (`grep -o 'listening on [^ "]*'`), in the log's own format.
+    log::info!("runnel server listening on {address}");
 
     let mut h2 = h2::server::Builder::new();
     h2.max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
@@ -527,8 +525,8 @@ impl Server {
     fn handle_signals(&mut self) {
         while let Ok(Some(signal)) = sys::read_signal(self.signals.as_raw_fd()) {
             if self.lifecycle == Lifecycle::Serving {
-                log::info!("signal {signal}: shutting down (stopping jobs, grace {:?})", self.config.shutdown_grace);
-                eprintln!("runnel server shutting down: stopping jobs");
+                let grace = self.config.shutdown_grace;
+                log::info!("signal {signal}: runnel server shutting down: stopping jobs (grace {grace:?})");
                 self.begin_shutdown();
             } else {
                 log::info!("signal {signal} again: killing every job now");

@@ -191,8 +191,10 @@ impl Server {
             let text = fs::read_to_string(&log).unwrap_or_default();
             // A whole line only: the server writes it in pieces (an unbuffered `eprintln!`, octet by octet).
             let whole_lines = text.split_inclusive('\n').filter(|l| l.ends_with('\n'));
-            if let Some(line) = whole_lines.map(str::trim_end).find(|l| l.starts_with("runnel server listening on ")) {
-                break line.trim_start_matches("runnel server listening on ").to_string();
+            let mut addresses = whole_lines.filter_map(|l| l.split_once("runnel server listening on ").map(|(_, a)| a));
+            if let Some(address) = addresses.next() {
+                // Up to the end of the word: the line may be a JSON object (`--log-format json`).
+                break address.split(|c: char| c.is_whitespace() || c == '"').next().unwrap_or_default().to_string();
             }
             assert!(Instant::now() < deadline, "server did not start:\n{text}");
             std::thread::sleep(Duration::from_millis(10));
