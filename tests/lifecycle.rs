@@ -476,3 +476,41 @@ fn every_log_line_begins_with_its_utc_time_and_level_and_json_lines_are_objects(
         );
     }
 }
+
+#[test]
+fn every_call_leaves_one_audit_line_with_who_what_how_it_ended_and_how_long() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut alice = server.client("alice");
+    let job = start(&mut alice, "echo audited");
+    let _: Job = alice.unary(path::WAIT_JOB, &WaitJobRequest { job_id: job.id.clone() }, None).unwrap();
+    let mut bob = server.client("bob");
+    let refused = bob.unary::<_, Job>(path::GET_JOB, &GetJobRequest { job_id: job.id.clone() }, None);
+    assert_eq!(status_of(refused).code, Code::NotFound);
+    let bogus = bob.unary::<_, Job>(path::GET_JOB, &GetJobRequest { job_id: "x\"y".into() }, None);
+    assert_eq!(status_of(bogus).code, Code::InvalidArgument);
+    // A follower that goes away before its call ends: the line says so.
+    let sleeper = start(&mut alice, "sleep 30");
+    let mut follower = server.client("alice");
+    let request = StreamOutputRequest { job_id: sleeper.id.clone(), offset: 0, follow: true };
+    let stream = follower.start_call(path::STREAM_OUTPUT, &request, None).unwrap();
+    drop(stream);
+    drop(follower);
+
+    let audit_lines =
+        |log: &str| log.lines().filter(|l| l.contains(" rpc peer=127.0.0.1:")).map(String::from).collect::<Vec<_>>();
+    assert!(eventually(Duration::from_secs(5), || audit_lines(&server.log_text()).len() >= 6), "{}", server.log_text());
+    let lines = audit_lines(&server.log_text());
+    let find = |needles: &[&str]| {
+        lines
+            .iter()
+            .find(|l| needles.iter().all(|n| l.contains(n)))
+            .unwrap_or_else(|| panic!("no {needles:?} in {lines:#?}"))
+    };
+    let started = find(&["identity=\"alice\" method=StartJob", &format!("job={} status=OK", job.id)]);
+    assert!(started.contains(" INFO ") && started.contains("duration_ms="), "{started}");
+    find(&["identity=\"alice\" method=WaitJob", &format!("job={} status=OK", job.id)]);
+    find(&["identity=\"bob\" method=GetJob", &format!("job={} status=NOT_FOUND", job.id)]);
+    find(&["identity=\"bob\" method=GetJob job=\"x\\\"y\" status=INVALID_ARGUMENT"]);
+    find(&["identity=\"alice\" method=StreamOutput", &format!("job={} status=CANCELLED", sleeper.id)]);
+}

@@ -2,8 +2,14 @@
 //!
 //! A call is polled with a context whose waker is its own, so whatever it waits for — request bytes or send
 //! capacity (h2), a job's output or end (the job table), shutdown (the server) — wakes exactly this call.
+//!
+//! Every call leaves one audit line when it is removed, however it ended (target `runnel::audit`, at info):
+//! who (peer address, identity), what (method, job), how it ended (status code, or `CANCELLED` when the
+//! client went away first) and how long it took.
 
+use std::net::SocketAddr;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -14,9 +20,10 @@ use super::follower::{FollowEnd, Follower};
 use super::limits;
 use super::service::{self, Action, Method, ServiceContext};
 use super::wire::{self, CallError};
-use crate::grpc::{self, encode_message, MessageDecoder, Responder, Status};
+use crate::grpc::{self, encode_message, Code, MessageDecoder, Responder, Status};
 use crate::jobs::{Caller, JobKey};
 use crate::proto::health::{health_check_response::ServingStatus, HealthCheckResponse};
+use crate::proto::GetJobRequest;
 use crate::reactor;
 
 /// What the calls of one connection hold of requests that have not fully arrived, under
@@ -38,6 +45,7 @@ pub struct RequestBudget {
 
 pub struct Call {
     method: Option<Method>,
+    audit: Audit,
     /// The connection's identity, or why it has none.
     caller: Result<Caller, String>,
     body: RecvStream,
@@ -59,6 +67,18 @@ pub struct Call {
     pub waker: Waker,
 }
 
+/// What a call's audit line says.
+struct Audit {
+    peer: SocketAddr,
+    /// The request path (clipped), kept only when it names no method: the line shows what was asked for.
+    unknown_path: Option<String>,
+    begun: Instant,
+    /// The job the call concerns: the one it started, or the id its request named.
+    job: Option<String>,
+    /// The status the call ended with; none if the client went away first.
+    ended_with: Option<Code>,
+}
+
 enum Phase {
     ReadRequest,
     AwaitStart(JobKey),
@@ -70,13 +90,17 @@ enum Phase {
 impl Call {
     pub fn new(
         path: &str,
+        peer: SocketAddr,
         caller: Result<Caller, String>,
         body: RecvStream,
         respond: SendResponse<Bytes>,
         waker: Waker,
     ) -> Self {
+        let method = Method::from_path(path);
+        let unknown_path = method.is_none().then(|| crate::jobs::clip(path).into_owned());
         Call {
-            method: Method::from_path(path),
+            method,
+            audit: Audit { peer, unknown_path, begun: Instant::now(), job: None, ended_with: None },
             caller,
             body,
             decoder: MessageDecoder::new(grpc::MAX_REQUEST_MESSAGE),
@@ -104,6 +128,7 @@ impl Call {
     /// Gives back what the call held: its place among its identity's calls and followers, and its request
     /// bytes. Called once, as the call is removed.
     pub fn release(&mut self, admission: &mut Admission, requests: &mut RequestBudget) {
+        self.log_audit_line();
         if let (true, Ok(caller)) = (std::mem::take(&mut self.holds_call_slot), &self.caller) {
             admission.release_call(&caller.identity);
             if self.is_follower() {
@@ -111,6 +136,28 @@ impl Call {
             }
         }
         self.give_back_request_bytes(requests);
+    }
+
+    /// The call's one audit line (see the module documentation).
+    fn log_audit_line(&self) {
+        let audit = &self.audit;
+        let identity = match &self.caller {
+            Ok(caller) => format!("{:?}", caller.identity),
+            Err(_) => "-".into(),
+        };
+        let method = match (self.method, &audit.unknown_path) {
+            (Some(method), _) => format!("{method:?}"),
+            (None, Some(path)) => format!("{path:?}"),
+            (None, None) => "-".into(),
+        };
+        let job = audit.job.as_deref().unwrap_or("-");
+        let status = audit.ended_with.map_or("CANCELLED", Code::name);
+        let millis = audit.begun.elapsed().as_secs_f64() * 1e3;
+        log::info!(
+            target: "runnel::audit",
+            "rpc peer={} identity={identity} method={method} job={job} status={status} duration_ms={millis:.3}",
+            audit.peer
+        );
     }
 
     /// Makes the call end with `error` when it is first polled.
@@ -138,9 +185,13 @@ impl Call {
             match &mut self.phase {
                 Phase::ReadRequest => match self.read_request(cx, requests) {
                     Poll::Ready(Ok(body)) => {
+                        self.audit.job = requested_job(method, &body);
                         match service::dispatch(method, &self.caller, &body, ctx) {
                             Ok(Action::Reply(message)) => return self.reply(message),
-                            Ok(Action::AwaitStart(key)) => self.phase = Phase::AwaitStart(key),
+                            Ok(Action::AwaitStart(key)) => {
+                                self.audit.job = ctx.jobs.get(key).map(|job| job.id.to_string());
+                                self.phase = Phase::AwaitStart(key);
+                            }
                             Ok(Action::AwaitJobEnd(key)) => self.phase = Phase::AwaitJobEnd(key),
                             Ok(Action::Follow(follower)) => self.phase = Phase::Follow(follower),
                             Ok(Action::WatchHealth) => self.phase = Phase::WatchHealth { sent: None },
@@ -289,6 +340,7 @@ impl Call {
 
     /// Ends the call with `status`.
     fn finish(&mut self, status: &Status) -> Poll<()> {
+        self.audit.ended_with = Some(status.code);
         self.response.finish(status);
         Poll::Ready(())
     }
@@ -296,5 +348,20 @@ impl Call {
     /// Ends the call early (deadline, shutdown) if it is still running.
     pub fn abort(&mut self, error: CallError) {
         let _ = self.fail(error);
+    }
+}
+
+/// The job id a request names, for the methods that name one (every such request has it as field 1, so one
+/// decoding serves them all): as the server writes ids if it is one, else quoted and clipped as sent.
+fn requested_job(method: Method, body: &Bytes) -> Option<String> {
+    match method {
+        Method::StopJob | Method::GetJob | Method::WaitJob | Method::StreamOutput => {
+            let id = prost::Message::decode(body.clone()).map(|request: GetJobRequest| request.job_id).ok()?;
+            Some(match crate::jobs::JobId::parse(&id) {
+                Some(id) => id.to_string(),
+                None => format!("{:?}", crate::jobs::clip(&id)),
+            })
+        }
+        _ => None,
     }
 }

@@ -46,8 +46,8 @@ pub struct ConnectionSettings {
 
 pub struct Connection {
     pub id: u64,
-    /// The client's address (connection limits are kept per address).
-    pub peer: std::net::IpAddr,
+    /// The client's address and port (unfinished handshakes are capped per address).
+    pub peer: std::net::SocketAddr,
     phase: Phase,
     /// The client's identity, or why it has none.
     caller: Result<Caller, String>,
@@ -73,7 +73,7 @@ pub enum ConnectionState {
 }
 
 impl Connection {
-    pub fn new(id: u64, peer: std::net::IpAddr, socket: TcpStream, tls: ServerConnection, waker: Waker) -> Self {
+    pub fn new(id: u64, peer: std::net::SocketAddr, socket: TcpStream, tls: ServerConnection, waker: Waker) -> Self {
         Connection {
             id,
             peer,
@@ -181,7 +181,8 @@ impl Connection {
                             let timeout =
                                 request.headers().get(grpc::TIMEOUT).map(|v| grpc::parse_timeout(v.as_bytes()));
                             let waker = queue.waker(task);
-                            let mut call = Call::new(&path, self.caller.clone(), request.into_body(), respond, waker);
+                            let mut call =
+                                Call::new(&path, self.peer, self.caller.clone(), request.into_body(), respond, waker);
                             match timeout {
                                 None => {}
                                 Some(Some(timeout)) => deadlines.push((task, timeout)),

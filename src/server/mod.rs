@@ -483,7 +483,7 @@ impl Server {
                 continue;
             }
             log::debug!("connection {id} from {peer}");
-            let mut connection = Connection::new(id, peer.ip(), socket, tls, self.queue.waker(TaskId::connection(id)));
+            let mut connection = Connection::new(id, peer, socket, tls, self.queue.waker(TaskId::connection(id)));
             if self.lifecycle != Lifecycle::Serving {
                 connection.go_away();
             }
@@ -496,7 +496,7 @@ impl Server {
 
     /// Keeps unfinished handshakes under their cap: closes the oldest one of the address holding the most.
     fn make_room_for_a_handshake(&mut self) {
-        let holders = || self.connections.values().filter(|c| c.holds_handshake_slot()).map(|c| (c.id, c.peer));
+        let holders = || self.connections.values().filter(|c| c.holds_handshake_slot()).map(|c| (c.id, c.peer.ip()));
         if holders().count() < limits::MAX_HANDSHAKING {
             return;
         }
