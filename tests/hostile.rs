@@ -291,3 +291,42 @@ fn an_identity_over_its_call_or_follower_cap_is_told_which_flag_and_others_are_n
         assert_eq!(wait.join().unwrap().unwrap().id, job.id);
     }
 }
+
+#[test]
+fn turned_away_connections_are_logged_with_peer_and_reason_but_a_flood_of_them_is_not() {
+    use std::io::{Read, Write};
+    let pki = Pki::new();
+    // Info only: the debug lines of the TLS library would say the same things again.
+    let server = Server::start_with_env(&pki, &[], &[("RUST_LOG", "info")]);
+    let not_tls = || {
+        let mut socket = TcpStream::connect(&server.address).unwrap();
+        socket.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let local = socket.local_addr().unwrap();
+        // The server closes it (after a TLS alert): wait for that, so every rejection is counted.
+        socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = socket.read_to_end(&mut Vec::new());
+        local
+    };
+    let first = not_tls();
+    let rejected = |log: &str| log.lines().filter(|l| l.contains("TLS handshake failed")).count();
+    assert!(eventually(Duration::from_secs(5), || rejected(&server.log_text()) == 1));
+    let log = server.log_text();
+    let line = log.lines().find(|l| l.contains("TLS handshake failed")).unwrap();
+    assert!(line.contains(" INFO ") && line.contains(&format!("connection from {first}: ")), "{line}");
+
+    let flood = 60;
+    let begun = Instant::now();
+    for _ in 0..flood {
+        not_tls();
+    }
+    let flood_seconds = begun.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(1100));
+    not_tls();
+    let log = server.log_text();
+    assert!(eventually(Duration::from_secs(5), || server.log_text().contains("more rejections not logged")), "{log}");
+    let log = server.log_text();
+    let logged = rejected(&log);
+    // At most ten a second were written, however long the flood took here.
+    let allowed = 10 * (flood_seconds.ceil() as usize + 2);
+    assert!(logged <= allowed.min(flood), "{logged} lines for {flood} rejections in {flood_seconds:.2} s:\n{log}");
+}

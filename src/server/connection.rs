@@ -17,6 +17,7 @@ use rustls::ServerConnection;
 
 use super::admission::{Admission, ConnectionCap};
 use super::call::{Call, RequestBudget};
+use super::rejections::RejectionLog;
 use super::wire::CallError;
 use crate::grpc;
 use crate::jobs::Caller;
@@ -120,7 +121,7 @@ impl Connection {
         &mut self,
         cx: &mut Context<'_>,
         settings: &ConnectionSettings,
-        admission: &mut Admission,
+        (admission, rejections): (&mut Admission, &mut RejectionLog),
         queue: &Arc<WakeQueue>,
         deadlines: &mut Vec<(TaskId, Duration)>,
     ) -> ConnectionState {
@@ -131,14 +132,14 @@ impl Connection {
                         self.caller = identity(transport, &settings.admins);
                         if let Err(reason) = &self.caller {
                             // Its calls are answered UNAUTHENTICATED with the reason; none can act.
-                            log::warn!("connection {} from {}: refused: {reason}", self.id, self.peer);
+                            rejections.log(format_args!("connection from {}: refused: {reason}", self.peer));
                         }
                         match admission.admit(&self.caller) {
                             Ok(()) => self.admitted = true,
                             Err(cap) => {
                                 // Its first call is answered with why, then it goes away; the handshake deadline
                                 // closes it if no call comes.
-                                log::warn!("connection {} from {}: refused: {cap}", self.id, self.peer);
+                                rejections.log(format_args!("connection from {}: refused: {cap}", self.peer));
                                 self.refusal = Some(cap);
                             }
                         }
@@ -154,7 +155,7 @@ impl Connection {
                     }
                     Ok(false) => return ConnectionState::Open,
                     Err(err) => {
-                        log::debug!("connection {}: TLS handshake failed: {err}", self.id);
+                        rejections.log(format_args!("connection from {}: TLS handshake failed: {err}", self.peer));
                         return ConnectionState::Closed;
                     }
                 },

@@ -9,6 +9,7 @@ mod call;
 mod connection;
 mod containment;
 mod follower;
+mod rejections;
 mod service;
 mod source;
 mod state_dir;
@@ -31,6 +32,7 @@ use mio::{Events, Interest, Poll as MioPoll};
 use self::admission::{Admission, ClientCaps};
 use self::connection::{Connection, ConnectionSettings, ConnectionState};
 pub use self::containment::ContainmentConfig;
+use self::rejections::RejectionLog;
 use self::service::{Effect, ServiceContext};
 use self::source::Source;
 use self::state_dir::StateDir;
@@ -240,6 +242,8 @@ struct Server {
     settings: ConnectionSettings,
     connections: HashMap<u64, Connection>,
     admission: Admission,
+    /// Lines about connections turned away, rate-limited.
+    rejections: RejectionLog,
     next_connection: u64,
     queue: Arc<WakeQueue>,
     timers: Timers<TimerEvent>,
@@ -326,6 +330,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
                 followers: config.max_followers_per_client,
             },
         ),
+        rejections: RejectionLog::default(),
         next_connection: 1,
         queue: Arc::new(WakeQueue::default()),
         timers: Timers::default(),
@@ -609,8 +614,12 @@ impl Server {
             }
             TimerEvent::HandshakeDeadline(id) => {
                 // Also ends a refused connection: it had the time it took to read why.
-                if self.connections.get(&id).is_some_and(|c| c.holds_handshake_slot()) {
-                    log::debug!("connection {id}: handshake timed out, or refused");
+                if let Some(connection) = self.connections.get(&id).filter(|c| c.holds_handshake_slot()) {
+                    if connection.is_handshaking() {
+                        let (peer, seconds) = (connection.peer, limits::HANDSHAKE_TIMEOUT.as_secs());
+                        self.rejections
+                            .log(format_args!("connection from {peer} closed: no handshake within {seconds} s"));
+                    }
                     self.close_connection(id);
                 }
             }
@@ -660,7 +669,13 @@ impl Server {
         if task.is_connection() {
             let waker = connection.waker.clone();
             let mut cx = Context::from_waker(&waker);
-            let state = connection.poll(&mut cx, &self.settings, &mut self.admission, &self.queue, deadlines);
+            let state = connection.poll(
+                &mut cx,
+                &self.settings,
+                (&mut self.admission, &mut self.rejections),
+                &self.queue,
+                deadlines,
+            );
             if state == ConnectionState::Closed {
                 log::debug!("connection {} closed", task.connection);
                 self.close_connection(task.connection);
