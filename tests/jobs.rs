@@ -466,3 +466,83 @@ fn the_cli_ends_quietly_when_its_reader_goes_away() {
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn tables_show_short_ids_and_every_command_takes_a_unique_prefix() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut alice = server.client("alice");
+    let job = start(&mut alice, "sh", &["-c", "echo short; exit 4"]);
+    wait(&mut alice, &job.id);
+    let cli = |identity: &str, args: &[&str]| {
+        let output = server.cli(identity).args(args).output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let short = &job.id[..8];
+    let (code, table, _) = cli("alice", &["list"]);
+    assert_eq!(code, Some(0));
+    assert!(table.lines().nth(1).unwrap().starts_with(&format!("{short}  ")) && !table.contains(&job.id), "{table}");
+    let (_, table, _) = cli("alice", &["list", "--no-trunc"]);
+    assert!(table.contains(&job.id), "{table}");
+    assert_eq!(cli("alice", &["list", "-q"]).1, format!("{}\n", job.id));
+
+    let (code, status, stderr) = cli("alice", &["status", short]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(status.contains("EXITED"), "{status}");
+    assert_eq!(cli("alice", &["logs", &job.id[..4]]).1, "short\n");
+    assert_eq!(cli("alice", &["wait", &short.to_uppercase()]).0, Some(4));
+    // Another identity cannot see it, so its prefix names nothing for it.
+    let (code, _, stderr) = cli("bob", &["status", short]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains(&format!("NOT_FOUND: no job you can see has an id beginning with {short}")), "{stderr}");
+    let (code, _, stderr) = cli("alice", &["status", "abc"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("INVALID_ARGUMENT") && stderr.contains("not a UUID"), "{stderr}");
+
+    // --timeout bounds every call.
+    let sleeper = start(&mut alice, "sleep", &["30"]);
+    let (code, _, stderr) = cli("alice", &["--timeout", "300ms", "wait", &sleeper.id[..8]]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("DEADLINE_EXCEEDED"), "{stderr}");
+    stop(&mut alice, &sleeper.id, Some(Duration::ZERO));
+}
+
+#[test]
+fn run_streams_on_after_the_first_ctrl_c_until_the_job_ends_and_takes_a_grace() {
+    use std::io::{BufRead, BufReader};
+    let pki = Pki::new();
+    // The job and the test share a directory: no private /tmp.
+    let server = Server::start(&pki, &["--no-isolation"]);
+    let scratch = util::ScratchDir::new("run-ctrl-c");
+    let go_on = scratch.join("go-on");
+    // A job that traps SIGTERM, says so, and says more only once the test has seen that: so the test sees it
+    // only if `run` goes on streaming while the job stops (before, it waited for the stop in silence, and the
+    // job was killed at the end of its grace period with its last line unsaid).
+    let script = format!(
+        "trap 'echo got-term; while [ ! -e {go_on} ]; do sleep 0.05; done; echo after-term; exit 3' TERM; \
+         echo ready; while :; do sleep 0.05; done",
+        go_on = go_on.display()
+    );
+    let mut run = server
+        .cli("alice")
+        .args(["run", "--grace", "5s", "--", "sh", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(run.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    util::unsafe_kill(run.id() as i32, 2);
+    assert_eq!(lines.next().unwrap().unwrap(), "got-term");
+    std::fs::write(&go_on, b"").unwrap();
+    assert_eq!(lines.next().map(Result::unwrap).as_deref(), Some("after-term"), "output after the Ctrl-C still comes");
+    let status = run.wait().unwrap();
+    assert_eq!(status.code(), Some(3), "the job's own exit code, not a kill at the end of the grace");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut run.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("stopping job") && stderr.contains("Ctrl-C again to leave it"), "{stderr}");
+}

@@ -26,14 +26,19 @@ usage: runnel client [connection options] COMMAND ...
 
 commands:
   start [start options] -- CMD [ARG]...   start a job; prints its id
-  run [start options] -- CMD [ARG]...     start a job, stream its output, exit with its exit code
-                                          (Ctrl-C stops the job; a second Ctrl-C leaves at once)
-  status ID [--json]                      show one job
-  list [--state S]... [--json]            show jobs (S: running, stopping, exited, killed)
+  run [--grace DUR] [start options] -- CMD [ARG]...
+                                          start a job, stream its output, exit with its exit code (Ctrl-C
+                                          stops the job, output goes on until it ends; Ctrl-C again leaves)
+  status ID [--json] [--no-trunc]         show one job
+  list [--state S]... [--json] [-q] [--no-trunc]
+                                          show jobs (S: running, stopping, exited, killed); -q: ids only
   logs [-f] [--offset N] ID               print a job's output as raw bytes (stdout→stdout, stderr→stderr);
                                           -f keeps following until the job has ended
   stop [--grace DUR] ID                   SIGTERM the job, SIGKILL after the grace period; waits for the end
   wait ID                                 wait for a job to end; exit with its exit code (128+N for signal N)
+
+ID: a whole job id, or its first 4 or more hex digits if no other job you can see begins with them (tables
+show 8; --no-trunc shows whole ids).
 
 start options:
   --env NAME=VALUE     environment entry (repeatable); the job sees only these, plus a default PATH
@@ -52,6 +57,7 @@ connection options (or environment variables):
   --server-pin sha256:HEX  connect only to the server certificate with this fingerprint (`runnel certs
                        fingerprint`); with --ca, on top of it; without, a self-signed server [RUNNEL_SERVER_PIN]
   --server-name NAME   name the server's certificate must carry [default: the host of --server]
+  --timeout DUR        give up on each call after DUR (30s, 5m) with DEADLINE_EXCEEDED [default: none]
 
 Errors print as `error: CODE: message`; usage errors exit 2, others 1.
 ";
@@ -79,6 +85,7 @@ pub fn run(args: Vec<OsString>) -> Result<i32, CliError> {
     let key = path_setting(&mut args, "--key", "RUNNEL_KEY")?;
     let ca = path_setting(&mut args, "--ca", "RUNNEL_CA")?;
     let server_name: Option<String> = args.opt_value_from_str("--server-name")?;
+    let timeout = args.opt_value_from_fn("--timeout", parse_duration)?;
     let server_pin = match args.opt_value_from_str::<_, String>("--server-pin")? {
         Some(text) => Some(text),
         None => std::env::var("RUNNEL_SERVER_PIN").ok(),
@@ -117,18 +124,25 @@ pub fn run(args: Vec<OsString>) -> Result<i32, CliError> {
     };
     let mut client =
         Client::connect(&settings).map_err(|s| CliError::status(s.code, format::terminal_safe(&s.message)))?;
-    parsed.execute(&mut client)
+    parsed.execute(&mut Session { client: &mut client, timeout })
 }
 
 /// A parsed client command.
 enum Command {
     Start(StartJobRequest),
-    Run(StartJobRequest),
-    Status { id: String, json: bool },
-    List { states: Vec<i32>, json: bool },
+    Run { request: StartJobRequest, grace: Option<Duration> },
+    Status { id: String, json: bool, whole_ids: bool },
+    List { states: Vec<i32>, json: bool, quiet: bool, whole_ids: bool },
     Logs { id: String, offset: u64, follow: bool },
     Stop { id: String, grace: Option<Duration> },
     Wait { id: String },
+}
+
+/// A connected client and what every call of the command shares.
+struct Session<'a> {
+    client: &'a mut Client,
+    /// `--timeout`: each call's deadline.
+    timeout: Option<Duration>,
 }
 
 fn parse_command(
@@ -143,22 +157,20 @@ fn parse_command(
         args.opt_free_from_str()?.ok_or_else(|| CliError::usage(format!("{command} needs a job ID")))
     };
     let parsed = match command {
-        "start" | "run" => {
-            let request = parse_start(args, command_line)?;
-            if command == "start" {
-                Command::Start(request)
-            } else {
-                Command::Run(request)
-            }
+        "start" => Command::Start(parse_start(args, command_line)?),
+        "run" => {
+            let grace = args.opt_value_from_fn("--grace", parse_duration)?;
+            Command::Run { request: parse_start(args, command_line)?, grace }
         }
         "status" => {
-            let json = args.contains("--json");
-            Command::Status { id: id(args)?, json }
+            let (json, whole_ids) = (args.contains("--json"), args.contains("--no-trunc"));
+            Command::Status { id: id(args)?, json, whole_ids }
         }
         "list" => {
-            let json = args.contains("--json");
+            let (json, whole_ids) = (args.contains("--json"), args.contains("--no-trunc"));
+            let quiet = args.contains(["-q", "--quiet"]);
             let states = args.values_from_fn("--state", format::parse_state)?;
-            Command::List { states: states.into_iter().map(|s| s as i32).collect(), json }
+            Command::List { states: states.into_iter().map(|s| s as i32).collect(), json, quiet, whole_ids }
         }
         "logs" => {
             let follow = args.contains(["-f", "--follow"]);
@@ -222,64 +234,127 @@ fn job_exit_code(job: &Job) -> i32 {
 }
 
 impl Command {
-    fn execute(self, client: &mut Client) -> Result<i32, CliError> {
+    fn execute(self, session: &mut Session<'_>) -> Result<i32, CliError> {
+        let timeout = session.timeout;
         match self {
             Command::Start(request) => {
-                let job: Job = client.unary(path::START_JOB, &request, None).map_err(call_error)?;
+                let job: Job = session.client.unary(path::START_JOB, &request, timeout).map_err(call_error)?;
                 print_stdout(&format!("{}\n", format::terminal_safe(&job.id)));
                 Ok(0)
             }
-            Command::Status { id, json } => {
-                let job: Job = client.unary(path::GET_JOB, &GetJobRequest { job_id: id }, None).map_err(call_error)?;
-                print_jobs(&[job], json);
+            Command::Status { id, json, whole_ids } => {
+                let job_id = session.resolve(&id)?;
+                let job: Job =
+                    session.client.unary(path::GET_JOB, &GetJobRequest { job_id }, timeout).map_err(call_error)?;
+                print_jobs(&[job], json, whole_ids);
                 Ok(0)
             }
-            Command::List { states, json } => {
-                // Every page, then one table (or one JSON array).
-                let mut jobs = Vec::new();
-                let mut request = ListJobsRequest { states, ..Default::default() };
-                loop {
-                    let page: ListJobsResponse = client.unary(path::LIST_JOBS, &request, None).map_err(call_error)?;
-                    jobs.extend(page.jobs);
-                    if page.next_page_token.is_empty() {
-                        break;
-                    }
-                    request.page_token = page.next_page_token;
+            Command::List { states, json, quiet, whole_ids } => {
+                let jobs = session.list(states)?;
+                if quiet {
+                    print_stdout(&jobs.iter().map(|job| format::terminal_safe(&job.id) + "\n").collect::<String>());
+                } else {
+                    print_jobs(&jobs, json, whole_ids);
                 }
-                print_jobs(&jobs, json);
                 Ok(0)
             }
             Command::Logs { id, offset, follow } => {
-                let request = StreamOutputRequest { job_id: id, offset, follow };
-                let mut stream = client.start_call(path::STREAM_OUTPUT, &request, None).map_err(call_error)?;
-                match copy_output(client, &mut stream) {
+                let request = StreamOutputRequest { job_id: session.resolve(&id)?, offset, follow };
+                let mut stream =
+                    session.client.start_call(path::STREAM_OUTPUT, &request, timeout).map_err(call_error)?;
+                match copy_output(session.client, &mut stream) {
                     Ok(()) => Ok(0),
                     Err(CopyError::Call(err)) => Err(call_error(err)),
                     Err(CopyError::ClosedOutput) => Ok(0),
                 }
             }
             Command::Stop { id, grace } => {
-                let request =
-                    StopJobRequest { job_id: id, grace_period: grace.map(|g| g.try_into().expect("bounded duration")) };
-                let job: Job = client.unary(path::STOP_JOB, &request, None).map_err(call_error)?;
-                print_jobs(&[job], false);
+                let request = stop_request(session.resolve(&id)?, grace);
+                let job: Job = session.client.unary(path::STOP_JOB, &request, timeout).map_err(call_error)?;
+                print_jobs(&[job], false, false);
                 Ok(0)
             }
             Command::Wait { id } => {
-                let job: Job =
-                    client.unary(path::WAIT_JOB, &WaitJobRequest { job_id: id }, None).map_err(call_error)?;
+                let request = WaitJobRequest { job_id: session.resolve(&id)? };
+                let job: Job = session.client.unary(path::WAIT_JOB, &request, timeout).map_err(call_error)?;
                 Ok(job_exit_code(&job))
             }
-            Command::Run(request) => run_job(client, request),
+            Command::Run { request, grace } => run_job(session, request, grace),
         }
     }
 }
 
-fn print_jobs(jobs: &[Job], json: bool) {
+impl Session<'_> {
+    /// Every job of `states` (all if empty) the caller may see, every page of them.
+    fn list(&mut self, states: Vec<i32>) -> Result<Vec<Job>, CliError> {
+        let mut jobs = Vec::new();
+        let mut request = ListJobsRequest { states, ..Default::default() };
+        loop {
+            let page: ListJobsResponse =
+                self.client.unary(path::LIST_JOBS, &request, self.timeout).map_err(call_error)?;
+            jobs.extend(page.jobs);
+            if page.next_page_token.is_empty() {
+                return Ok(jobs);
+            }
+            request.page_token = page.next_page_token;
+        }
+    }
+
+    /// The whole id `id` stands for: itself if it is one, else the one job the caller can see whose id begins
+    /// with it (one ListJobs, as `docker` and `git` resolve short ids on the client).
+    fn resolve(&mut self, id: &str) -> Result<String, CliError> {
+        if crate::jobs::JobId::parse(id).is_some() || !is_id_prefix(id) {
+            // Whole, or not a prefix at all: the server says what is wrong with it.
+            return Ok(id.to_string());
+        }
+        let jobs = self.list(Vec::new())?;
+        match_prefix(id, &jobs).map(str::to_string)
+    }
+}
+
+/// At least four hex digits (hyphens allowed where a job id has them), and no longer than an id.
+fn is_id_prefix(text: &str) -> bool {
+    let digits = text.chars().filter(char::is_ascii_hexdigit).count();
+    digits >= 4 && text.len() <= 36 && text.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+}
+
+/// The one job in `jobs` whose id begins with `prefix` (either case).
+fn match_prefix<'a>(prefix: &str, jobs: &'a [Job]) -> Result<&'a str, CliError> {
+    let prefix = prefix.to_ascii_lowercase();
+    let matches: Vec<&Job> = jobs.iter().filter(|job| job.id.starts_with(&prefix)).collect();
+    match matches.as_slice() {
+        [job] => Ok(&job.id),
+        [] => Err(CliError::status(Code::NotFound, format!("no job you can see has an id beginning with {prefix}"))),
+        several => {
+            let shown: Vec<String> = several
+                .iter()
+                .take(5)
+                .map(|job| format!("{} ({})", format::terminal_safe(&job.id), format::command_line(job)))
+                .collect();
+            let more = several.len().saturating_sub(shown.len());
+            let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+            Err(CliError::status(
+                Code::InvalidArgument,
+                format!(
+                    "{prefix} is ambiguous: {} jobs begin with it: {}{more}; give more digits",
+                    several.len(),
+                    shown.join(", ")
+                ),
+            ))
+        }
+    }
+}
+
+fn stop_request(job_id: String, grace: Option<Duration>) -> StopJobRequest {
+    // parse_duration bounds what it accepts far below what a protobuf Duration holds.
+    StopJobRequest { job_id, grace_period: grace.and_then(|g| g.try_into().ok()) }
+}
+
+fn print_jobs(jobs: &[Job], json: bool, whole_ids: bool) {
     if json {
         print_stdout(&jobs.iter().map(|job| format::json(job) + "\n").collect::<String>());
     } else {
-        print_stdout(&format::table(jobs));
+        print_stdout(&format::table(jobs, whole_ids));
     }
 }
 
@@ -332,37 +407,66 @@ fn copy_output(client: &mut Client, stream: &mut ResponseStream) -> Result<(), C
     Ok(())
 }
 
-/// `run`: start, follow the output live, stop the job on the first Ctrl-C, exit with the job's code.
-fn run_job(client: &mut Client, request: StartJobRequest) -> Result<i32, CliError> {
+/// `run`: start, follow the output live, exit with the job's code. The first Ctrl-C asks the server to stop
+/// the job (SIGTERM, then SIGKILL after `grace`) and goes on streaming: a job that traps SIGTERM may have more
+/// to say, and it all comes until the job ends. The second Ctrl-C leaves at once.
+fn run_job(session: &mut Session<'_>, request: StartJobRequest, grace: Option<Duration>) -> Result<i32, CliError> {
+    let (client, timeout) = (&mut *session.client, session.timeout);
     client.catch_interrupts().map_err(|e| CliError::local(format!("cannot catch Ctrl-C: {e}")))?;
-    let job: Job = client.unary(path::START_JOB, &request, None).map_err(call_error)?;
+    let job: Job = client.unary(path::START_JOB, &request, timeout).map_err(call_error)?;
     // Asked now, so the answer comes even if the server shuts down (refusing new calls) while output streams.
     let wait = WaitJobRequest { job_id: job.id.clone() };
-    let ended_call = client.send_call(path::WAIT_JOB, &wait, None).map_err(call_error)?;
+    let ended_call = client.send_call(path::WAIT_JOB, &wait, timeout).map_err(call_error)?;
     let follow = StreamOutputRequest { job_id: job.id.clone(), offset: 0, follow: true };
-    let mut stream = client.start_call(path::STREAM_OUTPUT, &follow, None).map_err(call_error)?;
-    let mut stopping = false;
+    let mut stream = client.start_call(path::STREAM_OUTPUT, &follow, timeout).map_err(call_error)?;
+    // The stop's answer (the ended job) is not waited for: the output stream and the WaitJob end with the job.
+    let mut stop_call = None;
     loop {
         match copy_output(client, &mut stream) {
             Ok(()) | Err(CopyError::ClosedOutput) => break,
-            Err(CopyError::Call(CallError::Interrupted)) if !stopping => {
-                stopping = true;
+            Err(CopyError::Call(CallError::Interrupted)) if stop_call.is_none() => {
                 eprintln!("runnel: stopping job {} (Ctrl-C again to leave it)", format::terminal_safe(&job.id));
-                let stop = StopJobRequest { job_id: job.id.clone(), grace_period: None };
-                match client.unary::<_, Job>(path::STOP_JOB, &stop, None) {
-                    Ok(_) => {}
-                    Err(CallError::Interrupted) => return Ok(130),
-                    Err(err) => return Err(call_error(err)),
-                }
+                let stop = stop_request(job.id.clone(), grace);
+                stop_call = Some(client.send_call(path::STOP_JOB, &stop, timeout).map_err(call_error)?);
             }
             Err(CopyError::Call(CallError::Interrupted)) => return Ok(130),
             Err(CopyError::Call(err)) => return Err(call_error(err)),
         }
     }
+    drop(stop_call);
     let ended: Job = match client.finish_unary(ended_call) {
         Ok(job) => job,
         Err(CallError::Interrupted) => return Ok(130),
         Err(err) => return Err(call_error(err)),
     };
     Ok(job_exit_code(&ended))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jobs(ids: &[&str]) -> Vec<Job> {
+        ids.iter().map(|id| Job { id: id.to_string(), command: "true".into(), ..Default::default() }).collect()
+    }
+
+    #[test]
+    fn a_prefix_names_the_one_job_it_begins_or_says_why_not() {
+        let jobs = jobs(&[
+            "3b4b07b8-0000-4000-8000-000000000001",
+            "3b4b9999-0000-4000-8000-000000000002",
+            "aaaa0000-0000-4000-8000-000000000003",
+        ]);
+        assert_eq!(match_prefix("3b4b07", &jobs).unwrap(), jobs[0].id);
+        assert_eq!(match_prefix("AAAA", &jobs).unwrap(), jobs[2].id, "either case");
+        assert_eq!(match_prefix("3b4b9999-00", &jobs).unwrap(), jobs[1].id, "hyphens where ids have them");
+        let ambiguous = match_prefix("3b4b", &jobs).unwrap_err().to_string();
+        assert!(ambiguous.contains("3b4b is ambiguous: 2 jobs begin with it"), "{ambiguous}");
+        assert!(ambiguous.contains(&jobs[0].id) && ambiguous.contains(&jobs[1].id), "{ambiguous}");
+        let missing = match_prefix("ffff", &jobs).unwrap_err().to_string();
+        assert!(missing.contains("NOT_FOUND") && missing.contains("beginning with ffff"), "{missing}");
+
+        assert!(is_id_prefix("3b4b") && is_id_prefix("3b4b07b8-0"));
+        assert!(!is_id_prefix("3b4") && !is_id_prefix("nope") && !is_id_prefix("3b4b/"));
+    }
 }

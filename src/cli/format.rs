@@ -172,7 +172,7 @@ pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
 
 /// The command and its arguments as a shell would take them back: plain words as they are, others in single
 /// quotes, and words with characters that act on a terminal in bash's `$'...'`, escaped.
-fn command_line(job: &Job) -> String {
+pub fn command_line(job: &Job) -> String {
     std::iter::once(&job.command)
         .chain(&job.args)
         .map(|word| {
@@ -201,7 +201,12 @@ fn command_line(job: &Job) -> String {
 }
 
 /// An aligned table, one row per job.
-pub fn table(jobs: &[Job]) -> String {
+/// Hex digits of a job id a table shows unless asked for whole ids: as many as `git log --oneline` and
+/// `docker ps` show, and what every command accepts back as a prefix.
+pub const SHORT_ID_LEN: usize = 8;
+
+/// Jobs as a table; ids cut to [`SHORT_ID_LEN`] unless `whole_ids`.
+pub fn table(jobs: &[Job], whole_ids: bool) -> String {
     let now = SystemTime::now();
     let header = ["ID", "OWNER", "STATE", "EXIT", "STARTED (UTC)", "DURATION", "COMMAND"].map(String::from);
     let rows: Vec<[String; 7]> = jobs
@@ -211,7 +216,10 @@ pub fn table(jobs: &[Job]) -> String {
             let ended = system_time(&job.ended_at).unwrap_or(now);
             let duration = started.and_then(|s| ended.duration_since(s).ok()).unwrap_or_default();
             [
-                terminal_safe(&job.id).into_owned(),
+                match whole_ids {
+                    true => terminal_safe(&job.id).into_owned(),
+                    false => terminal_safe(job.id.get(..SHORT_ID_LEN).unwrap_or(&job.id)).into_owned(),
+                },
                 terminal_safe(&job.owner).into_owned(),
                 state_name(job.state).to_string(),
                 exit_text(job),
@@ -389,7 +397,7 @@ mod tests {
             state: JobState::Exited as i32,
             ..Default::default()
         };
-        let text = table(&[job]);
+        let text = table(&[job], true);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0].find("OWNER"), lines[1].find("alice"));
@@ -406,7 +414,7 @@ mod tests {
             state: JobState::Running as i32,
             ..Default::default()
         };
-        let text = table(&[job.clone(), job.clone()]);
+        let text = table(&[job.clone(), job.clone()], true);
         assert_eq!(text.lines().count(), 3, "{text}");
         assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
         let row = text.lines().nth(1).unwrap();
