@@ -541,3 +541,32 @@ fn cli_takes_its_key_from_runnel_tls_key() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains(&job.id), "alice's list lacks her job: {stdout}");
 }
+
+#[test]
+fn tls_refusals_are_explained_in_words_a_user_can_act_on() {
+    let (pki, other) = (Pki::new(), Pki::new());
+    let server = Server::start(&pki, &[]);
+    let cli = |cert: &Path, key: &Path, ca: &Path| {
+        let output = Command::new(util::BIN)
+            .args(["client", "--server", &server.address, "--server-name", "localhost", "list"])
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .arg("--ca")
+            .arg(ca)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1));
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    // A client certificate from another PKI: the server refuses it after the client's handshake is done.
+    let refused = cli(&other.file("alice.crt"), &other.file("alice.key"), &pki.file("ca.crt"));
+    assert!(refused.contains("the server did not accept this client certificate"), "{refused}");
+    assert!(refused.contains("--client-ca") && refused.lines().count() == 1, "{refused}");
+    // The other PKI's CA given as --ca: the server's certificate is not signed by it. The two CAs made with the
+    // defaults have different names, so this is an unknown issuer, not a bad signature.
+    let unknown = cli(&pki.file("alice.crt"), &pki.file("alice.key"), &other.file("ca.crt"));
+    assert!(unknown.contains("the server's certificate is not signed by the CA in --ca: pass the CA"), "{unknown}");
+    assert!(!unknown.contains("same name"), "{unknown}");
+}

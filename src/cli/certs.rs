@@ -35,7 +35,8 @@ Kinds:
 Options:
   --out PREFIX   where to write PREFIX.crt and PREFIX.key (parent directories are created)
   --ca PREFIX    the CA to sign with: reads PREFIX.crt and PREFIX.key
-  --name NAME    ca: the CA's common name (default \"runnel CA\"); client: the identity (required)
+  --name NAME    ca: the CA's common name (default \"runnel CA\" and 8 random hex digits, so two CAs never
+                 share a name); client: the identity (required)
   --dns NAME     server: a DNS name clients connect to (repeatable)
   --ip ADDR      server: an IP address clients connect to (repeatable)
                  without --dns and --ip: --dns localhost --ip 127.0.0.1 --ip ::1
@@ -43,7 +44,14 @@ Options:
   -h, --help     print this help
 ";
 
+/// A CA's default common name: this, a space and 8 random hex digits. Two PKIs made with the defaults must not
+/// name their CAs alike: a certificate from one then looks, by name, signed by the other, and the failure is a
+/// bad signature instead of an unknown issuer.
 const DEFAULT_CA_NAME: &str = "runnel CA";
+
+fn default_ca_name() -> String {
+    format!("{DEFAULT_CA_NAME} {:08x}", rand::random::<u32>())
+}
 
 /// Ten years: a CA outlives the certificates it signs, and replacing it means reissuing all of them.
 const DEFAULT_CA_DAYS: u32 = 3650;
@@ -147,7 +155,7 @@ fn parse(mut args: pico_args::Arguments) -> Result<CertRequest, CliError> {
             )?;
             Ok(CertRequest::Ca {
                 out: require(raw.out, &kind, "--out PREFIX")?,
-                common_name: raw.name.unwrap_or_else(|| DEFAULT_CA_NAME.to_owned()),
+                common_name: raw.name.unwrap_or_else(default_ca_name),
                 days: parse_days(raw.days.as_deref(), DEFAULT_CA_DAYS)?,
             })
         }
@@ -265,10 +273,18 @@ mod tests {
 
     #[test]
     fn ca_defaults() {
-        assert_eq!(
-            parse_line("ca --out certs/ca").unwrap(),
-            CertRequest::Ca { out: "certs/ca".into(), common_name: "runnel CA".into(), days: 3650 }
-        );
+        let name_of = |request| match request {
+            CertRequest::Ca { out, common_name, days } => {
+                assert_eq!((out, days), (PathBuf::from("certs/ca"), 3650));
+                common_name
+            }
+            other => panic!("{other:?}"),
+        };
+        let (first, second) =
+            (name_of(parse_line("ca --out certs/ca").unwrap()), name_of(parse_line("ca --out certs/ca").unwrap()));
+        let suffix = first.strip_prefix("runnel CA ").unwrap();
+        assert!(suffix.len() == 8 && suffix.chars().all(|c| c.is_ascii_hexdigit()), "{first}");
+        assert_ne!(first, second, "two default CAs have two names");
     }
 
     #[test]

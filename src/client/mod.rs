@@ -127,7 +127,76 @@ fn unavailable(message: String) -> Status {
     Status::new(Code::Unavailable, message)
 }
 
+/// What a TLS failure means for the user, in words they can act on, for the failures a misconfiguration
+/// causes; `None` for the rest (their own message says enough). With TLS 1.3 the server judges the client's
+/// certificate after the client has finished its handshake, so its refusal arrives as an alert on the first
+/// read, which may be the HTTP/2 handshake's: h2 keeps only the text of such an error, from which the alert is
+/// read back (rustls writes it `received fatal alert: NAME`).
+fn explain_tls_failure(err: &io::Error) -> Option<String> {
+    use rustls::{AlertDescription as Alert, CertificateError, Error};
+    let inner = err.get_ref()?;
+    let from_text;
+    let tls = match inner.downcast_ref::<Error>() {
+        Some(tls) => tls,
+        None => {
+            let name = inner.to_string().strip_prefix("received fatal alert: ")?.to_string();
+            let alert = [
+                Alert::CertificateRevoked,
+                Alert::CertificateExpired,
+                Alert::BadCertificate,
+                Alert::UnknownCA,
+                Alert::DecryptError,
+                Alert::CertificateUnknown,
+                Alert::CertificateRequired,
+                Alert::AccessDenied,
+            ]
+            .into_iter()
+            .find(|alert| format!("{alert:?}") == name)?;
+            from_text = Error::AlertReceived(alert);
+            &from_text
+        }
+    };
+    let explained = match tls {
+        Error::AlertReceived(Alert::CertificateRevoked) => {
+            "the server did not accept this client certificate: its CA revoked it (--crl on the server)".to_string()
+        }
+        Error::AlertReceived(Alert::CertificateExpired) => {
+            "the server did not accept this client certificate: it has expired; ask for a new one".to_string()
+        }
+        Error::AlertReceived(
+            alert @ (Alert::BadCertificate
+            | Alert::UnknownCA
+            | Alert::DecryptError
+            | Alert::CertificateUnknown
+            | Alert::CertificateRequired
+            | Alert::AccessDenied),
+        ) => format!(
+            "the server did not accept this client certificate (TLS alert {alert:?}): it is not signed by the \
+             server's --client-ca (a different CA, even one with the same name, will not do), or the server \
+             pins other client certificates; check --cert"
+        ),
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            "the server's certificate is not signed by the CA in --ca: pass the CA that signed it".to_string()
+        }
+        Error::InvalidCertificate(CertificateError::BadSignature) => "the server's certificate is not signed by \
+            the CA in --ca: it names that CA, but another key signed it (two CAs with the same name?); pass the \
+            CA that signed it"
+            .to_string(),
+        Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => {
+            format!("the server's certificate has expired ({tls})")
+        }
+        Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => format!("{tls}; connect by a name the certificate carries, or name one with --server-name"),
+        _ => return None,
+    };
+    Some(explained)
+}
+
 fn status_from_h2(err: h2::Error) -> Status {
+    if let Some(explained) = err.get_io().and_then(explain_tls_failure) {
+        return unavailable(explained);
+    }
     if let Some(reason) = err.reason() {
         if reason == h2::Reason::CANCEL {
             return Status::new(Code::Cancelled, "the call was cancelled");
@@ -167,7 +236,10 @@ impl Client {
             match transport.drive_handshake() {
                 Ok(true) => break,
                 Ok(false) => {}
-                Err(err) => return Err(unavailable(format!("TLS handshake with {} failed: {err}", settings.server))),
+                Err(err) => {
+                    let explained = explain_tls_failure(&err).unwrap_or_else(|| err.to_string());
+                    return Err(unavailable(format!("TLS handshake with {} failed: {explained}", settings.server)));
+                }
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
