@@ -10,7 +10,7 @@ use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use crate::cli::CliError;
+use crate::cli::{CliError, FlagValues};
 use crate::pki::{self, PkiError, Validity};
 use rustls::pki_types::pem::PemObject;
 
@@ -122,10 +122,10 @@ fn parse(mut args: pico_args::Arguments) -> Result<CertRequest, CliError> {
     let raw = RawFlags {
         out: args.opt_value_from_os_str("--out", path_from_os_str)?,
         ca: args.opt_value_from_os_str("--ca", path_from_os_str)?,
-        name: args.opt_value_from_str("--name")?,
-        dns: args.values_from_str("--dns")?,
-        ips: args.values_from_str("--ip")?,
-        days: args.opt_value_from_str("--days")?,
+        name: args.flag_value("--name")?,
+        dns: args.flag_values("--dns")?,
+        ips: args.flag_values("--ip")?,
+        days: args.flag_value("--days")?,
     };
     let (unknown_flags, free): (Vec<OsString>, Vec<OsString>) =
         args.finish().into_iter().partition(|arg| arg.to_string_lossy().starts_with('-'));

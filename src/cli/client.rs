@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::format::{self, parse_duration, parse_limit};
-use super::{finish, split_at_double_dash, CliError};
+use super::{finish, split_at_double_dash, CliError, FlagValues};
 use crate::cgroup::Limits;
 use crate::client::{CallError, Client, ClientSettings, ResponseStream};
 use crate::grpc::{path, Code};
@@ -71,7 +71,7 @@ fn call_error(err: CallError) -> CliError {
 }
 
 fn path_setting(args: &mut pico_args::Arguments, flag: &'static str, env: &str) -> Result<Option<PathBuf>, CliError> {
-    Ok(args.opt_value_from_str::<_, PathBuf>(flag)?.or_else(|| std::env::var_os(env).map(PathBuf::from)))
+    Ok(args.flag_value::<PathBuf>(flag)?.or_else(|| std::env::var_os(env).map(PathBuf::from)))
 }
 
 pub fn run(args: Vec<OsString>) -> Result<i32, CliError> {
@@ -80,13 +80,13 @@ pub fn run(args: Vec<OsString>) -> Result<i32, CliError> {
     crate::sys::retain_freed_memory();
     let (flags, command_line) = split_at_double_dash(args);
     let mut args = pico_args::Arguments::from_vec(flags);
-    let server: Option<String> = args.opt_value_from_str("--server")?;
+    let server: Option<String> = args.flag_value("--server")?;
     let cert = path_setting(&mut args, "--cert", "RUNNEL_CERT")?;
     let key = path_setting(&mut args, "--key", "RUNNEL_KEY")?;
     let ca = path_setting(&mut args, "--ca", "RUNNEL_CA")?;
-    let server_name: Option<String> = args.opt_value_from_str("--server-name")?;
-    let timeout = args.opt_value_from_fn("--timeout", parse_duration)?;
-    let server_pin = match args.opt_value_from_str::<_, String>("--server-pin")? {
+    let server_name: Option<String> = args.flag_value("--server-name")?;
+    let timeout = args.flag_value_with("--timeout", parse_duration)?;
+    let server_pin = match args.flag_value::<String>("--server-pin")? {
         Some(text) => Some(text),
         None => std::env::var("RUNNEL_SERVER_PIN").ok(),
     };
@@ -159,7 +159,7 @@ fn parse_command(
     let parsed = match command {
         "start" => Command::Start(parse_start(args, command_line)?),
         "run" => {
-            let grace = args.opt_value_from_fn("--grace", parse_duration)?;
+            let grace = args.flag_value_with("--grace", parse_duration)?;
             Command::Run { request: parse_start(args, command_line)?, grace }
         }
         "status" => {
@@ -169,16 +169,16 @@ fn parse_command(
         "list" => {
             let (json, whole_ids) = (args.contains("--json"), args.contains("--no-trunc"));
             let quiet = args.contains(["-q", "--quiet"]);
-            let states = args.values_from_fn("--state", format::parse_state)?;
+            let states = args.flag_values_with("--state", format::parse_state)?;
             Command::List { states: states.into_iter().map(|s| s as i32).collect(), json, quiet, whole_ids }
         }
         "logs" => {
             let follow = args.contains(["-f", "--follow"]);
-            let offset = args.opt_value_from_str("--offset")?.unwrap_or(0);
+            let offset = args.flag_value("--offset")?.unwrap_or(0);
             Command::Logs { id: id(args)?, offset, follow }
         }
         "stop" => {
-            let grace = args.opt_value_from_fn("--grace", parse_duration)?;
+            let grace = args.flag_value_with("--grace", parse_duration)?;
             Command::Stop { id: id(args)?, grace }
         }
         "wait" => Command::Wait { id: id(args)? },
@@ -191,16 +191,16 @@ fn parse_start(
     args: &mut pico_args::Arguments,
     command_line: Option<Vec<OsString>>,
 ) -> Result<StartJobRequest, CliError> {
-    let env: Vec<String> = args.values_from_str("--env")?;
+    let env: Vec<String> = args.flag_values("--env")?;
     for entry in &env {
         if !entry.contains('=') || entry.starts_with('=') {
             return Err(CliError::usage(format!("--env {entry:?}: write NAME=VALUE")));
         }
     }
-    let working_dir: Option<String> = args.opt_value_from_str("--cwd")?;
+    let working_dir: Option<String> = args.flag_value("--cwd")?;
     let mut limits = Limits::default();
     for field in &LIMIT_FIELDS {
-        let Some(text) = args.opt_value_from_str::<_, String>(field.client_flag)? else { continue };
+        let Some(text) = args.flag_value::<String>(field.client_flag)? else { continue };
         let value = parse_limit(field, &text).map_err(|e| CliError::usage(format!("{}: {e}", field.client_flag)))?;
         if value == 0 {
             return Err(CliError::usage(format!("{} must be greater than 0", field.client_flag)));

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::format::{parse_duration, parse_limit, parse_size};
-use super::{finish, CliError};
+use super::{finish, CliError, FlagValues};
 use crate::cgroup::Limits;
 use crate::jobs::{LimitPolicy, LIMIT_FIELDS};
 use crate::server::{self, ContainmentConfig, ServerConfig};
@@ -256,39 +256,39 @@ impl RawFlags {
         }
         let raw = RawFlags {
             help: false,
-            listen: args.opt_value_from_str("--listen")?,
-            cert: args.opt_value_from_str("--cert")?,
-            key_file: args.opt_value_from_str("--key")?,
-            client_ca: args.opt_value_from_str("--client-ca")?,
-            crls: args.values_from_str("--crl")?,
-            client_cert_pins: args.values_from_fn("--client-cert-pin", |text: &str| Fingerprint::parse(text))?,
-            client_cert_pin_file: args.opt_value_from_str("--client-cert-pins")?,
-            admins: args.values_from_str("--admin")?,
-            state_dir: args.opt_value_from_str("--state-dir")?,
-            max_connections: args.opt_value_from_str("--max-connections")?,
-            max_connections_per_client: args.opt_value_from_str("--max-connections-per-client")?,
-            max_calls_per_client: args.opt_value_from_str("--max-calls-per-client")?,
-            max_followers_per_client: args.opt_value_from_str("--max-followers-per-client")?,
-            max_jobs: args.opt_value_from_str("--max-jobs")?,
-            max_running_per_client: args.opt_value_from_str("--max-running-per-client")?,
-            max_job_request: args.opt_value_from_fn("--max-job-request", parse_size)?,
-            max_output_bytes: args.opt_value_from_fn("--max-output-bytes", parse_size)?,
-            max_output_total: args.opt_value_from_fn("--max-output-total", parse_size)?,
-            stop_grace: args.opt_value_from_fn("--stop-grace", parse_duration)?,
-            shutdown_grace: args.opt_value_from_fn("--shutdown-grace", parse_duration)?,
+            listen: args.flag_value("--listen")?,
+            cert: args.flag_value("--cert")?,
+            key_file: args.flag_value("--key")?,
+            client_ca: args.flag_value("--client-ca")?,
+            crls: args.flag_values("--crl")?,
+            client_cert_pins: args.flag_values_with("--client-cert-pin", |text: &str| Fingerprint::parse(text))?,
+            client_cert_pin_file: args.flag_value("--client-cert-pins")?,
+            admins: args.flag_values("--admin")?,
+            state_dir: args.flag_value("--state-dir")?,
+            max_connections: args.flag_value("--max-connections")?,
+            max_connections_per_client: args.flag_value("--max-connections-per-client")?,
+            max_calls_per_client: args.flag_value("--max-calls-per-client")?,
+            max_followers_per_client: args.flag_value("--max-followers-per-client")?,
+            max_jobs: args.flag_value("--max-jobs")?,
+            max_running_per_client: args.flag_value("--max-running-per-client")?,
+            max_job_request: args.flag_value_with("--max-job-request", parse_size)?,
+            max_output_bytes: args.flag_value_with("--max-output-bytes", parse_size)?,
+            max_output_total: args.flag_value_with("--max-output-total", parse_size)?,
+            stop_grace: args.flag_value_with("--stop-grace", parse_duration)?,
+            shutdown_grace: args.flag_value_with("--shutdown-grace", parse_duration)?,
             limit_defaults,
             limit_maxima,
-            cgroup_root: args.opt_value_from_str("--cgroup-root")?,
-            io_devices: args.values_from_fn("--io-device", crate::cgroup::parse_device)?,
+            cgroup_root: args.flag_value("--cgroup-root")?,
+            io_devices: args.flag_values_with("--io-device", crate::cgroup::parse_device)?,
             require_limits: args.contains("--require-limits"),
             no_isolation: args.contains("--no-isolation"),
-            run_as: args.opt_value_from_str("--run-as")?,
-            run_as_range: args.opt_value_from_fn("--run-as-range", crate::isolation::users::parse_range)?,
+            run_as: args.flag_value("--run-as")?,
+            run_as_range: args.flag_value_with("--run-as-range", crate::isolation::users::parse_range)?,
             host_network: args.contains("--host-network"),
-            tmp_size: args.opt_value_from_fn("--tmp-size", parse_size)?,
-            seccomp: args.opt_value_from_str("--seccomp")?,
+            tmp_size: args.flag_value_with("--tmp-size", parse_size)?,
+            seccomp: args.flag_value("--seccomp")?,
             require_isolation: args.contains("--require-isolation"),
-            log_format: args.opt_value_from_str("--log-format")?,
+            log_format: args.flag_value("--log-format")?,
         };
         finish(args)?;
         Ok(raw)
@@ -410,7 +410,7 @@ fn limit_value(
     flag: &'static str,
     parse: impl Fn(&str) -> Result<u64, String>,
 ) -> Result<Option<u64>, CliError> {
-    let Some(text) = args.opt_value_from_str::<_, String>(flag)? else { return Ok(None) };
+    let Some(text) = args.flag_value::<String>(flag)? else { return Ok(None) };
     if text.eq_ignore_ascii_case("none") {
         return Ok(Some(0));
     }
