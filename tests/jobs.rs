@@ -509,6 +509,10 @@ fn tables_show_short_ids_and_every_command_takes_a_unique_prefix() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("DEADLINE_EXCEEDED"), "{stderr}");
     stop(&mut alice, &sleeper.id, Some(Duration::ZERO));
+
+    // The server says its version on every answer.
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(cli("alice", &["version"]).1, format!("client {version}\nserver {version}\n"));
 }
 
 #[test]

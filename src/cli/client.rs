@@ -14,6 +14,7 @@ use crate::cgroup::Limits;
 use crate::client::{CallError, Client, ClientSettings, ResponseStream};
 use crate::grpc::{path, Code};
 use crate::jobs::LIMIT_FIELDS;
+use crate::proto::health::{HealthCheckRequest, HealthCheckResponse};
 use crate::proto::{
     GetJobRequest, Job, ListJobsRequest, ListJobsResponse, OutputChunk, OutputStream, StartJobRequest, StopJobRequest,
     StreamOutputRequest, WaitJobRequest,
@@ -36,6 +37,7 @@ commands:
                                           -f keeps following until the job has ended
   stop [--grace DUR] ID                   SIGTERM the job, SIGKILL after the grace period; waits for the end
   wait ID                                 wait for a job to end; exit with its exit code (128+N for signal N)
+  version                                 print this client's version and the server's
 
 ID: a whole job id, or its first 4 or more hex digits if no other job you can see begins with them (tables
 show 8; --no-trunc shows whole ids).
@@ -136,6 +138,7 @@ enum Command {
     Logs { id: String, offset: u64, follow: bool },
     Stop { id: String, grace: Option<Duration> },
     Wait { id: String },
+    Version,
 }
 
 /// A connected client and what every call of the command shares.
@@ -182,6 +185,7 @@ fn parse_command(
             Command::Stop { id: id(args)?, grace }
         }
         "wait" => Command::Wait { id: id(args)? },
+        "version" => Command::Version,
         other => return Err(CliError::usage(format!("unknown client command {other:?}; see `runnel client --help`"))),
     };
     Ok(parsed)
@@ -280,6 +284,15 @@ impl Command {
                 Ok(job_exit_code(&job))
             }
             Command::Run { request, grace } => run_job(session, request, grace),
+            Command::Version => {
+                let request = HealthCheckRequest::default();
+                let mut call = session.client.start_call(path::HEALTH_CHECK, &request, timeout).map_err(call_error)?;
+                let _: Option<HealthCheckResponse> = session.client.next_message(&mut call).map_err(call_error)?;
+                let server = call.server_version().map(format::terminal_safe);
+                let server = server.as_deref().unwrap_or("unknown (it did not say)");
+                print_stdout(&format!("client {}\nserver {server}\n", env!("CARGO_PKG_VERSION")));
+                Ok(0)
+            }
         }
     }
 }

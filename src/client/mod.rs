@@ -112,6 +112,15 @@ pub struct PendingCall {
 pub struct ResponseStream {
     body: Option<RecvStream>,
     decoder: MessageDecoder,
+    /// What the server said its version is (`runnel-server-version`), if it did.
+    server_version: Option<String>,
+}
+
+impl ResponseStream {
+    /// The version the server gave in the response's headers.
+    pub fn server_version(&self) -> Option<&str> {
+        self.server_version.as_deref()
+    }
 }
 
 /// A response message the client refuses to take.
@@ -424,6 +433,7 @@ async fn send_request(
 async fn receive_response(response: h2::client::ResponseFuture) -> Result<ResponseStream, Status> {
     let response = response.await.map_err(status_from_h2)?;
     let (parts, body) = response.into_parts();
+    let server_version = parts.headers.get(grpc::SERVER_VERSION).and_then(|v| v.to_str().ok()).map(String::from);
     if parts.status != http::StatusCode::OK {
         return Err(Status::new(Code::Unknown, format!("the server answered HTTP {}", parts.status)));
     }
@@ -432,9 +442,13 @@ async fn receive_response(response: h2::client::ResponseFuture) -> Result<Respon
         if status.code != Code::Ok {
             return Err(status);
         }
-        return Ok(ResponseStream { body: None, decoder: MessageDecoder::new(grpc::MAX_RESPONSE_MESSAGE) });
+        return Ok(ResponseStream {
+            body: None,
+            decoder: MessageDecoder::new(grpc::MAX_RESPONSE_MESSAGE),
+            server_version,
+        });
     }
-    Ok(ResponseStream { body: Some(body), decoder: MessageDecoder::new(grpc::MAX_RESPONSE_MESSAGE) })
+    Ok(ResponseStream { body: Some(body), decoder: MessageDecoder::new(grpc::MAX_RESPONSE_MESSAGE), server_version })
 }
 
 async fn next_body(stream: &mut ResponseStream) -> Result<Option<Bytes>, Status> {

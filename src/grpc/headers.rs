@@ -18,6 +18,8 @@ const MAX_STATUS_MESSAGE: usize = 1024;
 
 /// The header that carries a call's deadline.
 pub const TIMEOUT: &str = "grpc-timeout";
+/// A response header with the server's version (`runnel client version` shows it), on every answer.
+pub const SERVER_VERSION: &str = "runnel-server-version";
 const STATUS: &str = "grpc-status";
 const MESSAGE: &str = "grpc-message";
 
@@ -40,7 +42,12 @@ pub fn request(authority: &str, path: &str, timeout: Option<Duration>) -> Reques
 /// A response's headers: 200 and the gRPC content type.
 pub(super) fn response() -> Response<()> {
     #[allow(clippy::expect_used, reason = "the same constant headers every time")]
-    Response::builder().status(200).header("content-type", CONTENT_TYPE).body(()).expect("static headers are valid")
+    Response::builder()
+        .status(200)
+        .header("content-type", CONTENT_TYPE)
+        .header(SERVER_VERSION, env!("CARGO_PKG_VERSION"))
+        .body(())
+        .expect("static headers are valid")
 }
 
 /// The trailers (or the status part of a Trailers-Only response) that end a call with `status`.

@@ -13,7 +13,8 @@ mod status;
 
 pub use codec::{encode_message, encode_message_into, FramingError, MessageDecoder, MESSAGE_HEADER_LEN};
 pub use headers::{
-    format_timeout, parse_timeout, percent_decode_message, percent_encode_message, request, status_in, TIMEOUT,
+    format_timeout, parse_timeout, percent_decode_message, percent_encode_message, request, status_in, SERVER_VERSION,
+    TIMEOUT,
 };
 pub use response::Responder;
 pub use status::{Code, Status};
