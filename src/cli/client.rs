@@ -64,6 +64,43 @@ connection options (or environment variables):
 Errors print as `error: CODE: message`; usage errors exit 2, others 1.
 ";
 
+/// The help of one client command: its lines of [`USAGE`], with the start options for `start` and `run`.
+fn command_usage(command: &str) -> Option<String> {
+    let section = |title: &str| -> Vec<&str> {
+        USAGE.lines().skip_while(|l| *l != title).skip(1).take_while(|l| !l.is_empty()).collect()
+    };
+    // A command's line, and the lines that continue it (indented past the command column).
+    let mut lines = section("commands:").into_iter().skip_while(|l| l.split_whitespace().next() != Some(command));
+    let first = lines.next()?;
+    // "  start [options] -- CMD [ARG]...   start a job; ...": the usage, then what it does.
+    let (synopsis, description) = first.trim_start().split_once("   ").unwrap_or((first.trim_start(), ""));
+    let mut text = format!("usage: runnel client [connection options] {synopsis}\n\n");
+    let continued = lines.take_while(|l| l.starts_with("        ")).map(str::trim);
+    for line in std::iter::once(description.trim()).chain(continued).filter(|l| !l.is_empty()) {
+        text.push_str(line);
+        text.push('\n');
+    }
+    if matches!(command, "start" | "run") {
+        text.push_str("\nstart options:\n");
+        for line in section("start options:") {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    if USAGE.contains("\nID: ") && first.contains(" ID") {
+        text.push('\n');
+        text.extend(
+            USAGE
+                .lines()
+                .skip_while(|l| !l.starts_with("ID: "))
+                .take_while(|l| !l.is_empty())
+                .map(|l| format!("{l}\n")),
+        );
+    }
+    text.push_str("\nconnection options: see `runnel client --help`\n");
+    Some(text)
+}
+
 fn call_error(err: CallError) -> CliError {
     match err {
         // The server's words, printed on the user's terminal: nothing in them may act on it.
@@ -98,7 +135,9 @@ pub fn run(args: Vec<OsString>) -> Result<i32, CliError> {
     let help = args.contains(["-h", "--help"]);
     let command = args.subcommand()?;
     if help || command.as_deref() == Some("help") {
-        print!("{USAGE}");
+        // `client start --help`: start's own lines; `client --help`, or a command there is none of: everything.
+        let usage = command.as_deref().and_then(command_usage);
+        print!("{}", usage.as_deref().unwrap_or(USAGE));
         return Ok(0);
     }
     let Some(command) = command else {
@@ -461,6 +500,19 @@ mod tests {
 
     fn jobs(ids: &[&str]) -> Vec<Job> {
         ids.iter().map(|id| Job { id: id.to_string(), command: "true".into(), ..Default::default() }).collect()
+    }
+
+    #[test]
+    fn each_command_has_help_of_its_own() {
+        for command in ["start", "run", "status", "list", "logs", "stop", "wait", "version"] {
+            let help = command_usage(command).unwrap_or_else(|| panic!("no help for {command}"));
+            assert!(help.starts_with(&format!("usage: runnel client [connection options] {command}")), "{help}");
+            assert!(!help.contains("\ncommands:"), "{command}: the whole help:\n{help}");
+            assert_eq!(help.contains("--cwd DIR"), matches!(command, "start" | "run"), "{help}");
+        }
+        assert!(command_usage("logs").unwrap().contains("-f keeps following"));
+        assert!(command_usage("stop").unwrap().contains("ID: a whole job id, or its first 4"));
+        assert_eq!(command_usage("nosuch"), None);
     }
 
     #[test]
