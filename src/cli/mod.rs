@@ -5,6 +5,7 @@
 
 pub mod certs;
 mod client;
+mod completions;
 mod error;
 pub mod format;
 pub mod logging;
@@ -24,6 +25,7 @@ usage:
   runnel client [connection options] COMMAND ...                    talk to a server (see `runnel client --help`)
   runnel certs ca|server|client ...                                 make a PKI for mutual TLS (see `runnel certs --help`)
   runnel version                                                    print the version
+  runnel completions bash|zsh|fish                                  a shell completion script to install
 ";
 
 /// Runs the command line and returns the process exit code.
@@ -54,6 +56,7 @@ fn run(mut args: Vec<OsString>) -> Result<i32, CliError> {
         Some(crate::jobs::janitor::JANITOR_COMMAND) => crate::jobs::janitor::main(args),
         Some(crate::isolation::network_pool::NETWORK_POOL_COMMAND) => crate::isolation::network_pool::main(args),
         Some("certs") => certs::run(pico_args::Arguments::from_vec(args)).map(|()| 0),
+        Some("completions") => completions::run(pico_args::Arguments::from_vec(args)),
         Some("version" | "--version" | "-V") => {
             println!("runnel {}", env!("CARGO_PKG_VERSION"));
             Ok(0)
