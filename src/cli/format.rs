@@ -95,8 +95,25 @@ fn system_time(ts: &Option<prost_types::Timestamp>) -> Option<SystemTime> {
     SystemTime::try_from(*ts).ok()
 }
 
-/// UTC `YYYY-MM-DD HH:MM:SS` (or with `T`/`Z` for RFC 3339), computed without a date library.
+/// UTC `YYYY-MM-DD HH:MM:SS` (or with `T`/`Z` for RFC 3339).
 fn utc(time: SystemTime, rfc3339: bool) -> String {
+    let ((year, month, day), (h, m, s)) = utc_parts(time);
+    if rfc3339 {
+        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
+    } else {
+        format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02}")
+    }
+}
+
+/// UTC `YYYY-MM-DDTHH:MM:SS.mmmZ`, for log lines.
+pub(super) fn utc_rfc3339_millis(time: SystemTime) -> String {
+    let ((year, month, day), (h, m, s)) = utc_parts(time);
+    let millis = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_millis());
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{millis:03}Z")
+}
+
+/// The UTC date and time of day of `time` (a time before 1970 as the epoch), computed without a date library.
+fn utc_parts(time: SystemTime) -> ((i64, i64, i64), (i64, i64, i64)) {
     let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Howard Hinnant's civil_from_days.
@@ -109,12 +126,7 @@ fn utc(time: SystemTime, rfc3339: bool) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    if rfc3339 {
-        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
-    } else {
-        format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02}")
-    }
+    ((year, month, day), (rem / 3600, rem % 3600 / 60, rem % 60))
 }
 
 fn human_duration(d: Duration) -> String {
@@ -251,7 +263,8 @@ pub fn table(jobs: &[Job], whole_ids: bool) -> String {
     out
 }
 
-fn json_string(out: &mut String, value: &str) {
+/// `value` as a JSON string literal.
+pub(super) fn json_string(out: &mut String, value: &str) {
     out.push('"');
     for c in value.chars() {
         match c {

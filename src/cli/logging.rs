@@ -4,9 +4,8 @@
 //!
 //! `RUST_LOG` still chooses what is logged (env_logger's filter); this module only decides how a line looks.
 
-use std::fmt::Write as _;
 use std::io::Write as _;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 /// How each log line is written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -50,72 +49,24 @@ fn format_line(
     target: &str,
     message: &std::fmt::Arguments<'_>,
 ) -> String {
-    let time = rfc3339_utc(now);
+    let time = super::format::utc_rfc3339_millis(now);
     match format {
         LogFormat::Text => format!("{time} {level:<5} {message}\n"),
         LogFormat::Json => {
             let mut line = format!("{{\"time\":\"{time}\",\"level\":\"{level}\",\"target\":");
-            push_json_string(&mut line, target);
+            super::format::json_string(&mut line, target);
             line.push_str(",\"message\":");
-            push_json_string(&mut line, &message.to_string());
+            super::format::json_string(&mut line, &message.to_string());
             line.push_str("}\n");
             line
         }
     }
 }
 
-/// `text` as a JSON string literal: quotes, backslashes and every control character escaped.
-fn push_json_string(out: &mut String, text: &str) {
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-/// `time` as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC). A clock before 1970 prints as the epoch.
-fn rfc3339_utc(time: SystemTime) -> String {
-    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let seconds = since_epoch.as_secs();
-    let (days, second_of_day) = (seconds / 86_400, seconds % 86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        second_of_day / 3600,
-        second_of_day / 60 % 60,
-        second_of_day % 60,
-        since_epoch.subsec_millis()
-    )
-}
-
-/// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's `civil_from_days`, for days ≥ 0).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let day_of_era = z % 146_097;
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
-    let year = year_of_era + era * 400 + u64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     fn at(seconds: u64, millis: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(seconds) + Duration::from_millis(millis)
@@ -123,6 +74,7 @@ mod tests {
 
     #[test]
     fn timestamps_are_rfc3339_utc_with_milliseconds() {
+        let rfc3339_utc = super::super::format::utc_rfc3339_millis;
         assert_eq!(rfc3339_utc(at(0, 0)), "1970-01-01T00:00:00.000Z");
         // `date -u -d @951782400`: the leap day of a year divisible by 400.
         assert_eq!(rfc3339_utc(at(951_782_400, 7)), "2000-02-29T00:00:00.007Z");
