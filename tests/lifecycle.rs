@@ -7,6 +7,7 @@ mod util;
 use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
 use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::process::Command;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -513,4 +514,40 @@ fn every_call_leaves_one_audit_line_with_who_what_how_it_ended_and_how_long() {
     find(&["identity=\"bob\" method=GetJob", &format!("job={} status=NOT_FOUND", job.id)]);
     find(&["identity=\"bob\" method=GetJob job=\"x\\\"y\" status=INVALID_ARGUMENT"]);
     find(&["identity=\"alice\" method=StreamOutput", &format!("job={} status=CANCELLED", sleeper.id)]);
+}
+
+#[test]
+fn the_systemd_unit_and_its_environment_file_are_valid() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let scratch = util::ScratchDir::new("unit");
+    // The unit as installed, with this build's binary and the example environment file where it points.
+    let unit = std::fs::read_to_string(deploy.join("runnel.service")).unwrap();
+    let env_file = deploy.join("runnel.env");
+    let unit = unit
+        .replace("/usr/local/bin/runnel", util::BIN)
+        .replace("/etc/runnel/runnel.env", env_file.to_str().unwrap());
+    let path = scratch.join("runnel.service");
+    std::fs::write(&path, unit).unwrap();
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (Debian package systemd) is needed");
+    let complaints = String::from_utf8_lossy(&verify.stderr);
+    // It exits 0 even for unknown keys; any word from it is a fault in the unit.
+    assert!(verify.status.success() && complaints.trim().is_empty(), "systemd-analyze verify:\n{complaints}");
+
+    // Every variable the example environment file sets names a server flag (the server refuses others).
+    let settings: Vec<(String, String)> = std::fs::read_to_string(&env_file)
+        .unwrap()
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#') && line.contains('='))
+        .map(|line| {
+            let (name, value) = line.split_once('=').unwrap();
+            (name.to_string(), value.to_string())
+        })
+        .collect();
+    assert!(settings.len() >= 5, "{settings:?}");
+    let help = Command::new(util::BIN).args(["server", "--help"]).envs(settings).output().unwrap();
+    assert!(help.status.success(), "{}", String::from_utf8_lossy(&help.stderr));
 }
