@@ -537,17 +537,27 @@ fn the_systemd_unit_and_its_environment_file_are_valid() {
     // It exits 0 even for unknown keys; any word from it is a fault in the unit.
     assert!(verify.status.success() && complaints.trim().is_empty(), "systemd-analyze verify:\n{complaints}");
 
-    // Every variable the example environment file sets names a server flag (the server refuses others).
-    let settings: Vec<(String, String)> = std::fs::read_to_string(&env_file)
-        .unwrap()
-        .lines()
-        .filter(|line| !line.trim_start().starts_with('#') && line.contains('='))
-        .map(|line| {
-            let (name, value) = line.split_once('=').unwrap();
-            (name.to_string(), value.to_string())
-        })
-        .collect();
-    assert!(settings.len() >= 5, "{settings:?}");
-    let help = Command::new(util::BIN).args(["server", "--help"]).envs(settings).output().unwrap();
-    assert!(help.status.success(), "{}", String::from_utf8_lossy(&help.stderr));
+    // Every RUNNEL_SERVER_* variable the deployment files set (the environment file, the Containerfile, the
+    // Kubernetes and Nomad examples) names a server flag: the server refuses any other.
+    let mut files = vec![env_file, deploy.join("runnel.service"), deploy.join("Containerfile")];
+    files.extend(["kubernetes/daemonset.yaml", "nomad/runnel.nomad.hcl"].map(|f| deploy.join(f)));
+    let mut names = std::collections::BTreeSet::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        for (at, _) in text.match_indices("RUNNEL_SERVER_") {
+            let name: String =
+                text[at..].chars().take_while(|c| c.is_ascii_uppercase() || *c == '_' || c.is_ascii_digit()).collect();
+            // `RUNNEL_SERVER_*` and `RUNNEL_SERVER_FLAG_NAME` in comments speak of them all.
+            if name.len() > "RUNNEL_SERVER_".len() && name != "RUNNEL_SERVER_FLAG_NAME" {
+                names.insert(name);
+            }
+        }
+    }
+    assert!(names.len() >= 8, "{names:?}");
+    let help = Command::new(util::BIN)
+        .args(["server", "--help"])
+        .envs(names.iter().map(|name| (name.as_str(), "x")))
+        .output()
+        .unwrap();
+    assert!(help.status.success(), "{names:?}: {}", String::from_utf8_lossy(&help.stderr));
 }
