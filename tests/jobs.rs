@@ -9,7 +9,7 @@ use runnel::client::{CallError, Client};
 use runnel::grpc::Code;
 use runnel::proto::{
     EndReason, GetJobRequest, Job, JobState, ListJobsRequest, ListJobsResponse, OutputChunk, OutputStream,
-    StartJobRequest, StopJobRequest, StreamOutputRequest, WaitJobRequest,
+    RemoveJobRequest, StartJobRequest, StopJobRequest, StreamOutputRequest, WaitJobRequest,
 };
 use util::{eventually, pids_matching, process_alive, Pki, Server};
 
@@ -549,4 +549,63 @@ fn run_streams_on_after_the_first_ctrl_c_until_the_job_ends_and_takes_a_grace() 
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut run.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("stopping job") && stderr.contains("Ctrl-C again to leave it"), "{stderr}");
+}
+
+#[test]
+fn remove_job_forgets_an_ended_job_and_frees_its_output_and_rm_and_prune_use_it() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut alice = server.client("alice");
+    let remove = |client: &mut Client, id: &str| {
+        client.unary::<_, Job>(path::REMOVE_JOB, &RemoveJobRequest { job_id: id.into() }, None)
+    };
+    // A running job cannot go; an ended one can, once, and then nothing of it is left.
+    let running = start(&mut alice, "sleep", &["30"]);
+    let (code, message) = status_of(remove(&mut alice, &running.id));
+    assert_eq!(code, Code::FailedPrecondition, "{message}");
+    assert!(message.contains("still running: stop it first"), "{message}");
+    let ended = start(&mut alice, "head", &["-c", "3000000", "/dev/zero"]);
+    wait(&mut alice, &ended.id);
+    let output_dir = server.state_dir.join("output").join(&ended.id);
+    assert!(output_dir.exists());
+    // Bob cannot see it, so he cannot remove it either.
+    assert_eq!(status_of(remove(&mut server.client("bob"), &ended.id)).0, Code::NotFound);
+    let last = remove(&mut alice, &ended.id).unwrap();
+    assert_eq!((last.id.as_str(), last.output_bytes), (ended.id.as_str(), 3_000_000), "its last record");
+    assert_eq!(
+        status_of(alice.unary::<_, Job>(path::GET_JOB, &GetJobRequest { job_id: ended.id.clone() }, None)).0,
+        Code::NotFound
+    );
+    assert_eq!(status_of(remove(&mut alice, &ended.id)).0, Code::NotFound);
+    assert!(eventually(Duration::from_secs(5), || !output_dir.exists()), "its output is freed");
+
+    // The command line: rm takes several ids and prefixes and goes on past one that cannot go.
+    let cli = |identity: &str, args: &[&str]| {
+        let output = server.cli(identity).args(args).output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (one, two) = (start(&mut alice, "true", &[]), start(&mut alice, "true", &[]));
+    wait(&mut alice, &one.id);
+    wait(&mut alice, &two.id);
+    let (code, out, err) = cli("alice", &["rm", &one.id[..8], &running.id, &two.id]);
+    assert_eq!(code, Some(1), "one could not go: {err}");
+    assert_eq!(out, format!("{}\n{}\n", one.id, two.id));
+    assert!(err.contains("FAILED_PRECONDITION") && err.lines().count() == 1, "{err}");
+
+    // prune: the caller's ended jobs (an admin's --all: everyone's), --older-than keeps recent ones.
+    let bobs = start(&mut server.client("bob"), "true", &[]);
+    wait(&mut server.client("bob"), &bobs.id);
+    let recent = start(&mut alice, "true", &[]);
+    wait(&mut alice, &recent.id);
+    assert_eq!(cli("alice", &["prune", "--older-than", "1h"]).1, "removed 0 ended jobs\n");
+    assert_eq!(cli("alice", &["prune"]).1, "removed 1 ended job\n");
+    assert_eq!(cli("admin", &["prune"]).1, "removed 0 ended jobs\n", "the admin has none of its own");
+    assert_eq!(cli("admin", &["prune", "--all"]).1, "removed 1 ended job\n", "bob's");
+    let (_, left, _) = cli("admin", &["list", "-q"]);
+    assert_eq!(left, format!("{}\n", running.id), "only the running job is left");
+    stop(&mut alice, &running.id, Some(Duration::ZERO));
 }

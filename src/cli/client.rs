@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::format::{self, parse_duration, parse_limit};
 use super::{finish, split_at_double_dash, CliError, FlagValues};
@@ -16,8 +16,8 @@ use crate::grpc::{path, Code};
 use crate::jobs::LIMIT_FIELDS;
 use crate::proto::health::{HealthCheckRequest, HealthCheckResponse};
 use crate::proto::{
-    GetJobRequest, Job, ListJobsRequest, ListJobsResponse, OutputChunk, OutputStream, StartJobRequest, StopJobRequest,
-    StreamOutputRequest, WaitJobRequest,
+    GetJobRequest, Job, JobState, ListJobsRequest, ListJobsResponse, OutputChunk, OutputStream, RemoveJobRequest,
+    StartJobRequest, StopJobRequest, StreamOutputRequest, WaitJobRequest,
 };
 use crate::server::wire;
 use crate::tls::{Fingerprint, KeySource};
@@ -37,6 +37,9 @@ commands:
                                           -f keeps following until the job has ended
   stop [--grace DUR] ID                   SIGTERM the job, SIGKILL after the grace period; waits for the end
   wait ID                                 wait for a job to end; exit with its exit code (128+N for signal N)
+  rm ID...                                remove ended jobs: forget them and free their output
+  prune [--older-than DUR] [--all]        remove your ended jobs (ended at least DUR ago); --all: every ended
+                                          job you can see (an admin's: everyone's)
   version                                 print this client's version and the server's
 
 ID: a whole job id, or its first 4 or more hex digits if no other job you can see begins with them (tables
@@ -165,7 +168,8 @@ pub fn run(args: Vec<OsString>) -> Result<i32, CliError> {
     };
     let mut client =
         Client::connect(&settings).map_err(|s| CliError::status(s.code, format::terminal_safe(&s.message)))?;
-    parsed.execute(&mut Session { client: &mut client, timeout })
+    let identity = identity_of(&settings.cert);
+    parsed.execute(&mut Session { client: &mut client, identity, timeout })
 }
 
 /// A parsed client command.
@@ -177,12 +181,16 @@ enum Command {
     Logs { id: String, offset: u64, follow: bool },
     Stop { id: String, grace: Option<Duration> },
     Wait { id: String },
+    Remove { ids: Vec<String> },
+    Prune { older_than: Option<Duration>, all: bool },
     Version,
 }
 
 /// A connected client and what every call of the command shares.
 struct Session<'a> {
     client: &'a mut Client,
+    /// The identity the client's certificate names (whose jobs `prune` removes without `--all`).
+    identity: String,
     /// `--timeout`: each call's deadline.
     timeout: Option<Duration>,
 }
@@ -225,6 +233,20 @@ fn parse_command(
         }
         "wait" => Command::Wait { id: id(args)? },
         "version" => Command::Version,
+        "rm" => {
+            let mut ids = Vec::new();
+            while let Some(id) = args.opt_free_from_str::<String>()? {
+                ids.push(id);
+            }
+            if ids.is_empty() {
+                return Err(CliError::usage("rm needs a job ID (or several)"));
+            }
+            Command::Remove { ids }
+        }
+        "prune" => {
+            let older_than = args.flag_value_with("--older-than", parse_duration)?;
+            Command::Prune { older_than, all: args.contains("--all") }
+        }
         other => return Err(CliError::usage(format!("unknown client command {other:?}; see `runnel client --help`"))),
     };
     Ok(parsed)
@@ -323,6 +345,44 @@ impl Command {
                 Ok(job_exit_code(&job))
             }
             Command::Run { request, grace } => run_job(session, request, grace),
+            Command::Remove { ids } => {
+                // Each one, as `docker rm` does: one that cannot go is said and the others still go.
+                let mut failed = None;
+                for id in ids {
+                    match session.resolve(&id).and_then(|job_id| session.remove(job_id)) {
+                        Ok(job) => print_stdout(&format!("{}\n", format::terminal_safe(&job.id))),
+                        Err(err) => {
+                            eprintln!("{err}");
+                            failed = Some(err.exit_code());
+                        }
+                    }
+                }
+                Ok(failed.unwrap_or(0))
+            }
+            Command::Prune { older_than, all } => {
+                let ended = [JobState::Exited as i32, JobState::Killed as i32].to_vec();
+                let cutoff = older_than.and_then(|age| SystemTime::now().checked_sub(age));
+                let mut removed = 0;
+                for job in session.list(ended)? {
+                    let ended_at = job.ended_at.and_then(|t| SystemTime::try_from(t).ok());
+                    let old_enough = match (cutoff, ended_at) {
+                        (Some(cutoff), Some(ended_at)) => ended_at <= cutoff,
+                        (Some(_), None) => false,
+                        (None, _) => true,
+                    };
+                    if !old_enough || (!all && job.owner != session.identity) {
+                        continue;
+                    }
+                    match session.remove(job.id.clone()) {
+                        Ok(_) => removed += 1,
+                        // Removed meanwhile by someone else, or evicted: what prune wanted.
+                        Err(err) if err.to_string().contains("NOT_FOUND") => {}
+                        Err(err) => return Err(err),
+                    }
+                }
+                print_stdout(&format!("removed {removed} ended job{}\n", if removed == 1 { "" } else { "s" }));
+                Ok(0)
+            }
             Command::Version => {
                 let request = HealthCheckRequest::default();
                 let mut call = session.client.start_call(path::HEALTH_CHECK, &request, timeout).map_err(call_error)?;
@@ -337,6 +397,11 @@ impl Command {
 }
 
 impl Session<'_> {
+    /// Removes the ended job `job_id`; its last record.
+    fn remove(&mut self, job_id: String) -> Result<Job, CliError> {
+        self.client.unary(path::REMOVE_JOB, &RemoveJobRequest { job_id }, self.timeout).map_err(call_error)
+    }
+
     /// Every job of `states` (all if empty) the caller may see, every page of them.
     fn list(&mut self, states: Vec<i32>) -> Result<Vec<Job>, CliError> {
         let mut jobs = Vec::new();
@@ -395,6 +460,14 @@ fn match_prefix<'a>(prefix: &str, jobs: &'a [Job]) -> Result<&'a str, CliError> 
             ))
         }
     }
+}
+
+/// The identity the certificate in `cert` names, as the server reads it; empty if it names none (the server
+/// then refuses the connection anyway).
+fn identity_of(cert: &std::path::Path) -> String {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let first = CertificateDer::pem_file_iter(cert).ok().and_then(|mut certs| certs.next()).and_then(Result::ok);
+    first.and_then(|der| crate::pki::identity_from_cert_der(&der).ok()).unwrap_or_default()
 }
 
 fn stop_request(job_id: String, grace: Option<Duration>) -> StopJobRequest {

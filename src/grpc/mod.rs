@@ -36,6 +36,7 @@ pub mod path {
     pub const LIST_JOBS: &str = "/runnel.v1.JobService/ListJobs";
     pub const WAIT_JOB: &str = "/runnel.v1.JobService/WaitJob";
     pub const STREAM_OUTPUT: &str = "/runnel.v1.JobService/StreamOutput";
+    pub const REMOVE_JOB: &str = "/runnel.v1.JobService/RemoveJob";
     pub const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
     pub const HEALTH_WATCH: &str = "/grpc.health.v1.Health/Watch";
 }

@@ -60,6 +60,8 @@ pub enum JobError {
     TooManyJobs { retained: usize },
     /// Every id of `--run-as-range` belongs to a job whose files are still kept.
     NoFreeUser,
+    /// Only an ended job can be removed.
+    StillRunning(String),
     /// An output offset past the end of a finished job's output.
     OffsetPastEnd { offset: u64, end: u64 },
     /// The job did not report within this long that its command started; it was killed.
@@ -89,6 +91,9 @@ impl fmt::Display for JobError {
                 write!(f, "job_id {:?} is not a UUID (like 123e4567-e89b-42d3-a456-426614174000)", clip(id))
             }
             JobError::UnknownJob(id) => write!(f, "no job {id}"),
+            JobError::StillRunning(id) => {
+                write!(f, "job {id} is still running: stop it first (StopJob; `runnel client stop`), then remove it")
+            }
             JobError::ExecutableNotFound(name) => write!(f, "executable not found: {}", clip(name)),
             JobError::ExecutionDenied { command, reason } | JobError::NotExecutable { command, reason } => {
                 write!(f, "cannot execute {}: {reason}", clip(command))

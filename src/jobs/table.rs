@@ -468,6 +468,20 @@ impl JobTable {
         }
     }
 
+    /// Forgets the ended job `key` and frees its output and working directory (RemoveJob). Its readers end as
+    /// for an evicted job.
+    pub fn remove(&mut self, key: JobKey) -> Result<(), JobError> {
+        let job = self.jobs.get(&key).ok_or_else(|| JobError::UnknownJob(format!("{key:?}")))?;
+        if !job.is_ended() {
+            return Err(JobError::StillRunning(job.id.to_string()));
+        }
+        let job = self.jobs.remove(&key).ok_or_else(|| JobError::UnknownJob(format!("{key:?}")))?;
+        self.by_id.remove(&job.id);
+        log::debug!("removing ended job {} on request", job.id);
+        self.remove_files(job);
+        Ok(())
+    }
+
     /// Evicts the oldest ended jobs until at most `keep` remain (or only running ones are left).
     fn evict_ended(&mut self, keep: usize) {
         while self.jobs.len() > keep {

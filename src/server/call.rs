@@ -355,7 +355,7 @@ impl Call {
 /// decoding serves them all): as the server writes ids if it is one, else quoted and clipped as sent.
 fn requested_job(method: Method, body: &Bytes) -> Option<String> {
     match method {
-        Method::StopJob | Method::GetJob | Method::WaitJob | Method::StreamOutput => {
+        Method::StopJob | Method::GetJob | Method::WaitJob | Method::StreamOutput | Method::RemoveJob => {
             let id = prost::Message::decode(body.clone()).map(|request: GetJobRequest| request.job_id).ok()?;
             Some(match crate::jobs::JobId::parse(&id) {
                 Some(id) => id.to_string(),

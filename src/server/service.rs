@@ -17,8 +17,8 @@ use crate::grpc::{encode_message, path};
 use crate::jobs::{Caller, EndReason, Job, JobError, JobKey, JobTable, StartedJob};
 use crate::proto::health::{health_check_response::ServingStatus, HealthCheckRequest, HealthCheckResponse};
 use crate::proto::{
-    GetJobRequest, ListJobsRequest, ListJobsResponse, StartJobRequest, StopJobRequest, StreamOutputRequest,
-    WaitJobRequest,
+    GetJobRequest, ListJobsRequest, ListJobsResponse, RemoveJobRequest, StartJobRequest, StopJobRequest,
+    StreamOutputRequest, WaitJobRequest,
 };
 
 /// The longest grace period a StopJob may ask for; longer is almost certainly a unit mistake.
@@ -59,6 +59,7 @@ pub enum Method {
     ListJobs,
     WaitJob,
     StreamOutput,
+    RemoveJob,
     HealthCheck,
     HealthWatch,
 }
@@ -72,6 +73,7 @@ impl Method {
             path::LIST_JOBS => Method::ListJobs,
             path::WAIT_JOB => Method::WaitJob,
             path::STREAM_OUTPUT => Method::StreamOutput,
+            path::REMOVE_JOB => Method::RemoveJob,
             path::HEALTH_CHECK => Method::HealthCheck,
             path::HEALTH_WATCH => Method::HealthWatch,
             _ => return None,
@@ -203,6 +205,14 @@ pub fn dispatch(
                 ctx.effects.push(Effect::KillJobAt(key, Instant::now() + grace));
             }
             Action::AwaitJobEnd(key)
+        }
+        Method::RemoveJob => {
+            let request: RemoveJobRequest = decode(body)?;
+            let key = ctx.jobs.find(caller(), &request.job_id)?;
+            // Its last record, as it was: once removed there is nothing left to describe.
+            let last = encode_message(&wire::job(ctx.jobs.get(key).expect("found")));
+            ctx.jobs.remove(key)?;
+            Action::Reply(last)
         }
         Method::StreamOutput => {
             let request: StreamOutputRequest = decode(body)?;

@@ -76,7 +76,8 @@ impl CallError {
                 JobError::NotExecutable { .. }
                 | JobError::WorkingDirUnusable { .. }
                 | JobError::LimitsUnavailable(_)
-                | JobError::NoIoDevice => Code::FailedPrecondition,
+                | JobError::NoIoDevice
+                | JobError::StillRunning(_) => Code::FailedPrecondition,
                 JobError::TooManyRunning { .. } | JobError::TooManyJobs { .. } | JobError::NoFreeUser => {
                     Code::ResourceExhausted
                 }
