@@ -5,7 +5,8 @@
 //!
 //! The model is every byte each log was ever given, with its stream. While a log's files are intact, every
 //! byte read must be the model's byte at that offset, from the model's stream; the spool's counts (end,
-//! start, retained, the total across logs) must agree with the model and the caps. Once a log's files are
+//! start, retained, the total across logs) must agree with the model and each log's cap (the total cap is the
+//! job table's to enforce, with the discards this target makes at random). Once a log's files are
 //! damaged, reads may fail or return other bytes (nothing on disk says what they were), but must never panic,
 //! hang, or read outside the retained range.
 #![no_main]
@@ -263,7 +264,7 @@ fuzz_target!(|run: Run| {
                 if model.name != reader.name {
                     continue;
                 }
-                read(model, &mut reader.cursor, (max as usize % (2 << 20)).max(1), take as usize);
+                read(model, &mut reader.cursor, (max as usize % (2 << 20)).max(1), Some(take as usize));
             }
             Op::Remove { log } => {
                 let index = log as usize % LOGS;
@@ -302,7 +303,7 @@ fuzz_target!(|run: Run| {
         if !model.damaged {
             let mut cursor = OutputCursor::new(0);
             while cursor.offset() < model.log.end() {
-                read(model, &mut cursor, 1 << 20, usize::MAX);
+                read(model, &mut cursor, 1 << 20, None);
             }
         }
     }
@@ -325,8 +326,8 @@ fn pick_pipe(n: u8) -> (usize, usize) {
     ((n as usize / 2) % LOGS, n as usize % 2)
 }
 
-/// One span's read at `cursor`: at most `max` bytes asked for, `take` (modulo the span) read.
-fn read(model: &ModelLog, cursor: &mut OutputCursor, max: usize, take: usize) {
+/// One span's read at `cursor`: at most `max` bytes asked for, `take` (modulo the span) read, or all of it.
+fn read(model: &ModelLog, cursor: &mut OutputCursor, max: usize, take: Option<usize>) {
     let log = &model.log;
     let (before, start, end) = (cursor.offset(), log.start(), log.end());
     let span = match log.next_span(cursor, max) {
@@ -341,7 +342,7 @@ fn read(model: &ModelLog, cursor: &mut OutputCursor, max: usize, take: usize) {
     assert_eq!(span.offset, before.max(start), "{}: a reader behind the start jumps to it", model.name);
     assert!(span.len >= 1 && span.len <= max, "{}: span of {} for {max}", model.name, span.len);
     assert!(span.offset + span.len as u64 <= end, "{}: span past the end", model.name);
-    let take = take % span.len + 1;
+    let take = take.map_or(span.len, |take| take % span.len + 1);
     let mut buf = bytes::BytesMut::new();
     match log.read_span(cursor, take, &mut buf) {
         Ok(()) => {}

@@ -402,9 +402,10 @@ impl OutputLog {
                 cursor.file = None;
                 continue;
             }
-            read_header(at, file_len)?;
-            if cursor.offset + at.record_left > logical_end {
-                return Err(past_the_segment(at.position, cursor.offset + at.record_left, logical_end));
+            if let Err(err) = read_header(at, cursor.offset, file_len, logical_end) {
+                // The reader does not stay on a record it refused: asked again, it fails again.
+                cursor.file = None;
+                return Err(err);
             }
         }
     }
@@ -486,10 +487,16 @@ fn record_header(stream: Stream, len: usize) -> [u8; RECORD_HEADER_LEN] {
 }
 
 /// Reads the record header at the cursor's position in a segment of `file_len` bytes.
-fn read_header(at: &mut CursorFile, file_len: u64) -> io::Result<()> {
+/// Reads the record header at the cursor's position, whose output starts at logical `offset`, in a segment of
+/// `file_len` bytes whose output ends at `logical_end`; the cursor is left as it was if the header is refused.
+fn read_header(at: &mut CursorFile, offset: u64, file_len: u64, logical_end: u64) -> io::Result<()> {
     let mut header = [0u8; RECORD_HEADER_LEN];
     at.file.read_exact_at(&mut header, at.position)?;
-    (at.record_stream, at.record_left) = parse_header(&header, at.position, file_len)?;
+    let (stream, len) = parse_header(&header, at.position, file_len)?;
+    if offset + len > logical_end {
+        return Err(past_the_segment(at.position, offset + len, logical_end));
+    }
+    (at.record_stream, at.record_left) = (stream, len);
     at.position += RECORD_HEADER_LEN as u64;
     Ok(())
 }
@@ -503,8 +510,9 @@ fn past_the_segment(position: u64, ends: u64, segment_end: u64) -> io::Error {
 
 /// The stream and data length of the record whose header, `header`, is at `position` in a segment of
 /// `file_len` bytes. The server wrote the file, but it is a file: a header damaged on disk (a torn write, a
-/// stray writer) must end the readers of that log with an error, never send bytes from past the record or
-/// from another one.
+/// stray writer) that claims more than the segment holds must end the readers of that log with an error, not
+/// send bytes from past the segment's output. (A length damaged shorter, or data damaged, cannot be told from
+/// what was written: records carry no checksum.)
 fn parse_header(header: &[u8], position: u64, file_len: u64) -> io::Result<(Stream, u64)> {
     let &[tag, a, b, c, d] = header else {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "output record header cut short"));
@@ -855,6 +863,7 @@ mod tests {
             // opened on it.
             assert_eq!(results[0], Ok(b"first".to_vec()));
             assert!(results[1].is_err(), "{results:?}");
+            assert!(spool.log.next_span(&mut cursor, 100).is_err(), "asked again, the same reader fails again");
             assert!(spool.log.next_span(&mut OutputCursor::new(7), 100).is_err());
         };
         let second = (RECORD_HEADER_LEN + 5) as u64;
