@@ -464,6 +464,29 @@ fn every_log_line_begins_with_its_utc_time_and_level_and_json_lines_are_objects(
     assert_eq!(log.matches("runnel server listening on").count(), 1, "{log}");
     assert!(log.lines().all(looks_timed), "{log}");
 
+    // Text lines are one line each whatever a client sent: a command name cannot forge a line of its own.
+    let forged = "x\n2026-01-01T00:00:00.000Z INFO  rpc peer=1.2.3.4:5 identity=\"admin\" method=RemoveJob";
+    let failed = text.client("alice").unary::<_, Job>(
+        path::START_JOB,
+        &StartJobRequest { command: forged.into(), ..Default::default() },
+        None,
+    );
+    assert_eq!(status_of(failed).code, Code::NotFound);
+    let log = text.log_text();
+    assert!(
+        log.contains("x\\n2026-01-01T00:00:00.000Z INFO  rpc peer=1.2.3.4:5"),
+        "the name is in the log, escaped:\n{log}"
+    );
+    assert!(!log.lines().any(|l| l.starts_with("2026-01-01")), "a forged line:\n{log}");
+    assert!(log.lines().all(looks_timed), "{log}");
+
+    // RUST_LOG=warn quiets the audit, not the line scripts wait for (the helper would not find the address).
+    let quiet = Server::start_with_env(&pki, &[], &[("RUST_LOG", "warn")]);
+    assert!(
+        !quiet.log_text().contains(" INFO ")
+            || quiet.log_text().lines().filter(|l| l.contains(" INFO ")).all(|l| l.contains("listening on"))
+    );
+
     let json = Server::start(&pki, &["--log-format", "json"]);
     let _ = json.client("alice");
     let log = json.log_text();
@@ -523,9 +546,8 @@ fn the_systemd_unit_and_its_environment_file_are_valid() {
     // The unit as installed, with this build's binary and the example environment file where it points.
     let unit = std::fs::read_to_string(deploy.join("runnel.service")).unwrap();
     let env_file = deploy.join("runnel.env");
-    let unit = unit
-        .replace("/usr/local/bin/runnel", util::BIN)
-        .replace("/etc/runnel/runnel.env", env_file.to_str().unwrap());
+    let unit =
+        unit.replace("/usr/local/bin/runnel", util::BIN).replace("/etc/runnel/runnel.env", env_file.to_str().unwrap());
     let path = scratch.join("runnel.service");
     std::fs::write(&path, unit).unwrap();
     let verify = Command::new("systemd-analyze")

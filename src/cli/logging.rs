@@ -29,9 +29,37 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
+/// The variable through which the server's helper processes (janitor, network-namespace maker) learn its log
+/// format, so that their lines on its stderr are in the same one (`sys::spawn_helper` passes it on).
+pub const FORMAT_VARIABLE: &str = "RUNNEL_LOG_FORMAT";
+
+/// The target of the line that says the server listens: logged whatever `RUST_LOG` says (scripts wait for it).
+pub const READY_TARGET: &str = "runnel::ready";
+
+impl LogFormat {
+    /// The format [`FORMAT_VARIABLE`] names; text if none.
+    pub fn from_environment() -> LogFormat {
+        std::env::var(FORMAT_VARIABLE).ok().and_then(|name| name.parse().ok()).unwrap_or_default()
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+
+    /// Makes this the format of the helper processes this one starts.
+    pub fn hand_down(self) {
+        std::env::set_var(FORMAT_VARIABLE, self.name());
+    }
+}
+
 /// Sends the `log` macros to stderr in `format`, at `default_level` unless `RUST_LOG` says otherwise.
 pub fn init(default_level: &str, format: LogFormat) {
     let mut builder = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level));
+    // The most specific directive wins: `RUST_LOG=warn` still lets the ready line through.
+    builder.filter_module(READY_TARGET, log::LevelFilter::Info);
     builder.format(move |out, record| {
         let line = format_line(format, SystemTime::now(), record.level(), record.target(), record.args());
         out.write_all(line.as_bytes())
@@ -51,7 +79,9 @@ fn format_line(
 ) -> String {
     let time = super::format::utc_rfc3339_millis(now);
     match format {
-        LogFormat::Text => format!("{time} {level:<5} {message}\n"),
+        // A message may carry what a client sent (a command name, a path): one line always, nothing that acts
+        // on a terminal, so no client can write a line of its own into the log.
+        LogFormat::Text => format!("{time} {level:<5} {}\n", super::format::terminal_safe(&message.to_string())),
         LogFormat::Json => {
             let mut line = format!("{{\"time\":\"{time}\",\"level\":\"{level}\",\"target\":");
             super::format::json_string(&mut line, target);

@@ -47,7 +47,7 @@ fn run(mut args: Vec<OsString>) -> Result<i32, CliError> {
     if command != "server" {
         // The server logs its lifecycle at info, in the format its flags choose; everything else speaks only
         // through its output and errors.
-        logging::init("warn", logging::LogFormat::Text);
+        logging::init("warn", logging::LogFormat::from_environment());
     }
     match command.to_str() {
         Some("server") => server::run(args).map(|()| 0),

@@ -85,6 +85,11 @@ const ENV_PREFIX: &str = "RUNNEL_SERVER_";
 /// Variables with the prefix that are the client's, not the server's flags: left alone.
 const CLIENT_VARIABLES: [&str; 1] = ["RUNNEL_SERVER_PIN"];
 
+/// What follows the prefix in variables that orchestrators set for a service named `runnel-server`
+/// (Kubernetes' service links: `RUNNEL_SERVER_SERVICE_HOST`, `RUNNEL_SERVER_PORT_50051_TCP`...): no server flag
+/// begins so, and they are left alone.
+const ORCHESTRATOR_SUFFIXES: [&str; 2] = ["SERVICE_", "PORT"];
+
 /// How a flag takes its value, from the command line or the environment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum FlagKind {
@@ -154,7 +159,7 @@ fn with_environment(
     for (name, value) in variables {
         let Some(name) = name.to_str() else { continue };
         let Some(suffix) = name.strip_prefix(ENV_PREFIX) else { continue };
-        if CLIENT_VARIABLES.contains(&name) {
+        if CLIENT_VARIABLES.contains(&name) || ORCHESTRATOR_SUFFIXES.iter().any(|s| suffix.starts_with(s)) {
             continue;
         }
         let flag = format!("--{}", suffix.to_ascii_lowercase().replace('_', "-"));
@@ -171,7 +176,14 @@ fn with_environment(
         match kind {
             FlagKind::Value => from_environment.extend([flag.into(), value.into()]),
             FlagKind::List => {
-                for item in value.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+                for item in value.split(',') {
+                    // "Doe, John" is one identity to a reader and two to a split: refuse what is unclear.
+                    if item.is_empty() || item.trim() != item {
+                        return Err(CliError::usage(format!(
+                            "{name}: {item:?}: items are separated by commas alone, with no spaces around them \
+                             (give a value with a comma in it as {flag} on the command line)"
+                        )));
+                    }
                     from_environment.extend([OsString::from(flag), item.into()]);
                 }
             }
@@ -193,7 +205,9 @@ fn env_suffix(flag: &str) -> String {
 
 pub fn run(args: Vec<OsString>) -> Result<(), CliError> {
     let raw = RawFlags::parse(with_environment(args, std::env::vars_os())?)?;
-    super::logging::init("info", raw.log_format.unwrap_or_default());
+    let log_format = raw.log_format.unwrap_or_default();
+    super::logging::init("info", log_format);
+    log_format.hand_down();
     if raw.help {
         print!("{USAGE}");
         return Ok(());
@@ -461,7 +475,10 @@ mod tests {
         let env = environment(&[
             ("RUNNEL_SERVER_LISTEN", "0.0.0.0:7000"),
             ("RUNNEL_SERVER_CERT", "from-env.crt"),
-            ("RUNNEL_SERVER_ADMIN", "alice, bob"),
+            ("RUNNEL_SERVER_ADMIN", "alice,bob"),
+            // Kubernetes' service links for a Service named runnel-server.
+            ("RUNNEL_SERVER_SERVICE_HOST", "10.0.0.1"),
+            ("RUNNEL_SERVER_PORT_50051_TCP", "tcp://10.0.0.1:50051"),
             ("RUNNEL_SERVER_HOST_NETWORK", "true"),
             ("RUNNEL_SERVER_NO_ISOLATION", "0"),
             ("RUNNEL_SERVER_MAX_PIDS", "100"),
@@ -490,6 +507,11 @@ mod tests {
         // Only the spelling the help gives: capitals, underscores.
         assert!(refused(&[("RUNNEL_SERVER_client-ca", "x")]).contains("names no server flag"));
         assert!(refused(&[("RUNNEL_SERVER_HOST_NETWORK", "maybe")]).contains("expected 1/true/yes"));
+        // One identity with a comma and a space, or two? Neither is guessed.
+        assert!(
+            refused(&[("RUNNEL_SERVER_ADMIN", "Doe, John")]).contains("\" John\": items are separated by commas alone")
+        );
+        assert!(refused(&[("RUNNEL_SERVER_ADMIN", "alice,,bob")]).contains("\"\""));
     }
 
     #[test]

@@ -306,7 +306,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         .map_err(io_error("cannot watch signals"))?;
     let address = listener.local_addr().map_err(io_error("cannot read the listening address"))?;
     // The one line scripts and tests wait for (`grep -o 'listening on [^ "]*'`), in the log's own format.
-    log::info!("runnel server listening on {address}");
+    log::info!(target: "runnel::ready", "runnel server listening on {address}");
 
     let mut h2 = h2::server::Builder::new();
     h2.max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)

@@ -113,9 +113,9 @@ pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
 }
 
 /// Starts one of the server's helper processes (the janitor, the network-namespace maker): `executable` (the
-/// server's own) with `args`, `stdin` as its channel to the server, an empty environment, stdout to
-/// `/dev/null` and stderr shared. It is in a process group of its own (a Ctrl-C or a signal to the server's
-/// group is the server's to handle), dies with the server (`PR_SET_PDEATHSIG(SIGKILL)`), and keeps none of the
+/// server's own) with `args`, `stdin` as its channel to the server, an environment with nothing but the log
+/// format, stdout to `/dev/null` and stderr shared. It is in a process group of its own (a Ctrl-C or a signal
+/// to the server's group is the server's to handle), dies with the server (`PR_SET_PDEATHSIG(SIGKILL)`), and keeps none of the
 /// descriptors the server inherited without close-on-exec, only its 0-2.
 pub fn spawn_helper(
     executable: &std::path::Path,
@@ -125,13 +125,12 @@ pub fn spawn_helper(
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     let mut command = Command::new(executable);
-    command
-        .args(args)
-        .env_clear()
-        .stdin(Stdio::from(stdin))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .process_group(0);
+    command.args(args).env_clear();
+    // The server's log format (`cli::logging::FORMAT_VARIABLE`), so the helper's lines on the shared stderr match.
+    if let Some(format) = std::env::var_os("RUNNEL_LOG_FORMAT") {
+        command.env("RUNNEL_LOG_FORMAT", format);
+    }
+    command.stdin(Stdio::from(stdin)).stdout(Stdio::null()).stderr(Stdio::inherit()).process_group(0);
     // SAFETY: getpid is async-signal-safe; it runs before the fork.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the closure runs in the child between fork and exec, and makes only async-signal-safe system
