@@ -73,7 +73,10 @@ fn command_usage(command: &str) -> Option<String> {
         USAGE.lines().skip_while(|l| *l != title).skip(1).take_while(|l| !l.is_empty()).collect()
     };
     // A command's line, and the lines that continue it (indented past the command column).
-    let mut lines = section("commands:").into_iter().skip_while(|l| l.split_whitespace().next() != Some(command));
+    let is_command_line = |l: &&str| l.starts_with("  ") && !l.starts_with("   ");
+    let mut lines = section("commands:")
+        .into_iter()
+        .skip_while(|l| !(is_command_line(l) && l.split_whitespace().next() == Some(command)));
     let first = lines.next()?;
     // "  start [options] -- CMD [ARG]...   start a job; ...": the usage, then what it does.
     let (synopsis, description) = first.trim_start().split_once("   ").unwrap_or((first.trim_start(), ""));
@@ -552,7 +555,12 @@ fn run_job(session: &mut Session<'_>, request: StartJobRequest, grace: Option<Du
             Err(CopyError::Call(CallError::Interrupted)) if stop_call.is_none() => {
                 eprintln!("runnel: stopping job {} (Ctrl-C again to leave it)", format::terminal_safe(&job.id));
                 let stop = stop_request(job.id.clone(), grace);
-                stop_call = Some(client.send_call(path::STOP_JOB, &stop, timeout).map_err(call_error)?);
+                match client.send_call(path::STOP_JOB, &stop, timeout) {
+                    Ok(call) => stop_call = Some(call),
+                    // Ctrl-C again while the stop was being sent: leave, as at any other moment.
+                    Err(CallError::Interrupted) => return Ok(130),
+                    Err(err) => return Err(call_error(err)),
+                }
             }
             Err(CopyError::Call(CallError::Interrupted)) => return Ok(130),
             Err(CopyError::Call(err)) => return Err(call_error(err)),
@@ -577,7 +585,7 @@ mod tests {
 
     #[test]
     fn each_command_has_help_of_its_own() {
-        for command in ["start", "run", "status", "list", "logs", "stop", "wait", "version"] {
+        for command in ["start", "run", "status", "list", "logs", "stop", "wait", "rm", "prune", "version"] {
             let help = command_usage(command).unwrap_or_else(|| panic!("no help for {command}"));
             assert!(help.starts_with(&format!("usage: runnel client [connection options] {command}")), "{help}");
             assert!(!help.contains("\ncommands:"), "{command}: the whole help:\n{help}");
@@ -586,6 +594,7 @@ mod tests {
         assert!(command_usage("logs").unwrap().contains("-f keeps following"));
         assert!(command_usage("stop").unwrap().contains("ID: a whole job id, or its first 4"));
         assert_eq!(command_usage("nosuch"), None);
+        assert_eq!(command_usage("show"), None, "a word of a description is no command");
     }
 
     #[test]

@@ -124,7 +124,8 @@ complete -o default -F _runnel runnel
 
 fn fish() -> String {
     let words = Words::from_help();
-    let mut script = String::from("# fish completion for runnel (`runnel completions fish`)\ncomplete -c runnel -f\n");
+    // File names still complete (for --cert, --key, --ca, --out...): no global `-f`.
+    let mut script = String::from("# fish completion for runnel (`runnel completions fish`)\n");
     let top = TOP_COMMANDS.join(" ");
     script.push_str(&format!("complete -c runnel -n 'not __fish_seen_subcommand_from {top}' -a '{top}'\n"));
     let flags = |script: &mut String, command: &str, flags: &[String]| {
@@ -165,7 +166,10 @@ mod tests {
             assert!(words.server_flags.iter().any(|f| f == flag), "{flag} in {:?}", words.server_flags);
         }
         assert!(!words.server_flags.iter().any(|f| f == "--flag-name"));
-        assert_eq!(words.client_commands, ["start", "run", "status", "list", "logs", "stop", "wait", "version"]);
+        assert_eq!(
+            words.client_commands,
+            ["start", "run", "status", "list", "logs", "stop", "wait", "rm", "prune", "version"]
+        );
         for flag in ["--server", "--timeout", "--env", "--memory", "--no-trunc", "-q", "-f"] {
             assert!(words.client_flags.iter().any(|f| f == flag), "{flag} in {:?}", words.client_flags);
         }
@@ -202,7 +206,7 @@ mod tests {
     fn fish_and_zsh_scripts_name_the_same_words() {
         let fish = fish();
         assert!(fish.contains("-n '__fish_seen_subcommand_from server' -l max-jobs"), "{fish}");
-        assert!(fish.contains("-a 'start run status list logs stop wait version'"), "{fish}");
+        assert!(fish.contains("-a 'start run status list logs stop wait rm prune version'"), "{fish}");
         assert!(fish.lines().all(|l| l.starts_with("complete -c runnel") || l.starts_with('#')), "{fish}");
     }
 }

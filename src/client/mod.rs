@@ -114,6 +114,8 @@ pub struct ResponseStream {
     decoder: MessageDecoder,
     /// What the server said its version is (`runnel-server-version`), if it did.
     server_version: Option<String>,
+    /// The call's deadline: reading its messages gives up then too, not only sending it and its headers.
+    deadline: Option<Instant>,
 }
 
 impl ResponseStream {
@@ -351,12 +353,13 @@ impl Client {
         timeout: Option<Duration>,
     ) -> Result<ResponseStream, CallError> {
         let call = self.send_call(path, message, timeout)?;
-        self.block_on(receive_response(call.response), call.deadline)
+        self.block_on(receive_response(call.response, call.deadline), call.deadline)
     }
 
     /// Reads the next message of a response; `Ok(None)` once it ended with OK.
     pub fn next_message<M: Message + Default>(&mut self, stream: &mut ResponseStream) -> Result<Option<M>, CallError> {
-        let body = self.block_on(next_body(stream), None)?;
+        let deadline = stream.deadline;
+        let body = self.block_on(next_body(stream), deadline)?;
         match body {
             None => Ok(None),
             Some(bytes) => M::decode(bytes)
@@ -393,7 +396,7 @@ impl Client {
 
     /// Waits for a sent unary call's one response message.
     pub fn finish_unary<Resp: Message + Default>(&mut self, call: PendingCall) -> Result<Resp, CallError> {
-        let mut stream = self.block_on(receive_response(call.response), call.deadline)?;
+        let mut stream = self.block_on(receive_response(call.response, call.deadline), call.deadline)?;
         let response = self
             .next_message(&mut stream)?
             .ok_or_else(|| CallError::Status(Status::internal("the server sent no response message")))?;
@@ -430,7 +433,10 @@ async fn send_request(
     Ok(response)
 }
 
-async fn receive_response(response: h2::client::ResponseFuture) -> Result<ResponseStream, Status> {
+async fn receive_response(
+    response: h2::client::ResponseFuture,
+    deadline: Option<Instant>,
+) -> Result<ResponseStream, Status> {
     let response = response.await.map_err(status_from_h2)?;
     let (parts, body) = response.into_parts();
     let server_version = parts.headers.get(grpc::SERVER_VERSION).and_then(|v| v.to_str().ok()).map(String::from);
@@ -442,13 +448,11 @@ async fn receive_response(response: h2::client::ResponseFuture) -> Result<Respon
         if status.code != Code::Ok {
             return Err(status);
         }
-        return Ok(ResponseStream {
-            body: None,
-            decoder: MessageDecoder::new(grpc::MAX_RESPONSE_MESSAGE),
-            server_version,
-        });
+        let decoder = MessageDecoder::new(grpc::MAX_RESPONSE_MESSAGE);
+        return Ok(ResponseStream { body: None, decoder, server_version, deadline });
     }
-    Ok(ResponseStream { body: Some(body), decoder: MessageDecoder::new(grpc::MAX_RESPONSE_MESSAGE), server_version })
+    let decoder = MessageDecoder::new(grpc::MAX_RESPONSE_MESSAGE);
+    Ok(ResponseStream { body: Some(body), decoder, server_version, deadline })
 }
 
 async fn next_body(stream: &mut ResponseStream) -> Result<Option<Bytes>, Status> {
