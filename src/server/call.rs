@@ -140,6 +140,9 @@ impl Call {
 
     /// The call's one audit line (see the module documentation).
     fn log_audit_line(&self) {
+        if !log::log_enabled!(target: "runnel::audit", log::Level::Info) {
+            return;
+        }
         let audit = &self.audit;
         let identity = match &self.caller {
             Ok(caller) => format!("{:?}", caller.identity),
@@ -185,7 +188,9 @@ impl Call {
             match &mut self.phase {
                 Phase::ReadRequest => match self.read_request(cx, requests) {
                     Poll::Ready(Ok(body)) => {
-                        self.audit.job = requested_job(method, &body);
+                        if log::log_enabled!(target: "runnel::audit", log::Level::Info) {
+                            self.audit.job = requested_job(method, &body);
+                        }
                         match service::dispatch(method, &self.caller, &body, ctx) {
                             Ok(Action::Reply(message)) => return self.reply(message),
                             Ok(Action::AwaitStart(key)) => {

@@ -154,6 +154,12 @@ impl Connection {
                         self.phase = Phase::H2Handshake(Box::new(settings.h2.handshake(*transport)));
                     }
                     Ok(false) => return ConnectionState::Open,
+                    // A connection closed before its handshake ended is a port check (a load balancer's, an
+                    // orchestrator's readiness probe) or a client giving up: nothing an operator must hear of.
+                    Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        log::debug!("connection {} from {}: closed during the TLS handshake", self.id, self.peer);
+                        return ConnectionState::Closed;
+                    }
                     Err(err) => {
                         rejections.log(format_args!("connection from {}: TLS handshake failed: {err}", self.peer));
                         return ConnectionState::Closed;
