@@ -185,7 +185,7 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap());
-        let child = command.spawn().unwrap();
+        let mut child = command.spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         let address = loop {
             let text = fs::read_to_string(&log).unwrap_or_default();
@@ -196,7 +196,12 @@ impl Server {
                 // Up to the end of the word: the line may be a JSON object (`--log-format json`).
                 break address.split(|c: char| c.is_whitespace() || c == '"').next().unwrap_or_default().to_string();
             }
-            assert!(Instant::now() < deadline, "server did not start:\n{text}");
+            if Instant::now() >= deadline {
+                // Not left running behind a failed test: it would hold its port and state directory.
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("server did not start:\n{text}");
+            }
             std::thread::sleep(Duration::from_millis(10));
         };
         Server {
