@@ -49,6 +49,13 @@ fn read_output(client: &mut Client, id: &str, offset: u64, follow: bool) -> Vec<
     chunks
 }
 
+/// Runs the command line as `identity`: its exit code, stdout and stderr.
+fn cli_output(server: &Server, identity: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = server.cli(identity).args(args).output().unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.code(), text(&output.stdout), text(&output.stderr))
+}
+
 fn concat(chunks: &[OutputChunk]) -> Vec<u8> {
     chunks.iter().flat_map(|c| c.data.iter().copied()).collect()
 }
@@ -474,14 +481,7 @@ fn tables_show_short_ids_and_every_command_takes_a_unique_prefix() {
     let mut alice = server.client("alice");
     let job = start(&mut alice, "sh", &["-c", "echo short; exit 4"]);
     wait(&mut alice, &job.id);
-    let cli = |identity: &str, args: &[&str]| {
-        let output = server.cli(identity).args(args).output().unwrap();
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
+    let cli = |identity: &str, args: &[&str]| cli_output(&server, identity, args);
     let short = &job.id[..8];
     let (code, table, _) = cli("alice", &["list"]);
     assert_eq!(code, Some(0));
@@ -580,14 +580,7 @@ fn remove_job_forgets_an_ended_job_and_frees_its_output_and_rm_and_prune_use_it(
     assert!(eventually(Duration::from_secs(5), || !output_dir.exists()), "its output is freed");
 
     // The command line: rm takes several ids and prefixes and goes on past one that cannot go.
-    let cli = |identity: &str, args: &[&str]| {
-        let output = server.cli(identity).args(args).output().unwrap();
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
+    let cli = |identity: &str, args: &[&str]| cli_output(&server, identity, args);
     let (one, two) = (start(&mut alice, "true", &[]), start(&mut alice, "true", &[]));
     wait(&mut alice, &one.id);
     wait(&mut alice, &two.id);
