@@ -1,11 +1,22 @@
-//! Compiles `proto/` into Rust with protox (a pure-Rust protobuf compiler), so building needs no `protoc`.
+//! Compiles `proto/` into Rust with protox (a pure-Rust protobuf compiler), so building needs no `protoc`, and
+//! keeps the compiled descriptors (`descriptors.bin` in `OUT_DIR`) for the server's reflection service.
+
+use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/runnel/v1/runnel.proto", "proto/grpc/health/v1/health.proto"];
+    let protos = [
+        "proto/runnel/v1/runnel.proto",
+        "proto/grpc/health/v1/health.proto",
+        "proto/grpc/reflection/v1/reflection.proto",
+        "proto/grpc/reflection/v1alpha/reflection.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
+    // Every file and what it imports (google/protobuf/*), with comments, so reflection clients can show them.
     let descriptors = protox::compile(protos, ["proto"])?;
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out_dir.join("descriptors.bin"), descriptors.encode_to_vec())?;
     // Output chunks are decoded as slices of the received frame rather than copied into a `Vec`.
     prost_build::Config::new().bytes([".runnel.v1.OutputChunk.data"]).compile_fds(descriptors)?;
     Ok(())

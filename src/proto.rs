@@ -12,4 +12,14 @@ pub mod health {
     include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
 }
 
+/// Server reflection's messages. v1alpha's are the same messages under another package name, so the server
+/// serves both services with these.
+#[allow(clippy::all, missing_docs)]
+pub mod reflection {
+    include!(concat!(env!("OUT_DIR"), "/grpc.reflection.v1.rs"));
+}
+
+/// Every `.proto` the server serves and what they import, as an encoded `FileDescriptorSet` (see `build.rs`).
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
+
 pub use runnel::v1::*;

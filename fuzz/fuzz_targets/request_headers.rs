@@ -1,11 +1,13 @@
 //! What the server reads from a request's headers and small fields: the `grpc-timeout` value, a
-//! percent-encoded `grpc-message`, ListJobs' page token and state filter, StopJob's grace period. None may
-//! panic; a deadline must not overflow the clock, and what we print we read back.
+//! percent-encoded `grpc-message`, ListJobs' page token and state filter, StopJob's grace period; and the
+//! metrics endpoint's HTTP request head. None may panic; a deadline must not overflow the clock, what we print
+//! we read back, and a request head once complete means the same whatever follows it.
 #![no_main]
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use runnel::grpc as headers;
+use runnel::server::scrape::{self, Request};
 use runnel::server::wire;
 
 #[derive(Arbitrary, Debug)]
@@ -17,6 +19,8 @@ struct Input {
     states: Vec<i32>,
     grace_seconds: i64,
     grace_nanos: i32,
+    metrics_head: Vec<u8>,
+    after_head: Vec<u8>,
 }
 
 fuzz_target!(|input: Input| {
@@ -35,6 +39,11 @@ fuzz_target!(|input: Input| {
     let _ = wire::states(&input.states);
     // Any duration converts or is refused (the service then caps what converts at its maximum grace).
     let _ = wire::grace_period(Some(prost_types_duration(input.grace_seconds, input.grace_nanos)));
+    if let Some(request) = scrape::parse_request(&input.metrics_head).filter(|r| *r != Request::HeadTooLarge) {
+        let longer = [input.metrics_head.as_slice(), input.after_head.as_slice()].concat();
+        assert_eq!(scrape::parse_request(&longer), Some(request), "bytes after a complete head changed it");
+        let _ = scrape::response(request, "");
+    }
 });
 
 fn prost_types_duration(seconds: i64, nanos: i32) -> prost_types::Duration {

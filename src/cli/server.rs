@@ -23,6 +23,8 @@ usage: runnel server --cert FILE --key FILE (--client-ca FILE | --client-cert-pi
 Serves the runnel job API over mutual TLS (TLS 1.3, client certificate required).
 
   --listen ADDR                  address to listen on [default: 127.0.0.1:50051 — loopback only]
+  --metrics-listen ADDR          serve Prometheus metrics over plain HTTP (GET /metrics) on ADDR; a bare PORT
+                                 means 127.0.0.1:PORT [default: no metrics endpoint]
   --cert FILE                    server certificate (PEM)
   --key FILE                     server private key (PEM); or the PEM text in RUNNEL_TLS_KEY
   --client-ca FILE               CA that client certificates must chain to (PEM)
@@ -103,6 +105,7 @@ enum FlagKind {
 /// Every server flag but the per-field limit flags (see [`server_flags`]).
 const FLAGS: &[(&str, FlagKind)] = &[
     ("--listen", FlagKind::Value),
+    ("--metrics-listen", FlagKind::Value),
     ("--cert", FlagKind::Value),
     ("--key", FlagKind::Value),
     ("--client-ca", FlagKind::Value),
@@ -221,6 +224,7 @@ pub fn run(args: Vec<OsString>) -> Result<(), CliError> {
 struct RawFlags {
     help: bool,
     listen: Option<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
     cert: Option<PathBuf>,
     key_file: Option<PathBuf>,
     client_ca: Option<PathBuf>,
@@ -271,6 +275,7 @@ impl RawFlags {
         let raw = RawFlags {
             help: false,
             listen: args.flag_value("--listen")?,
+            metrics_listen: args.flag_value_with("--metrics-listen", parse_metrics_address)?,
             cert: args.flag_value("--cert")?,
             key_file: args.flag_value("--key")?,
             client_ca: args.flag_value("--client-ca")?,
@@ -385,6 +390,7 @@ impl RawFlags {
         }
         Ok(ServerConfig {
             listen: self.listen.unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid")),
+            metrics_listen: self.metrics_listen,
             cert,
             key,
             clients,
@@ -419,6 +425,16 @@ impl RawFlags {
 }
 
 /// A limit flag's value: `none` (or 0) for no limit.
+/// `--metrics-listen`: `HOST:PORT`, or a bare `PORT` (or `:PORT`) on loopback, so the endpoint is never
+/// exposed beyond the host unless an address says so.
+fn parse_metrics_address(text: &str) -> Result<SocketAddr, String> {
+    let port = text.strip_prefix(':').unwrap_or(text);
+    if let Ok(port) = port.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse().map_err(|_| format!("{text:?} is not HOST:PORT (e.g. 127.0.0.1:9464) or a port"))
+}
+
 fn limit_value(
     args: &mut pico_args::Arguments,
     flag: &'static str,
@@ -497,6 +513,18 @@ mod tests {
         assert!(raw.host_network && !raw.no_isolation);
         let pids = LIMIT_FIELDS.iter().position(|f| f.max_flag == "--max-pids").unwrap();
         assert_eq!(raw.limit_maxima[pids], Some(100));
+    }
+
+    #[test]
+    fn the_metrics_address_is_loopback_unless_an_address_is_given() {
+        assert_eq!(parse_metrics_address("9464"), Ok("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(parse_metrics_address(":9464"), Ok("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(parse_metrics_address("0.0.0.0:9464"), Ok("0.0.0.0:9464".parse().unwrap()));
+        assert_eq!(parse_metrics_address("[::1]:9464"), Ok("[::1]:9464".parse().unwrap()));
+        let error = parse_metrics_address("localhost:x").unwrap_err();
+        assert!(error.contains("HOST:PORT"), "{error}");
+        let raw = RawFlags::parse(args(&["--metrics-listen", "9100"])).unwrap();
+        assert_eq!(raw.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
     }
 
     #[test]

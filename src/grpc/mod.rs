@@ -39,4 +39,6 @@ pub mod path {
     pub const REMOVE_JOB: &str = "/runnel.v1.JobService/RemoveJob";
     pub const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
     pub const HEALTH_WATCH: &str = "/grpc.health.v1.Health/Watch";
+    pub const REFLECTION_V1: &str = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+    pub const REFLECTION_V1ALPHA: &str = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo";
 }

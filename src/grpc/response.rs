@@ -2,7 +2,7 @@
 //! the call ends with trailers, or, if it fails before any message was sent, with one Trailers-Only HEADERS
 //! frame.
 
-use std::task::Context;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -39,6 +39,30 @@ impl Responder {
             Responder::Open(send) => Some(send),
             _ => None,
         }
+    }
+
+    /// Queues what is left of `message` as HTTP/2 flow control allows: `Ready(true)` once all of it is queued,
+    /// `Ready(false)` if the stream is over, `Pending` while waiting for the client to grant capacity (the
+    /// waker is with h2). Nothing is queued beyond what the client's windows allow.
+    pub fn poll_send_within_capacity(&mut self, cx: &mut Context<'_>, message: &mut Bytes) -> Poll<bool> {
+        let Some(send) = self.open() else { return Poll::Ready(false) };
+        while !message.is_empty() {
+            send.reserve_capacity(message.len());
+            match send.capacity() {
+                0 => match send.poll_capacity(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Ok(_))) => {}
+                    Poll::Ready(None | Some(Err(_))) => return Poll::Ready(false),
+                },
+                capacity => {
+                    let part = message.split_to(capacity.min(message.len()));
+                    if send.send_data(part, false).is_err() {
+                        return Poll::Ready(false);
+                    }
+                }
+            }
+        }
+        Poll::Ready(true)
     }
 
     /// Queues one message. False if it cannot go (the stream is over).

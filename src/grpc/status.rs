@@ -26,7 +26,7 @@ pub enum Code {
 }
 
 impl Code {
-    const ALL: [Code; 17] = [
+    pub const ALL: [Code; 17] = [
         Code::Ok,
         Code::Cancelled,
         Code::Unknown,

@@ -39,6 +39,11 @@ pub enum EndReason {
     ServerShutdown,
 }
 
+impl EndReason {
+    pub const ALL: [EndReason; 5] =
+        [EndReason::Exited, EndReason::Stopped, EndReason::OomKilled, EndReason::Signaled, EndReason::ServerShutdown];
+}
+
 /// How a job ended (set once its main process was reaped).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EndState {

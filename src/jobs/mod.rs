@@ -8,6 +8,7 @@
 //! [`JobTable::settle_start`]) or when a timer runs out ([`JobTable::kill`], [`JobTable::start_overdue`]).
 
 mod caller;
+mod counters;
 mod error;
 mod id;
 pub mod janitor;
@@ -20,6 +21,7 @@ mod start;
 mod table;
 
 pub use caller::Caller;
+pub use counters::{JobCensus, JobCounters};
 pub use error::{clip, JobError, QUOTE_LIMIT};
 pub use id::{JobId, JobKey};
 pub use job::{EndReason, EndState, Job, JobState};

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::task::{Poll, Waker};
 use std::time::SystemTime;
 
+use super::counters::{JobCensus, JobCounters};
 use super::janitor::Janitor;
 use super::job::Starting;
 use super::launch::{self, Launcher, StartReport, START_TIMEOUT};
@@ -79,6 +80,7 @@ pub struct JobTable {
     /// the reactor as the job's) turns readable, so a start never waits for a process to die.
     killed_inits: HashMap<JobKey, OwnedFd>,
     shutting_down: bool,
+    counters: JobCounters,
 }
 
 impl JobTable {
@@ -108,6 +110,7 @@ impl JobTable {
             start_failures: VecDeque::new(),
             killed_inits: HashMap::new(),
             shutting_down: false,
+            counters: JobCounters::default(),
         })
     }
 
@@ -157,6 +160,16 @@ impl JobTable {
 
     pub fn has_running(&self) -> bool {
         self.jobs.values().any(|j| !j.is_ended())
+    }
+
+    /// What the table has done since it was made (for metrics).
+    pub fn counters(&self) -> &JobCounters {
+        &self.counters
+    }
+
+    /// How many jobs are in each state now, and the output the spool retains for them in bytes (for metrics).
+    pub fn census(&self) -> (JobCensus, u64) {
+        (JobCensus::count(self.jobs.values()), self.spool.retained_total())
     }
 
     /// Checks `request` and starts it as a job of `owner`; on failure nothing is left behind. Whether the command
@@ -303,6 +316,7 @@ impl JobTable {
         match failure {
             None => {
                 job.starting = None;
+                self.counters.started += 1;
                 log::info!("job {} started: {:?} exec'd", job.id, job.command);
                 job.wake_waiters();
             }
@@ -326,6 +340,7 @@ impl JobTable {
         let Some(mut job) = self.jobs.remove(&key) else { return };
         self.by_id.remove(&job.id);
         count_ended(&mut self.running_by_owner, &job.owner);
+        self.counters.start_failures += 1;
         log::info!("job {} did not start: {error}", job.id);
         if let Some(pidfd) = job.pidfd.take() {
             let _ = sys::signal_process(job.pid, libc::SIGKILL);
@@ -419,6 +434,9 @@ impl JobTable {
         if job.is_starting() || !job.reap(self.containment.cgroups.as_mut()) {
             return false;
         }
+        if let Some(end) = &job.end {
+            self.counters.count_end(end.reason);
+        }
         count_ended(&mut self.running_by_owner, &job.owner);
         // Take everything the job wrote before it ended (at most a full pipe each), so a WaitJob answered now
         // reports its full output. What a process that escaped the job writes later comes as any output does.
@@ -437,6 +455,7 @@ impl JobTable {
         let Some(job) = self.jobs.get_mut(&key) else { return closed };
         let Some(fd) = job.pipe(stream) else { return closed };
         let ingested = self.spool.ingest(&mut job.output, &job.id, stream, fd, budget);
+        self.counters.count_output(stream, ingested.bytes);
         if ingested.drain == Drain::Closed && job.close_pipe(stream) {
             self.spool.finish(&mut job.output);
         }
@@ -478,6 +497,7 @@ impl JobTable {
         let job = self.jobs.remove(&key).ok_or_else(|| JobError::UnknownJob(format!("{key:?}")))?;
         self.by_id.remove(&job.id);
         log::debug!("removing ended job {} on request", job.id);
+        self.counters.removed += 1;
         self.remove_files(job);
         Ok(())
     }
@@ -489,6 +509,7 @@ impl JobTable {
             let job = self.jobs.remove(&key).expect("present");
             self.by_id.remove(&job.id);
             log::debug!("evicting ended job {}", job.id);
+            self.counters.evicted += 1;
             self.remove_files(job);
         }
     }

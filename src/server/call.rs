@@ -18,6 +18,8 @@ use h2::RecvStream;
 use super::admission::Admission;
 use super::follower::{FollowEnd, Follower};
 use super::limits;
+use super::metrics::Metrics;
+use super::reflection;
 use super::service::{self, Action, Method, ServiceContext};
 use super::wire::{self, CallError};
 use crate::grpc::{self, encode_message, Code, MessageDecoder, Responder, Status};
@@ -84,7 +86,14 @@ enum Phase {
     AwaitStart(JobKey),
     AwaitJobEnd(JobKey),
     Follow(Follower),
-    WatchHealth { sent: Option<ServingStatus> },
+    WatchHealth {
+        sent: Option<ServingStatus>,
+    },
+    /// Reflection: each request is answered as it comes; the next is read once the answer is within flow
+    /// control (`answer` holds what of it is not yet).
+    Reflect {
+        answer: Bytes,
+    },
 }
 
 impl Call {
@@ -98,15 +107,21 @@ impl Call {
     ) -> Self {
         let method = Method::from_path(path);
         let unknown_path = method.is_none().then(|| crate::jobs::clip(path).into_owned());
+        let (phase, max_message) = match method {
+            Some(method) if method.streams_requests() => {
+                (Phase::Reflect { answer: Bytes::new() }, limits::MAX_REFLECTION_REQUEST)
+            }
+            _ => (Phase::ReadRequest, grpc::MAX_REQUEST_MESSAGE),
+        };
         Call {
             method,
             audit: Audit { peer, unknown_path, begun: Instant::now(), job: None, ended_with: None },
             caller,
             body,
-            decoder: MessageDecoder::new(grpc::MAX_REQUEST_MESSAGE),
+            decoder: MessageDecoder::new(max_message),
             request: None,
             response: Responder::new(respond),
-            phase: Phase::ReadRequest,
+            phase,
             refusal: None,
             holds_call_slot: false,
             request_bytes: 0,
@@ -127,8 +142,9 @@ impl Call {
 
     /// Gives back what the call held: its place among its identity's calls and followers, and its request
     /// bytes. Called once, as the call is removed.
-    pub fn release(&mut self, admission: &mut Admission, requests: &mut RequestBudget) {
+    pub fn release(&mut self, admission: &mut Admission, requests: &mut RequestBudget, metrics: &mut Metrics) {
         self.log_audit_line();
+        metrics.record_call(self.method, self.audit.ended_with, self.audit.begun.elapsed());
         if let (true, Ok(caller)) = (std::mem::take(&mut self.holds_call_slot), &self.caller) {
             admission.release_call(&caller.identity);
             if self.is_follower() {
@@ -149,7 +165,7 @@ impl Call {
             Err(_) => "-".into(),
         };
         let method = match (self.method, &audit.unknown_path) {
-            (Some(method), _) => format!("{method:?}"),
+            (Some(method), _) => method.name().to_string(),
             (None, Some(path)) => format!("{path:?}"),
             (None, None) => "-".into(),
         };
@@ -221,7 +237,7 @@ impl Call {
                 },
                 Phase::Follow(follower) => {
                     let Some(send) = self.response.open() else { return Poll::Ready(()) };
-                    return match follower.poll(cx, ctx.jobs, send) {
+                    return match follower.poll(cx, ctx.jobs, send, ctx.metrics) {
                         Poll::Pending => Poll::Pending,
                         Poll::Ready(FollowEnd::Done) => self.finish(&Status::ok()),
                         Poll::Ready(FollowEnd::Gone) => Poll::Ready(()),
@@ -242,6 +258,32 @@ impl Call {
                     }
                     reactor::remember_waker(ctx.shutdown_waiters, cx.waker());
                 }
+                Phase::Reflect { answer } => {
+                    let mut unsent = std::mem::take(answer);
+                    match self.response.poll_send_within_capacity(cx, &mut unsent) {
+                        Poll::Ready(true) => {}
+                        Poll::Ready(false) => return Poll::Ready(()),
+                        Poll::Pending => {
+                            self.phase = Phase::Reflect { answer: unsent };
+                            return Poll::Pending;
+                        }
+                    }
+                    match self.read_message(cx, requests) {
+                        Poll::Ready(Ok(Some(request))) => {
+                            self.give_back_request_bytes(requests);
+                            match reflection::answer(&request) {
+                                Ok(answer) => self.phase = Phase::Reflect { answer },
+                                Err(error) => return self.fail(error),
+                            }
+                            continue;
+                        }
+                        // The client has sent its last request, and every answer is on its way.
+                        Poll::Ready(Ok(None)) => return self.finish(&Status::ok()),
+                        Poll::Ready(Err(Some(error))) => return self.fail(error),
+                        Poll::Ready(Err(None)) => return Poll::Ready(()),
+                        Poll::Pending => {}
+                    }
+                }
             }
             // Waiting: notice a client cancel at once so its resources are freed.
             return if self.response.poll_cancelled(cx) { Poll::Ready(()) } else { Poll::Pending };
@@ -261,13 +303,36 @@ impl Call {
         read
     }
 
+    /// Reads until the client ends its stream: exactly one message, or an error.
     fn read_request_bytes(
         &mut self,
         cx: &mut Context<'_>,
         requests: &mut RequestBudget,
     ) -> Poll<Result<Bytes, Option<CallError>>> {
+        loop {
+            match std::task::ready!(self.read_message(cx, requests)) {
+                Ok(Some(message)) if self.request.is_none() => self.request = Some(message),
+                Ok(Some(_)) => return Poll::Ready(Err(Some(CallError::ExtraMessage))),
+                Ok(None) => return Poll::Ready(self.request.take().ok_or(Some(CallError::IncompleteRequest(0)))),
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
+    }
+
+    /// The next request message: `Ok(None)` once the client has ended its stream with no partial message left,
+    /// `Err(None)` if it reset the stream.
+    fn read_message(
+        &mut self,
+        cx: &mut Context<'_>,
+        requests: &mut RequestBudget,
+    ) -> Poll<Result<Option<Bytes>, Option<CallError>>> {
         self.release_capacity_within(cx, requests);
         loop {
+            match self.decoder.next_message() {
+                Ok(Some(message)) => return Poll::Ready(Ok(Some(message))),
+                Ok(None) => {}
+                Err(framing) => return Poll::Ready(Err(Some(CallError::Framing(framing)))),
+            }
             match self.body.poll_data(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(chunk))) => {
@@ -276,18 +341,12 @@ impl Call {
                     self.unreleased += chunk.len();
                     self.release_capacity_within(cx, requests);
                     self.decoder.push(chunk);
-                    match self.decoder.next_message() {
-                        Ok(None) => {}
-                        Ok(Some(message)) if self.request.is_none() => self.request = Some(message),
-                        Ok(Some(_)) => return Poll::Ready(Err(Some(CallError::ExtraMessage))),
-                        Err(framing) => return Poll::Ready(Err(Some(CallError::Framing(framing)))),
-                    }
                 }
                 Poll::Ready(Some(Err(_))) => return Poll::Ready(Err(None)),
                 Poll::Ready(None) => {
-                    return Poll::Ready(match (self.request.take(), self.decoder.buffered()) {
-                        (Some(message), 0) => Ok(message),
-                        (_, left) => Err(Some(CallError::IncompleteRequest(left))),
+                    return Poll::Ready(match self.decoder.buffered() {
+                        0 => Ok(None),
+                        left => Err(Some(CallError::IncompleteRequest(left))),
                     });
                 }
             }

@@ -17,7 +17,7 @@ use rustls::ServerConnection;
 
 use super::admission::{Admission, ConnectionCap};
 use super::call::{Call, RequestBudget};
-use super::rejections::RejectionLog;
+use super::rejections::{Rejection, RejectionLog};
 use super::wire::CallError;
 use crate::grpc;
 use crate::jobs::Caller;
@@ -132,14 +132,20 @@ impl Connection {
                         self.caller = identity(transport, &settings.admins);
                         if let Err(reason) = &self.caller {
                             // Its calls are answered UNAUTHENTICATED with the reason; none can act.
-                            rejections.log(format_args!("connection from {}: refused: {reason}", self.peer));
+                            rejections.log(
+                                Rejection::NoIdentity,
+                                format_args!("connection from {}: refused: {reason}", self.peer),
+                            );
                         }
                         match admission.admit(&self.caller) {
                             Ok(()) => self.admitted = true,
                             Err(cap) => {
                                 // Its first call is answered with why, then it goes away; the handshake deadline
                                 // closes it if no call comes.
-                                rejections.log(format_args!("connection from {}: refused: {cap}", self.peer));
+                                rejections.log(
+                                    Rejection::OverCap,
+                                    format_args!("connection from {}: refused: {cap}", self.peer),
+                                );
                                 self.refusal = Some(cap);
                             }
                         }
@@ -158,10 +164,14 @@ impl Connection {
                     // orchestrator's readiness probe) or a client giving up: nothing an operator must hear of.
                     Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
                         log::debug!("connection {} from {}: closed during the TLS handshake", self.id, self.peer);
+                        rejections.count(Rejection::ClosedDuringHandshake);
                         return ConnectionState::Closed;
                     }
                     Err(err) => {
-                        rejections.log(format_args!("connection from {}: TLS handshake failed: {err}", self.peer));
+                        rejections.log(
+                            Rejection::TlsFailed,
+                            format_args!("connection from {}: TLS handshake failed: {err}", self.peer),
+                        );
                         return ConnectionState::Closed;
                     }
                 },
@@ -174,6 +184,7 @@ impl Connection {
                     }
                     Poll::Ready(Err(err)) => {
                         log::debug!("connection {}: HTTP/2 handshake failed: {err}", self.id);
+                        rejections.count(Rejection::Http2Failed);
                         return ConnectionState::Closed;
                     }
                     Poll::Pending => return ConnectionState::Open,

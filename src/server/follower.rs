@@ -11,9 +11,10 @@ use bytes::{Buf, BufMut, BytesMut};
 use h2::SendStream;
 use prost::encoding::{encode_varint, encoded_len_varint};
 
+use super::metrics::Metrics;
 use super::wire::{self, CallError};
 use crate::grpc::MESSAGE_HEADER_LEN;
-use crate::jobs::{JobKey, JobTable, OutputCursor};
+use crate::jobs::{JobKey, JobTable, OutputCursor, Stream};
 use crate::proto::OutputStream;
 
 /// Largest output chunk in one message: large enough that framing costs little, small enough to interleave
@@ -67,6 +68,7 @@ impl Follower {
         cx: &mut Context<'_>,
         jobs: &mut JobTable,
         send: &mut SendStream<bytes::Bytes>,
+        metrics: &mut Metrics,
     ) -> Poll<FollowEnd> {
         loop {
             if send.poll_reset(cx).is_ready() {
@@ -110,6 +112,7 @@ impl Follower {
             if send.send_data(message, false).is_err() {
                 return Poll::Ready(FollowEnd::Gone);
             }
+            metrics.record_output_sent(span.stream == Stream::Stderr, len as u64);
         }
     }
 

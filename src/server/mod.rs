@@ -9,7 +9,10 @@ mod call;
 mod connection;
 mod containment;
 mod follower;
+mod metrics;
+mod reflection;
 mod rejections;
+pub mod scrape;
 mod service;
 mod source;
 mod state_dir;
@@ -32,7 +35,9 @@ use mio::{Events, Interest, Poll as MioPoll};
 use self::admission::{Admission, ClientCaps};
 use self::connection::{Connection, ConnectionSettings, ConnectionState};
 pub use self::containment::ContainmentConfig;
-use self::rejections::RejectionLog;
+use self::metrics::{Metrics, Observed};
+use self::rejections::{Rejection, RejectionLog};
+use self::scrape::MetricsEndpoint;
 use self::service::{Effect, ServiceContext};
 use self::source::Source;
 use self::state_dir::StateDir;
@@ -46,6 +51,8 @@ use crate::tls::{self, KeySource, TlsError};
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// Where to serve Prometheus metrics over plain HTTP (`--metrics-listen`), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     pub cert: PathBuf,
     pub key: KeySource,
     /// Which client certificates are accepted (`--client-ca`, `--crl`, `--client-cert-pin`).
@@ -137,6 +144,8 @@ mod limits {
     /// rustls' outgoing buffer per connection (its default is 64 KiB): larger means fewer, larger socket writes
     /// when streaming output. h2's own per-stream send buffer bounds what is queued in front of it.
     pub const TLS_SEND_BUFFER: usize = 512 * 1024;
+    /// Largest reflection request: a file or symbol name.
+    pub const MAX_REFLECTION_REQUEST: usize = 64 * 1024;
     /// Once every job has ended at shutdown, time left for followers to receive the last output.
     pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
     /// After a connection closes, how long until the freed memory goes back to the kernel (`sys::give_back_freed_memory`);
@@ -176,6 +185,8 @@ pub enum TimerEvent {
     FollowersDrainOver,
     /// Shutdown: stop waiting for connections to close after GOAWAY and drop them.
     ConnectionsCloseOver,
+    /// A metrics exchange's time is up: drop it if it is still open.
+    MetricsExchangeOver(u64),
 }
 
 /// When to look at a connection's idleness again, or `None` to close it now. At most one check per
@@ -258,6 +269,9 @@ struct Server {
     /// A [`TimerEvent::RetryRemovals`] is pending.
     removal_retry_scheduled: bool,
     lifecycle: Lifecycle,
+    metrics: Metrics,
+    /// `--metrics-listen`'s listener and its exchanges.
+    metrics_endpoint: Option<MetricsEndpoint>,
     config: ServerConfig,
 }
 
@@ -305,6 +319,16 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         .register(&mut SourceFd(&signals.as_raw_fd()), Source::Signals.token(), Interest::READABLE)
         .map_err(io_error("cannot watch signals"))?;
     let address = listener.local_addr().map_err(io_error("cannot read the listening address"))?;
+    let metrics_endpoint = match config.metrics_listen {
+        None => None,
+        Some(address) => {
+            let endpoint = MetricsEndpoint::bind(address, poll.registry())
+                .map_err(|source| ServerError::Bind { address, source })?;
+            let bound = endpoint.local_addr().map_err(io_error("cannot read the metrics address"))?;
+            log::info!(target: "runnel::ready", "metrics served at http://{bound}/metrics");
+            Some(endpoint)
+        }
+    };
     // The one line scripts and tests wait for (`grep -o 'listening on [^ "]*'`), in the log's own format.
     log::info!(target: "runnel::ready", "runnel server listening on {address}");
 
@@ -341,6 +365,8 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         trim_scheduled: false,
         removal_retry_scheduled: false,
         lifecycle: Lifecycle::Serving,
+        metrics: Metrics::default(),
+        metrics_endpoint,
         config,
     };
     let result = server.run();
@@ -368,6 +394,7 @@ impl Server {
                     return Err(ServerError::Io { what: "the event loop failed", source: err });
                 }
             }
+            let turn_begun = Instant::now();
             for event in events.iter() {
                 self.dispatch(Source::from_token(event.token()));
             }
@@ -381,6 +408,7 @@ impl Server {
                 self.removal_retry_scheduled = true;
                 self.timers.schedule(Instant::now() + limits::REMOVAL_RETRY, TimerEvent::RetryRemovals);
             }
+            self.metrics.record_turn(turn_begun.elapsed());
             if self.advance_shutdown() {
                 return Ok(());
             }
@@ -405,7 +433,43 @@ impl Server {
             }
             Source::JobOutput(key, stream) => self.ready_pipes.push(key, stream),
             Source::JobStartReport(key) => self.jobs.settle_start(key),
+            Source::MetricsListener => {
+                let Some(endpoint) = self.metrics_endpoint.as_mut() else { return };
+                let over = Instant::now() + scrape::EXCHANGE_TIMEOUT;
+                for id in endpoint.accept(self.poll.registry()) {
+                    self.timers.schedule(over, TimerEvent::MetricsExchangeOver(id));
+                }
+            }
+            Source::MetricsExchange(id) => {
+                let Some(endpoint) = self.metrics_endpoint.as_mut() else { return };
+                if let scrape::Progress::Complete(request) = endpoint.ready(id) {
+                    let body = match request {
+                        scrape::Request::Metrics { .. } => self.render_metrics(),
+                        _ => String::new(),
+                    };
+                    if let Some(endpoint) = self.metrics_endpoint.as_mut() {
+                        endpoint.respond(id, scrape::response(request, &body));
+                    }
+                }
+            }
         }
+    }
+
+    /// The metrics exposition: what the loop counted, and the state of the jobs, connections and process now.
+    fn render_metrics(&self) -> String {
+        let (census, spool_bytes) = self.jobs.census();
+        let handshaking = self.connections.values().filter(|c| c.is_handshaking()).count() as u64;
+        let rejections = self.rejections.counts();
+        self.metrics.render(&Observed {
+            census,
+            jobs: self.jobs.counters().clone(),
+            spool_bytes,
+            spool_limit_bytes: self.config.max_output_total,
+            connections_handshaking: handshaking,
+            connections_established: self.connections.len() as u64 - handshaking,
+            rejections: &rejections,
+            process: metrics::process_figures(),
+        })
     }
 
     /// Moves job output into the spool: each ready pipe in turn gets a share, until the turn's budget is
@@ -488,6 +552,7 @@ impl Server {
                 continue;
             }
             log::debug!("connection {id} from {peer}");
+            self.metrics.record_connection();
             let mut connection = Connection::new(id, peer, socket, tls, self.queue.waker(TaskId::connection(id)));
             if self.lifecycle != Lifecycle::Serving {
                 connection.go_away();
@@ -507,6 +572,7 @@ impl Server {
         }
         if let Some(victim) = admission::handshake_to_evict(holders()) {
             log::debug!("connection {victim}: unfinished handshake closed to make room for a new connection");
+            self.rejections.count(Rejection::Evicted);
             self.close_connection(victim);
         }
     }
@@ -515,7 +581,7 @@ impl Server {
     fn close_connection(&mut self, id: u64) {
         if let Some(mut connection) = self.connections.remove(&id) {
             for call in connection.calls.values_mut() {
-                call.release(&mut self.admission, &mut connection.requests);
+                call.release(&mut self.admission, &mut connection.requests, &mut self.metrics);
             }
             if let Some(caller) = connection.admitted_as() {
                 self.admission.release(caller);
@@ -608,7 +674,7 @@ impl Server {
                 let Some(connection) = self.connections.get_mut(&connection_id) else { return };
                 if let Some(mut call) = connection.calls.remove(&call_id) {
                     call.abort(CallError::DeadlineExceeded);
-                    call.release(&mut self.admission, &mut connection.requests);
+                    call.release(&mut self.admission, &mut connection.requests, &mut self.metrics);
                     connection.waker.wake_by_ref();
                 }
             }
@@ -617,8 +683,10 @@ impl Server {
                 if let Some(connection) = self.connections.get(&id).filter(|c| c.holds_handshake_slot()) {
                     if connection.is_handshaking() {
                         let (peer, seconds) = (connection.peer, limits::HANDSHAKE_TIMEOUT.as_secs());
-                        self.rejections
-                            .log(format_args!("connection from {peer} closed: no handshake within {seconds} s"));
+                        self.rejections.log(
+                            Rejection::HandshakeTimeout,
+                            format_args!("connection from {peer} closed: no handshake within {seconds} s"),
+                        );
                     }
                     self.close_connection(id);
                 }
@@ -644,6 +712,11 @@ impl Server {
                 }
             }
             TimerEvent::FollowersDrainOver | TimerEvent::ConnectionsCloseOver => {}
+            TimerEvent::MetricsExchangeOver(id) => {
+                if let Some(endpoint) = self.metrics_endpoint.as_mut() {
+                    endpoint.close(id);
+                }
+            }
         }
     }
 
@@ -692,9 +765,10 @@ impl Server {
             stop_grace: self.config.stop_grace,
             shutting_down: self.lifecycle != Lifecycle::Serving,
             shutdown_waiters: &mut self.shutdown_waiters,
+            metrics: &mut self.metrics,
         };
         if let Poll::Ready(()) = call.poll(&mut cx, &mut ctx, &mut connection.requests) {
-            call.release(&mut self.admission, &mut connection.requests);
+            call.release(&mut self.admission, &mut connection.requests, &mut self.metrics);
             connection.calls.remove(&task.call);
             connection.last_active = Instant::now();
             // The call's last frames are queued in h2: let the connection write them.

@@ -5,6 +5,8 @@
 //! trace on the server), but a client that opens connections in a loop must not be able to fill the disk or
 //! drown everything else in the log. So at most [`BURST`] such lines are written a second; the rest are
 //! counted, and the next line written says how many were left out.
+//!
+//! Every rejection is also counted by kind ([`Rejection`]), logged or not, for the server's metrics.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -13,24 +15,87 @@ use std::time::{Duration, Instant};
 pub const BURST: u32 = 10;
 const WINDOW: Duration = Duration::from_secs(1);
 
+/// Why a connection was turned away, or closed before it could be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The TLS handshake failed: an unknown CA, a revoked or unpinned certificate, not TLS at all.
+    TlsFailed,
+    /// TLS was established but the HTTP/2 handshake failed (not a gRPC client): not logged at info.
+    Http2Failed,
+    /// The certificate was verified but names no identity.
+    NoIdentity,
+    /// Over `--max-connections` or `--max-connections-per-client`.
+    OverCap,
+    /// The handshakes did not finish in time.
+    HandshakeTimeout,
+    /// Closed by the peer during the TLS handshake (a port check, a client giving up): not logged at info.
+    ClosedDuringHandshake,
+    /// An unfinished handshake closed to make room for a new connection: not logged at info.
+    Evicted,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 7] = [
+        Rejection::TlsFailed,
+        Rejection::Http2Failed,
+        Rejection::NoIdentity,
+        Rejection::OverCap,
+        Rejection::HandshakeTimeout,
+        Rejection::ClosedDuringHandshake,
+        Rejection::Evicted,
+    ];
+
+    /// The metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Rejection::TlsFailed => "tls",
+            Rejection::Http2Failed => "http2",
+            Rejection::NoIdentity => "no_identity",
+            Rejection::OverCap => "over_cap",
+            Rejection::HandshakeTimeout => "handshake_timeout",
+            Rejection::ClosedDuringHandshake => "closed_during_handshake",
+            Rejection::Evicted => "evicted",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct RejectionLog {
     window_start: Instant,
     written_in_window: u32,
     /// Lines left out since the last one written.
     left_out: u64,
+    /// Rejections of each kind so far (indexed as [`Rejection::ALL`]).
+    counts: [u64; Rejection::ALL.len()],
 }
 
 impl Default for RejectionLog {
     fn default() -> Self {
-        RejectionLog { window_start: Instant::now(), written_in_window: 0, left_out: 0 }
+        RejectionLog::starting_at(Instant::now())
     }
 }
 
 impl RejectionLog {
-    /// Logs `line` at info unless this second's lines are used up.
-    pub fn log(&mut self, line: fmt::Arguments<'_>) {
+    fn starting_at(window_start: Instant) -> Self {
+        RejectionLog { window_start, written_in_window: 0, left_out: 0, counts: [0; Rejection::ALL.len()] }
+    }
+
+    /// Counts a rejection of `kind` and logs `line` at info unless this second's lines are used up.
+    pub fn log(&mut self, kind: Rejection, line: fmt::Arguments<'_>) {
+        self.count(kind);
         self.log_at(Instant::now(), line);
+    }
+
+    /// Counts a rejection of `kind` without a line at info (the caller logs at debug if at all).
+    pub fn count(&mut self, kind: Rejection) {
+        if let Some(count) = Rejection::ALL.iter().position(|k| *k == kind).and_then(|i| self.counts.get_mut(i)) {
+            *count += 1;
+        }
+    }
+
+    /// Rejections so far, by kind.
+    pub fn counts(&self) -> [(Rejection, u64); Rejection::ALL.len()] {
+        std::array::from_fn(|i| (Rejection::ALL[i], self.counts[i]))
     }
 
     fn log_at(&mut self, now: Instant, line: fmt::Arguments<'_>) {
@@ -63,7 +128,7 @@ mod tests {
     #[test]
     fn at_most_a_burst_a_second_and_the_next_line_counts_what_was_left_out() {
         let start = Instant::now();
-        let mut rejections = RejectionLog { window_start: start, written_in_window: 0, left_out: 0 };
+        let mut rejections = RejectionLog::starting_at(start);
         for i in 0..25 {
             rejections.log_at(start + Duration::from_millis(i * 10), format_args!("refused {i}"));
         }
@@ -71,5 +136,18 @@ mod tests {
         assert_eq!(rejections.left_out(), 25 - u64::from(BURST));
         rejections.log_at(start + Duration::from_millis(1001), format_args!("refused again"));
         assert_eq!((rejections.written_in_window, rejections.left_out()), (1, 0));
+    }
+
+    #[test]
+    fn every_rejection_is_counted_by_kind_logged_or_not() {
+        let mut rejections = RejectionLog::default();
+        for _ in 0..30 {
+            rejections.log(Rejection::TlsFailed, format_args!("refused"));
+        }
+        rejections.count(Rejection::Evicted);
+        let counts = rejections.counts();
+        assert_eq!(counts[0], (Rejection::TlsFailed, 30), "lines left out are still counted");
+        assert_eq!(counts[6], (Rejection::Evicted, 1));
+        assert_eq!(counts.iter().map(|(_, n)| n).sum::<u64>(), 31);
     }
 }

@@ -12,6 +12,8 @@ use prost::Message;
 
 use super::admission::Admission;
 use super::follower::Follower;
+use super::metrics::Metrics;
+use super::reflection;
 use super::wire::{self, CallError};
 use crate::grpc::{encode_message, path};
 use crate::jobs::{Caller, EndReason, Job, JobError, JobKey, JobTable, StartedJob};
@@ -39,6 +41,7 @@ pub struct ServiceContext<'a> {
     pub shutting_down: bool,
     /// Calls to wake when shutdown begins (health watches).
     pub shutdown_waiters: &'a mut Vec<Waker>,
+    pub metrics: &'a mut Metrics,
 }
 
 /// Something a call needs from the loop beyond the job table.
@@ -62,9 +65,43 @@ pub enum Method {
     RemoveJob,
     HealthCheck,
     HealthWatch,
+    /// Server reflection, either version (see `server::reflection`).
+    ReflectionV1,
+    ReflectionV1Alpha,
 }
 
 impl Method {
+    pub const ALL: [Method; 11] = [
+        Method::StartJob,
+        Method::StopJob,
+        Method::GetJob,
+        Method::ListJobs,
+        Method::WaitJob,
+        Method::StreamOutput,
+        Method::RemoveJob,
+        Method::HealthCheck,
+        Method::HealthWatch,
+        Method::ReflectionV1,
+        Method::ReflectionV1Alpha,
+    ];
+
+    /// The method's name, as audit lines and metrics show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::StartJob => "StartJob",
+            Method::StopJob => "StopJob",
+            Method::GetJob => "GetJob",
+            Method::ListJobs => "ListJobs",
+            Method::WaitJob => "WaitJob",
+            Method::StreamOutput => "StreamOutput",
+            Method::RemoveJob => "RemoveJob",
+            Method::HealthCheck => "HealthCheck",
+            Method::HealthWatch => "HealthWatch",
+            Method::ReflectionV1 => "ReflectionV1",
+            Method::ReflectionV1Alpha => "ReflectionV1alpha",
+        }
+    }
+
     pub fn from_path(path: &str) -> Option<Method> {
         Some(match path {
             path::START_JOB => Method::StartJob,
@@ -76,13 +113,20 @@ impl Method {
             path::REMOVE_JOB => Method::RemoveJob,
             path::HEALTH_CHECK => Method::HealthCheck,
             path::HEALTH_WATCH => Method::HealthWatch,
+            path::REFLECTION_V1 => Method::ReflectionV1,
+            path::REFLECTION_V1ALPHA => Method::ReflectionV1Alpha,
             _ => return None,
         })
     }
 
-    /// Health methods need a verified certificate (TLS checks that) but no job-owning identity.
+    /// Health and reflection need a verified certificate (TLS checks that) but no job-owning identity.
     fn needs_identity(self) -> bool {
-        !matches!(self, Method::HealthCheck | Method::HealthWatch)
+        !matches!(self, Method::HealthCheck | Method::HealthWatch | Method::ReflectionV1 | Method::ReflectionV1Alpha)
+    }
+
+    /// A stream of requests, each answered as it comes (reflection), rather than one request.
+    pub fn streams_requests(self) -> bool {
+        matches!(self, Method::ReflectionV1 | Method::ReflectionV1Alpha)
     }
 }
 
@@ -168,6 +212,9 @@ pub fn dispatch(
             check_health_service(&decode(body)?)?;
             Action::WatchHealth
         }
+        // A reflection call answers each request as it comes (`Call`'s reflection phase); were one to arrive
+        // here as a whole request, the answer is the same.
+        Method::ReflectionV1 | Method::ReflectionV1Alpha => Action::Reply(reflection::answer(body)?),
         Method::StartJob => {
             let request: StartJobRequest = decode(body)?;
             let started = ctx.jobs.start(&caller().identity, wire::start_request(request))?;

@@ -15,9 +15,14 @@ pub enum Source {
     JobOutput(JobKey, Stream),
     /// The pipe a starting job reports its command's start on (its exec's, or its init's).
     JobStartReport(JobKey),
+    /// The metrics endpoint's listener (`--metrics-listen`).
+    MetricsListener,
+    /// A connection to the metrics endpoint.
+    MetricsExchange(u64),
 }
 
-/// Connection tokens have the top bit set; job tokens pack the job key with a 3-bit kind.
+/// Connection tokens have the top bit set; job and metrics exchange tokens pack the key or id with a 3-bit kind.
+/// Key 0 (never a job's nor an exchange's) holds the listeners and the signalfd.
 const CONNECTION_BIT: usize = 1 << (usize::BITS - 1);
 
 impl Source {
@@ -30,6 +35,8 @@ impl Source {
             Source::JobOutput(key, Stream::Stdout) => (key as usize) << 3 | 2,
             Source::JobOutput(key, Stream::Stderr) => (key as usize) << 3 | 3,
             Source::JobStartReport(key) => (key as usize) << 3 | 4,
+            Source::MetricsListener => 2,
+            Source::MetricsExchange(id) => (id as usize) << 3 | 5,
         })
     }
 
@@ -41,10 +48,12 @@ impl Source {
         let key = (value >> 3) as JobKey;
         match (key, value & 7) {
             (0, 0) => Source::Listener,
+            (0, 2) => Source::MetricsListener,
             (0, _) => Source::Signals,
             (key, 1) => Source::JobExit(key),
             (key, 2) => Source::JobOutput(key, Stream::Stdout),
             (key, 3) => Source::JobOutput(key, Stream::Stderr),
+            (id, 5) => Source::MetricsExchange(id),
             (key, _) => Source::JobStartReport(key),
         }
     }
@@ -66,6 +75,9 @@ mod tests {
             Source::JobOutput(123_456, Stream::Stderr),
             Source::JobStartReport(1),
             Source::JobStartReport(987_654_321),
+            Source::MetricsListener,
+            Source::MetricsExchange(1),
+            Source::MetricsExchange(123_456),
         ] {
             assert_eq!(Source::from_token(source.token()), source);
         }

@@ -149,8 +149,7 @@ impl Spool {
         self.ingester.mode = Ingest::Read;
     }
 
-    /// The retained total the spool keeps, for tests to hold against the logs' own counts.
-    #[cfg(any(test, fuzzing))]
+    /// Output bytes retained across every log (what `--max-output-total` bounds).
     pub fn retained_total(&self) -> u64 {
         self.retained_total
     }
