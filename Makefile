@@ -6,7 +6,7 @@ DEV_PKI  := certs/dev
 DEMO_DIR := $(CURDIR)/target/demo
 ADDR     := 127.0.0.1:50051
 
-.PHONY: all build static demo test unit interop hostile-h2 bench soak deps clean vmtest fuzz
+.PHONY: all build static demo test unit interop interop-node hostile-h2 bench soak deps clean vmtest fuzz
 
 all: build
 
@@ -54,16 +54,20 @@ demo: build $(DEV_PKI)/ca.crt
 	@kill -TERM $$(cat $(DEMO_DIR)/server.pid); while kill -0 $$(cat $(DEMO_DIR)/server.pid) 2>/dev/null; do sleep 0.1; done
 	@echo "server stopped; its state dir was removed: $$(test -e $(DEMO_DIR)/state && echo NO || echo yes)"
 
-# Everything the tests need that a fresh Debian 12 root machine lacks: Python's venv module, procps (`kill`).
+# Everything the tests need that a fresh Debian 12 root machine lacks: Python's venv module, procps (`kill`),
+# Node.js and npm (the grpc-js interop test).
 deps:
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust (rustup) first" >&2; exit 1; }
 	@python3 -c 'import ensurepip, venv' 2>/dev/null && command -v kill >/dev/null && command -v sha256sum >/dev/null \
 	  && command -v openssl >/dev/null || { \
 	  echo "installing python3-venv, procps and openssl"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv procps coreutils openssl; }
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  echo "installing nodejs and npm"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
 
-# Every test: unit and integration tests, the grpcio interop test, and the cgroup v2 guest test (QEMU).
-test: deps unit interop hostile-h2 vmtest
+# Every test: unit and integration tests, the grpcio and grpc-js interop tests, and the cgroup v2 guest test (QEMU).
+test: deps unit interop interop-node hostile-h2 vmtest
 
 unit:
 	$(CARGO) test --lib --bins --tests
@@ -71,6 +75,12 @@ unit:
 interop: deps
 	$(CARGO) build
 	bash tests/interop/run.sh target/debug/runnel
+
+# The same server driven by a second, independent client stack: gRPC's Node implementation (@grpc/grpc-js, the
+# versions pinned in tests/interop_node/package-lock.json), with Node's built-in test runner.
+interop-node: deps
+	$(CARGO) build
+	bash tests/interop_node/run.sh target/debug/runnel
 
 # Hostile HTTP/2 clients, frame by frame (Python's h2): floods, resets, bombs, never-read followers, and the
 # memory each may make the server hold.
@@ -98,4 +108,4 @@ vmtest: static
 
 clean:
 	$(CARGO) clean
-	rm -rf .venv tests/interop/generated
+	rm -rf .venv tests/interop/generated tests/interop_node/node_modules
