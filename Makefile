@@ -55,7 +55,7 @@ demo: build $(DEV_PKI)/ca.crt
 	@echo "server stopped; its state dir was removed: $$(test -e $(DEMO_DIR)/state && echo NO || echo yes)"
 
 # Everything the tests need that a fresh Debian 12 root machine lacks: Python's venv module, procps (`kill`),
-# Node.js and npm (the grpc-js interop test), podman (the container image test).
+# Node.js and npm (the grpc-js interop test), podman (the container image test), zsh and fish (completions).
 deps:
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust (rustup) first" >&2; exit 1; }
 	@python3 -c 'import ensurepip, venv' 2>/dev/null && command -v kill >/dev/null && command -v sha256sum >/dev/null \
@@ -65,6 +65,9 @@ deps:
 	@command -v node >/dev/null && command -v npm >/dev/null || { \
 	  echo "installing nodejs and npm"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+	@command -v zsh >/dev/null && command -v fish >/dev/null || { \
+	  echo "installing zsh and fish (the completion tests run the real shells)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zsh fish; }
 	@command -v podman >/dev/null || { \
 	  echo "installing podman (the container image test)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman; }

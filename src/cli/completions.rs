@@ -16,7 +16,7 @@ pub fn run(mut args: pico_args::Arguments) -> Result<i32, CliError> {
     super::finish(args)?;
     let script = match shell.as_deref() {
         Some("bash") => bash(),
-        Some("zsh") => format!("autoload -U +X bashcompinit && bashcompinit\n{}", bash()),
+        Some("zsh") => zsh(),
         Some("fish") => fish(),
         Some(other) => return Err(CliError::usage(format!("completions {other:?}: expected bash, zsh or fish"))),
         None => return Err(CliError::usage("completions needs a shell: bash, zsh or fish")),
@@ -122,6 +122,11 @@ complete -o default -F _runnel runnel
     )
 }
 
+/// zsh runs the bash script through its bash compatibility layer.
+fn zsh() -> String {
+    format!("autoload -U +X bashcompinit && bashcompinit\n{}", bash())
+}
+
 fn fish() -> String {
     let words = Words::from_help();
     // File names still complete (for --cert, --key, --ca, --out...): no global `-f`.
@@ -200,6 +205,63 @@ mod tests {
         assert_eq!(bash_completes(&["runnel", "client", "list", "x"]), "", "no command after a command");
         assert_eq!(bash_completes(&["runnel", "certs", "f"]), "fingerprint");
         assert_eq!(bash_completes(&["runnel", "completions", "z"]), "zsh");
+    }
+
+    /// What the real fish completes for `line` with the script loaded, in an empty directory so that no file
+    /// name is among them.
+    fn fish_completes(line: &str) -> Vec<String> {
+        let empty = std::env::temp_dir().join(format!("runnel-fish-{}", std::process::id()));
+        std::fs::create_dir_all(&empty).unwrap();
+        let test = format!("{}\ncomplete -C '{line}'", fish());
+        let output = std::process::Command::new("fish")
+            .args(["--no-config", "-c", &test])
+            .current_dir(&empty)
+            .output()
+            .expect("fish is needed for this test (make deps installs it)");
+        std::fs::remove_dir(&empty).unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        stdout.lines().map(|l| l.split('\t').next().unwrap().to_string()).collect()
+    }
+
+    #[test]
+    fn fish_completes_commands_flags_and_kinds() {
+        assert_eq!(fish_completes("runnel cl"), ["client"]);
+        assert_eq!(fish_completes("runnel client st"), ["start", "status", "stop"]);
+        assert_eq!(fish_completes("runnel server --max-job"), ["--max-jobs", "--max-job-request"]);
+        assert_eq!(fish_completes("runnel client list --no"), ["--no-trunc"]);
+        assert_eq!(fish_completes("runnel certs f"), ["fingerprint"]);
+        assert_eq!(fish_completes("runnel completions z"), ["zsh"]);
+    }
+
+    /// What the zsh script's function offers for `words` (the last being completed), called as zsh's
+    /// bashcompinit calls it (`emulate -L sh`: arrays from 0), after the script registered it with compinit.
+    /// zsh itself then keeps the offers that match the word, so they are not filtered here.
+    fn zsh_offers(words: &[&str]) -> String {
+        let line = words.iter().map(|w| format!("'{w}'")).collect::<Vec<_>>().join(" ");
+        let test = format!(
+            "autoload -U compinit && compinit -u -D\n{}\n[[ -n ${{_comps[runnel]}} ]] || {{ echo not registered >&2; exit 1 }}\n\
+             offers() {{ emulate -L sh; setopt kshglob noshglob braceexpand; COMP_WORDS=({line}); COMP_CWORD={}; \
+             _runnel; print -r -- \"${{COMPREPLY[*]}}\"; }}\noffers",
+            zsh(),
+            words.len() - 1
+        );
+        let output = std::process::Command::new("zsh")
+            .args(["-f", "-c", &test])
+            .output()
+            .expect("zsh is needed for this test (make deps installs it)");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    }
+
+    #[test]
+    fn zsh_registers_the_completion_and_offers_the_right_words() {
+        assert_eq!(zsh_offers(&["runnel", "c"]), TOP_COMMANDS.join(" "));
+        assert_eq!(zsh_offers(&["runnel", "client", "st"]), Words::from_help().client_commands.join(" "));
+        assert!(zsh_offers(&["runnel", "server", "--max-job"]).split(' ').any(|w| w == "--max-job-request"));
+        assert!(zsh_offers(&["runnel", "client", "list", "--no"]).split(' ').any(|w| w == "--no-trunc"));
+        assert_eq!(zsh_offers(&["runnel", "client", "list", "x"]), "", "no command after a command");
+        assert_eq!(zsh_offers(&["runnel", "certs", "f"]), "ca server client fingerprint");
     }
 
     #[test]
