@@ -255,7 +255,7 @@ fn an_identity_over_its_call_or_follower_cap_is_told_which_flag_and_others_are_n
     };
     let refused = first_error(&mut server.client("alice"), &follow, None);
     assert_eq!(refused.code, Code::ResourceExhausted, "{refused}");
-    assert!(refused.message.contains("alice already streams output on 2 calls"), "{refused}");
+    assert!(refused.message.contains("alice already streams output or reflection on 2 calls"), "{refused}");
     assert!(refused.message.contains("(--max-followers-per-client)"), "{refused}");
 
     // Two WaitJobs make four calls in flight; a fifth call of any kind is refused, naming its flag.

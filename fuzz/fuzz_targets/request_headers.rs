@@ -1,12 +1,16 @@
 //! What the server reads from a request's headers and small fields: the `grpc-timeout` value, a
 //! percent-encoded `grpc-message`, ListJobs' page token and state filter, StopJob's grace period; and the
-//! metrics endpoint's HTTP request head. None may panic; a deadline must not overflow the clock, what we print
-//! we read back, and a request head once complete means the same whatever follows it.
+//! metrics endpoint's HTTP request head; a server reflection request. None may panic; a deadline must not
+//! overflow the clock, what we print we read back, a request head once complete means the same whatever follows
+//! it, and a reflection request is refused or answered with one well-formed response.
 #![no_main]
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use runnel::grpc as headers;
+use prost::Message;
+use runnel::proto::reflection::ServerReflectionResponse;
+use runnel::server::reflection;
 use runnel::server::scrape::{self, Request};
 use runnel::server::wire;
 
@@ -21,6 +25,7 @@ struct Input {
     grace_nanos: i32,
     metrics_head: Vec<u8>,
     after_head: Vec<u8>,
+    reflection_request: Vec<u8>,
 }
 
 fuzz_target!(|input: Input| {
@@ -43,6 +48,13 @@ fuzz_target!(|input: Input| {
         let longer = [input.metrics_head.as_slice(), input.after_head.as_slice()].concat();
         assert_eq!(scrape::parse_request(&longer), Some(request), "bytes after a complete head changed it");
         let _ = scrape::response(request, "");
+    }
+    if let Ok(framed) = reflection::answer(&bytes::Bytes::from(input.reflection_request)) {
+        let mut decoder = headers::MessageDecoder::new(1 << 24);
+        decoder.push(framed);
+        let message = decoder.next_message().ok().flatten().expect("one whole message");
+        let response = ServerReflectionResponse::decode(message).expect("a response that decodes");
+        assert!(response.message_response.is_some(), "every answer says something");
     }
 });
 

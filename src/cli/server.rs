@@ -424,7 +424,6 @@ impl RawFlags {
     }
 }
 
-/// A limit flag's value: `none` (or 0) for no limit.
 /// `--metrics-listen`: `HOST:PORT`, or a bare `PORT` (or `:PORT`) on loopback, so the endpoint is never
 /// exposed beyond the host unless an address says so.
 fn parse_metrics_address(text: &str) -> Result<SocketAddr, String> {
@@ -435,6 +434,7 @@ fn parse_metrics_address(text: &str) -> Result<SocketAddr, String> {
     text.parse().map_err(|_| format!("{text:?} is not HOST:PORT (e.g. 127.0.0.1:9464) or a port"))
 }
 
+/// A limit flag's value: `none` (or 0) for no limit.
 fn limit_value(
     args: &mut pico_args::Arguments,
     flag: &'static str,

@@ -48,7 +48,8 @@ impl fmt::Display for ConnectionCap {
 pub enum CallCap {
     /// The identity has `--max-calls-per-client` calls in flight.
     Calls { identity: String, max: usize },
-    /// The identity has `--max-followers-per-client` StreamOutput calls in flight.
+    /// The identity has `--max-followers-per-client` streams in flight: StreamOutput and reflection calls, each
+    /// of which may hold h2's send buffer.
     Followers { identity: String, max: usize },
 }
 
@@ -62,8 +63,8 @@ impl fmt::Display for CallCap {
             ),
             CallCap::Followers { identity, max } => write!(
                 f,
-                "{identity} already streams output on {max} calls, the server's limit (--max-followers-per-client); \
-                 end some first"
+                "{identity} already streams output or reflection on {max} calls, the server's limit \
+                 (--max-followers-per-client); end some first"
             ),
         }
     }

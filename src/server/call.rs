@@ -23,7 +23,7 @@ use super::reflection;
 use super::service::{self, Action, Method, ServiceContext};
 use super::wire::{self, CallError};
 use crate::grpc::{self, encode_message, Code, MessageDecoder, Responder, Status};
-use crate::jobs::{Caller, JobKey};
+use crate::jobs::{Caller, JobError, JobKey};
 use crate::proto::health::{health_check_response::ServingStatus, HealthCheckResponse};
 use crate::proto::GetJobRequest;
 use crate::reactor;
@@ -59,6 +59,8 @@ pub struct Call {
     refusal: Option<CallError>,
     /// Counted among its identity's calls in flight (`Admission::admit_call`).
     holds_call_slot: bool,
+    /// Counted among its identity's streams (`Admission::admit_follower`): a StreamOutput or a reflection call.
+    holds_stream_slot: bool,
     /// Request bytes this call holds in the connection's [`RequestBudget`].
     request_bytes: usize,
     /// Request bytes received whose flow-control capacity has not been given back yet.
@@ -89,8 +91,10 @@ enum Phase {
     WatchHealth {
         sent: Option<ServingStatus>,
     },
-    /// Reflection: each request is answered as it comes; the next is read once the answer is within flow
-    /// control (`answer` holds what of it is not yet).
+    /// Reflection, before its first request: admitted as one of the identity's streams.
+    BeginReflection,
+    /// Reflection: each request is answered as it comes, a few per poll; the next is read once the answer is
+    /// within flow control (`answer` holds what of it is not yet).
     Reflect {
         answer: Bytes,
     },
@@ -108,9 +112,7 @@ impl Call {
         let method = Method::from_path(path);
         let unknown_path = method.is_none().then(|| crate::jobs::clip(path).into_owned());
         let (phase, max_message) = match method {
-            Some(method) if method.streams_requests() => {
-                (Phase::Reflect { answer: Bytes::new() }, limits::MAX_REFLECTION_REQUEST)
-            }
+            Some(method) if method.streams_requests() => (Phase::BeginReflection, limits::MAX_REFLECTION_REQUEST),
             _ => (Phase::ReadRequest, grpc::MAX_REQUEST_MESSAGE),
         };
         Call {
@@ -124,6 +126,7 @@ impl Call {
             phase,
             refusal: None,
             holds_call_slot: false,
+            holds_stream_slot: false,
             request_bytes: 0,
             unreleased: 0,
             let_through: false,
@@ -147,7 +150,7 @@ impl Call {
         metrics.record_call(self.method, self.audit.ended_with, self.audit.begun.elapsed());
         if let (true, Ok(caller)) = (std::mem::take(&mut self.holds_call_slot), &self.caller) {
             admission.release_call(&caller.identity);
-            if self.is_follower() {
+            if std::mem::take(&mut self.holds_stream_slot) {
                 admission.release_follower(&caller.identity);
             }
         }
@@ -200,6 +203,8 @@ impl Call {
         if let Some(error) = self.refusal.take() {
             return self.fail(error);
         }
+        // Reflection requests answered in this poll.
+        let mut answered = 0;
         loop {
             match &mut self.phase {
                 Phase::ReadRequest => match self.read_request(cx, requests) {
@@ -214,7 +219,11 @@ impl Call {
                                 self.phase = Phase::AwaitStart(key);
                             }
                             Ok(Action::AwaitJobEnd(key)) => self.phase = Phase::AwaitJobEnd(key),
-                            Ok(Action::Follow(follower)) => self.phase = Phase::Follow(follower),
+                            Ok(Action::Follow(follower)) => {
+                                // `dispatch` counted it among the identity's streams.
+                                self.holds_stream_slot = true;
+                                self.phase = Phase::Follow(follower);
+                            }
                             Ok(Action::WatchHealth) => self.phase = Phase::WatchHealth { sent: None },
                             Err(error) => return self.fail(error),
                         }
@@ -256,8 +265,15 @@ impl Call {
                     if ctx.shutting_down {
                         return self.finish(&Status::ok());
                     }
-                    reactor::remember_waker(ctx.shutdown_waiters, cx.waker());
                 }
+                Phase::BeginReflection => match service::begin_reflection(&self.caller, ctx) {
+                    Ok(()) => {
+                        self.holds_stream_slot = true;
+                        self.phase = Phase::Reflect { answer: Bytes::new() };
+                        continue;
+                    }
+                    Err(error) => return self.fail(error),
+                },
                 Phase::Reflect { answer } => {
                     let mut unsent = std::mem::take(answer);
                     match self.response.poll_send_within_capacity(cx, &mut unsent) {
@@ -268,13 +284,24 @@ impl Call {
                             return Poll::Pending;
                         }
                     }
+                    if ctx.shutting_down {
+                        return self.fail(JobError::ShuttingDown.into());
+                    }
+                    if answered == limits::REFLECTION_ANSWERS_PER_POLL {
+                        // Enough for one poll: every other woken task is polled before this one's next requests.
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
                     match self.read_message(cx, requests) {
                         Poll::Ready(Ok(Some(request))) => {
                             self.give_back_request_bytes(requests);
+                            // What arrived of the next requests stays counted.
+                            self.count_request_bytes(self.decoder.buffered(), requests);
                             match reflection::answer(&request) {
                                 Ok(answer) => self.phase = Phase::Reflect { answer },
                                 Err(error) => return self.fail(error),
                             }
+                            answered += 1;
                             continue;
                         }
                         // The client has sent its last request, and every answer is on its way.
@@ -336,8 +363,7 @@ impl Call {
             match self.body.poll_data(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(chunk))) => {
-                    self.request_bytes += chunk.len();
-                    requests.held += chunk.len();
+                    self.count_request_bytes(chunk.len(), requests);
                     self.unreleased += chunk.len();
                     self.release_capacity_within(cx, requests);
                     self.decoder.push(chunk);
@@ -351,6 +377,12 @@ impl Call {
                 }
             }
         }
+    }
+
+    /// Counts `len` bytes of requests still to be answered in the connection's budget.
+    fn count_request_bytes(&mut self, len: usize, requests: &mut RequestBudget) {
+        self.request_bytes += len;
+        requests.held += len;
     }
 
     /// Gives the client back the flow-control capacity of what arrived, while the connection's request bytes are

@@ -56,6 +56,8 @@ pub struct Connection {
     admitted: bool,
     /// The cap this connection is over: every call on it is refused, and it closes.
     refusal: Option<ConnectionCap>,
+    /// Counted among the connections turned away (under its first reason: see [`RejectionLog::reject`]).
+    pub rejected: bool,
     pub calls: HashMap<u64, Call>,
     /// What the calls hold of requests still arriving.
     pub requests: RequestBudget,
@@ -82,6 +84,7 @@ impl Connection {
             caller: Err("no identity yet".into()),
             admitted: false,
             refusal: None,
+            rejected: false,
             calls: HashMap::new(),
             requests: RequestBudget::default(),
             next_call: 1,
@@ -132,9 +135,10 @@ impl Connection {
                         self.caller = identity(transport, &settings.admins);
                         if let Err(reason) = &self.caller {
                             // Its calls are answered UNAUTHENTICATED with the reason; none can act.
-                            rejections.log(
+                            rejections.reject(
+                                &mut self.rejected,
                                 Rejection::NoIdentity,
-                                format_args!("connection from {}: refused: {reason}", self.peer),
+                                Some(format_args!("connection from {}: refused: {reason}", self.peer)),
                             );
                         }
                         match admission.admit(&self.caller) {
@@ -142,9 +146,10 @@ impl Connection {
                             Err(cap) => {
                                 // Its first call is answered with why, then it goes away; the handshake deadline
                                 // closes it if no call comes.
-                                rejections.log(
+                                rejections.reject(
+                                    &mut self.rejected,
                                     Rejection::OverCap,
-                                    format_args!("connection from {}: refused: {cap}", self.peer),
+                                    Some(format_args!("connection from {}: refused: {cap}", self.peer)),
                                 );
                                 self.refusal = Some(cap);
                             }
@@ -164,13 +169,14 @@ impl Connection {
                     // orchestrator's readiness probe) or a client giving up: nothing an operator must hear of.
                     Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
                         log::debug!("connection {} from {}: closed during the TLS handshake", self.id, self.peer);
-                        rejections.count(Rejection::ClosedDuringHandshake);
+                        rejections.reject(&mut self.rejected, Rejection::ClosedDuringHandshake, None);
                         return ConnectionState::Closed;
                     }
                     Err(err) => {
-                        rejections.log(
+                        rejections.reject(
+                            &mut self.rejected,
                             Rejection::TlsFailed,
-                            format_args!("connection from {}: TLS handshake failed: {err}", self.peer),
+                            Some(format_args!("connection from {}: TLS handshake failed: {err}", self.peer)),
                         );
                         return ConnectionState::Closed;
                     }
@@ -184,7 +190,7 @@ impl Connection {
                     }
                     Poll::Ready(Err(err)) => {
                         log::debug!("connection {}: HTTP/2 handshake failed: {err}", self.id);
-                        rejections.count(Rejection::Http2Failed);
+                        rejections.reject(&mut self.rejected, Rejection::Http2Failed, None);
                         return ConnectionState::Closed;
                     }
                     Poll::Pending => return ConnectionState::Open,

@@ -226,7 +226,7 @@ impl Metrics {
             out,
             "runnel_job_start_failures_total",
             "counter",
-            "StartJob calls whose command did not start (not executable, init failure, start deadline).",
+            "Jobs launched whose command never ran: not executable, the init failed, or no report in time.",
             jobs.start_failures,
         );
         header(out, "runnel_job_ends_total", "counter", "Jobs ended, by reason.");
@@ -239,8 +239,8 @@ impl Metrics {
             "counter",
             "Ended jobs forgotten: evicted past --max-jobs, or removed by RemoveJob.",
         );
-        let _ = writeln!(out, "runnel_jobs_forgotten_total{{why=\"evicted\"}} {}", jobs.evicted);
-        let _ = writeln!(out, "runnel_jobs_forgotten_total{{why=\"removed\"}} {}", jobs.removed);
+        let _ = writeln!(out, "runnel_jobs_forgotten_total{{reason=\"evicted\"}} {}", jobs.evicted);
+        let _ = writeln!(out, "runnel_jobs_forgotten_total{{reason=\"removed\"}} {}", jobs.removed);
 
         header(
             out,
@@ -284,7 +284,7 @@ impl Metrics {
             out,
             "runnel_connections_rejected_total",
             "counter",
-            "Connections turned away or closed before serving, by reason.",
+            "Connections turned away or closed before serving, each counted once, by its first reason.",
         );
         for (rejection, count) in observed.rejections {
             let _ = writeln!(out, "runnel_connections_rejected_total{{reason=\"{}\"}} {count}", rejection.label());

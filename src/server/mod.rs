@@ -10,7 +10,7 @@ mod connection;
 mod containment;
 mod follower;
 mod metrics;
-mod reflection;
+pub mod reflection;
 mod rejections;
 pub mod scrape;
 mod service;
@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
@@ -84,6 +84,8 @@ pub struct ServerConfig {
 pub enum ServerError {
     Tls(TlsError),
     Bind {
+        /// The flag that named the address.
+        flag: &'static str,
         address: SocketAddr,
         source: io::Error,
     },
@@ -100,7 +102,7 @@ impl fmt::Display for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ServerError::Tls(err) => err.fmt(f),
-            ServerError::Bind { address, source } => write!(f, "cannot listen on {address}: {source}"),
+            ServerError::Bind { flag, address, source } => write!(f, "cannot listen on {address} ({flag}): {source}"),
             ServerError::StateDir(message) | ServerError::Containment(message) => f.write_str(message),
             ServerError::Io { what, source } => write!(f, "{what}: {source}"),
         }
@@ -144,6 +146,10 @@ mod limits {
     /// rustls' outgoing buffer per connection (its default is 64 KiB): larger means fewer, larger socket writes
     /// when streaming output. h2's own per-stream send buffer bounds what is queued in front of it.
     pub const TLS_SEND_BUFFER: usize = 512 * 1024;
+    /// How long a rendered metrics page is served again instead of rendering a new one.
+    pub const METRICS_PAGE_FRESH: Duration = Duration::from_secs(1);
+    /// Reflection requests one call answers in one poll before every other woken task is polled.
+    pub const REFLECTION_ANSWERS_PER_POLL: usize = 8;
     /// Largest reflection request: a file or symbol name.
     pub const MAX_REFLECTION_REQUEST: usize = 64 * 1024;
     /// Once every job has ended at shutdown, time left for followers to receive the last output.
@@ -263,7 +269,6 @@ struct Server {
     ready_pipes: ReadyPipes,
     /// What calls asked of the loop while they were polled (see [`Effect`]).
     effects: Vec<Effect>,
-    shutdown_waiters: Vec<Waker>,
     /// A [`TimerEvent::TrimMemory`] is pending.
     trim_scheduled: bool,
     /// A [`TimerEvent::RetryRemovals`] is pending.
@@ -272,6 +277,8 @@ struct Server {
     metrics: Metrics,
     /// `--metrics-listen`'s listener and its exchanges.
     metrics_endpoint: Option<MetricsEndpoint>,
+    /// The last metrics page and when it was rendered.
+    metrics_page: Option<(Instant, String)>,
     config: ServerConfig,
 }
 
@@ -309,8 +316,11 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     )
     .map_err(io_error("cannot prepare the job directories"))?;
 
-    let mut listener =
-        TcpListener::bind(config.listen).map_err(|source| ServerError::Bind { address: config.listen, source })?;
+    let mut listener = TcpListener::bind(config.listen).map_err(|source| ServerError::Bind {
+        flag: "--listen",
+        address: config.listen,
+        source,
+    })?;
     let poll = MioPoll::new().map_err(io_error("cannot create the event loop"))?;
     poll.registry()
         .register(&mut listener, Source::Listener.token(), Interest::READABLE)
@@ -322,8 +332,11 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     let metrics_endpoint = match config.metrics_listen {
         None => None,
         Some(address) => {
-            let endpoint = MetricsEndpoint::bind(address, poll.registry())
-                .map_err(|source| ServerError::Bind { address, source })?;
+            let endpoint = MetricsEndpoint::bind(address, poll.registry()).map_err(|source| ServerError::Bind {
+                flag: "--metrics-listen",
+                address,
+                source,
+            })?;
             let bound = endpoint.local_addr().map_err(io_error("cannot read the metrics address"))?;
             log::info!(target: "runnel::ready", "metrics served at http://{bound}/metrics");
             Some(endpoint)
@@ -361,12 +374,12 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         jobs,
         ready_pipes: ReadyPipes::default(),
         effects: Vec::new(),
-        shutdown_waiters: Vec::new(),
         trim_scheduled: false,
         removal_retry_scheduled: false,
         lifecycle: Lifecycle::Serving,
         metrics: Metrics::default(),
         metrics_endpoint,
+        metrics_page: None,
         config,
     };
     let result = server.run();
@@ -444,13 +457,28 @@ impl Server {
                 let Some(endpoint) = self.metrics_endpoint.as_mut() else { return };
                 if let scrape::Progress::Complete(request) = endpoint.ready(id) {
                     let body = match request {
-                        scrape::Request::Metrics { .. } => self.render_metrics(),
+                        // HEAD too: its Content-Length is the page's.
+                        scrape::Request::Metrics { .. } => self.metrics_page(),
                         _ => String::new(),
                     };
                     if let Some(endpoint) = self.metrics_endpoint.as_mut() {
                         endpoint.respond(id, scrape::response(request, &body));
                     }
                 }
+            }
+        }
+    }
+
+    /// The metrics page: rendered at most once per [`limits::METRICS_PAGE_FRESH`], so scrapes in a loop (the
+    /// endpoint needs no certificate) cost the loop a copy, not a count of every job and descriptor.
+    fn metrics_page(&mut self) -> String {
+        let now = Instant::now();
+        match &self.metrics_page {
+            Some((rendered, page)) if now.duration_since(*rendered) < limits::METRICS_PAGE_FRESH => page.clone(),
+            _ => {
+                let page = self.render_metrics();
+                self.metrics_page = Some((now, page.clone()));
+                page
             }
         }
     }
@@ -572,7 +600,9 @@ impl Server {
         }
         if let Some(victim) = admission::handshake_to_evict(holders()) {
             log::debug!("connection {victim}: unfinished handshake closed to make room for a new connection");
-            self.rejections.count(Rejection::Evicted);
+            if let Some(connection) = self.connections.get_mut(&victim) {
+                self.rejections.reject(&mut connection.rejected, Rejection::Evicted, None);
+            }
             self.close_connection(victim);
         }
     }
@@ -619,8 +649,11 @@ impl Server {
             self.jobs.request_stop(key, EndReason::ServerShutdown);
             self.timers.schedule(kill_at, TimerEvent::KillJob(key));
         }
-        for waker in self.shutdown_waiters.drain(..) {
-            waker.wake();
+        // Calls that wait for shutdown (health watches, reflection streams) see it when next polled: poll every
+        // call once (the others find nothing new). No list of waiters is kept meanwhile, which calls that ended
+        // would leave behind.
+        for call in self.connections.values().flat_map(|c| c.calls.values()) {
+            call.waker.wake_by_ref();
         }
     }
 
@@ -680,12 +713,13 @@ impl Server {
             }
             TimerEvent::HandshakeDeadline(id) => {
                 // Also ends a refused connection: it had the time it took to read why.
-                if let Some(connection) = self.connections.get(&id).filter(|c| c.holds_handshake_slot()) {
+                if let Some(connection) = self.connections.get_mut(&id).filter(|c| c.holds_handshake_slot()) {
                     if connection.is_handshaking() {
                         let (peer, seconds) = (connection.peer, limits::HANDSHAKE_TIMEOUT.as_secs());
-                        self.rejections.log(
+                        self.rejections.reject(
+                            &mut connection.rejected,
                             Rejection::HandshakeTimeout,
-                            format_args!("connection from {peer} closed: no handshake within {seconds} s"),
+                            Some(format_args!("connection from {peer} closed: no handshake within {seconds} s")),
                         );
                     }
                     self.close_connection(id);
@@ -764,7 +798,6 @@ impl Server {
             effects: &mut self.effects,
             stop_grace: self.config.stop_grace,
             shutting_down: self.lifecycle != Lifecycle::Serving,
-            shutdown_waiters: &mut self.shutdown_waiters,
             metrics: &mut self.metrics,
         };
         if let Poll::Ready(()) = call.poll(&mut cx, &mut ctx, &mut connection.requests) {

@@ -6,7 +6,8 @@
 //! drown everything else in the log. So at most [`BURST`] such lines are written a second; the rest are
 //! counted, and the next line written says how many were left out.
 //!
-//! Every rejection is also counted by kind ([`Rejection`]), logged or not, for the server's metrics.
+//! Every connection turned away is also counted, once, under the first reason it was turned away for
+//! ([`Rejection`]), logged or not, for the server's metrics.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -80,16 +81,17 @@ impl RejectionLog {
         RejectionLog { window_start, written_in_window: 0, left_out: 0, counts: [0; Rejection::ALL.len()] }
     }
 
-    /// Counts a rejection of `kind` and logs `line` at info unless this second's lines are used up.
-    pub fn log(&mut self, kind: Rejection, line: fmt::Arguments<'_>) {
-        self.count(kind);
-        self.log_at(Instant::now(), line);
-    }
-
-    /// Counts a rejection of `kind` without a line at info (the caller logs at debug if at all).
-    pub fn count(&mut self, kind: Rejection) {
-        if let Some(count) = Rejection::ALL.iter().position(|k| *k == kind).and_then(|i| self.counts.get_mut(i)) {
-            *count += 1;
+    /// A connection is turned away for `kind`: counted under it unless `counted` says the connection already
+    /// was (under an earlier reason), and `line` logged at info unless this second's lines are used up (no line:
+    /// the caller logs at debug if at all).
+    pub fn reject(&mut self, counted: &mut bool, kind: Rejection, line: Option<fmt::Arguments<'_>>) {
+        if !std::mem::replace(counted, true) {
+            if let Some(count) = Rejection::ALL.iter().position(|k| *k == kind).and_then(|i| self.counts.get_mut(i)) {
+                *count += 1;
+            }
+        }
+        if let Some(line) = line {
+            self.log_at(Instant::now(), line);
         }
     }
 
@@ -139,15 +141,19 @@ mod tests {
     }
 
     #[test]
-    fn every_rejection_is_counted_by_kind_logged_or_not() {
+    fn every_connection_turned_away_is_counted_once_logged_or_not() {
         let mut rejections = RejectionLog::default();
         for _ in 0..30 {
-            rejections.log(Rejection::TlsFailed, format_args!("refused"));
+            rejections.reject(&mut false, Rejection::TlsFailed, Some(format_args!("refused")));
         }
-        rejections.count(Rejection::Evicted);
+        let mut counted = false;
+        rejections.reject(&mut counted, Rejection::NoIdentity, Some(format_args!("no identity")));
+        rejections.reject(&mut counted, Rejection::Evicted, None);
+        rejections.reject(&mut false, Rejection::Evicted, None);
         let counts = rejections.counts();
         assert_eq!(counts[0], (Rejection::TlsFailed, 30), "lines left out are still counted");
-        assert_eq!(counts[6], (Rejection::Evicted, 1));
-        assert_eq!(counts.iter().map(|(_, n)| n).sum::<u64>(), 31);
+        assert_eq!(counts[2], (Rejection::NoIdentity, 1));
+        assert_eq!(counts[6], (Rejection::Evicted, 1), "a connection already counted is not counted again");
+        assert_eq!(counts.iter().map(|(_, n)| n).sum::<u64>(), 32);
     }
 }

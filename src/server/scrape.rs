@@ -3,7 +3,7 @@
 //!
 //! A monitoring system connects, sends one request, reads one response, and the connection closes
 //! (`Connection: close`): that is all Prometheus needs, and it keeps an exchange a small state machine
-//! ([`Exchange`]). Nothing a client of this port does can hold the loop or its memory: the request head is read
+//! ([`Stage`]: read the head, write the response, drain until the client closes). Nothing a client of this port does can hold the loop or its memory: the request head is read
 //! up to [`MAX_HEAD`] bytes, an exchange has [`EXCHANGE_TIMEOUT`] from accept to its last byte written, and at
 //! most [`MAX_EXCHANGES`] are open at once (a new one closes the oldest, so a flood of silent sockets cannot
 //! lock a scraper out). The response is rendered whole (tens of KiB) and written as the socket takes it.
@@ -102,15 +102,23 @@ pub fn response(request: Request, metrics: &str) -> Vec<u8> {
 /// One scraper's connection.
 struct Exchange {
     socket: TcpStream,
-    head: Vec<u8>,
-    /// The response and how much of it is written, once the request is complete.
-    response: Option<(Vec<u8>, usize)>,
+    stage: Stage,
+}
+
+enum Stage {
+    /// Reading the request head, up to [`MAX_HEAD`] bytes.
+    Reading { head: Vec<u8> },
+    /// Writing the response: `written` bytes of it so far.
+    Writing { response: Vec<u8>, written: usize },
+    /// The response is written and our side shut: what the client still sends is read and dropped until it
+    /// closes, because closing with unread input would reset the connection and could lose the response.
+    Draining,
 }
 
 /// What became of an exchange after its socket was ready.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Progress {
-    /// Still reading or writing.
+    /// Still reading, writing or draining.
     Open,
     /// The request is complete: answer it with [`MetricsEndpoint::respond`].
     Complete(Request),
@@ -149,8 +157,11 @@ impl MetricsEndpoint {
                 }
             };
             if self.exchanges.len() >= MAX_EXCHANGES {
-                if let Some((oldest, _)) = self.exchanges.pop_first() {
+                // The oldest still reading its request: one being answered is left to finish.
+                let reading = self.exchanges.iter().find(|(_, e)| matches!(e.stage, Stage::Reading { .. }));
+                if let Some(oldest) = reading.or(self.exchanges.iter().next()).map(|(id, _)| *id) {
                     log::debug!("metrics exchange {oldest}: closed to make room for a new one");
+                    self.exchanges.remove(&oldest);
                 }
             }
             let id = self.next_id;
@@ -160,7 +171,7 @@ impl MetricsEndpoint {
                 log::warn!("metrics endpoint: cannot watch a connection: {err}");
                 continue;
             }
-            self.exchanges.insert(id, Exchange { socket, head: Vec::new(), response: None });
+            self.exchanges.insert(id, Exchange { socket, stage: Stage::Reading { head: Vec::new() } });
             accepted.push(id);
         }
     }
@@ -168,9 +179,19 @@ impl MetricsEndpoint {
     /// Moves exchange `id` on after its socket was ready: reads the request head, or writes the response.
     pub fn ready(&mut self, id: u64) -> Progress {
         let Some(exchange) = self.exchanges.get_mut(&id) else { return Progress::Closed };
-        let progress = match &mut exchange.response {
-            None => read_head(exchange),
-            Some((response, written)) => write_response(&mut exchange.socket, response, written),
+        let progress = match &mut exchange.stage {
+            Stage::Reading { head } => read_head(&mut exchange.socket, head),
+            Stage::Writing { response, written } => match write_response(&mut exchange.socket, response, written) {
+                Written::Partly => Progress::Open,
+                Written::Failed => Progress::Closed,
+                Written::All => {
+                    // Shut our side, then read until the client closes.
+                    let _ = exchange.socket.shutdown(Shutdown::Write);
+                    exchange.stage = Stage::Draining;
+                    drain(&mut exchange.socket)
+                }
+            },
+            Stage::Draining => drain(&mut exchange.socket),
         };
         if progress == Progress::Closed {
             self.close(id);
@@ -181,7 +202,7 @@ impl MetricsEndpoint {
     /// Answers exchange `id` with `response`, writing what the socket takes now.
     pub fn respond(&mut self, id: u64, response: Vec<u8>) {
         if let Some(exchange) = self.exchanges.get_mut(&id) {
-            exchange.response = Some((response, 0));
+            exchange.stage = Stage::Writing { response, written: 0 };
             self.ready(id);
         }
     }
@@ -192,17 +213,23 @@ impl MetricsEndpoint {
     }
 }
 
-fn read_head(exchange: &mut Exchange) -> Progress {
+fn read_head(socket: &mut TcpStream, head: &mut Vec<u8>) -> Progress {
     let mut buffer = [0u8; 1024];
     loop {
-        let room = MAX_HEAD.saturating_sub(exchange.head.len()).min(buffer.len());
+        let room = MAX_HEAD.saturating_sub(head.len()).min(buffer.len());
         let Some(chunk) = buffer.get_mut(..room) else { return Progress::Closed };
-        match exchange.socket.read(chunk) {
+        match socket.read(chunk) {
             Ok(0) => return Progress::Closed,
             Ok(n) => {
-                exchange.head.extend_from_slice(chunk.get(..n).unwrap_or_default());
-                if let Some(request) = parse_request(&exchange.head) {
-                    return Progress::Complete(request);
+                // Only the new bytes (and the three before them) can complete the empty line that ends the head,
+                // so a head sent a byte at a time is not scanned again for each byte.
+                let from = head.len().saturating_sub(3);
+                head.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                let tail = head.get(from..).unwrap_or_default();
+                if find(tail, b"\n\n").is_some() || find(tail, b"\n\r\n").is_some() || head.len() >= MAX_HEAD {
+                    if let Some(request) = parse_request(head) {
+                        return Progress::Complete(request);
+                    }
                 }
             }
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Progress::Open,
@@ -212,18 +239,39 @@ fn read_head(exchange: &mut Exchange) -> Progress {
     }
 }
 
-fn write_response(socket: &mut TcpStream, response: &[u8], written: &mut usize) -> Progress {
+enum Written {
+    All,
+    /// The socket takes no more for now.
+    Partly,
+    Failed,
+}
+
+/// Writes what the socket takes of the response after its first `written` bytes.
+fn write_response(socket: &mut TcpStream, response: &[u8], written: &mut usize) -> Written {
     while let Some(rest) = response.get(*written..).filter(|rest| !rest.is_empty()) {
         match socket.write(rest) {
-            Ok(0) => return Progress::Closed,
+            Ok(0) => return Written::Failed,
             Ok(n) => *written += n,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Written::Partly,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Written::Failed,
+        }
+    }
+    Written::All
+}
+
+/// Reads and drops what the client sends until it closes (`Closed`) or has nothing more for now (`Open`).
+fn drain(socket: &mut TcpStream) -> Progress {
+    let mut buffer = [0u8; 1024];
+    loop {
+        match socket.read(&mut buffer) {
+            Ok(0) => return Progress::Closed,
+            Ok(_) => {}
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Progress::Open,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return Progress::Closed,
         }
     }
-    let _ = socket.shutdown(Shutdown::Write);
-    Progress::Closed
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 //! descriptors, a kill at the end of a grace period) they ask for as [`Effect`]s, which the loop carries out
 //! once the call has been polled.
 
-use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -39,8 +38,6 @@ pub struct ServiceContext<'a> {
     /// StopJob's grace period when the request sets none.
     pub stop_grace: Duration,
     pub shutting_down: bool,
-    /// Calls to wake when shutdown begins (health watches).
-    pub shutdown_waiters: &'a mut Vec<Waker>,
     pub metrics: &'a mut Metrics,
 }
 
@@ -119,9 +116,10 @@ impl Method {
         })
     }
 
-    /// Health and reflection need a verified certificate (TLS checks that) but no job-owning identity.
+    /// Health needs a verified certificate (TLS checks that) but no job-owning identity, so probes work with any
+    /// certificate the server trusts.
     fn needs_identity(self) -> bool {
-        !matches!(self, Method::HealthCheck | Method::HealthWatch | Method::ReflectionV1 | Method::ReflectionV1Alpha)
+        !matches!(self, Method::HealthCheck | Method::HealthWatch)
     }
 
     /// A stream of requests, each answered as it comes (reflection), rather than one request.
@@ -142,6 +140,16 @@ pub enum Action {
     Follow(Follower),
     /// Stream health status changes until shutdown.
     WatchHealth,
+}
+
+/// Lets a reflection stream begin. Like a job method it needs an identity, and it counts among the identity's
+/// streams (`--max-followers-per-client`) until it ends: each may hold up to h2's send buffer of answers.
+pub fn begin_reflection(caller: &Result<Caller, String>, ctx: &mut ServiceContext<'_>) -> Result<(), CallError> {
+    let caller = caller.as_ref().map_err(|reason| CallError::Unauthenticated(reason.clone()))?;
+    if ctx.shutting_down {
+        return Err(JobError::ShuttingDown.into());
+    }
+    ctx.admission.admit_follower(&caller.identity).map_err(CallError::OverCallCap)
 }
 
 /// The health status the server reports.
@@ -212,8 +220,8 @@ pub fn dispatch(
             check_health_service(&decode(body)?)?;
             Action::WatchHealth
         }
-        // A reflection call answers each request as it comes (`Call`'s reflection phase); were one to arrive
-        // here as a whole request, the answer is the same.
+        // Not reached: a reflection call begins with `begin_reflection` and answers each request as it comes
+        // (`Call`'s reflection phase); were one whole request to arrive here, this is its answer.
         Method::ReflectionV1 | Method::ReflectionV1Alpha => Action::Reply(reflection::answer(body)?),
         Method::StartJob => {
             let request: StartJobRequest = decode(body)?;
@@ -270,4 +278,32 @@ pub fn dispatch(
             Action::Follow(Follower::new(key, cursor, request.follow))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost_types::FileDescriptorSet;
+
+    #[test]
+    fn every_method_the_protos_declare_is_served_and_listed() {
+        let set = FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET).unwrap();
+        let mut declared = Vec::new();
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                    declared.push(Method::from_path(&path).unwrap_or_else(|| panic!("{path} is not served")));
+                }
+            }
+        }
+        // Both reflection versions, every job method, both health methods: each once, and `ALL` is exactly them
+        // (metrics count by `ALL`).
+        assert_eq!(declared.len(), Method::ALL.len());
+        for method in Method::ALL {
+            assert!(declared.contains(&method), "{method:?} is in ALL but no proto declares it");
+        }
+        let names: std::collections::HashSet<_> = Method::ALL.iter().map(|m| m.name()).collect();
+        assert_eq!(names.len(), Method::ALL.len(), "method names are unique");
+    }
 }

@@ -31,6 +31,8 @@ def grpc_prefix(length):
 class Server:
     def __init__(self, binary, pki, proc, address, log_path):
         self.binary, self.pki, self.proc, self.address, self.log_path = binary, pki, proc, address, log_path
+        # Set by a test that stops the server itself.
+        self.stopped_by_test = False
 
     def rss_mib(self):
         with open(f"/proc/{self.proc.pid}/status") as f:
@@ -86,8 +88,9 @@ def server():
                     break
                 assert proc.poll() is None and time.monotonic() < deadline, open(log_path).read()
                 time.sleep(0.05)
-            yield Server(binary, pki, proc, m.group(1).decode(), log_path)
-            assert proc.poll() is None, "the server died:\n" + open(log_path).read()[-4000:]
+            running = Server(binary, pki, proc, m.group(1).decode(), log_path)
+            yield running
+            assert running.stopped_by_test or proc.poll() is None, "the server died:\n" + open(log_path).read()[-4000:]
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -377,3 +380,62 @@ def test_a_window_update_overflow_is_a_flow_control_error(server):
     assert goaway is not None, "no GOAWAY after the connection window passed 2^31-1"
     assert goaway.error_code == h2.errors.ErrorCodes.FLOW_CONTROL_ERROR, goaway
     server.probe()
+
+
+REFLECTION = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+# ServerReflectionRequest {file_containing_symbol: "runnel.v1.JobService"}: answered with runnel.proto and its
+# imports, about 20 KiB.
+SYMBOL_REQUEST = b"\x22\x14runnel.v1.JobService"
+
+
+def test_reflection_streams_that_never_read_hold_a_bounded_amount(server):
+    before = server.rss_mib()
+    request = grpc_prefix(len(SYMBOL_REQUEST)) + SYMBOL_REQUEST
+    clients = [H2Client(server, window=2**31 - 1) for _ in range(4)]
+    for client in clients:
+        # The server's connection window (4 MiB) must have arrived for 256 x 1 KiB of requests.
+        serve_until(client, 5, until=lambda: client.conn.outbound_flow_control_window >= MiB)
+        for _ in range(256):
+            stream = client.conn.get_next_available_stream_id()
+            client.conn.send_headers(stream, client.headers(REFLECTION))
+            # 40 questions whose answers (800 KiB) pass h2's 400 KiB send buffer; the stream stays open.
+            client.conn.send_data(stream, request * 40)
+        client.flush()
+    # Never read: the server answers until its buffers fill.
+    time.sleep(5)
+    grown = server.rss_mib() - before
+    server.probe()
+    for client in clients:
+        client.close()
+    print(f"1024 reflection streams that never read: server grew {grown:.1f} MiB")
+    # As for followers: 64 streams per identity (--max-followers-per-client) x 400 KiB, plus TLS buffers.
+    assert grown < 96, f"the server grew {grown:.1f} MiB for 1024 reflection streams that never read"
+    assert_memory_given_back(server, before, "reflection streams that never read")
+
+
+def test_an_open_reflection_stream_ends_unavailable_at_shutdown(server):
+    client = H2Client(server)
+    client.read(0.5)
+    stream = client.conn.get_next_available_stream_id()
+    client.conn.send_headers(stream, client.headers(REFLECTION))
+    client.conn.send_data(stream, grpc_prefix(len(SYMBOL_REQUEST)) + SYMBOL_REQUEST)
+    client.flush()
+    answered = lambda: any(isinstance(e, h2.events.DataReceived) for e in client.events)  # noqa: E731
+    serve_until(client, 5, until=answered)
+    assert answered(), "no answer to a reflection request"
+    began = time.monotonic()
+    server.stopped_by_test = True
+    server.proc.send_signal(signal.SIGTERM)
+    ended = lambda: any(isinstance(e, h2.events.TrailersReceived) for e in client.events)  # noqa: E731
+    serve_until(client, 10, until=ended)
+    trailers = next((dict(e.headers) for e in client.events if isinstance(e, h2.events.TrailersReceived)), None)
+    assert trailers is not None, "the stream did not end at shutdown"
+    assert trailers.get("grpc-status") == "14", trailers
+    # With no stream left the client goes, as gRPC clients do after GOAWAY (Python's h2 would not answer the
+    # server's shutdown ping after it), and the server does not wait out its 5 s allowance for connections.
+    client.close()
+    server.proc.wait(timeout=10)
+    took = time.monotonic() - began
+    assert server.proc.returncode == 0
+    assert took < 4, f"the server took {took:.1f} s to stop with a reflection stream open:\n" + open(
+        server.log_path).read()[-3000:]

@@ -2,7 +2,9 @@
 monitoring system would: the exposition parses, and its counters move with what clients and jobs do.
 """
 
+import os
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -46,7 +48,9 @@ def test_exposition_parses_with_every_family_typed(server):
     assert types["runnel_jobs"] == "gauge"
     assert types["runnel_job_ends"] == "counter"
     assert types["process_resident_memory_bytes"] == "gauge"
-    assert value(samples, "runnel_build_info", version=value_of_label(samples, "runnel_build_info", "version")) == 1
+    version = subprocess.run([os.environ["RUNNEL_BIN"], "version"], capture_output=True, check=True,
+                             timeout=TIMEOUT).stdout.decode().split()[1]
+    assert value(samples, "runnel_build_info", version=version) == 1
     assert value(samples, "process_resident_memory_bytes") > 1 << 20
     assert value(samples, "process_open_fds") > 3
     # Every turn so far is in the histogram, and its buckets are cumulative.
@@ -58,14 +62,8 @@ def test_exposition_parses_with_every_family_typed(server):
     assert buckets[-1][1] == value(samples, "runnel_loop_turn_duration_seconds_count") > 0
 
 
-def value_of_label(samples, name, label):
-    for (sample_name, labels), _ in samples.items():
-        if sample_name == name:
-            return dict(labels)[label]
-    raise AssertionError(f"no sample {name}")
-
-
 def test_counters_move_with_calls_jobs_and_output(server, alice):
+    time.sleep(1.1)  # not the page an earlier test saw
     before, _ = scrape(server)
     job = alice.StartJob(pb.StartJobRequest(command="sh", args=["-c", "printf 12345; printf abc >&2"]),
                          timeout=TIMEOUT)
@@ -75,6 +73,7 @@ def test_counters_move_with_calls_jobs_and_output(server, alice):
     with pytest.raises(grpc.RpcError) as missing:
         alice.GetJob(pb.GetJobRequest(job_id="00000000-0000-4000-8000-000000000000"), timeout=TIMEOUT)
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    time.sleep(1.1)  # a page is rendered at most once a second
     after, _ = scrape(server)
 
     def moved(name, **labels):
@@ -124,14 +123,16 @@ def test_only_get_metrics_is_served_and_silent_sockets_do_not_lock_scrapers_out(
     with pytest.raises(urllib.error.HTTPError) as not_allowed:
         urllib.request.urlopen(urllib.request.Request(server.metrics_url, data=b"x", method="POST"), timeout=TIMEOUT)
     assert not_allowed.value.code == 405
-    # Twice as many silent connections as the endpoint keeps open: each new one closes the oldest, so a scrape
-    # still gets through at once instead of waiting for their deadlines.
+    # Twice as many silent connections as the endpoint keeps open (16): each new one closes the oldest still
+    # reading its request, so the first ones are closed at once, well before their 5 s, and a scrape gets through.
     silent = [socket.create_connection((base.hostname, base.port), timeout=TIMEOUT) for _ in range(32)]
     try:
-        time.sleep(0.2)
-        began = time.monotonic()
+        silent[0].settimeout(2)
+        assert silent[0].recv(1) == b"", "the oldest silent connection was not closed to make room"
+        silent[-1].settimeout(0.2)
+        with pytest.raises(socket.timeout):
+            silent[-1].recv(1)  # the newest is still open
         scrape(server)
-        assert time.monotonic() - began < 2.0
     finally:
         for sock in silent:
             sock.close()
