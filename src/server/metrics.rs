@@ -13,8 +13,8 @@
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
+use super::method::Method;
 use super::rejections::Rejection;
-use super::service::Method;
 use crate::grpc::Code;
 use crate::jobs::{EndReason, JobCensus, JobCounters};
 

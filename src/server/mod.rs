@@ -9,6 +9,7 @@ mod call;
 mod connection;
 mod containment;
 mod follower;
+mod method;
 mod metrics;
 pub mod reflection;
 mod rejections;
