@@ -11,6 +11,7 @@ mod containment;
 mod follower;
 mod method;
 mod metrics;
+mod notify;
 pub mod reflection;
 mod rejections;
 pub mod scrape;
@@ -37,6 +38,7 @@ use self::admission::{Admission, ClientCaps};
 use self::connection::{Connection, ConnectionSettings, ConnectionState};
 pub use self::containment::ContainmentConfig;
 use self::metrics::{Metrics, Observed};
+use self::notify::ServiceManager;
 use self::rejections::{Rejection, RejectionLog};
 use self::scrape::MetricsEndpoint;
 use self::service::{Effect, ServiceContext};
@@ -280,6 +282,8 @@ struct Server {
     metrics_endpoint: Option<MetricsEndpoint>,
     /// The last metrics page and when it was rendered.
     metrics_page: Option<(Instant, String)>,
+    /// systemd (`Type=notify`), told when the server is ready and when it stops.
+    service_manager: ServiceManager,
     config: ServerConfig,
 }
 
@@ -287,6 +291,8 @@ struct Server {
 /// directory was removed.
 pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     sys::ensure_standard_fds().map_err(io_error("cannot check standard descriptors"))?;
+    // Before any helper is started, so none inherits $NOTIFY_SOCKET.
+    let service_manager = ServiceManager::from_environment();
     sys::retain_freed_memory();
     let tls = tls::server_config(&config.cert, &config.key, &config.clients)?;
     let signals = sys::signalfd(&sys::SHUTDOWN_SIGNALS).map_err(io_error("cannot set up signal handling"))?;
@@ -345,6 +351,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     };
     // The one line scripts and tests wait for (`grep -o 'listening on [^ "]*'`), in the log's own format.
     log::info!(target: "runnel::ready", "runnel server listening on {address}");
+    service_manager.notify("READY=1");
 
     let mut h2 = h2::server::Builder::new();
     h2.max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
@@ -381,6 +388,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         metrics: Metrics::default(),
         metrics_endpoint,
         metrics_page: None,
+        service_manager,
         config,
     };
     let result = server.run();
@@ -641,6 +649,7 @@ impl Server {
 
     fn begin_shutdown(&mut self) {
         self.lifecycle = Lifecycle::StoppingJobs;
+        self.service_manager.notify("STOPPING=1");
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }

@@ -67,14 +67,21 @@ impl StateDir {
         &self.path
     }
 
-    /// Removes what the server created: job directories, the lock file, and the directory if it is then empty.
+    /// Removes what the server created: job directories, the lock file, and the directory if it is then empty (and
+    /// not a mount point).
     pub fn remove(self) {
         for dir in JOB_DIRS {
             let _ = fs::remove_dir_all(self.path.join(dir));
         }
         let _ = fs::remove_file(self.path.join(LOCK_FILE));
-        if let Err(err) = fs::remove_dir(&self.path) {
-            log::warn!("state directory {} not removed: {err}", self.path.display());
+        match fs::remove_dir(&self.path) {
+            Ok(()) => {}
+            // A mount point, as systemd's StateDirectory= makes it for a unit with its own mount namespace: emptied,
+            // and the directory is the service manager's.
+            Err(err) if err.raw_os_error() == Some(libc::EBUSY) => {
+                log::debug!("state directory {} emptied; it is a mount point, left in place", self.path.display());
+            }
+            Err(err) => log::warn!("state directory {} not removed: {err}", self.path.display()),
         }
     }
 }
