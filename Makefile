@@ -6,7 +6,7 @@ DEV_PKI  := certs/dev
 DEMO_DIR := $(CURDIR)/target/demo
 ADDR     := 127.0.0.1:50051
 
-.PHONY: all build static demo test unit interop interop-node hostile-h2 container bench soak deps clean vmtest fuzz
+.PHONY: all build static demo test unit interop interop-node hostile-h2 container bench soak deps clean vmtest vmtest-systemd fuzz
 
 all: build
 
@@ -55,7 +55,8 @@ demo: build $(DEV_PKI)/ca.crt
 	@echo "server stopped; its state dir was removed: $$(test -e $(DEMO_DIR)/state && echo NO || echo yes)"
 
 # Everything the tests need that a fresh Debian 12 root machine lacks: Python's venv module, procps (`kill`),
-# Node.js and npm (the grpc-js interop test), podman (the container image test), zsh and fish (completions).
+# Node.js and npm (the grpc-js interop test), podman (the container image test), zsh and fish (completions),
+# mmdebstrap (the systemd guest's root file system).
 deps:
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust (rustup) first" >&2; exit 1; }
 	@python3 -c 'import ensurepip, venv' 2>/dev/null && command -v kill >/dev/null && command -v sha256sum >/dev/null \
@@ -71,10 +72,13 @@ deps:
 	@command -v podman >/dev/null || { \
 	  echo "installing podman (the container image test)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman; }
+	@command -v mmdebstrap >/dev/null || { \
+	  echo "installing mmdebstrap (the systemd guest's root file system)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mmdebstrap; }
 
 # Every test: unit and integration tests, the grpcio and grpc-js interop tests, the cgroup v2 guest test (QEMU),
-# and the container image.
-test: deps unit interop interop-node hostile-h2 vmtest container
+# the systemd unit in a guest with systemd as PID 1 (QEMU), and the container image.
+test: deps unit interop interop-node hostile-h2 vmtest vmtest-systemd container
 
 unit:
 	$(CARGO) test --lib --bins --tests
@@ -112,6 +116,12 @@ soak: deps
 # (tests/vm/run.sh; never touches the host's cgroups). RUNNEL_REQUIRE_VM=1 where the VM must be available.
 vmtest: static
 	bash tests/vm/run.sh target/$(MUSL)/release/runnel
+
+# Boots a minimal Debian 12 with systemd as PID 1 in QEMU, installs deploy/runnel.service as the README says and
+# checks enable, readiness (Type=notify), jobs and their limits, the journal, a clean stop and restarts
+# (tests/vm/systemd.sh; the root file system is built once with mmdebstrap and cached). RUNNEL_REQUIRE_VM=1 as above.
+vmtest-systemd: deps static
+	bash tests/vm/systemd.sh target/$(MUSL)/release/runnel
 
 # deploy/Containerfile built with podman and run without a cgroup; the binary inside serves a job to the host.
 container: deps static
