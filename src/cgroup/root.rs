@@ -21,6 +21,11 @@ const MOUNT: &str = "/sys/fs/cgroup";
 /// The controllers runnel needs, in the syntax of `cgroup.subtree_control`.
 const REQUIRED_CONTROLLERS: [&str; 4] = ["cpu", "memory", "io", "pids"];
 
+/// The supervisor's `cpu.weight` against the jobs' subtree (default 100): when jobs keep every CPU busy, the
+/// server still gets ten times their share as a group, so calls are answered and output is read while they run.
+/// The server uses little CPU except to take in job output, which then slows the jobs writing it.
+const SUPERVISOR_CPU_WEIGHT: &str = "1000";
+
 /// How long startup and shutdown wait for a killed cgroup to empty before giving up on removing it.
 const EMPTY_WAIT: Duration = Duration::from_secs(2);
 
@@ -97,6 +102,7 @@ impl CgroupRoot {
         })?;
         make_dir(&cgroups.jobs)?;
         enable_controllers(&cgroups.jobs)?;
+        write(&cgroups.supervisor.join("cpu.weight"), SUPERVISOR_CPU_WEIGHT)?;
         cgroups.remove_leftovers_of_a_crash();
         Ok(cgroups)
     }

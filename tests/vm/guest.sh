@@ -195,6 +195,18 @@ check_limits() {
     fi
 }
 
+# The server is in supervisor/ with ten times the CPU weight of jobs/, so jobs that keep every CPU busy do not
+# delay its calls.
+check_supervisor() {
+    weights="supervisor/cpu.weight=$(cat "$ROOT_CG/supervisor/cpu.weight" 2>&1) jobs/cpu.weight=$(cat "$ROOT_CG/jobs/cpu.weight" 2>&1)"
+    if grep -qx "$SERVER_PID" "$ROOT_CG/supervisor/cgroup.procs" \
+        && [ "$weights" = "supervisor/cpu.weight=1000 jobs/cpu.weight=100" ]; then
+        pass supervisor "server pid $SERVER_PID in supervisor/; $weights"
+    else
+        fail supervisor "server pid $SERVER_PID; supervisor/cgroup.procs \"$(cat "$ROOT_CG/supervisor/cgroup.procs" 2>&1 | tr '\n' ' ')\"; $weights (want 1000 and 100)"
+    fi
+}
+
 # 1. A 100 MiB allocation under --memory 32M is OOM-killed and reported as such.
 check_oom() {
     start oom --memory 32M -- dd if=/dev/zero of=/dev/null bs=100M count=1 || return
@@ -466,7 +478,7 @@ main() {
         dump_logs
         return 1
     fi
-    for check in roundtrip isolation limits oom cpu pids user_pids io stop_descendants usage shutdown crash_cleanup; do
+    for check in roundtrip supervisor isolation limits oom cpu pids user_pids io stop_descendants usage shutdown crash_cleanup; do
         section "$check"
         "check_$check"
     done
