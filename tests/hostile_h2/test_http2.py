@@ -250,22 +250,19 @@ def test_large_requests_that_together_pass_the_budget_all_complete(server):
     server.probe()
 
 
-def test_followers_that_never_read_hold_a_bounded_amount(server):
-    job = server.cli("alice", "start", "--", "cat", "/dev/zero")
-    assert job.returncode == 0, job.stderr.decode()
-    job_id = job.stdout.decode().strip()
-    # Let some output exist, and the spool settle.
-    time.sleep(1)
+def never_read(server, path, payload, end_stream):
+    """Opens 256 streams of `path` on each of 4 connections that grant the server 2^31-1 windows, sends `payload`
+    on each, and never reads. Returns how many MiB the server grew after 5 s, once another identity's call has
+    been answered meanwhile; the connections are closed."""
     before = server.rss_mib()
-    # StreamOutput {job_id, offset 0, follow true}, in protobuf.
-    body = b"\x0a" + bytes([len(job_id)]) + job_id.encode() + b"\x18\x01"
     clients = [H2Client(server, window=2**31 - 1) for _ in range(4)]
     for client in clients:
-        client.read(0.5)
+        # The server's connection window (4 MiB) must have arrived for 256 requests of up to 1 KiB.
+        serve_until(client, 5, until=lambda: client.conn.outbound_flow_control_window >= MiB)
         for _ in range(256):
             stream = client.conn.get_next_available_stream_id()
-            client.conn.send_headers(stream, client.headers("/runnel.v1.JobService/StreamOutput"))
-            client.conn.send_data(stream, grpc_prefix(len(body)) + body, end_stream=True)
+            client.conn.send_headers(stream, client.headers(path))
+            client.conn.send_data(stream, payload, end_stream=end_stream)
         client.flush()
     # Never read: the server writes until the sockets and its buffers fill.
     time.sleep(5)
@@ -273,6 +270,18 @@ def test_followers_that_never_read_hold_a_bounded_amount(server):
     server.probe()
     for client in clients:
         client.close()
+    return grown
+
+
+def test_followers_that_never_read_hold_a_bounded_amount(server):
+    job = server.cli("alice", "start", "--", "cat", "/dev/zero")
+    assert job.returncode == 0, job.stderr.decode()
+    job_id = job.stdout.decode().strip()
+    # Let some output exist, and the spool settle.
+    time.sleep(1)
+    # StreamOutput {job_id, offset 0, follow true}, in protobuf.
+    body = b"\x0a" + bytes([len(job_id)]) + job_id.encode() + b"\x18\x01"
+    grown = never_read(server, "/runnel.v1.JobService/StreamOutput", grpc_prefix(len(body)) + body, end_stream=True)
     server.cli("alice", "stop", "--grace", "0s", job_id)
     print(f"1024 followers that never read: server grew {grown:.1f} MiB")
     # 64 followers (--max-followers-per-client) x 400 KiB of h2 send buffer, plus each connection's TLS buffer.
@@ -390,23 +399,8 @@ SYMBOL_REQUEST = b"\x22\x14runnel.v1.JobService"
 
 def test_reflection_streams_that_never_read_hold_a_bounded_amount(server):
     before = server.rss_mib()
-    request = grpc_prefix(len(SYMBOL_REQUEST)) + SYMBOL_REQUEST
-    clients = [H2Client(server, window=2**31 - 1) for _ in range(4)]
-    for client in clients:
-        # The server's connection window (4 MiB) must have arrived for 256 x 1 KiB of requests.
-        serve_until(client, 5, until=lambda: client.conn.outbound_flow_control_window >= MiB)
-        for _ in range(256):
-            stream = client.conn.get_next_available_stream_id()
-            client.conn.send_headers(stream, client.headers(REFLECTION))
-            # 40 questions whose answers (800 KiB) pass h2's 400 KiB send buffer; the stream stays open.
-            client.conn.send_data(stream, request * 40)
-        client.flush()
-    # Never read: the server answers until its buffers fill.
-    time.sleep(5)
-    grown = server.rss_mib() - before
-    server.probe()
-    for client in clients:
-        client.close()
+    # 40 questions whose answers (800 KiB) pass h2's 400 KiB send buffer; the stream stays open.
+    grown = never_read(server, REFLECTION, (grpc_prefix(len(SYMBOL_REQUEST)) + SYMBOL_REQUEST) * 40, end_stream=False)
     print(f"1024 reflection streams that never read: server grew {grown:.1f} MiB")
     # As for followers: 64 streams per identity (--max-followers-per-client) x 400 KiB, plus TLS buffers.
     assert grown < 96, f"the server grew {grown:.1f} MiB for 1024 reflection streams that never read"
