@@ -459,7 +459,7 @@ fn every_log_line_begins_with_its_utc_time_and_level_and_json_lines_are_objects(
         });
         digits && ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"].iter().any(|l| rest[1..].starts_with(l))
     };
-    let text = Server::start(&pki, &[]);
+    let mut text = Server::start(&pki, &[]);
     let log = text.log_text();
     assert_eq!(log.matches("runnel server listening on").count(), 1, "{log}");
     assert!(log.lines().all(looks_timed), "{log}");
@@ -479,6 +479,10 @@ fn every_log_line_begins_with_its_utc_time_and_level_and_json_lines_are_objects(
     );
     assert!(!log.lines().any(|l| l.starts_with("2026-01-01")), "a forged line:\n{log}");
     assert!(log.lines().all(looks_timed), "{log}");
+    // Shutdown too, the helpers' ends included (the network-namespace helper once wrote a bare error line).
+    assert!(text.stop_with(SIGTERM, Duration::from_secs(20)).success());
+    let log = text.log_text();
+    assert!(log.contains("server stopped") && log.lines().all(looks_timed), "{log}");
 
     // RUST_LOG=warn quiets the audit, not the line scripts wait for (the helper would not find the address).
     let quiet = Server::start_with_env(&pki, &[], &[("RUST_LOG", "warn")]);

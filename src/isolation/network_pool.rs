@@ -144,6 +144,9 @@ pub fn main(args: Vec<OsString>) -> ! {
     loop {
         let count = match io::stdin().lock().read(&mut requests) {
             Ok(0) => std::process::exit(0),
+            // The server closed its end with namespaces of the pool still unread in it (at every shutdown):
+            // the same end as end of file.
+            Err(err) if err.kind() == io::ErrorKind::ConnectionReset => std::process::exit(0),
             Ok(count) => count,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => fail("cannot read the server's requests", err),
