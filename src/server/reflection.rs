@@ -8,8 +8,8 @@
 //! stream, which goes on; a request that does not decode ends the call.
 //!
 //! The call reads a request only once the previous answer is within HTTP/2 flow control (see
-//! `Call::poll`), so a client that sends requests without reading answers stops being read, and holds no
-//! more than one answer.
+//! `Call::poll`), so a client that sends requests without reading answers stops being read: what a stream
+//! holds is bounded by h2's send buffer, and a stream counts among its identity's `--max-followers-per-client`.
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
