@@ -163,6 +163,19 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// Writes a metric with one sample per value of its one label: `name{label="value"} count` for each row.
+fn labelled<'a>(
+    out: &mut String,
+    (name, kind, help): (&str, &str, &str),
+    label: &str,
+    rows: impl IntoIterator<Item = (&'a str, u64)>,
+) {
+    header(out, name, kind, help);
+    for (value, count) in rows {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {count}");
+    }
+}
+
 /// Writes a metric with one sample and no labels.
 fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
     header(out, name, kind, help);
@@ -205,21 +218,22 @@ impl Metrics {
         let _ = writeln!(out, "runnel_build_info{{version=\"{version}\"}} 1");
 
         let census = observed.census;
-        header(
+        labelled(
             out,
-            "runnel_jobs",
-            "gauge",
-            "Jobs in the table, by state (starting: the command is not yet reported started).",
+            (
+                "runnel_jobs",
+                "gauge",
+                "Jobs in the table, by state (starting: the command is not yet reported started).",
+            ),
+            "state",
+            [
+                ("starting", census.starting),
+                ("running", census.running),
+                ("stopping", census.stopping),
+                ("exited", census.exited),
+                ("killed", census.killed),
+            ],
         );
-        for (state, count) in [
-            ("starting", census.starting),
-            ("running", census.running),
-            ("stopping", census.stopping),
-            ("exited", census.exited),
-            ("killed", census.killed),
-        ] {
-            let _ = writeln!(out, "runnel_jobs{{state=\"{state}\"}} {count}");
-        }
         let jobs = &observed.jobs;
         single(out, "runnel_jobs_started_total", "counter", "Jobs whose command started.", jobs.started);
         single(
@@ -229,33 +243,35 @@ impl Metrics {
             "Jobs launched whose command never ran: not executable, the init failed, or no report in time.",
             jobs.start_failures,
         );
-        header(out, "runnel_job_ends_total", "counter", "Jobs ended, by reason.");
-        for (reason, count) in EndReason::ALL.iter().zip(&jobs.ended) {
-            let _ = writeln!(out, "runnel_job_ends_total{{reason=\"{}\"}} {count}", end_reason_label(*reason));
-        }
-        header(
+        labelled(
             out,
-            "runnel_jobs_forgotten_total",
-            "counter",
-            "Ended jobs forgotten: evicted past --max-jobs, or removed by RemoveJob.",
+            ("runnel_job_ends_total", "counter", "Jobs ended, by reason."),
+            "reason",
+            EndReason::ALL.iter().map(|reason| end_reason_label(*reason)).zip(jobs.ended),
         );
-        let _ = writeln!(out, "runnel_jobs_forgotten_total{{reason=\"evicted\"}} {}", jobs.evicted);
-        let _ = writeln!(out, "runnel_jobs_forgotten_total{{reason=\"removed\"}} {}", jobs.removed);
-
-        header(
+        labelled(
             out,
-            "runnel_output_received_bytes_total",
-            "counter",
-            "Output bytes read from jobs into the spool, by stream.",
+            (
+                "runnel_jobs_forgotten_total",
+                "counter",
+                "Ended jobs forgotten: evicted past --max-jobs, or removed by RemoveJob.",
+            ),
+            "reason",
+            [("evicted", jobs.evicted), ("removed", jobs.removed)],
         );
-        stream_rows(out, "runnel_output_received_bytes_total", &jobs.output_bytes);
-        header(
+        let streams = |by_stream: [u64; 2]| ["stdout", "stderr"].into_iter().zip(by_stream);
+        labelled(
             out,
-            "runnel_output_sent_bytes_total",
-            "counter",
-            "Output bytes sent to StreamOutput callers, by stream.",
+            ("runnel_output_received_bytes_total", "counter", "Output bytes read from jobs into the spool, by stream."),
+            "stream",
+            streams(jobs.output_bytes),
         );
-        stream_rows(out, "runnel_output_sent_bytes_total", &self.output_sent);
+        labelled(
+            out,
+            ("runnel_output_sent_bytes_total", "counter", "Output bytes sent to StreamOutput callers, by stream."),
+            "stream",
+            streams(self.output_sent),
+        );
         single(out, "runnel_spool_bytes", "gauge", "Output bytes retained for all jobs.", observed.spool_bytes);
         single(
             out,
@@ -272,23 +288,26 @@ impl Metrics {
             "TCP connections accepted.",
             self.connections_accepted,
         );
-        header(
+        labelled(
             out,
-            "runnel_connections",
-            "gauge",
-            "Connections open, by phase (handshaking: TLS or HTTP/2 handshake not finished).",
+            (
+                "runnel_connections",
+                "gauge",
+                "Connections open, by phase (handshaking: TLS or HTTP/2 handshake not finished).",
+            ),
+            "phase",
+            [("handshaking", observed.connections_handshaking), ("established", observed.connections_established)],
         );
-        let _ = writeln!(out, "runnel_connections{{phase=\"handshaking\"}} {}", observed.connections_handshaking);
-        let _ = writeln!(out, "runnel_connections{{phase=\"established\"}} {}", observed.connections_established);
-        header(
+        labelled(
             out,
-            "runnel_connections_rejected_total",
-            "counter",
-            "Connections turned away or closed before serving, each counted once, by its first reason.",
+            (
+                "runnel_connections_rejected_total",
+                "counter",
+                "Connections turned away or closed before serving, each counted once, by its first reason.",
+            ),
+            "reason",
+            observed.rejections.iter().map(|(rejection, count)| (rejection.label(), *count)),
         );
-        for (rejection, count) in observed.rejections {
-            let _ = writeln!(out, "runnel_connections_rejected_total{{reason=\"{}\"}} {count}", rejection.label());
-        }
 
         header(
             out,
@@ -345,12 +364,6 @@ impl Metrics {
         );
         std::mem::take(out)
     }
-}
-
-/// One sample per output stream.
-fn stream_rows(out: &mut String, name: &str, by_stream: &[u64; 2]) {
-    let _ = writeln!(out, "{name}{{stream=\"stdout\"}} {}", by_stream[0]);
-    let _ = writeln!(out, "{name}{{stream=\"stderr\"}} {}", by_stream[1]);
 }
 
 #[cfg(test)]

@@ -46,8 +46,7 @@ pub enum Request {
 /// Reads a request head: `None` until it is complete (an empty line ends it). Only the request line matters;
 /// the headers are skipped.
 pub fn parse_request(head: &[u8]) -> Option<Request> {
-    let end = find(head, b"\r\n\r\n").or_else(|| find(head, b"\n\n"));
-    if end.is_none() {
+    if !ends_a_head(head) {
         return (head.len() >= MAX_HEAD).then_some(Request::HeadTooLarge);
     }
     let line_end = find(head, b"\n").unwrap_or(head.len());
@@ -68,6 +67,11 @@ pub fn parse_request(head: &[u8]) -> Option<Request> {
         (_, b"/metrics") => Request::MethodNotAllowed,
         _ => Request::NotFound,
     })
+}
+
+/// Whether `bytes` hold the empty line that ends a request head (CRLF CRLF, or a bare LF LF).
+fn ends_a_head(bytes: &[u8]) -> bool {
+    find(bytes, b"\n\n").is_some() || find(bytes, b"\n\r\n").is_some()
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -225,8 +229,7 @@ fn read_head(socket: &mut TcpStream, head: &mut Vec<u8>) -> Progress {
                 // so a head sent a byte at a time is not scanned again for each byte.
                 let from = head.len().saturating_sub(3);
                 head.extend_from_slice(chunk.get(..n).unwrap_or_default());
-                let tail = head.get(from..).unwrap_or_default();
-                if find(tail, b"\n\n").is_some() || find(tail, b"\n\r\n").is_some() || head.len() >= MAX_HEAD {
+                if ends_a_head(head.get(from..).unwrap_or_default()) || head.len() >= MAX_HEAD {
                     if let Some(request) = parse_request(head) {
                         return Progress::Complete(request);
                     }
