@@ -1,5 +1,6 @@
 //! Compiles `proto/` into Rust with protox (a pure-Rust protobuf compiler), so building needs no `protoc`, and
-//! keeps the compiled descriptors (`descriptors.bin` in `OUT_DIR`) for the server's reflection service.
+//! keeps the compiled descriptors (`descriptors.bin` in `OUT_DIR`) for the server's reflection service; the job
+//! record format of the state directory (`proto/runnel/state/`) is compiled apart, as it is not served.
 
 use prost::Message;
 
@@ -19,5 +20,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out_dir.join("descriptors.bin"), descriptors.encode_to_vec())?;
     // Output chunks are decoded as slices of the received frame rather than copied into a `Vec`.
     prost_build::Config::new().bytes([".runnel.v1.OutputChunk.data"]).compile_fds(descriptors)?;
+    // The job records kept in the state directory: the server's own format, not served by reflection.
+    let record = "proto/runnel/state/v1/record.proto";
+    println!("cargo:rerun-if-changed={record}");
+    prost_build::Config::new().compile_fds(protox::compile([record], ["proto"])?)?;
     Ok(())
 }

@@ -7,6 +7,12 @@ pub mod runnel {
     }
 }
 
+/// The job records of the state directory (`jobs/record.rs`): the server's own storage format, not the API.
+#[allow(clippy::all, missing_docs)]
+pub mod state {
+    include!(concat!(env!("OUT_DIR"), "/runnel.state.v1.rs"));
+}
+
 #[allow(clippy::all, missing_docs)]
 pub mod health {
     include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));

@@ -145,7 +145,7 @@ fn exec_failures_and_bad_input_are_clear_errors_that_change_nothing() {
 
     let listed: ListJobsResponse = alice.unary(path::LIST_JOBS, &ListJobsRequest::default(), None).unwrap();
     assert!(listed.jobs.is_empty(), "a failed start left a job behind: {:?}", listed.jobs);
-    let leftovers = std::fs::read_dir(server.state_dir.join("output")).unwrap().count()
+    let leftovers = std::fs::read_dir(server.state_dir.join("jobs")).unwrap().count()
         + std::fs::read_dir(server.state_dir.join("work")).unwrap().count();
     assert_eq!(leftovers, 0, "a failed start left files behind");
 }
@@ -340,7 +340,7 @@ fn a_sigterm_trapping_job_gets_its_grace_period() {
 }
 
 #[test]
-fn server_shutdown_stops_jobs_ends_streams_and_removes_its_state() {
+fn server_shutdown_stops_jobs_ends_streams_and_removes_all_but_the_history() {
     let pki = Pki::new();
     let mut server = Server::start(&pki, &["--shutdown-grace", "2s"]);
     let mut alice = server.client("alice");
@@ -357,7 +357,7 @@ fn server_shutdown_stops_jobs_ends_streams_and_removes_its_state() {
     assert!(follower.next_message::<OutputChunk>(&mut stream).is_ok_and(|m| m.is_none()), "stream did not end cleanly");
     assert!(!process_alive(job.pid));
     assert!(pids_matching(&marker).is_empty(), "a job process outlived the server");
-    assert!(!server.state_dir.exists(), "state dir left behind");
+    util::assert_only_history_left(&server.state_dir);
 }
 
 #[test]
@@ -566,7 +566,7 @@ fn remove_job_forgets_an_ended_job_and_frees_its_output_and_rm_and_prune_use_it(
     assert!(message.contains("still running: stop it first"), "{message}");
     let ended = start(&mut alice, "head", &["-c", "3000000", "/dev/zero"]);
     wait(&mut alice, &ended.id);
-    let output_dir = server.state_dir.join("output").join(&ended.id);
+    let output_dir = server.state_dir.join("jobs").join(&ended.id);
     assert!(output_dir.exists());
     // Bob cannot see it, so he cannot remove it either.
     assert_eq!(status_of(remove(&mut server.client("bob"), &ended.id)).0, Code::NotFound);

@@ -1,6 +1,7 @@
 //! The server's lifecycle against the real binary: shutdown on SIGTERM/SIGINT (a second signal skipping the
 //! grace, calls refused while jobs stop, a stalled follower bounding the drain), starting over a crashed
-//! predecessor's state directory, and closing connections that never finish their handshakes.
+//! predecessor's state directory (its jobs' leftovers cleared, their history kept), and closing connections that
+//! never finish their handshakes.
 
 mod util;
 
@@ -172,7 +173,7 @@ fn a_second_sigterm_skips_the_shutdown_grace() {
     assert_eq!(status.code(), Some(0), "server exit: {status:?}\n{}", server.log_text());
     assert!(server.log_text().contains("again: killing every job now"), "{}", server.log_text());
     assert_group_ends(job.pid);
-    assert!(!server.state_dir.exists(), "state dir left behind");
+    util::assert_only_history_left(&server.state_dir);
     // Every job call is refused during shutdown, so only the log tells how the job ended.
     let ended = format!("job {} ended: Signaled({SIGKILL}), ServerShutdown", job.id);
     assert!(server.log_text().contains(&ended), "no {ended:?} in the log:\n{}", server.log_text());
@@ -258,11 +259,11 @@ fn a_stalled_follower_delays_shutdown_by_the_drain_limit_only() {
     assert!(exited >= SHUTDOWN_DRAIN, "server did not wait for the follower: exited after {exited:?}");
     assert!(exited < 2 * SHUTDOWN_DRAIN + Duration::from_secs(8), "shutdown took {exited:?}");
     assert!(!process_alive(job.pid));
-    assert!(!server.state_dir.exists(), "state dir left behind");
+    util::assert_only_history_left(&server.state_dir);
 }
 
 #[test]
-fn a_restart_after_a_crash_takes_over_the_state_dir_and_clears_it() {
+fn a_restart_after_a_crash_takes_over_the_state_dir_clears_what_jobs_left_and_keeps_their_history() {
     let pki = Pki::new();
     let mut crashed = Server::start(&pki, &[]);
     let state_dir = crashed.state_dir.clone();
@@ -273,10 +274,10 @@ fn a_restart_after_a_crash_takes_over_the_state_dir_and_clears_it() {
     let _cleanup = KillGroupsOnDrop(vec![silent.pid, chatty.pid]);
     await_output(&crashed, "alice", &silent.id, b"hello\n");
     await_output(&crashed, "alice", &chatty.id, b"tick\n");
-    let output = state_dir.join("output");
+    let history = state_dir.join("jobs");
     let work = state_dir.join("work");
     assert!(eventually(Duration::from_secs(5), || work.join(&silent.id).join("left-behind.txt").exists()));
-    assert!(std::fs::read_dir(output.join(&silent.id)).unwrap().count() > 0, "no output spool on disk");
+    assert!(std::fs::read_dir(history.join(&silent.id)).unwrap().count() > 1, "no record and output on disk");
     drop(alice);
 
     let status = crashed.stop_with(SIGKILL, Duration::from_secs(10));
@@ -290,25 +291,29 @@ fn a_restart_after_a_crash_takes_over_the_state_dir_and_clears_it() {
         );
     }
 
-    // The lock died with the old process (no job inherited it), so a new server starts and clears what it left.
+    // The lock died with the old process (no job inherited it), so a new server starts and clears what the jobs
+    // left; their history stays, each job lost with its server.
     let mut restarted = Server::start_on(&pki, Some(&state_dir), &[]);
-    assert_eq!(std::fs::read_to_string(state_dir.join("runnel.lock")).unwrap().trim(), restarted.pid().to_string());
+    let lock = std::fs::read_to_string(state_dir.join("runnel.lock")).unwrap();
+    assert_eq!(lock.lines().next(), Some(restarted.pid().to_string().as_str()));
     let log = restarted.log_text();
-    for dir in [&output, &work] {
-        assert!(log.contains(&format!("removing {} left by a previous server", dir.display())), "{log}");
-        let left: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name()).collect();
-        assert!(left.is_empty(), "{} still holds {left:?}", dir.display());
-    }
+    assert!(log.contains(&format!("removing {} left by a previous server", work.display())), "{log}");
+    let left: Vec<_> = std::fs::read_dir(&work).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "{} still holds {left:?}", work.display());
     let mut admin = restarted.client("admin");
     let listed: ListJobsResponse = admin.unary(path::LIST_JOBS, &ListJobsRequest::default(), TIMEOUT).unwrap();
-    assert!(listed.jobs.is_empty(), "{:?}", listed.jobs);
+    let ends: Vec<(String, i32)> = listed.jobs.iter().map(|j| (j.id.clone(), j.end_reason)).collect();
+    let lost = runnel::proto::EndReason::ServerLost as i32;
+    assert_eq!(ends, [(silent.id.clone(), lost), (chatty.id.clone(), lost)]);
+    let (_, _, replayed) = follow_until(&restarted, "admin", &silent.id, b"hello\n");
+    assert_eq!(replayed, b"hello\n", "its output up to the crash");
     let job = start(&mut admin, "echo fresh");
     await_output(&restarted, "admin", &job.id, b"fresh\n");
     drop(admin);
 
     let status = restarted.stop_with(SIGTERM, Duration::from_secs(15));
     assert_eq!(status.code(), Some(0), "server exit: {status:?}\n{}", restarted.log_text());
-    assert!(!state_dir.exists(), "state dir left behind");
+    util::assert_only_history_left(&state_dir);
 }
 
 /// Reads the raw socket on a thread until the server closes it; yields how long after `opened` that was.
@@ -407,8 +412,7 @@ fn the_janitor_removes_an_evicted_jobs_files_and_dies_with_the_server() {
     let mut client = server.client("alice");
     let first = start(&mut client, "mkdir -p a/b && for i in $(seq 200); do echo $i > a/b/$i; done; echo done");
     let _: Job = client.unary(path::WAIT_JOB, &WaitJobRequest { job_id: first.id.clone() }, TIMEOUT).unwrap();
-    let (work, output) =
-        (server.state_dir.join("work").join(&first.id), server.state_dir.join("output").join(&first.id));
+    let (work, output) = (server.state_dir.join("work").join(&first.id), server.state_dir.join("jobs").join(&first.id));
     assert!(work.join("a/b/200").exists() && output.exists());
     let _second = start(&mut client, "true");
     assert!(!work.exists() && !output.exists(), "the evicted job's files are moved out at once");

@@ -143,6 +143,8 @@ fn exit_text(job: &Job) -> String {
     match (job.exit_code, job.signal) {
         (Some(code), _) => code.to_string(),
         (None, Some(signal)) => format!("sig {signal}"),
+        // Running when its server died: no status is known.
+        _ if job.end_reason == EndReason::ServerLost as i32 => "lost".into(),
         _ => "-".into(),
     }
 }

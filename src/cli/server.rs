@@ -33,8 +33,10 @@ Serves the runnel job API over mutual TLS (TLS 1.3, client certificate required)
                                  with --client-ca, on top of it; without, self-signed clients
   --client-cert-pins FILE        the same, one fingerprint per line (# comments)
   --admin NAME                   identity that may see and act on every job (repeatable)
-  --state-dir DIR                job output and working directories [default: /var/lib/runnel as root,
-                                 else $XDG_RUNTIME_DIR/runnel or /tmp/runnel-UID]; removed at shutdown
+  --state-dir DIR                job history (records and output) and working directories [default:
+                                 /var/lib/runnel as root, else $XDG_RUNTIME_DIR/runnel or /tmp/runnel-UID]
+  --ephemeral                    forget every job at shutdown: the state directory is removed (and a history
+                                 found in it at startup is deleted) [default: ended jobs outlive restarts]
   --max-connections N            established client connections at once [default: 4096]
   --max-connections-per-client N established connections at once per identity [default: 64]
   --max-calls-per-client N       calls in flight at once per identity, on all its connections [default: 1024]
@@ -114,6 +116,7 @@ const FLAGS: &[(&str, FlagKind)] = &[
     ("--client-cert-pins", FlagKind::Value),
     ("--admin", FlagKind::List),
     ("--state-dir", FlagKind::Value),
+    ("--ephemeral", FlagKind::Switch),
     ("--max-connections", FlagKind::Value),
     ("--max-connections-per-client", FlagKind::Value),
     ("--max-calls-per-client", FlagKind::Value),
@@ -233,6 +236,7 @@ struct RawFlags {
     client_cert_pin_file: Option<PathBuf>,
     admins: Vec<String>,
     state_dir: Option<PathBuf>,
+    ephemeral: bool,
     max_connections: Option<usize>,
     max_connections_per_client: Option<usize>,
     max_calls_per_client: Option<usize>,
@@ -284,6 +288,7 @@ impl RawFlags {
             client_cert_pin_file: args.flag_value("--client-cert-pins")?,
             admins: args.flag_values("--admin")?,
             state_dir: args.flag_value("--state-dir")?,
+            ephemeral: args.contains("--ephemeral"),
             max_connections: args.flag_value("--max-connections")?,
             max_connections_per_client: args.flag_value("--max-connections-per-client")?,
             max_calls_per_client: args.flag_value("--max-calls-per-client")?,
@@ -400,6 +405,7 @@ impl RawFlags {
             max_calls_per_client,
             max_followers_per_client,
             state_dir: self.state_dir.unwrap_or_else(default_state_dir),
+            ephemeral: self.ephemeral,
             max_jobs,
             max_running_per_client,
             max_request_bytes,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::task::Waker;
 use std::time::SystemTime;
 
+use super::record::JobRecord;
 use super::spool::{OutputCursor, OutputLog, Stream};
 use super::start::OwnWorkDir;
 use super::{JobError, JobId, JobKey};
@@ -37,17 +38,27 @@ pub enum EndReason {
     Signaled,
     /// The server stopped it on its way down.
     ServerShutdown,
+    /// It was running when its server died (a crash, a kill): the next server found it gone, its exit status
+    /// unknown.
+    ServerLost,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 5] =
-        [EndReason::Exited, EndReason::Stopped, EndReason::OomKilled, EndReason::Signaled, EndReason::ServerShutdown];
+    pub const ALL: [EndReason; 6] = [
+        EndReason::Exited,
+        EndReason::Stopped,
+        EndReason::OomKilled,
+        EndReason::Signaled,
+        EndReason::ServerShutdown,
+        EndReason::ServerLost,
+    ];
 }
 
 /// How a job ended (set once its main process was reaped).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EndState {
-    pub status: ExitStatus,
+    /// `None` only for a job lost with its server ([`EndReason::ServerLost`]).
+    pub status: Option<ExitStatus>,
     pub reason: EndReason,
     pub at: SystemTime,
 }
@@ -97,6 +108,50 @@ pub struct Job {
 }
 
 impl Job {
+    /// A job a previous server ran, from its record and its output read back: ended, with no process.
+    pub(super) fn restored(record: JobRecord, output: OutputLog) -> Job {
+        Job {
+            key: record.key,
+            id: record.id,
+            owner: record.owner,
+            command: record.command,
+            args: record.args,
+            pid: record.pid,
+            started_at: record.started_at,
+            end: record.end,
+            output,
+            stop_reason: None,
+            pidfd: None,
+            stdout: None,
+            stderr: None,
+            control: None,
+            starting: None,
+            limits: record.limits,
+            cgroup: None,
+            final_usage: record.final_usage,
+            waiters: Vec::new(),
+            own_work_dir: None,
+            run_as: None,
+        }
+    }
+
+    /// What the job's record on disk holds now.
+    pub(super) fn record(&self) -> JobRecord {
+        JobRecord {
+            id: self.id,
+            key: self.key,
+            owner: self.owner.clone(),
+            command: self.command.clone(),
+            args: self.args.clone(),
+            pid: self.pid,
+            started_at: self.started_at,
+            end: self.end,
+            limits: self.limits,
+            final_usage: self.final_usage,
+            output_end: self.output.is_finished().then(|| self.output.end()),
+        }
+    }
+
     /// True until the job reports that its command started (see [`JobTable::settle_start`]).
     ///
     /// [`JobTable::settle_start`]: super::JobTable::settle_start
@@ -115,8 +170,9 @@ impl Job {
 
     pub fn state(&self) -> JobState {
         match (&self.end, self.stop_reason) {
-            (Some(EndState { status: ExitStatus::Exited(_), .. }), _) => JobState::Exited,
-            (Some(EndState { status: ExitStatus::Signaled(_), .. }), _) => JobState::Killed,
+            (Some(EndState { status: Some(ExitStatus::Exited(_)), .. }), _) => JobState::Exited,
+            // A job lost with its server was killed with it (its init's parent-death signal).
+            (Some(EndState { status: Some(ExitStatus::Signaled(_)) | None, .. }), _) => JobState::Killed,
             (None, Some(_)) => JobState::Stopping,
             (None, None) => JobState::Running,
         }
@@ -246,7 +302,7 @@ impl Job {
             (false, None, ExitStatus::Exited(_)) => EndReason::Exited,
             (false, None, ExitStatus::Signaled(_)) => EndReason::Signaled,
         };
-        self.end = Some(EndState { status, reason, at: SystemTime::now() });
+        self.end = Some(EndState { status: Some(status), reason, at: SystemTime::now() });
         log::info!("job {} ended: {status:?}, {reason:?}", self.id);
         true
     }

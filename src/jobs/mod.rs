@@ -1,6 +1,7 @@
 //! The job domain: every job the server has started, its process, its output, and who may see it.
 //!
-//! It knows nothing of sockets, HTTP/2 or protobuf: requests arrive as domain values ([`StartRequest`],
+//! It knows nothing of sockets, HTTP/2 or the API's protobuf (its records on disk have a schema of their own,
+//! `record.rs`): requests arrive as domain values ([`StartRequest`],
 //! [`Caller`], job id text), answers leave as [`Job`]s, and failures as [`JobError`]s, which the service turns
 //! into wire messages and gRPC statuses. The table is owned by the event loop and changed only through `&mut`
 //! methods. The loop registers a job's pidfd and pipes with the reactor and calls back in here when they are
@@ -10,11 +11,13 @@
 mod caller;
 mod counters;
 mod error;
+mod history;
 mod id;
 pub mod janitor;
 mod job;
 mod launch;
 mod limits;
+mod record;
 mod spec;
 mod spool;
 mod start;
@@ -23,6 +26,7 @@ mod table;
 pub use caller::Caller;
 pub use counters::{JobCensus, JobCounters};
 pub use error::{clip, JobError, QUOTE_LIMIT};
+pub use history::PreviousServer;
 pub use id::{JobId, JobKey};
 pub use job::{EndReason, EndState, Job, JobState};
 pub use launch::START_TIMEOUT;

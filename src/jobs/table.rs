@@ -11,6 +11,7 @@ use std::task::{Poll, Waker};
 use std::time::SystemTime;
 
 use super::counters::{JobCensus, JobCounters};
+use super::history::{self, PreviousServer};
 use super::janitor::Janitor;
 use super::job::Starting;
 use super::launch::{self, Launcher, StartReport, START_TIMEOUT};
@@ -37,6 +38,9 @@ pub struct JobTableConfig {
     /// the network-namespace pool (see `isolation::network_pool`). `None` (unit tests): files are removed on
     /// the loop and each isolated job's start makes its own network namespace.
     pub helper_executable: Option<PathBuf>,
+    /// Whether ended jobs outlive the server: `None` (`--ephemeral`), or how the previous server stopped, whose
+    /// jobs are read back (see `jobs::history`).
+    pub history: Option<PreviousServer>,
 }
 
 /// How jobs are contained on this host, decided once at server startup.
@@ -97,7 +101,7 @@ impl JobTable {
             (Some(executable), Some(isolation)) if isolation.own_network => Some(NetworkPool::start(executable)),
             _ => None,
         };
-        Ok(JobTable {
+        let mut table = JobTable {
             config,
             jobs: BTreeMap::new(),
             by_id: HashMap::new(),
@@ -111,7 +115,49 @@ impl JobTable {
             killed_inits: HashMap::new(),
             shutting_down: false,
             counters: JobCounters::default(),
-        })
+        };
+        if let Some(previous) = table.config.history {
+            table.restore(previous)?;
+        }
+        Ok(table)
+    }
+
+    /// Takes in the jobs a previous server left (see `jobs::history`), within this server's caps: past
+    /// `--max-jobs` the oldest are forgotten, past `--max-output-total` the oldest output.
+    fn restore(&mut self, previous: PreviousServer) -> io::Result<()> {
+        let damaged = self.config.state_dir.join("damaged");
+        let mut restored = history::restore(&mut self.spool, previous, &damaged)?;
+        restored.sort_by_key(|job| job.key);
+        let count = restored.len();
+        for job in restored {
+            if self.jobs.contains_key(&job.key) || self.by_id.contains_key(&job.id) {
+                log::warn!("job {} is recorded twice in the state directory; one copy is forgotten", job.id);
+                self.remove_files(job);
+                continue;
+            }
+            self.next_key = self.next_key.max(job.key + 1);
+            self.by_id.insert(job.id, job.key);
+            self.jobs.insert(job.key, job);
+        }
+        self.evict_ended(self.config.max_jobs);
+        self.enforce_output_total();
+        if count > 0 {
+            log::info!(
+                "{} jobs kept from before this server started ({} bytes of their output)",
+                self.jobs.len(),
+                self.spool.retained_total()
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes job `key`'s record into its directory, if ended jobs outlive the server. A record that cannot be
+    /// written costs the job its history (a warning says so), never its run.
+    fn save_record(&self, key: JobKey) {
+        let Some(job) = self.jobs.get(&key).filter(|_| self.config.history.is_some()) else { return };
+        if let Err(err) = job.record().write(job.output.dir()) {
+            log::warn!("cannot record job {} in {}: {err}", job.id, job.output.dir().display());
+        }
     }
 
     pub fn get(&self, key: JobKey) -> Option<&Job> {
@@ -319,6 +365,7 @@ impl JobTable {
                 self.counters.started += 1;
                 log::info!("job {} started: {:?} exec'd", job.id, job.command);
                 job.wake_waiters();
+                self.save_record(key);
             }
             Some(failure) => self.fail_start(key, failure),
         }
@@ -441,28 +488,40 @@ impl JobTable {
         // Take everything the job wrote before it ended (at most a full pipe each), so a WaitJob answered now
         // reports its full output. What a process that escaped the job writes later comes as any output does.
         for stream in [Stream::Stdout, Stream::Stderr] {
-            self.drain(key, stream, PIPE_CAPACITY);
+            self.take_output(key, stream, PIPE_CAPACITY);
         }
         if let Some(job) = self.jobs.get_mut(&key) {
             job.wake_waiters();
         }
+        self.save_record(key);
         true
     }
 
     /// Moves what a job's pipe holds into its output log, at most `budget` bytes (the loop's share for it).
     pub fn drain(&mut self, key: JobKey, stream: Stream, budget: usize) -> Ingested {
+        let (ingested, finished) = self.take_output(key, stream, budget);
+        // The output of a job that has ended is complete now: its record says how much there was.
+        if finished && self.jobs.get(&key).is_some_and(Job::is_ended) {
+            self.save_record(key);
+        }
+        ingested
+    }
+
+    /// [`Self::drain`], without the record; also says whether the job's output finished now.
+    fn take_output(&mut self, key: JobKey, stream: Stream, budget: usize) -> (Ingested, bool) {
         let closed = Ingested { drain: Drain::Closed, bytes: 0 };
-        let Some(job) = self.jobs.get_mut(&key) else { return closed };
-        let Some(fd) = job.pipe(stream) else { return closed };
+        let Some(job) = self.jobs.get_mut(&key) else { return (closed, false) };
+        let Some(fd) = job.pipe(stream) else { return (closed, false) };
         let ingested = self.spool.ingest(&mut job.output, &job.id, stream, fd, budget);
         self.counters.count_output(stream, ingested.bytes);
-        if ingested.drain == Drain::Closed && job.close_pipe(stream) {
+        let finished = ingested.drain == Drain::Closed && job.close_pipe(stream);
+        if finished {
             self.spool.finish(&mut job.output);
         }
         if ingested.bytes > 0 {
             self.enforce_output_total();
         }
-        ingested
+        (ingested, finished)
     }
 
     /// Keeps the output retained across all jobs under `--max-output-total`: first the output of the oldest
@@ -535,11 +594,16 @@ impl JobTable {
         self.containment.cgroups.take()
     }
 
-    /// Server shutdown, after every job ended: deletes every job's files and ends the helper processes, and
-    /// waits until both are done (the helpers live in the server's cgroup, which is removed next).
+    /// Server shutdown, after every job ended: deletes every job's working directory, and its output and record
+    /// too unless ended jobs outlive the server; ends the helper processes, and waits until both are done (the
+    /// helpers live in the server's cgroup, which is removed next).
     pub fn remove_all(&mut self) {
-        for job in std::mem::take(&mut self.jobs).into_values() {
-            self.remove_files(job);
+        for mut job in std::mem::take(&mut self.jobs).into_values() {
+            if self.config.history.is_some() {
+                self.release_process_files(&mut job);
+            } else {
+                self.remove_files(job);
+            }
         }
         self.by_id.clear();
         self.spool.finish_removals();
@@ -550,10 +614,15 @@ impl JobTable {
     /// working directory is reachable by a later job given the same user.
     fn remove_files(&mut self, mut job: Job) {
         self.spool.remove(&mut job.output);
+        self.release_process_files(&mut job);
+    }
+
+    /// Hands the job's working directory to the janitor and its user back; its output stays.
+    fn release_process_files(&mut self, job: &mut Job) {
         if let Some(dir) = job.own_work_dir.take() {
             self.spool.dispose(&dir.into_path());
         }
-        if let (Some(run_as), Some(isolation)) = (job.run_as, self.containment.isolation.as_mut()) {
+        if let (Some(run_as), Some(isolation)) = (job.run_as.take(), self.containment.isolation.as_mut()) {
             isolation.users.release(run_as);
         }
     }
@@ -592,6 +661,7 @@ mod tests {
             max_output_bytes: per_job,
             max_output_total: total,
             helper_executable: None,
+            history: None,
         };
         let containment = Containment { limits_unavailable: Some("test host".into()), ..Default::default() };
         (JobTable::new(config, containment).unwrap(), state_dir)
@@ -672,7 +742,7 @@ mod tests {
         run_draining(&mut table, started.key);
         assert_eq!(*table.spool.ingest_mode(), ingest, "the state directory supports {ingest:?}");
         let job = table.get(started.key).unwrap();
-        assert_eq!(job.end.unwrap().status, ExitStatus::Exited(0));
+        assert_eq!(job.end.unwrap().status, Some(ExitStatus::Exited(0)));
         assert_eq!(job.output.end(), 2 * data.len() as u64 + 4);
 
         let mut cursor = OutputCursor::new(0);
@@ -704,7 +774,7 @@ mod tests {
         run_to_end(&mut table, started.key);
         let job = table.get(started.key).unwrap();
         assert!(job.is_complete());
-        assert_eq!(fs::read_dir(dir.join("output").join(job.id.to_string())).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(dir.join("jobs").join(job.id.to_string())).unwrap().count(), 0);
         table.remove_all();
     }
 
@@ -735,7 +805,7 @@ mod tests {
         let started = table.start("alice", spec("sh", &["-c", "echo out; echo err >&2; exit 3"])).unwrap();
         run_to_end(&mut table, started.key);
         let job = table.get(started.key).unwrap();
-        assert_eq!(job.end.unwrap().status, ExitStatus::Exited(3));
+        assert_eq!(job.end.unwrap().status, Some(ExitStatus::Exited(3)));
         assert_eq!(job.state(), JobState::Exited);
         assert!(job.is_complete());
         let mut out = read_output(job);
@@ -767,7 +837,7 @@ mod tests {
         let mut missing_dir = spec("true", &[]);
         missing_dir.working_dir = "/no/such/dir".into();
         assert!(matches!(start(missing_dir), Err(JobError::WorkingDirUnusable { .. })));
-        assert_eq!(fs::read_dir(dir.join("output")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(dir.join("jobs")).unwrap().count(), 0);
         assert_eq!(fs::read_dir(dir.join("work")).unwrap().count(), 0);
         assert!(table.list(&Caller { identity: "a".into(), admin: true }, &[], None).next().is_none());
         assert!(!table.has_running(), "a failed start counts as no running job");
@@ -812,7 +882,7 @@ mod tests {
             table.request_stop(key, EndReason::Stopped);
             run_to_end(&mut table, key);
             let job = table.get(key).unwrap();
-            assert_eq!(job.end.unwrap().status, ExitStatus::Signaled(libc::SIGTERM));
+            assert_eq!(job.end.unwrap().status, Some(ExitStatus::Signaled(libc::SIGTERM)));
             assert_eq!(job.end.unwrap().reason, EndReason::Stopped);
         }
         // Room again: the oldest ended job is evicted to make space.

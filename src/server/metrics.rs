@@ -155,6 +155,7 @@ fn end_reason_label(reason: EndReason) -> &'static str {
         EndReason::OomKilled => "oom_killed",
         EndReason::Signaled => "signaled",
         EndReason::ServerShutdown => "server_shutdown",
+        EndReason::ServerLost => "server_lost",
     }
 }
 

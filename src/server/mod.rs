@@ -62,6 +62,8 @@ pub struct ServerConfig {
     pub clients: tls::ClientTrust,
     pub admins: Vec<String>,
     pub state_dir: PathBuf,
+    /// `--ephemeral`: the state directory, job history and all, is removed at shutdown.
+    pub ephemeral: bool,
     /// Established connections at once (`--max-connections`).
     pub max_connections: usize,
     /// Established connections at once per identity (`--max-connections-per-client`).
@@ -296,7 +298,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     sys::retain_freed_memory();
     let tls = tls::server_config(&config.cert, &config.key, &config.clients)?;
     let signals = sys::signalfd(&sys::SHUTDOWN_SIGNALS).map_err(io_error("cannot set up signal handling"))?;
-    let state_dir = StateDir::acquire(&config.state_dir)?;
+    let (mut state_dir, previous_server) = StateDir::acquire(&config.state_dir, config.ephemeral)?;
     let prepared = containment::prepare(&config.containment).and_then(|containment| {
         containment::check_reachable_by_jobs(&containment, state_dir.path())?;
         Ok(containment)
@@ -304,7 +306,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     let containment = match prepared {
         Ok(containment) => containment,
         Err(err) => {
-            state_dir.remove();
+            state_dir.abandon();
             return Err(err);
         }
     };
@@ -318,10 +320,12 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
             max_output_total: config.max_output_total,
             // The running executable, even if its file was replaced or removed since.
             helper_executable: Some(PathBuf::from("/proc/self/exe")),
+            history: (!config.ephemeral).then_some(previous_server),
         },
         containment,
     )
     .map_err(io_error("cannot prepare the job directories"))?;
+    state_dir.history_restored().map_err(io_error("cannot write the state directory's lock file"))?;
 
     let mut listener = TcpListener::bind(config.listen).map_err(|source| ServerError::Bind {
         flag: "--listen",

@@ -1,5 +1,9 @@
-//! The server's state directory: an exclusive lock so two servers never share one, cleanup of what a crashed
-//! predecessor left, and removal at shutdown.
+//! The server's state directory: an exclusive lock so two servers never share one, what the previous server
+//! left (its jobs' history, kept; its working files, cleared), and what goes at shutdown.
+//!
+//! The lock file also says how the previous server stopped: it holds the server's PID and the machine's boot id
+//! while the server runs, and is emptied when it stops cleanly. Found holding them, the previous server died
+//! (a crash, SIGKILL); with another boot id, the machine went down under it (see `jobs::PreviousServer`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -8,26 +12,39 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::ServerError;
+use crate::jobs::PreviousServer;
 use crate::sys;
 
 const LOCK_FILE: &str = "runnel.lock";
-/// Subdirectories the job table creates; removed at startup (a crashed predecessor's) and at shutdown.
-const JOB_DIRS: [&str; 4] = ["output", "spare", "work", "trash"];
+/// Subdirectories the job table creates for the server's own use; removed at startup (a crashed predecessor's)
+/// and at shutdown. (`output` is where versions before the job history kept output.)
+const WORK_DIRS: [&str; 4] = ["output", "spare", "work", "trash"];
+/// The jobs' records and output (`jobs::history`): kept across restarts unless the server is ephemeral.
+const HISTORY_DIRS: [&str; 2] = ["jobs", "damaged"];
+/// Where Linux says which boot this is.
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
 pub struct StateDir {
     path: PathBuf,
     /// Held open for the server's lifetime: the flock lives as long as this descriptor.
-    _lock: File,
+    lock: File,
+    /// `--ephemeral`: nothing outlives the server.
+    ephemeral: bool,
+    /// This server made the directory (nothing was there before it).
+    created: bool,
+    previous: PreviousServer,
 }
 
 impl StateDir {
     /// Creates `path` if needed (0711: jobs running as another user pass through it to their working
-    /// directories, but cannot list it) and locks it, clearing anything a previous server left in it.
-    pub fn acquire(path: &Path) -> Result<StateDir, ServerError> {
+    /// directories, but cannot list it) and locks it, clearing the working files a previous server left in it
+    /// (and its jobs' history too if `ephemeral`). Returns how the previous server stopped.
+    pub fn acquire(path: &Path, ephemeral: bool) -> Result<(StateDir, PreviousServer), ServerError> {
         let error =
             |what: &str, err: std::io::Error| ServerError::StateDir(format!("{what} {}: {err}", path.display()));
         // A directory the administrator made keeps its mode (the server checks that jobs can reach through it).
-        if !path.exists() {
+        let created = !path.exists();
+        if created {
             fs::DirBuilder::new().mode(0o711).recursive(true).create(path).map_err(|e| error("cannot create", e))?;
             fs::set_permissions(path, fs::Permissions::from_mode(0o711))
                 .map_err(|e| error("cannot set the mode of", e))?;
@@ -51,26 +68,69 @@ impl StateDir {
                 if holder.is_empty() { "unknown" } else { holder }
             )));
         }
-        lock.set_len(0).and_then(|_| lock.rewind()).map_err(|e| error("cannot write the lock file in", e))?;
-        writeln!(lock, "{}", std::process::id()).map_err(|e| error("cannot write the lock file in", e))?;
-        for dir in JOB_DIRS {
+        let mut left = String::new();
+        let _ = lock.read_to_string(&mut left);
+        let boot_id = fs::read_to_string(BOOT_ID).unwrap_or_default();
+        let previous = match left.lines().nth(1) {
+            None if left.trim().is_empty() => PreviousServer::Stopped,
+            Some(boot) if boot.trim() == boot_id.trim() => PreviousServer::Crashed,
+            // Another boot, or a PID alone (written by a version before the history): assume the worst.
+            _ => PreviousServer::WentDownWithTheMachine,
+        };
+        // Until the job table has read the history back, a machine that went down stays on record: a server
+        // that fails to start now must not make the next one trust what this one has not yet checked.
+        let boot = if previous == PreviousServer::WentDownWithTheMachine { UNCHECKED } else { boot_id.trim() };
+        write_lock(&mut lock, boot).map_err(|e| error("cannot write the lock file in", e))?;
+        let cleared = if ephemeral { [&WORK_DIRS[..], &HISTORY_DIRS[..]].concat() } else { WORK_DIRS.to_vec() };
+        for dir in cleared {
             let leftover = path.join(dir);
             if leftover.exists() {
                 log::warn!("removing {} left by a previous server", leftover.display());
                 fs::remove_dir_all(&leftover).map_err(|e| error("cannot clear", e))?;
             }
         }
-        Ok(StateDir { path: path.to_path_buf(), _lock: lock })
+        Ok((StateDir { path: path.to_path_buf(), lock, ephemeral, created, previous }, previous))
+    }
+
+    /// The job table has read back the previous server's history: from now on only this server's own end
+    /// matters to the next one.
+    pub fn history_restored(&mut self) -> std::io::Result<()> {
+        let boot_id = fs::read_to_string(BOOT_ID).unwrap_or_default();
+        write_lock(&mut self.lock, boot_id.trim())
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Removes what the server created: job directories, the lock file, and the directory if it is then empty (and
-    /// not a mount point).
+    /// The server could not start: the directory is left as it was found, or removed if this server made it.
+    pub fn abandon(mut self) {
+        if self.created {
+            self.ephemeral = true;
+            return self.remove();
+        }
+        for dir in WORK_DIRS {
+            let _ = fs::remove_dir_all(self.path.join(dir));
+        }
+        // Nothing ran: a clean stop stays clean; a crash stays on record, its jobs not yet recorded lost.
+        if self.previous == PreviousServer::Stopped {
+            let _ = self.lock.set_len(0);
+        }
+    }
+
+    /// Removes what the server created for its own use, and marks the stop clean. Ephemeral, it removes the
+    /// jobs' history, the lock file, and the directory if it is then empty (and not a mount point), too.
     pub fn remove(self) {
-        for dir in JOB_DIRS {
+        for dir in WORK_DIRS {
+            let _ = fs::remove_dir_all(self.path.join(dir));
+        }
+        if !self.ephemeral {
+            if let Err(err) = self.lock.set_len(0) {
+                log::warn!("cannot mark the stop clean in {}: {err}", self.path.join(LOCK_FILE).display());
+            }
+            return;
+        }
+        for dir in HISTORY_DIRS {
             let _ = fs::remove_dir_all(self.path.join(dir));
         }
         let _ = fs::remove_file(self.path.join(LOCK_FILE));
@@ -84,4 +144,14 @@ impl StateDir {
             Err(err) => log::warn!("state directory {} not removed: {err}", self.path.display()),
         }
     }
+}
+
+/// A boot id that matches no boot (see [`StateDir::acquire`]).
+const UNCHECKED: &str = "unchecked";
+
+/// Writes the lock file's contents while the server runs: its PID and `boot`.
+fn write_lock(lock: &mut File, boot: &str) -> std::io::Result<()> {
+    lock.set_len(0)?;
+    lock.rewind()?;
+    write!(lock, "{}\n{boot}\n", std::process::id())
 }

@@ -212,7 +212,7 @@ pub fn grace_period(value: Option<prost_types::Duration>) -> Result<Option<Durat
 
 /// Everything `Job` reports.
 pub fn job(job: &Job) -> proto::Job {
-    let (exit_code, signal) = match job.end.map(|e| e.status) {
+    let (exit_code, signal) = match job.end.and_then(|e| e.status) {
         Some(ExitStatus::Exited(code)) => (Some(code), None),
         Some(ExitStatus::Signaled(signal)) => (None, Some(signal)),
         None => (None, None),
@@ -260,6 +260,7 @@ fn end_reason(reason: EndReason) -> proto::EndReason {
         EndReason::OomKilled => proto::EndReason::OomKilled,
         EndReason::Signaled => proto::EndReason::Signaled,
         EndReason::ServerShutdown => proto::EndReason::ServerShutdown,
+        EndReason::ServerLost => proto::EndReason::ServerLost,
     }
 }
 

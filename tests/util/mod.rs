@@ -282,6 +282,16 @@ impl Drop for Server {
     }
 }
 
+/// What a stopped server leaves in its state directory unless it is `--ephemeral`: the jobs' history and an
+/// emptied lock file.
+pub fn assert_only_history_left(state_dir: &Path) {
+    let mut left: Vec<String> =
+        fs::read_dir(state_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    left.sort();
+    assert_eq!(left, ["jobs", "runnel.lock"], "what the server left in {}", state_dir.display());
+    assert_eq!(fs::read_to_string(state_dir.join("runnel.lock")).unwrap(), "", "a clean stop empties the lock file");
+}
+
 /// `kill(2)` through the `kill` command, so the tests need no unsafe code.
 pub fn unsafe_kill(pid: i32, signal: i32) {
     // `-s SIG --`: procps-ng's kill reads `kill -9 -1234` as `kill -9 -1` (every process), should a negative

@@ -285,8 +285,8 @@ check_journal() {
 }
 
 # A running job and one that ignores SIGTERM, then `systemctl stop runnel`: the server must stop them itself
-# (KillMode=mixed sends SIGTERM to it alone), empty its state directory (a mount point in the unit's namespace,
-# which systemd keeps) and exit 0, with no warning.
+# (KillMode=mixed sends SIGTERM to it alone), leave only the jobs' history in its state directory (jobs/, and the
+# lock file emptied) and exit 0, with no warning.
 check_stop() {
     local id1 id2 before t0 took show left procs cg_left sd_kill state_dir cursor
     id1=$(as_alice start -- sleep 1000 2>/dev/null)
@@ -312,7 +312,8 @@ check_stop() {
     local msg="before: $before; systemctl stop rc $rc in $(secs $took) s; $show; after: $procs, $state_dir, unit cgroup $cg_left; systemd killing/failing: \"$sd_kill\"; runnel's warnings: \"$warn\""
     if [ $rc = 0 ] && echo "$show" | grep -q 'ActiveState=inactive' && echo "$show" | grep -q 'Result=success' \
         && echo " $show " | grep -q ' ExecMainCode=1 ' && echo " $show " | grep -q ' ExecMainStatus=0 ' \
-        && [ "$procs" = "sleep 1000 x0, sleep 1001 x0" ] && { [ ! -e /var/lib/runnel ] || [ -z "$(ls -A /var/lib/runnel)" ]; } \
+        && [ "$procs" = "sleep 1000 x0, sleep 1001 x0" ] && [ "$(ls -A /var/lib/runnel | oneline)" = "jobs runnel.lock" ] \
+        && [ ! -s /var/lib/runnel/runnel.lock ] \
         && [ "$cg_left" = gone ] && [ -z "$sd_kill" ] && [ -z "$warn" ]; then
         pass stop "$msg"
     else
@@ -320,8 +321,9 @@ check_stop() {
     fi
 }
 
-# Started again after a clean stop (the state directory was emptied), then the server killed with SIGKILL:
-# Restart=on-failure brings it back, and its jobs from before are gone.
+# Started again after a clean stop, then the server killed with SIGKILL: Restart=on-failure brings it back, the
+# job it ran is listed lost (its processes died with it), and the jobs stopped at the clean stop are listed as
+# ended by it.
 check_restart() {
     local t0 mode out id main1 main2 cg show rc
     t0=$(ms)
@@ -347,16 +349,17 @@ check_restart() {
     main2=$(prop MainPID)
     show=$(systemctl show runnel -p ActiveState,SubState,NRestarts,MainPID | oneline)
     out=$(as_alice run -- echo after crash 2>&1)
-    local old
+    local old history
     old=$(as_alice status "$id" 2>&1 | tail -1 | oneline 200)
+    history=$(as_alice list --state killed 2>&1 | grep -c 'sleep 100[01]')
     local jobs
     jobs=$(find "/sys/fs/cgroup$cg/jobs" -mindepth 1 -type d 2>/dev/null | oneline)
     echo "journal around the crash:"
     journal | tail -n 20
     started="$started; after the crash \"listening on\" to \"Started\" $(ready_gap) s"
-    local msg="$started; kill -9 of main pid $main1: $show, listening lines $(listening_count), the old job's sleep x$(count_procs 'sleep 1002'), leftover job cgroups \"$jobs\", old job now \"$old\", new job output \"$out\""
+    local msg="$started; kill -9 of main pid $main1: $show, listening lines $(listening_count), the old job's sleep x$(count_procs 'sleep 1002'), leftover job cgroups \"$jobs\", old job now \"$old\", jobs of the clean stop listed: $history, new job output \"$out\""
     if [ "$main2" != "$main1" ] && is_active && [ "$(prop NRestarts)" -ge 1 ] && [ "$(count_procs 'sleep 1002')" = 0 ] \
-        && [ "$out" = "after crash" ]; then
+        && [ "$out" = "after crash" ] && echo "$old" | grep -q ' lost ' && [ "$history" = 2 ]; then
         pass restart "$msg"
     else
         fail restart "$msg"

@@ -13,6 +13,15 @@
 //! says, not where its file ends. Readers hold an [`OutputCursor`] with their own open segment file; one whose
 //! offset fell behind [`OutputLog::start`] jumps forward before it reads again, never reading a discarded file.
 //!
+//! Every segment file begins with a [`SEGMENT_HEADER_LEN`]-byte header: the magic `RUNNELSG`, a format
+//! version, flags, and the logical offset of the segment's first byte. With it, a server that restarts (or
+//! starts after a crash) rebuilds a job's log from its files alone ([`OutputLog::recover`]): it walks each
+//! segment's records until the first that is not whole. What it must never read as output is what a file held
+//! before: a segment written over a spare has the spare's old records past its own end. So in such a segment
+//! every record is written data first, then five zero bytes after it (an end mark), then its header over the
+//! previous end mark: whenever the server dies, the walk stops at an end mark or at a header whose record is
+//! whole. A new file needs no mark: past its end there is nothing, and an unwritten header reads as zeros.
+//!
 //! A reader that starts at an arbitrary offset must find the record holding it. Each segment keeps a sparse
 //! index in memory: the logical offset and file position of the first record header at or past every
 //! [`INDEX_STRIDE`] bytes of the file. Opening at an offset is then one binary search and one `pread` of at
@@ -60,6 +69,15 @@ impl Stream {
 /// Bytes of record header in front of every pipe read stored in a segment.
 pub const RECORD_HEADER_LEN: usize = 5;
 
+/// Bytes of the header every segment file begins with (see the module documentation).
+pub const SEGMENT_HEADER_LEN: u64 = 24;
+const SEGMENT_MAGIC: &[u8; 8] = b"RUNNELSG";
+const SEGMENT_VERSION: u32 = 1;
+/// Segment flag: written over a spare (its file held older output).
+const WRITTEN_OVER_SPARE: u32 = 1;
+/// What follows the last record of a segment written over a spare.
+const END_MARK: [u8; RECORD_HEADER_LEN] = [0; RECORD_HEADER_LEN];
+
 /// Smallest and largest segment: small enough that the cap is honoured closely (a cap keeps between
 /// cap − segment and cap bytes), large enough that a fast job does not create files at a high rate.
 const MIN_SEGMENT_BYTES: u64 = 64 * 1024;
@@ -91,11 +109,44 @@ struct Segment {
     /// The sparse index: (logical offset, file position) of the first record header at or past every
     /// [`INDEX_STRIDE`] bytes of the file, the first record's included.
     index_points: Vec<(u64, u64)>,
+    /// Written over a spare: every record is followed by an end mark (see the module documentation).
+    over_spare: bool,
 }
 
 impl Segment {
     fn new(index: u64, start: u64, blocks_to: u64, lent: u64) -> Segment {
-        Segment { index, start, len: 0, file_len: 0, blocks_to, lent, index_points: Vec::new() }
+        Segment {
+            index,
+            start,
+            len: 0,
+            file_len: SEGMENT_HEADER_LEN,
+            blocks_to,
+            lent,
+            index_points: Vec::new(),
+            over_spare: lent > 0,
+        }
+    }
+
+    /// Accounts for a record of `len` data bytes at the segment's end, whose output starts at `logical`.
+    fn add_record(&mut self, logical: u64, len: u64) {
+        let next_point = self.index_points.last().map_or(0, |&(_, position)| position + INDEX_STRIDE);
+        if self.file_len >= next_point {
+            self.index_points.push((logical, self.file_len));
+        }
+        self.len += len;
+        self.file_len += RECORD_HEADER_LEN as u64 + len;
+    }
+
+    /// The segment file's header.
+    fn header(&self) -> [u8; SEGMENT_HEADER_LEN as usize] {
+        let flags = if self.over_spare { WRITTEN_OVER_SPARE } else { 0 };
+        let (version, flags, start) = (SEGMENT_VERSION.to_le_bytes(), flags.to_le_bytes(), self.start.to_le_bytes());
+        let fields = SEGMENT_MAGIC.iter().chain(&version).chain(&flags).chain(&start);
+        let mut header = [0; SEGMENT_HEADER_LEN as usize];
+        for (byte, value) in header.iter_mut().zip(fields) {
+            *byte = *value;
+        }
+        header
     }
 }
 
@@ -171,6 +222,77 @@ impl OutputLog {
         })
     }
 
+    /// Rebuilds, from its directory `dir`, the log of a job a previous server ran (see the module
+    /// documentation), complete: its job has ended. `output_end` is how much output the job's record says it
+    /// produced, if it says; `trust_spares` is false after the machine itself went down while a server ran,
+    /// when a segment written over a spare may hold older bytes the disk never saw overwritten.
+    ///
+    /// What cannot be used is left out and said why: a segment that is not one, does not follow the one
+    /// before it, or may hold older output, and every segment after it. Bytes past a segment's last whole
+    /// record are cut off.
+    pub(super) fn recover(
+        dir: PathBuf,
+        retention: u64,
+        output_end: Option<u64>,
+        trust_spares: bool,
+    ) -> io::Result<Recovered> {
+        let mut indices: Vec<u64> = Vec::new();
+        for entry in fs::read_dir(&dir)? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            if name.len() == 8 && name.bytes().all(|b| b.is_ascii_digit()) {
+                indices.extend(name.parse::<u64>().ok());
+            }
+        }
+        indices.sort_unstable();
+        let segment_limit = (retention / 8).clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES);
+        let mut log = OutputLog {
+            dir,
+            segments: VecDeque::new(),
+            writer: None,
+            next_index: indices.last().map_or(0, |last| last + 1),
+            segment_limit,
+            reserve: true,
+            retention,
+            end: 0,
+            finished: true,
+            waiters: Vec::new(),
+        };
+        let (mut problems, mut unusable) = (Vec::new(), Vec::new());
+        for index in indices {
+            let path = log.segment_path(index);
+            if !problems.is_empty() {
+                unusable.push(path);
+                continue;
+            }
+            let expected_start = log.segments.back().map(|s| s.start + s.len);
+            match recover_segment(&path, index, expected_start, trust_spares) {
+                Ok(segment) if segment.len == 0 => unusable.push(path),
+                Ok(segment) => {
+                    log.end = segment.start + segment.len;
+                    log.segments.push_back(segment);
+                }
+                Err(problem) => {
+                    problems.push(format!("output segment {}: {problem}", path.display()));
+                    unusable.push(path);
+                }
+            }
+        }
+        match output_end {
+            Some(end) if log.segments.is_empty() => log.end = end,
+            Some(end) if end > log.end => {
+                problems.push(format!("output from offset {} to {end} is missing from {}", log.end, log.dir.display()))
+            }
+            _ => {}
+        }
+        Ok(Recovered { log, unusable, problems })
+    }
+
+    /// The job's directory, which holds its segments (and its record, see `jobs::record`).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// Total bytes of output ever produced.
     pub fn end(&self) -> u64 {
         self.end
@@ -209,9 +331,16 @@ impl OutputLog {
         }
         header.copy_from_slice(&record_header(stream, len));
         self.roll_if_full(spares)?;
-        self.reserve_blocks(record.len());
+        self.reserve_blocks(2 * RECORD_HEADER_LEN + len);
         let (segment, file) = self.writing()?;
-        file.write_all_at(record, segment.file_len)?;
+        if segment.over_spare {
+            // Data, end mark, header: the header last (see the module documentation).
+            file.write_all_at(data, segment.file_len + RECORD_HEADER_LEN as u64)?;
+            file.write_all_at(&END_MARK, segment.file_len + (RECORD_HEADER_LEN + len) as u64)?;
+            file.write_all_at(header, segment.file_len)?;
+        } else {
+            file.write_all_at(record, segment.file_len)?;
+        }
         self.recorded(spares, len);
         Ok(())
     }
@@ -222,7 +351,7 @@ impl OutputLog {
     /// overwritten by the next.
     pub(super) fn splice_target(&mut self, spares: &mut SpareSegments, max_len: usize) -> io::Result<(RawFd, u64)> {
         self.roll_if_full(spares)?;
-        self.reserve_blocks(RECORD_HEADER_LEN + max_len);
+        self.reserve_blocks(2 * RECORD_HEADER_LEN + max_len);
         let (segment, file) = self.writing()?;
         Ok((file.as_raw_fd(), segment.file_len + RECORD_HEADER_LEN as u64))
     }
@@ -234,6 +363,9 @@ impl OutputLog {
             return Ok(());
         }
         let (segment, file) = self.writing()?;
+        if segment.over_spare {
+            file.write_all_at(&END_MARK, segment.file_len + (RECORD_HEADER_LEN + len) as u64)?;
+        }
         file.write_all_at(&record_header(stream, len), segment.file_len)?;
         self.recorded(spares, len);
         Ok(())
@@ -257,12 +389,7 @@ impl OutputLog {
     /// Accounts for a record of `len` data bytes just written at the end of the current segment.
     fn recorded(&mut self, spares: &mut SpareSegments, len: usize) {
         let Some(segment) = self.segments.back_mut() else { return };
-        let next_point = segment.index_points.last().map_or(0, |&(_, position)| position + INDEX_STRIDE);
-        if segment.file_len >= next_point {
-            segment.index_points.push((self.end, segment.file_len));
-        }
-        segment.len += len as u64;
-        segment.file_len += (RECORD_HEADER_LEN + len) as u64;
+        segment.add_record(self.end, len as u64);
         segment.blocks_to = segment.blocks_to.max(segment.file_len);
         self.end += len as u64;
         while self.retained() > self.retention && self.segments.len() > 1 {
@@ -333,9 +460,14 @@ impl OutputLog {
             // Not O_APPEND: `splice` refuses such files. Every write gives its offset.
             None => (OpenOptions::new().create_new(true).write(true).mode(0o600).open(&path)?, 0, 0),
         };
+        let segment = Segment::new(index, self.end, blocks_to, lent);
+        // Over a spare, an end mark at once: the spare's old first record follows the header.
+        let mark: &[u8] = if segment.over_spare { &END_MARK } else { &[] };
+        let header: Vec<u8> = segment.header().iter().chain(mark).copied().collect();
+        file.write_all_at(&header, 0)?;
         self.next_index += 1;
         self.writer = Some(file);
-        self.segments.push_back(Segment::new(index, self.end, blocks_to, lent));
+        self.segments.push_back(segment);
         Ok(())
     }
 
@@ -480,6 +612,72 @@ impl OutputLog {
     }
 }
 
+/// A log rebuilt by [`OutputLog::recover`], and what of its directory could not be used.
+#[derive(Debug)]
+pub struct Recovered {
+    pub log: OutputLog,
+    /// Segment files left out, to be removed.
+    pub unusable: Vec<PathBuf>,
+    /// Why they were left out, or what is missing, one line each.
+    pub problems: Vec<String>,
+}
+
+/// Reads back the segment file at `path`: its header, then its records up to the first that is not whole,
+/// cutting the file there. `expected_start` is where the segment before it ended.
+fn recover_segment(
+    path: &std::path::Path,
+    index: u64,
+    expected_start: Option<u64>,
+    trust_spares: bool,
+) -> Result<Segment, String> {
+    let file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| format!("cannot open it: {e}"))?;
+    let size = file.metadata().map_err(|e| format!("cannot read its size: {e}"))?.len();
+    let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
+    file.read_exact_at(&mut header, 0).map_err(|_| format!("{size} bytes, too short for a segment header"))?;
+    let word = |at: usize| header.get(at..at + 4).and_then(|w| w.try_into().ok()).map_or(0, u32::from_le_bytes);
+    let start = header.get(16..24).and_then(|w| w.try_into().ok()).map_or(0, u64::from_le_bytes);
+    if header.get(..8) != Some(&SEGMENT_MAGIC[..]) {
+        return Err("not a runnel output segment (no RUNNELSG header)".into());
+    }
+    if word(8) != SEGMENT_VERSION {
+        return Err(format!("format version {}, and this runnel reads version {SEGMENT_VERSION}", word(8)));
+    }
+    let over_spare = word(12) & WRITTEN_OVER_SPARE != 0;
+    if over_spare && !trust_spares {
+        return Err("written over an older segment's file while the machine went down: it may hold older output".into());
+    }
+    if let Some(expected) = expected_start.filter(|&expected| expected != start) {
+        return Err(format!("it starts at offset {start}, where the output before it ends at {expected}"));
+    }
+    let mut segment = Segment::new(index, start, size, 0);
+    segment.over_spare = over_spare;
+    // Headers are read a stride at a time, so small records cost no read each.
+    let mut buffer = vec![0u8; INDEX_STRIDE as usize];
+    let (mut buffer_at, mut buffer_len) = (0u64, 0usize);
+    loop {
+        let at = segment.file_len;
+        if at + RECORD_HEADER_LEN as u64 > size {
+            break;
+        }
+        if at < buffer_at || at + RECORD_HEADER_LEN as u64 > buffer_at + buffer_len as u64 {
+            buffer_len = (size - at).min(INDEX_STRIDE) as usize;
+            let Some(window) = buffer.get_mut(..buffer_len) else { break };
+            file.read_exact_at(window, at).map_err(|e| format!("cannot read it: {e}"))?;
+            buffer_at = at;
+        }
+        let from = (at - buffer_at) as usize;
+        let Some(header) = buffer.get(from..from + RECORD_HEADER_LEN) else { break };
+        // An end mark, a record not whole, or the end of what was written.
+        let Ok((_, len)) = parse_header(header, at, size) else { break };
+        segment.add_record(segment.start + segment.len, len);
+    }
+    if size > segment.file_len {
+        file.set_len(segment.file_len).map_err(|e| format!("cannot cut it after its last record: {e}"))?;
+    }
+    segment.blocks_to = segment.file_len;
+    Ok(segment)
+}
+
 fn record_header(stream: Stream, len: usize) -> [u8; RECORD_HEADER_LEN] {
     #[allow(clippy::expect_used, reason = "a record is at most one pipe read or splice, far below 4 GiB")]
     let len = u32::try_from(len).expect("records are far smaller than 4 GiB").to_le_bytes();
@@ -571,6 +769,91 @@ mod tests {
         out
     }
 
+    /// A log at an 8 MiB cap (1 MiB segments) after records of many sizes, left as a crash leaves it: not
+    /// finished, the last segment written over a spare whose older records lie past its end, and a splice
+    /// begun and never committed.
+    fn crashed_log(name: &str) -> TestLog {
+        let mut spool = TestLog::new(name, 8 << 20);
+        for i in 0..300usize {
+            let len = [1, 7, 300, 70_000, 190_000][i % 5] + i;
+            spool.append(if i % 3 == 0 { Stream::Stderr } else { Stream::Stdout }, &vec![i as u8; len]);
+        }
+        let last = spool.log.segments.back().unwrap();
+        let size = fs::metadata(spool.log.segment_path(last.index)).unwrap().len();
+        assert!(last.over_spare && size > last.file_len + 100_000, "older records lie past the last segment's end");
+        let (_, at) = spool.log.splice_target(&mut spool.spares, 1 << 20).unwrap();
+        let path = spool.log.segment_path(spool.log.segments.back().unwrap().index);
+        OpenOptions::new().write(true).open(path).unwrap().write_all_at(b"spliced, never committed", at).unwrap();
+        spool
+    }
+
+    #[test]
+    fn a_log_read_back_from_its_files_is_the_log_that_wrote_them() {
+        let spool = crashed_log("recover");
+        let recovered = OutputLog::recover(spool.root.join("log"), 8 << 20, None, true).unwrap();
+        assert_eq!((recovered.problems.len(), recovered.unusable.len()), (0, 0), "{:?}", recovered.problems);
+        let (log, written) = (&recovered.log, &spool.log);
+        assert!(log.start() > 0 && log.is_finished());
+        assert_eq!((log.start(), log.end()), (written.start(), written.end()));
+        let points = |log: &OutputLog| log.segments.iter().map(|s| s.index_points.clone()).collect::<Vec<_>>();
+        assert_eq!(points(log), points(written), "the same index, so the same reads at any offset");
+        for offset in [0, written.start() + 1, written.end() - 70_000, written.end() - 1] {
+            let mut cursor = OutputCursor::new(offset);
+            assert_eq!(read_all(log, &mut cursor, 1 << 20), read_all(written, &mut OutputCursor::new(offset), 1 << 20));
+        }
+        // What followed the last record (older output, the uncommitted splice) is cut off the file.
+        let last = log.segments.back().unwrap();
+        assert_eq!(fs::metadata(log.segment_path(last.index)).unwrap().len(), last.file_len);
+    }
+
+    #[test]
+    fn older_records_past_the_end_of_a_segment_written_over_a_spare_are_never_read_back() {
+        let mut spool = TestLog::new("recover-stale", 8 << 20);
+        // A spare full of another job's one-byte records, one every 6 bytes of the file.
+        let stale = spool.root.join("stale");
+        fs::write(&stale, [1u8, 1, 0, 0, 0, b'X'].repeat(400_000)).unwrap();
+        spool.spares.keep_or_delete(&stale, 2_400_000);
+        // Records of 100 008 bytes with their headers (6 × 16 668): every one starts where a stale one does.
+        while spool.log.segments.len() < 2 {
+            spool.append(Stream::Stdout, &[7; 100_003]);
+        }
+        let last = spool.log.segments.back().unwrap();
+        assert!(last.over_spare && (last.file_len - SEGMENT_HEADER_LEN) % 6 == 0);
+        let recovered = OutputLog::recover(spool.root.join("log"), 8 << 20, None, true).unwrap();
+        assert_eq!(recovered.log.end(), spool.log.end(), "{:?}", recovered.problems);
+        let tail = read_all(&recovered.log, &mut OutputCursor::new(spool.log.end() - 10), 1 << 20);
+        assert_eq!(tail, vec![(spool.log.end() - 10, Stream::Stdout, vec![7; 10])]);
+    }
+
+    #[test]
+    fn what_cannot_be_trusted_of_a_log_is_left_out_and_said() {
+        // A segment missing in the middle: the output before it stays, the segments after it go.
+        let spool = crashed_log("recover-gap");
+        let indices: Vec<u64> = spool.log.segments.iter().map(|s| s.index).collect();
+        fs::remove_file(spool.log.segment_path(indices[3])).unwrap();
+        let recovered = OutputLog::recover(spool.root.join("log"), 8 << 20, None, true).unwrap();
+        assert_eq!(recovered.log.segments.len(), 3);
+        assert_eq!(recovered.log.end(), spool.log.segments[2].start + spool.log.segments[2].len);
+        assert_eq!(recovered.unusable.len(), indices.len() - 4);
+        assert!(recovered.problems[0].contains("where the output before it ends at"), "{:?}", recovered.problems);
+
+        // After the machine went down, no segment written over a spare is read; a record says what is missing.
+        let spool = crashed_log("recover-untrusted");
+        let first_over_spare = spool.log.segments.iter().position(|s| s.over_spare).unwrap();
+        let recovered = OutputLog::recover(spool.root.join("log"), 8 << 20, Some(1 << 40), false).unwrap();
+        assert_eq!(recovered.log.segments.len(), first_over_spare);
+        assert!(recovered.problems[0].contains("may hold older output"), "{:?}", recovered.problems);
+        assert!(recovered.problems[1].contains("is missing"), "{:?}", recovered.problems);
+
+        // A file that is not a segment.
+        let spool = crashed_log("recover-garbage");
+        let first = spool.log.segments[0].index;
+        fs::write(spool.log.segment_path(first), b"not a segment at all, but long enough").unwrap();
+        let recovered = OutputLog::recover(spool.root.join("log"), 8 << 20, None, true).unwrap();
+        assert!(recovered.log.segments.is_empty() && recovered.log.end() == 0);
+        assert!(recovered.problems[0].contains("no RUNNELSG header"), "{:?}", recovered.problems);
+    }
+
     #[test]
     fn replays_interleaved_streams_byte_exact_from_any_offset() {
         let mut spool = TestLog::new("replay", 1 << 30);
@@ -653,7 +936,7 @@ mod tests {
         assert!(allocated(&first) < 64 * 1024, "a job that wrote little reserves nothing: {}", allocated(&first));
         spool.append(Stream::Stderr, &vec![8; PREALLOCATION_STEP as usize]);
         spool.append(Stream::Stdout, &[9; 1000]);
-        let written = (3 * RECORD_HEADER_LEN + 2000) as u64 + PREALLOCATION_STEP;
+        let written = SEGMENT_HEADER_LEN + (3 * RECORD_HEADER_LEN + 2000) as u64 + PREALLOCATION_STEP;
         assert_eq!(fs::metadata(&first).unwrap().len(), written, "the size is only what was written");
         assert!(allocated(&first) >= written + PREALLOCATION_STEP / 2, "reserved ahead: {}", allocated(&first));
         spool.log.finish(&mut spool.spares);
@@ -834,7 +1117,7 @@ mod tests {
     #[test]
     fn a_record_header_damaged_on_disk_ends_the_reader_with_an_error_not_with_other_bytes() {
         use std::os::unix::fs::FileExt;
-        // Three records, 5, 6 and 46 bytes: 57 of output in 72 bytes of file.
+        // Three records, 5, 6 and 46 bytes: 57 of output in 72 bytes of records, after the segment's header.
         let damaged = |header: [u8; RECORD_HEADER_LEN], at: u64| {
             let mut spool = TestLog::new("damaged", 1 << 30);
             spool.append(Stream::Stdout, b"first");
@@ -866,7 +1149,7 @@ mod tests {
             assert!(spool.log.next_span(&mut cursor, 100).is_err(), "asked again, the same reader fails again");
             assert!(spool.log.next_span(&mut OutputCursor::new(7), 100).is_err());
         };
-        let second = (RECORD_HEADER_LEN + 5) as u64;
+        let second = SEGMENT_HEADER_LEN + (RECORD_HEADER_LEN + 5) as u64;
         // Longer than the file holds.
         damaged([2, 0xff, 0xff, 0, 0], second);
         // Within the file (10 + 5 + 55 <= 72), but past the segment's output (5 + 55 > 57).

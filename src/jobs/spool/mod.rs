@@ -1,4 +1,4 @@
-//! The output spool: every job's output on disk, under the state directory's `output/`.
+//! The output spool: every job's output on disk, in its directory under the state directory's `jobs/`.
 //!
 //! Each job has an [`OutputLog`] (`log.rs`): its output in segment files, read back by any number of
 //! [`OutputCursor`]s. The [`Spool`] owns what the logs share: the spare segment files a log's next segment is
@@ -35,7 +35,7 @@ pub struct Ingested {
 
 /// Every job's output log and what they share.
 pub struct Spool {
-    /// `STATE/output`: one directory per job.
+    /// `STATE/jobs`: one directory per job.
     dir: PathBuf,
     /// Retained output per job (`--max-output-bytes`).
     max_per_log: u64,
@@ -48,12 +48,16 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// Creates `STATE/output` and `STATE/spare` (neither may exist yet) for logs of at most `max_per_log` bytes
-    /// each and `max_total` together, with `janitor` to remove what they no longer keep.
+    /// Creates `STATE/jobs` (or takes the one a previous server left, whose logs [`Self::recover_log`] reads
+    /// back) and `STATE/spare` (which must not exist yet) for logs of at most `max_per_log` bytes each and
+    /// `max_total` together, with `janitor` to remove what they no longer keep.
     pub fn create(state_dir: &Path, max_per_log: u64, max_total: u64, janitor: Janitor) -> io::Result<Spool> {
-        let dir = state_dir.join("output");
+        let dir = state_dir.join("jobs");
         // Output is the server's alone.
-        fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+            created => created?,
+        }
         let spares = SpareSegments::create(state_dir.join("spare"), max_total / 4, janitor)?;
         Ok(Spool { dir, max_per_log, max_total, retained_total: 0, spares, ingester: Ingester::default() })
     }
@@ -61,6 +65,29 @@ impl Spool {
     /// A new, empty log named `name` (a job's id).
     pub fn create_log(&self, name: &str) -> io::Result<OutputLog> {
         OutputLog::create(self.dir.join(name), self.max_per_log)
+    }
+
+    /// The directory that holds one directory per job.
+    pub fn jobs_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reads back the log of a job a previous server ran, in its directory `name` (see [`OutputLog::recover`]),
+    /// within this server's cap per job; returns it and what could not be used of it, one line each.
+    pub fn recover_log(
+        &mut self,
+        name: &str,
+        output_end: Option<u64>,
+        trust_spares: bool,
+    ) -> io::Result<(OutputLog, Vec<String>)> {
+        let recovered = OutputLog::recover(self.dir.join(name), self.max_per_log, output_end, trust_spares)?;
+        for path in &recovered.unusable {
+            self.dispose(path);
+        }
+        let mut log = recovered.log;
+        self.retained_total += log.retained();
+        while log.retained() > self.max_per_log && self.discard_oldest_segment(&mut log) > 0 {}
+        Ok((log, recovered.problems))
     }
 
     /// True while the logs together retain more than `--max-output-total`.

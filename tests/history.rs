@@ -1,0 +1,308 @@
+//! Job history across restarts, against the real binary: ended jobs survive a graceful restart and a SIGKILL of
+//! the server with every field and every spooled byte; a job running at a crash comes back lost with its output
+//! up to the crash; authorization holds across the restart; each kind of damaged file costs only its own job;
+//! `--ephemeral` keeps nothing.
+
+mod util;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::time::Duration;
+
+use runnel::client::{CallError, Client};
+use runnel::grpc::{path, Code};
+use runnel::proto::{
+    EndReason, GetJobRequest, Job, JobState, ListJobsRequest, ListJobsResponse, OutputChunk, OutputStream,
+    StartJobRequest, StopJobRequest, StreamOutputRequest, WaitJobRequest,
+};
+use util::{assert_only_history_left, eventually, process_alive, Pki, Server};
+
+const TIMEOUT: Option<Duration> = Some(Duration::from_secs(30));
+const SIGKILL: i32 = 9;
+const SIGTERM: i32 = 15;
+
+fn start(client: &mut Client, script: &str) -> Job {
+    let request =
+        StartJobRequest { command: "sh".into(), args: vec!["-c".into(), script.into()], ..Default::default() };
+    client.unary(path::START_JOB, &request, TIMEOUT).unwrap_or_else(|e| panic!("start {script:?}: {e:?}"))
+}
+
+fn wait(client: &mut Client, id: &str) -> Job {
+    client.unary(path::WAIT_JOB, &WaitJobRequest { job_id: id.into() }, TIMEOUT).unwrap()
+}
+
+fn get(client: &mut Client, id: &str) -> Result<Job, CallError> {
+    client.unary(path::GET_JOB, &GetJobRequest { job_id: id.into() }, TIMEOUT)
+}
+
+fn list(client: &mut Client) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let request = ListJobsRequest { page_token, ..Default::default() };
+        let page: ListJobsResponse = client.unary(path::LIST_JOBS, &request, TIMEOUT).unwrap();
+        jobs.extend(page.jobs);
+        if page.next_page_token.is_empty() {
+            return jobs;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// The job's whole retained output, as (stream, bytes) runs, and where it started.
+fn output(client: &mut Client, id: &str) -> (u64, Vec<(i32, Vec<u8>)>) {
+    let request = StreamOutputRequest { job_id: id.into(), offset: 0, follow: false };
+    let mut stream = client.start_call(path::STREAM_OUTPUT, &request, TIMEOUT).unwrap();
+    let (mut first, mut runs): (Option<u64>, Vec<(i32, Vec<u8>)>) = (None, Vec::new());
+    while let Some(chunk) = client.next_message::<OutputChunk>(&mut stream).unwrap() {
+        let expected = first.unwrap_or(chunk.offset) + runs.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+        assert_eq!(chunk.offset, expected, "offsets are contiguous");
+        first.get_or_insert(chunk.offset);
+        match runs.last_mut() {
+            Some((stream, bytes)) if *stream == chunk.stream => bytes.extend_from_slice(&chunk.data),
+            _ => runs.push((chunk.stream, chunk.data.to_vec())),
+        }
+    }
+    (first.unwrap_or(0), runs)
+}
+
+fn stdout_of(runs: &[(i32, Vec<u8>)]) -> Vec<u8> {
+    runs.iter().filter(|(s, _)| *s == OutputStream::Stdout as i32).flat_map(|(_, b)| b.clone()).collect()
+}
+
+fn code_of<T: std::fmt::Debug>(result: Result<T, CallError>) -> Code {
+    match result {
+        Err(CallError::Status(status)) => status.code,
+        other => panic!("expected an error status, got {other:?}"),
+    }
+}
+
+/// What `seq 1 N` prints, up to `len` bytes: output a test can check byte for byte whatever its length.
+fn seq_output(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 16);
+    let mut n = 1u64;
+    while out.len() < len {
+        out.extend_from_slice(format!("{n}\n").as_bytes());
+        n += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+type Snapshot = BTreeMap<String, (Job, (u64, Vec<(i32, Vec<u8>)>))>;
+
+/// Fails with the jobs that differ, not with megabytes of output.
+fn assert_same(seen: &Snapshot, expected: &Snapshot) {
+    let jobs = |s: &Snapshot| s.values().map(|(job, _)| job.clone()).collect::<Vec<_>>();
+    assert_eq!(jobs(seen), jobs(expected));
+    for (id, (_, output)) in expected {
+        assert!(&seen[id].1 == output, "job {id}'s output differs");
+    }
+}
+
+/// Every job the admin sees, by id, with its output.
+fn snapshot(server: &Server) -> Snapshot {
+    let mut admin = server.client("admin");
+    list(&mut admin)
+        .into_iter()
+        .map(|job| {
+            let output = output(&mut admin, &job.id);
+            (job.id.clone(), (job, output))
+        })
+        .collect()
+}
+
+#[test]
+fn ended_jobs_survive_a_graceful_restart_with_every_field_and_byte_and_their_owners() {
+    let pki = Pki::new();
+    let mut first = Server::start(&pki, &[]);
+    let state_dir = first.state_dir.clone();
+    let mut alice = first.client("alice");
+    let mut bob = first.client("bob");
+    let binary = start(&mut alice, "printf 'out\\000\\377\\n'; printf 'err\\001\\n' >&2; printf tail; exit 3");
+    let big = start(&mut alice, "seq 1 2000000");
+    let stopped = start(&mut bob, "echo started; exec sleep 1000");
+    for job in [&binary, &big] {
+        wait(&mut alice, &job.id);
+    }
+    assert!(eventually(Duration::from_secs(10), || get(&mut bob, &stopped.id).unwrap().output_bytes > 0));
+    let request = StopJobRequest { job_id: stopped.id.clone(), grace_period: None };
+    let _: Job = bob.unary(path::STOP_JOB, &request, TIMEOUT).unwrap();
+    wait(&mut bob, &stopped.id);
+    let before = snapshot(&first);
+    // Running when the server stops: it ends SERVER_SHUTDOWN, and is kept like the rest.
+    let running = start(&mut alice, "echo still running; exec sleep 1000");
+    assert!(eventually(Duration::from_secs(10), || get(&mut alice, &running.id).unwrap().output_bytes > 0));
+    drop((alice, bob));
+    let status = first.stop_with(SIGTERM, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{}", first.log_text());
+    assert_only_history_left(&state_dir);
+
+    let mut second = Server::start_on(&pki, Some(&state_dir), &[]);
+    let mut after = snapshot(&second);
+    assert_eq!(after.len(), 4);
+    let (shut_down, (_, shut_down_output)) = after.remove(&running.id).unwrap();
+    // Every field and byte as the first server served them.
+    assert_same(&after, &before);
+    assert_eq!(shut_down.end_reason, EndReason::ServerShutdown as i32);
+    assert_eq!(shut_down_output, vec![(OutputStream::Stdout as i32, b"still running\n".to_vec())]);
+    let (job, (_, runs)) = &after[&binary.id];
+    assert_eq!(
+        (job.state, job.exit_code, job.end_reason),
+        (JobState::Exited as i32, Some(3), EndReason::Exited as i32)
+    );
+    let stderr: Vec<u8> =
+        runs.iter().filter(|(s, _)| *s == OutputStream::Stderr as i32).flat_map(|(_, b)| b.clone()).collect();
+    assert_eq!((stdout_of(runs), stderr), (b"out\0\xff\ntail".to_vec(), b"err\x01\n".to_vec()));
+    let expected = seq_output(after[&big.id].0.output_bytes as usize);
+    assert!(expected.len() > 14_000_000 && stdout_of(&after[&big.id].1 .1) == expected, "seq's output, byte-exact");
+    assert_eq!(after[&stopped.id].0.end_reason, EndReason::Stopped as i32);
+
+    // Who may see what is as it was: bob sees only his job, alice only hers.
+    let mut alice = second.client("alice");
+    let mut bob = second.client("bob");
+    assert_eq!(code_of(get(&mut bob, &binary.id)), Code::NotFound);
+    assert_eq!(list(&mut bob).into_iter().map(|j| j.id).collect::<Vec<_>>(), vec![stopped.id.clone()]);
+    assert_eq!(list(&mut alice).len(), 3);
+    // New jobs come after the old ones, in the same order as before.
+    let newer = start(&mut alice, "echo newer");
+    wait(&mut alice, &newer.id);
+    let order: Vec<String> = list(&mut alice).into_iter().map(|j| j.id).collect();
+    assert_eq!(order, [binary.id.clone(), big.id.clone(), running.id.clone(), newer.id.clone()]);
+    drop((alice, bob));
+    assert_eq!(second.stop_with(SIGTERM, Duration::from_secs(30)).code(), Some(0));
+    assert_only_history_left(&state_dir);
+}
+
+#[test]
+fn a_crash_keeps_every_ended_job_and_records_the_running_ones_lost_with_their_output() {
+    let pki = Pki::new();
+    let mut crashed = Server::start(&pki, &[]);
+    let state_dir = crashed.state_dir.clone();
+    let mut alice = crashed.client("alice");
+    // 100 MiB of output, all of it taken in before the crash.
+    let ended = start(&mut alice, "seq 1 20000000 | head -c 104857600; echo err >&2");
+    let quick = start(&mut alice, "echo quick; exit 7");
+    wait(&mut alice, &ended.id);
+    wait(&mut alice, &quick.id);
+    let before: BTreeMap<_, _> = [&ended, &quick]
+        .into_iter()
+        .map(|job| (job.id.clone(), (get(&mut alice, &job.id).unwrap(), output(&mut alice, &job.id))))
+        .collect();
+    assert_eq!(before[&ended.id].0.output_bytes, 104_857_600 + 4);
+    // Writing its 100 MiB when the server dies, and one that had ended but still had its output open (a
+    // background writer holds its pipe).
+    let writing = start(&mut alice, "seq 1 20000000 | head -c 104857600");
+    assert!(eventually(Duration::from_secs(20), || get(&mut alice, &writing.id).unwrap().output_bytes > 20 << 20));
+    drop(alice);
+    let status = crashed.stop_with(SIGKILL, Duration::from_secs(10));
+    assert_eq!(status.code(), None);
+    assert!(eventually(Duration::from_secs(10), || !process_alive(writing.pid)), "the job died with its server");
+    assert!(fs::read_to_string(state_dir.join("runnel.lock")).unwrap().len() > 2, "the lock file says it crashed");
+
+    let mut restarted = Server::start_on(&pki, Some(&state_dir), &[]);
+    let mut alice = restarted.client("alice");
+    for (id, (job, output)) in &before {
+        assert_eq!(&get(&mut alice, id).unwrap(), job, "an ended job is served as before the crash");
+        assert!(&self::output(&mut alice, id) == output, "byte-exact");
+    }
+    let expected = seq_output(104_857_600);
+    assert!(stdout_of(&before[&ended.id].1 .1) == expected);
+    let lost = get(&mut alice, &writing.id).unwrap();
+    assert_eq!((lost.state, lost.end_reason), (JobState::Killed as i32, EndReason::ServerLost as i32));
+    assert_eq!((lost.exit_code, lost.signal), (None, None), "no exit status is known");
+    assert!(lost.ended_at.is_some() && lost.output_bytes > 20 << 20, "{lost:?}");
+    let (start, runs) = output(&mut alice, &writing.id);
+    let spooled = stdout_of(&runs);
+    assert_eq!((start, spooled.len() as u64), (0, lost.output_bytes));
+    assert!(spooled == expected[..spooled.len()], "what was spooled before the crash, byte-exact");
+    let log = restarted.log_text();
+    assert!(log.contains(&format!("job {} was running when the previous server stopped", writing.id)), "{log}");
+    assert!(!state_dir.join("work").join(&writing.id).exists(), "its working directory is gone");
+    // Recorded lost for good: a second restart serves the same end.
+    drop(alice);
+    assert_eq!(restarted.stop_with(SIGTERM, Duration::from_secs(30)).code(), Some(0));
+    let mut again = Server::start_on(&pki, Some(&state_dir), &[]);
+    assert_eq!(get(&mut again.client("alice"), &writing.id).unwrap(), lost);
+    assert_eq!(again.stop_with(SIGTERM, Duration::from_secs(30)).code(), Some(0));
+}
+
+#[test]
+fn each_kind_of_damaged_file_costs_only_its_own_job_with_a_warning() {
+    let pki = Pki::new();
+    // 8 MiB per job: segments of 1 MiB, so a 3 MiB job has three.
+    let caps = ["--max-output-bytes", "8M"];
+    let mut first = Server::start(&pki, &caps);
+    let state_dir = first.state_dir.clone();
+    let mut alice = first.client("alice");
+    let jobs: Vec<Job> = ["truncated", "garbage", "newer", "missing-segment", "intact"]
+        .iter()
+        .map(|name| start(&mut alice, &format!("echo {name}; seq 1 900000")))
+        .collect();
+    for job in &jobs {
+        wait(&mut alice, &job.id);
+    }
+    let intact = (get(&mut alice, &jobs[4].id).unwrap(), output(&mut alice, &jobs[4].id));
+    drop(alice);
+    assert_eq!(first.stop_with(SIGTERM, Duration::from_secs(30)).code(), Some(0));
+
+    let dir = |job: &Job| state_dir.join("jobs").join(&job.id);
+    let record = |job: &Job| dir(job).join("record");
+    let bytes = fs::read(record(&jobs[0])).unwrap();
+    fs::write(record(&jobs[0]), &bytes[..bytes.len() / 2]).unwrap();
+    fs::write(record(&jobs[1]), b"\x00garbage, not a record at all\xff").unwrap();
+    let mut newer = fs::read(record(&jobs[2])).unwrap();
+    newer[8] = 2;
+    fs::write(record(&jobs[2]), newer).unwrap();
+    let mut segments: Vec<_> = fs::read_dir(dir(&jobs[3])).unwrap().map(|e| e.unwrap().path()).collect();
+    segments.retain(|p| p.file_name().unwrap().to_string_lossy().bytes().all(|b| b.is_ascii_digit()));
+    segments.sort();
+    assert!(segments.len() >= 3, "{segments:?}");
+    let missing_from: u64 = segments[..segments.len() - 1].iter().map(|p| fs::metadata(p).unwrap().len()).sum();
+    fs::remove_file(segments.last().unwrap()).unwrap();
+
+    let mut second = Server::start_on(&pki, Some(&state_dir), &caps);
+    let log = second.log_text();
+    for (job, why) in [(&jobs[0], "truncated"), (&jobs[1], "not a runnel job record"), (&jobs[2], "format version 2")] {
+        let line = log.lines().find(|l| l.contains(&record(job).display().to_string()));
+        assert!(line.is_some_and(|l| l.contains(why) && l.contains("skipped")), "{why}: {line:?}\n{log}");
+        assert!(state_dir.join("damaged").join(&job.id).join("record").exists(), "set aside for inspection");
+    }
+    assert!(log.contains(&format!("job {}: output from offset", jobs[3].id)), "{log}");
+    let mut alice = second.client("alice");
+    let listed: Vec<String> = list(&mut alice).into_iter().map(|j| j.id).collect();
+    assert_eq!(listed, [jobs[3].id.clone(), jobs[4].id.clone()]);
+    assert_eq!(get(&mut alice, &jobs[4].id).unwrap(), intact.0);
+    assert!(output(&mut alice, &jobs[4].id) == intact.1, "the intact job's output is whole");
+    // The damaged job keeps what its remaining segments hold: its first bytes, exactly.
+    let (start, runs) = output(&mut alice, &jobs[3].id);
+    let kept = stdout_of(&runs);
+    let mut expected = b"missing-segment\n".to_vec();
+    expected.extend(seq_output(kept.len()));
+    assert_eq!(start, 0);
+    assert!(kept.len() as u64 > missing_from / 2 && kept == expected[..kept.len()], "{} bytes kept", kept.len());
+    drop(alice);
+    assert_eq!(second.stop_with(SIGTERM, Duration::from_secs(30)).code(), Some(0));
+}
+
+#[test]
+fn ephemeral_forgets_everything_at_shutdown_and_a_history_found_at_startup() {
+    let pki = Pki::new();
+    let mut kept = Server::start(&pki, &[]);
+    let state_dir = kept.state_dir.clone();
+    let mut alice = kept.client("alice");
+    let old = start(&mut alice, "echo old");
+    wait(&mut alice, &old.id);
+    drop(alice);
+    assert_eq!(kept.stop_with(SIGTERM, Duration::from_secs(30)).code(), Some(0));
+    assert!(state_dir.join("jobs").join(&old.id).join("record").exists());
+
+    let mut ephemeral = Server::start_on(&pki, Some(&state_dir), &["--ephemeral"]);
+    let mut alice = ephemeral.client("alice");
+    assert!(list(&mut alice).is_empty(), "the history found at startup is deleted");
+    let job = start(&mut alice, "echo new");
+    wait(&mut alice, &job.id);
+    drop(alice);
+    assert_eq!(ephemeral.stop_with(SIGTERM, Duration::from_secs(30)).code(), Some(0));
+    assert!(!state_dir.exists(), "the state directory is removed at shutdown");
+}
