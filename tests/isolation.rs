@@ -44,7 +44,10 @@ fn a_job_sees_only_its_own_processes_hostname_and_loopback() {
     let pki = Pki::new();
     let server = Server::start(&pki, &[]);
     let mut client = server.client("alice");
-    let script = format!("echo self $$; hostname; {LIST_PROCESSES}; cat /proc/net/dev");
+    // The init execs `runnel __init` just after it reported the command started: on a loaded machine the
+    // command can look before that, and would see the server's command line (a fork of it) as PID 1's.
+    let await_init = "for i in $(seq 200); do grep -q __init /proc/1/cmdline && break; sleep 0.01; done";
+    let script = format!("{await_init}; echo self $$; hostname; {LIST_PROCESSES}; cat /proc/net/dev");
     let (job, out) = run_shell(&mut client, &script);
     assert_eq!(job.exit_code, Some(0), "{out}");
 
