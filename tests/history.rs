@@ -306,3 +306,65 @@ fn ephemeral_forgets_everything_at_shutdown_and_a_history_found_at_startup() {
     assert_eq!(ephemeral.stop_with(SIGTERM, Duration::from_secs(30)).code(), Some(0));
     assert!(!state_dir.exists(), "the state directory is removed at shutdown");
 }
+
+#[test]
+fn list_filters_by_start_time_in_local_time_or_rfc_3339_across_a_restart() {
+    let pki = Pki::new();
+    let scratch = util::ScratchDir::new("since");
+    let state_dir = scratch.path().join("state");
+    let mut first = Server::start_on(&pki, Some(&state_dir), &[]);
+    let mut alice = first.client("alice");
+    let mut jobs = Vec::new();
+    for name in ["one", "two", "three"] {
+        let job = start(&mut alice, &format!("echo {name}"));
+        wait(&mut alice, &job.id);
+        jobs.push(job);
+        std::thread::sleep(Duration::from_millis(1200));
+    }
+    drop(alice);
+    assert_eq!(first.stop_with(SIGTERM, Duration::from_secs(30)).code(), Some(0));
+    let server = Server::start_on(&pki, Some(&state_dir), &[]);
+
+    let started = |job: &Job| job.started_at.unwrap();
+    // Kolkata is UTC+05:30 all year: a local time there is not the UTC one.
+    let kolkata = |seconds: i64| {
+        let out = std::process::Command::new("date")
+            .env("TZ", "Asia/Kolkata")
+            .args(["-d", &format!("@{seconds}"), "+%Y-%m-%d %H:%M:%S"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let utc = |seconds: i64, nanos: i32| {
+        let out = std::process::Command::new("date")
+            .env("TZ", "UTC")
+            .args(["-d", &format!("@{seconds}"), "+%Y-%m-%dT%H:%M:%S"])
+            .output()
+            .unwrap();
+        format!("{}.{nanos:09}Z", String::from_utf8(out.stdout).unwrap().trim())
+    };
+    let listed = |args: &[&str]| {
+        let output = server.cli("alice").env("TZ", "Asia/Kolkata").args(["list", "-q"]).args(args).output().unwrap();
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap().lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    let ids = |picked: &[usize]| picked.iter().map(|&i| jobs[i].id.clone()).collect::<Vec<_>>();
+    // The second job's start, its second in Kolkata's time: the first started over a second before it.
+    let two = started(&jobs[1]);
+    assert_eq!(listed(&["--since", &kolkata(two.seconds)]), ids(&[1, 2]));
+    // Half a second before a start, in UTC: RFC 3339 with a fraction.
+    let half_before = |at: prost_types::Timestamp| {
+        let nanos = i64::from(at.nanos) - 500_000_000;
+        utc(at.seconds + nanos.div_euclid(1_000_000_000), nanos.rem_euclid(1_000_000_000) as i32)
+    };
+    assert_eq!(listed(&["--until", &half_before(two)]), ids(&[0]));
+    let three = started(&jobs[2]);
+    assert_eq!(listed(&["--since", &kolkata(two.seconds), "--until", &half_before(three)]), ids(&[1]));
+    assert_eq!(listed(&["--since", "1h"]), ids(&[0, 1, 2]));
+    assert!(listed(&["--until", "1h"]).is_empty());
+
+    let bad = server.cli("alice").args(["list", "--since", "last friday"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!((bad.status.code(), stderr.lines().count()), (Some(2), 1), "{stderr}");
+    assert!(stderr.contains("--since") && stderr.contains("is not a time"), "{stderr}");
+}

@@ -31,8 +31,10 @@ commands:
                                           start a job, stream its output, exit with its exit code (Ctrl-C
                                           stops the job, output goes on until it ends; Ctrl-C again leaves)
   status ID [--json] [--no-trunc]         show one job
-  list [--state S]... [--json] [-q] [--no-trunc]
-                                          show jobs (S: running, stopping, exited, killed); -q: ids only
+  list [--state S]... [--since TIME] [--until TIME] [--json] [-q] [--no-trunc]
+                                          show jobs (S: running, stopping, exited, killed), those started
+                                          in [--since, --until] (TIME: 2026-12-01 14:00 in local time, RFC
+                                          3339, or how long ago: 90m, 2h, 3d); -q: ids only
   logs [-f] [--offset N] ID               print a job's output as raw bytes (stdout→stdout, stderr→stderr);
                                           -f keeps following until the job has ended
   stop [--grace DUR] ID                   SIGTERM the job, SIGKILL after the grace period; waits for the end
@@ -175,12 +177,28 @@ pub fn run(args: Vec<OsString>) -> Result<i32, CliError> {
     parsed.execute(&mut Session { client: &mut client, identity, timeout })
 }
 
+/// `list --since/--until`: the window a job's start must fall in (inclusive), each end open if unset.
+#[derive(Debug, Default)]
+struct StartWindow {
+    since: Option<SystemTime>,
+    until: Option<SystemTime>,
+}
+
+impl StartWindow {
+    fn holds(&self, job: &Job) -> bool {
+        let Some(started) = job.started_at.and_then(|at| SystemTime::try_from(at).ok()) else {
+            return self.since.is_none() && self.until.is_none();
+        };
+        self.since.is_none_or(|since| started >= since) && self.until.is_none_or(|until| started <= until)
+    }
+}
+
 /// A parsed client command.
 enum Command {
     Start(StartJobRequest),
     Run { request: StartJobRequest, grace: Option<Duration> },
     Status { id: String, json: bool, whole_ids: bool },
-    List { states: Vec<i32>, json: bool, quiet: bool, whole_ids: bool },
+    List { states: Vec<i32>, started: StartWindow, json: bool, quiet: bool, whole_ids: bool },
     Logs { id: String, offset: u64, follow: bool },
     Stop { id: String, grace: Option<Duration> },
     Wait { id: String },
@@ -223,7 +241,13 @@ fn parse_command(
             let (json, whole_ids) = (args.contains("--json"), args.contains("--no-trunc"));
             let quiet = args.contains(["-q", "--quiet"]);
             let states = args.flag_values_with("--state", format::parse_state)?;
-            Command::List { states: states.into_iter().map(|s| s as i32).collect(), json, quiet, whole_ids }
+            let time = |text: &str| format::parse_time(text, SystemTime::now());
+            let started = StartWindow {
+                since: args.flag_value_with("--since", time)?,
+                until: args.flag_value_with("--until", time)?,
+            };
+            let states = states.into_iter().map(|s| s as i32).collect();
+            Command::List { states, started, json, quiet, whole_ids }
         }
         "logs" => {
             let follow = args.contains(["-f", "--follow"]);
@@ -317,8 +341,9 @@ impl Command {
                 print_jobs(&[job], json, whole_ids);
                 Ok(0)
             }
-            Command::List { states, json, quiet, whole_ids } => {
-                let jobs = session.list(states)?;
+            Command::List { states, started, json, quiet, whole_ids } => {
+                let mut jobs = session.list(states)?;
+                jobs.retain(|job| started.holds(job));
                 if quiet {
                     print_stdout(&jobs.iter().map(|job| format::terminal_safe(&job.id) + "\n").collect::<String>());
                 } else {

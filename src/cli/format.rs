@@ -46,6 +46,86 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value * scale).map_err(|_| format!("{text:?} is too long"))
 }
 
+/// Parses a point in time for `list --since/--until`: RFC 3339 (`2026-12-01T13:00:00Z`, `...+01:00`, a space for
+/// the `T`), a date and time without a zone in the local one (`2026-12-01 14:00`, `2026-12-01T14:00:05`, or a
+/// date alone for its midnight), or how long before `now` (`90m`, `2h`, `3d`).
+pub fn parse_time(text: &str, now: SystemTime) -> Result<SystemTime, String> {
+    let text = text.trim();
+    let bad = || {
+        format!("{text:?} is not a time: give 2026-12-01 14:00 (local time), RFC 3339 (2026-12-01T13:00:00Z), or how long ago (90m, 2h, 3d)")
+    };
+    if !text.is_ascii() {
+        return Err(bad());
+    }
+    if let Some(ago) = text.strip_suffix('d').and_then(|days| days.parse::<u64>().ok()) {
+        return now.checked_sub(Duration::from_secs(ago * 86_400)).ok_or_else(bad);
+    }
+    if let Ok(ago) = parse_duration(text) {
+        if text.ends_with(|c: char| c.is_ascii_alphabetic()) {
+            return now.checked_sub(ago).ok_or_else(bad);
+        }
+    }
+    let (date, rest) = text.split_at(text.len().min(10));
+    let mut ymd = date.splitn(3, '-').map(|part| part.parse::<u32>().ok());
+    let (Some(Some(year)), Some(Some(month)), Some(Some(day))) = (ymd.next(), ymd.next(), ymd.next()) else {
+        return Err(bad());
+    };
+    if date.len() != 10 || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return Err(bad());
+    }
+    let rest = rest.strip_prefix(['T', 't', ' ']).unwrap_or(rest);
+    // The zone, if any: Z or ±HH:MM at the end.
+    let (clock, offset) = if let Some(clock) = rest.strip_suffix(['Z', 'z']) {
+        (clock, Some(0i64))
+    } else if let Some(at) = rest.rfind(['+', '-']).filter(|&at| at > 0 && rest.len() - at == 6) {
+        let (hours, minutes) = (rest[at + 1..at + 3].parse::<i64>(), rest[at + 4..].parse::<i64>());
+        let (Ok(hours), Ok(minutes), ":") = (hours, minutes, &rest[at + 3..at + 4]) else { return Err(bad()) };
+        let sign = if rest[at..].starts_with('-') { -1 } else { 1 };
+        (&rest[..at], Some(sign * (hours * 3600 + minutes * 60)))
+    } else {
+        (rest, None)
+    };
+    let mut hms = clock.split(':');
+    let mut next = |max: u32| -> Result<(u32, u32), String> {
+        match hms.next() {
+            None | Some("") => Ok((0, 0)),
+            Some(part) => {
+                let whole = part.split('.').next().unwrap_or(part);
+                let nanos = part.split_once('.').map_or(Ok(0), |(_, f)| {
+                    format!("{f:0<9}").get(..9).unwrap_or("").parse::<u32>().map_err(|_| bad())
+                })?;
+                match whole.parse::<u32>() {
+                    Ok(value) if value <= max && whole.len() == 2 => Ok((value, nanos)),
+                    _ => Err(bad()),
+                }
+            }
+        }
+    };
+    let ((hour, _), (minute, _), (second, nanos)) = (next(23)?, next(59)?, next(60)?);
+    if hms.next().is_some() || (offset.is_some() && clock.is_empty()) {
+        return Err(bad());
+    }
+    let seconds = match offset {
+        Some(offset) => {
+            let days = days_from_civil(i64::from(year), i64::from(month), i64::from(day));
+            days * 86_400 + i64::from(hour * 3600 + minute * 60 + second) - offset
+        }
+        None => crate::sys::local_time_to_unix(year as i32, month, day, hour, minute, second).map_err(|_| bad())?,
+    };
+    let since_epoch = Duration::new(seconds.unsigned_abs(), nanos);
+    Ok(if seconds >= 0 { UNIX_EPOCH + since_epoch } else { UNIX_EPOCH - since_epoch })
+}
+
+/// Days since 1970-01-01 of a date (Howard Hinnant's days_from_civil, the inverse of [`utc_parts`]'s).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year - era * 400;
+    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Parses a CPU amount (`0.5`, `2`) into millicores.
 pub fn parse_cpu(text: &str) -> Result<u32, String> {
     let value: f64 = text.trim().parse().map_err(|_| format!("{text:?} is not a number of CPUs (like 0.5 or 2)"))?;
@@ -339,6 +419,49 @@ pub fn json(job: &Job) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_for_list_filters() {
+        let utc = |text: &str| parse_time(text, UNIX_EPOCH).unwrap().duration_since(UNIX_EPOCH).unwrap();
+        // 2026-12-01T13:00:00Z, as `date -u -d 2026-12-01T13:00:00Z +%s` says.
+        assert_eq!(utc("2026-12-01T13:00:00Z"), Duration::from_secs(1_796_130_000));
+        assert_eq!(utc("2026-12-01 14:30:00+01:30"), Duration::from_secs(1_796_130_000));
+        assert_eq!(utc("2026-12-01t08:00-05:00"), Duration::from_secs(1_796_130_000));
+        assert_eq!(utc("2026-12-01T13:00:00.25Z"), Duration::new(1_796_130_000, 250_000_000));
+        assert_eq!(utc("1970-01-01T00:00:00Z"), Duration::ZERO);
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert_eq!(parse_time("2h", now), Ok(now - Duration::from_secs(7200)));
+        assert_eq!(parse_time("90m", now), Ok(now - Duration::from_secs(5400)));
+        assert_eq!(parse_time("3d", now), Ok(now - Duration::from_secs(3 * 86_400)));
+        // Without a zone: the local one, as the C library has it (this process's TZ).
+        let local = crate::sys::local_time_to_unix(2026, 12, 1, 14, 0, 5).unwrap();
+        assert_eq!(parse_time("2026-12-01 14:00:05", now), Ok(UNIX_EPOCH + Duration::from_secs(local as u64)));
+        let midnight = crate::sys::local_time_to_unix(2026, 12, 1, 0, 0, 0).unwrap();
+        assert_eq!(parse_time("2026-12-01", now), Ok(UNIX_EPOCH + Duration::from_secs(midnight as u64)));
+        for bad in [
+            "",
+            "yesterday",
+            "10",
+            "2026-13-01",
+            "2026-12-32 10:00",
+            "2026-12-01T25:00Z",
+            "2026-12-01T10:60",
+            "2026-12-01T1:00",
+            "2026-12-01T10:00+1",
+            "2026-12-01T10:00:00:00",
+            "2026-12-01 1\u{e9}:00+01:00",
+            "26-12-01",
+            "-2h",
+        ] {
+            let err = parse_time(bad, now).unwrap_err();
+            assert!(err.contains("is not a time") || err.contains("duration"), "{bad:?}: {err}");
+        }
+        // The inverse of the table's UTC dates, across leap days and centuries.
+        for days in [0i64, 59, 60, 365, 789, 10_957, 11_016, 20_788, 1_000_000] {
+            let ((year, month, day), _) = utc_parts(UNIX_EPOCH + Duration::from_secs(days as u64 * 86_400));
+            assert_eq!(days_from_civil(year, month, day), days, "{year}-{month}-{day}");
+        }
+    }
 
     #[test]
     fn sizes_durations_cpus() {

@@ -412,6 +412,27 @@ pub fn open_dev_null() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Seconds since 1970 of a wall-clock time in the local time zone (`TZ`, else `/etc/localtime`, else UTC), as
+/// the C library's `mktime` reads it: `month` 1-12. A time a daylight-saving change skips or repeats is taken as
+/// `mktime` takes it.
+pub fn local_time_to_unix(year: i32, month: u32, day: u32, hour: u32, minute: u32, second: u32) -> io::Result<i64> {
+    let field = |value: u32| libc::c_int::try_from(value).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    // SAFETY: tm is plain data; every field mktime reads is set below.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    tm.tm_year = year - 1900;
+    tm.tm_mon = field(month)? - 1;
+    tm.tm_mday = field(day)?;
+    (tm.tm_hour, tm.tm_min, tm.tm_sec) = (field(hour)?, field(minute)?, field(second)?);
+    // Whether daylight saving applies: the C library finds out.
+    tm.tm_isdst = -1;
+    // SAFETY: tm is a valid, initialised struct tm that mktime may normalise in place.
+    let seconds = unsafe { libc::mktime(&mut tm) };
+    if seconds == -1 && !(tm.tm_year == 69 && tm.tm_mday == 31) {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    Ok(seconds)
+}
+
 /// `CGROUP2_SUPER_MAGIC` from `linux/magic.h`: the filesystem type of a cgroup v2 mount.
 const CGROUP2_SUPER_MAGIC: libc::c_long = 0x6367_7270;
 
