@@ -45,13 +45,19 @@ pub(super) fn restore(spool: &mut Spool, previous: PreviousServer, damaged: &Pat
             continue;
         };
         let record = match JobRecord::read(&dir) {
+            Ok(Some(record)) if record.id.to_string() == text && !record.started => {
+                // Launched, and never seen to start: nobody was told its id.
+                log::info!("job directory {} is of a start that never finished; removed", dir.display());
+                spool.dispose(&dir);
+                continue;
+            }
             Ok(Some(record)) if record.id.to_string() == text => record,
             Ok(Some(record)) => {
                 set_aside(&dir, damaged, &format!("its record names job {}", record.id));
                 continue;
             }
             Ok(None) => {
-                // Made when a start began; the record comes when the job is seen to start.
+                // Made when a start began, before its record.
                 log::info!("job directory {} has no record (a start that never finished); removed", dir.display());
                 spool.dispose(&dir);
                 continue;

@@ -149,6 +149,7 @@ impl Job {
             limits: self.limits,
             final_usage: self.final_usage,
             output_end: self.output.is_finished().then(|| self.output.end()),
+            started: !self.is_starting(),
         }
     }
 

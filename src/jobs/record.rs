@@ -3,10 +3,16 @@
 //!
 //! Format (version 1): a 20-byte header (the magic `RUNNELJR`, the version, the payload's length and its CRC-32,
 //! little-endian) and a protobuf `runnel.state.v1.JobRecord` (`proto/runnel/state/v1/record.proto`). The CRC
-//! catches a torn or damaged file; protobuf lets later versions add fields that this one skips. A record is
-//! replaced whole: written to `record.tmp`, then renamed over `record` (a crash leaves the old one or the new
-//! one, never a mix). It is written when the job becomes visible (started), when it ends, and when its output is
-//! complete; none of them waits for the disk (no `fsync`: see README, "State directory").
+//! catches a torn or damaged file; protobuf lets later versions add fields that this one skips.
+//!
+//! A record is created when the job's process is launched, while its command starts on another core (creating a
+//! file is the costly part: 60-70 µs on this machine's ext4, a rename about as much again, where writing into an
+//! open file takes a few). It is written again when the command is seen to start, when the job ends and when its
+//! output is complete, each time over the last one in place: a record only grows, and one write of at most a
+//! page is copied whole before the kernel looks at a fatal signal, so a crash of the server leaves the old record
+//! or the new one, never a mix; one of at most a sector (512 bytes, the usual size) is not torn by a power loss
+//! either. A record larger than a page (long arguments) is replaced whole instead: written to `record.tmp`, then
+//! renamed over `record`. None of them waits for the disk (no `fsync`: see README, "State directory").
 //!
 //! This is the one place the job domain meets protobuf: the storage schema is its own, not the API's.
 
@@ -16,7 +22,8 @@
 
 use std::fmt;
 use std::fs;
-use std::io;
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -37,6 +44,9 @@ const HEADER_LEN: usize = 20;
 /// A record holds at most a request's args and environment (`--max-request-bytes`, at most a few MiB) and a
 /// few numbers: anything claiming more is damaged.
 const MAX_PAYLOAD: u32 = 64 << 20;
+/// Most bytes a record may have to be overwritten in place: a page, which one `write` copies whole before a
+/// fatal signal is looked at.
+const IN_PLACE_MAX: usize = 4096;
 
 /// Everything a job's record holds.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +63,8 @@ pub struct JobRecord {
     pub final_usage: Option<FinalUsage>,
     /// Output bytes the job produced, once all of it was taken in (`None` before: the spool tells).
     pub output_end: Option<u64>,
+    /// The command was seen to start; a record without it is of a start that never finished.
+    pub started: bool,
 }
 
 /// Why a record file cannot be used.
@@ -129,11 +141,28 @@ impl JobRecord {
         JobRecord::from_disk(record)
     }
 
-    /// Writes the record into the job's directory `dir`, replacing the one there.
+    /// Writes the record into the job's directory `dir`, replacing the one there whole.
     pub fn write(&self, dir: &Path) -> io::Result<()> {
         let temp = dir.join(RECORD_TEMP);
         fs::write(&temp, self.encode())?;
         fs::rename(&temp, dir.join(RECORD_FILE))
+    }
+
+    /// Writes the job's first record into its directory `dir`, where there is none yet.
+    pub fn create(&self, dir: &Path) -> io::Result<()> {
+        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dir.join(RECORD_FILE))?;
+        file.write_all(&self.encode())
+    }
+
+    /// Writes the record over the one in `dir` in place, if it is no shorter and fits one write that a crash
+    /// cannot tear (within a page); replaces it whole otherwise.
+    pub fn overwrite(&self, dir: &Path) -> io::Result<()> {
+        let bytes = self.encode();
+        let file = fs::OpenOptions::new().write(true).open(dir.join(RECORD_FILE))?;
+        if (bytes.len() as u64) < file.metadata()?.len() || bytes.len() > IN_PLACE_MAX {
+            return self.write(dir);
+        }
+        file.write_all_at(&bytes, 0)
     }
 
     /// Reads the record in the job's directory `dir`; `Ok(None)` if there is none.
@@ -179,6 +208,7 @@ impl JobRecord {
                 oom_killed: f.oom_killed,
             }),
             output_end: self.output_end,
+            started: self.started,
         }
     }
 
@@ -230,6 +260,7 @@ impl JobRecord {
                 oom_killed: u.oom_killed,
             }),
             output_end: record.output_end,
+            started: record.started,
         })
     }
 }
@@ -325,6 +356,7 @@ mod tests {
                 oom_killed: true,
             }),
             output_end: Some(1 << 33),
+            started: true,
         }
     }
 
@@ -333,7 +365,14 @@ mod tests {
         assert_eq!(crc32(b"123456789"), 0xcbf4_3926, "the standard check value");
         let record = record();
         assert_eq!(JobRecord::decode(&record.encode()).unwrap(), record);
-        let running = JobRecord { end: None, limits: None, final_usage: None, output_end: None, ..record.clone() };
+        let running = JobRecord {
+            end: None,
+            limits: None,
+            final_usage: None,
+            output_end: None,
+            started: false,
+            ..record.clone()
+        };
         assert_eq!(JobRecord::decode(&running.encode()).unwrap(), running);
         let lost = EndState { status: None, reason: EndReason::ServerLost, at: SystemTime::UNIX_EPOCH };
         let lost = JobRecord { end: Some(lost), ..record };
@@ -367,14 +406,27 @@ mod tests {
     }
 
     #[test]
-    fn a_record_is_replaced_whole() {
+    fn a_record_is_created_once_then_overwritten_or_replaced_whole() {
         let dir = crate::scratch::ScratchDir::new("record");
         assert!(JobRecord::read(dir.path()).unwrap().is_none());
-        let mut record = record();
-        record.write(dir.path()).unwrap();
-        record.end = None;
-        record.write(dir.path()).unwrap();
-        assert_eq!(JobRecord::read(dir.path()).unwrap(), Some(record));
+        let mut record = JobRecord { end: None, started: false, ..record() };
+        record.create(dir.path()).unwrap();
+        assert!(record.create(dir.path()).is_err(), "only the first record is created");
+        // Marked started in place: longer, the same file.
+        let inode = || std::os::unix::fs::MetadataExt::ino(&fs::metadata(dir.join(RECORD_FILE)).unwrap());
+        let created = inode();
+        record.started = true;
+        record.overwrite(dir.path()).unwrap();
+        assert_eq!((JobRecord::read(dir.path()).unwrap().as_ref(), inode()), (Some(&record), created));
+        // Shorter, or past a page: replaced whole, a new file.
+        record.args.clear();
+        record.overwrite(dir.path()).unwrap();
+        assert_eq!(JobRecord::read(dir.path()).unwrap().as_ref(), Some(&record));
+        assert_ne!(inode(), created);
+        let replaced = inode();
+        record.args = vec!["x".repeat(5000)];
+        record.overwrite(dir.path()).unwrap();
+        assert_eq!((JobRecord::read(dir.path()).unwrap().as_ref(), inode() != replaced), (Some(&record), true));
         assert!(!dir.join(RECORD_TEMP).exists());
     }
 }

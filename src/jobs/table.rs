@@ -125,6 +125,7 @@ impl JobTable {
     /// Takes in the jobs a previous server left (see `jobs::history`), within this server's caps: past
     /// `--max-jobs` the oldest are forgotten, past `--max-output-total` the oldest output.
     fn restore(&mut self, previous: PreviousServer) -> io::Result<()> {
+        let begun = std::time::Instant::now();
         let damaged = self.config.state_dir.join("damaged");
         let mut restored = history::restore(&mut self.spool, previous, &damaged)?;
         restored.sort_by_key(|job| job.key);
@@ -143,19 +144,20 @@ impl JobTable {
         self.enforce_output_total();
         if count > 0 {
             log::info!(
-                "{} jobs kept from before this server started ({} bytes of their output)",
+                "{} jobs kept from before this server started ({} bytes of their output), read back in {} ms",
                 self.jobs.len(),
-                self.spool.retained_total()
+                self.spool.retained_total(),
+                begun.elapsed().as_millis()
             );
         }
         Ok(())
     }
 
-    /// Writes job `key`'s record into its directory, if ended jobs outlive the server. A record that cannot be
-    /// written costs the job its history (a warning says so), never its run.
+    /// Writes job `key`'s record into its directory (created when it was launched), if ended jobs outlive the
+    /// server. A record that cannot be written costs the job its history (a warning says so), never its run.
     fn save_record(&self, key: JobKey) {
         let Some(job) = self.jobs.get(&key).filter(|_| self.config.history.is_some()) else { return };
-        if let Err(err) = job.record().write(job.output.dir()) {
+        if let Err(err) = job.record().overwrite(job.output.dir()) {
             log::warn!("cannot record job {} in {}: {err}", job.id, job.output.dir().display());
         }
     }
@@ -308,6 +310,12 @@ impl JobTable {
             None => log::info!("job {id} launched for {owner}: pid {}, {:?}", job.pid, job.command),
         }
         *self.running_by_owner.entry(owner.to_string()).or_default() += 1;
+        // While its command starts on another core: creating the record's file is the costly part of it.
+        if self.config.history.is_some() {
+            if let Err(err) = job.record().create(job.output.dir()) {
+                log::warn!("cannot record job {id} in {}: {err}", job.output.dir().display());
+            }
+        }
         self.by_id.insert(id, key);
         self.jobs.insert(key, job);
         Ok(started)

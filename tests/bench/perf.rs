@@ -570,6 +570,88 @@ fn start_figures(pki: &Pki, client: &mut Client) {
     );
 }
 
+/// The job history's costs (`RUNNEL_BENCH=history`): StartJob p50 with records written, next to `--ephemeral`
+/// in the same run (goal ≤ 1.1x), and a server's startup with 10 000 retained jobs, next to an empty one.
+fn history_figures(pki: &Pki) {
+    // Recording: the same StartJob + WaitJob on two servers, in alternating rounds (no isolation: the smallest
+    // StartJob, so the record's share shows the most).
+    let ephemeral = Server::start(pki, &["--no-isolation", "--ephemeral"]);
+    let kept = Server::start(pki, &["--no-isolation"]);
+    let (mut ephemeral_client, mut kept_client) = (ephemeral.client("alice"), kept.client("alice"));
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    let mut ratios = Vec::new();
+    for _ in 0..5 {
+        let round = |client: &mut Client, into: &mut Vec<f64>| {
+            let mut times = Vec::new();
+            for _ in 0..200 {
+                let begun = Instant::now();
+                let job = start(client, "/bin/true", &[]);
+                times.push(begun.elapsed().as_secs_f64() * 1e6);
+                let _: Job = client.unary(path::WAIT_JOB, &WaitJobRequest { job_id: job.id }, None).unwrap();
+            }
+            into.extend_from_slice(&times);
+            median(&mut times)
+        };
+        let (a, b) = (round(&mut ephemeral_client, &mut without), round(&mut kept_client, &mut with));
+        ratios.push(b / a);
+    }
+    let ratio_runs = list(&ratios, 2);
+    println!("job history (records beside the output)");
+    println!(
+        "  StartJob p50, records written     {:8.0} µs   ratio {:.2}x to --ephemeral (goal ≤ 1.1x), rounds {ratio_runs}",
+        median(&mut with),
+        median(&mut ratios)
+    );
+    println!("  baseline: StartJob p50, --ephemeral {:6.0} µs", median(&mut without));
+    drop((ephemeral_client, kept_client, ephemeral, kept));
+
+    // Startup: 10 000 ended jobs (a line of output each) in a state directory, then servers started on it and on
+    // an empty one, alternately; "ready" is the listening line, which comes after the history was read back.
+    let scratch = util::ScratchDir::new("history-bench");
+    let (full, empty) = (scratch.path().join("full"), scratch.path().join("empty"));
+    let flags = ["--no-isolation", "--max-jobs", "10000"];
+    {
+        let mut server = Server::start_on(pki, Some(&full), &flags);
+        let mut client = server.client("alice");
+        let mut started = 0;
+        while started < 10_000 {
+            let request =
+                StartJobRequest { command: "echo".into(), args: vec![format!("job {started}")], ..Default::default() };
+            match client.unary::<_, Job>(path::START_JOB, &request, None) {
+                Ok(_) => started += 1,
+                // --max-running-per-client: let some end.
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        drop(client);
+        server.stop_with(15, Duration::from_secs(120));
+    }
+    let ready = |dir: &std::path::Path| {
+        let begun = Instant::now();
+        let mut server = Server::start_on(pki, Some(dir), &flags);
+        let seconds = begun.elapsed().as_secs_f64();
+        let read_back = server.log_text().lines().find(|l| l.contains("jobs kept from before")).map(str::to_string);
+        server.stop_with(15, Duration::from_secs(120));
+        (seconds, read_back)
+    };
+    let (mut with_history, mut without_history, mut lines) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let (seconds, line) = ready(&full);
+        with_history.push(seconds * 1e3);
+        lines.extend(line);
+        without_history.push(ready(&empty).0 * 1e3);
+    }
+    let runs = list(&with_history, 0);
+    println!(
+        "  startup to listening, 10 000 jobs kept {:6.0} ms (goal ≤ 1000), runs {runs}",
+        median(&mut with_history)
+    );
+    println!("  baseline: startup, empty state dir    {:6.0} ms", median(&mut without_history));
+    if let Some(line) = lines.last() {
+        println!("    the server's own account: {}", line.split("INFO").last().unwrap_or(line).trim());
+    }
+}
+
 fn main() {
     // `cargo test --all-targets` runs bench targets in test mode; the figures only make sense in a real run.
     if !std::env::args().any(|a| a == "--bench") {
@@ -580,11 +662,12 @@ fn main() {
     // As `runnel client` does: the bench's in-process client should stream like the command line's.
     runnel::sys::retain_freed_memory();
     let pki = Pki::new();
-    // `RUNNEL_BENCH=flood make bench` (or `connections`, `jobs`, `start`): only those figures, for quick A/B work.
+    // `RUNNEL_BENCH=flood make bench` (or `connections`, `jobs`, `start`, `history`): only those figures, for quick A/B work.
     match std::env::var("RUNNEL_BENCH").as_deref() {
         Ok("flood") => return flood_figures(&pki),
         Ok("connections") => return idle_connection_figures(&pki, 1000),
         Ok("jobs") => return many_jobs_figures(&pki, 1000),
+        Ok("history") => return history_figures(&pki),
         Ok("start") => {
             let server = Server::start(&pki, &[]);
             return start_figures(&pki, &mut server.client("alice"));
@@ -731,4 +814,5 @@ fn main() {
     flood_figures(&pki);
     idle_connection_figures(&pki, 1000);
     many_jobs_figures(&pki, 1000);
+    history_figures(&pki);
 }
