@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds=${FUZZ_SECONDS:-60}
-read -r -a targets <<<"${FUZZ_TARGETS:-grpc_framing start_request request_headers client_identity values spool}"
+read -r -a targets <<<"${FUZZ_TARGETS:-grpc_framing start_request request_headers client_identity values spool history}"
 runs=${FUZZ_RUNS:+-runs=$FUZZ_RUNS}
 if ! rustup toolchain list | grep -q '^nightly'; then
     echo "error: fuzzing needs the nightly toolchain: rustup toolchain install nightly" >&2

@@ -1,4 +1,4 @@
-//! The small parsers of text and bytes from outside: the command line's sizes, durations, CPUs, job states
+//! The small parsers of text and bytes from outside: the command line's sizes, durations, times, CPUs, job states
 //! and limits, certificate fingerprints, `--run-as-range` and the account files it is checked against,
 //! `--io-device`, and the job init's 12-byte report. No panic, and
 //! what parses round-trips where a printed form exists.
@@ -19,6 +19,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let _ = format::parse_size(text);
     let _ = format::parse_duration(text);
+    // `list --since/--until`, at the ends of time too.
+    for now in [std::time::UNIX_EPOCH, std::time::SystemTime::now()] {
+        let _ = format::parse_time(text, now);
+    }
     let _ = format::parse_cpu(text);
     let _ = format::parse_state(text);
     for field in &LIMIT_FIELDS {

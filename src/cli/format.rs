@@ -57,20 +57,28 @@ pub fn parse_time(text: &str, now: SystemTime) -> Result<SystemTime, String> {
     if !text.is_ascii() {
         return Err(bad());
     }
-    if let Some(ago) = text.strip_suffix('d').and_then(|days| days.parse::<u64>().ok()) {
-        return now.checked_sub(Duration::from_secs(ago * 86_400)).ok_or_else(bad);
+    if let Some(days) = text.strip_suffix('d').and_then(|days| days.parse::<u64>().ok()) {
+        let ago = days.checked_mul(86_400).map(Duration::from_secs);
+        return ago.and_then(|ago| now.checked_sub(ago)).ok_or_else(bad);
     }
     if let Ok(ago) = parse_duration(text) {
         if text.ends_with(|c: char| c.is_ascii_alphabetic()) {
             return now.checked_sub(ago).ok_or_else(bad);
         }
     }
+    let digits = |part: &str| -> Option<u32> { part.bytes().all(|b| b.is_ascii_digit()).then(|| part.parse().ok())? };
     let (date, rest) = text.split_at(text.len().min(10));
-    let mut ymd = date.splitn(3, '-').map(|part| part.parse::<u32>().ok());
-    let (Some(Some(year)), Some(Some(month)), Some(Some(day))) = (ymd.next(), ymd.next(), ymd.next()) else {
+    let (Some(year), Some(month), Some(day)) =
+        (digits(&date[..4.min(date.len())]), date.get(5..7).and_then(digits), date.get(8..10).and_then(digits))
+    else {
         return Err(bad());
     };
-    if date.len() != 10 || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+    if date.len() != 10
+        || &date[4..5] != "-"
+        || &date[7..8] != "-"
+        || !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+    {
         return Err(bad());
     }
     let rest = rest.strip_prefix(['T', 't', ' ']).unwrap_or(rest);
@@ -78,8 +86,9 @@ pub fn parse_time(text: &str, now: SystemTime) -> Result<SystemTime, String> {
     let (clock, offset) = if let Some(clock) = rest.strip_suffix(['Z', 'z']) {
         (clock, Some(0i64))
     } else if let Some(at) = rest.rfind(['+', '-']).filter(|&at| at > 0 && rest.len() - at == 6) {
-        let (hours, minutes) = (rest[at + 1..at + 3].parse::<i64>(), rest[at + 4..].parse::<i64>());
-        let (Ok(hours), Ok(minutes), ":") = (hours, minutes, &rest[at + 3..at + 4]) else { return Err(bad()) };
+        let (hours, minutes) = (digits(&rest[at + 1..at + 3]), digits(&rest[at + 4..]));
+        let (Some(hours), Some(minutes), ":") = (hours, minutes, &rest[at + 3..at + 4]) else { return Err(bad()) };
+        let (hours, minutes) = (i64::from(hours), i64::from(minutes));
         let sign = if rest[at..].starts_with('-') { -1 } else { 1 };
         (&rest[..at], Some(sign * (hours * 3600 + minutes * 60)))
     } else {
@@ -91,11 +100,12 @@ pub fn parse_time(text: &str, now: SystemTime) -> Result<SystemTime, String> {
             None | Some("") => Ok((0, 0)),
             Some(part) => {
                 let whole = part.split('.').next().unwrap_or(part);
-                let nanos = part.split_once('.').map_or(Ok(0), |(_, f)| {
-                    format!("{f:0<9}").get(..9).unwrap_or("").parse::<u32>().map_err(|_| bad())
-                })?;
-                match whole.parse::<u32>() {
-                    Ok(value) if value <= max && whole.len() == 2 => Ok((value, nanos)),
+                let nanos = part.split_once('.').map_or(Some(0), |(_, f)| {
+                    (!f.is_empty()).then(|| digits(format!("{f:0<9}").get(..9).unwrap_or("")))?
+                });
+                let nanos = nanos.ok_or_else(bad)?;
+                match digits(whole) {
+                    Some(value) if value <= max && whole.len() == 2 => Ok((value, nanos)),
                     _ => Err(bad()),
                 }
             }
@@ -452,6 +462,12 @@ mod tests {
             "2026-12-01 1\u{e9}:00+01:00",
             "26-12-01",
             "-2h",
+            "18410184179887988d",
+            "+026-12-01",
+            "2026-+1-01",
+            "2026-12-01T10:00+-1:00",
+            "2026-12-01T10:00:00.Z",
+            "2026-12-01T10:00:00.+5Z",
         ] {
             let err = parse_time(bad, now).unwrap_err();
             assert!(err.contains("is not a time") || err.contains("duration"), "{bad:?}: {err}");

@@ -35,6 +35,9 @@ pub use spec::{JobSpec, StartRequest};
 pub use spool::{Drain, Ingested, OutputCursor, OutputLog, Span, Stream, PIPE_CAPACITY};
 pub use table::{Containment, JobTable, JobTableConfig, StartedJob};
 
-/// The spool itself, for the fuzz target that holds it against a model (`fuzz/fuzz_targets/spool.rs`).
+/// The spool itself, for the fuzz target that holds it against a model (`fuzz/fuzz_targets/spool.rs`), and a
+/// job's record, for the one that reads a previous server's files back (`fuzz/fuzz_targets/history.rs`).
+#[cfg(fuzzing)]
+pub use record::JobRecord;
 #[cfg(fuzzing)]
 pub use spool::Spool;
