@@ -368,3 +368,50 @@ fn list_filters_by_start_time_in_local_time_or_rfc_3339_across_a_restart() {
     assert_eq!((bad.status.code(), stderr.lines().count()), (Some(2), 1), "{stderr}");
     assert!(stderr.contains("--since") && stderr.contains("is not a time"), "{stderr}");
 }
+
+#[test]
+fn the_retention_caps_apply_to_the_history_a_server_starts_with() {
+    let pki = Pki::new();
+    let scratch = util::ScratchDir::new("caps");
+    let state_dir = scratch.path().join("state");
+    // Segments of 1 MiB (an eighth of the cap per job): retention discards whole segments.
+    let mut first = Server::start_on(&pki, Some(&state_dir), &["--max-output-bytes", "8M"]);
+    let mut alice = first.client("alice");
+    // Four jobs of 3 MB each, oldest first.
+    let jobs: Vec<Job> = (0..4).map(|_| start(&mut alice, "seq 1 450000")).collect();
+    for job in &jobs {
+        wait(&mut alice, &job.id);
+    }
+    drop(alice);
+    assert_eq!(first.stop_with(SIGTERM, Duration::from_secs(30)).code(), Some(0));
+
+    // Fewer jobs kept: the oldest are forgotten, and their files go.
+    let mut second = Server::start_on(&pki, Some(&state_dir), &["--max-jobs", "3"]);
+    let listed: Vec<String> = list(&mut second.client("alice")).into_iter().map(|j| j.id).collect();
+    assert_eq!(listed, jobs[1..].iter().map(|j| j.id.clone()).collect::<Vec<_>>());
+    assert!(eventually(Duration::from_secs(10), || !state_dir.join("jobs").join(&jobs[0].id).exists()));
+    assert_eq!(second.stop_with(SIGTERM, Duration::from_secs(30)).code(), Some(0));
+
+    // Less output kept, per job and in all: whole segments go from the front, oldest jobs' first.
+    let caps = ["--max-output-bytes", "2M", "--max-output-total", "4M"];
+    let mut third = Server::start_on(&pki, Some(&state_dir), &caps);
+    let mut alice = third.client("alice");
+    let kept: Vec<Job> = list(&mut alice);
+    let retained: u64 = kept.iter().map(|j| j.output_bytes - j.output_start).sum();
+    assert!(retained <= 4 << 20, "{retained} bytes retained");
+    for job in &kept {
+        assert!(job.output_bytes - job.output_start <= 2 << 20, "{job:?}");
+        assert_eq!(job.output_bytes, get(&mut alice, &job.id).unwrap().output_bytes, "offsets keep their meaning");
+        let (start, runs) = output(&mut alice, &job.id);
+        let bytes = stdout_of(&runs);
+        let expected = seq_output(job.output_bytes as usize);
+        assert_eq!(bytes.len() as u64, job.output_bytes - job.output_start, "{job:?}");
+        let start = if bytes.is_empty() { job.output_start } else { start };
+        assert!(start == job.output_start && bytes[..] == expected[start as usize..], "job {}", job.id);
+    }
+    let starts: Vec<u64> = kept.iter().map(|j| j.output_start).collect();
+    assert!(starts[0] > starts[2] && starts[2] > 0, "the oldest job's output went first: {starts:?}");
+    assert!(retained > 3 << 20, "no more than the caps asked went: {retained} bytes kept");
+    drop(alice);
+    assert_eq!(third.stop_with(SIGTERM, Duration::from_secs(30)).code(), Some(0));
+}
