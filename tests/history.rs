@@ -12,8 +12,8 @@ use std::time::Duration;
 use runnel::client::{CallError, Client};
 use runnel::grpc::{path, Code};
 use runnel::proto::{
-    EndReason, GetJobRequest, Job, JobState, ListJobsRequest, ListJobsResponse, OutputChunk, OutputStream,
-    StartJobRequest, StopJobRequest, StreamOutputRequest, WaitJobRequest,
+    EndReason, GetJobRequest, Job, JobState, OutputChunk, OutputStream, StartJobRequest, StopJobRequest,
+    StreamOutputRequest, WaitJobRequest,
 };
 use util::{assert_only_history_left, eventually, process_alive, Pki, Server};
 
@@ -33,20 +33,6 @@ fn wait(client: &mut Client, id: &str) -> Job {
 
 fn get(client: &mut Client, id: &str) -> Result<Job, CallError> {
     client.unary(path::GET_JOB, &GetJobRequest { job_id: id.into() }, TIMEOUT)
-}
-
-fn list(client: &mut Client) -> Vec<Job> {
-    let mut jobs = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let request = ListJobsRequest { page_token, ..Default::default() };
-        let page: ListJobsResponse = client.unary(path::LIST_JOBS, &request, TIMEOUT).unwrap();
-        jobs.extend(page.jobs);
-        if page.next_page_token.is_empty() {
-            return jobs;
-        }
-        page_token = page.next_page_token;
-    }
 }
 
 /// The job's whole retained output, as (stream, bytes) runs, and where it started.
@@ -103,7 +89,7 @@ fn assert_same(seen: &Snapshot, expected: &Snapshot) {
 /// Every job the admin sees, by id, with its output.
 fn snapshot(server: &Server) -> Snapshot {
     let mut admin = server.client("admin");
-    list(&mut admin)
+    util::list_all_jobs(&mut admin)
         .into_iter()
         .map(|job| {
             let output = output(&mut admin, &job.id);
@@ -162,12 +148,12 @@ fn ended_jobs_survive_a_graceful_restart_with_every_field_and_byte_and_their_own
     let mut alice = second.client("alice");
     let mut bob = second.client("bob");
     assert_eq!(code_of(get(&mut bob, &binary.id)), Code::NotFound);
-    assert_eq!(list(&mut bob).into_iter().map(|j| j.id).collect::<Vec<_>>(), vec![stopped.id.clone()]);
-    assert_eq!(list(&mut alice).len(), 3);
+    assert_eq!(util::list_all_jobs(&mut bob).into_iter().map(|j| j.id).collect::<Vec<_>>(), vec![stopped.id.clone()]);
+    assert_eq!(util::list_all_jobs(&mut alice).len(), 3);
     // New jobs come after the old ones, in the same order as before.
     let newer = start(&mut alice, "echo newer");
     wait(&mut alice, &newer.id);
-    let order: Vec<String> = list(&mut alice).into_iter().map(|j| j.id).collect();
+    let order: Vec<String> = util::list_all_jobs(&mut alice).into_iter().map(|j| j.id).collect();
     assert_eq!(order, [binary.id.clone(), big.id.clone(), running.id.clone(), newer.id.clone()]);
     drop((alice, bob));
     assert_eq!(second.stop_with(SIGTERM, Duration::from_secs(30)).code(), Some(0));
@@ -270,7 +256,7 @@ fn each_kind_of_damaged_file_costs_only_its_own_job_with_a_warning() {
     }
     assert!(log.contains(&format!("job {}: output from offset", jobs[3].id)), "{log}");
     let mut alice = second.client("alice");
-    let listed: Vec<String> = list(&mut alice).into_iter().map(|j| j.id).collect();
+    let listed: Vec<String> = util::list_all_jobs(&mut alice).into_iter().map(|j| j.id).collect();
     assert_eq!(listed, [jobs[3].id.clone(), jobs[4].id.clone()]);
     assert_eq!(get(&mut alice, &jobs[4].id).unwrap(), intact.0);
     assert!(output(&mut alice, &jobs[4].id) == intact.1, "the intact job's output is whole");
@@ -299,7 +285,7 @@ fn ephemeral_forgets_everything_at_shutdown_and_a_history_found_at_startup() {
 
     let mut ephemeral = Server::start_on(&pki, Some(&state_dir), &["--ephemeral"]);
     let mut alice = ephemeral.client("alice");
-    assert!(list(&mut alice).is_empty(), "the history found at startup is deleted");
+    assert!(util::list_all_jobs(&mut alice).is_empty(), "the history found at startup is deleted");
     let job = start(&mut alice, "echo new");
     wait(&mut alice, &job.id);
     drop(alice);
@@ -387,7 +373,7 @@ fn the_retention_caps_apply_to_the_history_a_server_starts_with() {
 
     // Fewer jobs kept: the oldest are forgotten, and their files go.
     let mut second = Server::start_on(&pki, Some(&state_dir), &["--max-jobs", "3"]);
-    let listed: Vec<String> = list(&mut second.client("alice")).into_iter().map(|j| j.id).collect();
+    let listed: Vec<String> = util::list_all_jobs(&mut second.client("alice")).into_iter().map(|j| j.id).collect();
     assert_eq!(listed, jobs[1..].iter().map(|j| j.id.clone()).collect::<Vec<_>>());
     assert!(eventually(Duration::from_secs(10), || !state_dir.join("jobs").join(&jobs[0].id).exists()));
     assert_eq!(second.stop_with(SIGTERM, Duration::from_secs(30)).code(), Some(0));
@@ -396,7 +382,7 @@ fn the_retention_caps_apply_to_the_history_a_server_starts_with() {
     let caps = ["--max-output-bytes", "2M", "--max-output-total", "4M"];
     let mut third = Server::start_on(&pki, Some(&state_dir), &caps);
     let mut alice = third.client("alice");
-    let kept: Vec<Job> = list(&mut alice);
+    let kept: Vec<Job> = util::list_all_jobs(&mut alice);
     let retained: u64 = kept.iter().map(|j| j.output_bytes - j.output_start).sum();
     assert!(retained <= 4 << 20, "{retained} bytes retained");
     for job in &kept {

@@ -18,8 +18,8 @@ use rand::{Rng, SeedableRng};
 use runnel::client::{CallError, Client};
 use runnel::grpc::path;
 use runnel::proto::{
-    GetJobRequest, Job, JobState, ListJobsRequest, ListJobsResponse, OutputChunk, RemoveJobRequest, StartJobRequest,
-    StopJobRequest, StreamOutputRequest, WaitJobRequest,
+    GetJobRequest, Job, JobState, OutputChunk, RemoveJobRequest, StartJobRequest, StopJobRequest, StreamOutputRequest,
+    WaitJobRequest,
 };
 use util::{Pki, Server};
 
@@ -163,19 +163,6 @@ fn workload(server: &Server, rng: &mut StdRng, seen: &mut Seen) {
     }
 }
 
-fn list_all(client: &mut Client) -> Vec<Job> {
-    let (mut jobs, mut page_token) = (Vec::new(), String::new());
-    loop {
-        let request = ListJobsRequest { page_token, ..Default::default() };
-        let page: ListJobsResponse = client.unary(path::LIST_JOBS, &request, TIMEOUT).unwrap();
-        jobs.extend(page.jobs);
-        if page.next_page_token.is_empty() {
-            return jobs;
-        }
-        page_token = page.next_page_token;
-    }
-}
-
 /// Every check a restart must pass; panics naming the round and the job.
 fn check(server: &Server, round: usize, seen: &mut Seen) {
     let log = server.log_text();
@@ -184,7 +171,7 @@ fn check(server: &Server, round: usize, seen: &mut Seen) {
         assert!(!log.contains(damage), "round {round}: a kill left damage ({damage}):\n{log}");
     }
     let mut client = server.client("alice");
-    let jobs = list_all(&mut client);
+    let jobs = util::list_all_jobs(&mut client);
     let listed: BTreeSet<String> = jobs.iter().map(|j| j.id.clone()).collect();
     let mut on_disk: BTreeSet<String> = BTreeSet::new();
     for entry in fs::read_dir(server.state_dir.join("jobs")).unwrap() {

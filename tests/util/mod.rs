@@ -282,6 +282,21 @@ impl Drop for Server {
     }
 }
 
+/// Every job `client` may see, every page of them (ListJobs).
+pub fn list_all_jobs(client: &mut Client) -> Vec<runnel::proto::Job> {
+    let (mut jobs, mut page_token) = (Vec::new(), String::new());
+    loop {
+        let request = runnel::proto::ListJobsRequest { page_token, ..Default::default() };
+        let page: runnel::proto::ListJobsResponse =
+            client.unary(runnel::grpc::path::LIST_JOBS, &request, Some(Duration::from_secs(30))).unwrap();
+        jobs.extend(page.jobs);
+        if page.next_page_token.is_empty() {
+            return jobs;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
 /// What a stopped server leaves in its state directory unless it is `--ephemeral`: the jobs' history and an
 /// emptied lock file.
 pub fn assert_only_history_left(state_dir: &Path) {
