@@ -401,3 +401,47 @@ fn the_retention_caps_apply_to_the_history_a_server_starts_with() {
     drop(alice);
     assert_eq!(third.stop_with(SIGTERM, Duration::from_secs(30)).code(), Some(0));
 }
+
+#[test]
+fn after_the_machine_went_down_segments_written_over_spares_are_not_read_back() {
+    let pki = Pki::new();
+    let scratch = util::ScratchDir::new("power-loss");
+    let state_dir = scratch.path().join("state");
+    // 1 MiB segments, 8 MiB kept per job: a job writing 22 MB fills segments, retention discards the oldest and
+    // the next ones are written over them (spares).
+    let caps = ["--max-output-bytes", "8M"];
+    let mut crashed = Server::start_on(&pki, Some(&state_dir), &caps);
+    let mut alice = crashed.client("alice");
+    let busy = start(&mut alice, "seq 1 3000000");
+    let quiet = start(&mut alice, "echo quiet");
+    wait(&mut alice, &busy.id);
+    wait(&mut alice, &quiet.id);
+    let busy_before = get(&mut alice, &busy.id).unwrap();
+    drop(alice);
+    assert_eq!(crashed.stop_with(SIGKILL, Duration::from_secs(10)).code(), None);
+    // As if the machine had gone down: the lock file names another boot.
+    let lock = state_dir.join("runnel.lock");
+    let pid = fs::read_to_string(&lock).unwrap().lines().next().unwrap().to_string();
+    fs::write(&lock, format!("{pid}\n00000000-0000-4000-8000-000000000000\n")).unwrap();
+
+    let restarted = Server::start_on(&pki, Some(&state_dir), &caps);
+    let log = restarted.log_text();
+    assert!(
+        log.contains(&format!("job {}: output segment", busy.id)) && log.contains("may hold older output"),
+        "{log}"
+    );
+    let mut alice = restarted.client("alice");
+    let busy_after = get(&mut alice, &busy.id).unwrap();
+    assert_eq!(end_facts(&busy_after), end_facts(&busy_before), "its record is kept");
+    assert!(busy_after.output_bytes - busy_after.output_start < busy_before.output_bytes - busy_before.output_start);
+    let (_, runs) = output(&mut alice, &busy.id);
+    let kept = stdout_of(&runs);
+    let expected = seq_output(busy_before.output_bytes as usize);
+    let start = busy_after.output_start as usize;
+    assert!(kept[..] == expected[start..start + kept.len()], "what is kept is the job's own output");
+    assert_eq!(stdout_of(&output(&mut alice, &quiet.id).1), b"quiet\n", "a job that never wrote over a spare is whole");
+}
+
+fn end_facts(job: &Job) -> (i32, i32, Option<i32>, Option<prost_types::Timestamp>, u64) {
+    (job.state, job.end_reason, job.exit_code, job.ended_at, job.output_bytes)
+}

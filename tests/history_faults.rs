@@ -34,12 +34,15 @@ const SERVER_FLAGS: [&str; 6] = ["--max-jobs", "24", "--max-output-bytes", "8M",
 /// The most any job's `seq 1 N` prints.
 const MAX_SEQ: u64 = 1_500_000;
 
-/// What `seq 1 N` prints, for the job `sh -c 'seq 1 N[; ...]'`: each job's output is known from its command line.
-fn expected_output(job: &Job) -> &'static [u8] {
+/// What the job `sh -c 'echo TAG; seq 1 N[; ...]'` prints: each job's output is known from its command line, and
+/// its own (the tags differ in value and length, so no two jobs have the same bytes at the same offsets).
+fn expected_output(job: &Job) -> Vec<u8> {
     static ALL: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     let all = ALL.get_or_init(|| (1..=MAX_SEQ).flat_map(|i| format!("{i}\n").into_bytes()).collect());
     let script = job.args.get(1).expect("sh -c SCRIPT");
-    let n: u64 = script.split(';').next().and_then(|s| s.trim().strip_prefix("seq 1 ")).unwrap().parse().unwrap();
+    let mut commands = script.split(';').map(str::trim);
+    let tag = commands.next().and_then(|c| c.strip_prefix("echo ")).unwrap();
+    let n: u64 = commands.next().and_then(|c| c.strip_prefix("seq 1 ")).unwrap().parse().unwrap();
     // Each number with d digits takes d + 1 bytes.
     let (mut len, mut from) = (0u64, 1u64);
     for digits in 1.. {
@@ -50,7 +53,7 @@ fn expected_output(job: &Job) -> &'static [u8] {
         }
         from *= 10;
     }
-    &all[..len as usize]
+    [format!("{tag}\n").as_bytes(), &all[..len as usize]].concat()
 }
 
 /// The facts of an ended job that a restart must keep.
@@ -93,11 +96,12 @@ fn workload(server: &Server, rng: &mut StdRng, seen: &mut Seen) {
         let ended: Vec<&String> = seen.ended.keys().filter(|id| !seen.removed.contains(*id)).collect();
         let outcome: Result<(), CallError> = match rng.random_range(0..10) {
             0..=3 => {
+                let tag = rng.random::<u64>() >> rng.random_range(0..60);
                 let script = match rng.random_range(0..4) {
-                    0 => format!("seq 1 {}", rng.random_range(1..2000)),
-                    1 => format!("seq 1 {}", rng.random_range(100_000..MAX_SEQ)),
-                    2 => format!("seq 1 {}; exec sleep 1000", rng.random_range(1..50_000)),
-                    _ => format!("seq 1 {}; exit {}", rng.random_range(1..300_000), rng.random_range(0..5)),
+                    0 => format!("echo {tag}; seq 1 {}", rng.random_range(1..2000)),
+                    1 => format!("echo {tag}; seq 1 {}", rng.random_range(100_000..MAX_SEQ)),
+                    2 => format!("echo {tag}; seq 1 {}; exec sleep 1000", rng.random_range(1..50_000)),
+                    _ => format!("echo {tag}; seq 1 {}; exit {}", rng.random_range(1..300_000), rng.random_range(0..5)),
                 };
                 let request =
                     StartJobRequest { command: "sh".into(), args: vec!["-c".into(), script], ..Default::default() };

@@ -68,14 +68,19 @@ fuzz_target!(|input: Input| {
     fs::create_dir_all(&dir).expect("job dir");
     for segment in input.segments.iter().take(8) {
         let mut bytes = Vec::new();
+        let index = segment.index % 16;
         if let Some((start, over_spare)) = segment.header {
             bytes.extend_from_slice(b"RUNNELSG");
             bytes.extend_from_slice(&1u32.to_le_bytes());
             bytes.extend_from_slice(&u32::from(over_spare).to_le_bytes());
             bytes.extend_from_slice(&u64::from(start).to_le_bytes());
+            bytes.extend_from_slice(&u64::from(index).to_le_bytes());
+            let mut owner = [0u8; 40];
+            owner[..name.len()].copy_from_slice(name.as_bytes());
+            bytes.extend_from_slice(&owner);
         }
         bytes.extend_from_slice(&segment.body);
-        fs::write(dir.join(format!("{:08}", segment.index % 16)), bytes).expect("segment");
+        fs::write(dir.join(format!("{index:08}")), bytes).expect("segment");
     }
     let Ok((log, _problems)) = spool.recover_log(name, input.output_end.map(u64::from), input.trust_spares) else {
         return;

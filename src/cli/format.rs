@@ -101,7 +101,8 @@ pub fn parse_time(text: &str, now: SystemTime) -> Result<SystemTime, String> {
             Some(part) => {
                 let whole = part.split('.').next().unwrap_or(part);
                 let nanos = part.split_once('.').map_or(Some(0), |(_, f)| {
-                    (!f.is_empty()).then(|| digits(format!("{f:0<9}").get(..9).unwrap_or("")))?
+                    (!f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()))
+                        .then(|| digits(format!("{f:0<9}").get(..9).unwrap_or("")))?
                 });
                 let nanos = nanos.ok_or_else(bad)?;
                 match digits(whole) {
@@ -468,6 +469,7 @@ mod tests {
             "2026-12-01T10:00+-1:00",
             "2026-12-01T10:00:00.Z",
             "2026-12-01T10:00:00.+5Z",
+            "2026-12-01T10:00:00.1234567890xZ",
         ] {
             let err = parse_time(bad, now).unwrap_err();
             assert!(err.contains("is not a time") || err.contains("duration"), "{bad:?}: {err}");

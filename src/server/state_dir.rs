@@ -61,7 +61,7 @@ impl StateDir {
         if !sys::try_lock_exclusive(lock.as_raw_fd()).map_err(|e| error("cannot lock", e))? {
             let mut holder = String::new();
             let _ = lock.read_to_string(&mut holder);
-            let holder = holder.trim();
+            let holder = holder.lines().next().unwrap_or_default().trim();
             return Err(ServerError::StateDir(format!(
                 "state directory {} is in use by another runnel server (PID {}); stop it or pass another --state-dir",
                 path.display(),
@@ -70,16 +70,16 @@ impl StateDir {
         }
         let mut left = String::new();
         let _ = lock.read_to_string(&mut left);
-        let boot_id = fs::read_to_string(BOOT_ID).unwrap_or_default();
+        let boot_id = boot_id();
         let previous = match left.lines().nth(1) {
             None if left.trim().is_empty() => PreviousServer::Stopped,
-            Some(boot) if boot.trim() == boot_id.trim() => PreviousServer::Crashed,
-            // Another boot, or a PID alone (written by a version before the history): assume the worst.
+            Some(boot) if !boot_id.is_empty() && boot.trim() == boot_id => PreviousServer::Crashed,
+            // Another boot, an unknown one, or a PID alone (a version before the history): assume the worst.
             _ => PreviousServer::WentDownWithTheMachine,
         };
         // Until the job table has read the history back, a machine that went down stays on record: a server
         // that fails to start now must not make the next one trust what this one has not yet checked.
-        let boot = if previous == PreviousServer::WentDownWithTheMachine { UNCHECKED } else { boot_id.trim() };
+        let boot = if previous == PreviousServer::WentDownWithTheMachine { UNCHECKED } else { boot_id.as_str() };
         write_lock(&mut lock, boot).map_err(|e| error("cannot write the lock file in", e))?;
         let cleared = if ephemeral { [&WORK_DIRS[..], &HISTORY_DIRS[..]].concat() } else { WORK_DIRS.to_vec() };
         for dir in cleared {
@@ -95,8 +95,7 @@ impl StateDir {
     /// The job table has read back the previous server's history: from now on only this server's own end
     /// matters to the next one.
     pub fn history_restored(&mut self) -> std::io::Result<()> {
-        let boot_id = fs::read_to_string(BOOT_ID).unwrap_or_default();
-        write_lock(&mut self.lock, boot_id.trim())
+        write_lock(&mut self.lock, &boot_id())
     }
 
     pub fn path(&self) -> &Path {
@@ -125,7 +124,12 @@ impl StateDir {
             let _ = fs::remove_dir_all(self.path.join(dir));
         }
         if !self.ephemeral {
-            if let Err(err) = self.lock.set_len(0) {
+            // The history on disk before the stop is called clean: what a clean stop promises the next server
+            // (segments written over spares are read back) must hold after a power loss too.
+            let marked = sys::sync_file_system(self.lock.as_raw_fd())
+                .and_then(|()| self.lock.set_len(0))
+                .and_then(|()| self.lock.sync_all());
+            if let Err(err) = marked {
                 log::warn!("cannot mark the stop clean in {}: {err}", self.path.join(LOCK_FILE).display());
             }
             return;
@@ -149,9 +153,71 @@ impl StateDir {
 /// A boot id that matches no boot (see [`StateDir::acquire`]).
 const UNCHECKED: &str = "unchecked";
 
-/// Writes the lock file's contents while the server runs: its PID and `boot`.
+/// Writes the lock file's contents while the server runs, its PID and `boot`, and waits until they are on disk
+/// (at startup only): a power loss must not leave the empty file of a clean stop.
 fn write_lock(lock: &mut File, boot: &str) -> std::io::Result<()> {
     lock.set_len(0)?;
     lock.rewind()?;
-    write!(lock, "{}\n{boot}\n", std::process::id())
+    write!(lock, "{}\n{boot}\n", std::process::id())?;
+    lock.sync_all()
+}
+
+/// Which boot of the machine this is; empty if Linux does not say.
+fn boot_id() -> String {
+    fs::read_to_string(BOOT_ID).map(|id| id.trim().to_string()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scratch::ScratchDir;
+
+    fn previous_after(lock: Option<&str>) -> PreviousServer {
+        let scratch = ScratchDir::new("state-dir");
+        let path = scratch.join("state");
+        if let Some(lock) = lock {
+            fs::create_dir(&path).unwrap();
+            fs::write(path.join(LOCK_FILE), lock).unwrap();
+        }
+        let (state_dir, previous) = StateDir::acquire(&path, false).unwrap();
+        let written = fs::read_to_string(path.join(LOCK_FILE)).unwrap();
+        let expected_boot = if previous == PreviousServer::WentDownWithTheMachine { UNCHECKED } else { &boot_id() };
+        assert_eq!(written, format!("{}\n{expected_boot}\n", std::process::id()));
+        state_dir.remove();
+        assert_eq!(fs::read_to_string(path.join(LOCK_FILE)).unwrap(), "", "a clean stop empties the lock file");
+        previous
+    }
+
+    #[test]
+    fn the_lock_file_says_how_the_previous_server_stopped() {
+        assert!(!boot_id().is_empty(), "Linux names this boot");
+        assert_eq!(previous_after(None), PreviousServer::Stopped, "a new directory");
+        assert_eq!(previous_after(Some("")), PreviousServer::Stopped);
+        assert_eq!(previous_after(Some(&format!("123\n{}\n", boot_id()))), PreviousServer::Crashed);
+        let other_boot = "00000000-0000-4000-8000-000000000000";
+        assert_eq!(previous_after(Some(&format!("123\n{other_boot}\n"))), PreviousServer::WentDownWithTheMachine);
+        assert_eq!(previous_after(Some("123\nunchecked\n")), PreviousServer::WentDownWithTheMachine);
+        assert_eq!(previous_after(Some("123\n")), PreviousServer::WentDownWithTheMachine, "a PID alone");
+    }
+
+    #[test]
+    fn a_server_that_could_not_start_leaves_the_directory_as_it_found_it() {
+        let scratch = ScratchDir::new("state-dir-abandon");
+        // A directory this server made goes whole.
+        let made = scratch.join("made");
+        StateDir::acquire(&made, false).unwrap().0.abandon();
+        assert!(!made.exists());
+        // One it found: a clean stop stays clean, a crash stays on record (its jobs are not yet recorded lost).
+        let found = scratch.join("found");
+        fs::create_dir_all(found.join("jobs")).unwrap();
+        StateDir::acquire(&found, false).unwrap().0.abandon();
+        assert_eq!(fs::read_to_string(found.join(LOCK_FILE)).unwrap(), "");
+        let crashed = format!("123\n{}\n", boot_id());
+        fs::write(found.join(LOCK_FILE), &crashed).unwrap();
+        let (state_dir, previous) = StateDir::acquire(&found, false).unwrap();
+        assert_eq!(previous, PreviousServer::Crashed);
+        state_dir.abandon();
+        assert_eq!(StateDir::acquire(&found, false).unwrap().1, PreviousServer::Crashed);
+        assert!(found.join("jobs").exists(), "the history stays");
+    }
 }

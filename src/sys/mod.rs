@@ -412,6 +412,11 @@ pub fn open_dev_null() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Writes everything cached for the file system holding `fd` to disk (`syncfs`), waiting until it is done.
+pub fn sync_file_system(fd: RawFd) -> io::Result<()> {
+    syscall!(syncfs(fd)).map(drop)
+}
+
 /// Seconds since 1970 of a wall-clock time in the local time zone (`TZ`, else `/etc/localtime`, else UTC), as
 /// the C library's `mktime` reads it: `month` 1-12. A time a daylight-saving change skips or repeats is taken as
 /// `mktime` takes it.

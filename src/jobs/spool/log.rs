@@ -14,13 +14,15 @@
 //! offset fell behind [`OutputLog::start`] jumps forward before it reads again, never reading a discarded file.
 //!
 //! Every segment file begins with a [`SEGMENT_HEADER_LEN`]-byte header: the magic `RUNNELSG`, a format
-//! version, flags, and the logical offset of the segment's first byte. With it, a server that restarts (or
-//! starts after a crash) rebuilds a job's log from its files alone ([`OutputLog::recover`]): it walks each
-//! segment's records until the first that is not whole. What it must never read as output is what a file held
-//! before: a segment written over a spare has the spare's old records past its own end. So in such a segment
-//! every record is written data first, then five zero bytes after it (an end mark), then its header over the
-//! previous end mark: whenever the server dies, the walk stops at an end mark or at a header whose record is
-//! whole. A new file needs no mark: past its end there is nothing, and an unwritten header reads as zeros.
+//! version, flags, the logical offset of the segment's first byte, and whose segment it is (its index and its
+//! job's directory name). With it, a server that restarts (or starts after a crash) rebuilds a job's log from
+//! its files alone ([`OutputLog::recover`]): it walks each segment's records until the first that is not whole.
+//! What it must never read as output is what a file held before: a segment written over a spare has the spare's
+//! old records past its own end, and until its own header is written, the spare's header (which names another
+//! segment, and is refused). So every record is written data first, then five zero bytes after it (an end
+//! mark), then its header over the previous end mark, the length before the stream tag (a tag of 0 is no
+//! record, and a write the server's death cuts short between two pages leaves the tag unwritten): whenever the
+//! server dies, and whatever write failed before, the walk stops at an end mark or after a record that is whole.
 //!
 //! A reader that starts at an arbitrary offset must find the record holding it. Each segment keeps a sparse
 //! index in memory: the logical offset and file position of the first record header at or past every
@@ -69,8 +71,11 @@ impl Stream {
 /// Bytes of record header in front of every pipe read stored in a segment.
 pub const RECORD_HEADER_LEN: usize = 5;
 
-/// Bytes of the header every segment file begins with (see the module documentation).
-pub const SEGMENT_HEADER_LEN: u64 = 24;
+/// Bytes of the header every segment file begins with (see the module documentation): magic, version, flags,
+/// first offset, index, and [`OWNER_LEN`] bytes of its job's directory name.
+pub const SEGMENT_HEADER_LEN: u64 = 32 + OWNER_LEN as u64;
+/// Bytes of a job's directory name a segment header keeps (a job id's 36, zero-padded).
+const OWNER_LEN: usize = 40;
 const SEGMENT_MAGIC: &[u8; 8] = b"RUNNELSG";
 const SEGMENT_VERSION: u32 = 1;
 /// Segment flag: written over a spare (its file held older output).
@@ -138,10 +143,11 @@ impl Segment {
     }
 
     /// The segment file's header.
-    fn header(&self) -> [u8; SEGMENT_HEADER_LEN as usize] {
+    fn header(&self, owner: &[u8; OWNER_LEN]) -> [u8; SEGMENT_HEADER_LEN as usize] {
         let flags = if self.over_spare { WRITTEN_OVER_SPARE } else { 0 };
         let (version, flags, start) = (SEGMENT_VERSION.to_le_bytes(), flags.to_le_bytes(), self.start.to_le_bytes());
-        let fields = SEGMENT_MAGIC.iter().chain(&version).chain(&flags).chain(&start);
+        let index = self.index.to_le_bytes();
+        let fields = SEGMENT_MAGIC.iter().chain(&version).chain(&flags).chain(&start).chain(&index).chain(owner);
         let mut header = [0; SEGMENT_HEADER_LEN as usize];
         for (byte, value) in header.iter_mut().zip(fields) {
             *byte = *value;
@@ -266,7 +272,7 @@ impl OutputLog {
                 continue;
             }
             let expected_start = log.segments.back().map(|s| s.start + s.len);
-            match recover_segment(&path, index, expected_start, trust_spares) {
+            match recover_segment(&path, index, &log.owner(), expected_start, trust_spares) {
                 Ok(segment) if segment.len == 0 => unusable.push(path),
                 Ok(segment) => {
                     log.end = segment.start + segment.len;
@@ -282,6 +288,19 @@ impl OutputLog {
             Some(end) if log.segments.is_empty() => log.end = end,
             Some(end) if end > log.end => {
                 problems.push(format!("output from offset {} to {end} is missing from {}", log.end, log.dir.display()))
+            }
+            Some(end) if end < log.end => {
+                // More than the job wrote: what is past its end is not its output.
+                problems.push(format!("its segments hold output past the {end} bytes its record says; cut there"));
+                while log.segments.back().is_some_and(|s| s.start >= end) {
+                    if let Some(segment) = log.segments.pop_back() {
+                        unusable.push(log.segment_path(segment.index));
+                    }
+                }
+                if let Some(last) = log.segments.back_mut() {
+                    last.len = last.len.min(end - last.start);
+                }
+                log.end = end.max(log.start());
             }
             _ => {}
         }
@@ -333,14 +352,8 @@ impl OutputLog {
         self.roll_if_full(spares)?;
         self.reserve_blocks(2 * RECORD_HEADER_LEN + len);
         let (segment, file) = self.writing()?;
-        if segment.over_spare {
-            // Data, end mark, header: the header last (see the module documentation).
-            file.write_all_at(data, segment.file_len + RECORD_HEADER_LEN as u64)?;
-            file.write_all_at(&END_MARK, segment.file_len + (RECORD_HEADER_LEN + len) as u64)?;
-            file.write_all_at(header, segment.file_len)?;
-        } else {
-            file.write_all_at(record, segment.file_len)?;
-        }
+        file.write_all_at(data, segment.file_len + RECORD_HEADER_LEN as u64)?;
+        commit_record(file, segment.file_len, header)?;
         self.recorded(spares, len);
         Ok(())
     }
@@ -363,10 +376,7 @@ impl OutputLog {
             return Ok(());
         }
         let (segment, file) = self.writing()?;
-        if segment.over_spare {
-            file.write_all_at(&END_MARK, segment.file_len + (RECORD_HEADER_LEN + len) as u64)?;
-        }
-        file.write_all_at(&record_header(stream, len), segment.file_len)?;
+        commit_record(file, segment.file_len, &record_header(stream, len))?;
         self.recorded(spares, len);
         Ok(())
     }
@@ -461,9 +471,8 @@ impl OutputLog {
             None => (OpenOptions::new().create_new(true).write(true).mode(0o600).open(&path)?, 0, 0),
         };
         let segment = Segment::new(index, self.end, blocks_to, lent);
-        // Over a spare, an end mark at once: the spare's old first record follows the header.
-        let mark: &[u8] = if segment.over_spare { &END_MARK } else { &[] };
-        let header: Vec<u8> = segment.header().iter().chain(mark).copied().collect();
+        // An end mark at once: over a spare, the spare's old first record follows the header.
+        let header: Vec<u8> = segment.header(&self.owner()).iter().chain(&END_MARK).copied().collect();
         file.write_all_at(&header, 0)?;
         self.next_index += 1;
         self.writer = Some(file);
@@ -473,6 +482,11 @@ impl OutputLog {
 
     fn segment_path(&self, index: u64) -> PathBuf {
         self.dir.join(format!("{index:08}"))
+    }
+
+    /// What the segment headers of this log say it is: its directory's name.
+    fn owner(&self) -> [u8; OWNER_LEN] {
+        owner_of(&self.dir)
     }
 
     /// Discards the oldest segment if it is not the one being written, its file becoming a spare or deleted;
@@ -627,6 +641,7 @@ pub struct Recovered {
 fn recover_segment(
     path: &std::path::Path,
     index: u64,
+    owner: &[u8; OWNER_LEN],
     expected_start: Option<u64>,
     trust_spares: bool,
 ) -> Result<Segment, String> {
@@ -641,6 +656,11 @@ fn recover_segment(
     }
     if word(8) != SEGMENT_VERSION {
         return Err(format!("format version {}, and this runnel reads version {SEGMENT_VERSION}", word(8)));
+    }
+    let named = header.get(24..32).and_then(|w| w.try_into().ok()).map(u64::from_le_bytes);
+    if named != Some(index) || header.get(32..) != Some(&owner[..]) {
+        // A spare taken for this segment before its own header was written: another segment's file.
+        return Err("its header names another segment (a file being reused when the server stopped)".into());
     }
     let over_spare = word(12) & WRITTEN_OVER_SPARE != 0;
     if over_spare && !trust_spares {
@@ -676,6 +696,26 @@ fn recover_segment(
     }
     segment.blocks_to = segment.file_len;
     Ok(segment)
+}
+
+/// Completes the record at `position` whose data is in place: an end mark after its data, then its header
+/// over the end mark before it, the length first and the stream tag last (see the module documentation).
+fn commit_record(file: &File, position: u64, header: &[u8]) -> io::Result<()> {
+    let Some((tag, len)) = header.split_first() else { return Err(io::Error::other("an empty record header")) };
+    let data_len = len.try_into().map_or(0, u32::from_le_bytes);
+    file.write_all_at(&END_MARK, position + RECORD_HEADER_LEN as u64 + u64::from(data_len))?;
+    file.write_all_at(len, position + 1)?;
+    file.write_all_at(std::slice::from_ref(tag), position)
+}
+
+/// A job directory's name as segment headers keep it: its first [`OWNER_LEN`] bytes, zero-padded.
+fn owner_of(dir: &std::path::Path) -> [u8; OWNER_LEN] {
+    let mut owner = [0; OWNER_LEN];
+    let name = dir.file_name().map(|name| name.as_encoded_bytes()).unwrap_or_default();
+    for (byte, value) in owner.iter_mut().zip(name) {
+        *byte = *value;
+    }
+    owner
 }
 
 fn record_header(stream: Stream, len: usize) -> [u8; RECORD_HEADER_LEN] {
@@ -781,9 +821,14 @@ mod tests {
         let last = spool.log.segments.back().unwrap();
         let size = fs::metadata(spool.log.segment_path(last.index)).unwrap().len();
         assert!(last.over_spare && size > last.file_len + 100_000, "older records lie past the last segment's end");
+        // Its data, end mark and length written, the server died before the stream tag.
         let (_, at) = spool.log.splice_target(&mut spool.spares, 1 << 20).unwrap();
         let path = spool.log.segment_path(spool.log.segments.back().unwrap().index);
-        OpenOptions::new().write(true).open(path).unwrap().write_all_at(b"spliced, never committed", at).unwrap();
+        let file = OpenOptions::new().write(true).open(path).unwrap();
+        let data = b"spliced, never committed";
+        file.write_all_at(data, at).unwrap();
+        file.write_all_at(&END_MARK, at + data.len() as u64).unwrap();
+        file.write_all_at(&(data.len() as u32).to_le_bytes(), at - 4).unwrap();
         spool
     }
 
@@ -845,10 +890,23 @@ mod tests {
         assert!(recovered.problems[0].contains("may hold older output"), "{:?}", recovered.problems);
         assert!(recovered.problems[1].contains("is missing"), "{:?}", recovered.problems);
 
+        // A segment file that another segment's file was renamed over (a spare taken, its header not yet
+        // rewritten): its header names the other one.
+        let mut spool = crashed_log("recover-foreign");
+        let mut other = OutputLog::create(spool.root.join("other"), 8 << 20).unwrap();
+        let mut record = vec![b'o'; RECORD_HEADER_LEN + 1000];
+        other.append(&mut spool.spares, Stream::Stdout, &mut record).unwrap();
+        // Another job's first segment where this log's first one is: nothing but the header can tell.
+        let oldest = spool.log.segment_path(spool.log.segments[0].index);
+        fs::copy(other.segment_path(0), &oldest).unwrap();
+        let recovered = OutputLog::recover(spool.root.join("log"), 8 << 20, None, true).unwrap();
+        assert!(recovered.log.segments.is_empty(), "{:?}", recovered.log.segments);
+        assert!(recovered.problems[0].contains("names another segment"), "{:?}", recovered.problems);
+
         // A file that is not a segment.
         let spool = crashed_log("recover-garbage");
         let first = spool.log.segments[0].index;
-        fs::write(spool.log.segment_path(first), b"not a segment at all, but long enough").unwrap();
+        fs::write(spool.log.segment_path(first), b"not a segment at all, but long enough. ".repeat(4)).unwrap();
         let recovered = OutputLog::recover(spool.root.join("log"), 8 << 20, None, true).unwrap();
         assert!(recovered.log.segments.is_empty() && recovered.log.end() == 0);
         assert!(recovered.problems[0].contains("no RUNNELSG header"), "{:?}", recovered.problems);
@@ -937,7 +995,9 @@ mod tests {
         spool.append(Stream::Stderr, &vec![8; PREALLOCATION_STEP as usize]);
         spool.append(Stream::Stdout, &[9; 1000]);
         let written = SEGMENT_HEADER_LEN + (3 * RECORD_HEADER_LEN + 2000) as u64 + PREALLOCATION_STEP;
-        assert_eq!(fs::metadata(&first).unwrap().len(), written, "the size is only what was written");
+        // What was written, and the end mark after the last record.
+        let end_mark = RECORD_HEADER_LEN as u64;
+        assert_eq!(fs::metadata(&first).unwrap().len(), written + end_mark, "the size is only what was written");
         assert!(allocated(&first) >= written + PREALLOCATION_STEP / 2, "reserved ahead: {}", allocated(&first));
         spool.log.finish(&mut spool.spares);
         assert!(allocated(&first) < written + 64 * 1024, "given back: {} for {written}", allocated(&first));
