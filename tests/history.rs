@@ -445,3 +445,33 @@ fn after_the_machine_went_down_segments_written_over_spares_are_not_read_back() 
 fn end_facts(job: &Job) -> (i32, i32, Option<i32>, Option<prost_types::Timestamp>, u64) {
     (job.state, job.end_reason, job.exit_code, job.ended_at, job.output_bytes)
 }
+
+#[test]
+fn two_servers_histories_restored_into_one_directory_are_both_served() {
+    let pki = Pki::new();
+    let scratch = util::ScratchDir::new("merge");
+    let (first_dir, second_dir) = (scratch.path().join("first"), scratch.path().join("second"));
+    let mut ids = Vec::new();
+    for dir in [&first_dir, &second_dir] {
+        let mut server = Server::start_on(&pki, Some(dir), &[]);
+        let mut alice = server.client("alice");
+        let job = start(&mut alice, &format!("echo from {}", dir.display()));
+        wait(&mut alice, &job.id);
+        ids.push(job.id);
+        drop(alice);
+        assert_eq!(server.stop_with(SIGTERM, Duration::from_secs(30)).code(), Some(0));
+    }
+    // The second server's job has the same start order (the first) as the first's.
+    let from_second = second_dir.join("jobs").join(&ids[1]);
+    fs::rename(&from_second, first_dir.join("jobs").join(&ids[1])).unwrap();
+    for _restart in 0..2 {
+        let mut merged = Server::start_on(&pki, Some(&first_dir), &[]);
+        let mut alice = merged.client("alice");
+        let listed: Vec<String> = util::list_all_jobs(&mut alice).into_iter().map(|j| j.id).collect();
+        assert_eq!(listed, ids, "both, the moved one after the other");
+        let (_, runs) = output(&mut alice, &ids[1]);
+        assert_eq!(stdout_of(&runs), format!("from {}\n", second_dir.display()).into_bytes());
+        drop(alice);
+        assert_eq!(merged.stop_with(SIGTERM, Duration::from_secs(30)).code(), Some(0));
+    }
+}

@@ -165,9 +165,11 @@ impl JobRecord {
         file.write_all_at(&bytes, 0)
     }
 
-    /// Reads the record in the job's directory `dir`; `Ok(None)` if there is none.
+    /// Reads the record in the job's directory `dir`; `Ok(None)` if there is none, or if its file is empty: the
+    /// server died between creating it and writing it (the job's start never finished).
     pub fn read(dir: &Path) -> Result<Option<JobRecord>, RecordError> {
         match fs::read(dir.join(RECORD_FILE)) {
+            Ok(bytes) if bytes.is_empty() => Ok(None),
             Ok(bytes) => JobRecord::decode(&bytes).map(Some),
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(err) => Err(RecordError::Io(err)),
@@ -409,6 +411,10 @@ mod tests {
     fn a_record_is_created_once_then_overwritten_or_replaced_whole() {
         let dir = crate::scratch::ScratchDir::new("record");
         assert!(JobRecord::read(dir.path()).unwrap().is_none());
+        // Created and never written (the server died in between): no record, as for a start that never finished.
+        fs::write(dir.join(RECORD_FILE), b"").unwrap();
+        assert!(JobRecord::read(dir.path()).unwrap().is_none());
+        fs::remove_file(dir.join(RECORD_FILE)).unwrap();
         let mut record = JobRecord { end: None, started: false, ..record() };
         record.create(dir.path()).unwrap();
         assert!(record.create(dir.path()).is_err(), "only the first record is created");

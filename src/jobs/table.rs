@@ -128,17 +128,24 @@ impl JobTable {
         let begun = std::time::Instant::now();
         let damaged = self.config.state_dir.join("damaged");
         let mut restored = history::restore(&mut self.spool, previous, &damaged)?;
-        restored.sort_by_key(|job| job.key);
+        restored.sort_by_key(|job| (job.key, job.started_at));
         let count = restored.len();
-        for job in restored {
-            if self.jobs.contains_key(&job.key) || self.by_id.contains_key(&job.id) {
-                log::warn!("job {} is recorded twice in the state directory; one copy is forgotten", job.id);
-                self.remove_files(job);
-                continue;
+        self.next_key = restored.iter().map(|job| job.key + 1).max().unwrap_or(1).max(self.next_key);
+        for mut job in restored {
+            let renumbered = self.jobs.contains_key(&job.key);
+            if renumbered {
+                // Two histories merged (backups of two servers restored into one directory): the later job of
+                // the pair is listed after everything else.
+                log::warn!("job {} has the start order of another; it is listed after the others", job.id);
+                job.key = self.next_key;
+                self.next_key += 1;
             }
-            self.next_key = self.next_key.max(job.key + 1);
-            self.by_id.insert(job.id, job.key);
-            self.jobs.insert(job.key, job);
+            let key = job.key;
+            self.by_id.insert(job.id, key);
+            self.jobs.insert(key, job);
+            if renumbered {
+                self.save_record(key);
+            }
         }
         self.evict_ended(self.config.max_jobs);
         self.enforce_output_total();
