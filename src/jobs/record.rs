@@ -144,7 +144,8 @@ impl JobRecord {
     /// Writes the record into the job's directory `dir`, replacing the one there whole.
     pub fn write(&self, dir: &Path) -> io::Result<()> {
         let temp = dir.join(RECORD_TEMP);
-        fs::write(&temp, self.encode())?;
+        let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temp)?;
+        file.write_all(&self.encode())?;
         fs::rename(&temp, dir.join(RECORD_FILE))
     }
 
