@@ -297,10 +297,11 @@ impl OutputLog {
                         unusable.push(log.segment_path(segment.index));
                     }
                 }
+                // What is left starts before `end` (or nothing is left): `end` is where the output ends.
                 if let Some(last) = log.segments.back_mut() {
                     last.len = last.len.min(end - last.start);
                 }
-                log.end = end.max(log.start());
+                log.end = end;
             }
             _ => {}
         }
@@ -902,6 +903,19 @@ mod tests {
         let recovered = OutputLog::recover(spool.root.join("log"), 8 << 20, None, true).unwrap();
         assert!(recovered.log.segments.is_empty(), "{:?}", recovered.log.segments);
         assert!(recovered.problems[0].contains("names another segment"), "{:?}", recovered.problems);
+
+        // A record that says the job wrote less than its segments hold: they are cut there, all of them if need be.
+        let spool = crashed_log("recover-cut");
+        let third = spool.log.segments[2].start;
+        let recovered = OutputLog::recover(spool.root.join("log"), 8 << 20, Some(third + 10), true).unwrap();
+        assert_eq!((recovered.log.segments.len(), recovered.log.end()), (3, third + 10));
+        assert!(recovered.problems[0].contains("cut there"), "{:?}", recovered.problems);
+        let before_all = spool.log.segments[0].start - 1;
+        let recovered = OutputLog::recover(spool.root.join("log"), 8 << 20, Some(before_all), true).unwrap();
+        assert_eq!(
+            (recovered.log.segments.len(), recovered.log.start(), recovered.log.end()),
+            (0, before_all, before_all)
+        );
 
         // A file that is not a segment.
         let spool = crashed_log("recover-garbage");
