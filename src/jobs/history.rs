@@ -53,7 +53,7 @@ pub(super) fn restore(spool: &mut Spool, previous: PreviousServer, damaged: &Pat
             }
             Ok(Some(record)) if record.id.to_string() == text => record,
             Ok(Some(record)) => {
-                set_aside(&dir, damaged, &format!("its record names job {}", record.id));
+                set_aside(&dir, &dir.join(RECORD_FILE), damaged, &format!("it names job {}", record.id));
                 continue;
             }
             Ok(None) => {
@@ -63,7 +63,7 @@ pub(super) fn restore(spool: &mut Spool, previous: PreviousServer, damaged: &Pat
                 continue;
             }
             Err(err) => {
-                set_aside(&dir.join(RECORD_FILE), damaged, &err.to_string());
+                set_aside(&dir, &dir.join(RECORD_FILE), damaged, &err.to_string());
                 continue;
             }
         };
@@ -71,7 +71,7 @@ pub(super) fn restore(spool: &mut Spool, previous: PreviousServer, damaged: &Pat
         let (output, problems) = match spool.recover_log(text, record.output_end, trust_spares) {
             Ok(recovered) => recovered,
             Err(err) => {
-                set_aside(&dir, damaged, &format!("cannot read its output: {err}"));
+                set_aside(&dir, &dir, damaged, &format!("cannot read its output: {err}"));
                 continue;
             }
         };
@@ -96,10 +96,10 @@ pub(super) fn restore(spool: &mut Spool, previous: PreviousServer, damaged: &Pat
     Ok(jobs)
 }
 
-/// Moves `path` (a job's directory, or the directory holding the record file `path`) aside into `damaged`, with
-/// a warning saying why; it is kept there for whoever wants to look, and counts against no cap.
-fn set_aside(path: &Path, damaged: &Path, why: &str) {
-    let dir = if path.ends_with(RECORD_FILE) { path.parent().unwrap_or(path) } else { path };
+/// Moves the job directory `dir` aside into `damaged`, with a warning that `path` (the directory, or the file
+/// in it at fault) could not be read and why; it is kept there for whoever wants to look, and counts against no
+/// cap.
+fn set_aside(dir: &Path, path: &Path, damaged: &Path, why: &str) {
     let target = damaged.join(dir.file_name().unwrap_or_default());
     let moved = std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
         .create(damaged)
