@@ -1,6 +1,7 @@
 //! Compiles `proto/` into Rust with protox (a pure-Rust protobuf compiler), so building needs no `protoc`, and
 //! keeps the compiled descriptors (`descriptors.bin` in `OUT_DIR`) for the server's reflection service; the job
-//! record format of the state directory (`proto/runnel/state/`) is compiled apart, as it is not served.
+//! record format of the state directory (`proto/runnel/state/`) and the message that hands a job to a shell
+//! (`proto/runnel/shell/`) are compiled apart, as they are not served.
 
 use prost::Message;
 
@@ -20,9 +21,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out_dir.join("descriptors.bin"), descriptors.encode_to_vec())?;
     // Output chunks are decoded as slices of the received frame rather than copied into a `Vec`.
     prost_build::Config::new().bytes([".runnel.v1.OutputChunk.data"]).compile_fds(descriptors)?;
-    // The job records kept in the state directory: the server's own format, not served by reflection.
-    let record = "proto/runnel/state/v1/record.proto";
-    println!("cargo:rerun-if-changed={record}");
-    prost_build::Config::new().compile_fds(protox::compile([record], ["proto"])?)?;
+    // The job records kept in the state directory and the jobs handed to shells: the server's own formats, not
+    // served by reflection.
+    let internal = ["proto/runnel/state/v1/record.proto", "proto/runnel/shell/v1/job.proto"];
+    for proto in internal {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    prost_build::Config::new().compile_fds(protox::compile(internal, ["proto"])?)?;
     Ok(())
 }

@@ -13,6 +13,12 @@ pub mod state {
     include!(concat!(env!("OUT_DIR"), "/runnel.state.v1.rs"));
 }
 
+/// A job handed to a shell made ahead of time (`isolation::shell_pool`): internal, not the API.
+#[allow(clippy::all, missing_docs)]
+pub mod shell {
+    include!(concat!(env!("OUT_DIR"), "/runnel.shell.v1.rs"));
+}
+
 #[allow(clippy::all, missing_docs)]
 pub mod health {
     include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));

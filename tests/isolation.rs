@@ -4,6 +4,7 @@
 mod util;
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -71,23 +72,70 @@ fn a_job_sees_only_its_own_processes_hostname_and_loopback() {
     assert!(out.lines().any(|l| l.trim_start().starts_with("lo:")));
 }
 
+#[test]
+fn shells_waiting_for_a_job_see_what_is_mounted_meanwhile_and_keep_nothing_unmounted_alive() {
+    // The server in a mount namespace of its own whose mounts are shared, as systemd makes the host's, so that
+    // this test's mounts stay out of the host's.
+    let pki = Pki::new();
+    let server = Server::start_after(&pki, &["unshare", "-m", "--propagation", "shared"], "exec \"$@\"", &[]);
+    let mut client = server.client("alice");
+    let shells = || {
+        let shells = util::pids_where(|c| c.starts_with("runnel __init --shell"));
+        shells.into_iter().filter(|&pid| util::parent_of(pid) == Some(server.pid())).collect::<Vec<_>>()
+    };
+    assert!(eventually(Duration::from_secs(5), || shells().len() == 8), "{:?}", shells());
+    let target = format!("/mnt/runnel-test-{}", std::process::id());
+    let in_server_namespace = |command: &str| {
+        let pid = server.pid().to_string();
+        let status = Command::new("nsenter").args(["-t", &pid, "-m", "sh", "-c", command]).status().unwrap();
+        assert!(status.success(), "{command}");
+    };
+    in_server_namespace(&format!("mkdir -p {target} && mount -t tmpfs test {target} && echo seen > {target}/f"));
+    let (job, out) = run_shell(&mut client, &format!("cat {target}/f"));
+    assert_eq!((job.exit_code, out.as_str()), (Some(0), "seen\n"), "a shell made before the mount missed it");
+    in_server_namespace(&format!("umount {target} && rmdir {target}"));
+    for shell in shells() {
+        let mounts = std::fs::read_to_string(format!("/proc/{shell}/mountinfo")).unwrap_or_default();
+        assert!(!mounts.contains(&target), "shell {shell} keeps the unmounted file system:\n{mounts}");
+    }
+}
+
 /// The network namespace a job sees: its `/proc/self/ns/net` link and the interfaces in `/proc/net/dev`.
 const SHOW_NETWORK: &str = "readlink /proc/self/ns/net; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '";
 
 #[test]
-fn network_namespaces_made_ahead_of_time_are_each_jobs_own_and_the_helper_is_not_needed() {
+fn shells_made_ahead_of_time_serve_one_job_each_and_the_helper_is_not_needed() {
     let pki = Pki::new();
     let server = Server::start(&pki, &[]);
     let mut client = server.client("alice");
-    let helpers = util::pids_where(|c| c.contains("__netns"));
+    // The shells waiting for a job are the server's children (it reaps them), in namespaces of their own; the
+    // helper made them from nothing of the server's.
+    let shells_ready = || {
+        let shells = util::pids_where(|c| c.starts_with("runnel __init --shell"));
+        shells.into_iter().filter(|&pid| util::parent_of(pid) == Some(server.pid())).collect::<Vec<_>>()
+    };
+    assert!(eventually(Duration::from_secs(5), || shells_ready().len() == 8), "{:?}", shells_ready());
+    let helpers = util::pids_where(|c| c.contains("__shells"));
     let helper = *helpers.iter().find(|&&pid| util::parent_of(pid) == Some(server.pid())).expect("the helper runs");
-    let descriptors: BTreeSet<String> = std::fs::read_dir(format!("/proc/{helper}/fd"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(descriptors, BTreeSet::from(["0".into(), "1".into(), "2".into()]), "the helper holds only 0-2");
+    // Once the pool is full: beyond 0-2 (its socket to the server, /dev/null, the server's stderr), only what it
+    // opened itself.
+    let own_executable = std::fs::canonicalize(util::BIN).unwrap();
+    for entry in std::fs::read_dir(format!("/proc/{helper}/fd")).unwrap() {
+        let entry = entry.unwrap();
+        let number: i32 = entry.file_name().to_string_lossy().parse().unwrap();
+        let target = std::fs::read_link(entry.path()).unwrap();
+        assert!(
+            number <= 2 || target == Path::new("/dev/null") || target == own_executable,
+            "the helper holds descriptor {number}: {}",
+            target.display()
+        );
+    }
+    for shell in shells_ready() {
+        let pid_namespace = std::fs::read_link(format!("/proc/{shell}/ns/pid")).unwrap();
+        assert_ne!(pid_namespace, std::fs::read_link("/proc/self/ns/pid").unwrap());
+    }
 
-    // More jobs at once than the pool holds (8): some take a namespace made ahead, some make their own.
+    // More jobs at once than the pool holds (8), each taking a shell or, if none is ready yet, forking its own.
     let script = format!("{SHOW_NETWORK}; sleep 3");
     let started: Vec<Job> = (0..12)
         .map(|_| {
@@ -108,14 +156,14 @@ fn network_namespaces_made_ahead_of_time_are_each_jobs_own_and_the_helper_is_not
     }
     assert_eq!(namespaces.len(), started.len(), "jobs running at once share a network namespace: {namespaces:?}");
 
-    // Without the helper, each start makes its own namespace.
+    // Without the helper, each start forks its own namespaces, set up the same.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(helper), nix::sys::signal::Signal::SIGKILL).unwrap();
     for _ in 0..10 {
         let (job, out) = run_shell(&mut client, "readlink /proc/self/ns/net; cat /sys/class/net/lo/operstate");
         assert_eq!(job.exit_code, Some(0), "{out}");
         assert!(!out.starts_with(&host) && out.lines().nth(1).is_some_and(|l| l != "down"), "{out}");
     }
-    assert!(server.log_text().contains("network-namespace helper is gone"), "{}", server.log_text());
+    assert!(server.log_text().contains("shell helper is gone"), "{}", server.log_text());
     assert!(eventually(Duration::from_secs(5), || util::parent_of(helper).is_none()), "the helper was not reaped");
 }
 
@@ -369,10 +417,12 @@ fn a_jobs_environment_and_working_directory_are_in_no_command_line_on_the_host()
     let readers = util::pids_where(|cmdline| cmdline.contains(&secret) || cmdline.contains(&job.id));
     let shown = |pids: &[i32]| pids.iter().map(|&pid| util::cmdline_of(pid)).collect::<Vec<_>>();
     assert!(readers.is_empty(), "the job's environment or id in a command line: {:?}", shown(&readers));
-    // Other tests' jobs may be running too: every init's command line is the bare one.
+    // Other tests' jobs may be running too: every init's command line is a bare one (a forked init's, or a
+    // shell's, made before any job).
     let inits = util::pids_where(|cmdline| cmdline.starts_with("runnel __init"));
     assert!(!inits.is_empty(), "no init is running");
-    assert!(inits.iter().all(|&pid| util::cmdline_of(pid).trim_end() == "runnel __init"), "{:?}", shown(&inits));
+    let bare = ["runnel __init", "runnel __init --shell", "runnel __init --shell --network"];
+    assert!(inits.iter().all(|&pid| bare.contains(&util::cmdline_of(pid).trim_end())), "{:?}", shown(&inits));
 }
 
 #[test]

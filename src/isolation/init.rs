@@ -1,15 +1,17 @@
-//! The job's PID 1 once it is runnel: the supervisor of a command that has already started.
+//! The job's PID 1 as runnel: a shell waiting for its job, then the supervisor of the job's command.
 //!
-//! The namespace setup and the command's start happen before this, in the forked child that execs it
-//! (`sys::spawn_init`), which reported `Started` already. In the manner of catatonit, this drops every
+//! A shell made ahead of time (`shell_pool`) sets its namespaces up, receives its job, starts the command and
+//! reports `Started` here; after a fork of the server (`sys::spawn_init`) that is done before this runs. Once the
+//! command runs, in the manner of catatonit, this drops every
 //! privilege, then sits in one blocking `read` loop on a signalfd: forward stop signals to the command's
 //! process group, reap every child (orphans re-parent to PID 1), and when the command itself has ended, report
 //! its exact wait status to the server and exit, which makes the kernel kill whatever is left in the PID
 //! namespace. Nothing here polls.
 
 use std::ffi::OsString;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
+use super::shell_pool::{ReceivedJob, NETWORK_ARGUMENT, SHELL_ARGUMENT};
 use super::{InitReport, RUN_AS_VARIABLE};
 use crate::sys::{self, ExitStatus, COMMAND_PID};
 
@@ -20,19 +22,93 @@ const CONTROL_FD: i32 = 3;
 const FORWARDED: [libc::c_int; 6] =
     [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2];
 
-/// Runs the init; never returns. `args` are those after `__init` (none).
+/// Runs the init; never returns. `args` are those after `__init`: none for the init proper exec'd by a forked
+/// init (`sys::spawn_init`), `--shell [--network]` for a shell made ahead of time (`shell_pool`).
 pub fn main(args: Vec<OsString>) -> ! {
-    // Only a process the server started as a namespace's PID 1, with its report pipe as descriptor 3, may run
-    // this.
-    let run_as = std::env::var(RUN_AS_VARIABLE).ok().and_then(|value| {
-        let (uid, gid) = value.split_once(':')?;
-        Some((uid.parse::<u32>().ok()?, gid.parse::<u32>().ok()?))
-    });
-    let (Some((uid, gid)), true, true, true) = (run_as, args.is_empty(), sys::getpid() == 1, sys::is_pipe(CONTROL_FD))
-    else {
-        eprintln!("error: INVALID_ARGUMENT: `runnel {}` is internal to the server", super::INIT_COMMAND);
-        sys::exit_now(2);
+    let shell = match args.as_slice() {
+        [] => None,
+        [flag] if flag == SHELL_ARGUMENT => Some(false),
+        [flag, network] if flag == SHELL_ARGUMENT && network == NETWORK_ARGUMENT => Some(true),
+        _ => not_for_users(),
     };
+    // Only a process the server started as a namespace's PID 1 may run this: with its report pipe as
+    // descriptor 3 after a fork, with its socket there as a shell.
+    if sys::getpid() != 1 {
+        not_for_users();
+    }
+    match shell {
+        Some(own_network) => shell_main(own_network),
+        None => {
+            let run_as = std::env::var(RUN_AS_VARIABLE).ok().and_then(|value| {
+                let (uid, gid) = value.split_once(':')?;
+                Some((uid.parse::<u32>().ok()?, gid.parse::<u32>().ok()?))
+            });
+            match (run_as, sys::is_pipe(CONTROL_FD)) {
+                (Some((uid, gid)), true) => supervise(uid, gid),
+                _ => not_for_users(),
+            }
+        }
+    }
+}
+
+fn not_for_users() -> ! {
+    eprintln!("error: INVALID_ARGUMENT: `runnel {}` is internal to the server", super::INIT_COMMAND);
+    sys::exit_now(2);
+}
+
+/// A shell: sets its namespaces up, waits for its job on descriptor 3 (its socket), starts the job's command,
+/// reports, and supervises it. Every signal stays blocked until the supervisor's signalfd exists.
+fn shell_main(own_network: bool) -> ! {
+    let _ = sys::block_all_signals();
+    if !sys::is_socket(CONTROL_FD) {
+        not_for_users();
+    }
+    // Its stderr is the server's log until the job arrives.
+    let give_up = |what: &str, why: &dyn std::fmt::Display| -> ! {
+        eprintln!("runnel shell: cannot {what}: {why}");
+        sys::exit_now(1)
+    };
+    // Until its job comes, what the host mounts and unmounts reaches it (see `shell_pool`).
+    if let Err(report) = sys::set_up_namespaces(own_network, sys::MountPropagation::FromHost) {
+        give_up("set up its namespaces", &format!("{report:?}"));
+    }
+    // Made when a CPU was idle (see `shell_pool`); the job must not wait for one, nor inherit that. The helper
+    // lowered itself only if it could come back (CAP_SYS_NICE).
+    if let Err(err) = sys::schedule_normally() {
+        eprintln!("runnel shell: cannot return to the ordinary scheduling policy: {err}");
+    }
+    // Ready: the helper hands it to the server now.
+    if !matches!(sys::write_nonblocking(CONTROL_FD, &[1]), Ok(Some(1))) {
+        sys::exit_now(1);
+    }
+    let (bytes, fds) = match sys::receive_with_descriptors(CONTROL_FD, true) {
+        Ok(sys::Received::Message { bytes, fds }) => (bytes, fds),
+        // The server let the pool go (it is stopping): no job will come.
+        Ok(sys::Received::Closed) | Ok(sys::Received::Empty) => sys::exit_now(0),
+        Err(err) => give_up("receive its job", &err),
+    };
+    let job = ReceivedJob::decode(&bytes).unwrap_or_else(|err| give_up("read its job", &err));
+    if fds.len() != 4 {
+        give_up("read its job", &format!("{} descriptors came with it", fds.len()));
+    }
+    // 0-2 the job's stdin, stdout and stderr, 3 its control pipe (in place of the socket, which this closes):
+    // nothing else stays open.
+    let targets: Vec<(OwnedFd, i32)> = fds.into_iter().zip(0..).collect();
+    sys::install_descriptors(targets).unwrap_or_else(|err| give_up("take its job's descriptors", &err));
+    let mut stacks = sys::InitStacks::default();
+    let setup = job.setup();
+    let report = sys::start_job_in_shell(&setup, &mut stacks);
+    sys::send_report(report);
+    if report != InitReport::Started {
+        sys::exit_now(127);
+    }
+    let (uid, gid) = job.run_as();
+    supervise(uid, gid)
+}
+
+/// The init proper, once the command runs: drops every privilege, then forwards signals and reaps until the
+/// command ends, and reports how.
+fn supervise(uid: u32, gid: u32) -> ! {
     // Nothing below may fail the job: the command runs already. If the init cannot supervise it, the command
     // goes (with the init, the kernel kills the namespace) and the server sees the init's own end.
     let give_up = |what: &str, err: std::io::Error| -> ! {

@@ -1,11 +1,12 @@
 //! Namespaces and a PID-1 init for every job.
 //!
 //! A job must not see the host's processes, mounts, network or hostname, must run without privileges, and
-//! must not outlive its job or the server. Each job's first process is a fork of the server into new PID,
-//! mount, UTS, IPC and (unless `--host-network`) network namespaces and the job's cgroup, which sets them up
-//! with raw system calls, starts the command, reports that it started, and then execs runnel itself in a
-//! hidden init mode ([`init`]) from a descriptor the server opened on its own executable at startup
-//! (`sys::spawn_init`). The init gives up every privilege and stays as the namespace's PID 1: it forwards
+//! must not outlive its job or the server. Each job's first process is runnel itself in a hidden init mode
+//! ([`init`]), PID 1 of new PID, mount, UTS, IPC and (unless `--host-network`) network namespaces: usually a shell
+//! made ahead of time with its namespaces set up, which is handed the job ([`shell_pool`]); otherwise a fork of the
+//! server into the namespaces and the job's cgroup, which sets them up with raw system calls, starts the command,
+//! reports that it started, and then execs the init from a descriptor the server opened on its own executable at
+//! startup (`sys::spawn_init`). The init gives up every privilege and stays as the namespace's PID 1: it forwards
 //! stop signals, reaps orphans, and reports to the server over a pipe (its descriptor 3) the command's exact
 //! wait status at the end.
 //!
@@ -13,7 +14,7 @@
 //! the init's reports ([`InitReport`], whose format `sys` writes).
 
 pub mod init;
-pub mod network_pool;
+pub mod shell_pool;
 pub mod users;
 
 use std::fmt;

@@ -1,7 +1,8 @@
 //! Starting a job's process: the command itself when the server cannot isolate jobs, otherwise the job's init:
-//! a fork into new namespaces that starts the command and then becomes runnel's init (see `isolation` and
-//! `sys::spawn_init`). Either way the first process is created
-//! inside the job's cgroup when there is one.
+//! a shell made ahead of time (`isolation::shell_pool`) that is handed the job, or, when none is ready or the job
+//! has a cgroup, a fork into new namespaces that starts the command and then becomes runnel's init (see
+//! `isolation` and `sys::spawn_init`). A forked first process is created inside the job's cgroup when there is
+//! one.
 //!
 //! Either way the launch returns as soon as the process exists, and whether the command started comes later,
 //! through the event loop, within [`START_TIMEOUT`]: without isolation the child (a fork) reports an exec
@@ -19,11 +20,11 @@ use std::time::Duration;
 use super::spec::{c_string, JobSpec};
 use super::JobError;
 use crate::cgroup::JobCgroup;
-use crate::isolation::network_pool::NetworkPool;
+use crate::isolation::shell_pool::ShellPool;
 use crate::isolation::{InitReport, Isolation, RunAs, INIT_COMMAND, RUN_AS_VARIABLE};
 use crate::sys::{
-    self, CStringArray, ChildStack, ExecFailure, InitStacks, InitStart, Namespaces, SpawnFds, SpawnOptions,
-    SpawnProgram, SpawnStage, WorkingDirBind,
+    self, CStringArray, ChildStack, ExecFailure, InitStacks, InitStart, JobSetup, SpawnFds, SpawnOptions, SpawnProgram,
+    SpawnStage, WorkingDirBind,
 };
 
 /// How long a job has to report that its command started (its init's report, or the exec of a job without
@@ -62,23 +63,22 @@ pub enum StartReport {
     Init(OwnedFd),
 }
 
-/// What every launch reuses: the children's stacks, the job's stdin, the init's argv, network namespaces made
-/// ahead of time.
+/// What every launch reuses: the children's stacks, the job's stdin, the init's argv, shells made ahead of time.
 pub struct Launcher {
     child_stack: ChildStack,
     init_stacks: InitStacks,
     /// `runnel __init`: all an init's command line says (the job's own arguments are not in it).
     init_argv: CStringArray,
     dev_null: OwnedFd,
-    /// Where isolated jobs with a network of their own take their namespace from; without one (or when it is
-    /// empty), the job's spawn makes it.
-    network_pool: Option<NetworkPool>,
+    /// Where isolated jobs take their namespaces from, made ahead of time; without one (or when it is empty),
+    /// the job's start forks into new ones.
+    shell_pool: Option<ShellPool>,
     /// The server's open-file limits before it raised them: what jobs get.
     open_files: Option<libc::rlimit>,
 }
 
 impl Launcher {
-    pub fn new(network_pool: Option<NetworkPool>) -> io::Result<Launcher> {
+    pub fn new(shell_pool: Option<ShellPool>) -> io::Result<Launcher> {
         let open_files = match sys::raise_open_file_limit() {
             Ok(original) => Some(original),
             Err(err) => {
@@ -92,14 +92,21 @@ impl Launcher {
             init_argv: CStringArray::new(vec![c"runnel".into(), c_string(INIT_COMMAND.as_bytes())]),
             dev_null: sys::open_dev_null()?,
             open_files,
-            network_pool,
+            shell_pool,
         })
     }
 
-    /// Ends the network-namespace helper and waits for it (server shutdown); later isolated jobs would make
-    /// their own namespaces.
+    /// Asks for the shells taken since the last call to be replaced (see `ShellPool::replenish`).
+    pub fn replenish_shells(&mut self) {
+        if let Some(pool) = &mut self.shell_pool {
+            pool.replenish();
+        }
+    }
+
+    /// Ends the shell helper and waits for it (server shutdown); the shells still in the pool exit. Later
+    /// isolated jobs would fork their own namespaces.
     pub fn finish(&mut self) {
-        self.network_pool = None;
+        self.shell_pool = None;
     }
 
     /// Starts `spec`'s process (for an isolated job, its init, whose report is still to come); on failure
@@ -122,7 +129,7 @@ impl Launcher {
         let options = SpawnOptions {
             namespaces: Default::default(),
             cgroup: cgroup_dir.as_ref().map(AsFd::as_fd),
-            network: None,
+            sibling: false,
             die_with_parent: true,
             open_files: self.open_files,
         };
@@ -158,20 +165,39 @@ impl Launcher {
         let tmp_size = memory_limit.map_or(isolation.tmp_size, |limit| limit.min(isolation.tmp_size));
         let tmp_options = c_string(format!("size={tmp_size},mode=1777").as_bytes());
         let bind = WorkingDirMount::under_private_tmp(working_dir);
-        let start = InitStart {
+        let job = JobSetup {
             hostname: &hostname,
-            own_network: isolation.own_network,
             command: &command,
             run_as: (uid, gid),
             max_processes: max_processes.map(u64::from),
+            open_files: self.open_files,
             seccomp: isolation.seccomp.as_ref(),
             tmp_options: &tmp_options,
             working_dir_bind: bind.as_ref().map(WorkingDirMount::as_bind),
+        };
+        let (control_read, control_write) = sys::control_pipe().map_err(internal)?;
+        // A shell's init is not in the job's cgroup: with one, the start forks into it (there is no pool then).
+        let shell = match cgroup_dir {
+            None => self.shell_pool.as_mut().and_then(ShellPool::take),
+            Some(_) => None,
+        };
+        if let Some(shell) = shell {
+            let fds = [self.dev_null.as_fd(), stdout.write.as_fd(), stderr.write.as_fd(), control_write.as_fd()];
+            match shell.assign(&job, fds) {
+                Ok((pid, pidfd)) => {
+                    let pipes = [stdout.read, stderr.read];
+                    return Ok(Launched { pid, pidfd, pipes, report: StartReport::Init(control_read) });
+                }
+                Err(err) => log::warn!("a shell made ahead of time could not take a job ({err}); forking one"),
+            }
+        }
+        let start = InitStart {
+            job,
+            own_network: isolation.own_network,
             init_executable: isolation.init_executable(),
             init_argv: &self.init_argv,
             init_envp: &CStringArray::new(vec![c_string(format!("{RUN_AS_VARIABLE}={uid}:{gid}").as_bytes())]),
         };
-        let (control_read, control_write) = sys::control_pipe().map_err(internal)?;
         let fds = SpawnFds {
             stdin: self.dev_null.as_fd(),
             stdout: stdout.write.as_fd(),
@@ -179,13 +205,7 @@ impl Launcher {
             control: Some(control_write.as_fd()),
             report: None,
         };
-        // A network namespace made ahead of time, joined by the init's first instant, spares the spawn its creation.
-        let network = match isolation.own_network {
-            true => self.network_pool.as_mut().and_then(NetworkPool::take),
-            false => None,
-        };
-        let namespaces = if network.is_some() { Namespaces::JOB } else { isolation.namespaces() };
-        let options = SpawnOptions { namespaces, network: network.as_ref().map(AsFd::as_fd), ..options };
+        let options = SpawnOptions { namespaces: isolation.namespaces(), ..options };
         let (pid, pidfd) = sys::spawn_init(&start, &fds, options, &mut self.init_stacks)
             .map_err(|err| JobError::system("cannot start the job's init", err))?;
         Ok(Launched { pid, pidfd, pipes: [stdout.read, stderr.read], report: StartReport::Init(control_read) })

@@ -82,7 +82,8 @@ impl<'a> HalfStarted<'a> {
             run_as,
             memory_limit: limits.map(|l| l.memory_bytes).filter(|&bytes| bytes > 0),
             // A per-user count is a per-job count only when the user is the job's own. One less than pids: the init
-            // joins the count once it gives up root, after the command started, and pids.max counts it too.
+            // joins the count once it gives up root, after the command started, and pids.max counts it too (a
+            // job with a cgroup has a forked init, created in it).
             max_processes: limits
                 .map(|l| l.max_pids)
                 .filter(|&pids| pids > 0 && isolation.users.one_per_job())

@@ -20,7 +20,7 @@ use super::spool::{Drain, Ingested, Spool, Stream, PIPE_CAPACITY};
 use super::start::{HalfStarted, Started};
 use super::{Caller, EndReason, Job, JobError, JobId, JobKey, JobSpec, JobState, StartRequest};
 use crate::cgroup::{CgroupRoot, Limits};
-use crate::isolation::network_pool::NetworkPool;
+use crate::isolation::shell_pool::ShellPool;
 use crate::isolation::{self, InitReport, Isolation, RunAs};
 use crate::sys::{self, SpawnReport};
 
@@ -35,8 +35,8 @@ pub struct JobTableConfig {
     pub max_output_bytes: u64,
     pub max_output_total: u64,
     /// The server's own executable, to start its helper processes from: the janitor (see `jobs::janitor`) and
-    /// the network-namespace pool (see `isolation::network_pool`). `None` (unit tests): files are removed on
-    /// the loop and each isolated job's start makes its own network namespace.
+    /// the shell pool (see `isolation::shell_pool`). `None` (unit tests): files are removed on the loop and
+    /// each isolated job's start forks into new namespaces.
     pub helper_executable: Option<PathBuf>,
     /// Whether ended jobs outlive the server: `None` (`--ephemeral`), or how the previous server stopped, whose
     /// jobs are read back (see `jobs::history`).
@@ -97,8 +97,10 @@ impl JobTable {
         fs::set_permissions(&work_dir, fs::Permissions::from_mode(0o711))?;
         let janitor = Janitor::start(config.state_dir.join("trash"), config.helper_executable.as_deref())?;
         let spool = Spool::create(&config.state_dir, config.max_output_bytes, config.max_output_total, janitor)?;
-        let network_pool = match (&config.helper_executable, &containment.isolation) {
-            (Some(executable), Some(isolation)) if isolation.own_network => Some(NetworkPool::start(executable)),
+        // Not where jobs get cgroups: a shell's init would live outside its job's cgroup (see
+        // `isolation::shell_pool`), and those starts fork into the job's cgroup instead.
+        let shell_pool = match (&config.helper_executable, &containment.isolation, &containment.cgroups) {
+            (Some(executable), Some(isolation), None) => Some(ShellPool::start(executable, isolation.own_network)),
             _ => None,
         };
         let mut table = JobTable {
@@ -109,7 +111,7 @@ impl JobTable {
             next_key: 1,
             work_dir,
             containment,
-            launcher: Launcher::new(network_pool)?,
+            launcher: Launcher::new(shell_pool)?,
             spool,
             start_failures: VecDeque::new(),
             killed_inits: HashMap::new(),
@@ -586,6 +588,12 @@ impl JobTable {
             self.counters.evicted += 1;
             self.remove_files(job);
         }
+    }
+
+    /// Asks for the shells the turn's starts took to be replaced (see `isolation::shell_pool`): once per turn,
+    /// after its calls were served.
+    pub fn replenish_shells(&mut self) {
+        self.launcher.replenish_shells();
     }
 
     /// True while files to remove wait for room in the janitor's pipe (it is behind); the loop then calls

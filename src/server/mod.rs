@@ -430,6 +430,7 @@ impl Server {
                 self.fire(event);
             }
             self.run_tasks();
+            self.jobs.replenish_shells();
             if !self.removal_retry_scheduled && self.jobs.has_removals_waiting() {
                 self.removal_retry_scheduled = true;
                 self.timers.schedule(Instant::now() + limits::REMOVAL_RETRY, TimerEvent::RetryRemovals);

@@ -1,17 +1,18 @@
-//! The first instants of a job's init, before it is runnel: the namespace setup, the command's start and the
-//! report that it started, in a forked copy of the server; then the exec of the init proper.
+//! The first instants of a job's init, before it is runnel's supervisor: the namespace setup, the command's
+//! start and the report that it started.
 //!
-//! Exec'ing runnel first and doing the setup there put a second exec, of the server's whole executable, between
-//! StartJob and its answer. Here the server forks (`clone3` without `CLONE_VM`: the loop goes on at once) into
-//! the job's namespaces and cgroup. The child, PID 1 of the new PID namespace, sets the namespaces up with raw
-//! system calls on data the server prepared, starts the command as PID 2 (a `vfork` whose child drops every
-//! privilege before its exec), reports `Started` or the failure on descriptor 3, and only then execs
-//! `runnel __init` (`isolation::init`), which supervises the command. The job's argv and environment never
-//! appear in the init's argv: they live in the child's copy of the server's memory, which the exec ends, and
-//! the child holds none of the server's descriptors from its first instants.
+//! They happen in one of two processes. Usually in a shell made ahead of time (`isolation::shell_pool`): a
+//! `runnel __init` already PID 1 of fresh namespaces, which did [`set_up_namespaces`] when it was made and, once
+//! its job arrives, does the job's part and starts the command ([`start_job_in_shell`]); so a start costs the
+//! server neither a fork nor the namespaces' creation. When no shell is ready, the server forks into the job's
+//! namespaces and cgroup ([`spawn_init`]: `clone3` without `CLONE_VM`, the loop goes on at once), and the child
+//! runs the same steps on data the server prepared, reports, and then execs `runnel __init`, which supervises
+//! the command (`isolation::init`). Either way the command is PID 2, started with a `vfork` whose child drops
+//! every privilege before its exec, and the job's argv and environment never appear in the init's argv.
 //!
-//! Until that exec every signal stays blocked (as the spawn blocks them around the clone): a stop signal sent
-//! meanwhile stays pending across the exec, and the init reads it from its signalfd.
+//! The steps are raw system calls on prepared data (no allocation), as a fork of the server needs. Until the
+//! init's signalfd exists every signal stays blocked: a stop signal sent meanwhile stays pending, and the init
+//! reads it from its signalfd.
 
 use std::ffi::CStr;
 use std::io;
@@ -38,22 +39,29 @@ pub struct WorkingDirBind<'a> {
     pub target: &'a CStr,
 }
 
-/// What the init's first instants need, prepared by the server before the fork.
-pub struct InitStart<'a> {
+/// What a job's init needs to know of its job: everything but how the init itself came to be.
+pub struct JobSetup<'a> {
     pub hostname: &'a CStr,
-    /// Mount a fresh `/sys` and bring `lo` up: the job has a network namespace of its own.
-    pub own_network: bool,
     /// The job's command; `exec_fd` is not used.
     pub command: &'a SpawnProgram<'a>,
     /// The user and group the command (and, once it has dropped its privileges, the init) runs as.
     pub run_as: (u32, u32),
     /// The command's `RLIMIT_NPROC`: set where the job has a user of its own.
     pub max_processes: Option<u64>,
+    /// The command's open-file limits (the server raised its own).
+    pub open_files: Option<libc::rlimit>,
     /// The command's seccomp filter, if any.
     pub seccomp: Option<&'a super::SeccompFilter>,
     /// Options of the private `tmpfs` mounts (`size=...,mode=1777`).
     pub tmp_options: &'a CStr,
     pub working_dir_bind: Option<WorkingDirBind<'a>>,
+}
+
+/// What the server's fork into a job's namespaces needs (see [`spawn_init`]), prepared before the fork.
+pub struct InitStart<'a> {
+    pub job: JobSetup<'a>,
+    /// Mount a fresh `/sys` and bring `lo` up: the job has a network namespace of its own.
+    pub own_network: bool,
     /// runnel's own executable, the init proper.
     pub init_executable: BorrowedFd<'a>,
     /// The init proper's argv and environment.
@@ -73,8 +81,6 @@ struct InitArgs<'a> {
     start: &'a InitStart<'a>,
     fds: [RawFd; 4],
     die_with_parent: bool,
-    open_files: Option<libc::rlimit>,
-    network: Option<RawFd>,
     command_stack: *mut ChildStack,
 }
 
@@ -92,8 +98,6 @@ pub fn spawn_init(
         start,
         fds: [fds.stdin.as_raw_fd(), fds.stdout.as_raw_fd(), fds.stderr.as_raw_fd(), control.as_raw_fd()],
         die_with_parent: options.die_with_parent,
-        open_files: options.open_files,
-        network: options.network.map(|fd| fd.as_raw_fd()),
         command_stack: &mut stacks.command,
     };
     let mut flags = options.namespaces.bits();
@@ -112,10 +116,19 @@ pub fn spawn_init(
 const WORKING_DIR_FD: libc::c_int = 5;
 
 /// Writes `report` to the control pipe (descriptor 3), raw.
-fn send(report: InitReport) {
+pub fn send_report(report: InitReport) {
     let bytes = report.encode();
     // SAFETY: a write of a local buffer; a failure means the server is gone, and nothing can be done.
     unsafe { libc::write(3, bytes.as_ptr().cast(), bytes.len()) };
+}
+
+/// The current errno, as the raw system calls below leave it.
+fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+}
+
+fn setup_failed(step: SetupStep) -> InitReport {
+    InitReport::SetupFailed { step, errno: errno() }
 }
 
 /// The forked child: PID 1 of the job's namespaces until it execs the init proper. Raw system calls only.
@@ -123,10 +136,9 @@ extern "C" fn init_child_main(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` points to this process's copy of the parent's `InitArgs`, valid for the child's life.
     let args = unsafe { &*(arg as *const InitArgs) };
     let start = args.start;
-    let errno = || io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
     // Before descriptor 3 is the control pipe, a failure can only be an exit status.
-    let failed = |step: SetupStep| -> libc::c_int {
-        send(InitReport::SetupFailed { step, errno: errno() });
+    let failed = |report: InitReport| -> libc::c_int {
+        send_report(report);
         127
     };
 
@@ -139,13 +151,6 @@ extern "C" fn init_child_main(arg: *mut libc::c_void) -> libc::c_int {
         }
         if args.die_with_parent && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
             return 127;
-        }
-        // Before the descriptors move: the namespace's own may be among those the moves overwrite. A failure here
-        // cannot be reported yet (the control pipe is not 3): the server sees the init end without a report.
-        if let Some(network) = args.network {
-            if libc::setns(network, libc::CLONE_NEWNET) < 0 {
-                return 127;
-            }
         }
         // 0-2 the job's stdin, stdout and stderr, 3 the control pipe, 4 the init's executable: each lifted above
         // 4 first, so that no source is overwritten by another's move. 3 and 4 stay close-on-exec for the
@@ -166,7 +171,7 @@ extern "C" fn init_child_main(arg: *mut libc::c_void) -> libc::c_int {
         }
         // None of the server's descriptors (its sockets, its other jobs' pipes) stays open in the job.
         if libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0) < 0 {
-            return failed(SetupStep::Descriptors);
+            return failed(setup_failed(SetupStep::Descriptors));
         }
         // The server may have died before the death signal was armed, and nothing would end this job then. Its
         // parent is outside the PID namespace (`getppid` says 0), so ask the control pipe instead: with this
@@ -174,135 +179,18 @@ extern "C" fn init_child_main(arg: *mut libc::c_void) -> libc::c_int {
         if super::isolation::pipe_reader_gone(3) {
             return 127;
         }
-        if let Some(limit) = &args.open_files {
-            if libc::setrlimit(libc::RLIMIT_NOFILE, limit) < 0 {
-                return failed(SetupStep::Descriptors);
-            }
+        if let Err(report) = set_up_namespaces(start.own_network, MountPropagation::Private) {
+            return failed(report);
         }
-        // The helpers below are thin system-call wrappers too (no allocation), and leave errno as they found it.
-        use super::isolation::{bring_loopback_up, make_mounts_private, mount_proc, mount_sysfs, set_hostname};
-        let none = std::ptr::null::<libc::c_void>();
-        if make_mounts_private().is_err() {
-            return failed(SetupStep::Mounts);
+        if let Err(report) = set_up_job(&start.job, args.die_with_parent) {
+            return failed(report);
         }
-        if mount_proc().is_err() {
-            return failed(SetupStep::Proc);
-        }
-        if set_hostname(start.hostname.to_bytes()).is_err() {
-            return failed(SetupStep::Hostname);
-        }
-        if start.own_network {
-            if mount_sysfs().is_err() {
-                return failed(SetupStep::Sysfs);
-            }
-            if bring_loopback_up().is_err() {
-                return failed(SetupStep::Loopback);
-            }
-        }
-        // Private temporary directories: what one job leaves there, no other job sees, and it goes with the job.
-        // A working directory under one of them is opened first, as the job's user would reach it (its file
-        // system ids, no supplementary group), and mounted back in place.
-        if let Some(bind) = &start.working_dir_bind {
-            let (uid, gid) = start.run_as;
-            libc::syscall(libc::SYS_setgroups, 0, 0);
-            libc::syscall(libc::SYS_setfsgid, gid);
-            libc::syscall(libc::SYS_setfsuid, uid);
-            let working_dir = libc::open(bind.source.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
-            let open_errno = errno();
-            libc::syscall(libc::SYS_setfsuid, 0);
-            libc::syscall(libc::SYS_setfsgid, 0);
-            // Changing the file-system ids cleared the parent-death signal: arm it again.
-            if args.die_with_parent && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
-                return failed(SetupStep::TmpDirs);
-            }
-            if working_dir < 0 {
-                let failure = ExecFailure { stage: SpawnStage::WorkingDir, errno: open_errno };
-                send(InitReport::SpawnFailed(failure));
-                return 127;
-            }
-            // Descriptors from 5 up were closed, so it is 5 already; make sure.
-            if working_dir != WORKING_DIR_FD {
-                if libc::dup3(working_dir, WORKING_DIR_FD, libc::O_CLOEXEC) < 0 {
-                    return failed(SetupStep::TmpDirs);
-                }
-                libc::close(working_dir);
-            }
-        }
-        for dir in PRIVATE_TMP_DIRS {
-            let tmpfs = c"tmpfs".as_ptr();
-            let flags = libc::MS_NOSUID | libc::MS_NODEV;
-            if libc::mount(tmpfs, dir.as_ptr(), tmpfs, flags, start.tmp_options.as_ptr().cast()) < 0
-                && errno() != libc::ENOENT
-            {
-                return failed(SetupStep::TmpDirs);
-            }
-        }
-        if let Some(bind) = &start.working_dir_bind {
-            for &dir in bind.directories.pointers().iter().take_while(|p| !p.is_null()) {
-                if libc::mkdir(dir, 0o755) < 0 && errno() != libc::EEXIST {
-                    return failed(SetupStep::TmpDirs);
-                }
-            }
-            // Not recursive: a recursive bind of the whole temporary directory would bring the new tmpfs along.
-            let source = c"/proc/self/fd/5".as_ptr();
-            if libc::mount(source, bind.target.as_ptr(), std::ptr::null(), libc::MS_BIND, none) < 0 {
-                return failed(SetupStep::TmpDirs);
-            }
-            libc::close(WORKING_DIR_FD);
-        }
-        // A server protected from the OOM killer (systemd's OOMScoreAdjust=-1000) does not pass that on.
-        let oom = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-        if oom < 0 || libc::write(oom, c"0".as_ptr().cast(), 1) != 1 {
-            return failed(SetupStep::OomScore);
-        }
-        libc::close(oom);
-
-        // The command: PID 2, in a session of its own, without privileges, signals unblocked at its exec.
-        let mut report = ChildReport { stage: 0, errno: 0 };
-        let seccomp = start.seccomp.map(super::SeccompFilter::program);
-        let command_args = ChildArgs {
-            program: start.command,
-            fds: [0, 1, 2],
-            control: None,
-            die_with_parent: true,
-            open_files: None,
-            network: None,
-            run_as: Some(start.run_as),
-            max_processes: start.max_processes,
-            seccomp: seccomp.as_ref().map(|program| program as *const libc::sock_fprog),
-            report: &mut report,
-            report_pipe: None,
-            parent: 1,
-        };
-        let stack = &mut *args.command_stack;
-        let command = clone_child(
-            Shared::UntilExec,
-            0,
-            0,
-            stack,
-            super::spawn::child_main,
-            &command_args as *const ChildArgs as *mut _,
-        );
-        let (pid, pidfd) = match command {
-            Ok(spawned) => spawned,
-            Err(err) => {
-                send(InitReport::SetupFailed { step: SetupStep::Command, errno: err.raw_os_error().unwrap_or(0) });
-                return 127;
-            }
-        };
-        if report.stage != 0 {
-            let _ = super::wait_pidfd(pidfd.as_raw_fd(), super::Wait::Reap);
-            let stage = SpawnStage::from_code(report.stage);
-            send(InitReport::SpawnFailed(ExecFailure { stage, errno: report.errno }));
+        // Already in the job's cgroup and cgroup namespace: the command inherits both.
+        let report = start_command(&start.job, 0, &mut *args.command_stack);
+        send_report(report);
+        if report != InitReport::Started {
             return 127;
         }
-        drop(pidfd);
-        if pid != COMMAND_PID {
-            libc::kill(pid, libc::SIGKILL);
-            send(InitReport::SetupFailed { step: SetupStep::Command, errno: libc::ESRCH });
-            return 127;
-        }
-        send(InitReport::Started);
 
         // The init proper: the same descriptors (3 now inheritable), every signal still blocked.
         if libc::fcntl(3, libc::F_SETFD, 0) == 0 {
@@ -316,10 +204,177 @@ extern "C" fn init_child_main(arg: *mut libc::c_void) -> libc::c_int {
             );
         }
         // No init to supervise the command: end it, and the server sees the init end without a report.
-        libc::kill(-pid, libc::SIGKILL);
-        libc::kill(pid, libc::SIGKILL);
+        libc::kill(-COMMAND_PID, libc::SIGKILL);
+        libc::kill(COMMAND_PID, libc::SIGKILL);
     }
     1
+}
+
+/// How a new mount namespace's mounts relate to the host's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountPropagation {
+    /// Nothing propagates either way: a job's.
+    Private,
+    /// The host's mounts and unmounts reach it, nothing goes back: a shell's until its job comes, so that an idle
+    /// shell sees what the host mounts and keeps nothing the host unmounts alive.
+    FromHost,
+}
+
+/// What every job's namespaces get, whichever job it is: mounts that send nothing to the host's, a fresh
+/// `/proc`, and with a network namespace of its own a fresh `/sys` and `lo` up; and the OOM score of an ordinary
+/// process. For PID 1 of new namespaces (a forked init, or a shell when it is made).
+pub fn set_up_namespaces(own_network: bool, mounts: MountPropagation) -> Result<(), InitReport> {
+    use super::isolation::{bring_loopback_up, make_mounts_private, make_mounts_slaves, mount_proc, mount_sysfs};
+    // The helpers are thin system-call wrappers (no allocation), and leave errno as they found it.
+    match mounts {
+        MountPropagation::Private => make_mounts_private(),
+        MountPropagation::FromHost => make_mounts_slaves(),
+    }
+    .map_err(|_| setup_failed(SetupStep::Mounts))?;
+    mount_proc().map_err(|_| setup_failed(SetupStep::Proc))?;
+    if own_network {
+        mount_sysfs().map_err(|_| setup_failed(SetupStep::Sysfs))?;
+        bring_loopback_up().map_err(|_| setup_failed(SetupStep::Loopback))?;
+    }
+    // A server protected from the OOM killer (systemd's OOMScoreAdjust=-1000) does not pass that on.
+    // SAFETY: an open of a constant path, a write of a constant byte, a close of what was opened.
+    unsafe {
+        let oom = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if oom < 0 || libc::write(oom, c"0".as_ptr().cast(), 1) != 1 {
+            return Err(setup_failed(SetupStep::OomScore));
+        }
+        libc::close(oom);
+    }
+    Ok(())
+}
+
+/// The job's own part of the setup, once its namespaces are: its hostname and private temporary directories.
+/// Descriptors 0-3 are the job's; 5 must be free.
+fn set_up_job(job: &JobSetup<'_>, die_with_parent: bool) -> Result<(), InitReport> {
+    let none = std::ptr::null::<libc::c_void>();
+    super::isolation::set_hostname(job.hostname.to_bytes()).map_err(|_| setup_failed(SetupStep::Hostname))?;
+    // SAFETY (for the block below): each call is a thin system call wrapper on prepared values.
+    unsafe {
+        // Private temporary directories: what one job leaves there, no other job sees, and it goes with the job.
+        // A working directory under one of them is opened first, as the job's user would reach it (its file
+        // system ids, no supplementary group), and mounted back in place.
+        if let Some(bind) = &job.working_dir_bind {
+            let (uid, gid) = job.run_as;
+            libc::syscall(libc::SYS_setgroups, 0, 0);
+            libc::syscall(libc::SYS_setfsgid, gid);
+            libc::syscall(libc::SYS_setfsuid, uid);
+            let working_dir = libc::open(bind.source.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
+            let open_errno = errno();
+            libc::syscall(libc::SYS_setfsuid, 0);
+            libc::syscall(libc::SYS_setfsgid, 0);
+            // Changing the file-system ids cleared the parent-death signal: arm it again.
+            if die_with_parent && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
+                return Err(setup_failed(SetupStep::TmpDirs));
+            }
+            if working_dir < 0 {
+                return Err(InitReport::SpawnFailed(ExecFailure { stage: SpawnStage::WorkingDir, errno: open_errno }));
+            }
+            if working_dir != WORKING_DIR_FD {
+                if libc::dup3(working_dir, WORKING_DIR_FD, libc::O_CLOEXEC) < 0 {
+                    return Err(setup_failed(SetupStep::TmpDirs));
+                }
+                libc::close(working_dir);
+            }
+        }
+        for dir in PRIVATE_TMP_DIRS {
+            let tmpfs = c"tmpfs".as_ptr();
+            let flags = libc::MS_NOSUID | libc::MS_NODEV;
+            if libc::mount(tmpfs, dir.as_ptr(), tmpfs, flags, job.tmp_options.as_ptr().cast()) < 0
+                && errno() != libc::ENOENT
+            {
+                return Err(setup_failed(SetupStep::TmpDirs));
+            }
+        }
+        if let Some(bind) = &job.working_dir_bind {
+            for &dir in bind.directories.pointers().iter().take_while(|p| !p.is_null()) {
+                if libc::mkdir(dir, 0o755) < 0 && errno() != libc::EEXIST {
+                    return Err(setup_failed(SetupStep::TmpDirs));
+                }
+            }
+            // Not recursive: a recursive bind of the whole temporary directory would bring the new tmpfs along.
+            let source = c"/proc/self/fd/5".as_ptr();
+            if libc::mount(source, bind.target.as_ptr(), std::ptr::null(), libc::MS_BIND, none) < 0 {
+                return Err(setup_failed(SetupStep::TmpDirs));
+            }
+            libc::close(WORKING_DIR_FD);
+        }
+        if let Some(limit) = &job.open_files {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, limit) < 0 {
+                return Err(setup_failed(SetupStep::Descriptors));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Starts the job's command as PID 2: in a session of its own, without privileges, signals unblocked at its
+/// exec, with `clone_flags`. Returns `Started`, or why it did not.
+fn start_command(job: &JobSetup<'_>, clone_flags: u64, stack: &mut ChildStack) -> InitReport {
+    let mut report = ChildReport { stage: 0, errno: 0 };
+    let seccomp = job.seccomp.map(super::SeccompFilter::program);
+    let command_args = ChildArgs {
+        program: job.command,
+        fds: [0, 1, 2],
+        control: None,
+        die_with_parent: true,
+        open_files: None,
+        run_as: Some(job.run_as),
+        max_processes: job.max_processes,
+        seccomp: seccomp.as_ref().map(|program| program as *const libc::sock_fprog),
+        report: &mut report,
+        report_pipe: None,
+        parent: 1,
+    };
+    // SAFETY: `child_main` makes raw system calls only, and `command_args` (with what it points to) outlives
+    // the child's use of it: CLONE_VFORK suspends us until the child execs or exits.
+    let command = unsafe {
+        clone_child(
+            Shared::UntilExec,
+            clone_flags,
+            0,
+            stack,
+            super::spawn::child_main,
+            &command_args as *const ChildArgs as *mut _,
+        )
+    };
+    let (pid, pidfd) = match command {
+        Ok(spawned) => spawned,
+        Err(err) => {
+            return InitReport::SetupFailed { step: SetupStep::Command, errno: err.raw_os_error().unwrap_or(0) }
+        }
+    };
+    if report.stage != 0 {
+        let _ = super::wait_pidfd(pidfd.as_raw_fd(), super::Wait::Reap);
+        return InitReport::SpawnFailed(ExecFailure {
+            stage: SpawnStage::from_code(report.stage),
+            errno: report.errno,
+        });
+    }
+    drop(pidfd);
+    if pid != COMMAND_PID {
+        // SAFETY: a signal to the process just started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        return InitReport::SetupFailed { step: SetupStep::Command, errno: libc::ESRCH };
+    }
+    InitReport::Started
+}
+
+/// In a shell whose job has arrived (`isolation::init`), with descriptors 0-3 the job's and every other closed:
+/// its mounts made private, the job's part of the setup and its command's start, as in a forked init; the
+/// command gets a cgroup namespace of its own (a forked init has one already). Returns the report to send.
+pub fn start_job_in_shell(job: &JobSetup<'_>, stacks: &mut InitStacks) -> InitReport {
+    if super::isolation::make_mounts_private().is_err() {
+        return setup_failed(SetupStep::Mounts);
+    }
+    if let Err(report) = set_up_job(job, true) {
+        return report;
+    }
+    start_command(job, libc::CLONE_NEWCGROUP as u64, &mut stacks.command)
 }
 
 /// The steps of the init's setup, named in the error a failure produces.

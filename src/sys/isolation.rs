@@ -1,6 +1,6 @@
 //! The system calls of a job's isolation: a private mount tree with a fresh `/proc`, its hostname, the loopback
 //! interface and giving up every privilege (made by the job's first process, `init_start`, and its init), and
-//! the network namespaces made ahead of time (`isolation::network_pool`).
+//! the messages that hand a job to a shell made ahead of time (`isolation::shell_pool`).
 
 use std::ffi::CStr;
 use std::io;
@@ -12,6 +12,13 @@ use super::ExitStatus;
 /// and nothing mounted on the host later appears in the job.
 pub fn make_mounts_private() -> io::Result<()> {
     let flags = libc::MS_REC | libc::MS_PRIVATE;
+    syscall!(mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), flags, std::ptr::null())).map(drop)
+}
+
+/// Makes every mount in this (new) mount namespace a slave of the host's: mounts and unmounts there reach it,
+/// none made here goes back.
+pub fn make_mounts_slaves() -> io::Result<()> {
+    let flags = libc::MS_REC | libc::MS_SLAVE;
     syscall!(mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), flags, std::ptr::null())).map(drop)
 }
 
@@ -213,9 +220,13 @@ pub fn close_from(first: u32) -> io::Result<()> {
 }
 
 /// Opens this process's own executable read-only, close-on-exec: a job's init is exec'd from it, so replacing
-/// the file on disk cannot change what runs.
+/// the file on disk cannot change what runs. The descriptor is 10 or above, clear of the numbers a spawn moves
+/// the child's descriptors to (0-4) before it execs from it.
 pub fn open_own_executable() -> io::Result<OwnedFd> {
-    open_read_only(c"/proc/self/exe")
+    let opened = open_read_only(c"/proc/self/exe")?;
+    let lifted = syscall!(fcntl(opened.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10))?;
+    // SAFETY: fcntl just made this descriptor, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(lifted) })
 }
 
 /// Opens a file or directory read-only, close-on-exec.
@@ -246,11 +257,67 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Moves this process into a new network namespace and opens it (close-on-exec): the descriptor keeps the
-/// namespace alive after the process moves on, and another process can join it with `setns`.
-pub fn new_network_namespace() -> io::Result<OwnedFd> {
-    syscall!(unshare(libc::CLONE_NEWNET))?;
-    open_read_only(c"/proc/thread-self/ns/net")
+/// Makes this process (and what it starts later) run only on a CPU nothing else wants (`SCHED_IDLE`), its nice
+/// value kept: for work done ahead of time, which must not slow what is done now.
+pub fn schedule_when_idle() -> io::Result<()> {
+    set_scheduling_policy(libc::SCHED_IDLE)
+}
+
+/// Back to the ordinary policy after [`schedule_when_idle`] (root only), with the same nice value.
+pub fn schedule_normally() -> io::Result<()> {
+    set_scheduling_policy(libc::SCHED_OTHER)
+}
+
+/// As [`schedule_normally`], for process `pid` (a helper the server started).
+pub fn schedule_process_normally(pid: i32) -> io::Result<()> {
+    set_policy_of(pid, libc::SCHED_OTHER)
+}
+
+fn set_scheduling_policy(policy: libc::c_int) -> io::Result<()> {
+    set_policy_of(0, policy)
+}
+
+fn set_policy_of(pid: i32, policy: libc::c_int) -> io::Result<()> {
+    // SAFETY: sched_param is plain data (musl's has more fields than glibc's); zero is priority 0, what both
+    // policies take.
+    let param: libc::sched_param = unsafe { std::mem::zeroed() };
+    syscall!(sched_setscheduler(pid, policy, &param)).map(drop)
+}
+
+/// Shuts down the sending direction of the socket `fd`: its peer reads end of file once it has read the rest.
+pub fn shut_down_sending(fd: RawFd) -> io::Result<()> {
+    syscall!(shutdown(fd, libc::SHUT_WR)).map(drop)
+}
+
+/// Whether `fd` is an open socket.
+pub fn is_socket(fd: RawFd) -> bool {
+    // SAFETY: fstat on any descriptor number is safe; `stat` is plain data.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::fstat(fd, &mut stat) == 0 && (stat.st_mode & libc::S_IFMT) == libc::S_IFSOCK }
+}
+
+/// Makes each descriptor of `targets` the number it is paired with (0-2 inheritable, the others close-on-exec)
+/// and closes every descriptor above the highest target (targets are 0 up, with no gap).
+pub fn install_descriptors(targets: Vec<(OwnedFd, RawFd)>) -> io::Result<()> {
+    let above = targets.iter().map(|(_, target)| *target).max().unwrap_or(2) + 1;
+    // Lifted above every target first, so that no move overwrites a descriptor still to be moved.
+    let lifted: Vec<(OwnedFd, RawFd)> = targets
+        .into_iter()
+        .map(|(fd, target)| {
+            let lifted = syscall!(fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, above))?;
+            // SAFETY: fcntl just made this descriptor, owned by nobody else.
+            Ok((unsafe { OwnedFd::from_raw_fd(lifted) }, target))
+        })
+        .collect::<io::Result<_>>()?;
+    for (fd, target) in &lifted {
+        let flags = if *target < 3 { 0 } else { libc::O_CLOEXEC };
+        syscall!(dup3(fd.as_raw_fd(), *target, flags))?;
+    }
+    let first_closed = u32::try_from(above).unwrap_or(3).max(3);
+    // The lifted copies and everything else above the targets: what is left open is exactly the targets.
+    std::mem::forget(lifted);
+    syscall!(syscall(libc::SYS_close_range, first_closed, u32::MAX, 0)).map(drop)
 }
 
 /// A connected pair of `AF_UNIX` `SOCK_SEQPACKET` sockets (message boundaries kept), both close-on-exec: the
@@ -264,64 +331,95 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((server, helper))
 }
 
-/// Sends `fd` over the unix socket `socket` (`SCM_RIGHTS`), with one byte of data, blocking.
-pub fn send_descriptor(socket: RawFd, fd: RawFd) -> io::Result<()> {
+/// Sends `bytes` and the descriptors `fds` (`SCM_RIGHTS`) over the unix socket `socket` as one message;
+/// blocking or not as the socket is (`Ok(false)`: a non-blocking socket is full).
+pub fn send_with_descriptors(socket: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<bool> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    let data = [0u8];
-    let fds = [fd];
-    let sent = sendmsg::<()>(
-        socket,
-        &[io::IoSlice::new(&data)],
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    );
-    sent.map(drop).map_err(io::Error::from)
+    let rights = [ControlMessage::ScmRights(fds)];
+    let control: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+    loop {
+        match sendmsg::<()>(socket, &[io::IoSlice::new(bytes)], control, MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(_) => return Ok(true),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EAGAIN) => return Ok(false),
+            Err(errno) => return Err(errno.into()),
+        }
+    }
 }
 
-/// What a non-blocking receive of a descriptor found.
+/// What a receive from a `SOCK_SEQPACKET` socket found.
 #[derive(Debug)]
-pub enum ReceivedDescriptor {
-    /// A message with one descriptor (close-on-exec).
-    Descriptor(OwnedFd),
-    /// Nothing queued.
+pub enum Received {
+    /// One message, with the descriptors it carried (close-on-exec).
+    Message { bytes: Vec<u8>, fds: Vec<OwnedFd> },
+    /// Nothing queued (a non-blocking receive).
     Empty,
     /// The peer closed its end.
     Closed,
 }
 
-/// Takes one message from the unix socket `socket` without blocking, with the descriptor it carries.
-pub fn receive_descriptor(socket: RawFd) -> io::Result<ReceivedDescriptor> {
+/// The most descriptors one message may carry: those beyond are closed by the kernel, unseen.
+const MAX_RECEIVED_FDS: usize = 8;
+
+/// Takes one whole message, of any length, from the `SOCK_SEQPACKET` socket `socket`, with the descriptors it
+/// carries; `wait`: block until one comes, else return [`Received::Empty`] at once.
+pub fn receive_with_descriptors(socket: RawFd, wait: bool) -> io::Result<Received> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    let mut data = [0u8; 1];
-    let mut space = nix::cmsg_space!([RawFd; 1]);
-    let mut iov = [io::IoSliceMut::new(&mut data)];
+    let dont_wait = if wait { 0 } else { libc::MSG_DONTWAIT };
+    // The message's length, without taking it (`MSG_TRUNC` makes a unix socket tell the whole length).
+    let length = loop {
+        // SAFETY: a zero-length peek into no buffer.
+        let length =
+            unsafe { libc::recv(socket, std::ptr::null_mut(), 0, libc::MSG_PEEK | libc::MSG_TRUNC | dont_wait) };
+        if length >= 0 {
+            break length as usize;
+        }
+        match io::Error::last_os_error() {
+            err if err.kind() == io::ErrorKind::Interrupted => continue,
+            err if err.kind() == io::ErrorKind::WouldBlock => return Ok(Received::Empty),
+            err => return Err(err),
+        }
+    };
+    let mut bytes = vec![0u8; length];
+    let mut space = nix::cmsg_space!([RawFd; MAX_RECEIVED_FDS]);
+    let mut iov = [io::IoSliceMut::new(&mut bytes)];
     let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC;
     let message = loop {
         match recvmsg::<()>(socket, &mut iov, Some(&mut space), flags) {
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(nix::errno::Errno::EAGAIN) => return Ok(ReceivedDescriptor::Empty),
             Err(errno) => return Err(errno.into()),
             Ok(message) => break message,
         }
     };
     // Own every descriptor that arrived before judging the message, so none leaks.
-    let mut received: Vec<OwnedFd> = Vec::new();
+    let mut fds: Vec<OwnedFd> = Vec::new();
     for cmsg in message.cmsgs().map_err(io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+        if let ControlMessageOwned::ScmRights(received) = cmsg {
             // SAFETY: the kernel installed these descriptors in this process for this message; nothing else
             // knows of them.
-            received.extend(fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
         }
     }
-    if message.bytes == 0 && received.is_empty() {
-        return Ok(ReceivedDescriptor::Closed);
+    let received = message.bytes;
+    if received == 0 && fds.is_empty() {
+        return Ok(Received::Closed);
     }
-    match <[OwnedFd; 1]>::try_from(received) {
-        Ok([fd]) => Ok(ReceivedDescriptor::Descriptor(fd)),
-        Err(received) => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("a message with {} descriptors where one was expected", received.len()),
-        )),
-    }
+    bytes.truncate(received);
+    Ok(Received::Message { bytes, fds })
+}
+
+/// Raises the send buffer of the unix socket `socket` to carry a message of `length` bytes (root only:
+/// `SO_SNDBUFFORCE` goes past `net.core.wmem_max`).
+pub fn fit_send_buffer(socket: RawFd, length: usize) -> io::Result<()> {
+    // A unix datagram may be at most the send buffer less some overhead; the kernel doubles what it is given.
+    let wanted = libc::c_int::try_from(length / 2 + 4096).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a valid int option value.
+    syscall!(setsockopt(
+        socket,
+        libc::SOL_SOCKET,
+        libc::SO_SNDBUFFORCE,
+        (&wanted as *const libc::c_int).cast(),
+        std::mem::size_of::<libc::c_int>() as libc::socklen_t
+    ))
+    .map(drop)
 }

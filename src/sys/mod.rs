@@ -15,12 +15,13 @@ pub use alloc::CacheLineAllocator;
 pub use seccomp::{SeccompFilter, DENIED as SECCOMP_DENIED};
 
 pub use init_start::{
-    spawn_init, InitReport, InitStacks, InitStart, SetupStep, WorkingDirBind, COMMAND_PID, PRIVATE_TMP_DIRS, REPORT_LEN,
+    send_report, set_up_namespaces, spawn_init, start_job_in_shell, InitReport, InitStacks, InitStart, JobSetup,
+    MountPropagation, SetupStep, WorkingDirBind, COMMAND_PID, PRIVATE_TMP_DIRS, REPORT_LEN,
 };
 
 pub use spawn::{
-    probe_namespaces, read_spawn_report, spawn, CStringArray, ChildStack, ExecFailure, Namespaces, SpawnFds,
-    SpawnOptions, SpawnProgram, SpawnReport, SpawnStage,
+    block_all_signals, probe_namespaces, read_spawn_report, spawn, CStringArray, ChildStack, ExecFailure, Namespaces,
+    SpawnFds, SpawnOptions, SpawnProgram, SpawnReport, SpawnStage,
 };
 
 use std::io;
@@ -43,9 +44,10 @@ macro_rules! syscall {
 mod isolation;
 
 pub use isolation::{
-    close_from, control_pipe, drop_privileges, exit_now, getpid, is_pipe, new_network_namespace, open_own_executable,
-    open_read_only, pipe_reader_gone, reap_any_child, receive_descriptor, send_descriptor, seqpacket_pair, set_cloexec,
-    signal_process, wait_readable, write_all, ReceivedDescriptor,
+    close_from, control_pipe, drop_privileges, exit_now, fit_send_buffer, getpid, install_descriptors, is_pipe,
+    is_socket, open_own_executable, open_read_only, pipe_reader_gone, reap_any_child, receive_with_descriptors,
+    schedule_normally, schedule_process_normally, schedule_when_idle, send_with_descriptors, seqpacket_pair,
+    set_cloexec, shut_down_sending, signal_process, wait_readable, write_all, Received,
 };
 
 /// A pipe for one of a job's output streams: the server keeps `read` (non-blocking), the job gets `write`.

@@ -34,14 +34,18 @@ pub struct SpawnProgram<'a> {
 /// C strings with the NULL-terminated pointer array `execve` takes, kept together so the pointers stay valid
 /// (moving the `Vec` does not move the strings' bytes).
 pub struct CStringArray {
-    _strings: Vec<CString>,
+    strings: Vec<CString>,
     pointers: Vec<*const libc::c_char>,
 }
 
 impl CStringArray {
     pub fn new(strings: Vec<CString>) -> CStringArray {
         let pointers = strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-        CStringArray { _strings: strings, pointers }
+        CStringArray { strings, pointers }
+    }
+
+    pub fn strings(&self) -> &[CString] {
+        &self.strings
     }
 
     /// The pointers, ending with a null one.
@@ -69,9 +73,9 @@ pub struct SpawnOptions<'a> {
     pub namespaces: Namespaces,
     /// A cgroup v2 directory the child is created in (`CLONE_INTO_CGROUP`).
     pub cgroup: Option<BorrowedFd<'a>>,
-    /// A network namespace the child joins (`setns`) before it execs, made ahead of time (see
-    /// `isolation::network_pool`); `namespaces` then leaves out `CLONE_NEWNET`.
-    pub network: Option<BorrowedFd<'a>>,
+    /// `CLONE_PARENT`: the child is the caller's sibling, a child of the caller's parent (a job's shell, made
+    /// by a helper for the server, see `isolation::shell_pool`).
+    pub sibling: bool,
     /// `PR_SET_PDEATHSIG(SIGKILL)`: the child dies with the server.
     pub die_with_parent: bool,
     /// The open-file limit the child gets back (the server raises its own; see `raise_open_file_limit`).
@@ -89,6 +93,11 @@ impl Namespaces {
         (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWCGROUP)
             as u64,
     );
+
+    /// A job's shell made ahead of time (`isolation::shell_pool`): PID, mount, UTS and IPC. Its command gets
+    /// the cgroup namespace, rooted at the job's cgroup, when the shell starts it.
+    pub const SHELL: Namespaces =
+        Namespaces((libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64);
 
     pub fn with_network(self) -> Namespaces {
         Namespaces(self.0 | libc::CLONE_NEWNET as u64)
@@ -187,7 +196,6 @@ pub(super) struct ChildArgs<'a> {
     pub(super) control: Option<RawFd>,
     pub(super) die_with_parent: bool,
     pub(super) open_files: Option<libc::rlimit>,
-    pub(super) network: Option<RawFd>,
     /// Drop to this uid and gid, with no capability left, before the chdir and exec (a job's command started
     /// by its init, see `init_start`).
     pub(super) run_as: Option<(u32, u32)>,
@@ -221,7 +229,6 @@ pub fn spawn(
         control: fds.control.map(|fd| fd.as_raw_fd()),
         die_with_parent: options.die_with_parent,
         open_files: options.open_files,
-        network: options.network.map(|fd| fd.as_raw_fd()),
         run_as: None,
         max_processes: None,
         seccomp: None,
@@ -234,6 +241,9 @@ pub fn spawn(
     if options.cgroup.is_some() {
         flags |= CLONE_INTO_CGROUP;
     }
+    if options.sibling {
+        flags |= libc::CLONE_PARENT as u64;
+    }
     let cgroup = options.cgroup.map_or(0, |fd| fd.as_raw_fd() as u64);
     let shared = if fds.report.is_some() { Shared::Copy } else { Shared::UntilExec };
     // SAFETY: `child_main` only makes async-signal-safe system calls and reads `args`, which outlives the
@@ -241,8 +251,11 @@ pub fn spawn(
     let (pid, pidfd) =
         unsafe { clone_child(shared, flags, cgroup, stack, child_main, &args as *const ChildArgs as *mut _)? };
     if report.stage != 0 {
-        // The child has exited (127) before exec; reap it so nothing is left behind.
-        super::wait_pidfd(pidfd.as_raw_fd(), super::Wait::Reap)?;
+        // The child has exited (127) before exec; reap it so nothing is left behind (a sibling is our parent's
+        // to reap).
+        if !options.sibling {
+            super::wait_pidfd(pidfd.as_raw_fd(), super::Wait::Reap)?;
+        }
         return Ok(Err(ExecFailure { stage: SpawnStage::from_code(report.stage), errno: report.errno }));
     }
     Ok(Ok((pid, pidfd)))
@@ -277,10 +290,12 @@ pub(super) unsafe fn clone_child(
         Shared::UntilExec => (libc::CLONE_VM | libc::CLONE_VFORK) as u64,
         Shared::Copy => 0,
     };
+    // A sibling's exit signal is the caller's own (the kernel's rule; clone3 refuses any other).
+    let exit_signal = if extra_flags & libc::CLONE_PARENT as u64 != 0 { 0 } else { libc::SIGCHLD as u64 };
     let mut clone_args = CloneArgs {
         flags: memory | libc::CLONE_PIDFD as u64 | extra_flags,
         pidfd: &mut pidfd as *mut RawFd as u64,
-        exit_signal: libc::SIGCHLD as u64,
+        exit_signal,
         stack: stack.memory.as_mut_ptr() as u64,
         stack_size: (stack.memory.len() * 16) as u64,
         cgroup,
@@ -331,7 +346,8 @@ struct CloneArgs {
     cgroup: u64,
 }
 
-fn block_all_signals() -> io::Result<libc::sigset_t> {
+/// Blocks every signal (that can be blocked) in this thread; returns the mask before.
+pub fn block_all_signals() -> io::Result<libc::sigset_t> {
     // SAFETY: sigset_t is plain data, initialised by sigfillset/pthread_sigmask before it is read.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
@@ -463,11 +479,6 @@ pub(super) extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         // this job then (a vfork's parent is suspended, and alive, until the exec).
         if args.die_with_parent && args.report_pipe.is_some() && libc::getppid() != args.parent {
             return fail(SpawnStage::Setup);
-        }
-        if let Some(network) = args.network {
-            if libc::setns(network, libc::CLONE_NEWNET) < 0 {
-                return fail(SpawnStage::Setup);
-            }
         }
         if let Some(limit) = &args.open_files {
             if libc::setrlimit(libc::RLIMIT_NOFILE, limit) < 0 {

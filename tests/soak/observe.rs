@@ -73,12 +73,20 @@ pub struct Process {
     pub pid: i32,
     pub state: char,
     pub cmdline: String,
+    /// How many processes it has as children.
+    pub children: usize,
 }
 
 impl Process {
-    /// The server's own helpers: `runnel __janitor` and `runnel __netns`.
+    /// The server's own helpers: `runnel __janitor`, `runnel __shells` and the shells it made that wait for a
+    /// job (`runnel __init --shell` with no child: a job's init has its command as its child until it exits).
     pub fn is_helper(&self) -> bool {
-        matches!(self.cmdline.split(' ').nth(1), Some("__janitor" | "__netns"))
+        let mut words = self.cmdline.split(' ').skip(1);
+        match (words.next(), words.next()) {
+            (Some("__janitor" | "__shells"), _) => true,
+            (Some("__init"), Some("--shell")) => self.children == 0,
+            _ => false,
+        }
     }
 }
 
@@ -102,7 +110,9 @@ pub fn descendants(root: i32) -> Vec<Process> {
         for &(pid, ppid, state) in &parents {
             if ppid == found[i] {
                 found.push(pid);
-                processes.push(Process { pid, state, cmdline: util::cmdline_of(pid).trim_end().to_string() });
+                let children = parents.iter().filter(|&&(_, parent, _)| parent == pid).count();
+                let cmdline = util::cmdline_of(pid).trim_end().to_string();
+                processes.push(Process { pid, state, cmdline, children });
             }
         }
         i += 1;

@@ -156,21 +156,24 @@ check_roundtrip() {
 }
 
 # 9. The job's UTS namespace is named after its id, it runs as a user of its own from the default range
-# (1879048192 on) and it cannot gain privileges.
+# (1879048192 on), it cannot gain privileges, and its cgroup namespace shows its own cgroup as the root.
 check_isolation() {
-    start isolation -- sh -c 'hostname; grep NoNewPrivs /proc/self/status; echo "uid $(id -u) pid $$"' || return
+    start isolation -- sh -c 'hostname; grep NoNewPrivs /proc/self/status; echo "cgroup $(cat /proc/self/cgroup)"; echo "uid $(id -u) pid $$"' || return
     wait_job "$JOB"
     out=$(client logs "$JOB" 2>&1)
     want=$(echo "$JOB" | tr -d '-' | head -c 8)
     host=$(echo "$out" | head -1)
     nnp=$(echo "$out" | sed -n 's/^NoNewPrivs:[[:space:]]*//p')
+    # Its cgroup namespace is rooted at its own cgroup: no host path shows.
+    cgroup=$(echo "$out" | sed -n 's/^cgroup //p')
     rest=$(echo "$out" | tail -1)
     uid=${rest#uid }
     uid=${uid%% pid*}
-    if [ "$host" = "$want" ] && [ "$nnp" = 1 ] && [ "$uid" -ge 1879048192 ] && [ "${rest#* pid }" = 2 ]; then
-        pass isolation "hostname $host (id $JOB), NoNewPrivs $nnp, $rest, guest hostname $(hostname)"
+    if [ "$host" = "$want" ] && [ "$nnp" = 1 ] && [ "$cgroup" = "0::/" ] && [ "$uid" -ge 1879048192 ] \
+        && [ "${rest#* pid }" = 2 ]; then
+        pass isolation "hostname $host (id $JOB), NoNewPrivs $nnp, /proc/self/cgroup $cgroup, $rest, guest hostname $(hostname)"
     else
-        fail isolation "hostname \"$host\" (want $want), NoNewPrivs \"$nnp\" (want 1), $rest (want a uid from 1879048192, pid 2); status $JS"
+        fail isolation "hostname \"$host\" (want $want), NoNewPrivs \"$nnp\" (want 1), /proc/self/cgroup \"$cgroup\" (want 0::/), $rest (want a uid from 1879048192, pid 2); status $JS"
     fi
 }
 
