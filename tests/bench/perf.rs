@@ -662,12 +662,14 @@ fn main() {
     // As `runnel client` does: the bench's in-process client should stream like the command line's.
     runnel::sys::retain_freed_memory();
     let pki = Pki::new();
-    // `RUNNEL_BENCH=flood make bench` (or `connections`, `jobs`, `start`, `history`): only those figures, for quick A/B work.
+    // `RUNNEL_BENCH=flood make bench` (or `connections`, `jobs`, `start`, `history`): only those figures, for quick A/B
+    // work; `start-vs` with `RUNNEL_BENCH_BASELINE=path`: isolated starts of this build against another's.
     match std::env::var("RUNNEL_BENCH").as_deref() {
         Ok("flood") => return flood_figures(&pki),
         Ok("connections") => return idle_connection_figures(&pki, 1000),
         Ok("jobs") => return many_jobs_figures(&pki, 1000),
         Ok("history") => return history_figures(&pki),
+        Ok("start-vs") => return start_versus_figures(&pki),
         Ok("start") => {
             let server = Server::start(&pki, &[]);
             return start_figures(&pki, &mut server.client("alice"));
@@ -815,4 +817,45 @@ fn main() {
     idle_connection_figures(&pki, 1000);
     many_jobs_figures(&pki, 1000);
     history_figures(&pki);
+}
+
+/// Isolated StartJob p50 of this build against another (`RUNNEL_BENCH=start-vs RUNNEL_BENCH_BASELINE=path make
+/// bench`): two servers, 100 starts of each in turn for seven rounds, each round beside the `clone3` floor.
+fn start_versus_figures(pki: &Pki) {
+    let baseline = std::env::var("RUNNEL_BENCH_BASELINE")
+        .expect("RUNNEL_BENCH_BASELINE=path: the runnel executable to compare this build with");
+    let old = Server::start_after(pki, &[], &format!("shift; exec '{baseline}' \"$@\""), &[]);
+    let new = Server::start(pki, &[]);
+    let (mut old_client, mut new_client) = (old.client("alice"), new.client("alice"));
+    let p50 = |client: &mut Client| {
+        let mut times: Vec<f64> = (0..100)
+            .map(|_| {
+                let begun = Instant::now();
+                let job = start(client, "/bin/true", &[]);
+                let elapsed = begun.elapsed().as_secs_f64() * 1e6;
+                let _: Job = client.unary(path::WAIT_JOB, &WaitJobRequest { job_id: job.id }, None).unwrap();
+                elapsed
+            })
+            .collect();
+        median(&mut times)
+    };
+    println!("isolated StartJob p50, this build against {baseline}, 100 starts each in turn, µs:");
+    let (mut ratios, mut floor_ratios) = (Vec::new(), Vec::new());
+    for round in 1..=7 {
+        let (before, after) = (p50(&mut old_client), p50(&mut new_client));
+        let floor = clone3_floor_us(100);
+        println!(
+            "  round {round}: baseline {before:6.0}  this {after:6.0}  ratio {:.2}   floor {floor:6.0}: baseline {:.2} x, this {:.2} x",
+            after / before,
+            before / floor,
+            after / floor
+        );
+        ratios.push(after / before);
+        floor_ratios.push(after / floor);
+    }
+    println!(
+        "median ratio {:.2} (this / baseline); this build's median {:.2} x the floor (goal ≤ 1.3x)",
+        median(&mut ratios),
+        median(&mut floor_ratios)
+    );
 }
