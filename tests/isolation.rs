@@ -85,6 +85,15 @@ fn shells_waiting_for_a_job_see_what_is_mounted_meanwhile_and_keep_nothing_unmou
     };
     assert!(eventually(Duration::from_secs(5), || shells().len() == 8), "{:?}", shells());
     let target = format!("/mnt/runnel-test-{}", std::process::id());
+    // Made in the server's mount namespace, on the host's file system: removed however the test ends (the mount
+    // goes with the namespace).
+    struct RemoveDir(String);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _made = RemoveDir(target.clone());
     let in_server_namespace = |command: &str| {
         let pid = server.pid().to_string();
         let status = Command::new("nsenter").args(["-t", &pid, "-m", "sh", "-c", command]).status().unwrap();
