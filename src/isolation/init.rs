@@ -74,7 +74,7 @@ fn shell_main(own_network: bool) -> ! {
     }
     // Made when a CPU was idle (see `shell_pool`); the job must not wait for one, nor inherit that. The helper
     // lowered itself only if it could come back (CAP_SYS_NICE).
-    if let Err(err) = sys::schedule_normally() {
+    if let Err(err) = sys::schedule_normally(0) {
         eprintln!("runnel shell: cannot return to the ordinary scheduling policy: {err}");
     }
     // Ready: the helper hands it to the server now.

@@ -212,7 +212,7 @@ impl Helper {
     /// socket closes.
     fn stop(mut self, graceful: bool) {
         if graceful && sys::shut_down_sending(self.socket.as_raw_fd()).is_ok() {
-            let _ = sys::schedule_process_normally(self.process.id() as i32);
+            let _ = sys::schedule_normally(self.process.id() as i32);
             let deadline = Instant::now() + HELPER_STOP_TIMEOUT;
             while matches!(self.process.try_wait(), Ok(None)) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(1));

@@ -176,12 +176,9 @@ impl Launcher {
             working_dir_bind: bind.as_ref().map(WorkingDirMount::as_bind),
         };
         let (control_read, control_write) = sys::control_pipe().map_err(internal)?;
-        // A shell's init is not in the job's cgroup: with one, the start forks into it (there is no pool then).
-        let shell = match cgroup_dir {
-            None => self.shell_pool.as_mut().and_then(ShellPool::take),
-            Some(_) => None,
-        };
-        if let Some(shell) = shell {
+        // There is no pool where jobs get cgroups (see `JobTable::new`): a shell's init is not in its job's.
+        debug_assert!(cgroup_dir.is_none() || self.shell_pool.is_none());
+        if let Some(shell) = self.shell_pool.as_mut().and_then(ShellPool::take) {
             let fds = [self.dev_null.as_fd(), stdout.write.as_fd(), stderr.write.as_fd(), control_write.as_fd()];
             match shell.assign(&job, fds) {
                 Ok((pid, pidfd)) => {

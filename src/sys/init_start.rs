@@ -19,7 +19,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use super::spawn::{clone_child, reset_signal_dispositions, ChildArgs, ChildReport, Shared, CLONE_INTO_CGROUP};
-use super::{ChildStack, ExecFailure, ExitStatus, SpawnFds, SpawnOptions, SpawnProgram, SpawnStage};
+use super::{ChildStack, ExecFailure, ExitStatus, MountPropagation, SpawnFds, SpawnOptions, SpawnProgram, SpawnStage};
 
 /// The command's pid in the job's PID namespace: the first process the init starts.
 pub const COMMAND_PID: i32 = 2;
@@ -210,27 +210,13 @@ extern "C" fn init_child_main(arg: *mut libc::c_void) -> libc::c_int {
     1
 }
 
-/// How a new mount namespace's mounts relate to the host's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MountPropagation {
-    /// Nothing propagates either way: a job's.
-    Private,
-    /// The host's mounts and unmounts reach it, nothing goes back: a shell's until its job comes, so that an idle
-    /// shell sees what the host mounts and keeps nothing the host unmounts alive.
-    FromHost,
-}
-
 /// What every job's namespaces get, whichever job it is: mounts that send nothing to the host's, a fresh
 /// `/proc`, and with a network namespace of its own a fresh `/sys` and `lo` up; and the OOM score of an ordinary
 /// process. For PID 1 of new namespaces (a forked init, or a shell when it is made).
 pub fn set_up_namespaces(own_network: bool, mounts: MountPropagation) -> Result<(), InitReport> {
-    use super::isolation::{bring_loopback_up, make_mounts_private, make_mounts_slaves, mount_proc, mount_sysfs};
+    use super::isolation::{bring_loopback_up, mount_proc, mount_sysfs, set_mount_propagation};
     // The helpers are thin system-call wrappers (no allocation), and leave errno as they found it.
-    match mounts {
-        MountPropagation::Private => make_mounts_private(),
-        MountPropagation::FromHost => make_mounts_slaves(),
-    }
-    .map_err(|_| setup_failed(SetupStep::Mounts))?;
+    set_mount_propagation(mounts).map_err(|_| setup_failed(SetupStep::Mounts))?;
     mount_proc().map_err(|_| setup_failed(SetupStep::Proc))?;
     if own_network {
         mount_sysfs().map_err(|_| setup_failed(SetupStep::Sysfs))?;
@@ -368,7 +354,7 @@ fn start_command(job: &JobSetup<'_>, clone_flags: u64, stack: &mut ChildStack) -
 /// its mounts made private, the job's part of the setup and its command's start, as in a forked init; the
 /// command gets a cgroup namespace of its own (a forked init has one already). Returns the report to send.
 pub fn start_job_in_shell(job: &JobSetup<'_>, stacks: &mut InitStacks) -> InitReport {
-    if super::isolation::make_mounts_private().is_err() {
+    if super::isolation::set_mount_propagation(MountPropagation::Private).is_err() {
         return setup_failed(SetupStep::Mounts);
     }
     if let Err(report) = set_up_job(job, true) {

@@ -8,17 +8,24 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use super::ExitStatus;
 
-/// Makes every mount in this (new) mount namespace private, so nothing the job mounts propagates to the host
-/// and nothing mounted on the host later appears in the job.
-pub fn make_mounts_private() -> io::Result<()> {
-    let flags = libc::MS_REC | libc::MS_PRIVATE;
-    syscall!(mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), flags, std::ptr::null())).map(drop)
+/// How a new mount namespace's mounts relate to the host's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountPropagation {
+    /// Nothing propagates either way: a job's, so nothing it mounts reaches the host and nothing mounted on the
+    /// host later appears in it.
+    Private,
+    /// The host's mounts and unmounts reach it, nothing goes back: a shell's until its job comes, so that an idle
+    /// shell sees what the host mounts and keeps nothing the host unmounts alive.
+    FromHost,
 }
 
-/// Makes every mount in this (new) mount namespace a slave of the host's: mounts and unmounts there reach it,
-/// none made here goes back.
-pub fn make_mounts_slaves() -> io::Result<()> {
-    let flags = libc::MS_REC | libc::MS_SLAVE;
+/// Sets the propagation of every mount in this (new) mount namespace.
+pub fn set_mount_propagation(propagation: MountPropagation) -> io::Result<()> {
+    let kind = match propagation {
+        MountPropagation::Private => libc::MS_PRIVATE,
+        MountPropagation::FromHost => libc::MS_SLAVE,
+    };
+    let flags = libc::MS_REC | kind;
     syscall!(mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), flags, std::ptr::null())).map(drop)
 }
 
@@ -133,9 +140,19 @@ fn raw_syscall(number: libc::c_long, args: [libc::c_long; 3]) -> io::Result<()> 
 
 /// True if `fd` is an open pipe.
 pub fn is_pipe(fd: RawFd) -> bool {
+    file_type_of(fd) == Some(libc::S_IFIFO)
+}
+
+/// Whether `fd` is an open socket.
+pub fn is_socket(fd: RawFd) -> bool {
+    file_type_of(fd) == Some(libc::S_IFSOCK)
+}
+
+/// The `S_IF*` type of what the open descriptor `fd` refers to.
+fn file_type_of(fd: RawFd) -> Option<libc::mode_t> {
     // SAFETY: stat is plain data, filled by fstat before it is read.
     let mut info: libc::stat = unsafe { std::mem::zeroed() };
-    syscall!(fstat(fd, &mut info)).is_ok() && info.st_mode & libc::S_IFMT == libc::S_IFIFO
+    syscall!(fstat(fd, &mut info)).ok().map(|_| info.st_mode & libc::S_IFMT)
 }
 
 /// True if nobody holds the read end of the pipe whose write end is `fd` any more (the server is gone).
@@ -260,24 +277,16 @@ pub fn exit_now(code: i32) -> ! {
 /// Makes this process (and what it starts later) run only on a CPU nothing else wants (`SCHED_IDLE`), its nice
 /// value kept: for work done ahead of time, which must not slow what is done now.
 pub fn schedule_when_idle() -> io::Result<()> {
-    set_scheduling_policy(libc::SCHED_IDLE)
+    set_scheduling_policy(0, libc::SCHED_IDLE)
 }
 
-/// Back to the ordinary policy after [`schedule_when_idle`] (root only), with the same nice value.
-pub fn schedule_normally() -> io::Result<()> {
-    set_scheduling_policy(libc::SCHED_OTHER)
+/// Puts process `pid` (0: this one) back to the ordinary policy after [`schedule_when_idle`], with the same nice
+/// value; takes CAP_SYS_NICE.
+pub fn schedule_normally(pid: i32) -> io::Result<()> {
+    set_scheduling_policy(pid, libc::SCHED_OTHER)
 }
 
-/// As [`schedule_normally`], for process `pid` (a helper the server started).
-pub fn schedule_process_normally(pid: i32) -> io::Result<()> {
-    set_policy_of(pid, libc::SCHED_OTHER)
-}
-
-fn set_scheduling_policy(policy: libc::c_int) -> io::Result<()> {
-    set_policy_of(0, policy)
-}
-
-fn set_policy_of(pid: i32, policy: libc::c_int) -> io::Result<()> {
+fn set_scheduling_policy(pid: i32, policy: libc::c_int) -> io::Result<()> {
     // SAFETY: sched_param is plain data (musl's has more fields than glibc's); zero is priority 0, what both
     // policies take.
     let param: libc::sched_param = unsafe { std::mem::zeroed() };
@@ -287,14 +296,6 @@ fn set_policy_of(pid: i32, policy: libc::c_int) -> io::Result<()> {
 /// Shuts down the sending direction of the socket `fd`: its peer reads end of file once it has read the rest.
 pub fn shut_down_sending(fd: RawFd) -> io::Result<()> {
     syscall!(shutdown(fd, libc::SHUT_WR)).map(drop)
-}
-
-/// Whether `fd` is an open socket.
-pub fn is_socket(fd: RawFd) -> bool {
-    // SAFETY: fstat on any descriptor number is safe; `stat` is plain data.
-    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    unsafe { libc::fstat(fd, &mut stat) == 0 && (stat.st_mode & libc::S_IFMT) == libc::S_IFSOCK }
 }
 
 /// Makes each descriptor of `targets` the number it is paired with (0-2 inheritable, the others close-on-exec)

@@ -16,7 +16,7 @@ pub use seccomp::{SeccompFilter, DENIED as SECCOMP_DENIED};
 
 pub use init_start::{
     send_report, set_up_namespaces, spawn_init, start_job_in_shell, InitReport, InitStacks, InitStart, JobSetup,
-    MountPropagation, SetupStep, WorkingDirBind, COMMAND_PID, PRIVATE_TMP_DIRS, REPORT_LEN,
+    SetupStep, WorkingDirBind, COMMAND_PID, PRIVATE_TMP_DIRS, REPORT_LEN,
 };
 
 pub use spawn::{
@@ -46,8 +46,8 @@ mod isolation;
 pub use isolation::{
     close_from, control_pipe, drop_privileges, exit_now, fit_send_buffer, getpid, install_descriptors, is_pipe,
     is_socket, open_own_executable, open_read_only, pipe_reader_gone, reap_any_child, receive_with_descriptors,
-    schedule_normally, schedule_process_normally, schedule_when_idle, send_with_descriptors, seqpacket_pair,
-    set_cloexec, shut_down_sending, signal_process, wait_readable, write_all, Received,
+    schedule_normally, schedule_when_idle, send_with_descriptors, seqpacket_pair, set_cloexec, set_mount_propagation,
+    shut_down_sending, signal_process, wait_readable, write_all, MountPropagation, Received,
 };
 
 /// A pipe for one of a job's output streams: the server keeps `read` (non-blocking), the job gets `write`.

@@ -94,8 +94,8 @@ impl Namespaces {
             as u64,
     );
 
-    /// A job's shell made ahead of time (`isolation::shell_pool`): PID, mount, UTS and IPC. Its command gets
-    /// the cgroup namespace, rooted at the job's cgroup, when the shell starts it.
+    /// A job's shell made ahead of time (`isolation::shell_pool`): PID, mount, UTS and IPC. Its command gets a
+    /// cgroup namespace of its own when the shell starts it.
     pub const SHELL: Namespaces =
         Namespaces((libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64);
 
