@@ -199,13 +199,6 @@ fn splice(from: RawFd, to: RawFd, to_offset: Option<u64>, len: usize) -> io::Res
     }
 }
 
-/// Allocates disk blocks for `len` bytes of `file` from `offset` without changing its size
-/// (`fallocate(FALLOC_FL_KEEP_SIZE)`), so writes into them skip the file system's per-block delayed allocation.
-pub fn preallocate(file: RawFd, offset: u64, len: u64) -> io::Result<()> {
-    let (offset, len) = (off_t(offset)?, off_t(len)?);
-    syscall!(fallocate(file, libc::FALLOC_FL_KEEP_SIZE, offset, len)).map(drop)
-}
-
 /// A file offset as the kernel takes it (`off_t`, the same as `loff_t` on 64-bit Linux); too large is `EFBIG`.
 fn off_t(value: u64) -> io::Result<libc::off_t> {
     libc::off_t::try_from(value).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))

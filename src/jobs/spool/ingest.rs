@@ -75,8 +75,8 @@ impl Destination<'_> {
         }
     }
 
-    fn splice_target(&mut self, max_len: usize) -> io::Result<(RawFd, u64)> {
-        self.log.splice_target(self.spares, max_len)
+    fn splice_target(&mut self) -> io::Result<(RawFd, u64)> {
+        self.log.splice_target(self.spares)
     }
 
     fn commit_spliced(&mut self, filled: usize) -> io::Result<()> {
@@ -154,7 +154,7 @@ fn splice_pipe(to: &mut Destination<'_>, fd: RawFd, relay: &sys::OutputPipe, bud
                 // Only output that exists gets a place in a segment: a silent job creates no file.
                 let (file, data_at) = match target {
                     Some(target) => target,
-                    None => match to.splice_target(SPLICE_RECORD_BYTES) {
+                    None => match to.splice_target() {
                         Ok(place) => *target.insert(place),
                         Err(err) => {
                             to.commit_spliced(filled)?;

@@ -91,11 +91,6 @@ const MAX_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// File bytes between two points of a segment's index (see the module documentation).
 const INDEX_STRIDE: u64 = 64 * 1024;
 
-/// Disk blocks are reserved ahead of the writer in steps this large, once the segment being written holds at
-/// least this much (see [`OutputLog::reserve_blocks`]): a job that writes little never reserves anything.
-/// Reservations stop at the segment's limit, so a segment that fills up has nothing left to give back.
-const PREALLOCATION_STEP: u64 = 8 * 1024 * 1024;
-
 #[derive(Debug)]
 struct Segment {
     index: u64,
@@ -105,8 +100,8 @@ struct Segment {
     len: u64,
     /// Bytes in the file (records with headers).
     file_len: u64,
-    /// The file has disk blocks up to this offset: reserved ahead of `file_len`, or left from the file's
-    /// previous use when it was a spare. Past `file_len` they hold nothing readable.
+    /// The file has disk blocks up to this offset: past `file_len` only when it was a spare, whose old bytes
+    /// there hold nothing readable.
     blocks_to: u64,
     /// The size of the spare this segment is written over, until it is settled with the spares (see
     /// [`SpareSegments::settle`]); 0 for a new file.
@@ -164,8 +159,6 @@ pub struct OutputLog {
     writer: Option<File>,
     next_index: u64,
     segment_limit: u64,
-    /// Whether to reserve blocks at all: not after the file system refused once.
-    reserve: bool,
     retention: u64,
     end: u64,
     finished: bool,
@@ -220,7 +213,6 @@ impl OutputLog {
             writer: None,
             next_index: 0,
             segment_limit,
-            reserve: true,
             retention,
             end: 0,
             finished: false,
@@ -258,7 +250,6 @@ impl OutputLog {
             writer: None,
             next_index: indices.last().map_or(0, |last| last + 1),
             segment_limit,
-            reserve: true,
             retention,
             end: 0,
             finished: true,
@@ -351,7 +342,6 @@ impl OutputLog {
         }
         header.copy_from_slice(&record_header(stream, len));
         self.roll_if_full(spares)?;
-        self.reserve_blocks(2 * RECORD_HEADER_LEN + len);
         let (segment, file) = self.writing()?;
         file.write_all_at(data, segment.file_len + RECORD_HEADER_LEN as u64)?;
         commit_record(file, segment.file_len, header)?;
@@ -359,13 +349,11 @@ impl OutputLog {
         Ok(())
     }
 
-    /// Where the data of the next record (at most `max_len` bytes) goes: the segment file being written and the
-    /// offset just past the record's header. Write the data there (e.g. with `splice`), then call
-    /// [`Self::commit_spliced`]; until then the record is invisible to readers, and an uncommitted one is simply
-    /// overwritten by the next.
-    pub(super) fn splice_target(&mut self, spares: &mut SpareSegments, max_len: usize) -> io::Result<(RawFd, u64)> {
+    /// Where the data of the next record goes: the segment file being written and the offset just past the
+    /// record's header. Write the data there (e.g. with `splice`), then call [`Self::commit_spliced`]; until then
+    /// the record is invisible to readers, and an uncommitted one is simply overwritten by the next.
+    pub(super) fn splice_target(&mut self, spares: &mut SpareSegments) -> io::Result<(RawFd, u64)> {
         self.roll_if_full(spares)?;
-        self.reserve_blocks(2 * RECORD_HEADER_LEN + max_len);
         let (segment, file) = self.writing()?;
         Ok((file.as_raw_fd(), segment.file_len + RECORD_HEADER_LEN as u64))
     }
@@ -408,42 +396,8 @@ impl OutputLog {
         }
     }
 
-    /// Makes sure the current segment's disk blocks are reserved for the next `len` bytes, a step ahead.
-    ///
-    /// Why: on ext4 (and other delayed-allocation file systems) every 4 KiB written into a file's new page
-    /// cache costs a block reservation, an extent-cache entry and a buffer head; into blocks already allocated
-    /// (`fallocate` with `KEEP_SIZE`: the size does not change, readers see nothing new) the write skips them
-    /// (`docs/performance.md` has the measurement). Only a segment that already holds a step's worth reserves (so at most a step past what a busy
-    /// job has written, and nothing for a quiet one), and never past the segment's limit, so a segment that
-    /// fills up uses all it reserved; what the last segment reserved and did not use is given back when the
-    /// output ends. A spare written over already has its blocks.
-    fn reserve_blocks(&mut self, len: usize) {
-        if !self.reserve {
-            return;
-        }
-        let (Some(segment), Some(file)) = (self.segments.back_mut(), self.writer.as_ref()) else { return };
-        let from = segment.blocks_to.max(segment.file_len);
-        let needed = segment.file_len + len as u64;
-        if segment.file_len < PREALLOCATION_STEP || needed <= from {
-            return;
-        }
-        let until = needed.max(from + PREALLOCATION_STEP).min(self.segment_limit);
-        if until <= from {
-            return;
-        }
-        let reserved = crate::sys::preallocate(file.as_raw_fd(), from, until - from);
-        // Even a refused reservation may have taken some blocks (ext4 keeps what it got before running out of
-        // space): remembering `until` makes ending the output give those back too.
-        segment.blocks_to = until;
-        if let Err(err) = reserved {
-            // Only an optimisation: writes go on into unreserved blocks.
-            log::debug!("not reserving output blocks in {}: {err}", self.dir.display());
-            self.reserve = false;
-        }
-    }
-
-    /// Gives back the disk blocks past what the last segment holds (reserved ahead, or a spare's old bytes):
-    /// truncating a file to its own length frees the blocks past its end (a hole cannot be punched there).
+    /// Gives back the disk blocks past what the last segment holds (a spare's old bytes): truncating a file to
+    /// its own length frees the blocks past its end (a hole cannot be punched there).
     fn release_unwritten_blocks(&mut self, spares: &mut SpareSegments) {
         let (Some(segment), Some(file)) = (self.segments.back_mut(), self.writer.as_ref()) else { return };
         spares.settle(std::mem::take(&mut segment.lent));
@@ -823,7 +777,7 @@ mod tests {
         let size = fs::metadata(spool.log.segment_path(last.index)).unwrap().len();
         assert!(last.over_spare && size > last.file_len + 100_000, "older records lie past the last segment's end");
         // Its data, end mark and length written, the server died before the stream tag.
-        let (_, at) = spool.log.splice_target(&mut spool.spares, 1 << 20).unwrap();
+        let (_, at) = spool.log.splice_target(&mut spool.spares).unwrap();
         let path = spool.log.segment_path(spool.log.segments.back().unwrap().index);
         let file = OpenOptions::new().write(true).open(path).unwrap();
         let data = b"spliced, never committed";
@@ -998,27 +952,34 @@ mod tests {
     }
 
     #[test]
-    fn disk_blocks_are_reserved_ahead_of_a_big_segment_and_given_back_when_it_closes() {
+    fn a_segment_holds_disk_blocks_for_what_was_written_and_a_spares_old_bytes_go_when_the_output_ends() {
         use std::os::unix::fs::MetadataExt;
+        // Nothing is reserved ahead of the writer: on ext4 under writeback, `fallocate` on the loop took 40-170
+        // ms (docs/performance.md). Cap 128 MiB: segments of 16 MiB, the second one 10 MiB into its 16.
         let allocated = |path: &std::path::Path| fs::metadata(path).unwrap().blocks() * 512;
-        let mut spool = TestLog::new("reserve", 1 << 30);
-        spool.append(Stream::Stdout, &[7; 1000]);
-        let first = spool.log.segment_path(0);
-        // Needs a file system with fallocate (ext4, xfs, tmpfs...) under the temporary directory.
-        assert!(allocated(&first) < 64 * 1024, "a job that wrote little reserves nothing: {}", allocated(&first));
-        spool.append(Stream::Stderr, &vec![8; PREALLOCATION_STEP as usize]);
-        spool.append(Stream::Stdout, &[9; 1000]);
-        let written = SEGMENT_HEADER_LEN + (3 * RECORD_HEADER_LEN + 2000) as u64 + PREALLOCATION_STEP;
-        // What was written, and the end mark after the last record.
-        let end_mark = RECORD_HEADER_LEN as u64;
-        assert_eq!(fs::metadata(&first).unwrap().len(), written + end_mark, "the size is only what was written");
-        assert!(allocated(&first) >= written + PREALLOCATION_STEP / 2, "reserved ahead: {}", allocated(&first));
+        let mut spool = TestLog::new("blocks", 128 << 20);
+        for _ in 0..26 {
+            spool.append(Stream::Stdout, &vec![1u8; 1 << 20]);
+        }
+        assert_eq!(spool.log.segments.len(), 2);
+        for index in [0, 1] {
+            let path = spool.log.segment_path(index);
+            let written = fs::metadata(&path).unwrap().len();
+            assert!(allocated(&path) < written + 64 * 1024, "{} allocated for {written}", allocated(&path));
+        }
+
+        // A job that writes over a spare and ends early gives the spare's old bytes back.
+        let discarded = spool.root.join("another job's segment");
+        fs::write(&discarded, vec![0u8; 16 << 20]).unwrap();
+        spool.spares.keep_or_delete(&discarded, 16 << 20);
+        while spool.log.segments.back().is_some_and(|s| !s.over_spare) {
+            spool.append(Stream::Stdout, &vec![2u8; 1 << 20]);
+        }
+        let last = spool.log.segment_path(spool.log.segments.back().unwrap().index);
+        assert!(allocated(&last) >= 16 << 20, "the spare's blocks: {}", allocated(&last));
         spool.log.finish(&mut spool.spares);
-        assert!(allocated(&first) < written + 64 * 1024, "given back: {} for {written}", allocated(&first));
-        let got = read_all(&spool.log, &mut OutputCursor::new(0), 1 << 24);
-        assert_eq!(got[0], (0, Stream::Stdout, vec![7; 1000]));
-        assert_eq!(got[1], (1000, Stream::Stderr, vec![8; PREALLOCATION_STEP as usize]));
-        assert_eq!(got[2], (1000 + PREALLOCATION_STEP, Stream::Stdout, vec![9; 1000]));
+        let written = fs::metadata(&last).unwrap().len();
+        assert!(written < 4 << 20 && allocated(&last) < written + 64 * 1024, "{} for {written}", allocated(&last));
     }
 
     #[test]
@@ -1028,7 +989,7 @@ mod tests {
         let pipe = crate::sys::output_pipe().unwrap();
         let mut writer = File::from(pipe.write);
         let splice = |spool: &mut TestLog, stream: Stream| {
-            let (file, at) = spool.log.splice_target(&mut spool.spares, 1 << 20).unwrap();
+            let (file, at) = spool.log.splice_target(&mut spool.spares).unwrap();
             let moved = crate::sys::splice_to_file(pipe.read.as_raw_fd(), file, at, 1 << 20).unwrap().unwrap();
             spool.log.commit_spliced(&mut spool.spares, stream, moved).unwrap();
         };
@@ -1038,7 +999,7 @@ mod tests {
         writer.write_all(b" spliced").unwrap();
         splice(&mut spool, Stream::Stdout);
         // A target taken but never committed is invisible, and the next record takes its place.
-        let (file, at) = spool.log.splice_target(&mut spool.spares, 1 << 20).unwrap();
+        let (file, at) = spool.log.splice_target(&mut spool.spares).unwrap();
         writer.write_all(b"lost").unwrap();
         crate::sys::splice_to_file(pipe.read.as_raw_fd(), file, at, 1 << 20).unwrap();
         assert_eq!(spool.log.end(), 19);
@@ -1167,25 +1128,6 @@ mod tests {
         assert_eq!(spool.spares.bytes(), 0, "the spare was taken");
 
         assert_eq!(read_all(&spool.log, &mut cursor, 1 << 20), vec![(1 << 20, Stream::Stdout, vec![2; 1 << 20])]);
-    }
-
-    #[test]
-    fn a_segment_that_fills_up_keeps_no_reserved_blocks_past_its_end() {
-        use std::os::unix::fs::MetadataExt;
-        // Cap 128 MiB: segments of 16 MiB, past the 8 MiB from which blocks are reserved ahead.
-        let mut spool = TestLog::new("reserve-limit", 128 << 20);
-        for _ in 0..17 {
-            spool.append(Stream::Stdout, &vec![1u8; 1 << 20]);
-        }
-        assert_eq!(spool.log.segments.len(), 2);
-        let full = fs::metadata(spool.log.segment_path(0)).unwrap();
-        assert!(full.len() >= 16 << 20);
-        assert!(
-            full.blocks() * 512 < full.len() + 64 * 1024,
-            "{} bytes allocated for {}",
-            full.blocks() * 512,
-            full.len()
-        );
     }
 
     #[test]

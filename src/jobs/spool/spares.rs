@@ -16,8 +16,7 @@
 //! holds output (a spare's old bytes past that are never read). A spare taken stays *lent* until the segment
 //! written over it fills up or its output ends ([`SpareSegments::settle`]), since until then the file holds old
 //! bytes no cap counts. At most [`SPARE_FILES`] spares are kept, and spares plus what is lent stay within a
-//! quarter of `--max-output-total`: with record headers and the block reservations of writing jobs (at most
-//! 8 MiB each), the disk the spool holds beyond what its caps count.
+//! quarter of `--max-output-total`: with record headers, the disk the spool holds beyond what its caps count.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
