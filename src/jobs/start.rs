@@ -1,5 +1,5 @@
-//! Starting a job is several steps that each create something (its working directory, its cgroup, its process,
-//! its output log) and any of which can fail. [`HalfStarted`] holds what the steps made so far; dropped
+//! Starting a job is several steps that each create something (its output log, its working directory, its
+//! cgroup, its process) and any of which can fail. [`HalfStarted`] holds what the steps made so far; dropped
 //! before it is [`done`](HalfStarted::done), it takes all of it back, so a failed start leaves nothing behind
 //! whichever step failed. A working directory the server made ([`OwnWorkDir`]) removes itself when dropped,
 //! here or with its job.

@@ -258,6 +258,7 @@ impl JobTable {
         // Limits go to a cgroup where there is one (without, only pids is enforced, by the user's own count).
         let cgroup_limits = limits.filter(|_| self.containment.cgroups.is_some());
         let mut start = HalfStarted::new(id, &mut self.spool, self.containment.cgroups.as_mut());
+        start.create_output()?;
         let working_dir = match &spec.working_dir {
             Some(dir) => dir.clone(),
             None => start.create_work_dir(&self.work_dir, run_as)?,
@@ -270,9 +271,6 @@ impl JobTable {
         if let Some(limits) = &cgroup_limits {
             start.limit_cpu(limits)?;
         }
-        // After the launch: the job's output directory is not needed until its first output, a turn later at
-        // the earliest, and its `mkdir` is then done while the shell sets the job up on the other core.
-        start.create_output()?;
         let Started { output, own_work_dir, cgroup, process } = start.done();
 
         let key = self.next_key;
@@ -866,26 +864,6 @@ mod tests {
         assert_eq!(fs::read_dir(dir.join("work")).unwrap().count(), 0);
         assert!(table.list(&Caller { identity: "a".into(), admin: true }, &[], None).next().is_none());
         assert!(!table.has_running(), "a failed start counts as no running job");
-    }
-
-    #[test]
-    fn a_start_whose_output_cannot_be_kept_fails_and_its_process_is_gone() {
-        let (mut table, dir) = table("no-output");
-        // The output directory is made after the launch: a file where the jobs' directory should be fails it.
-        fs::rename(dir.join("jobs"), dir.join("jobs-aside")).unwrap();
-        fs::write(dir.join("jobs"), b"").unwrap();
-        let marker = dir.join("the job ran");
-        let script = format!("sleep 0.3; touch '{}'", marker.display());
-        let mut request = spec("sh", &["-c", &script]);
-        request.working_dir = "/".into();
-        let err = table.start("a", request).unwrap_err();
-        assert!(err.to_string().contains("cannot create the job's output spool"), "{err}");
-        std::thread::sleep(Duration::from_millis(600));
-        assert!(!marker.exists(), "the job's process was killed");
-        // With a working directory of its own, that directory is gone too.
-        assert!(table.start("a", spec("true", &[])).is_err());
-        assert_eq!(fs::read_dir(dir.join("work")).unwrap().count(), 0);
-        assert!(!table.has_running());
     }
 
     #[test]
