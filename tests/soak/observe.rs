@@ -23,11 +23,12 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// The server's flags the soak runs with, and the state directory's bound they imply.
 pub const MAX_OUTPUT_TOTAL: u64 = 48 << 20;
 pub const STATE_LIMIT_FORMULA: &str =
-    "48 MiB (--max-output-total) + 12 MiB (a quarter of it: spare segments) + 1 MiB per running job (its \
-     directories, record headers, partial blocks) + 16 MiB";
+    "48 MiB (--max-output-total) + 12 MiB (a quarter of it: spare segments) + 2 MiB per running job (the segment \
+     it writes, which no cap discards: an eighth of --max-output-bytes 4M and a record of up to 1 MiB; its \
+     directories and record) + 16 MiB";
 
 pub fn state_dir_limit(running_jobs: usize) -> u64 {
-    MAX_OUTPUT_TOTAL + MAX_OUTPUT_TOTAL / 4 + (1 << 20) * running_jobs as u64 + (16 << 20)
+    MAX_OUTPUT_TOTAL + MAX_OUTPUT_TOTAL / 4 + (2 << 20) * running_jobs as u64 + (16 << 20)
 }
 
 /// One look at the server from outside.

@@ -430,7 +430,7 @@ fn print_summary(
     }
     let max_running = samples.iter().map(|s| s.running_jobs).max().unwrap_or(0);
     println!(
-        "    state dir bound          {:.0} MiB with no job running, +1 MiB per running job ({:.0} at {max_running})",
+        "    state dir bound          {:.0} MiB with no job running, +2 MiB per running job ({:.0} at {max_running})",
         observe::state_dir_limit(0) as f64 / MIB,
         observe::state_dir_limit(max_running) as f64 / MIB,
     );

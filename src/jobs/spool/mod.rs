@@ -117,7 +117,8 @@ impl Spool {
         Ingested { drain, bytes }
     }
 
-    /// Marks `log` complete (its job's pipes are closed) and gives back the disk blocks it reserved ahead.
+    /// Marks `log` complete (its job's pipes are closed) and gives back what a spare held past its last segment's
+    /// end.
     pub fn finish(&mut self, log: &mut OutputLog) {
         self.counted(log, |log, spares, _| log.finish(spares));
     }
