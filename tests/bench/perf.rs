@@ -334,6 +334,17 @@ struct FloodProbe {
     /// The server's CPU time and its time runnable but waiting for a CPU (`/proc/PID/schedstat`), in seconds.
     server_cpu: f64,
     server_waiting: f64,
+    /// The share of the machine's CPU time the hypervisor took meanwhile (`steal` in `/proc/stat`).
+    stolen: f64,
+}
+
+/// The whole machine's CPU time so far and the part of it stolen by the hypervisor, in clock ticks (the `cpu`
+/// line of `/proc/stat`: user, nice, system, idle, iowait, irq, softirq, steal).
+fn machine_ticks() -> (u64, u64) {
+    let stat = fs::read_to_string("/proc/stat").unwrap();
+    let ticks: Vec<u64> =
+        stat.lines().next().unwrap().split_whitespace().skip(1).take(8).map(|f| f.parse().unwrap()).collect();
+    (ticks.iter().sum(), ticks[7])
 }
 
 /// The first two fields of `/proc/PID/schedstat`: time on a CPU, time waiting for one (nanoseconds).
@@ -367,6 +378,7 @@ fn probe_under_flood(pki: &Pki, flooders: usize, seconds: u64) -> FloodProbe {
     });
     let mut get_job = Vec::new();
     let (cpu_before, waiting_before) = schedstat(server.pid());
+    let (machine_before, stolen_before) = machine_ticks();
     let until = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < until {
         let begun = Instant::now();
@@ -375,6 +387,7 @@ fn probe_under_flood(pki: &Pki, flooders: usize, seconds: u64) -> FloodProbe {
         std::thread::sleep(Duration::from_millis(5));
     }
     let (cpu_after, waiting_after) = schedstat(server.pid());
+    let (machine_after, stolen_after) = machine_ticks();
     stop.store(true, Ordering::Relaxed);
     let start_job = starter.join().unwrap();
     drop(jobs);
@@ -383,6 +396,7 @@ fn probe_under_flood(pki: &Pki, flooders: usize, seconds: u64) -> FloodProbe {
         start_job,
         server_cpu: (cpu_after - cpu_before) as f64 / 1e9,
         server_waiting: (waiting_after - waiting_before) as f64 / 1e9,
+        stolen: (stolen_after - stolen_before) as f64 / (machine_after - machine_before).max(1) as f64,
     }
 }
 
@@ -401,11 +415,12 @@ fn flood_figures(pki: &Pki) {
         println!(
             "  {label:16} GetJob p50 {g50:6.2} p99 {g99:7.2} max {gmax:7.1} ms ({} calls); \
              StartJob p50 {s50:6.2} p99 {s99:7.2} max {smax:7.1} ms ({:.1}x idle p99); \
-             server CPU {:.1} s, waiting for a CPU {:.1} s",
+             server CPU {:.1} s, waiting for a CPU {:.1} s; the hypervisor took {:.0} % of the machine",
             run.get_job.len(),
             s99 / idle_start_p99,
             run.server_cpu,
-            run.server_waiting
+            run.server_waiting,
+            run.stolen * 100.0
         );
     }
     println!("  (goals under flood: GetJob p99 <= 10 ms, max <= 50 ms; StartJob p99 <= 3x idle)");
