@@ -91,6 +91,20 @@ impl Janitor {
         self.tell_helper();
     }
 
+    /// A name in the trash for something another helper moves there (see `spool::mover`): hand it over with
+    /// [`Self::hand_over`] once it is there.
+    pub fn reserve(&mut self) -> (u64, PathBuf) {
+        let name = self.next_name;
+        self.next_name += 1;
+        (name, self.trash.join(name.to_string()))
+    }
+
+    /// Removes what was moved into the trash as `name` (see [`Self::reserve`]).
+    pub fn hand_over(&mut self, name: u64) {
+        self.backlog.push_back(name);
+        self.tell_helper();
+    }
+
     /// True while names wait for room in the helper's pipe: call [`Self::retry`] a little later.
     pub fn has_backlog(&self) -> bool {
         !self.backlog.is_empty()

@@ -16,6 +16,7 @@ use super::janitor::Janitor;
 use super::job::Starting;
 use super::launch::{self, Launcher, StartReport, START_TIMEOUT};
 use super::limits::LimitPolicy;
+use super::spool::mover::SegmentMover;
 use super::spool::{Drain, Ingested, Spool, Stream, PIPE_CAPACITY};
 use super::start::{HalfStarted, Started};
 use super::{Caller, EndReason, Job, JobError, JobId, JobKey, JobSpec, JobState, StartRequest};
@@ -96,7 +97,14 @@ impl JobTable {
         fs::DirBuilder::new().mode(0o711).create(&work_dir)?;
         fs::set_permissions(&work_dir, fs::Permissions::from_mode(0o711))?;
         let janitor = Janitor::start(config.state_dir.join("trash"), config.helper_executable.as_deref())?;
-        let spool = Spool::create(&config.state_dir, config.max_output_bytes, config.max_output_total, janitor)?;
+        let mover = config.helper_executable.as_deref().and_then(|executable| {
+            SegmentMover::start(executable, &config.state_dir)
+                .inspect_err(|err| {
+                    log::warn!("cannot start the segment mover ({err}); spool files will be made on the event loop")
+                })
+                .ok()
+        });
+        let spool = Spool::create(&config.state_dir, config.max_output_bytes, config.max_output_total, janitor, mover)?;
         // Not where jobs get cgroups: a shell's init would live outside its job's cgroup (see
         // `isolation::shell_pool`), and those starts fork into the job's cgroup instead.
         let shell_pool = match (&config.helper_executable, &containment.isolation, &containment.cgroups) {

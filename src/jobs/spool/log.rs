@@ -43,7 +43,7 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::task::Waker;
 
-use super::spares::SpareSegments;
+use super::spares::{Prepared, SpareSegments};
 
 /// Which of the job's streams a byte came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -158,6 +158,9 @@ pub struct OutputLog {
     segments: VecDeque<Segment>,
     writer: Option<File>,
     next_index: u64,
+    /// The mover's ticket for the segment file `next_index` it is making ahead of need (see
+    /// [`SpareSegments::prepare`]).
+    next_segment: Option<u64>,
     segment_limit: u64,
     retention: u64,
     end: u64,
@@ -212,6 +215,7 @@ impl OutputLog {
             segments: VecDeque::new(),
             writer: None,
             next_index: 0,
+            next_segment: None,
             segment_limit,
             retention,
             end: 0,
@@ -249,6 +253,7 @@ impl OutputLog {
             segments: VecDeque::new(),
             writer: None,
             next_index: indices.last().map_or(0, |last| last + 1),
+            next_segment: None,
             segment_limit,
             retention,
             end: 0,
@@ -256,6 +261,8 @@ impl OutputLog {
             waiters: Vec::new(),
         };
         let (mut problems, mut unusable) = (Vec::new(), Vec::new());
+        let last_index = indices.last().copied();
+        let last_index = last_index.as_ref();
         for index in indices {
             let path = log.segment_path(index);
             if !problems.is_empty() {
@@ -269,7 +276,10 @@ impl OutputLog {
                     log.end = segment.start + segment.len;
                     log.segments.push_back(segment);
                 }
-                Err(problem) => {
+                // The file the mover made for the next segment (or the spare it moved in), never written: it
+                // held no output.
+                Err(SegmentProblem::NeverWritten(_)) if Some(&index) == last_index => unusable.push(path),
+                Err(SegmentProblem::NeverWritten(problem) | SegmentProblem::Unusable(problem)) => {
                     problems.push(format!("output segment {}: {problem}", path.display()));
                     unusable.push(path);
                 }
@@ -409,30 +419,65 @@ impl OutputLog {
         }
     }
 
-    /// Starts a new segment. A job whose last segment filled up writes over a spare if there is one (it is
-    /// likely to fill this one too); a new file otherwise.
+    /// Starts a new segment. A job whose last segment filled up is likely to fill this one too: it writes over
+    /// a spare if there is one, and the mover makes its next segment file while it fills this one, so that the
+    /// loop looks up no name for it (see `mover.rs`). Until that file is made the job writes on past the
+    /// segment's size. Otherwise the loop makes the file itself: a spare or a new file.
     fn roll(&mut self, spares: &mut SpareSegments) -> io::Result<()> {
         let index = self.next_index;
         let path = self.segment_path(index);
+        let prepared = match self.next_segment.map(|ticket| spares.take_prepared(ticket)) {
+            Some(Prepared::Waiting) if self.writer.is_some() => return Ok(()),
+            Some(Prepared::Waiting) => {
+                // Never: a ticket is only asked for while a segment is being written, and given up at the end.
+                if let Some(ticket) = self.next_segment {
+                    spares.abandon(ticket, &path);
+                }
+                return Err(io::Error::other("a segment was prepared for a log no longer written"));
+            }
+            prepared => prepared,
+        };
+        self.next_segment = None;
         let full = self.segments.back_mut().filter(|s| s.file_len >= self.segment_limit);
         let busy = full.is_some();
         if let Some(full) = full {
             // Filled up: whatever spare it was written over now holds only counted output.
             spares.settle(std::mem::take(&mut full.lent));
         }
-        let (file, blocks_to, lent) = match busy.then(|| spares.take(&path)).flatten() {
-            Some((file, len)) => (file, len, len),
-            // Not O_APPEND: `splice` refuses such files. Every write gives its offset.
-            None => (OpenOptions::new().create_new(true).write(true).mode(0o600).open(&path)?, 0, 0),
+        let (file, blocks_to, lent, over_old_bytes) = match prepared {
+            Some(Prepared::Ready(file, len)) => (file, len, len, len > 0),
+            Some(_) => {
+                // The mover failed or is gone: the file may be there, made or a spare moved in. Taken over as
+                // it is, its bytes treated as a spare's.
+                let file = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path)?;
+                let len = file.metadata()?.len();
+                (file, len, 0, len > 0)
+            }
+            None => match busy.then(|| spares.take(&path)).flatten() {
+                Some((file, len)) => (file, len, len, true),
+                // Not O_APPEND: `splice` refuses such files. Every write gives its offset.
+                None => (OpenOptions::new().create_new(true).write(true).mode(0o600).open(&path)?, 0, 0, false),
+            },
         };
-        let segment = Segment::new(index, self.end, blocks_to, lent);
+        let mut segment = Segment::new(index, self.end, blocks_to, lent);
+        segment.over_spare = over_old_bytes;
         // An end mark at once: over a spare, the spare's old first record follows the header.
         let header: Vec<u8> = segment.header(&self.owner()).iter().chain(&END_MARK).copied().collect();
         file.write_all_at(&header, 0)?;
         self.next_index += 1;
         self.writer = Some(file);
         self.segments.push_back(segment);
+        if busy {
+            self.next_segment = spares.prepare(&self.segment_path(self.next_index));
+        }
         Ok(())
+    }
+
+    /// Gives up the segment the mover was making for this log, if any (its output ended or it is removed).
+    fn abandon_next_segment(&mut self, spares: &mut SpareSegments) {
+        if let Some(ticket) = self.next_segment.take() {
+            spares.abandon(ticket, &self.segment_path(self.next_index));
+        }
     }
 
     fn segment_path(&self, index: u64) -> PathBuf {
@@ -458,6 +503,7 @@ impl OutputLog {
 
     /// Marks the output complete: no more appends; wakes every waiting reader so it can end its stream.
     pub(super) fn finish(&mut self, spares: &mut SpareSegments) {
+        self.abandon_next_segment(spares);
         self.release_unwritten_blocks(spares);
         self.writer = None;
         self.finished = true;
@@ -572,6 +618,7 @@ impl OutputLog {
     /// Discards every retained segment (into `spares` while they take them) and deletes the spool directory
     /// (job evicted, or server shutdown).
     pub(super) fn remove(&mut self, spares: &mut SpareSegments) {
+        self.abandon_next_segment(spares);
         self.writer = None;
         for segment in std::mem::take(&mut self.segments) {
             spares.settle(segment.lent);
@@ -593,36 +640,55 @@ pub struct Recovered {
 
 /// Reads back the segment file at `path`: its header, then its records up to the first that is not whole,
 /// cutting the file there. `expected_start` is where the segment before it ended.
+/// Why a segment file cannot be read back.
+enum SegmentProblem {
+    /// It has no header of its own, so it never held a record of this segment (one is written only after it):
+    /// a file made or a spare moved in for it, the server gone before it wrote there.
+    NeverWritten(String),
+    Unusable(String),
+}
+
+impl From<String> for SegmentProblem {
+    fn from(problem: String) -> SegmentProblem {
+        SegmentProblem::Unusable(problem)
+    }
+}
+
 fn recover_segment(
     path: &std::path::Path,
     index: u64,
     owner: &[u8; OWNER_LEN],
     expected_start: Option<u64>,
     trust_spares: bool,
-) -> Result<Segment, String> {
+) -> Result<Segment, SegmentProblem> {
     let file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| format!("cannot open it: {e}"))?;
     let size = file.metadata().map_err(|e| format!("cannot read its size: {e}"))?.len();
     let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
-    file.read_exact_at(&mut header, 0).map_err(|_| format!("{size} bytes, too short for a segment header"))?;
+    file.read_exact_at(&mut header, 0)
+        .map_err(|_| SegmentProblem::NeverWritten(format!("{size} bytes, too short for a segment header")))?;
     let word = |at: usize| header.get(at..at + 4).and_then(|w| w.try_into().ok()).map_or(0, u32::from_le_bytes);
     let start = header.get(16..24).and_then(|w| w.try_into().ok()).map_or(0, u64::from_le_bytes);
     if header.get(..8) != Some(&SEGMENT_MAGIC[..]) {
-        return Err("not a runnel output segment (no RUNNELSG header)".into());
+        return Err("not a runnel output segment (no RUNNELSG header)".to_string().into());
     }
     if word(8) != SEGMENT_VERSION {
-        return Err(format!("format version {}, and this runnel reads version {SEGMENT_VERSION}", word(8)));
+        return Err(format!("format version {}, and this runnel reads version {SEGMENT_VERSION}", word(8)).into());
     }
     let named = header.get(24..32).and_then(|w| w.try_into().ok()).map(u64::from_le_bytes);
     if named != Some(index) || header.get(32..) != Some(&owner[..]) {
         // A spare taken for this segment before its own header was written: another segment's file.
-        return Err("its header names another segment (a file being reused when the server stopped)".into());
+        return Err(SegmentProblem::NeverWritten(
+            "its header names another segment (a file being reused when the server stopped)".into(),
+        ));
     }
     let over_spare = word(12) & WRITTEN_OVER_SPARE != 0;
     if over_spare && !trust_spares {
-        return Err("written over an older segment's file while the machine went down: it may hold older output".into());
+        return Err("written over an older segment's file while the machine went down: it may hold older output"
+            .to_string()
+            .into());
     }
     if let Some(expected) = expected_start.filter(|&expected| expected != start) {
-        return Err(format!("it starts at offset {start}, where the output before it ends at {expected}"));
+        return Err(format!("it starts at offset {start}, where the output before it ends at {expected}").into());
     }
     let mut segment = Segment::new(index, start, size, 0);
     segment.over_spare = over_spare;
@@ -737,9 +803,13 @@ mod tests {
         fn new(name: &str, retention: u64) -> TestLog {
             let root = ScratchDir::new(&format!("output-{name}"));
             let log = OutputLog::create(root.join("log"), retention).unwrap();
-            let spares =
-                SpareSegments::create(root.join("spare"), 1 << 30, crate::jobs::janitor::Janitor::in_place(&root))
-                    .unwrap();
+            let spares = SpareSegments::create(
+                root.join("spare"),
+                1 << 30,
+                crate::jobs::janitor::Janitor::in_place(&root),
+                None,
+            )
+            .unwrap();
             TestLog { log, spares, root }
         }
 
@@ -785,6 +855,57 @@ mod tests {
         file.write_all_at(&END_MARK, at + data.len() as u64).unwrap();
         file.write_all_at(&(data.len() as u32).to_le_bytes(), at - 4).unwrap();
         spool
+    }
+
+    #[test]
+    fn segments_the_mover_makes_ahead_hold_the_output_and_a_crash_leaves_nothing_amiss() {
+        use crate::jobs::spool::mover::{serve, SegmentMover};
+        let root = ScratchDir::new("output-mover");
+        let (mover, helper_end) = SegmentMover::with_socket_pair();
+        let served = root.path().to_path_buf();
+        let helper = std::thread::spawn(move || serve(&helper_end, &served));
+        let janitor = crate::jobs::janitor::Janitor::in_place(&root);
+        let mut spares = SpareSegments::create(root.join("spare"), 1 << 30, janitor, Some(mover)).unwrap();
+        let mut log = OutputLog::create(root.join("log"), 8 << 20).unwrap();
+        let settle = |spares: &mut SpareSegments| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while spares.has_removals_waiting() && std::time::Instant::now() < deadline {
+                spares.retry_removals();
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            assert!(!spares.has_removals_waiting(), "the mover answers");
+        };
+        // 1 MiB segments; 20 MiB of output rolls 20 of them and discards 12 (into spares, or the trash).
+        let mut written = Vec::new();
+        for i in 0..200u32 {
+            let data: Vec<u8> = (0..100_000u32).map(|j| (i * 7 + j) as u8).collect();
+            let mut record = [&[0u8; RECORD_HEADER_LEN][..], &data].concat();
+            log.append(&mut spares, Stream::Stdout, &mut record).unwrap();
+            written.extend_from_slice(&data);
+            if i % 10 == 0 {
+                settle(&mut spares);
+            }
+        }
+        settle(&mut spares);
+        let next = log.segment_path(log.next_index);
+        assert!(log.next_segment.is_some() && next.exists(), "the next segment is made ahead of need");
+        let reused = fs::metadata(&next).unwrap().len();
+        assert!(reused >= 1 << 20, "made over a discarded segment the mover moved into the spares: {reused} bytes");
+        let read: Vec<u8> = read_all(&log, &mut OutputCursor::new(0), 1 << 20).into_iter().flat_map(|r| r.2).collect();
+        assert!(log.start() > 0 && read == written[log.start() as usize..], "the output, byte for byte");
+
+        // The server gone now: the made file is set aside as never written, without a word.
+        let recovered = OutputLog::recover(root.join("log"), 8 << 20, None, true).unwrap();
+        assert!(recovered.problems.is_empty(), "{:?}", recovered.problems);
+        assert_eq!(recovered.unusable, vec![next.clone()]);
+        assert_eq!((recovered.log.start(), recovered.log.end()), (log.start(), log.end()));
+
+        // The output ends: the made file is given up, and goes.
+        log.finish(&mut spares);
+        settle(&mut spares);
+        assert!(!next.exists(), "an unused next segment does not stay in the job's directory");
+        spares.finish_removals();
+        helper.join().unwrap();
     }
 
     #[test]

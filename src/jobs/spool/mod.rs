@@ -8,6 +8,7 @@
 
 mod ingest;
 mod log;
+pub mod mover;
 mod spares;
 
 pub use self::ingest::{Drain, PIPE_CAPACITY};
@@ -21,6 +22,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use self::ingest::{Destination, Ingester};
+use self::mover::SegmentMover;
 use self::spares::SpareSegments;
 use super::janitor::Janitor;
 
@@ -50,15 +52,22 @@ pub struct Spool {
 impl Spool {
     /// Creates `STATE/jobs` (or takes the one a previous server left, whose logs [`Self::recover_log`] reads
     /// back) and `STATE/spare` (which must not exist yet) for logs of at most `max_per_log` bytes each and
-    /// `max_total` together, with `janitor` to remove what they no longer keep.
-    pub fn create(state_dir: &Path, max_per_log: u64, max_total: u64, janitor: Janitor) -> io::Result<Spool> {
+    /// `max_total` together, with `janitor` to remove what they no longer keep and `mover` (if any) to make and
+    /// move their files off the loop.
+    pub fn create(
+        state_dir: &Path,
+        max_per_log: u64,
+        max_total: u64,
+        janitor: Janitor,
+        mover: Option<SegmentMover>,
+    ) -> io::Result<Spool> {
         let dir = state_dir.join("jobs");
         // Output is the server's alone.
         match fs::DirBuilder::new().mode(0o700).create(&dir) {
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
             created => created?,
         }
-        let spares = SpareSegments::create(state_dir.join("spare"), max_total / 4, janitor)?;
+        let spares = SpareSegments::create(state_dir.join("spare"), max_total / 4, janitor, mover)?;
         Ok(Spool { dir, max_per_log, max_total, retained_total: 0, spares, ingester: Ingester::default() })
     }
 

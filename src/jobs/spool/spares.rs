@@ -18,11 +18,13 @@
 //! bytes no cap counts. At most [`SPARE_FILES`] spares are kept, and spares plus what is lent stay within a
 //! quarter of `--max-output-total`: with record headers, the disk the spool holds beyond what its caps count.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
+use super::mover::{Reply, Request, SegmentMover};
 use crate::jobs::janitor::Janitor;
 
 /// How many discarded segment files are kept for reuse: a roll takes one as a discard gives one back, so a
@@ -32,7 +34,7 @@ pub const SPARE_FILES: usize = 2;
 /// A discarded segment smaller than this is deleted, not kept: deleting it is cheap, and reusing it saves little.
 const MIN_SPARE_BYTES: u64 = 1024 * 1024;
 
-/// The spare segment files of one job table.
+/// The spare segment files of one job table, and the helpers that move spool files off the loop.
 #[derive(Debug)]
 pub struct SpareSegments {
     dir: PathBuf,
@@ -43,6 +45,13 @@ pub struct SpareSegments {
     max_bytes: u64,
     /// Where the segments that are not kept go (off the event loop).
     janitor: Janitor,
+    /// Makes segment files and moves them off the loop (`mover.rs`); `None`: the loop does it.
+    mover: Option<SegmentMover>,
+    /// What the mover was asked and has not answered, by ticket.
+    awaiting: HashMap<u64, Awaiting>,
+    /// Segments the mover prepared that their log has not taken yet, by ticket: the file and the size of the
+    /// spare it was (0: a new file), or `None` if it could not be made.
+    prepared: HashMap<u64, Option<(File, u64)>>,
 }
 
 #[derive(Debug)]
@@ -52,57 +61,119 @@ struct Spare {
     len: u64,
 }
 
+/// A request the mover has not answered yet.
+#[derive(Debug)]
+enum Awaiting {
+    /// A segment being made, over `spare` (lent from the request on) or as a new file; `abandoned` once its log
+    /// no longer wants it.
+    Segment { spare: Option<Spare>, abandoned: bool },
+    /// A discarded segment moving from `from` into the spare directory, as `spare`.
+    ToSpare { from: PathBuf, spare: Spare },
+    /// A file moving from `from` into the trash, as the janitor's `name`.
+    ToTrash { from: PathBuf, name: u64 },
+}
+
+/// Where a segment asked of [`SpareSegments::prepare`] stands.
+#[derive(Debug)]
+pub enum Prepared {
+    /// Made: the file, open for writing, and the size of the spare it was (0: a new file, empty).
+    Ready(File, u64),
+    /// Not made yet.
+    Waiting,
+    /// Not made, or nothing is known of it (the mover is gone): the log makes it itself, at the same path, and
+    /// takes over whatever file is there.
+    Failed,
+}
+
 impl SpareSegments {
-    /// Creates the spare directory `dir` (which must not exist yet); spares will hold at most `max_bytes`, and
-    /// `janitor` removes the rest.
-    pub fn create(dir: PathBuf, max_bytes: u64, janitor: Janitor) -> io::Result<SpareSegments> {
+    /// Creates the spare directory `dir` (which must not exist yet); spares will hold at most `max_bytes`,
+    /// `janitor` removes the rest, and `mover` (if any) moves files off the loop.
+    pub fn create(
+        dir: PathBuf,
+        max_bytes: u64,
+        janitor: Janitor,
+        mover: Option<SegmentMover>,
+    ) -> io::Result<SpareSegments> {
         fs::DirBuilder::new().mode(0o700).create(&dir)?;
-        Ok(SpareSegments { dir, spares: Vec::new(), next_name: 0, lent: 0, max_bytes, janitor })
+        Ok(SpareSegments {
+            dir,
+            spares: Vec::new(),
+            next_name: 0,
+            lent: 0,
+            max_bytes,
+            janitor,
+            mover,
+            awaiting: HashMap::new(),
+            prepared: HashMap::new(),
+        })
     }
 
-    /// Removes `path`, a file or a directory tree, through the janitor.
+    /// Removes `path`, a file or a directory tree, through the janitor (moved into its trash by the mover).
     pub fn dispose(&mut self, path: &Path) {
-        self.janitor.remove(path);
+        let (name, in_trash) = match &self.mover {
+            Some(_) => self.janitor.reserve(),
+            None => return self.janitor.remove(path),
+        };
+        let request = Request::Move { from: path.to_path_buf(), to: in_trash };
+        if !self.ask(&request, Awaiting::ToTrash { from: path.to_path_buf(), name }) {
+            self.janitor.remove(path);
+        }
     }
 
-    /// Hands the janitor what waited for room in its pipe.
+    /// Takes the mover's replies, and hands the janitor what waited for room in its pipe.
     pub fn retry_removals(&mut self) {
+        self.collect_replies();
         self.janitor.retry();
     }
 
-    /// True while removals wait for room in the janitor's pipe.
+    /// True while the mover or the janitor has work of the loop's to finish: call [`Self::retry_removals`] a
+    /// little later.
     pub fn has_removals_waiting(&self) -> bool {
-        self.janitor.has_backlog()
+        self.janitor.has_backlog() || !self.awaiting.is_empty()
     }
 
-    /// Waits for the janitor to finish (server shutdown).
+    /// Waits for the mover and then the janitor to finish (server shutdown).
     pub fn finish_removals(&mut self) {
+        if let Some(mut mover) = self.mover.take() {
+            mover.close_requests();
+            while let Ok(Some(reply)) = mover.receive_waiting() {
+                self.answered(reply);
+            }
+            mover.reap();
+        }
+        self.lose_mover_requests();
+        self.prepared.clear();
         self.janitor.finish();
     }
 
     /// Takes over the discarded segment file at `path`, `len` bytes long, as a spare if there is room for it;
     /// has the janitor delete it otherwise.
     pub fn keep_or_delete(&mut self, path: &Path, len: u64) {
-        let room = self.spares.len() < SPARE_FILES && self.bytes() + self.lent + len <= self.max_bytes;
-        if len >= MIN_SPARE_BYTES && room {
-            let spare = self.dir.join(format!("{:08}", self.next_name));
-            match fs::rename(path, &spare) {
-                Ok(()) => {
-                    self.next_name += 1;
-                    self.spares.push(Spare { path: spare, len });
+        let moving: Vec<&Spare> = self.awaiting.values().filter_map(Awaiting::spare_moving).collect();
+        let count = self.spares.len() + moving.len();
+        let held = self.bytes() + moving.iter().map(|s| s.len).sum::<u64>();
+        if len >= MIN_SPARE_BYTES && count < SPARE_FILES && held + self.lent + len <= self.max_bytes {
+            let spare = Spare { path: self.dir.join(format!("{:08}", self.next_name)), len };
+            self.next_name += 1;
+            let request = Request::Move { from: path.to_path_buf(), to: spare.path.clone() };
+            if self.mover.is_some() {
+                if self.ask(&request, Awaiting::ToSpare { from: path.to_path_buf(), spare }) {
                     return;
                 }
-                Err(err) => log::debug!("cannot keep {} as a spare segment: {err}", path.display()),
+            } else {
+                match fs::rename(path, &spare.path) {
+                    Ok(()) => return self.spares.push(spare),
+                    Err(err) => log::debug!("cannot keep {} as a spare segment: {err}", path.display()),
+                }
             }
         }
-        self.janitor.remove(path);
+        self.dispose(path);
     }
 
     /// Moves the largest spare to `path` and opens it for writing over: the file and its size, or `None` when
     /// there is no spare (or it could not be moved, and is gone). The size is lent until [`Self::settle`].
     pub fn take(&mut self, path: &Path) -> Option<(File, u64)> {
-        let largest = (0..self.spares.len()).max_by_key(|&i| self.spares[i].len)?;
-        let spare = self.spares.swap_remove(largest);
+        let spare = self.take_largest()?;
         // Opened before it moves (the descriptor follows the file), so a failure leaves nothing at `path`.
         let moved = OpenOptions::new().write(true).open(&spare.path).and_then(|file| {
             fs::rename(&spare.path, path)?;
@@ -121,6 +192,56 @@ impl SpareSegments {
         }
     }
 
+    /// Asks the mover to make the segment file `target` ahead of need, over the largest spare if there is one
+    /// (lent from now on): a ticket for [`Self::take_prepared`], or `None` without a mover.
+    pub fn prepare(&mut self, target: &Path) -> Option<u64> {
+        self.mover.as_ref()?;
+        let spare = self.take_largest();
+        let request = Request::Prepare { target: target.to_path_buf(), spare: spare.as_ref().map(|s| s.path.clone()) };
+        let lent = spare.as_ref().map_or(0, |s| s.len);
+        match self.send(&request) {
+            Some(ticket) => {
+                self.lent += lent;
+                self.awaiting.insert(ticket, Awaiting::Segment { spare, abandoned: false });
+                Some(ticket)
+            }
+            None => {
+                self.spares.extend(spare);
+                None
+            }
+        }
+    }
+
+    /// Where the segment asked for with `ticket` stands; once `Ready` or `Failed`, the ticket is spent.
+    pub fn take_prepared(&mut self, ticket: u64) -> Prepared {
+        self.collect_replies();
+        match self.prepared.remove(&ticket) {
+            Some(Some((file, len))) => Prepared::Ready(file, len),
+            Some(None) => Prepared::Failed,
+            None if self.awaiting.contains_key(&ticket) => Prepared::Waiting,
+            None => Prepared::Failed,
+        }
+    }
+
+    /// The segment asked for with `ticket`, to be made at `target`, is not wanted (its output ended first): it
+    /// becomes a spare or goes, once made.
+    pub fn abandon(&mut self, ticket: u64, target: &Path) {
+        self.collect_replies();
+        let len = match (self.prepared.remove(&ticket), self.awaiting.get_mut(&ticket)) {
+            (Some(Some((_, len))), _) => len,
+            (Some(None), _) => return,
+            (None, Some(Awaiting::Segment { spare, abandoned })) => {
+                *abandoned = true;
+                spare.as_ref().map_or(0, |s| s.len)
+            }
+            // The mover is gone: whatever it made, if anything.
+            (None, _) => 0,
+        };
+        self.settle(len);
+        // Asked after the request that makes it, so the mover finds it (or fails to, if that failed).
+        self.keep_or_delete(target, len);
+    }
+
     /// A spare [`Self::take`] lent, `len` bytes, is no longer holding uncounted bytes: the segment written over
     /// it filled up, or its output ended and the file was cut to what it holds.
     pub fn settle(&mut self, len: u64) {
@@ -130,6 +251,115 @@ impl SpareSegments {
     /// Bytes held in spares.
     pub fn bytes(&self) -> u64 {
         self.spares.iter().map(|s| s.len).sum()
+    }
+
+    fn take_largest(&mut self) -> Option<Spare> {
+        let largest = (0..self.spares.len()).max_by_key(|&i| self.spares[i].len)?;
+        Some(self.spares.swap_remove(largest))
+    }
+
+    /// Sends `request`, remembering it as `awaiting`; false if the mover cannot take it (do it in place).
+    fn ask(&mut self, request: &Request, awaiting: Awaiting) -> bool {
+        match self.send(request) {
+            Some(ticket) => {
+                self.awaiting.insert(ticket, awaiting);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn send(&mut self, request: &Request) -> Option<u64> {
+        match self.mover.as_mut()?.send(request) {
+            Ok(ticket) => ticket,
+            Err(err) => {
+                self.lose_mover(&err);
+                None
+            }
+        }
+    }
+
+    /// Takes every reply that came, without waiting.
+    fn collect_replies(&mut self) {
+        while let Some(mover) = &mut self.mover {
+            match mover.receive() {
+                Ok(Some(reply)) => self.answered(reply),
+                Ok(None) => return,
+                Err(err) => self.lose_mover(&err),
+            }
+        }
+    }
+
+    fn answered(&mut self, Reply { ticket, outcome }: Reply) {
+        let Some(awaiting) = self.awaiting.remove(&ticket) else {
+            log::warn!("the segment mover answered a request never made ({ticket})");
+            return;
+        };
+        match (awaiting, outcome) {
+            (Awaiting::Segment { abandoned: true, .. }, _) => {}
+            (Awaiting::Segment { spare, .. }, Ok(Some(file))) => {
+                self.prepared.insert(ticket, Some((file, spare.map_or(0, |s| s.len))));
+            }
+            (Awaiting::Segment { spare, .. }, failed) => {
+                log::debug!("the segment mover could not make a segment: {:?}", failed.err());
+                if let Some(spare) = spare {
+                    self.settle(spare.len);
+                    self.janitor.remove(&spare.path);
+                }
+                self.prepared.insert(ticket, None);
+            }
+            (Awaiting::ToSpare { spare, .. }, Ok(_)) => self.spares.push(spare),
+            (Awaiting::ToTrash { name, .. }, Ok(_)) => self.janitor.hand_over(name),
+            (Awaiting::ToSpare { from, .. } | Awaiting::ToTrash { from, .. }, Err(err)) => {
+                log::debug!("the segment mover could not move {}: {err}", from.display());
+                self.janitor.remove(&from);
+            }
+        }
+    }
+
+    /// The mover failed: the loop does its work from now on, and what it was asked is done or undone here.
+    fn lose_mover(&mut self, err: &io::Error) {
+        if let Some(mover) = self.mover.take() {
+            log::error!("the segment mover is gone ({err}); spool files will be made and moved on the event loop");
+            // Not waited for: it may be stuck on the disk. It ends with its socket, and is reaped at exit.
+            drop(mover);
+        }
+        self.lose_mover_requests();
+    }
+
+    /// Settles what the mover was asked and will never answer: each file is wherever the mover left it.
+    fn lose_mover_requests(&mut self) {
+        for (ticket, awaiting) in std::mem::take(&mut self.awaiting) {
+            match awaiting {
+                Awaiting::Segment { spare, abandoned } => {
+                    // At its old path or its new one: the log takes over the new one; the old goes.
+                    if let Some(spare) = spare {
+                        self.settle(spare.len);
+                        self.janitor.remove(&spare.path);
+                    }
+                    if !abandoned {
+                        self.prepared.insert(ticket, None);
+                    }
+                }
+                Awaiting::ToSpare { from, spare } => {
+                    self.janitor.remove(&from);
+                    self.janitor.remove(&spare.path);
+                }
+                Awaiting::ToTrash { from, name } => {
+                    self.janitor.remove(&from);
+                    self.janitor.hand_over(name);
+                }
+            }
+        }
+    }
+}
+
+impl Awaiting {
+    fn spare_moving(&self) -> Option<&Spare> {
+        match self {
+            Awaiting::ToSpare { spare, .. } => Some(spare),
+            _ => None,
+        }
     }
 }
 
@@ -148,7 +378,8 @@ mod tests {
     #[test]
     fn keeps_big_discarded_files_up_to_its_count_and_hands_out_the_largest() {
         let scratch = ScratchDir::new("spares");
-        let mut spares = SpareSegments::create(scratch.join("spare"), 1 << 30, Janitor::in_place(&scratch)).unwrap();
+        let mut spares =
+            SpareSegments::create(scratch.join("spare"), 1 << 30, Janitor::in_place(&scratch), None).unwrap();
         let small = segment(&scratch, "small", MIN_SPARE_BYTES - 1);
         spares.keep_or_delete(&small, MIN_SPARE_BYTES - 1);
         assert!(!small.exists(), "a small segment is deleted");
@@ -172,7 +403,8 @@ mod tests {
     #[test]
     fn spares_and_what_is_lent_stay_within_the_byte_limit() {
         let scratch = ScratchDir::new("spares");
-        let mut spares = SpareSegments::create(scratch.join("spare"), 5 << 20, Janitor::in_place(&scratch)).unwrap();
+        let mut spares =
+            SpareSegments::create(scratch.join("spare"), 5 << 20, Janitor::in_place(&scratch), None).unwrap();
         spares.keep_or_delete(&segment(&scratch, "a", 3 << 20), 3 << 20);
         let (_, lent) = spares.take(&scratch.join("written-over")).unwrap();
         let refused = segment(&scratch, "b", 3 << 20);

@@ -1,0 +1,325 @@
+//! Making and moving segment files off the event loop.
+//!
+//! A busy job's spool needs a directory operation for each segment: a new segment file is created in the job's
+//! directory, or a spare is renamed into it, and a discarded segment is renamed out of it (into `STATE/spare`
+//! or `STATE/trash`). Each of these looks the name up in a directory, and while the kernel writes that
+//! directory's block back under a flood of output, the lookup waits for the disk: 14–98 ms on the development
+//! VM (`docs/performance.md`, "Session 14"), with every client waiting. So a helper process the server starts
+//! from its own executable (`runnel __segments STATE`) does them on another core:
+//!
+//! - *prepare*: while a busy job fills a segment, the helper makes its next one (a spare renamed into place, or
+//!   a new file) and sends back an open descriptor, which the loop writes through without ever looking the name
+//!   up;
+//! - *move*: a discarded segment is renamed into the spare directory, or into the trash for the janitor.
+//!
+//! Requests and replies are `SOCK_SEQPACKET` messages (a reply carries the prepared file's descriptor); the
+//! helper serves them in order, so a move asked after a prepare of the same file finds it in place. The loop
+//! never waits for a reply: it looks for them when it needs one and on the removal timer, and falls back to doing
+//! the work itself when the helper is gone or its socket is full. Paths are the server's own, under the state
+//! directory the helper was started with; it refuses any other. It dies with the server and ends when the
+//! server closes its socket, after the requests already sent.
+
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::Child;
+
+use crate::sys::{self, Received};
+
+/// The hidden subcommand that runs the helper (`runnel __segments STATE`).
+pub const SEGMENT_MOVER_COMMAND: &str = "__segments";
+
+/// What the loop asks of the helper.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Make the segment file `target` (which must not exist): the spare `spare` renamed there, or a new file;
+    /// the reply carries it open for writing.
+    Prepare { target: PathBuf, spare: Option<PathBuf> },
+    /// Rename `from` to `to`.
+    Move { from: PathBuf, to: PathBuf },
+}
+
+/// The helper's answer to the request with ticket `ticket`.
+#[derive(Debug)]
+pub struct Reply {
+    pub ticket: u64,
+    /// The prepared file (none for a move), or why the request failed.
+    pub outcome: Result<Option<File>, String>,
+}
+
+/// How long the server, stopping, waits for each of the mover's last replies before it stops without them.
+const SHUTDOWN_WAIT_MS: i32 = 30_000;
+
+const PREPARE: u8 = b'P';
+const MOVE: u8 = b'M';
+
+impl Request {
+    /// `kind, ticket (8 bytes LE), first path, NUL, second path` (an empty second path: a new file).
+    fn encode(&self, ticket: u64) -> Vec<u8> {
+        let (kind, first, second) = match self {
+            Request::Prepare { target, spare } => (PREPARE, target, spare.as_deref().unwrap_or(Path::new(""))),
+            Request::Move { from, to } => (MOVE, from, to.as_path()),
+        };
+        let mut message = vec![kind];
+        message.extend_from_slice(&ticket.to_le_bytes());
+        message.extend_from_slice(first.as_os_str().as_bytes());
+        message.push(0);
+        message.extend_from_slice(second.as_os_str().as_bytes());
+        message
+    }
+
+    fn decode(message: &[u8]) -> Option<(u64, Request)> {
+        let (&kind, rest) = message.split_first()?;
+        let (ticket, paths) = rest.split_at_checked(8)?;
+        let ticket = u64::from_le_bytes(ticket.try_into().ok()?);
+        let mut paths = paths.split(|&b| b == 0);
+        let (first, second) = (paths.next()?, paths.next()?);
+        if paths.next().is_some() || first.is_empty() {
+            return None;
+        }
+        let path = |bytes: &[u8]| PathBuf::from(OsString::from_vec(bytes.to_vec()));
+        let request = match kind {
+            PREPARE => Request::Prepare { target: path(first), spare: (!second.is_empty()).then(|| path(second)) },
+            MOVE if !second.is_empty() => Request::Move { from: path(first), to: path(second) },
+            _ => return None,
+        };
+        Some((ticket, request))
+    }
+}
+
+/// The server's side of the helper.
+#[derive(Debug)]
+pub struct SegmentMover {
+    /// `None` for a helper served by a test's thread.
+    process: Option<Child>,
+    /// The server's end, non-blocking.
+    socket: OwnedFd,
+    next_ticket: u64,
+}
+
+impl SegmentMover {
+    /// Starts the helper from `executable` (the server's own) for the state directory `state_dir`.
+    pub fn start(executable: &Path, state_dir: &Path) -> io::Result<SegmentMover> {
+        let (socket, helper_end) = sys::seqpacket_pair()?;
+        let process =
+            sys::spawn_helper(executable, &[SEGMENT_MOVER_COMMAND.as_ref(), state_dir.as_os_str()], helper_end)?;
+        log::info!("segment mover started: pid {}, making and moving spool files", process.id());
+        Ok(SegmentMover { process: Some(process), socket, next_ticket: 0 })
+    }
+
+    /// A mover whose helper is `serve` run by the caller (a test's thread) on the returned socket.
+    #[cfg(test)]
+    pub fn with_socket_pair() -> (SegmentMover, OwnedFd) {
+        let (socket, helper_end) = sys::seqpacket_pair().unwrap();
+        (SegmentMover { process: None, socket, next_ticket: 0 }, helper_end)
+    }
+
+    /// Sends `request` without waiting: its ticket, `Ok(None)` when the socket is full (do the work in place), an
+    /// error when the helper is gone.
+    pub fn send(&mut self, request: &Request) -> io::Result<Option<u64>> {
+        let ticket = self.next_ticket;
+        if !sys::send_with_descriptors(self.socket.as_raw_fd(), &request.encode(ticket), &[])? {
+            return Ok(None);
+        }
+        self.next_ticket += 1;
+        Ok(Some(ticket))
+    }
+
+    /// The next reply, if one came; an error when the helper is gone or sent what it never sends.
+    pub fn receive(&mut self) -> io::Result<Option<Reply>> {
+        match sys::receive_with_descriptors(self.socket.as_raw_fd(), false)? {
+            Received::Empty => Ok(None),
+            Received::Closed => Err(io::Error::new(io::ErrorKind::BrokenPipe, "the segment mover closed its socket")),
+            Received::Message { bytes, mut fds } => {
+                let malformed = || io::Error::new(io::ErrorKind::InvalidData, "a reply the segment mover never sends");
+                let (ticket, status) = bytes.split_at_checked(8).ok_or_else(malformed)?;
+                let ticket = u64::from_le_bytes(ticket.try_into().map_err(|_| malformed())?);
+                let outcome = match status.split_first() {
+                    Some((0, _)) if fds.len() <= 1 => Ok(fds.pop().map(File::from)),
+                    Some((1, message)) if fds.is_empty() => Err(String::from_utf8_lossy(message).into_owned()),
+                    _ => return Err(malformed()),
+                };
+                Ok(Some(Reply { ticket, outcome }))
+            }
+        }
+    }
+
+    /// The next reply, waiting up to [`SHUTDOWN_WAIT_MS`] for it: at shutdown (after [`Self::close_requests`]).
+    pub fn receive_waiting(&mut self) -> io::Result<Option<Reply>> {
+        if !sys::wait_readable(self.socket.as_raw_fd(), SHUTDOWN_WAIT_MS)? {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "the segment mover did not answer"));
+        }
+        self.receive()
+    }
+
+    /// Stops sending; the helper serves what it was sent and ends. The replies still come: take them with
+    /// [`Self::receive_waiting`] until it errs, then call [`Self::reap`].
+    pub fn close_requests(&self) {
+        if let Err(err) = sys::shut_down_sending(self.socket.as_raw_fd()) {
+            log::debug!("cannot shut down the segment mover's socket: {err}");
+        }
+    }
+
+    /// Waits for the helper process to end (after [`Self::close_requests`], or once it is gone).
+    pub fn reap(mut self) {
+        let Some(mut process) = self.process.take() else { return };
+        drop(self.socket);
+        match process.wait() {
+            Ok(status) if status.success() => {}
+            Ok(status) => log::warn!("the segment mover ended with {status}"),
+            Err(err) => log::warn!("cannot wait for the segment mover: {err}"),
+        }
+    }
+}
+
+/// Serves requests arriving on `socket` for files under `root` until the server closes it.
+pub fn serve(socket: &OwnedFd, root: &Path) {
+    loop {
+        let message = match sys::receive_with_descriptors(socket.as_raw_fd(), true) {
+            Ok(Received::Message { bytes, .. }) => bytes,
+            Ok(Received::Empty) => continue,
+            Ok(Received::Closed) => return,
+            Err(err) if err.kind() == io::ErrorKind::ConnectionReset => return,
+            Err(err) => {
+                eprintln!("runnel segment mover: cannot read the server's requests: {err}");
+                return;
+            }
+        };
+        let Some((ticket, request)) = Request::decode(&message) else {
+            eprintln!("runnel segment mover: ignoring a request it cannot read");
+            continue;
+        };
+        let outcome = carry_out(&request, root);
+        let mut reply = ticket.to_le_bytes().to_vec();
+        let fds = match &outcome {
+            Ok(file) => {
+                reply.push(0);
+                file.iter().map(|f| f.as_raw_fd()).collect()
+            }
+            Err(err) => {
+                reply.push(1);
+                reply.extend_from_slice(err.to_string().as_bytes());
+                Vec::new()
+            }
+        };
+        // A server gone: nothing to tell, and the next receive ends the loop.
+        let _ = sys::send_with_descriptors(socket.as_raw_fd(), &reply, &fds);
+    }
+}
+
+fn carry_out(request: &Request, root: &Path) -> io::Result<Option<File>> {
+    let inside = |path: &Path| {
+        let plain = path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+        if plain && path.starts_with(root) && path != root {
+            Ok(())
+        } else {
+            Err(io::Error::new(io::ErrorKind::PermissionDenied, format!("{} is not a spool file", path.display())))
+        }
+    };
+    match request {
+        Request::Prepare { target, spare } => {
+            inside(target)?;
+            let file = match spare {
+                Some(spare) => {
+                    inside(spare)?;
+                    // Opened before it moves (the descriptor follows the file), so a failure leaves nothing at
+                    // `target`.
+                    let file = OpenOptions::new().write(true).open(spare)?;
+                    fs::rename(spare, target)?;
+                    file
+                }
+                None => OpenOptions::new().create_new(true).write(true).mode(0o600).open(target)?,
+            };
+            Ok(Some(file))
+        }
+        Request::Move { from, to } => {
+            inside(from)?;
+            inside(to)?;
+            fs::rename(from, to)?;
+            Ok(None)
+        }
+    }
+}
+
+/// Runs the helper; never returns. `args` are those after `__segments`: the state directory.
+pub fn main(args: Vec<OsString>) -> ! {
+    let [root] = <[OsString; 1]>::try_from(args).unwrap_or_else(|_| {
+        eprintln!("error: INVALID_ARGUMENT: `runnel {SEGMENT_MOVER_COMMAND}` is internal to the server");
+        std::process::exit(2)
+    });
+    // Its stdin is its end of the socket pair (see `sys::spawn_helper`).
+    let socket = match io::stdin().as_fd().try_clone_to_owned() {
+        Ok(socket) => socket,
+        Err(err) => {
+            eprintln!("runnel segment mover: cannot take its socket: {err}");
+            std::process::exit(1)
+        }
+    };
+    serve(&socket, Path::new(&root));
+    std::process::exit(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scratch::ScratchDir;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn requests_read_back_as_sent_and_nothing_else_reads_as_one() {
+        let prepare = Request::Prepare { target: "/s/jobs/a/00000001".into(), spare: Some("/s/spare/00000003".into()) };
+        let new = Request::Prepare { target: "/s/jobs/a/00000002".into(), spare: None };
+        let moved = Request::Move { from: "/s/jobs/a/00000000".into(), to: "/s/trash/7".into() };
+        for (ticket, request) in [(1, prepare), (u64::MAX, new), (0, moved)] {
+            assert_eq!(Request::decode(&request.encode(ticket)), Some((ticket, request)));
+        }
+        for garbage in [&b""[..], b"P", b"P12345678", b"M12345678/a\0", b"X12345678/a\0/b", b"P12345678/a\0/b\0/c"] {
+            assert_eq!(Request::decode(garbage), None, "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn the_helper_prepares_and_moves_files_under_its_root_only() {
+        let scratch = ScratchDir::new("mover");
+        let root = scratch.join("state");
+        fs::create_dir_all(root.join("jobs/a")).unwrap();
+        fs::create_dir_all(root.join("spare")).unwrap();
+        fs::write(root.join("spare/00000000"), b"old bytes").unwrap();
+        let (mut mover, helper_end) = SegmentMover::with_socket_pair();
+        let served_root = root.clone();
+        let helper = std::thread::spawn(move || serve(&helper_end, &served_root));
+
+        let requests = [
+            Request::Prepare { target: root.join("jobs/a/00000000"), spare: Some(root.join("spare/00000000")) },
+            Request::Prepare { target: root.join("jobs/a/00000001"), spare: None },
+            Request::Prepare { target: root.join("jobs/a/00000001"), spare: None },
+            Request::Move { from: root.join("jobs/a/00000001"), to: root.join("spare/00000001") },
+            Request::Move { from: root.join("jobs/a/00000000"), to: scratch.join("outside") },
+            Request::Prepare { target: root.join("jobs/../../escape"), spare: None },
+        ];
+        let tickets: Vec<u64> = requests.iter().map(|r| mover.send(r).unwrap().unwrap()).collect();
+        let mut replies: Vec<Reply> = tickets.iter().map(|_| mover.receive_waiting().unwrap().unwrap()).collect();
+        assert_eq!(replies.iter().map(|r| r.ticket).collect::<Vec<_>>(), tickets, "served in order");
+
+        let taken = replies[0].outcome.as_mut().unwrap().take().unwrap();
+        taken.write_all_at(b"new", 0).unwrap();
+        assert_eq!(fs::read(root.join("jobs/a/00000000")).unwrap(), b"new bytes", "the spare, open, in place");
+        assert!(!root.join("spare/00000000").exists());
+        assert!(replies[1].outcome.as_ref().unwrap().is_some(), "a new file");
+        assert!(replies[2].outcome.as_ref().unwrap_err().contains("exists"), "{:?}", replies[2].outcome);
+        assert!(replies[3].outcome.as_ref().unwrap().is_none() && root.join("spare/00000001").exists());
+        for refused in &replies[4..] {
+            assert!(refused.outcome.as_ref().unwrap_err().contains("is not a spool file"), "{:?}", refused.outcome);
+        }
+        assert!(root.join("jobs/a/00000000").exists() && !scratch.join("outside").exists());
+
+        mover.close_requests();
+        assert!(mover.receive_waiting().is_err(), "the helper ends when the server stops sending");
+        helper.join().unwrap();
+        mover.reap();
+    }
+}
