@@ -336,6 +336,20 @@ struct FloodProbe {
     server_waiting: f64,
     /// The share of the machine's CPU time the hypervisor took meanwhile (`steal` in `/proc/stat`).
     stolen: f64,
+    /// The GetJob calls over [`SLOW_CALL_MS`], each with the part of it the probe and the server spent runnable
+    /// but waiting for a CPU: where the tail comes from.
+    slow_calls: Vec<SlowCall>,
+}
+
+/// A GetJob call is slow past this (the goal for its p99).
+const SLOW_CALL_MS: f64 = 10.0;
+
+/// One slow GetJob call, in milliseconds: how long it took, and how much of that the probe's thread and the
+/// server waited for a CPU (`/proc/.../schedstat`; a wait still going on when it ends is not counted yet).
+struct SlowCall {
+    round_trip: f64,
+    probe_waiting: f64,
+    server_waiting: f64,
 }
 
 /// The whole machine's CPU time so far and the part of it stolen by the hypervisor, in clock ticks (the `cpu`
@@ -349,7 +363,11 @@ fn machine_ticks() -> (u64, u64) {
 
 /// The first two fields of `/proc/PID/schedstat`: time on a CPU, time waiting for one (nanoseconds).
 fn schedstat(pid: i32) -> (u64, u64) {
-    let stat = fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap();
+    schedstat_at(&format!("/proc/{pid}/schedstat"))
+}
+
+fn schedstat_at(path: &str) -> (u64, u64) {
+    let stat = fs::read_to_string(path).unwrap();
     let mut fields = stat.split_whitespace().map(|f| f.parse().unwrap());
     (fields.next().unwrap(), fields.next().unwrap())
 }
@@ -376,14 +394,27 @@ fn probe_under_flood(pki: &Pki, flooders: usize, seconds: u64) -> FloodProbe {
         }
         round_trips
     });
-    let mut get_job = Vec::new();
+    let (mut get_job, mut slow_calls) = (Vec::new(), Vec::new());
     let (cpu_before, waiting_before) = schedstat(server.pid());
     let (machine_before, stolen_before) = machine_ticks();
     let until = Instant::now() + Duration::from_secs(seconds);
+    let server_stat = format!("/proc/{}/schedstat", server.pid());
     while Instant::now() < until {
+        let (_, probe_before) = schedstat_at("/proc/thread-self/schedstat");
+        let (_, server_before) = schedstat_at(&server_stat);
         let begun = Instant::now();
         let _: Job = probe.unary(path::GET_JOB, &GetJobRequest { job_id: own.id.clone() }, None).unwrap();
-        get_job.push(begun.elapsed().as_secs_f64() * 1e3);
+        let round_trip = begun.elapsed().as_secs_f64() * 1e3;
+        get_job.push(round_trip);
+        if round_trip > SLOW_CALL_MS {
+            let (_, probe_after) = schedstat_at("/proc/thread-self/schedstat");
+            let (_, server_after) = schedstat_at(&server_stat);
+            slow_calls.push(SlowCall {
+                round_trip,
+                probe_waiting: (probe_after - probe_before) as f64 / 1e6,
+                server_waiting: (server_after - server_before) as f64 / 1e6,
+            });
+        }
         std::thread::sleep(Duration::from_millis(5));
     }
     let (cpu_after, waiting_after) = schedstat(server.pid());
@@ -397,7 +428,28 @@ fn probe_under_flood(pki: &Pki, flooders: usize, seconds: u64) -> FloodProbe {
         server_cpu: (cpu_after - cpu_before) as f64 / 1e9,
         server_waiting: (waiting_after - waiting_before) as f64 / 1e9,
         stolen: (stolen_after - stolen_before) as f64 / (machine_after - machine_before).max(1) as f64,
+        slow_calls,
     }
+}
+
+/// Where the slow calls' time went: their count, the share of their time the probe and the server waited for
+/// a CPU, and the slowest one's parts.
+fn describe_slow_calls(calls: &[SlowCall]) -> String {
+    let Some(slowest) = calls.iter().max_by(|a, b| a.round_trip.total_cmp(&b.round_trip)) else {
+        return format!("no GetJob over {SLOW_CALL_MS} ms");
+    };
+    let total: f64 = calls.iter().map(|c| c.round_trip).sum();
+    let share = |part: fn(&SlowCall) -> f64| calls.iter().map(part).sum::<f64>() / total * 100.0;
+    format!(
+        "{} GetJob over {SLOW_CALL_MS} ms: of their time the probe waited for a CPU {:.0} %, the server {:.0} %; \
+         the slowest ({:.1} ms): probe {:.1} ms, server {:.1} ms",
+        calls.len(),
+        share(|c| c.probe_waiting),
+        share(|c| c.server_waiting),
+        slowest.round_trip,
+        slowest.probe_waiting,
+        slowest.server_waiting
+    )
 }
 
 /// The probe idle, and with 4 and 16 jobs flooding output: GetJob and StartJob p50/p99/max.
@@ -422,6 +474,9 @@ fn flood_figures(pki: &Pki) {
             run.server_waiting,
             run.stolen * 100.0
         );
+        if flooders > 0 {
+            println!("  {:16} {}", "", describe_slow_calls(&run.slow_calls));
+        }
     }
     println!("  (goals under flood: GetJob p99 <= 10 ms, max <= 50 ms; StartJob p99 <= 3x idle)");
 }
