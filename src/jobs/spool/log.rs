@@ -88,6 +88,10 @@ const END_MARK: [u8; RECORD_HEADER_LEN] = [0; RECORD_HEADER_LEN];
 const MIN_SEGMENT_BYTES: u64 = 64 * 1024;
 const MAX_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
+/// A busy job writes on past its segment's size while the mover makes its next file, up to this many times the
+/// size; past that it makes the one after itself.
+const OVERDUE_SEGMENTS: u64 = 2;
+
 /// File bytes between two points of a segment's index (see the module documentation).
 const INDEX_STRIDE: u64 = 64 * 1024;
 
@@ -276,9 +280,14 @@ impl OutputLog {
                     log.end = segment.start + segment.len;
                     log.segments.push_back(segment);
                 }
-                // The file the mover made for the next segment (or the spare it moved in), never written: it
-                // held no output.
-                Err(SegmentProblem::NeverWritten(_)) if Some(&index) == last_index => unusable.push(path),
+                // A file the mover made for a segment (or the spare it moved in), never written: it held no
+                // output. The last one, or one the log went on past (the segment after it must continue the
+                // one before). Unless the machine went down: then its own header may be what the disk lost.
+                Err(SegmentProblem::NeverWritten(_))
+                    if trust_spares && (Some(&index) == last_index || expected_start.is_some()) =>
+                {
+                    unusable.push(path)
+                }
                 Err(SegmentProblem::NeverWritten(problem) | SegmentProblem::Unusable(problem)) => {
                     problems.push(format!("output segment {}: {problem}", path.display()));
                     unusable.push(path);
@@ -424,20 +433,20 @@ impl OutputLog {
     /// loop looks up no name for it (see `mover.rs`). Until that file is made the job writes on past the
     /// segment's size. Otherwise the loop makes the file itself: a spare or a new file.
     fn roll(&mut self, spares: &mut SpareSegments) -> io::Result<()> {
-        let index = self.next_index;
-        let path = self.segment_path(index);
-        let prepared = match self.next_segment.map(|ticket| spares.take_prepared(ticket)) {
-            Some(Prepared::Waiting) if self.writer.is_some() => return Ok(()),
-            Some(Prepared::Waiting) => {
-                // Never: a ticket is only asked for while a segment is being written, and given up at the end.
-                if let Some(ticket) = self.next_segment {
-                    spares.abandon(ticket, &path);
-                }
-                return Err(io::Error::other("a segment was prepared for a log no longer written"));
+        let overdue = self.segments.back().is_some_and(|s| s.file_len >= OVERDUE_SEGMENTS * self.segment_limit);
+        let prepared = match (self.next_segment, self.next_segment.map(|ticket| spares.take_prepared(ticket))) {
+            (_, Some(Prepared::Waiting)) if self.writer.is_some() && !overdue => return Ok(()),
+            (Some(ticket), Some(Prepared::Waiting)) => {
+                // The mover is that far behind: its file goes when made, and this log makes the one after it.
+                spares.abandon(ticket, &self.segment_path(self.next_index));
+                self.next_index += 1;
+                None
             }
-            prepared => prepared,
+            (_, prepared) => prepared,
         };
         self.next_segment = None;
+        let index = self.next_index;
+        let path = self.segment_path(index);
         let full = self.segments.back_mut().filter(|s| s.file_len >= self.segment_limit);
         let busy = full.is_some();
         if let Some(full) = full {
@@ -463,7 +472,12 @@ impl OutputLog {
         segment.over_spare = over_old_bytes;
         // An end mark at once: over a spare, the spare's old first record follows the header.
         let header: Vec<u8> = segment.header(&self.owner()).iter().chain(&END_MARK).copied().collect();
-        file.write_all_at(&header, 0)?;
+        if let Err(err) = file.write_all_at(&header, 0) {
+            // Not a segment: what it was lent is the spares' again, and the next roll makes the one after it.
+            spares.settle(lent);
+            self.next_index += 1;
+            return Err(err);
+        }
         self.next_index += 1;
         self.writer = Some(file);
         self.segments.push_back(segment);
@@ -906,6 +920,34 @@ mod tests {
         assert!(!next.exists(), "an unused next segment does not stay in the job's directory");
         spares.finish_removals();
         helper.join().unwrap();
+    }
+
+    #[test]
+    fn a_job_writes_on_while_the_mover_is_late_and_makes_its_own_segment_when_it_is_too_late() {
+        use crate::jobs::spool::mover::SegmentMover;
+        let root = ScratchDir::new("output-late-mover");
+        // A mover that never answers.
+        let (mover, helper_end) = SegmentMover::with_socket_pair();
+        let janitor = crate::jobs::janitor::Janitor::in_place(&root);
+        let mut spares = SpareSegments::create(root.join("spare"), 1 << 30, janitor, Some(mover)).unwrap();
+        let mut log = OutputLog::create(root.join("log"), 8 << 20).unwrap();
+        let mut written = Vec::new();
+        for i in 0..60u32 {
+            let data: Vec<u8> = (0..100_000u32).map(|j| (i * 3 + j) as u8).collect();
+            let mut record = [&[0u8; RECORD_HEADER_LEN][..], &data].concat();
+            log.append(&mut spares, Stream::Stderr, &mut record).unwrap();
+            written.extend_from_slice(&data);
+        }
+        let indices: Vec<u64> = log.segments.iter().map(|s| s.index).collect();
+        let sizes: Vec<u64> = log.segments.iter().map(|s| s.file_len).collect();
+        // 1 MiB segments: the first rolled by itself, the second waited for the mover up to twice its size, and
+        // the log went on past the index the mover was asked for.
+        assert_eq!(&indices[..3], &[0, 1, 3], "{indices:?}");
+        assert!(sizes[1] >= 2 << 20 && sizes[1] < (2 << 20) + 200_000, "{sizes:?}");
+        let read: Vec<u8> = read_all(&log, &mut OutputCursor::new(0), 1 << 20).into_iter().flat_map(|r| r.2).collect();
+        assert_eq!(read, written, "the output, byte for byte");
+        drop(helper_end);
+        spares.finish_removals();
     }
 
     #[test]

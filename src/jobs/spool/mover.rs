@@ -212,12 +212,16 @@ pub fn serve(socket: &OwnedFd, root: &Path) {
 }
 
 fn carry_out(request: &Request, root: &Path) -> io::Result<Option<File>> {
+    // Below the state directory, by plain names only (however the server spelled the directory itself).
     let inside = |path: &Path| {
-        let plain = path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-        if plain && path.starts_with(root) && path != root {
-            Ok(())
-        } else {
-            Err(io::Error::new(io::ErrorKind::PermissionDenied, format!("{} is not a spool file", path.display())))
+        let below = path.strip_prefix(root).ok().filter(|below| {
+            below.components().next().is_some() && below.components().all(|c| matches!(c, Component::Normal(_)))
+        });
+        match below {
+            Some(_) => Ok(()),
+            None => {
+                Err(io::Error::new(io::ErrorKind::PermissionDenied, format!("{} is not a spool file", path.display())))
+            }
         }
     };
     match request {

@@ -64,9 +64,9 @@ struct Spare {
 /// A request the mover has not answered yet.
 #[derive(Debug)]
 enum Awaiting {
-    /// A segment being made, over `spare` (lent from the request on) or as a new file; `abandoned` once its log
-    /// no longer wants it.
-    Segment { spare: Option<Spare>, abandoned: bool },
+    /// A segment being made, over `spare` (lent from the request on) or as a new file; `abandoned` (its path)
+    /// once its log no longer wants it: then it goes as soon as it is made.
+    Segment { spare: Option<Spare>, abandoned: Option<PathBuf> },
     /// A discarded segment moving from `from` into the spare directory, as `spare`.
     ToSpare { from: PathBuf, spare: Spare },
     /// A file moving from `from` into the trash, as the janitor's `name`.
@@ -136,10 +136,18 @@ impl SpareSegments {
     pub fn finish_removals(&mut self) {
         if let Some(mut mover) = self.mover.take() {
             mover.close_requests();
-            while let Ok(Some(reply)) = mover.receive_waiting() {
-                self.answered(reply);
+            let ended = loop {
+                match mover.receive_waiting() {
+                    Ok(Some(reply)) => self.answered(reply),
+                    Ok(None) => continue,
+                    Err(err) => break err.kind() != io::ErrorKind::TimedOut,
+                }
+            };
+            if ended {
+                mover.reap();
+            } else {
+                log::warn!("the segment mover did not finish; stopping without it");
             }
-            mover.reap();
         }
         self.lose_mover_requests();
         self.prepared.clear();
@@ -202,7 +210,7 @@ impl SpareSegments {
         match self.send(&request) {
             Some(ticket) => {
                 self.lent += lent;
-                self.awaiting.insert(ticket, Awaiting::Segment { spare, abandoned: false });
+                self.awaiting.insert(ticket, Awaiting::Segment { spare, abandoned: None });
                 Some(ticket)
             }
             None => {
@@ -227,19 +235,21 @@ impl SpareSegments {
     /// becomes a spare or goes, once made.
     pub fn abandon(&mut self, ticket: u64, target: &Path) {
         self.collect_replies();
-        let len = match (self.prepared.remove(&ticket), self.awaiting.get_mut(&ticket)) {
-            (Some(Some((_, len))), _) => len,
-            (Some(None), _) => return,
-            (None, Some(Awaiting::Segment { spare, abandoned })) => {
-                *abandoned = true;
-                spare.as_ref().map_or(0, |s| s.len)
+        if let Some(Awaiting::Segment { spare, abandoned }) = self.awaiting.get_mut(&ticket) {
+            // Dealt with when the mover answers: the file is not there yet.
+            *abandoned = Some(target.to_path_buf());
+            let len = spare.as_ref().map_or(0, |s| s.len);
+            return self.settle(len);
+        }
+        match self.prepared.remove(&ticket) {
+            Some(Some((file, len))) => {
+                drop(file);
+                self.settle(len);
+                self.keep_or_delete(target, len);
             }
-            // The mover is gone: whatever it made, if anything.
-            (None, _) => 0,
-        };
-        self.settle(len);
-        // Asked after the request that makes it, so the mover finds it (or fails to, if that failed).
-        self.keep_or_delete(target, len);
+            // Not made, or its descriptor lost, or the mover gone: whatever is there goes.
+            _ => self.dispose(target),
+        }
     }
 
     /// A spare [`Self::take`] lent, `len` bytes, is no longer holding uncounted bytes: the segment written over
@@ -296,7 +306,16 @@ impl SpareSegments {
             return;
         };
         match (awaiting, outcome) {
-            (Awaiting::Segment { abandoned: true, .. }, _) => {}
+            // Its lent size was settled when it was abandoned.
+            (Awaiting::Segment { abandoned: Some(target), spare }, outcome) => match outcome {
+                Ok(Some(_)) => self.keep_or_delete(&target, spare.map_or(0, |s| s.len)),
+                Ok(None) => self.dispose(&target),
+                Err(_) => {
+                    if let Some(spare) = spare {
+                        self.janitor.remove(&spare.path);
+                    }
+                }
+            },
             (Awaiting::Segment { spare, .. }, Ok(Some(file))) => {
                 self.prepared.insert(ticket, Some((file, spare.map_or(0, |s| s.len))));
             }
@@ -333,12 +352,15 @@ impl SpareSegments {
             match awaiting {
                 Awaiting::Segment { spare, abandoned } => {
                     // At its old path or its new one: the log takes over the new one; the old goes.
-                    if let Some(spare) = spare {
-                        self.settle(spare.len);
+                    if let Some(spare) = &spare {
                         self.janitor.remove(&spare.path);
                     }
-                    if !abandoned {
-                        self.prepared.insert(ticket, None);
+                    match abandoned {
+                        Some(target) => self.janitor.remove(&target),
+                        None => {
+                            self.settle(spare.map_or(0, |s| s.len));
+                            self.prepared.insert(ticket, None);
+                        }
                     }
                 }
                 Awaiting::ToSpare { from, spare } => {
