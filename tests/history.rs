@@ -489,3 +489,44 @@ fn two_servers_histories_restored_into_one_directory_are_both_served() {
         assert_eq!(merged.stop_with(SIGTERM, Duration::from_secs(30)).code(), Some(0));
     }
 }
+
+#[test]
+fn a_busy_jobs_segment_files_are_the_segment_movers_and_the_server_carries_on_without_it() {
+    let pki = Pki::new();
+    // 1 MiB segments, 8 MiB kept per job: 22 MB of output rolls 21 segments and discards 13.
+    let mut server = Server::start(&pki, &["--max-output-bytes", "8M"]);
+    let state = server.state_dir.to_str().unwrap().to_string();
+    let movers = || util::pids_where(|cmdline| cmdline.contains(" __segments ") && cmdline.contains(&state));
+    assert_eq!(movers().len(), 1, "one segment mover per server: {:?}", movers());
+    let mover = movers()[0];
+    assert!(server.log_text().contains(&format!("segment mover started: pid {mover}")), "{}", server.log_text());
+    let mut alice = server.client("alice");
+    let segment_files = |id: &str| {
+        let dir = fs::read_dir(server.state_dir.join("jobs").join(id)).unwrap();
+        dir.filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit())).count()
+    };
+    let check = |alice: &mut Client, script: &str| {
+        let job = start(alice, script);
+        let ended = wait(alice, &job.id);
+        let (start, runs) = output(alice, &job.id);
+        let kept = stdout_of(&runs);
+        let expected = seq_output(ended.output_bytes as usize);
+        assert_eq!((start, kept.len() as u64), (ended.output_start, ended.output_bytes - ended.output_start));
+        assert!(kept[..] == expected[start as usize..], "job {}: its output, byte for byte", job.id);
+        assert!(ended.output_start > 0 && ended.output_bytes > 20_000_000, "{ended:?}");
+        job.id
+    };
+
+    let first = check(&mut alice, "seq 1 3000000");
+    // The retained segments only: a next segment made ahead and never written went when the output ended.
+    assert!(eventually(Duration::from_secs(10), || segment_files(&first) <= 9), "{} files", segment_files(&first));
+
+    // Without the mover, the loop makes and moves the files itself.
+    util::unsafe_kill(mover, SIGKILL);
+    let second = check(&mut alice, "seq 1 3000000");
+    assert!(segment_files(&second) <= 9, "{} files", segment_files(&second));
+    assert!(server.log_text().contains("the segment mover is gone"), "{}", server.log_text());
+    drop(alice);
+    assert_eq!(server.stop_with(SIGTERM, Duration::from_secs(30)).code(), Some(0));
+    assert_only_history_left(&server.state_dir);
+}
