@@ -415,17 +415,16 @@ impl OutputLog {
         }
     }
 
-    /// Gives back the disk blocks past what the last segment holds (a spare's old bytes): truncating a file to
-    /// its own length frees the blocks past its end (a hole cannot be punched there).
-    fn release_unwritten_blocks(&mut self, spares: &mut SpareSegments) {
-        let (Some(segment), Some(file)) = (self.segments.back_mut(), self.writer.as_ref()) else { return };
+    /// Closes the segment file being written (through the mover: see [`SpareSegments::close_segment_file`]),
+    /// giving back the disk blocks past what it holds (a spare's old bytes): truncating a file to its own length
+    /// frees the blocks past its end (a hole cannot be punched there).
+    fn close_writer(&mut self, spares: &mut SpareSegments) {
+        let Some(file) = self.writer.take() else { return };
+        let Some(segment) = self.segments.back_mut() else { return spares.close_segment_file(file, None) };
         spares.settle(std::mem::take(&mut segment.lent));
-        if segment.blocks_to > segment.file_len {
-            if let Err(err) = file.set_len(segment.file_len) {
-                log::warn!("cannot give back unused disk blocks in {}: {err}", self.dir.display());
-            }
-            segment.blocks_to = segment.file_len;
-        }
+        let cut_to = (segment.blocks_to > segment.file_len).then_some(segment.file_len);
+        segment.blocks_to = segment.file_len;
+        spares.close_segment_file(file, cut_to);
     }
 
     /// Starts a new segment. A job whose last segment filled up is likely to fill this one too: it writes over
@@ -479,7 +478,9 @@ impl OutputLog {
             return Err(err);
         }
         self.next_index += 1;
-        self.writer = Some(file);
+        if let Some(full) = self.writer.replace(file) {
+            spares.close_segment_file(full, None);
+        }
         self.segments.push_back(segment);
         if busy {
             self.next_segment = spares.prepare(&self.segment_path(self.next_index));
@@ -518,8 +519,7 @@ impl OutputLog {
     /// Marks the output complete: no more appends; wakes every waiting reader so it can end its stream.
     pub(super) fn finish(&mut self, spares: &mut SpareSegments) {
         self.abandon_next_segment(spares);
-        self.release_unwritten_blocks(spares);
-        self.writer = None;
+        self.close_writer(spares);
         self.finished = true;
         self.wake_readers();
     }
@@ -633,7 +633,9 @@ impl OutputLog {
     /// (job evicted, or server shutdown).
     pub(super) fn remove(&mut self, spares: &mut SpareSegments) {
         self.abandon_next_segment(spares);
-        self.writer = None;
+        if let Some(file) = self.writer.take() {
+            spares.close_segment_file(file, None);
+        }
         for segment in std::mem::take(&mut self.segments) {
             spares.settle(segment.lent);
             spares.keep_or_delete(&self.segment_path(segment.index), segment.blocks_to);
@@ -914,10 +916,21 @@ mod tests {
         assert_eq!(recovered.unusable, vec![next.clone()]);
         assert_eq!((recovered.log.start(), recovered.log.end()), (log.start(), log.end()));
 
-        // The output ends: the made file is given up, and goes.
+        // The log rolls onto the spare made ahead and writes a little there; then its output ends.
+        let rolled_to = log.next_index;
+        while log.segments.back().unwrap().index != rolled_to {
+            let mut record = [&[0u8; RECORD_HEADER_LEN][..], &[9u8; 100_000]].concat();
+            log.append(&mut spares, Stream::Stdout, &mut record).unwrap();
+            settle(&mut spares);
+        }
+        let next = log.segment_path(log.next_index);
         log.finish(&mut spares);
         settle(&mut spares);
         assert!(!next.exists(), "an unused next segment does not stay in the job's directory");
+        let last = log.segments.back().unwrap();
+        let size = fs::metadata(log.segment_path(last.index)).unwrap().len();
+        assert!(last.file_len < reused, "the spare held more than the segment written over it");
+        assert_eq!(size, last.file_len, "the mover cut the last segment to what it holds when it closed it");
         spares.finish_removals();
         helper.join().unwrap();
     }

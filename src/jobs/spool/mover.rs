@@ -41,6 +41,10 @@ pub enum Request {
     Prepare { target: PathBuf, spare: Option<PathBuf> },
     /// Rename `from` to `to`.
     Move { from: PathBuf, to: PathBuf },
+    /// Close the segment file sent with the request, cut to `cut_to` bytes first if given. A writer's last close
+    /// waits for the file's block allocation under writeback (ext4 drops its preallocations then), and a cut
+    /// frees blocks: 25–30 ms on the loop under floods.
+    Close { cut_to: Option<u64> },
 }
 
 /// The helper's answer to the request with ticket `ticket`.
@@ -56,13 +60,21 @@ const SHUTDOWN_WAIT_MS: i32 = 30_000;
 
 const PREPARE: u8 = b'P';
 const MOVE: u8 = b'M';
+const CLOSE: u8 = b'C';
 
 impl Request {
-    /// `kind, ticket (8 bytes LE), first path, NUL, second path` (an empty second path: a new file).
+    /// `kind, ticket (8 bytes LE)`, then for a prepare or a move `first path, NUL, second path` (an empty second
+    /// path: a new file), for a close the length to cut to (8 bytes LE) if any.
     fn encode(&self, ticket: u64) -> Vec<u8> {
         let (kind, first, second) = match self {
             Request::Prepare { target, spare } => (PREPARE, target, spare.as_deref().unwrap_or(Path::new(""))),
             Request::Move { from, to } => (MOVE, from, to.as_path()),
+            Request::Close { cut_to } => {
+                let mut message = vec![CLOSE];
+                message.extend_from_slice(&ticket.to_le_bytes());
+                message.extend(cut_to.iter().flat_map(|len| len.to_le_bytes()));
+                return message;
+            }
         };
         let mut message = vec![kind];
         message.extend_from_slice(&ticket.to_le_bytes());
@@ -76,6 +88,14 @@ impl Request {
         let (&kind, rest) = message.split_first()?;
         let (ticket, paths) = rest.split_at_checked(8)?;
         let ticket = u64::from_le_bytes(ticket.try_into().ok()?);
+        if kind == CLOSE {
+            let cut_to = match paths.len() {
+                0 => None,
+                8 => Some(u64::from_le_bytes(paths.try_into().ok()?)),
+                _ => return None,
+            };
+            return Some((ticket, Request::Close { cut_to }));
+        }
         let mut paths = paths.split(|&b| b == 0);
         let (first, second) = (paths.next()?, paths.next()?);
         if paths.next().is_some() || first.is_empty() {
@@ -118,11 +138,12 @@ impl SegmentMover {
         (SegmentMover { process: None, socket, next_ticket: 0 }, helper_end)
     }
 
-    /// Sends `request` without waiting: its ticket, `Ok(None)` when the socket is full (do the work in place), an
-    /// error when the helper is gone.
-    pub fn send(&mut self, request: &Request) -> io::Result<Option<u64>> {
+    /// Sends `request` (with the file a close is for) without waiting: its ticket, `Ok(None)` when the socket is
+    /// full (do the work in place), an error when the helper is gone.
+    pub fn send(&mut self, request: &Request, file: Option<&File>) -> io::Result<Option<u64>> {
         let ticket = self.next_ticket;
-        if !sys::send_with_descriptors(self.socket.as_raw_fd(), &request.encode(ticket), &[])? {
+        let fds: Vec<_> = file.iter().map(|f| f.as_raw_fd()).collect();
+        if !sys::send_with_descriptors(self.socket.as_raw_fd(), &request.encode(ticket), &fds)? {
             return Ok(None);
         }
         self.next_ticket += 1;
@@ -179,8 +200,8 @@ impl SegmentMover {
 /// Serves requests arriving on `socket` for files under `root` until the server closes it.
 pub fn serve(socket: &OwnedFd, root: &Path) {
     loop {
-        let message = match sys::receive_with_descriptors(socket.as_raw_fd(), true) {
-            Ok(Received::Message { bytes, .. }) => bytes,
+        let (message, fds) = match sys::receive_with_descriptors(socket.as_raw_fd(), true) {
+            Ok(Received::Message { bytes, fds }) => (bytes, fds),
             Ok(Received::Empty) => continue,
             Ok(Received::Closed) => return,
             Err(err) if err.kind() == io::ErrorKind::ConnectionReset => return,
@@ -193,7 +214,7 @@ pub fn serve(socket: &OwnedFd, root: &Path) {
             eprintln!("runnel segment mover: ignoring a request it cannot read");
             continue;
         };
-        let outcome = carry_out(&request, root);
+        let outcome = carry_out(&request, root, fds);
         let mut reply = ticket.to_le_bytes().to_vec();
         let fds = match &outcome {
             Ok(file) => {
@@ -211,7 +232,8 @@ pub fn serve(socket: &OwnedFd, root: &Path) {
     }
 }
 
-fn carry_out(request: &Request, root: &Path) -> io::Result<Option<File>> {
+/// Does what `request` asks, with `fds` the descriptors it came with (all closed by the end but a prepared file).
+fn carry_out(request: &Request, root: &Path, fds: Vec<OwnedFd>) -> io::Result<Option<File>> {
     // Below the state directory, by plain names only (however the server spelled the directory itself).
     let inside = |path: &Path| {
         let below = path.strip_prefix(root).ok().filter(|below| {
@@ -246,6 +268,18 @@ fn carry_out(request: &Request, root: &Path) -> io::Result<Option<File>> {
             fs::rename(from, to)?;
             Ok(None)
         }
+        Request::Close { cut_to } => {
+            let Ok([fd]) = <[OwnedFd; 1]>::try_from(fds) else {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "a close without exactly one file"));
+            };
+            let file = File::from(fd);
+            if let Some(len) = cut_to {
+                file.set_len(*len)?;
+            }
+            // The close is the point: the server's own descriptor is closed already.
+            drop(file);
+            Ok(None)
+        }
     }
 }
 
@@ -278,10 +312,19 @@ mod tests {
         let prepare = Request::Prepare { target: "/s/jobs/a/00000001".into(), spare: Some("/s/spare/00000003".into()) };
         let new = Request::Prepare { target: "/s/jobs/a/00000002".into(), spare: None };
         let moved = Request::Move { from: "/s/jobs/a/00000000".into(), to: "/s/trash/7".into() };
-        for (ticket, request) in [(1, prepare), (u64::MAX, new), (0, moved)] {
+        let (close, cut) = (Request::Close { cut_to: None }, Request::Close { cut_to: Some(1 << 40) });
+        for (ticket, request) in [(1, prepare), (u64::MAX, new), (0, moved), (2, close), (3, cut)] {
             assert_eq!(Request::decode(&request.encode(ticket)), Some((ticket, request)));
         }
-        for garbage in [&b""[..], b"P", b"P12345678", b"M12345678/a\0", b"X12345678/a\0/b", b"P12345678/a\0/b\0/c"] {
+        for garbage in [
+            &b""[..],
+            b"P",
+            b"P12345678",
+            b"M12345678/a\0",
+            b"X12345678/a\0/b",
+            b"P12345678/a\0/b\0/c",
+            b"C12345678123",
+        ] {
             assert_eq!(Request::decode(garbage), None, "{garbage:?}");
         }
     }
@@ -305,7 +348,14 @@ mod tests {
             Request::Move { from: root.join("jobs/a/00000000"), to: scratch.join("outside") },
             Request::Prepare { target: root.join("jobs/../../escape"), spare: None },
         ];
-        let tickets: Vec<u64> = requests.iter().map(|r| mover.send(r).unwrap().unwrap()).collect();
+        let mut tickets: Vec<u64> = requests.iter().map(|r| mover.send(r, None).unwrap().unwrap()).collect();
+        // A file sent to be cut and closed; a close without one.
+        let written = root.join("jobs/a/written");
+        fs::write(&written, vec![7u8; 100_000]).unwrap();
+        let file = OpenOptions::new().write(true).open(&written).unwrap();
+        tickets.push(mover.send(&Request::Close { cut_to: Some(4096) }, Some(&file)).unwrap().unwrap());
+        drop(file);
+        tickets.push(mover.send(&Request::Close { cut_to: None }, None).unwrap().unwrap());
         let mut replies: Vec<Reply> = tickets.iter().map(|_| mover.receive_waiting().unwrap().unwrap()).collect();
         assert_eq!(replies.iter().map(|r| r.ticket).collect::<Vec<_>>(), tickets, "served in order");
 
@@ -316,10 +366,12 @@ mod tests {
         assert!(replies[1].outcome.as_ref().unwrap().is_some(), "a new file");
         assert!(replies[2].outcome.as_ref().unwrap_err().contains("exists"), "{:?}", replies[2].outcome);
         assert!(replies[3].outcome.as_ref().unwrap().is_none() && root.join("spare/00000001").exists());
-        for refused in &replies[4..] {
+        for refused in &replies[4..6] {
             assert!(refused.outcome.as_ref().unwrap_err().contains("is not a spool file"), "{:?}", refused.outcome);
         }
         assert!(root.join("jobs/a/00000000").exists() && !scratch.join("outside").exists());
+        assert!(replies[6].outcome.as_ref().unwrap().is_none() && fs::metadata(&written).unwrap().len() == 4096);
+        assert!(replies[7].outcome.as_ref().unwrap_err().contains("exactly one file"), "{:?}", replies[7].outcome);
 
         mover.close_requests();
         assert!(mover.receive_waiting().is_err(), "the helper ends when the server stops sending");

@@ -71,6 +71,8 @@ enum Awaiting {
     ToSpare { from: PathBuf, spare: Spare },
     /// A file moving from `from` into the trash, as the janitor's `name`.
     ToTrash { from: PathBuf, name: u64 },
+    /// A segment file being closed (see [`SpareSegments::close_segment_file`]).
+    Closing,
 }
 
 /// Where a segment asked of [`SpareSegments::prepare`] stands.
@@ -252,6 +254,19 @@ impl SpareSegments {
         }
     }
 
+    /// Closes a segment file the loop wrote, cut to `cut_to` bytes first if given: by the mover, since a
+    /// writer's last close (and a cut) can wait for the disk.
+    pub fn close_segment_file(&mut self, file: File, cut_to: Option<u64>) {
+        if self.mover.is_some() && self.ask_with(&Request::Close { cut_to }, Some(&file), Awaiting::Closing) {
+            return;
+        }
+        if let Some(len) = cut_to {
+            if let Err(err) = file.set_len(len) {
+                log::warn!("cannot give back unused disk blocks of a segment file: {err}");
+            }
+        }
+    }
+
     /// A spare [`Self::take`] lent, `len` bytes, is no longer holding uncounted bytes: the segment written over
     /// it filled up, or its output ended and the file was cut to what it holds.
     pub fn settle(&mut self, len: u64) {
@@ -270,7 +285,12 @@ impl SpareSegments {
 
     /// Sends `request`, remembering it as `awaiting`; false if the mover cannot take it (do it in place).
     fn ask(&mut self, request: &Request, awaiting: Awaiting) -> bool {
-        match self.send(request) {
+        self.ask_with(request, None, awaiting)
+    }
+
+    /// [`Self::ask`], sending `file` with the request.
+    fn ask_with(&mut self, request: &Request, file: Option<&File>, awaiting: Awaiting) -> bool {
+        match self.send_with(request, file) {
             Some(ticket) => {
                 self.awaiting.insert(ticket, awaiting);
                 true
@@ -280,7 +300,11 @@ impl SpareSegments {
     }
 
     fn send(&mut self, request: &Request) -> Option<u64> {
-        match self.mover.as_mut()?.send(request) {
+        self.send_with(request, None)
+    }
+
+    fn send_with(&mut self, request: &Request, file: Option<&File>) -> Option<u64> {
+        match self.mover.as_mut()?.send(request, file) {
             Ok(ticket) => ticket,
             Err(err) => {
                 self.lose_mover(&err);
@@ -327,6 +351,8 @@ impl SpareSegments {
                 }
                 self.prepared.insert(ticket, None);
             }
+            (Awaiting::Closing, Ok(_)) => {}
+            (Awaiting::Closing, Err(err)) => log::warn!("cannot close a segment file (or give back its blocks): {err}"),
             (Awaiting::ToSpare { spare, .. }, Ok(_)) => self.spares.push(spare),
             (Awaiting::ToTrash { name, .. }, Ok(_)) => self.janitor.hand_over(name),
             (Awaiting::ToSpare { from, .. } | Awaiting::ToTrash { from, .. }, Err(err)) => {
@@ -371,6 +397,8 @@ impl SpareSegments {
                     self.janitor.remove(&from);
                     self.janitor.hand_over(name);
                 }
+                // Closed with the mover's end of the socket, wherever the request was.
+                Awaiting::Closing => {}
             }
         }
     }
