@@ -424,12 +424,13 @@ impl Server {
             for event in events.iter() {
                 self.dispatch(Source::from_token(event.token()));
             }
-            self.ingest_output();
             let now = Instant::now();
             while let Some(event) = self.timers.pop_due(now) {
                 self.fire(event);
             }
             self.run_tasks();
+            // Last: a call answered this turn does not wait for the turn's copy of output (up to 2 MiB).
+            self.ingest_output();
             self.jobs.replenish_shells();
             if !self.removal_retry_scheduled && self.jobs.has_removals_waiting() {
                 self.removal_retry_scheduled = true;

@@ -10,10 +10,13 @@
 //! - *prepare*: while a busy job fills a segment, the helper makes its next one (a spare renamed into place, or
 //!   a new file) and sends back an open descriptor, which the loop writes through without ever looking the name
 //!   up;
-//! - *move*: a discarded segment is renamed into the spare directory, or into the trash for the janitor.
+//! - *move*: a discarded segment is renamed into the spare directory, or into the trash for the janitor;
+//! - *close*: a segment file the loop wrote comes with the request and the helper closes it (cut to its length
+//!   first, for a finished log), since a writer's last close waits for ext4's block allocation under writeback.
 //!
-//! Requests and replies are `SOCK_SEQPACKET` messages (a reply carries the prepared file's descriptor); the
-//! helper serves them in order, so a move asked after a prepare of the same file finds it in place. The loop
+//! Requests and replies are `SOCK_SEQPACKET` messages (a close carries its file, a reply to a prepare the file
+//! made, with `SCM_RIGHTS`); the helper serves them in order, so a segment file is closed (and cut) before a
+//! later move takes it. The loop
 //! never waits for a reply: it looks for them when it needs one and on the removal timer, and falls back to doing
 //! the work itself when the helper is gone or its socket is full. Paths are the server's own, under the state
 //! directory the helper was started with; it refuses any other. It dies with the server and ends when the
