@@ -265,8 +265,6 @@ impl OutputLog {
             waiters: Vec::new(),
         };
         let (mut problems, mut unusable) = (Vec::new(), Vec::new());
-        let last_index = indices.last().copied();
-        let last_index = last_index.as_ref();
         for index in indices {
             let path = log.segment_path(index);
             if !problems.is_empty() {
@@ -280,14 +278,10 @@ impl OutputLog {
                     log.end = segment.start + segment.len;
                     log.segments.push_back(segment);
                 }
-                // A file the mover made for a segment (or the spare it moved in), never written: it held no
-                // output. The last one, or one the log went on past (the segment after it must continue the
-                // one before). Unless the machine went down: then its own header may be what the disk lost.
-                Err(SegmentProblem::NeverWritten(_))
-                    if trust_spares && (Some(&index) == last_index || expected_start.is_some()) =>
-                {
-                    unusable.push(path)
-                }
+                // A file made for a segment (or a spare moved in), never written: it held no output, wherever it
+                // is (a segment after it must still continue the one before). Unless the machine went down: then
+                // its own header may be what the disk lost.
+                Err(SegmentProblem::NeverWritten(_)) if trust_spares => unusable.push(path),
                 Err(SegmentProblem::NeverWritten(problem) | SegmentProblem::Unusable(problem)) => {
                     problems.push(format!("output segment {}: {problem}", path.display()));
                     unusable.push(path);
@@ -441,6 +435,13 @@ impl OutputLog {
                 self.next_index += 1;
                 None
             }
+            (_, Some(Prepared::Failed)) => {
+                // Not made, or made by a mover gone since (that may yet finish it): whatever is at its path goes,
+                // and this log makes the one after it.
+                spares.dispose(&self.segment_path(self.next_index));
+                self.next_index += 1;
+                None
+            }
             (_, prepared) => prepared,
         };
         self.next_segment = None;
@@ -452,39 +453,36 @@ impl OutputLog {
             // Filled up: whatever spare it was written over now holds only counted output.
             spares.settle(std::mem::take(&mut full.lent));
         }
-        let (file, blocks_to, lent, over_old_bytes) = match prepared {
-            Some(Prepared::Ready(file, len)) => (file, len, len, len > 0),
-            Some(_) => {
-                // The mover failed or is gone: the file may be there, made or a spare moved in. Taken over as
-                // it is, its bytes treated as a spare's.
-                let file = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path)?;
-                let len = file.metadata()?.len();
-                (file, len, 0, len > 0)
-            }
-            None => match busy.then(|| spares.take(&path)).flatten() {
-                Some((file, len)) => (file, len, len, true),
+        let (file, lent) = match prepared {
+            Some(Prepared::Ready(file, len)) => (file, len),
+            _ => match busy.then(|| spares.take(&path)).flatten() {
+                Some((file, len)) => (file, len),
                 // Not O_APPEND: `splice` refuses such files. Every write gives its offset.
-                None => (OpenOptions::new().create_new(true).write(true).mode(0o600).open(&path)?, 0, 0, false),
+                None => (OpenOptions::new().create_new(true).write(true).mode(0o600).open(&path)?, 0),
             },
         };
-        let mut segment = Segment::new(index, self.end, blocks_to, lent);
-        segment.over_spare = over_old_bytes;
+        let segment = Segment::new(index, self.end, lent, lent);
         // An end mark at once: over a spare, the spare's old first record follows the header.
         let header: Vec<u8> = segment.header(&self.owner()).iter().chain(&END_MARK).copied().collect();
         if let Err(err) = file.write_all_at(&header, 0) {
-            // Not a segment: what it was lent is the spares' again, and the next roll makes the one after it.
+            // Not a segment: what it was lent is the spares' again, the file goes, and the next roll makes the
+            // one after it.
             spares.settle(lent);
+            spares.close_segment_file(file, None);
+            spares.dispose(&path);
             self.next_index += 1;
             return Err(err);
         }
         self.next_index += 1;
+        // Its next file asked for before the full one is closed: the mover serves them in order, and a close
+        // can wait for the disk.
+        if busy {
+            self.next_segment = spares.prepare(&self.segment_path(self.next_index));
+        }
         if let Some(full) = self.writer.replace(file) {
             spares.close_segment_file(full, None);
         }
         self.segments.push_back(segment);
-        if busy {
-            self.next_segment = spares.prepare(&self.segment_path(self.next_index));
-        }
         Ok(())
     }
 
@@ -1022,7 +1020,9 @@ mod tests {
         assert!(recovered.problems[1].contains("is missing"), "{:?}", recovered.problems);
 
         // A segment file that another segment's file was renamed over (a spare taken, its header not yet
-        // rewritten): its header names the other one.
+        // rewritten): its header names the other one. It never held this log's output: set aside without a
+        // word, the segments after it read back. After the machine went down its own header may be what the disk
+        // lost: said, and nothing after it read.
         let mut spool = crashed_log("recover-foreign");
         let mut other = OutputLog::create(spool.root.join("other"), 8 << 20).unwrap();
         let mut record = vec![b'o'; RECORD_HEADER_LEN + 1000];
@@ -1031,6 +1031,13 @@ mod tests {
         let oldest = spool.log.segment_path(spool.log.segments[0].index);
         fs::copy(other.segment_path(0), &oldest).unwrap();
         let recovered = OutputLog::recover(spool.root.join("log"), 8 << 20, None, true).unwrap();
+        assert!(recovered.problems.is_empty(), "{:?}", recovered.problems);
+        assert_eq!(
+            (recovered.unusable.clone(), recovered.log.segments.len()),
+            (vec![oldest], spool.log.segments.len() - 1)
+        );
+        assert_eq!((recovered.log.start(), recovered.log.end()), (spool.log.segments[1].start, spool.log.end()));
+        let recovered = OutputLog::recover(spool.root.join("log"), 8 << 20, None, false).unwrap();
         assert!(recovered.log.segments.is_empty(), "{:?}", recovered.log.segments);
         assert!(recovered.problems[0].contains("names another segment"), "{:?}", recovered.problems);
 

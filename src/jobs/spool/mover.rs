@@ -58,8 +58,8 @@ pub struct Reply {
     pub outcome: Result<Option<File>, String>,
 }
 
-/// How long the server, stopping, waits for each of the mover's last replies before it stops without them.
-const SHUTDOWN_WAIT_MS: i32 = 30_000;
+/// How long the server, stopping, waits for the mover's last replies before it stops without them.
+pub const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 const PREPARE: u8 = b'P';
 const MOVE: u8 = b'M';
@@ -172,9 +172,10 @@ impl SegmentMover {
         }
     }
 
-    /// The next reply, waiting up to [`SHUTDOWN_WAIT_MS`] for it: at shutdown (after [`Self::close_requests`]).
-    pub fn receive_waiting(&mut self) -> io::Result<Option<Reply>> {
-        if !sys::wait_readable(self.socket.as_raw_fd(), SHUTDOWN_WAIT_MS)? {
+    /// The next reply, waiting for it until `deadline`: at shutdown (after [`Self::close_requests`]).
+    pub fn receive_waiting(&mut self, deadline: std::time::Instant) -> io::Result<Option<Reply>> {
+        let left = deadline.saturating_duration_since(std::time::Instant::now()).as_millis();
+        if !sys::wait_readable(self.socket.as_raw_fd(), i32::try_from(left).unwrap_or(i32::MAX))? {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "the segment mover did not answer"));
         }
         self.receive()
@@ -185,6 +186,16 @@ impl SegmentMover {
     pub fn close_requests(&self) {
         if let Err(err) = sys::shut_down_sending(self.socket.as_raw_fd()) {
             log::debug!("cannot shut down the segment mover's socket: {err}");
+        }
+    }
+
+    /// Kills the helper, so that nothing still queued for it is carried out, without waiting for it (it may be
+    /// waiting for the disk; it is reaped when the server exits).
+    pub fn kill(mut self) {
+        if let Some(process) = self.process.as_mut() {
+            if let Err(err) = process.kill() {
+                log::debug!("cannot kill the segment mover: {err}");
+            }
         }
     }
 
@@ -332,6 +343,10 @@ mod tests {
         }
     }
 
+    fn deadline() -> std::time::Instant {
+        std::time::Instant::now() + SHUTDOWN_WAIT
+    }
+
     #[test]
     fn the_helper_prepares_and_moves_files_under_its_root_only() {
         let scratch = ScratchDir::new("mover");
@@ -359,7 +374,8 @@ mod tests {
         tickets.push(mover.send(&Request::Close { cut_to: Some(4096) }, Some(&file)).unwrap().unwrap());
         drop(file);
         tickets.push(mover.send(&Request::Close { cut_to: None }, None).unwrap().unwrap());
-        let mut replies: Vec<Reply> = tickets.iter().map(|_| mover.receive_waiting().unwrap().unwrap()).collect();
+        let mut replies: Vec<Reply> =
+            tickets.iter().map(|_| mover.receive_waiting(deadline()).unwrap().unwrap()).collect();
         assert_eq!(replies.iter().map(|r| r.ticket).collect::<Vec<_>>(), tickets, "served in order");
 
         let taken = replies[0].outcome.as_mut().unwrap().take().unwrap();
@@ -377,7 +393,7 @@ mod tests {
         assert!(replies[7].outcome.as_ref().unwrap_err().contains("exactly one file"), "{:?}", replies[7].outcome);
 
         mover.close_requests();
-        assert!(mover.receive_waiting().is_err(), "the helper ends when the server stops sending");
+        assert!(mover.receive_waiting(deadline()).is_err(), "the helper ends when the server stops sending");
         helper.join().unwrap();
         mover.reap();
     }

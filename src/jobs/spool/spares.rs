@@ -47,6 +47,9 @@ pub struct SpareSegments {
     janitor: Janitor,
     /// Makes segment files and moves them off the loop (`mover.rs`); `None`: the loop does it.
     mover: Option<SegmentMover>,
+    /// There was a mover and it is gone: no file is reused from then on, as one might be a file the mover was
+    /// still to cut or close when it was killed.
+    mover_lost: bool,
     /// What the mover was asked and has not answered, by ticket.
     awaiting: HashMap<u64, Awaiting>,
     /// Segments the mover prepared that their log has not taken yet, by ticket: the file and the size of the
@@ -105,6 +108,7 @@ impl SpareSegments {
             max_bytes,
             janitor,
             mover,
+            mover_lost: false,
             awaiting: HashMap::new(),
             prepared: HashMap::new(),
         })
@@ -138,8 +142,9 @@ impl SpareSegments {
     pub fn finish_removals(&mut self) {
         if let Some(mut mover) = self.mover.take() {
             mover.close_requests();
+            let deadline = std::time::Instant::now() + super::mover::SHUTDOWN_WAIT;
             let ended = loop {
-                match mover.receive_waiting() {
+                match mover.receive_waiting(deadline) {
                     Ok(Some(reply)) => self.answered(reply),
                     Ok(None) => continue,
                     Err(err) => break err.kind() != io::ErrorKind::TimedOut,
@@ -162,7 +167,8 @@ impl SpareSegments {
         let moving: Vec<&Spare> = self.awaiting.values().filter_map(Awaiting::spare_moving).collect();
         let count = self.spares.len() + moving.len();
         let held = self.bytes() + moving.iter().map(|s| s.len).sum::<u64>();
-        if len >= MIN_SPARE_BYTES && count < SPARE_FILES && held + self.lent + len <= self.max_bytes {
+        let room = count < SPARE_FILES && held + self.lent + len <= self.max_bytes;
+        if len >= MIN_SPARE_BYTES && room && !self.mover_lost {
             let spare = Spare { path: self.dir.join(format!("{:08}", self.next_name)), len };
             self.next_name += 1;
             let request = Request::Move { from: path.to_path_buf(), to: spare.path.clone() };
@@ -366,8 +372,11 @@ impl SpareSegments {
     fn lose_mover(&mut self, err: &io::Error) {
         if let Some(mover) = self.mover.take() {
             log::error!("the segment mover is gone ({err}); spool files will be made and moved on the event loop");
-            // Not waited for: it may be stuck on the disk. It ends with its socket, and is reaped at exit.
-            drop(mover);
+            mover.kill();
+            self.mover_lost = true;
+            for spare in std::mem::take(&mut self.spares) {
+                self.janitor.remove(&spare.path);
+            }
         }
         self.lose_mover_requests();
     }
