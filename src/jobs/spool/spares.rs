@@ -251,7 +251,8 @@ impl SpareSegments {
         }
         match self.prepared.remove(&ticket) {
             Some(Some((file, len))) => {
-                drop(file);
+                // Closed by the mover too: a spare's old blocks may still be under allocation.
+                self.close_segment_file(file, None);
                 self.settle(len);
                 self.keep_or_delete(target, len);
             }
@@ -338,7 +339,10 @@ impl SpareSegments {
         match (awaiting, outcome) {
             // Its lent size was settled when it was abandoned.
             (Awaiting::Segment { abandoned: Some(target), spare }, outcome) => match outcome {
-                Ok(Some(_)) => self.keep_or_delete(&target, spare.map_or(0, |s| s.len)),
+                Ok(Some(file)) => {
+                    self.close_segment_file(file, None);
+                    self.keep_or_delete(&target, spare.map_or(0, |s| s.len));
+                }
                 Ok(None) => self.dispose(&target),
                 Err(_) => {
                     if let Some(spare) = spare {
