@@ -84,7 +84,8 @@ const WRITTEN_OVER_SPARE: u32 = 1;
 const END_MARK: [u8; RECORD_HEADER_LEN] = [0; RECORD_HEADER_LEN];
 
 /// Smallest and largest segment: small enough that the cap is honoured closely (a cap keeps between
-/// cap − segment and cap bytes), large enough that a fast job does not create files at a high rate.
+/// cap − segment and cap bytes; a segment whose next file the mover was late with can reach twice its size, see
+/// [`OVERDUE_SEGMENTS`]), large enough that a fast job does not create files at a high rate.
 const MIN_SEGMENT_BYTES: u64 = 64 * 1024;
 const MAX_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
