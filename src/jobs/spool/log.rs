@@ -872,36 +872,51 @@ mod tests {
         spool
     }
 
+    /// A log capped at 8 MiB (1 MiB segments) whose spares have a mover, and the helper's end of its socket for
+    /// the test to serve (or not).
+    fn log_with_mover(name: &str) -> (ScratchDir, std::os::fd::OwnedFd, SpareSegments, OutputLog) {
+        let root = ScratchDir::new(name);
+        let (mover, helper_end) = crate::jobs::spool::mover::SegmentMover::with_socket_pair();
+        let janitor = crate::jobs::janitor::Janitor::in_place(&root);
+        let spares = SpareSegments::create(root.join("spare"), 1 << 30, janitor, Some(mover)).unwrap();
+        let log = OutputLog::create(root.join("log"), 8 << 20).unwrap();
+        (root, helper_end, spares, log)
+    }
+
+    /// Appends `records` records of 100 000 bytes, each numbered from `seed`, calling `after` after each;
+    /// returns what was written.
+    fn append_numbered(
+        log: &mut OutputLog,
+        spares: &mut SpareSegments,
+        records: u32,
+        seed: u32,
+        after: impl Fn(&mut SpareSegments),
+    ) -> Vec<u8> {
+        let mut written = Vec::new();
+        for i in 0..records {
+            let data: Vec<u8> = (0..100_000u32).map(|j| (i * seed + j) as u8).collect();
+            let mut record = [&[0u8; RECORD_HEADER_LEN][..], &data].concat();
+            log.append(spares, Stream::Stdout, &mut record).unwrap();
+            written.extend_from_slice(&data);
+            after(spares);
+        }
+        written
+    }
+
     #[test]
     fn segments_the_mover_makes_ahead_hold_the_output_and_a_crash_leaves_nothing_amiss() {
-        use crate::jobs::spool::mover::{serve, SegmentMover};
-        let root = ScratchDir::new("output-mover");
-        let (mover, helper_end) = SegmentMover::with_socket_pair();
-        let served = root.path().to_path_buf();
-        let helper = std::thread::spawn(move || serve(&helper_end, &served));
-        let janitor = crate::jobs::janitor::Janitor::in_place(&root);
-        let mut spares = SpareSegments::create(root.join("spare"), 1 << 30, janitor, Some(mover)).unwrap();
-        let mut log = OutputLog::create(root.join("log"), 8 << 20).unwrap();
+        use crate::jobs::spool::mover::serve_queued;
+        let (root, helper_end, mut spares, mut log) = log_with_mover("output-mover");
+        // The mover, on this thread: it serves what was asked, and the loop takes its replies (which may ask more).
         let settle = |spares: &mut SpareSegments| {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while spares.has_removals_waiting() && std::time::Instant::now() < deadline {
+            for _ in 0..10 {
+                serve_queued(&helper_end, root.path());
                 spares.retry_removals();
-                std::thread::sleep(std::time::Duration::from_millis(1));
             }
-            assert!(!spares.has_removals_waiting(), "the mover answers");
+            assert!(!spares.has_removals_waiting(), "the mover answered everything");
         };
         // 1 MiB segments; 20 MiB of output rolls 20 of them and discards 12 (into spares, or the trash).
-        let mut written = Vec::new();
-        for i in 0..200u32 {
-            let data: Vec<u8> = (0..100_000u32).map(|j| (i * 7 + j) as u8).collect();
-            let mut record = [&[0u8; RECORD_HEADER_LEN][..], &data].concat();
-            log.append(&mut spares, Stream::Stdout, &mut record).unwrap();
-            written.extend_from_slice(&data);
-            if i % 10 == 0 {
-                settle(&mut spares);
-            }
-        }
-        settle(&mut spares);
+        let written = append_numbered(&mut log, &mut spares, 200, 7, settle);
         let next = log.segment_path(log.next_index);
         assert!(log.next_segment.is_some() && next.exists(), "the next segment is made ahead of need");
         let reused = fs::metadata(&next).unwrap().len();
@@ -930,26 +945,15 @@ mod tests {
         let size = fs::metadata(log.segment_path(last.index)).unwrap().len();
         assert!(last.file_len < reused, "the spare held more than the segment written over it");
         assert_eq!(size, last.file_len, "the mover cut the last segment to what it holds when it closed it");
+        drop(helper_end);
         spares.finish_removals();
-        helper.join().unwrap();
     }
 
     #[test]
     fn a_job_writes_on_while_the_mover_is_late_and_makes_its_own_segment_when_it_is_too_late() {
-        use crate::jobs::spool::mover::SegmentMover;
-        let root = ScratchDir::new("output-late-mover");
         // A mover that never answers.
-        let (mover, helper_end) = SegmentMover::with_socket_pair();
-        let janitor = crate::jobs::janitor::Janitor::in_place(&root);
-        let mut spares = SpareSegments::create(root.join("spare"), 1 << 30, janitor, Some(mover)).unwrap();
-        let mut log = OutputLog::create(root.join("log"), 8 << 20).unwrap();
-        let mut written = Vec::new();
-        for i in 0..60u32 {
-            let data: Vec<u8> = (0..100_000u32).map(|j| (i * 3 + j) as u8).collect();
-            let mut record = [&[0u8; RECORD_HEADER_LEN][..], &data].concat();
-            log.append(&mut spares, Stream::Stderr, &mut record).unwrap();
-            written.extend_from_slice(&data);
-        }
+        let (_root, helper_end, mut spares, mut log) = log_with_mover("output-late-mover");
+        let written = append_numbered(&mut log, &mut spares, 60, 3, |_| {});
         let indices: Vec<u64> = log.segments.iter().map(|s| s.index).collect();
         let sizes: Vec<u64> = log.segments.iter().map(|s| s.file_len).collect();
         // 1 MiB segments: the first rolled by itself, the second waited for the mover up to twice its size, and

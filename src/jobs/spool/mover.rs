@@ -213,37 +213,48 @@ impl SegmentMover {
 
 /// Serves requests arriving on `socket` for files under `root` until the server closes it.
 pub fn serve(socket: &OwnedFd, root: &Path) {
-    loop {
-        let (message, fds) = match sys::receive_with_descriptors(socket.as_raw_fd(), true) {
-            Ok(Received::Message { bytes, fds }) => (bytes, fds),
-            Ok(Received::Empty) => continue,
-            Ok(Received::Closed) => return,
-            Err(err) if err.kind() == io::ErrorKind::ConnectionReset => return,
-            Err(err) => {
-                eprintln!("runnel segment mover: cannot read the server's requests: {err}");
-                return;
-            }
-        };
-        let Some((ticket, request)) = Request::decode(&message) else {
-            eprintln!("runnel segment mover: ignoring a request it cannot read");
-            continue;
-        };
-        let outcome = carry_out(&request, root, fds);
-        let mut reply = ticket.to_le_bytes().to_vec();
-        let fds = match &outcome {
-            Ok(file) => {
-                reply.push(0);
-                file.iter().map(|f| f.as_raw_fd()).collect()
-            }
-            Err(err) => {
-                reply.push(1);
-                reply.extend_from_slice(err.to_string().as_bytes());
-                Vec::new()
-            }
-        };
-        // A server gone: nothing to tell, and the next receive ends the loop.
-        let _ = sys::send_with_descriptors(socket.as_raw_fd(), &reply, &fds);
-    }
+    while serve_one(socket, root, true) {}
+}
+
+/// Serves the requests already queued on `socket`, without waiting for more: a test's stand-in for the helper
+/// process, on the test's own thread.
+#[cfg(test)]
+pub fn serve_queued(socket: &OwnedFd, root: &Path) {
+    while serve_one(socket, root, false) {}
+}
+
+/// Serves one request (`wait`: for one to come); false once there is none to serve, or the server is gone.
+fn serve_one(socket: &OwnedFd, root: &Path, wait: bool) -> bool {
+    let (message, fds) = match sys::receive_with_descriptors(socket.as_raw_fd(), wait) {
+        Ok(Received::Message { bytes, fds }) => (bytes, fds),
+        Ok(Received::Empty) => return wait,
+        Ok(Received::Closed) => return false,
+        Err(err) if err.kind() == io::ErrorKind::ConnectionReset => return false,
+        Err(err) => {
+            eprintln!("runnel segment mover: cannot read the server's requests: {err}");
+            return false;
+        }
+    };
+    let Some((ticket, request)) = Request::decode(&message) else {
+        eprintln!("runnel segment mover: ignoring a request it cannot read");
+        return true;
+    };
+    let outcome = carry_out(&request, root, fds);
+    let mut reply = ticket.to_le_bytes().to_vec();
+    let fds = match &outcome {
+        Ok(file) => {
+            reply.push(0);
+            file.iter().map(|f| f.as_raw_fd()).collect()
+        }
+        Err(err) => {
+            reply.push(1);
+            reply.extend_from_slice(err.to_string().as_bytes());
+            Vec::new()
+        }
+    };
+    // A server gone: nothing to tell, and the next receive ends the loop.
+    let _ = sys::send_with_descriptors(socket.as_raw_fd(), &reply, &fds);
+    true
 }
 
 /// Does what `request` asks, with `fds` the descriptors it came with (all closed by the end but a prepared file).
@@ -355,8 +366,6 @@ mod tests {
         fs::create_dir_all(root.join("spare")).unwrap();
         fs::write(root.join("spare/00000000"), b"old bytes").unwrap();
         let (mut mover, helper_end) = SegmentMover::with_socket_pair();
-        let served_root = root.clone();
-        let helper = std::thread::spawn(move || serve(&helper_end, &served_root));
 
         let requests = [
             Request::Prepare { target: root.join("jobs/a/00000000"), spare: Some(root.join("spare/00000000")) },
@@ -374,6 +383,9 @@ mod tests {
         tickets.push(mover.send(&Request::Close { cut_to: Some(4096) }, Some(&file)).unwrap().unwrap());
         drop(file);
         tickets.push(mover.send(&Request::Close { cut_to: None }, None).unwrap().unwrap());
+        // The helper, on this thread: it serves what was sent, and returns once the server stops sending.
+        mover.close_requests();
+        serve(&helper_end, &root);
         let mut replies: Vec<Reply> =
             tickets.iter().map(|_| mover.receive_waiting(deadline()).unwrap().unwrap()).collect();
         assert_eq!(replies.iter().map(|r| r.ticket).collect::<Vec<_>>(), tickets, "served in order");
@@ -392,9 +404,8 @@ mod tests {
         assert!(replies[6].outcome.as_ref().unwrap().is_none() && fs::metadata(&written).unwrap().len() == 4096);
         assert!(replies[7].outcome.as_ref().unwrap_err().contains("exactly one file"), "{:?}", replies[7].outcome);
 
-        mover.close_requests();
-        assert!(mover.receive_waiting(deadline()).is_err(), "the helper ends when the server stops sending");
-        helper.join().unwrap();
+        drop(helper_end);
+        assert!(mover.receive_waiting(deadline()).is_err(), "its socket closed, the mover is gone");
         mover.reap();
     }
 }
