@@ -191,6 +191,9 @@ fn hung_starts_freeze_nobody(flags: &[&str]) {
             })
         })
         .collect();
+    if flags.is_empty() {
+        later_starts_take_shells_while_others_hang(&server);
+    }
     // While the three starts hang, everyone else is served: the loop never waits for a start.
     let mut probes = 0;
     while Instant::now() < begun + Duration::from_secs(6) {
@@ -227,6 +230,32 @@ fn hung_starts_freeze_nobody(flags: &[&str]) {
             .collect::<Vec<_>>()
     };
     assert!(eventually(Duration::from_secs(5), || hung_children().is_empty()), "left: {:?}", hung_children());
+}
+
+/// Once three starts hang (their inits took shells and will not report for 10 s), twelve more isolated starts
+/// each still take a shell made ahead of time: the pool is refilled while starts are pending, not only between
+/// them (a start that forks its own init instead is one whose init is not a shell).
+fn later_starts_take_shells_while_others_hang(server: &Server) {
+    let launched = || server.log_text().matches("launched for bob").count();
+    assert!(eventually(Duration::from_secs(5), || launched() == 3), "{}", server.log_text());
+    let mut alice = server.client("alice");
+    let mut forked = Vec::new();
+    for _ in 0..12 {
+        let request = StartJobRequest { command: "sleep".into(), args: vec!["60".into()], ..Default::default() };
+        let job: Job = alice.unary(path::START_JOB, &request, None).unwrap();
+        let log = server.log_text();
+        let pid: i32 = log
+            .lines()
+            .find_map(|line| line.split_once(&format!("job {} launched for alice: pid ", job.id)))
+            .and_then(|(_, rest)| rest.split(',').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no launch of {} in the log:\n{log}", job.id));
+        if !util::cmdline_of(pid).contains("__init --shell") {
+            forked.push(util::cmdline_of(pid));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!server.log_text().contains("did not start"), "the hung starts settled before the check was over");
+    assert!(forked.is_empty(), "starts that found no shell ready: {forked:?}");
 }
 
 #[test]

@@ -93,7 +93,7 @@ impl ShellPool {
             }
         };
         let mut pool = ShellPool { helper, owed: POOL_SIZE };
-        pool.replenish();
+        pool.replenish(false);
         pool
     }
 
@@ -126,9 +126,15 @@ impl ShellPool {
 
     /// Asks the helper to replace the shells taken since the last call: once per loop turn, after the turn's
     /// calls were served, since waking the helper is a system call a start need not wait for.
-    pub fn replenish(&mut self) {
+    ///
+    /// While `starts_pending` (a job started from a shell has not reported yet), only once half the pool is
+    /// gone: making a shell is about a millisecond of the kernel's work (a network namespace, mounts, an exec),
+    /// which a kernel without preemption does not interrupt for the start's own processes on the same core.
+    /// Asked for after the report instead, isolated StartJob p50 was 0.85 x (median of 28 alternating rounds of
+    /// 100 starts; `docs/performance.md`, session 15). A burst of starts still gets shells.
+    pub fn replenish(&mut self, starts_pending: bool) {
         let Some(helper) = &self.helper else { return };
-        if self.owed == 0 {
+        if self.owed == 0 || (starts_pending && self.owed < POOL_SIZE / 2) {
             return;
         }
         let requests = vec![0u8; usize::from(self.owed)];

@@ -97,9 +97,9 @@ impl Launcher {
     }
 
     /// Asks for the shells taken since the last call to be replaced (see `ShellPool::replenish`).
-    pub fn replenish_shells(&mut self) {
+    pub fn replenish_shells(&mut self, starts_pending: bool) {
         if let Some(pool) = &mut self.shell_pool {
-            pool.replenish();
+            pool.replenish(starts_pending);
         }
     }
 

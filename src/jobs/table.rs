@@ -84,6 +84,8 @@ pub struct JobTable {
     /// Inits of failed starts that were killed but had not exited yet: reaped when their pidfd (still watched by
     /// the reactor as the job's) turns readable, so a start never waits for a process to die.
     killed_inits: HashMap<JobKey, OwnedFd>,
+    /// Jobs whose start has not been reported yet (see [`JobTable::replenish_shells`]).
+    starts_pending: usize,
     shutting_down: bool,
     counters: JobCounters,
 }
@@ -117,6 +119,7 @@ impl JobTable {
             by_id: HashMap::new(),
             running_by_owner: HashMap::new(),
             next_key: 1,
+            starts_pending: 0,
             work_dir,
             containment,
             launcher: Launcher::new(shell_pool)?,
@@ -327,6 +330,7 @@ impl JobTable {
             None => log::info!("job {id} launched for {owner}: pid {}, {:?}", job.pid, job.command),
         }
         *self.running_by_owner.entry(owner.to_string()).or_default() += 1;
+        self.starts_pending += 1;
         // While its command starts on another core: creating the record's file is the costly part of it.
         if self.config.history.is_some() {
             if let Err(err) = job.record().create(job.output.dir()) {
@@ -387,6 +391,7 @@ impl JobTable {
         match failure {
             None => {
                 job.starting = None;
+                self.starts_pending -= 1;
                 self.counters.started += 1;
                 log::info!("job {} started: {:?} exec'd", job.id, job.command);
                 job.wake_waiters();
@@ -412,6 +417,9 @@ impl JobTable {
         let Some(mut job) = self.jobs.remove(&key) else { return };
         self.by_id.remove(&job.id);
         count_ended(&mut self.running_by_owner, &job.owner);
+        if job.is_starting() {
+            self.starts_pending -= 1;
+        }
         self.counters.start_failures += 1;
         log::info!("job {} did not start: {error}", job.id);
         if let Some(pidfd) = job.pidfd.take() {
@@ -601,7 +609,7 @@ impl JobTable {
     /// Asks for the shells the turn's starts took to be replaced (see `isolation::shell_pool`): once per turn,
     /// after its calls were served.
     pub fn replenish_shells(&mut self) {
-        self.launcher.replenish_shells();
+        self.launcher.replenish_shells(self.starts_pending > 0);
     }
 
     /// True while files to remove wait for room in the janitor's pipe (it is behind); the loop then calls
@@ -872,6 +880,7 @@ mod tests {
         assert_eq!(fs::read_dir(dir.join("work")).unwrap().count(), 0);
         assert!(table.list(&Caller { identity: "a".into(), admin: true }, &[], None).next().is_none());
         assert!(!table.has_running(), "a failed start counts as no running job");
+        assert_eq!(table.starts_pending, 0, "a failed start is no longer pending");
     }
 
     #[test]
@@ -879,6 +888,7 @@ mod tests {
         let (mut table, _state_dir) = table("quota");
         let a = start_settled(&mut table, "alice", spec("sleep", &["30"])).unwrap();
         let b = table.start("alice", spec("sleep", &["30"])).unwrap().key;
+        assert_eq!(table.starts_pending, 1, "b has not reported yet");
         assert!(matches!(table.start("alice", spec("true", &[])), Err(JobError::TooManyRunning { .. })));
         assert_eq!(
             table.list(&Caller { identity: "alice".into(), admin: false }, &[], None).count(),
@@ -890,6 +900,7 @@ mod tests {
             table.settle_start(b);
             std::thread::sleep(Duration::from_millis(1));
         }
+        assert_eq!(table.starts_pending, 0, "b has reported");
         let _c = start_settled(&mut table, "bob", spec("sleep", &["30"])).unwrap();
         assert!(
             matches!(table.start("bob", spec("true", &[])), Err(JobError::TooManyJobs { retained: 3 })),
