@@ -78,6 +78,8 @@ pub struct Metrics {
     /// Call durations, by method row.
     call_durations: Vec<Histogram>,
     turns: Histogram,
+    /// Turns whose copy of job output stopped early because something else was ready.
+    output_copies_cut_short: u64,
     connections_accepted: u64,
     /// Output bytes sent to StreamOutput callers, stdout then stderr.
     output_sent: [u64; 2],
@@ -90,6 +92,7 @@ impl Default for Metrics {
             calls: [[0; Code::ALL.len()]; METHOD_ROWS],
             call_durations: vec![Histogram::new(&CALL_BUCKETS); METHOD_ROWS],
             turns: Histogram::new(&TURN_BUCKETS),
+            output_copies_cut_short: 0,
             connections_accepted: 0,
             output_sent: [0; 2],
         }
@@ -199,6 +202,11 @@ impl Metrics {
     /// A turn of the loop did its work (everything but waiting for events) in `duration`.
     pub fn record_turn(&mut self, duration: Duration) {
         self.turns.observe(duration);
+    }
+
+    /// A turn stopped copying job output early, to serve what arrived meanwhile.
+    pub fn record_output_copy_cut_short(&mut self) {
+        self.output_copies_cut_short += 1;
     }
 
     pub fn record_connection(&mut self) {
@@ -337,6 +345,13 @@ impl Metrics {
             "Time each turn of the event loop spent working (not waiting for events).",
         );
         self.turns.render(out, "runnel_loop_turn_duration_seconds", "");
+        single(
+            out,
+            "runnel_loop_output_copies_cut_short_total",
+            "counter",
+            "Turns whose copy of job output stopped early because a call or another event arrived during it.",
+            self.output_copies_cut_short,
+        );
 
         let process = observed.process;
         single(
@@ -413,6 +428,7 @@ mod tests {
         metrics.record_turn(Duration::from_micros(50));
         metrics.record_turn(Duration::from_secs(2));
         metrics.record_connection();
+        metrics.record_output_copy_cut_short();
         metrics.record_output_sent(true, 5);
         let mut jobs = JobCounters { started: 7, ..JobCounters::default() };
         jobs.ended[1] = 2;
@@ -441,6 +457,7 @@ mod tests {
         assert_eq!(sample(&text, r#"runnel_loop_turn_duration_seconds_bucket{le="1"}"#), 1.0);
         assert_eq!(sample(&text, r#"runnel_loop_turn_duration_seconds_bucket{le="+Inf"}"#), 2.0);
         assert_eq!(sample(&text, "runnel_loop_turn_duration_seconds_count"), 2.0);
+        assert_eq!(sample(&text, "runnel_loop_output_copies_cut_short_total"), 1.0);
         // Every sample line belongs to a metric announced by a TYPE line before it.
         let mut announced = std::collections::HashSet::new();
         for line in text.lines() {

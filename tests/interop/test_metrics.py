@@ -96,6 +96,30 @@ def test_counters_move_with_calls_jobs_and_output(server, alice):
     assert moved("runnel_loop_turn_duration_seconds_count") > 0
 
 
+def test_calls_during_an_output_flood_cut_the_loops_copy_short(server, alice):
+    """A turn copies job output in pieces and stops early when a call arrives meanwhile (docs/architecture.md, "Each
+    turn"): calls made while jobs flood output move the counter of turns cut short."""
+    time.sleep(1.1)  # not the page an earlier test saw
+    before, _ = scrape(server)
+    flooders = [alice.StartJob(pb.StartJobRequest(command="head", args=["-c", "300M", "/dev/zero"]), timeout=TIMEOUT)
+                for _ in range(2)]
+    calls, deadline = 0, time.monotonic() + 30
+    while time.monotonic() < deadline:
+        states = [alice.GetJob(pb.GetJobRequest(job_id=job.id), timeout=TIMEOUT).state for job in flooders]
+        calls += len(states)
+        if pb.JOB_STATE_RUNNING not in states:
+            break
+        time.sleep(0.002)
+    for job in flooders:
+        alice.WaitJob(pb.WaitJobRequest(job_id=job.id), timeout=TIMEOUT)
+        alice.RemoveJob(pb.RemoveJobRequest(job_id=job.id), timeout=TIMEOUT)
+    time.sleep(1.1)  # a page is rendered at most once a second
+    after, _ = scrape(server)
+    cut_short = value(after, "runnel_loop_output_copies_cut_short_total") - value(
+        before, "runnel_loop_output_copies_cut_short_total")
+    assert cut_short > 0, f"no turn cut short by {calls} calls during the flood"
+
+
 def test_rejected_handshakes_and_connections_are_counted(server):
     before, _ = scrape(server)
     host, port = server.address.rsplit(":", 1)
