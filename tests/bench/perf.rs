@@ -732,13 +732,14 @@ fn main() {
     // As `runnel client` does: the bench's in-process client should stream like the command line's.
     runnel::sys::retain_freed_memory();
     let pki = Pki::new();
-    // `RUNNEL_BENCH=flood make bench` (or `connections`, `jobs`, `start`, `history`): only those figures, for quick A/B
+    // `RUNNEL_BENCH=flood make bench` (or `connections`, `jobs`, `start`, `history`, `follow`): only those figures, for quick A/B
     // work; `start-vs` with `RUNNEL_BENCH_BASELINE=path`: isolated starts of this build against another's.
     match std::env::var("RUNNEL_BENCH").as_deref() {
         Ok("flood") => return flood_figures(&pki),
         Ok("connections") => return idle_connection_figures(&pki, 1000),
         Ok("jobs") => return many_jobs_figures(&pki, 1000),
         Ok("history") => return history_figures(&pki),
+        Ok("follow") => return follow_figures(&pki, None),
         Ok("start-vs") => return start_versus_figures(&pki),
         Ok("start") => {
             let server = Server::start(&pki, &[]);
@@ -780,6 +781,44 @@ fn main() {
     let idle_probe_p50 = median(&mut idle_probe);
     let idle_probe_max = idle_probe.iter().copied().fold(0.0, f64::max);
 
+    follow_figures(&pki, Some((idle_probe_p50, idle_probe_max)));
+
+    println!(
+        "memcpy 16 KiB, dst 5 bytes past src mod 4 KiB {:6.3} s/GiB; 64 bytes past {:6.3} s/GiB",
+        copy_seconds_per_gib(5),
+        copy_seconds_per_gib(64)
+    );
+
+    // RSS while one job writes 2 GiB (nobody reading).
+    let rss_before = proc_status_kib(pid, "VmRSS:");
+    let job = start(&mut client, "head", &["-c", "2147483648", "/dev/zero"]);
+    let mut peak = rss_before;
+    loop {
+        peak = peak.max(proc_status_kib(pid, "VmRSS:"));
+        let got: Job =
+            client.unary(path::GET_JOB, &runnel::proto::GetJobRequest { job_id: job.id.clone() }, None).unwrap();
+        if got.ended_at.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "RSS while a job writes 2 GiB               {:8.1} MiB growth (before {:.1} MiB, peak {:.1} MiB; goal < 16)",
+        (peak - rss_before) as f64 / 1024.0,
+        rss_before as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+
+    flood_figures(&pki);
+    idle_connection_figures(&pki, 1000);
+    many_jobs_figures(&pki, 1000);
+    history_figures(&pki);
+}
+
+/// One follower of a job writing 1 GiB, live and replayed, below the retention cap and at it, next to the
+/// data path alone (`RUNNEL_BENCH=follow` runs only these); `idle_probe` is the GetJob baseline (p50, max ms)
+/// measured on an idle server, printed beside the GetJob calls made meanwhile.
+fn follow_figures(pki: &Pki, idle_probe: Option<(f64, f64)>) {
     // Follower throughput for a job writing 1 GiB, on a fresh server each run, in two conditions: below the
     // retention cap, and at it (`--max-output-total 1G` already full, so old output is discarded as new arrives,
     // as on a long-running server). The server's one core does two things per byte: write it into the spool
@@ -792,7 +831,7 @@ fn main() {
     for condition in [Retention::BelowCap, Retention::AtCap] {
         let mut runs = Vec::new();
         for _ in 0..3 {
-            let (run, threads_seen) = stream_run(&pki, condition);
+            let (run, threads_seen) = stream_run(pki, condition);
             max_threads = max_threads.max(threads_seen);
             runs.push(run);
         }
@@ -805,8 +844,7 @@ fn main() {
     let mut page_cache: Vec<f64> = (0..3).map(|_| page_cache_fill_seconds(&scratch.path().join("probe"))).collect();
     let spool = scratch.path().join("spool");
     fill_gib(&spool);
-    let (mut data_path, mut data_path_cpu): (Vec<f64>, Vec<f64>) =
-        (0..3).map(|_| data_path_alone(&pki, &spool)).unzip();
+    let (mut data_path, mut data_path_cpu): (Vec<f64>, Vec<f64>) = (0..3).map(|_| data_path_alone(pki, &spool)).unzip();
     drop(scratch);
     let (data_path_runs, data_path_cpu_runs) = (list(&data_path, 0), list(&data_path_cpu, 2));
     let (data_path, data_path_cpu) = (median(&mut data_path), median(&mut data_path_cpu));
@@ -847,7 +885,9 @@ fn main() {
     println!("  baseline: head | read(64 KiB), no server {pipe:8.0} MB/s   runs {pipe_runs}");
     println!("  baseline: the data path alone, no server {data_path:8.0} MB/s   runs {data_path_runs}");
     println!("    (splice into a cached file, pread, TLS, socket; one thread's CPU {data_path_cpu:.2} s/GiB, runs {data_path_cpu_runs})");
-    println!("  baseline: GetJob, idle server            p50 {idle_probe_p50:.2} ms, max {idle_probe_max:.1} ms");
+    if let Some((idle_probe_p50, idle_probe_max)) = idle_probe {
+        println!("  baseline: GetJob, idle server            p50 {idle_probe_p50:.2} ms, max {idle_probe_max:.1} ms");
+    }
     println!("server threads under load (max seen)       {max_threads:8}");
     let page_cache_runs = list(&page_cache, 2);
     println!(
@@ -857,36 +897,6 @@ fn main() {
 
     // The copy the allocator steers clear of (sys::CacheLineAllocator): 16 KiB memcpy with the destination a
     // few bytes past the source modulo 4 KiB, next to the same copy a cache line apart.
-    println!(
-        "memcpy 16 KiB, dst 5 bytes past src mod 4 KiB {:6.3} s/GiB; 64 bytes past {:6.3} s/GiB",
-        copy_seconds_per_gib(5),
-        copy_seconds_per_gib(64)
-    );
-
-    // RSS while one job writes 2 GiB (nobody reading).
-    let rss_before = proc_status_kib(pid, "VmRSS:");
-    let job = start(&mut client, "head", &["-c", "2147483648", "/dev/zero"]);
-    let mut peak = rss_before;
-    loop {
-        peak = peak.max(proc_status_kib(pid, "VmRSS:"));
-        let got: Job =
-            client.unary(path::GET_JOB, &runnel::proto::GetJobRequest { job_id: job.id.clone() }, None).unwrap();
-        if got.ended_at.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    println!(
-        "RSS while a job writes 2 GiB               {:8.1} MiB growth (before {:.1} MiB, peak {:.1} MiB; goal < 16)",
-        (peak - rss_before) as f64 / 1024.0,
-        rss_before as f64 / 1024.0,
-        peak as f64 / 1024.0
-    );
-
-    flood_figures(&pki);
-    idle_connection_figures(&pki, 1000);
-    many_jobs_figures(&pki, 1000);
-    history_figures(&pki);
 }
 
 /// Isolated StartJob p50 of this build against another (`RUNNEL_BENCH=start-vs RUNNEL_BENCH_BASELINE=path make
