@@ -134,7 +134,7 @@ impl ShellPool {
     /// 100 starts; `docs/performance.md`, session 15). A burst of starts still gets shells.
     pub fn replenish(&mut self, starts_pending: bool) {
         let Some(helper) = &self.helper else { return };
-        if self.owed == 0 || (starts_pending && self.owed < POOL_SIZE / 2) {
+        if !asks_now(self.owed, starts_pending) {
             return;
         }
         let requests = vec![0u8; usize::from(self.owed)];
@@ -152,6 +152,11 @@ impl ShellPool {
             helper.stop(false);
         }
     }
+}
+
+/// Whether the shells taken (`owed`) are asked for now (see [`ShellPool::replenish`]).
+fn asks_now(owed: u8, starts_pending: bool) -> bool {
+    owed > 0 && !(starts_pending && owed < POOL_SIZE / 2)
 }
 
 impl Drop for ShellPool {
@@ -454,5 +459,20 @@ impl ReceivedJob {
                 target: working_dir,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taken_shells_are_asked_for_between_starts_or_once_half_the_pool_is_gone() {
+        assert!(!asks_now(0, false), "nothing taken");
+        assert!(asks_now(1, false), "no start pending: at once");
+        assert!(!asks_now(1, true), "a start pending: later");
+        assert!(!asks_now(POOL_SIZE / 2 - 1, true));
+        assert!(asks_now(POOL_SIZE / 2, true), "half the pool gone: now, start pending or not");
+        assert!(asks_now(POOL_SIZE, true));
     }
 }

@@ -349,7 +349,7 @@ impl Metrics {
             out,
             "runnel_loop_output_copies_cut_short_total",
             "counter",
-            "Turns whose copy of job output stopped early because a call or another event arrived during it.",
+            "Turns whose copy of job output stopped early because something else became ready during it.",
             self.output_copies_cut_short,
         );
 

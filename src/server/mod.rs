@@ -531,16 +531,16 @@ impl Server {
     /// spent or every pipe has had one. A pipe left with data waits at the back of the queue; a job that
     /// writes faster than that blocks in `write` (back-pressure), and nothing is dropped.
     ///
-    /// The copy goes in pieces of [`limits::OUTPUT_BYTES_PER_LOOK`], and after each the loop looks for anything
-    /// else that became ready (see [`Server::anything_but_output_ready`]): if something did, the turn ends
-    /// there, and the next one serves it first. So a call that arrives during the copy waits for one piece,
-    /// not for the turn's whole budget.
+    /// The copy goes in pieces of at most [`limits::OUTPUT_BYTES_PER_LOOK`], and whenever that much was copied
+    /// since the last look and there is more to do, the loop looks for anything that arrived meanwhile (see
+    /// [`Server::yield_to_what_arrived`]): if something did, the turn ends there and the next one serves it
+    /// first. So a call waits for at most two pieces, not for the turn's whole budget.
     fn ingest_output(&mut self, events: &mut Events) {
         let mut budget = limits::OUTPUT_BYTES_PER_TURN;
         let mut since_look = 0;
         for _ in 0..self.ready_pipes.len() {
-            if budget == 0 {
-                break;
+            if budget == 0 || self.yield_to_what_arrived(events, &mut since_look) {
+                return;
             }
             let Some((key, stream)) = self.ready_pipes.pop() else { break };
             let mut share = budget.min(limits::OUTPUT_BYTES_PER_PIPE);
@@ -554,15 +554,9 @@ impl Server {
                     // Nothing moved (whatever `drain` says): the pipe's next share is the next turn's.
                     break;
                 }
-                if since_look >= limits::OUTPUT_BYTES_PER_LOOK {
-                    since_look = 0;
-                    if self.anything_but_output_ready(events) {
-                        if drain == Drain::More {
-                            self.ready_pipes.push(key, stream);
-                        }
-                        self.metrics.record_output_copy_cut_short();
-                        return;
-                    }
+                if share > 0 && drain == Drain::More && self.yield_to_what_arrived(events, &mut since_look) {
+                    self.ready_pipes.push(key, stream);
+                    return;
                 }
             }
             if drain == Drain::More {
@@ -571,19 +565,33 @@ impl Server {
         }
     }
 
-    /// Polls without waiting, during the turn's copy of output: job output that became ready joins the queue;
-    /// anything else waits in `seen_during_ingest` for the next turn. True if there is any.
-    fn anything_but_output_ready(&mut self, events: &mut Events) -> bool {
+    /// During the turn's copy of output, once [`limits::OUTPUT_BYTES_PER_LOOK`] was copied since the last look
+    /// (`since_look`): polls without waiting. Job output that became ready joins the queue; anything else (a
+    /// call's bytes, a client's socket ready for more, a start's report, a job's end) is kept in
+    /// `seen_during_ingest` for the next turn, and the turn's copy stops. A follower's socket that is ready for
+    /// more stops it too: with that, one follower of a flooding job streamed as fast or faster
+    /// (`docs/performance.md`, session 15).
+    fn yield_to_what_arrived(&mut self, events: &mut Events, since_look: &mut usize) -> bool {
+        if *since_look < limits::OUTPUT_BYTES_PER_LOOK {
+            return false;
+        }
+        *since_look = 0;
         // A failed poll is the next turn's to report.
-        if self.poll.poll(events, Some(Duration::ZERO)).is_ok() {
-            for event in events.iter() {
-                match Source::from_token(event.token()) {
-                    Source::JobOutput(key, stream) => self.ready_pipes.push(key, stream),
-                    other => self.seen_during_ingest.push(other),
-                }
+        if self.poll.poll(events, Some(Duration::ZERO)).is_err() {
+            return false;
+        }
+        let seen_before = self.seen_during_ingest.len();
+        for event in events.iter() {
+            match Source::from_token(event.token()) {
+                Source::JobOutput(key, stream) => self.ready_pipes.push(key, stream),
+                source => self.seen_during_ingest.push(source),
             }
         }
-        !self.seen_during_ingest.is_empty()
+        let arrived = self.seen_during_ingest.len() > seen_before;
+        if arrived {
+            self.metrics.record_output_copy_cut_short();
+        }
+        arrived
     }
 
     /// Registers a new job's pidfd, pipes and start report pipe with the reactor, and schedules the deadline for

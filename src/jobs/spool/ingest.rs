@@ -11,7 +11,9 @@ use super::log::{OutputLog, Stream, RECORD_HEADER_LEN};
 use super::spares::SpareSegments;
 use crate::sys;
 
-/// Largest output record taken with `splice`: the pipe's size, so a full pipe moves in one call.
+/// Largest output record taken with `splice`: the pipe's size, so a full pipe could move in one call. The
+/// loop asks for at most 256 KiB at a time (`OUTPUT_BYTES_PER_LOOK` in `server`), so that it can look for calls
+/// between pieces, and each piece is a record of its own (one more small header write per 256 KiB).
 const SPLICE_RECORD_BYTES: usize = 1024 * 1024;
 
 /// Largest single read from a job's pipe where `splice` cannot be used; also the largest record then.
