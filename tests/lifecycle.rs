@@ -1,7 +1,7 @@
 //! The server's lifecycle against the real binary: shutdown on SIGTERM/SIGINT (a second signal skipping the
 //! grace, calls refused while jobs stop, a stalled follower bounding the drain), starting over a crashed
-//! predecessor's state directory (its jobs' leftovers cleared, their history kept), and closing connections that
-//! never finish their handshakes.
+//! predecessor's state directory (its jobs' leftovers cleared, their history kept), closing connections that
+//! never finish their handshakes, and the congestion control a loopback listener gives its connections.
 
 mod util;
 
@@ -374,6 +374,33 @@ fn connections_that_stall_in_a_handshake_are_closed_after_the_handshake_timeout(
     // And the normal connection is still usable.
     let listed: ListJobsResponse = alice.unary(path::LIST_JOBS, &ListJobsRequest::default(), TIMEOUT).unwrap();
     assert_eq!(listed.jobs.len(), 1);
+}
+
+#[test]
+fn connections_to_a_loopback_listener_use_reno_which_does_not_pace() {
+    let server = Server::start(&Pki::new(), &[]);
+    let _client = TcpStream::connect(&server.address).unwrap();
+    let port = server.address.rsplit(':').next().unwrap();
+    // `ss` (iproute2) prints each socket's congestion control at the start of its second line.
+    let congestion_controls = || {
+        let ss = Command::new("ss")
+            .args(["-tinH", "state", "established", &format!("( sport = :{port} )")])
+            .output()
+            .expect("ss (iproute2) runs");
+        assert!(ss.status.success(), "ss: {}", String::from_utf8_lossy(&ss.stderr));
+        String::from_utf8(ss.stdout)
+            .unwrap()
+            .lines()
+            .filter(|line| line.starts_with(char::is_whitespace))
+            .filter_map(|info| info.split_whitespace().next().map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    let mut seen = Vec::new();
+    assert!(eventually(Duration::from_secs(5), || {
+        seen = congestion_controls();
+        !seen.is_empty()
+    }));
+    assert_eq!(seen, ["reno"], "the server's side of the one connection");
 }
 
 #[test]

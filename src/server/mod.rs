@@ -338,6 +338,13 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         address: config.listen,
         source,
     })?;
+    if config.listen.ip().is_loopback() {
+        // Every connection stays on this machine: nothing to pace for (`sys::send_unpaced`). A listener on other
+        // addresses keeps the system's congestion control, chosen for the networks its clients come over.
+        if let Err(err) = sys::send_unpaced(listener.as_raw_fd()) {
+            log::debug!("connections keep the system's congestion control: {err}");
+        }
+    }
     let poll = MioPoll::new().map_err(io_error("cannot create the event loop"))?;
     poll.registry()
         .register(&mut listener, Source::Listener.token(), Interest::READABLE)

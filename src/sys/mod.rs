@@ -114,6 +114,24 @@ pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     syscall!(fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK)).map(drop)
 }
 
+/// Makes the connections a listener accepts send without pacing: they get `reno` as their congestion control.
+/// For a listener on a loopback address, whose every connection stays on this machine. There is no link to pace
+/// for there, and the pacing `bbr` does (a common system default) costs the sender a timer per burst. On a
+/// virtual machine that was 0.2–0.4 s of the server's CPU per GiB a follower received (`docs/performance.md`).
+/// `reno` because every kernel has it and any process may choose it. Set on the listener, so that every
+/// connection starts with it when its handshake completes, before `bbr` could switch pacing on.
+pub fn send_unpaced(listener: RawFd) -> io::Result<()> {
+    let name = b"reno";
+    syscall!(setsockopt(
+        listener,
+        libc::IPPROTO_TCP,
+        libc::TCP_CONGESTION,
+        name.as_ptr().cast(),
+        name.len() as libc::socklen_t
+    ))
+    .map(drop)
+}
+
 /// Starts one of the server's helper processes (the janitor, the network-namespace maker): `executable` (the
 /// server's own) with `args`, `stdin` as its channel to the server, an environment with nothing but the log
 /// format, stdout to `/dev/null` and stderr shared. It is in a process group of its own (a Ctrl-C or a signal
@@ -462,5 +480,22 @@ mod tests {
         assert_eq!(&buf[4..], &data[1234..201_234]);
         let err = pread_append(file.as_raw_fd(), &mut buf, 10, 299_995).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn a_listener_sending_unpaced_gives_its_connections_reno() {
+        let congestion_control = |fd: RawFd| {
+            let mut name = [0u8; 16];
+            let mut len = name.len() as libc::socklen_t;
+            syscall!(getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_CONGESTION, name.as_mut_ptr().cast(), &mut len))
+                .unwrap();
+            String::from_utf8_lossy(&name[..len as usize]).trim_end_matches('\0').to_string()
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        send_unpaced(listener.as_raw_fd()).unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert_eq!(congestion_control(listener.as_raw_fd()), "reno");
+        assert_eq!(congestion_control(accepted.as_raw_fd()), "reno");
     }
 }

@@ -77,6 +77,14 @@ impl Retention {
             Retention::AtCap => "at the retention cap (--max-output-total 1G full: old output goes as new arrives)",
         }
     }
+
+    /// Where the same-run data path alone puts its bytes to match this condition.
+    fn data_path_pages(self) -> &'static str {
+        match self {
+            Retention::BelowCap => "into pages new to the page cache (each run's file kept):",
+            Retention::AtCap => "overwriting a cached file:",
+        }
+    }
 }
 
 struct StreamRun {
@@ -223,7 +231,8 @@ fn copy_seconds_per_gib(distance: usize) -> f64 {
 
 /// A live follow's data path alone, with no server: one thread doing only what the server must do with each byte
 /// of a job's output (splice it from the job's pipe through a relay pipe into a spool file, `pread` it back,
-/// encrypt it with the same rustls configuration and suite, write it to a loopback TCP socket), a second thread
+/// encrypt it with the same rustls configuration and suite, write it to a loopback TCP socket that does not pace,
+/// as the server's loopback listener's connections do), a second thread
 /// as the TLS client reading it. No gRPC, no h2, no event loop, no job table. A reference, not a bound: the
 /// server overlaps what this thread does in turn (it splices while the socket is full), and can beat it.
 /// `spool` is written from offset 0; a file that already holds 1 GiB is overwritten in its cached pages, as the
@@ -235,6 +244,8 @@ fn data_path_alone(pki: &Pki, spool: &std::path::Path) -> (f64, f64) {
     let ca = pki.file("ca.crt");
     let client_tls = client_config(&pki.file("alice.crt"), &key("alice.key"), Some(&ca), None).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    // As the server's loopback listener: connections that do not pace.
+    runnel::sys::send_unpaced(listener.as_raw_fd()).unwrap();
     let address = listener.local_addr().unwrap();
     let reader = std::thread::spawn(move || {
         let mut socket = TcpStream::connect(address).unwrap();
@@ -783,6 +794,8 @@ fn main() {
 
     follow_figures(&pki, Some((idle_probe_p50, idle_probe_max)));
 
+    // The copy the allocator steers clear of (sys::CacheLineAllocator): 16 KiB memcpy with the destination a
+    // few bytes past the source modulo 4 KiB, next to the same copy a cache line apart.
     println!(
         "memcpy 16 KiB, dst 5 bytes past src mod 4 KiB {:6.3} s/GiB; 64 bytes past {:6.3} s/GiB",
         copy_seconds_per_gib(5),
@@ -825,7 +838,10 @@ fn follow_figures(pki: &Pki, idle_probe: Option<(f64, f64)>) {
     // (page cache) and send it. Each run measures the server's CPU per GiB for a job nobody follows (the spool
     // alone), for the followed job and for its replay. Measured after the runs, as each changes what memory and
     // disk they would get: the page cache's own cost (writing 1 GiB into a new file in the same file system, no
-    // server), then the data path alone (no server: splice into a cached file, pread, TLS, socket on one thread).
+    // server), then the data path alone (no server: splice into the page cache, pread, TLS, socket on one
+    // thread) in each condition's own way. Below the cap every byte needs a page the page cache did not have (each
+    // run's file is kept, as the server keeps the output); at the cap a cached file is overwritten, as the
+    // server's spare segments are.
     let mut max_threads = 0;
     let mut figures = Vec::new();
     for condition in [Retention::BelowCap, Retention::AtCap] {
@@ -842,14 +858,17 @@ fn follow_figures(pki: &Pki, idle_probe: Option<(f64, f64)>) {
     let pipe = median(&mut pipe);
     let scratch = util::ScratchDir::new("no-server");
     let mut page_cache: Vec<f64> = (0..3).map(|_| page_cache_fill_seconds(&scratch.path().join("probe"))).collect();
+    let new_pages: Vec<(f64, f64)> =
+        (0..3).map(|run| data_path_alone(pki, &scratch.path().join(format!("new-{run}")))).collect();
     let spool = scratch.path().join("spool");
     fill_gib(&spool);
-    let (mut data_path, mut data_path_cpu): (Vec<f64>, Vec<f64>) = (0..3).map(|_| data_path_alone(pki, &spool)).unzip();
+    let cached_pages: Vec<(f64, f64)> = (0..3).map(|_| data_path_alone(pki, &spool)).collect();
     drop(scratch);
-    let (data_path_runs, data_path_cpu_runs) = (list(&data_path, 0), list(&data_path_cpu, 2));
-    let (data_path, data_path_cpu) = (median(&mut data_path), median(&mut data_path_cpu));
     println!("one follower, job writing 1 GiB: MB/s, and the server's CPU seconds per GiB");
-    for (condition, runs) in &figures {
+    for ((condition, runs), data_path_runs) in figures.iter().zip([&new_pages, &cached_pages]) {
+        let (mut data_path, mut data_path_cpu): (Vec<f64>, Vec<f64>) = data_path_runs.iter().copied().unzip();
+        let (data_path_list, data_path_cpu_list) = (list(&data_path, 0), list(&data_path_cpu, 2));
+        let (data_path, data_path_cpu) = (median(&mut data_path), median(&mut data_path_cpu));
         let mut live: Vec<f64> = runs.iter().map(|r| r.live).collect();
         let mut replay: Vec<f64> = runs.iter().map(|r| r.replay).collect();
         let mut spool: Vec<f64> = runs.iter().map(|r| r.spool_cpu).collect();
@@ -881,10 +900,12 @@ fn follow_figures(pki: &Pki, idle_probe: Option<(f64, f64)>) {
             at(1.0),
             probe.len()
         );
+        println!("    baseline: the data path alone, no server, {}", condition.data_path_pages());
+        println!(
+            "              {data_path:6.0} MB/s   runs {data_path_list}; one thread's CPU {data_path_cpu:.2} s/GiB, runs {data_path_cpu_list}"
+        );
     }
     println!("  baseline: head | read(64 KiB), no server {pipe:8.0} MB/s   runs {pipe_runs}");
-    println!("  baseline: the data path alone, no server {data_path:8.0} MB/s   runs {data_path_runs}");
-    println!("    (splice into a cached file, pread, TLS, socket; one thread's CPU {data_path_cpu:.2} s/GiB, runs {data_path_cpu_runs})");
     if let Some((idle_probe_p50, idle_probe_max)) = idle_probe {
         println!("  baseline: GetJob, idle server            p50 {idle_probe_p50:.2} ms, max {idle_probe_max:.1} ms");
     }
@@ -894,9 +915,6 @@ fn follow_figures(pki: &Pki, idle_probe: Option<(f64, f64)>) {
         "  page cache alone: 1 GiB into a new file   {:8.2} s CPU          runs {page_cache_runs}",
         median(&mut page_cache)
     );
-
-    // The copy the allocator steers clear of (sys::CacheLineAllocator): 16 KiB memcpy with the destination a
-    // few bytes past the source modulo 4 KiB, next to the same copy a cache line apart.
 }
 
 /// Isolated StartJob p50 of this build against another (`RUNNEL_BENCH=start-vs RUNNEL_BENCH_BASELINE=path make
