@@ -350,17 +350,49 @@ struct FloodProbe {
     /// The GetJob calls over [`SLOW_CALL_MS`], each with the part of it the probe and the server spent runnable
     /// but waiting for a CPU: where the tail comes from.
     slow_calls: Vec<SlowCall>,
+    /// How late, at worst, a thread of the bench that only sleeps 1 ms at a time woke up (ms), and how long it
+    /// had waited for a CPU then: late with no wait means the machine itself stood still, server or not.
+    canary: Lateness,
+}
+
+/// The worst wake-up of a thread sleeping 1 ms at a time, in milliseconds: how late it was, and how much of
+/// that it spent runnable, waiting for a CPU (`/proc/thread-self/schedstat`).
+#[derive(Default, Clone, Copy)]
+struct Lateness {
+    late: f64,
+    waiting: f64,
+}
+
+/// A thread that sleeps 1 ms at a time until `stop`, keeping its latest wake-up's worst case.
+fn sleeping_canary(stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Lateness> {
+    std::thread::spawn(move || {
+        let mut worst = Lateness::default();
+        while !stop.load(Ordering::Relaxed) {
+            let (_, waiting_before) = schedstat_at("/proc/thread-self/schedstat");
+            let begun = Instant::now();
+            std::thread::sleep(Duration::from_millis(1));
+            let late = begun.elapsed().as_secs_f64() * 1e3 - 1.0;
+            if late > worst.late {
+                let (_, waiting_after) = schedstat_at("/proc/thread-self/schedstat");
+                worst = Lateness { late, waiting: (waiting_after - waiting_before) as f64 / 1e6 };
+            }
+        }
+        worst
+    })
 }
 
 /// A GetJob call is slow past this (the goal for its p99).
 const SLOW_CALL_MS: f64 = 10.0;
 
-/// One slow GetJob call, in milliseconds: how long it took, and how much of that the probe's thread and the
-/// server waited for a CPU (`/proc/.../schedstat`; a wait still going on when it ends is not counted yet).
+/// One slow GetJob call, in milliseconds: how long it took, how much of that the probe's thread and the server
+/// waited for a CPU (`/proc/.../schedstat`; a wait still going on when it ends is not counted yet), and how much
+/// CPU time the hypervisor took from the machine's cores meanwhile (`steal` in `/proc/stat`, in clock ticks of
+/// 10 ms: a stall of the whole VM shows here, and in no process's waiting).
 struct SlowCall {
     round_trip: f64,
     probe_waiting: f64,
     server_waiting: f64,
+    stolen: f64,
 }
 
 /// The whole machine's CPU time so far and the part of it stolen by the hypervisor, in clock ticks (the `cpu`
@@ -371,6 +403,9 @@ fn machine_ticks() -> (u64, u64) {
         stat.lines().next().unwrap().split_whitespace().skip(1).take(8).map(|f| f.parse().unwrap()).collect();
     (ticks.iter().sum(), ticks[7])
 }
+
+/// The unit of `/proc/stat`, `USER_HZ`: 100 clock ticks a second on the architectures runnel builds for.
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 
 /// The first two fields of `/proc/PID/schedstat`: time on a CPU, time waiting for one (nanoseconds).
 fn schedstat(pid: i32) -> (u64, u64) {
@@ -405,6 +440,7 @@ fn probe_under_flood(pki: &Pki, flooders: usize, seconds: u64) -> FloodProbe {
         }
         round_trips
     });
+    let canary = sleeping_canary(Arc::clone(&stop));
     let (mut get_job, mut slow_calls) = (Vec::new(), Vec::new());
     let (cpu_before, waiting_before) = schedstat(server.pid());
     let (machine_before, stolen_before) = machine_ticks();
@@ -413,6 +449,7 @@ fn probe_under_flood(pki: &Pki, flooders: usize, seconds: u64) -> FloodProbe {
     while Instant::now() < until {
         let (_, probe_before) = schedstat_at("/proc/thread-self/schedstat");
         let (_, server_before) = schedstat_at(&server_stat);
+        let (_, machine_stolen_before) = machine_ticks();
         let begun = Instant::now();
         let _: Job = probe.unary(path::GET_JOB, &GetJobRequest { job_id: own.id.clone() }, None).unwrap();
         let round_trip = begun.elapsed().as_secs_f64() * 1e3;
@@ -420,10 +457,12 @@ fn probe_under_flood(pki: &Pki, flooders: usize, seconds: u64) -> FloodProbe {
         if round_trip > SLOW_CALL_MS {
             let (_, probe_after) = schedstat_at("/proc/thread-self/schedstat");
             let (_, server_after) = schedstat_at(&server_stat);
+            let (_, machine_stolen_after) = machine_ticks();
             slow_calls.push(SlowCall {
                 round_trip,
                 probe_waiting: (probe_after - probe_before) as f64 / 1e6,
                 server_waiting: (server_after - server_before) as f64 / 1e6,
+                stolen: (machine_stolen_after - machine_stolen_before) as f64 * 1e3 / CLOCK_TICKS_PER_SECOND,
             });
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -432,6 +471,7 @@ fn probe_under_flood(pki: &Pki, flooders: usize, seconds: u64) -> FloodProbe {
     let (machine_after, stolen_after) = machine_ticks();
     stop.store(true, Ordering::Relaxed);
     let start_job = starter.join().unwrap();
+    let canary = canary.join().unwrap();
     drop(jobs);
     FloodProbe {
         get_job,
@@ -440,6 +480,7 @@ fn probe_under_flood(pki: &Pki, flooders: usize, seconds: u64) -> FloodProbe {
         server_waiting: (waiting_after - waiting_before) as f64 / 1e9,
         stolen: (stolen_after - stolen_before) as f64 / (machine_after - machine_before).max(1) as f64,
         slow_calls,
+        canary,
     }
 }
 
@@ -453,13 +494,14 @@ fn describe_slow_calls(calls: &[SlowCall]) -> String {
     let share = |part: fn(&SlowCall) -> f64| calls.iter().map(part).sum::<f64>() / total * 100.0;
     format!(
         "{} GetJob over {SLOW_CALL_MS} ms: of their time the probe waited for a CPU {:.0} %, the server {:.0} %; \
-         the slowest ({:.1} ms): probe {:.1} ms, server {:.1} ms",
+         the slowest ({:.1} ms): probe {:.1} ms, server {:.1} ms, the hypervisor took {:.0} ms of CPU time",
         calls.len(),
         share(|c| c.probe_waiting),
         share(|c| c.server_waiting),
         slowest.round_trip,
         slowest.probe_waiting,
-        slowest.server_waiting
+        slowest.server_waiting,
+        slowest.stolen
     )
 }
 
@@ -485,9 +527,13 @@ fn flood_figures(pki: &Pki) {
             run.server_waiting,
             run.stolen * 100.0
         );
-        if flooders > 0 {
-            println!("  {:16} {}", "", describe_slow_calls(&run.slow_calls));
-        }
+        println!(
+            "  {:16} {}; a thread sleeping 1 ms at a time woke up at worst {:.1} ms late, {:.1} ms of it waiting for a CPU",
+            "",
+            describe_slow_calls(&run.slow_calls),
+            run.canary.late,
+            run.canary.waiting
+        );
     }
     println!("  (goals under flood: GetJob p99 <= 10 ms, max <= 50 ms; StartJob p99 <= 3x idle)");
 }
