@@ -381,7 +381,7 @@ fn connections_to_a_loopback_listener_use_reno_which_does_not_pace() {
     let server = Server::start(&Pki::new(), &[]);
     let _client = TcpStream::connect(&server.address).unwrap();
     let port = server.address.rsplit(':').next().unwrap();
-    // `ss` (iproute2) prints each socket's congestion control at the start of its second line.
+    // `ss` (iproute2) prints each socket's details, its congestion control among them, on an indented line.
     let congestion_controls = || {
         let ss = Command::new("ss")
             .args(["-tinH", "state", "established", &format!("( sport = :{port} )")])
@@ -392,7 +392,10 @@ fn connections_to_a_loopback_listener_use_reno_which_does_not_pace() {
             .unwrap()
             .lines()
             .filter(|line| line.starts_with(char::is_whitespace))
-            .filter_map(|info| info.split_whitespace().next().map(str::to_string))
+            .map(|info| {
+                let words: Vec<&str> = info.split_whitespace().collect();
+                ["reno", "bbr", "cubic"].into_iter().find(|name| words.contains(name)).unwrap_or("other").to_string()
+            })
             .collect::<Vec<_>>()
     };
     let mut seen = Vec::new();

@@ -188,6 +188,11 @@ impl Call {
         self.refusal = Some(error);
     }
 
+    /// The method the call named, if it named one the server serves (for the log).
+    pub fn method_name(&self) -> Option<&'static str> {
+        self.method.map(Method::name)
+    }
+
     /// True for calls that stream until something else happens (followers, watches), which shutdown waits for.
     pub fn is_follower(&self) -> bool {
         matches!(self.phase, Phase::Follow(_))

@@ -18,6 +18,7 @@ pub mod scrape;
 mod service;
 mod source;
 mod state_dir;
+mod turn;
 pub mod wire;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -44,6 +45,7 @@ use self::scrape::MetricsEndpoint;
 use self::service::{Effect, ServiceContext};
 use self::source::Source;
 use self::state_dir::StateDir;
+use self::turn::{Part, SlowTurnLog, Step, TurnClock};
 use self::wire::CallError;
 use crate::jobs::{Drain, EndReason, JobKey, JobTable, JobTableConfig, StartedJob, Stream, START_TIMEOUT};
 use crate::reactor::{TaskId, Timers, WakeQueue};
@@ -286,6 +288,8 @@ struct Server {
     removal_retry_scheduled: bool,
     lifecycle: Lifecycle,
     metrics: Metrics,
+    /// Slow turns described in the log, rate-limited.
+    slow_turns: SlowTurnLog,
     /// `--metrics-listen`'s listener and its exchanges.
     metrics_endpoint: Option<MetricsEndpoint>,
     /// The last metrics page and when it was rendered.
@@ -338,7 +342,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         address: config.listen,
         source,
     })?;
-    if config.listen.ip().is_loopback() {
+    if config.listen.ip().to_canonical().is_loopback() {
         // Every connection stays on this machine: nothing to pace for (`sys::send_unpaced`). A listener on other
         // addresses keeps the system's congestion control, chosen for the networks its clients come over.
         if let Err(err) = sys::send_unpaced(listener.as_raw_fd()) {
@@ -404,6 +408,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         removal_retry_scheduled: false,
         lifecycle: Lifecycle::Serving,
         metrics: Metrics::default(),
+        slow_turns: SlowTurnLog::default(),
         metrics_endpoint,
         metrics_page: None,
         service_manager,
@@ -435,27 +440,34 @@ impl Server {
                     return Err(ServerError::Io { what: "the event loop failed", source: err });
                 }
             }
-            let turn_begun = Instant::now();
+            let mut turn = TurnClock::start();
             for source in std::mem::take(&mut self.seen_during_ingest) {
-                self.dispatch(source);
+                turn.step(Step::Event(source), || self.dispatch(source));
             }
             for event in events.iter() {
-                self.dispatch(Source::from_token(event.token()));
+                let source = Source::from_token(event.token());
+                turn.step(Step::Event(source), || self.dispatch(source));
             }
+            turn.part_done(Part::Arrivals);
             let now = Instant::now();
             while let Some(event) = self.timers.pop_due(now) {
                 self.fire(event);
             }
-            self.run_tasks();
+            turn.part_done(Part::Timers);
+            self.run_tasks(&mut turn);
+            turn.part_done(Part::Calls);
             // Last: a call answered this turn does not wait for the turn's copy of output (up to 2 MiB), and
             // one that arrives during the copy ends it (see `ingest_output`).
-            self.ingest_output(&mut events);
+            self.ingest_output(&mut events, &mut turn);
+            turn.part_done(Part::Output);
             self.jobs.replenish_shells();
             if !self.removal_retry_scheduled && self.jobs.has_removals_waiting() {
                 self.removal_retry_scheduled = true;
                 self.timers.schedule(Instant::now() + limits::REMOVAL_RETRY, TimerEvent::RetryRemovals);
             }
-            self.metrics.record_turn(turn_begun.elapsed());
+            turn.part_done(Part::Upkeep);
+            self.metrics.record_turn(turn.elapsed());
+            self.slow_turns.finished(&turn);
             if self.advance_shutdown() {
                 return Ok(());
             }
@@ -542,7 +554,7 @@ impl Server {
     /// since the last look and there is more to do, the loop looks for anything that arrived meanwhile (see
     /// [`Server::yield_to_what_arrived`]): if something did, the turn ends there and the next one serves it
     /// first. So a call waits for at most two pieces, not for the turn's whole budget.
-    fn ingest_output(&mut self, events: &mut Events) {
+    fn ingest_output(&mut self, events: &mut Events, turn: &mut TurnClock) {
         let mut budget = limits::OUTPUT_BYTES_PER_TURN;
         let mut since_look = 0;
         for _ in 0..self.ready_pipes.len() {
@@ -554,6 +566,7 @@ impl Server {
             let mut drain = Drain::More;
             while share > 0 && drain == Drain::More {
                 let ingested = self.jobs.drain(key, stream, share.min(limits::OUTPUT_BYTES_PER_LOOK));
+                turn.copied_output(ingested.bytes);
                 let bytes = (ingested.bytes as usize).min(share);
                 (share, budget, since_look) = (share - bytes, budget - bytes, since_look + bytes);
                 drain = ingested.drain;
@@ -840,7 +853,7 @@ impl Server {
     }
 
     /// Polls woken tasks until none is left (or the per-turn budget is spent).
-    fn run_tasks(&mut self) {
+    fn run_tasks(&mut self, turn: &mut TurnClock) {
         let mut deadlines = Vec::new();
         for _ in 0..limits::TASK_ROUNDS_PER_TURN {
             let ready = self.queue.take();
@@ -848,7 +861,15 @@ impl Server {
                 break;
             }
             for task in ready {
-                self.poll_task(task, &mut deadlines);
+                let step = match self.connections.get(&task.connection) {
+                    _ if task.is_connection() => Step::Connection(task.connection),
+                    Some(connection) => Step::Call {
+                        connection: task.connection,
+                        method: connection.calls.get(&task.call).and_then(|call| call.method_name()),
+                    },
+                    None => continue,
+                };
+                turn.step(step, || self.poll_task(task, &mut deadlines));
             }
             for (task, timeout) in deadlines.drain(..) {
                 self.timers.schedule(Instant::now() + timeout, TimerEvent::CallDeadline(task.connection, task.call));

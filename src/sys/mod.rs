@@ -116,8 +116,9 @@ pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
 
 /// Makes the connections a listener accepts send without pacing: they get `reno` as their congestion control.
 /// For a listener on a loopback address, whose every connection stays on this machine. There is no link to pace
-/// for there, and the pacing `bbr` does (a common system default) costs the sender a timer per burst. On a
-/// virtual machine that was 0.2–0.45 s of the server's CPU per GiB a follower received (`docs/performance.md`).
+/// for there, and the pacing `bbr` does (the default on some distributions and cloud images) costs the sender a
+/// timer per burst. On a virtual machine that was 0.2–0.45 s of the server's CPU per GiB a follower received
+/// (`docs/performance.md`).
 /// `reno` because every kernel has it and any process may choose it. Set on the listener, so that every
 /// connection starts with it when its handshake completes, before `bbr` could switch pacing on.
 pub fn send_unpaced(listener: RawFd) -> io::Result<()> {

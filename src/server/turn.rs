@@ -1,0 +1,194 @@
+//! Where a loop turn's time went. Every call on the server waits for the turn in progress, so a turn is meant to
+//! take a few milliseconds (`docs/architecture.md`); the metrics count how many took longer
+//! (`runnel_loop_turn_duration_seconds`), and this module says why: a turn over [`SLOW_TURN`] writes a log line
+//! with the time each part of the turn took and its slowest single step (an event's handling, a call's or a
+//! connection's poll), so that a stall a client saw can be traced to what the loop was doing then.
+//!
+//! Timing costs a clock read per step. The line is rate-limited: a server that is slow all the time says so
+//! once a second, with how many slow turns it did not describe.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use super::source::Source;
+
+/// A turn longer than this is described in the log.
+pub const SLOW_TURN: Duration = Duration::from_millis(25);
+
+/// At most one slow turn is described per this long.
+const DESCRIBE_AT_MOST_EVERY: Duration = Duration::from_secs(1);
+
+/// The parts of a turn, in the order it runs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Handling what the reactor reported ready (and what arrived during the last turn's copy of output).
+    Arrivals,
+    /// Timers that came due.
+    Timers,
+    /// Polling woken connections and calls.
+    Calls,
+    /// Copying job output into the spool.
+    Output,
+    /// Asking for shells, handing over files to remove.
+    Upkeep,
+}
+
+const PARTS: [Part; 5] = [Part::Arrivals, Part::Timers, Part::Calls, Part::Output, Part::Upkeep];
+
+/// One step of a turn, named for the log.
+#[derive(Debug, Clone, Copy)]
+pub enum Step {
+    Event(Source),
+    /// A connection's poll (its TLS and HTTP/2 work).
+    Connection(u64),
+    /// A call's poll, with its method if it named one.
+    Call {
+        connection: u64,
+        method: Option<&'static str>,
+    },
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Event(source) => write!(f, "{source:?}"),
+            Step::Connection(id) => write!(f, "connection {id}"),
+            Step::Call { connection, method: Some(method) } => write!(f, "a {method} call on connection {connection}"),
+            Step::Call { connection, method: None } => write!(f, "a call on connection {connection}"),
+        }
+    }
+}
+
+/// The clock of the turn in progress.
+pub struct TurnClock {
+    begun: Instant,
+    part_begun: Instant,
+    spent: [Duration; PARTS.len()],
+    steps: usize,
+    slowest: Option<(Step, Duration)>,
+    /// Job output bytes the turn copied.
+    output_bytes: u64,
+}
+
+impl TurnClock {
+    pub fn start() -> Self {
+        let now = Instant::now();
+        TurnClock {
+            begun: now,
+            part_begun: now,
+            spent: [Duration::ZERO; PARTS.len()],
+            steps: 0,
+            slowest: None,
+            output_bytes: 0,
+        }
+    }
+
+    /// Times `step`, run by `run`.
+    pub fn step<T>(&mut self, step: Step, run: impl FnOnce() -> T) -> T {
+        let begun = Instant::now();
+        let result = run();
+        let took = begun.elapsed();
+        self.steps += 1;
+        if self.slowest.is_none_or(|(_, slowest)| took > slowest) {
+            self.slowest = Some((step, took));
+        }
+        result
+    }
+
+    /// The part of the turn that began at the end of the last one is over.
+    pub fn part_done(&mut self, part: Part) {
+        let now = Instant::now();
+        let index = PARTS.iter().position(|p| *p == part).expect("every part is listed");
+        self.spent[index] += now - self.part_begun;
+        self.part_begun = now;
+    }
+
+    pub fn copied_output(&mut self, bytes: u64) {
+        self.output_bytes += bytes;
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.begun.elapsed()
+    }
+}
+
+impl fmt::Display for TurnClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        write!(f, "a loop turn took {:.1} ms:", ms(self.elapsed()))?;
+        for (part, spent) in PARTS.iter().zip(self.spent) {
+            write!(f, " {} {:.1} ms,", format!("{part:?}").to_lowercase(), ms(spent))?;
+        }
+        write!(f, " {} steps, {} KiB of output copied", self.steps, self.output_bytes >> 10)?;
+        if let Some((step, took)) = self.slowest {
+            write!(f, "; the slowest step: {step} ({:.1} ms)", ms(took))?;
+        }
+        Ok(())
+    }
+}
+
+/// Describes slow turns in the log, at most once per [`DESCRIBE_AT_MOST_EVERY`].
+#[derive(Default)]
+pub struct SlowTurnLog {
+    last_described: Option<Instant>,
+    undescribed: u64,
+}
+
+impl SlowTurnLog {
+    /// Logs `turn` if it was slow and the last line is old enough; counts it otherwise.
+    pub fn finished(&mut self, turn: &TurnClock) {
+        if turn.elapsed() <= SLOW_TURN {
+            return;
+        }
+        let now = Instant::now();
+        if self.last_described.is_some_and(|last| now - last < DESCRIBE_AT_MOST_EVERY) {
+            self.undescribed += 1;
+            return;
+        }
+        let undescribed = std::mem::take(&mut self.undescribed);
+        let more = if undescribed > 0 {
+            format!(" ({undescribed} more slow turns since the last line)")
+        } else {
+            String::new()
+        };
+        log::warn!("{turn}{more}");
+        self.last_described = Some(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_turn_names_its_parts_and_its_slowest_step() {
+        let mut turn = TurnClock::start();
+        turn.step(Step::Connection(3), || ());
+        turn.step(Step::Call { connection: 3, method: Some("GetJob") }, || {
+            std::thread::sleep(Duration::from_millis(5))
+        });
+        turn.part_done(Part::Arrivals);
+        turn.part_done(Part::Timers);
+        turn.copied_output(3 << 10);
+        turn.part_done(Part::Output);
+        let line = turn.to_string();
+        assert!(line.starts_with("a loop turn took "), "{line}");
+        assert!(line.contains("2 steps, 3 KiB of output copied"), "{line}");
+        assert!(line.contains("the slowest step: a GetJob call on connection 3 ("), "{line}");
+        let arrivals: f64 = line.split("arrivals ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+        assert!(arrivals >= 5.0, "{line}");
+    }
+
+    #[test]
+    fn a_fast_turn_is_not_described_and_slow_ones_are_rate_limited() {
+        let mut log = SlowTurnLog::default();
+        log.finished(&TurnClock::start());
+        assert_eq!((log.last_described.is_some(), log.undescribed), (false, 0));
+        let mut slow = TurnClock::start();
+        slow.begun -= SLOW_TURN * 2;
+        log.finished(&slow);
+        log.finished(&slow);
+        log.finished(&slow);
+        assert_eq!((log.last_described.is_some(), log.undescribed), (true, 2));
+    }
+}
