@@ -12,7 +12,12 @@ pub struct ScratchDir(PathBuf);
 impl ScratchDir {
     /// A new empty directory whose name starts with `runnel-NAME-`.
     pub fn new(name: &str) -> ScratchDir {
-        let path = std::env::temp_dir().join(format!("runnel-{name}-{:016x}", rand::random::<u64>()));
+        ScratchDir::new_in(&std::env::temp_dir(), name)
+    }
+
+    /// As [`ScratchDir::new`], under `parent` instead of the system temp dir.
+    pub fn new_in(parent: &Path, name: &str) -> ScratchDir {
+        let path = parent.join(format!("runnel-{name}-{:016x}", rand::random::<u64>()));
         fs::create_dir_all(&path).unwrap();
         ScratchDir(path)
     }
