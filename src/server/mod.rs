@@ -565,7 +565,8 @@ impl Server {
             let mut share = budget.min(limits::OUTPUT_BYTES_PER_PIPE);
             let mut drain = Drain::More;
             while share > 0 && drain == Drain::More {
-                let ingested = self.jobs.drain(key, stream, share.min(limits::OUTPUT_BYTES_PER_LOOK));
+                let piece = share.min(limits::OUTPUT_BYTES_PER_LOOK);
+                let ingested = turn.step(Step::Copy(key, stream), || self.jobs.drain(key, stream, piece));
                 turn.copied_output(ingested.bytes);
                 let bytes = (ingested.bytes as usize).min(share);
                 (share, budget, since_look) = (share - bytes, budget - bytes, since_look + bytes);

@@ -1,8 +1,9 @@
 //! Where a loop turn's time went. Every call on the server waits for the turn in progress, so a turn is meant to
 //! take a few milliseconds (`docs/architecture.md`); the metrics count how many took longer
 //! (`runnel_loop_turn_duration_seconds`), and this module says why: a turn over [`SLOW_TURN`] writes a log line
-//! with the time each part of the turn took and its slowest single step (an event's handling, a call's or a
-//! connection's poll), so that a stall a client saw can be traced to what the loop was doing then.
+//! with the time each part of the turn took and its slowest single step (an event's handling, a piece of
+//! output copied, a call's or a connection's poll), so that a stall a client saw can be traced to what the loop
+//! was doing then.
 //!
 //! Timing costs a clock read per step. The line is rate-limited: a server that is slow all the time says so
 //! once a second, with how many slow turns it did not describe.
@@ -11,6 +12,14 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use super::source::Source;
+use crate::jobs::{JobKey, Stream};
+
+fn stream_name(stream: Stream) -> &'static str {
+    match stream {
+        Stream::Stdout => "stdout",
+        Stream::Stderr => "stderr",
+    }
+}
 
 /// A turn longer than this is described in the log.
 pub const SLOW_TURN: Duration = Duration::from_millis(25);
@@ -39,6 +48,8 @@ const PARTS: [Part; 5] = [Part::Arrivals, Part::Timers, Part::Calls, Part::Outpu
 #[derive(Debug, Clone, Copy)]
 pub enum Step {
     Event(Source),
+    /// Copying a piece of a job's output from its pipe into the spool.
+    Copy(JobKey, Stream),
     /// A connection's poll (its TLS and HTTP/2 work).
     Connection(u64),
     /// A call's poll, with its method if it named one.
@@ -51,7 +62,17 @@ pub enum Step {
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Step::Event(source) => write!(f, "{source:?}"),
+            Step::Event(source) => match source {
+                Source::Listener => write!(f, "accepting connections"),
+                Source::Signals => write!(f, "handling signals"),
+                Source::Connection(id) => write!(f, "connection {id} becoming ready"),
+                Source::JobExit(key) => write!(f, "the exit of job key {key}"),
+                Source::JobOutput(key, stream) => write!(f, "the {} of job key {key}", stream_name(*stream)),
+                Source::JobStartReport(key) => write!(f, "the start report of job key {key}"),
+                Source::MetricsListener => write!(f, "accepting metrics scrapes"),
+                Source::MetricsExchange(id) => write!(f, "metrics scrape {id}"),
+            },
+            Step::Copy(key, stream) => write!(f, "copying the {} of job key {key}", stream_name(*stream)),
             Step::Connection(id) => write!(f, "connection {id}"),
             Step::Call { connection, method: Some(method) } => write!(f, "a {method} call on connection {connection}"),
             Step::Call { connection, method: None } => write!(f, "a call on connection {connection}"),
@@ -119,7 +140,8 @@ impl fmt::Display for TurnClock {
         for (part, spent) in PARTS.iter().zip(self.spent) {
             write!(f, " {} {:.1} ms,", format!("{part:?}").to_lowercase(), ms(spent))?;
         }
-        write!(f, " {} steps, {} KiB of output copied", self.steps, self.output_bytes >> 10)?;
+        let plural = if self.steps == 1 { "" } else { "s" };
+        write!(f, " {} step{plural}, {} KiB of output copied", self.steps, self.output_bytes >> 10)?;
         if let Some((step, took)) = self.slowest {
             write!(f, "; the slowest step: {step} ({:.1} ms)", ms(took))?;
         }
@@ -163,7 +185,7 @@ mod tests {
     #[test]
     fn a_turn_names_its_parts_and_its_slowest_step() {
         let mut turn = TurnClock::start();
-        turn.step(Step::Connection(3), || ());
+        turn.step(Step::Event(Source::JobOutput(7, Stream::Stderr)), || ());
         turn.step(Step::Call { connection: 3, method: Some("GetJob") }, || {
             std::thread::sleep(Duration::from_millis(5))
         });
@@ -174,6 +196,8 @@ mod tests {
         let line = turn.to_string();
         assert!(line.starts_with("a loop turn took "), "{line}");
         assert!(line.contains("2 steps, 3 KiB of output copied"), "{line}");
+        assert_eq!(Step::Event(Source::JobOutput(7, Stream::Stderr)).to_string(), "the stderr of job key 7");
+        assert_eq!(Step::Copy(7, Stream::Stdout).to_string(), "copying the stdout of job key 7");
         assert!(line.contains("the slowest step: a GetJob call on connection 3 ("), "{line}");
         let arrivals: f64 = line.split("arrivals ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
         assert!(arrivals >= 5.0, "{line}");
