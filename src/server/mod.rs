@@ -451,7 +451,7 @@ impl Server {
             turn.part_done(Part::Arrivals);
             let now = Instant::now();
             while let Some(event) = self.timers.pop_due(now) {
-                self.fire(event);
+                turn.step(Step::Timer(event), || self.fire(event));
             }
             turn.part_done(Part::Timers);
             self.run_tasks(&mut turn);
@@ -460,13 +460,13 @@ impl Server {
             // one that arrives during the copy ends it (see `ingest_output`).
             self.ingest_output(&mut events, &mut turn);
             turn.part_done(Part::Output);
-            self.jobs.replenish_shells();
+            turn.step(Step::Shells, || self.jobs.replenish_shells());
             if !self.removal_retry_scheduled && self.jobs.has_removals_waiting() {
                 self.removal_retry_scheduled = true;
                 self.timers.schedule(Instant::now() + limits::REMOVAL_RETRY, TimerEvent::RetryRemovals);
             }
             turn.part_done(Part::Upkeep);
-            self.metrics.record_turn(turn.elapsed());
+            self.metrics.record_turn(turn.finish());
             self.slow_turns.finished(&turn);
             if self.advance_shutdown() {
                 return Ok(());

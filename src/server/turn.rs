@@ -12,6 +12,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use super::source::Source;
+use super::TimerEvent;
 use crate::jobs::{JobKey, Stream};
 
 fn stream_name(stream: Stream) -> &'static str {
@@ -50,6 +51,10 @@ pub enum Step {
     Event(Source),
     /// Copying a piece of a job's output from its pipe into the spool.
     Copy(JobKey, Stream),
+    /// A timer that came due.
+    Timer(TimerEvent),
+    /// Asking the shell helper for shells.
+    Shells,
     /// A connection's poll (its TLS and HTTP/2 work).
     Connection(u64),
     /// A call's poll, with its method if it named one.
@@ -73,6 +78,8 @@ impl fmt::Display for Step {
                 Source::MetricsExchange(id) => write!(f, "metrics scrape {id}"),
             },
             Step::Copy(key, stream) => write!(f, "copying the {} of job key {key}", stream_name(*stream)),
+            Step::Timer(event) => write!(f, "the timer {event:?}"),
+            Step::Shells => write!(f, "asking for shells"),
             Step::Connection(id) => write!(f, "connection {id}"),
             Step::Call { connection, method: Some(method) } => write!(f, "a {method} call on connection {connection}"),
             Step::Call { connection, method: None } => write!(f, "a call on connection {connection}"),
@@ -89,6 +96,8 @@ pub struct TurnClock {
     slowest: Option<(Step, Duration)>,
     /// Job output bytes the turn copied.
     output_bytes: u64,
+    /// The turn's length, once [`TurnClock::finish`] has measured it.
+    took: Option<Duration>,
 }
 
 impl TurnClock {
@@ -101,6 +110,7 @@ impl TurnClock {
             steps: 0,
             slowest: None,
             output_bytes: 0,
+            took: None,
         }
     }
 
@@ -128,15 +138,21 @@ impl TurnClock {
         self.output_bytes += bytes;
     }
 
-    pub fn elapsed(&self) -> Duration {
-        self.begun.elapsed()
+    /// Ends the turn: its length, which the metrics, the slow-turn check and the log line all use.
+    pub fn finish(&mut self) -> Duration {
+        *self.took.insert(self.begun.elapsed())
+    }
+
+    /// The turn's length if it has finished, or so far.
+    pub fn took(&self) -> Duration {
+        self.took.unwrap_or_else(|| self.begun.elapsed())
     }
 }
 
 impl fmt::Display for TurnClock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        write!(f, "a loop turn took {:.1} ms:", ms(self.elapsed()))?;
+        write!(f, "a loop turn took {:.1} ms:", ms(self.took()))?;
         for (part, spent) in PARTS.iter().zip(self.spent) {
             write!(f, " {} {:.1} ms,", format!("{part:?}").to_lowercase(), ms(spent))?;
         }
@@ -159,22 +175,26 @@ pub struct SlowTurnLog {
 impl SlowTurnLog {
     /// Logs `turn` if it was slow and the last line is old enough; counts it otherwise.
     pub fn finished(&mut self, turn: &TurnClock) {
-        if turn.elapsed() <= SLOW_TURN {
-            return;
+        if let Some(line) = self.describe(turn, Instant::now()) {
+            log::warn!("{line}");
         }
-        let now = Instant::now();
+    }
+
+    /// The line for `turn`, ended at `now`: `None` for a fast turn, or a slow one within
+    /// [`DESCRIBE_AT_MOST_EVERY`] of the last line (counted for the next).
+    fn describe(&mut self, turn: &TurnClock, now: Instant) -> Option<String> {
+        if turn.took() <= SLOW_TURN {
+            return None;
+        }
         if self.last_described.is_some_and(|last| now - last < DESCRIBE_AT_MOST_EVERY) {
             self.undescribed += 1;
-            return;
+            return None;
         }
-        let undescribed = std::mem::take(&mut self.undescribed);
-        let more = if undescribed > 0 {
-            format!(" ({undescribed} more slow turns since the last line)")
-        } else {
-            String::new()
-        };
-        log::warn!("{turn}{more}");
         self.last_described = Some(now);
+        Some(match std::mem::take(&mut self.undescribed) {
+            0 => turn.to_string(),
+            undescribed => format!("{turn} ({undescribed} more slow turns since the last line)"),
+        })
     }
 }
 
@@ -199,20 +219,32 @@ mod tests {
         assert_eq!(Step::Event(Source::JobOutput(7, Stream::Stderr)).to_string(), "the stderr of job key 7");
         assert_eq!(Step::Copy(7, Stream::Stdout).to_string(), "copying the stdout of job key 7");
         assert!(line.contains("the slowest step: a GetJob call on connection 3 ("), "{line}");
-        let arrivals: f64 = line.split("arrivals ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
-        assert!(arrivals >= 5.0, "{line}");
+        let part = |name: &str| -> f64 {
+            line.split(&format!("{name} ")).nth(1).unwrap().split(' ').next().unwrap().parse().unwrap()
+        };
+        // Each part is measured from the end of the one before: the sleep is the arrivals', not the timers'.
+        assert!(part("arrivals") >= 5.0 && part("timers") < 5.0, "{line}");
+        assert_eq!(Step::Timer(TimerEvent::TrimMemory).to_string(), "the timer TrimMemory");
     }
 
     #[test]
     fn a_fast_turn_is_not_described_and_slow_ones_are_rate_limited() {
         let mut log = SlowTurnLog::default();
-        log.finished(&TurnClock::start());
-        assert_eq!((log.last_described.is_some(), log.undescribed), (false, 0));
+        let now = Instant::now();
+        let mut fast = TurnClock::start();
+        fast.finish();
+        assert_eq!(log.describe(&fast, now), None);
         let mut slow = TurnClock::start();
-        slow.begun -= SLOW_TURN * 2;
-        log.finished(&slow);
-        log.finished(&slow);
-        log.finished(&slow);
-        assert_eq!((log.last_described.is_some(), log.undescribed), (true, 2));
+        slow.took = Some(SLOW_TURN * 2);
+        let first = log.describe(&slow, now).expect("a slow turn is described");
+        assert!(first.starts_with("a loop turn took 50.0 ms:") && !first.contains("more slow turns"), "{first}");
+        assert_eq!(log.describe(&slow, now + Duration::from_millis(10)), None);
+        assert_eq!(log.describe(&slow, now + Duration::from_millis(990)), None);
+        let next = log.describe(&slow, now + DESCRIBE_AT_MOST_EVERY).expect("a second later, the next one is");
+        assert!(next.ends_with(" (2 more slow turns since the last line)"), "{next}");
+        // The count starts again from the line that reported it.
+        assert_eq!(log.describe(&slow, now + DESCRIBE_AT_MOST_EVERY + Duration::from_millis(1)), None);
+        let third = log.describe(&slow, now + DESCRIBE_AT_MOST_EVERY * 2).expect("and again a second later");
+        assert!(third.ends_with(" (1 more slow turns since the last line)"), "{third}");
     }
 }

@@ -357,8 +357,10 @@ struct FloodProbe {
     slow_calls: Vec<SlowCall>,
     /// The server's loop turns in the phase that took longer than 25 ms and than 50 ms (its own histogram).
     long_turns: (u64, u64),
-    /// The server's own account of its slow turns: its log lines about them.
+    /// The server's own account of its slow turns: its log lines about them (one a second at most).
     slow_turn_lines: Vec<String>,
+    /// The `ksoftirqd` threads could be read (not so in a PID namespace of its own).
+    softirq_visible: bool,
     /// How late, at worst, a thread of the bench that only sleeps 1 ms at a time woke up (ms), and how long it
     /// had waited for a CPU then: late with no wait means the machine itself stood still, server or not.
     canary: Vec<Lateness>,
@@ -401,7 +403,7 @@ fn sleeping_canary(stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Latenes
     })
 }
 
-/// The latest of `wakeups` whose sleep overlapped `from..to`, if any was late.
+/// The latest wake-up (the most late) of `wakeups` whose sleep overlapped `from..to`, if any was late.
 fn worst_between(wakeups: &[Lateness], from: Instant, to: Instant) -> Option<Lateness> {
     wakeups.iter().filter(|w| w.slept < to && w.woke > from).copied().max_by(|a, b| a.late.total_cmp(&b.late))
 }
@@ -450,6 +452,7 @@ fn loop_turns(server: &Server, bounds: &[&str]) -> (u64, Vec<u64>) {
     let log = server.log_text();
     let address = log.split("metrics served at http://").nth(1).and_then(|rest| rest.split("/metrics").next());
     let mut socket = TcpStream::connect(address.expect("the server logs its metrics address")).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     socket.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").unwrap();
     let mut text = String::new();
     socket.read_to_string(&mut text).unwrap();
@@ -462,6 +465,11 @@ fn loop_turns(server: &Server, bounds: &[&str]) -> (u64, Vec<u64>) {
         .map(|bound| sample(&format!("runnel_loop_turn_duration_seconds_bucket{{le=\"{bound}\"}}")))
         .collect();
     (sample("runnel_loop_turn_duration_seconds_count"), within)
+}
+
+/// The server's log lines about its slow turns so far.
+fn slow_turn_lines(server: &Server) -> Vec<String> {
+    server.log_text().lines().filter(|line| line.contains("a loop turn took")).map(str::to_string).collect()
 }
 
 /// The whole machine's CPU time so far and the part of it stolen by the hypervisor, in clock ticks (the `cpu`
@@ -514,6 +522,7 @@ fn probe_under_flood(pki: &Pki, flooders: usize, seconds: u64, state_dir: Option
     let (cpu_before, waiting_before) = schedstat(server.pid());
     let (machine_before, stolen_before) = machine_ticks();
     let (turns_before, within_before) = loop_turns(&server, &["0.025", "0.05"]);
+    let slow_turn_lines_before = slow_turn_lines(&server).len();
     let softirq_threads = softirq_thread_stats();
     let until = Instant::now() + Duration::from_secs(seconds);
     let server_stat = format!("/proc/{}/schedstat", server.pid());
@@ -552,8 +561,7 @@ fn probe_under_flood(pki: &Pki, flooders: usize, seconds: u64, state_dir: Option
     stop.store(true, Ordering::Relaxed);
     let start_job = starter.join().unwrap();
     let canary = canary.join().unwrap();
-    let slow_turn_lines =
-        server.log_text().lines().filter(|line| line.contains("a loop turn took")).map(str::to_string).collect();
+    let slow_turn_lines = slow_turn_lines(&server).split_off(slow_turn_lines_before);
     drop(jobs);
     FloodProbe {
         get_job,
@@ -564,18 +572,20 @@ fn probe_under_flood(pki: &Pki, flooders: usize, seconds: u64, state_dir: Option
         slow_calls,
         long_turns,
         slow_turn_lines,
+        softirq_visible: !softirq_threads.is_empty(),
         canary,
     }
 }
 
 /// Where the slow calls' time went: their count, the share of their time the probe and the server waited for
 /// a CPU, how many the sleeping canary was late through, and the slowest one's parts.
-fn describe_slow_calls(calls: &[SlowCall], canary: &[Lateness]) -> String {
+fn describe_slow_calls(calls: &[SlowCall], canary: &[Lateness], softirq_visible: bool) -> String {
     let Some(slowest) = calls.iter().max_by(|a, b| a.round_trip.total_cmp(&b.round_trip)) else {
         return format!("no GetJob over {SLOW_CALL_MS} ms");
     };
     let total: f64 = calls.iter().map(|c| c.round_trip).sum();
     let share = |part: fn(&SlowCall) -> f64| calls.iter().map(part).sum::<f64>() / total * 100.0;
+    let softirq = if softirq_visible { format!("{:.1} ms", slowest.softirq_waiting) } else { "n/a".to_string() };
     let canary_late = calls.iter().filter(|c| worst_between(canary, c.sent, c.answered).is_some()).count();
     let canary_meanwhile = match worst_between(canary, slowest.sent, slowest.answered) {
         Some(w) => {
@@ -586,7 +596,7 @@ fn describe_slow_calls(calls: &[SlowCall], canary: &[Lateness]) -> String {
     format!(
         "{} GetJob over {SLOW_CALL_MS} ms ({canary_late} while the sleeping thread was late); of their time the \
          probe waited for a CPU {:.0} %, the server {:.0} %. The slowest, {:.1} ms: waiting for a CPU, probe {:.1} \
-         ms, server {:.1} ms, ksoftirqd {:.1} ms; the server ran {:.1} ms; the hypervisor took {:.0} ms; \
+         ms, server {:.1} ms, ksoftirqd {softirq}; the server ran {:.1} ms; the hypervisor took {:.0} ms; \
          {canary_meanwhile}",
         calls.len(),
         share(|c| c.probe_waiting),
@@ -594,7 +604,6 @@ fn describe_slow_calls(calls: &[SlowCall], canary: &[Lateness]) -> String {
         slowest.round_trip,
         slowest.probe_waiting,
         slowest.server_waiting,
-        slowest.softirq_waiting,
         slowest.server_running,
         slowest.stolen
     )
@@ -614,7 +623,7 @@ fn print_flood_probe(label: &str, mut run: FloodProbe, idle_start_p99: f64) {
         run.server_waiting,
         run.stolen * 100.0
     );
-    println!("  {:16} {}", "", describe_slow_calls(&run.slow_calls, &run.canary));
+    println!("  {:16} {}", "", describe_slow_calls(&run.slow_calls, &run.canary, run.softirq_visible));
     let worst = run.canary.iter().max_by(|a, b| a.late.total_cmp(&b.late));
     let (late, waiting) = worst.map_or((0.0, 0.0), |w| (w.late, w.waiting));
     println!(
@@ -631,14 +640,32 @@ fn print_flood_probe(label: &str, mut run: FloodProbe, idle_start_p99: f64) {
     }
 }
 
-/// `/dev/shm` if it is a tmpfs (`/proc/mounts`).
-fn tmpfs_for_state() -> Option<PathBuf> {
-    let mounts = fs::read_to_string("/proc/mounts").ok()?;
+/// Room the flood phases' spool needs on the tmpfs: their `--max-output-total`, and some.
+const TMPFS_ROOM_NEEDED: u64 = 5 << 29;
+
+/// `/dev/shm` if it is a tmpfs with room for the flood phases' spool (`TMPFS_ROOM_NEEDED`), once the state
+/// directories an interrupted bench left there are gone; or why not.
+fn tmpfs_for_state() -> Result<PathBuf, String> {
+    let shm = PathBuf::from("/dev/shm");
+    let mounts = fs::read_to_string("/proc/mounts").map_err(|err| format!("cannot read /proc/mounts: {err}"))?;
     let is_tmpfs = mounts.lines().any(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
         fields.get(1) == Some(&"/dev/shm") && fields.get(2) == Some(&"tmpfs")
     });
-    is_tmpfs.then(|| PathBuf::from("/dev/shm"))
+    if !is_tmpfs {
+        return Err("/dev/shm is no tmpfs".to_string());
+    }
+    for entry in fs::read_dir(&shm).map_err(|err| format!("cannot list /dev/shm: {err}"))?.flatten() {
+        if entry.file_name().to_string_lossy().starts_with("runnel-bench-state-") {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+    let stat = nix::sys::statvfs::statvfs(&shm).map_err(|err| format!("cannot statvfs /dev/shm: {err}"))?;
+    let room = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+    if room < TMPFS_ROOM_NEEDED {
+        return Err(format!("/dev/shm has {} MiB free, {} needed", room >> 20, TMPFS_ROOM_NEEDED >> 20));
+    }
+    Ok(shm)
 }
 
 /// The probe idle, and with 4 and 16 jobs flooding output: GetJob and StartJob p50/p99/max. Then the same floods
@@ -656,14 +683,14 @@ fn flood_figures(pki: &Pki) {
         print_flood_probe(&label, run, idle_start_p99);
     }
     match tmpfs_for_state() {
-        Some(tmpfs) => {
+        Ok(tmpfs) => {
             for flooders in [4, 16] {
                 let scratch = ScratchDir::new_in(&tmpfs, "bench-state");
                 let run = probe_under_flood(pki, flooders, 10, Some(&scratch.join("state")));
                 print_flood_probe(&format!("{flooders}, on tmpfs"), run, idle_start_p99);
             }
         }
-        None => println!("  the same floods with the state directory on a tmpfs: not measured, /dev/shm is no tmpfs"),
+        Err(why) => println!("  the same floods with the state directory on a tmpfs: not measured, {why}"),
     }
     println!("  (goals under flood: GetJob p99 <= 10 ms, max <= 50 ms; StartJob p99 <= 3x idle)");
 }
