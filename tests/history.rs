@@ -504,6 +504,48 @@ fn two_servers_histories_restored_into_one_directory_are_both_served() {
 }
 
 #[test]
+fn job_output_is_written_by_the_spool_writer_and_its_death_stops_the_server_with_an_error() {
+    let pki = Pki::new();
+    let mut server = Server::start(&pki, &[]);
+    let state_dir = server.state_dir.clone();
+    let server_pid = server.pid();
+    let writers = util::pids_where(|cmdline| cmdline.contains(" __writer"))
+        .into_iter()
+        .filter(|&pid| util::parent_of(pid) == Some(server_pid))
+        .collect::<Vec<_>>();
+    assert_eq!(writers.len(), 1, "one spool writer per server: {writers:?}");
+    let writer = writers[0];
+    assert!(server.log_text().contains(&format!("spool writer started: pid {writer}")), "{}", server.log_text());
+    let mut alice = server.client("alice");
+    // 22 MB through the writer's data pipe: whole, byte for byte, and complete when WaitJob answers.
+    let ended = start(&mut alice, "seq 1 3000000");
+    let waited = wait(&mut alice, &ended.id);
+    let expected = seq_output(22_888_896);
+    assert_eq!(waited.output_bytes, expected.len() as u64, "WaitJob reports the whole output");
+    let (start_at, runs) = output(&mut alice, &ended.id);
+    assert!(start_at == 0 && stdout_of(&runs) == expected, "its output, byte for byte");
+    let flooding = start(&mut alice, "while :; do seq 1 100000; done");
+    assert!(eventually(Duration::from_secs(10), || get(&mut alice, &flooding.id).unwrap().output_bytes > 10 << 20));
+
+    util::unsafe_kill(writer, SIGKILL);
+    let status = server.exit_within(Duration::from_secs(30));
+    assert!(!status.success(), "{status:?}");
+    let log = server.log_text();
+    assert!(log.contains(&format!("the spool writer (pid {writer}) is gone")), "{log}");
+    assert!(log.contains("job output can no longer be written, so the server stops"), "{log}");
+
+    // As after a crash: the ended job's output is whole, the running one is recorded lost.
+    let mut again = Server::start_on(&pki, Some(&state_dir), &[]);
+    let mut alice = again.client("alice");
+    let (start_at, runs) = output(&mut alice, &ended.id);
+    assert!(start_at == 0 && stdout_of(&runs) == expected, "kept, byte for byte");
+    let lost = get(&mut alice, &flooding.id).unwrap();
+    assert_eq!(lost.end_reason, EndReason::ServerLost as i32, "{lost:?}");
+    drop(alice);
+    assert_eq!(again.stop_with(SIGTERM, Duration::from_secs(30)).code(), Some(0));
+}
+
+#[test]
 fn a_busy_jobs_segment_files_are_the_segment_movers_and_the_server_carries_on_without_it() {
     let pki = Pki::new();
     // 1 MiB segments, 8 MiB kept per job: 22 MB of output rolls 21 segments and discards 13.

@@ -55,6 +55,7 @@ fn run(mut args: Vec<OsString>) -> Result<i32, CliError> {
         Some(crate::isolation::INIT_COMMAND) => crate::isolation::init::main(args),
         Some(crate::jobs::janitor::JANITOR_COMMAND) => crate::jobs::janitor::main(args),
         Some(crate::jobs::SEGMENT_MOVER_COMMAND) => crate::jobs::segment_mover_main(args),
+        Some(crate::jobs::SPOOL_WRITER_COMMAND) => crate::jobs::spool_writer_main(args),
         Some(crate::isolation::shell_pool::SHELL_POOL_COMMAND) => crate::isolation::shell_pool::main(args),
         Some("certs") => certs::run(pico_args::Arguments::from_vec(args)).map(|()| 0),
         Some("completions") => completions::run(pico_args::Arguments::from_vec(args)),

@@ -31,11 +31,7 @@ impl JobCounters {
     }
 
     pub(super) fn count_output(&mut self, stream: Stream, bytes: u64) {
-        let index = match stream {
-            Stream::Stdout => 0,
-            Stream::Stderr => 1,
-        };
-        self.output_bytes[index] += bytes;
+        self.output_bytes[stream.index()] += bytes;
     }
 }
 

@@ -91,6 +91,10 @@ pub struct Job {
     pub(super) pidfd: Option<OwnedFd>,
     pub(super) stdout: Option<OwnedFd>,
     pub(super) stderr: Option<OwnedFd>,
+    /// Bytes the job wrote before it ended that were still in its pipes after its reap, by stream (stdout,
+    /// stderr): the spool writer had no room for them yet. Its end is told once they are taken (see
+    /// [`Self::has_settled`]).
+    pub(super) owed: [u64; 2],
     /// The init's report pipe (isolated jobs): first whether the command started, then its exact exit status.
     pub(super) control: Option<OwnedFd>,
     /// Set until the job reports that its command started; such a job is not visible to clients yet.
@@ -124,6 +128,7 @@ impl Job {
             pidfd: None,
             stdout: None,
             stderr: None,
+            owed: [0; 2],
             control: None,
             starting: None,
             limits: record.limits,
@@ -164,9 +169,15 @@ impl Job {
         self.end.is_some()
     }
 
-    /// True once the job has ended and all of its output has been read from its pipes.
+    /// True once the job has ended and everything it wrote before is counted in its output: what WaitJob and
+    /// StopJob wait for, so that their answer reports the job's whole output.
+    pub fn has_settled(&self) -> bool {
+        self.is_ended() && self.owed == [0; 2]
+    }
+
+    /// True once the job has ended and all of its output has been read from its pipes and written to the spool.
     pub fn is_complete(&self) -> bool {
-        self.is_ended() && self.output.is_finished()
+        self.is_ended() && self.output.is_complete()
     }
 
     pub fn state(&self) -> JobState {

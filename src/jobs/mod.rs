@@ -33,6 +33,7 @@ pub use launch::START_TIMEOUT;
 pub use limits::{LimitField, LimitPolicy, LimitUnit, LIMIT_FIELDS};
 pub use spec::{JobSpec, StartRequest};
 pub use spool::mover::{main as segment_mover_main, SEGMENT_MOVER_COMMAND};
+pub use spool::writer::{main as spool_writer_main, SPOOL_WRITER_COMMAND};
 pub use spool::{Drain, Ingested, OutputCursor, OutputLog, Span, Stream, PIPE_CAPACITY};
 pub use table::{Containment, JobTable, JobTableConfig, StartedJob};
 

@@ -1,7 +1,7 @@
 //! [`JobTable`]: the registry of jobs, in start order, with the rules that span them: who may see which job,
 //! how many each owner may run, how many are retained, and which output goes first when the spool is full.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -17,6 +17,7 @@ use super::job::Starting;
 use super::launch::{self, Launcher, StartReport, START_TIMEOUT};
 use super::limits::LimitPolicy;
 use super::spool::mover::SegmentMover;
+use super::spool::writer::SpoolWriter;
 use super::spool::{Drain, Ingested, Spool, Stream, PIPE_CAPACITY};
 use super::start::{HalfStarted, Started};
 use super::{Caller, EndReason, Job, JobError, JobId, JobKey, JobSpec, JobState, StartRequest};
@@ -86,6 +87,8 @@ pub struct JobTable {
     killed_inits: HashMap<JobKey, OwnedFd>,
     /// Jobs whose start has not been reported yet (see [`JobTable::replenish_shells`]).
     starts_pending: usize,
+    /// Jobs with output on its way to the disk through the spool writer (see [`JobTable::take_confirmations`]).
+    awaiting_writer: BTreeSet<JobKey>,
     shutting_down: bool,
     counters: JobCounters,
 }
@@ -106,7 +109,15 @@ impl JobTable {
                 })
                 .ok()
         });
-        let spool = Spool::create(&config.state_dir, config.max_output_bytes, config.max_output_total, janitor, mover)?;
+        let writer = config.helper_executable.as_deref().and_then(|executable| {
+            SpoolWriter::start(executable)
+                .inspect_err(|err| {
+                    log::warn!("cannot start the spool writer ({err}); spool files will be written on the event loop")
+                })
+                .ok()
+        });
+        let (max_per_job, max_total) = (config.max_output_bytes, config.max_output_total);
+        let spool = Spool::create(&config.state_dir, max_per_job, max_total, janitor, mover, writer)?;
         // Not where jobs get cgroups: a shell's init would live outside its job's cgroup (see
         // `isolation::shell_pool`), and those starts fork into the job's cgroup instead.
         let shell_pool = match (&config.helper_executable, &containment.isolation, &containment.cgroups) {
@@ -120,6 +131,7 @@ impl JobTable {
             running_by_owner: HashMap::new(),
             next_key: 1,
             starts_pending: 0,
+            awaiting_writer: BTreeSet::new(),
             work_dir,
             containment,
             launcher: Launcher::new(shell_pool)?,
@@ -314,6 +326,7 @@ impl JobTable {
             pidfd: Some(process.pidfd),
             stdout: Some(stdout),
             stderr: Some(stderr),
+            owed: [0; 2],
             starting: Some(starting),
             control,
             limits,
@@ -520,8 +533,13 @@ impl JobTable {
         count_ended(&mut self.running_by_owner, &job.owner);
         // Take everything the job wrote before it ended (at most a full pipe each), so a WaitJob answered now
         // reports its full output. What a process that escaped the job writes later comes as any output does.
+        // Output the spool writer has no room for yet is owed: WaitJob waits for it (see `Job::has_settled`).
         for stream in [Stream::Stdout, Stream::Stderr] {
-            self.take_output(key, stream, PIPE_CAPACITY);
+            let (ingested, _) = self.take_output(key, stream, PIPE_CAPACITY);
+            if let (Drain::Waiting, Some(job)) = (ingested.drain, self.jobs.get_mut(&key)) {
+                let left = job.pipe(stream).map_or(Ok(0), sys::pipe_holds).unwrap_or(0);
+                job.owed[stream.index()] = left as u64;
+            }
         }
         if let Some(job) = self.jobs.get_mut(&key) {
             job.wake_waiters();
@@ -547,9 +565,22 @@ impl JobTable {
         let Some(fd) = job.pipe(stream) else { return (closed, false) };
         let ingested = self.spool.ingest(&mut job.output, &job.id, stream, fd, budget);
         self.counters.count_output(stream, ingested.bytes);
+        let owed = &mut job.owed[stream.index()];
+        if *owed > 0 {
+            *owed = match ingested.drain {
+                Drain::Empty | Drain::Closed => 0,
+                Drain::More | Drain::Waiting => owed.saturating_sub(ingested.bytes),
+            };
+            if job.has_settled() {
+                job.wake_waiters();
+            }
+        }
         let finished = ingested.drain == Drain::Closed && job.close_pipe(stream);
         if finished {
             self.spool.finish(&mut job.output);
+        }
+        if job.output.awaits_writer() {
+            self.awaiting_writer.insert(key);
         }
         if ingested.bytes > 0 {
             self.enforce_output_total();
@@ -621,6 +652,30 @@ impl JobTable {
     /// Hands the janitor what waited for room in its pipe.
     pub fn retry_removals(&mut self) {
         self.spool.retry_removals();
+    }
+
+    /// The spool writer's socket, which the loop watches for its confirmations; `None` without a writer.
+    pub fn spool_writer_socket(&mut self) -> Option<RawFd> {
+        self.spool.writer_socket()
+    }
+
+    /// Takes the spool writer's confirmations: what it wrote becomes readable, and the readers waiting for it
+    /// are woken. True if it wrote anything, which makes room for more output.
+    pub fn take_confirmations(&mut self) -> bool {
+        let Some(confirmed) = self.spool.receive_confirmations() else { return false };
+        let jobs = &mut self.jobs;
+        self.awaiting_writer.retain(|key| jobs.get_mut(key).is_some_and(|job| job.output.confirm(confirmed)));
+        true
+    }
+
+    /// Sends the spool writer what the turn asked of it (segments closed, logs removed).
+    pub fn send_spool_writes(&mut self) {
+        self.spool.send_writes();
+    }
+
+    /// Why the spool writer is gone, if it is (see `jobs::spool::writer`): the server must stop.
+    pub fn spool_writer_failure(&mut self) -> Option<String> {
+        self.spool.writer_failure()
     }
 
     /// Refuses new jobs from now on (server shutdown).

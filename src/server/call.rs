@@ -247,7 +247,7 @@ impl Call {
                 },
                 Phase::AwaitJobEnd(key) => match ctx.jobs.get_mut(*key) {
                     None => return self.fail(CallError::JobRemoved("waiting for it")),
-                    Some(job) if job.is_ended() => return self.reply(encode_message(&wire::job(job))),
+                    Some(job) if job.has_settled() => return self.reply(encode_message(&wire::job(job))),
                     Some(job) => job.wait_for_end(cx.waker()),
                 },
                 Phase::Follow(follower) => {

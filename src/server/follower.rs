@@ -50,6 +50,9 @@ pub struct Follower {
     key: JobKey,
     cursor: OutputCursor,
     follow: bool,
+    /// Without `follow`: where the output ended when the call was first polled, which it sends up to ("what
+    /// exists now"), waiting for the spool writer where it has not written all of that yet.
+    until: Option<u64>,
     /// Reused for every message, so the allocator sees one buffer per follower, not one per chunk.
     buffer: BytesMut,
     /// Which cache line of a 4 KiB page the next message starts on (see [`Follower::start_message`]).
@@ -58,7 +61,7 @@ pub struct Follower {
 
 impl Follower {
     pub fn new(key: JobKey, cursor: OutputCursor, follow: bool) -> Self {
-        Follower { key, cursor, follow, buffer: BytesMut::new(), page_line: 0 }
+        Follower { key, cursor, follow, until: None, buffer: BytesMut::new(), page_line: 0 }
     }
 
     /// Sends what output there is on `send`, as far as h2 grants capacity. `Pending` while waiting for output
@@ -77,10 +80,16 @@ impl Follower {
             let Some(job) = jobs.get_mut(self.key) else {
                 return Poll::Ready(FollowEnd::Failed(CallError::JobRemoved("its output was streamed")));
             };
-            let span = match job.output.next_span(&mut self.cursor, MAX_CHUNK_DATA) {
-                Ok(Some(span)) => span,
-                Ok(None) => {
-                    if !self.follow || job.is_complete() {
+            let until = match (self.follow, self.until) {
+                (true, _) => u64::MAX,
+                (false, Some(until)) => until,
+                (false, None) => *self.until.insert(job.output.end()),
+            };
+            let wanted = until.saturating_sub(self.cursor.offset()).min(MAX_CHUNK_DATA as u64) as usize;
+            let span = match job.output.next_span(&mut self.cursor, wanted) {
+                Ok(Some(span)) if wanted > 0 => span,
+                Ok(_) => {
+                    if self.cursor.offset() >= until || job.is_complete() {
                         return Poll::Ready(FollowEnd::Done);
                     }
                     job.output.wait_for_output(cx.waker());

@@ -103,6 +103,8 @@ pub enum ServerError {
         what: &'static str,
         source: io::Error,
     },
+    /// The spool writer died: output it had taken from jobs may be lost, and no more can be written.
+    SpoolWriterGone(String),
 }
 
 impl fmt::Display for ServerError {
@@ -112,6 +114,9 @@ impl fmt::Display for ServerError {
             ServerError::Bind { flag, address, source } => write!(f, "cannot listen on {address} ({flag}): {source}"),
             ServerError::StateDir(message) | ServerError::Containment(message) => f.write_str(message),
             ServerError::Io { what, source } => write!(f, "{what}: {source}"),
+            ServerError::SpoolWriterGone(why) => {
+                write!(f, "{why}; job output can no longer be written, so the server stops")
+            }
         }
     }
 }
@@ -277,6 +282,8 @@ struct Server {
     jobs: JobTable,
     /// Job pipes that may hold output, in the order they get their next share of a turn's output budget.
     ready_pipes: ReadyPipes,
+    /// Job pipes with output the spool writer has no room for yet: ready again when it confirms writes.
+    pipes_waiting_for_writer: ReadyPipes,
     /// What became ready while the turn copied output, other than job output: the next turn starts with it,
     /// without waiting (see [`Server::ingest_output`]).
     seen_during_ingest: Vec<Source>,
@@ -320,7 +327,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
             return Err(err);
         }
     };
-    let jobs = JobTable::new(
+    let mut jobs = JobTable::new(
         JobTableConfig {
             state_dir: state_dir.path().to_path_buf(),
             max_jobs: config.max_jobs,
@@ -356,6 +363,11 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     poll.registry()
         .register(&mut SourceFd(&signals.as_raw_fd()), Source::Signals.token(), Interest::READABLE)
         .map_err(io_error("cannot watch signals"))?;
+    if let Some(socket) = jobs.spool_writer_socket() {
+        poll.registry()
+            .register(&mut SourceFd(&socket), Source::SpoolWriter.token(), Interest::READABLE)
+            .map_err(io_error("cannot watch the spool writer"))?;
+    }
     let address = listener.local_addr().map_err(io_error("cannot read the listening address"))?;
     let metrics_endpoint = match config.metrics_listen {
         None => None,
@@ -402,6 +414,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         timers: Timers::default(),
         jobs,
         ready_pipes: ReadyPipes::default(),
+        pipes_waiting_for_writer: ReadyPipes::default(),
         seen_during_ingest: Vec::new(),
         effects: Vec::new(),
         trim_scheduled: false,
@@ -461,6 +474,10 @@ impl Server {
             self.ingest_output(&mut events, &mut turn);
             turn.part_done(Part::Output);
             turn.step(Step::Shells, || self.jobs.replenish_shells());
+            self.jobs.send_spool_writes();
+            if let Some(why) = self.jobs.spool_writer_failure() {
+                return Err(ServerError::SpoolWriterGone(why));
+            }
             if !self.removal_retry_scheduled && self.jobs.has_removals_waiting() {
                 self.removal_retry_scheduled = true;
                 self.timers.schedule(Instant::now() + limits::REMOVAL_RETRY, TimerEvent::RetryRemovals);
@@ -492,6 +509,13 @@ impl Server {
             }
             Source::JobOutput(key, stream) => self.ready_pipes.push(key, stream),
             Source::JobStartReport(key) => self.jobs.settle_start(key),
+            Source::SpoolWriter => {
+                if self.jobs.take_confirmations() {
+                    while let Some((key, stream)) = self.pipes_waiting_for_writer.pop() {
+                        self.ready_pipes.push(key, stream);
+                    }
+                }
+            }
             Source::MetricsListener => {
                 let Some(endpoint) = self.metrics_endpoint.as_mut() else { return };
                 let over = Instant::now() + scrape::EXCHANGE_TIMEOUT;
@@ -580,8 +604,10 @@ impl Server {
                     return;
                 }
             }
-            if drain == Drain::More {
-                self.ready_pipes.push(key, stream);
+            match drain {
+                Drain::More => self.ready_pipes.push(key, stream),
+                Drain::Waiting => self.pipes_waiting_for_writer.push(key, stream),
+                Drain::Empty | Drain::Closed => {}
             }
         }
     }

@@ -19,6 +19,8 @@ pub enum Source {
     MetricsListener,
     /// A connection to the metrics endpoint.
     MetricsExchange(u64),
+    /// The spool writer's socket: it confirms the job output it wrote (see `jobs::spool::writer`).
+    SpoolWriter,
 }
 
 /// Connection tokens have the top bit set; job and metrics exchange tokens pack the key or id with a 3-bit kind.
@@ -36,6 +38,7 @@ impl Source {
             Source::JobOutput(key, Stream::Stderr) => (key as usize) << 3 | 3,
             Source::JobStartReport(key) => (key as usize) << 3 | 4,
             Source::MetricsListener => 2,
+            Source::SpoolWriter => 3,
             Source::MetricsExchange(id) => (id as usize) << 3 | 5,
         })
     }
@@ -49,6 +52,7 @@ impl Source {
         match (key, value & 7) {
             (0, 0) => Source::Listener,
             (0, 2) => Source::MetricsListener,
+            (0, 3) => Source::SpoolWriter,
             (0, _) => Source::Signals,
             (key, 1) => Source::JobExit(key),
             (key, 2) => Source::JobOutput(key, Stream::Stdout),
@@ -78,6 +82,7 @@ mod tests {
             Source::MetricsListener,
             Source::MetricsExchange(1),
             Source::MetricsExchange(123_456),
+            Source::SpoolWriter,
         ] {
             assert_eq!(Source::from_token(source.token()), source);
         }

@@ -76,6 +76,7 @@ impl fmt::Display for Step {
                 Source::JobStartReport(key) => write!(f, "the start report of job key {key}"),
                 Source::MetricsListener => write!(f, "accepting metrics scrapes"),
                 Source::MetricsExchange(id) => write!(f, "metrics scrape {id}"),
+                Source::SpoolWriter => write!(f, "the spool writer's confirmations"),
             },
             Step::Copy(key, stream) => write!(f, "copying the {} of job key {key}", stream_name(*stream)),
             Step::Timer(event) => write!(f, "the timer {event:?}"),

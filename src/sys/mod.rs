@@ -183,6 +183,64 @@ pub fn relay_pipe() -> io::Result<OutputPipe> {
     Ok(OutputPipe { read, write })
 }
 
+/// The spool writer's data pipe (see `jobs::spool::writer`): its read end, blocking, for the writer; its write
+/// end, non-blocking, for the loop; and its size. As large as the kernel allows this process, up to 4 MiB: it
+/// bounds the output on its way to the disk, which absorbs the disk's pauses.
+pub fn spool_data_pipe() -> io::Result<(OwnedFd, OwnedFd, usize)> {
+    let OutputPipe { read, write } = pipe(libc::O_CLOEXEC)?;
+    set_nonblocking(write.as_raw_fd())?;
+    for size in [4 * PIPE_SIZE, PIPE_SIZE] {
+        if syscall!(fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int)).is_ok() {
+            break;
+        }
+    }
+    let size = pipe_size(write.as_raw_fd())?;
+    Ok((read, write, size))
+}
+
+/// The size of the pipe `fd` (`F_GETPIPE_SZ`): how many bytes it can hold.
+pub fn pipe_size(fd: RawFd) -> io::Result<usize> {
+    syscall!(fcntl(fd, libc::F_GETPIPE_SZ)).map(|size| size as usize)
+}
+
+/// How many bytes the pipe `fd` holds (`FIONREAD`).
+pub fn pipe_holds(fd: RawFd) -> io::Result<usize> {
+    let mut held: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to the pointer given, which points at `held`.
+    syscall!(ioctl(fd, libc::FIONREAD, &mut held as *mut libc::c_int))?;
+    Ok(usize::try_from(held).unwrap_or(0))
+}
+
+/// What the read end of a pipe has to offer now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PipeReadiness {
+    /// Bytes to read.
+    Data,
+    /// Nothing, and no writer is left: end of file.
+    Ended,
+    /// Nothing yet.
+    Empty,
+}
+
+/// Looks at the read end `fd` of a pipe without reading (`poll` that does not wait).
+pub fn pipe_readiness(fd: RawFd) -> io::Result<PipeReadiness> {
+    let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    loop {
+        match syscall!(poll(&mut poll, 1, 0)) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(if poll.revents & libc::POLLIN != 0 {
+        PipeReadiness::Data
+    } else if poll.revents & libc::POLLHUP != 0 {
+        PipeReadiness::Ended
+    } else {
+        PipeReadiness::Empty
+    })
+}
+
 /// Moves up to `len` bytes from the pipe `from` to the pipe `to` with `splice(2)`. Between two pipes the kernel
 /// moves page references, copying nothing, so this holds `from`'s lock only briefly. `Ok(None)` when `from` is
 /// empty (or `to` full), `Ok(Some(0))` at end of file.

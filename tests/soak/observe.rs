@@ -80,12 +80,13 @@ pub struct Process {
 }
 
 impl Process {
-    /// The server's own helpers: `runnel __janitor`, `runnel __segments`, `runnel __shells` and the shells it made that wait for a
-    /// job (`runnel __init --shell` with no child: a job's init has its command as its child until it exits).
+    /// The server's own helpers: `runnel __janitor`, `runnel __segments`, `runnel __writer`, `runnel __shells` and the
+    /// shells it made that wait for a job (`runnel __init --shell` with no child: a job's init has its command as its
+    /// child until it exits).
     pub fn is_helper(&self) -> bool {
         let mut words = self.cmdline.split(' ').skip(1);
         match (words.next(), words.next()) {
-            (Some("__janitor" | "__segments" | "__shells"), _) => true,
+            (Some("__janitor" | "__segments" | "__writer" | "__shells"), _) => true,
             (Some("__init"), Some("--shell")) => self.children == 0,
             _ => false,
         }

@@ -1,7 +1,9 @@
 //! How a job's output gets from its pipe into its spool file: `splice(2)` through a relay pipe, so no byte passes
 //! through user memory and the job's pipe lock is held only briefly, or `read` + `write` where the state
-//! directory's file system cannot splice. Either way consecutive pieces are gathered into one record, and each
-//! call moves at most the byte budget it is given, so the loop decides how much of a turn output may take.
+//! directory's file system cannot splice. With a spool writer (`writer.rs`) the relay is its data pipe, and the
+//! writer moves the bytes on into the file: the loop itself never writes a file then. Either way consecutive
+//! pieces are gathered into one record, and each call moves at most the byte budget it is given, so the loop
+//! decides how much of a turn output may take.
 
 use std::fmt;
 use std::io;
@@ -9,6 +11,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use super::log::{OutputLog, Stream, RECORD_HEADER_LEN};
 use super::spares::SpareSegments;
+use super::writer::SpliceTarget;
 use crate::sys;
 
 /// Largest output record taken with `splice`: the pipe's size, so a full pipe could move in one call. The
@@ -41,6 +44,8 @@ pub enum Drain {
     More,
     /// End of file: the pipe is closed.
     Closed,
+    /// The spool writer is behind (its data pipe is full): call again once it confirms more writes.
+    Waiting,
 }
 
 /// Moves job output from pipes into spool files; one per table, reused for every job.
@@ -77,7 +82,7 @@ impl Destination<'_> {
         }
     }
 
-    fn splice_target(&mut self) -> io::Result<(RawFd, u64)> {
+    fn splice_target(&mut self) -> io::Result<(SpliceTarget, u64)> {
         self.log.splice_target(self.spares)
     }
 
@@ -91,6 +96,16 @@ impl Destination<'_> {
 impl Ingester {
     /// Moves what the pipe `fd` holds to `to`, at most `budget` bytes (at least 1).
     pub fn ingest(&mut self, mut to: Destination<'_>, fd: RawFd, budget: usize) -> Drain {
+        if let Some(writer) = to.spares.writer() {
+            let (room, data_pipe) = (writer.room(), writer.data_pipe());
+            if room == 0 {
+                return Drain::Waiting;
+            }
+            return splice_pipe(&mut to, fd, Relay::Writer(data_pipe), budget.min(room)).unwrap_or_else(|err| {
+                log::error!("job {}: cannot take its {:?} output into the spool: {err}", to.job, to.stream);
+                Drain::More
+            });
+        }
         if self.mode == Ingest::Splice && self.relay.is_none() {
             match sys::relay_pipe() {
                 Ok(relay) => self.relay = Some(relay),
@@ -103,7 +118,7 @@ impl Ingester {
         let mut result = None;
         let mut rescue = false;
         if let (Ingest::Splice, Some(relay)) = (self.mode, self.relay.as_ref()) {
-            match splice_pipe(&mut to, fd, relay, budget) {
+            match splice_pipe(&mut to, fd, Relay::Own(relay), budget) {
                 Ok(drained) => result = Some(drained),
                 Err(err) => {
                     rescue = true;
@@ -134,6 +149,15 @@ impl Ingester {
     }
 }
 
+/// The pipe output is spliced through on its way to a file.
+#[derive(Clone, Copy)]
+enum Relay<'a> {
+    /// The ingester's own: emptied into the file by the loop, before the call returns.
+    Own(&'a sys::OutputPipe),
+    /// The spool writer's data pipe (its write end): the writer moves what goes in into the file.
+    Writer(RawFd),
+}
+
 /// Splices what the pipe `fd` holds to `to`, at most `budget` bytes, consecutive moves into one record (up
 /// to [`SPLICE_RECORD_BYTES`]).
 ///
@@ -144,33 +168,62 @@ impl Ingester {
 ///
 /// An error leaves the bytes it concerns in the job's pipe or in the relay, for the caller to read; what was
 /// moved into the file before it is committed.
-fn splice_pipe(to: &mut Destination<'_>, fd: RawFd, relay: &sys::OutputPipe, budget: usize) -> io::Result<Drain> {
+///
+/// Through the spool writer's data pipe, every byte that goes in is given to the writer at once: into the
+/// segment, or, where the log cannot place it, to be thrown away (and said so). A data pipe full before `budget`
+/// ran out (it holds pages, and pages partly filled) leaves the rest in the job's pipe: [`Drain::Waiting`].
+fn splice_pipe(to: &mut Destination<'_>, fd: RawFd, relay: Relay<'_>, budget: usize) -> io::Result<Drain> {
     let mut target = None;
     let mut filled = 0;
     let mut left = budget;
     let mut result = Drain::More;
+    let into = match relay {
+        Relay::Own(pipe) => pipe.write.as_raw_fd(),
+        Relay::Writer(data_pipe) => data_pipe,
+    };
     while left > 0 {
-        match sys::splice_to_pipe(fd, relay.write.as_raw_fd(), (SPLICE_RECORD_BYTES - filled).min(left)) {
+        match sys::splice_to_pipe(fd, into, (SPLICE_RECORD_BYTES - filled).min(left)) {
             Ok(Some(0)) => result = Drain::Closed,
             Ok(Some(n)) => {
                 // Only output that exists gets a place in a segment: a silent job creates no file.
-                let (file, data_at) = match target {
-                    Some(target) => target,
-                    None => match to.splice_target() {
-                        Ok(place) => *target.insert(place),
-                        Err(err) => {
-                            to.commit_spliced(filled)?;
-                            return Err(err);
-                        }
-                    },
+                let place = match target {
+                    Some(place) => Ok(place),
+                    None => to.splice_target().inspect(|&place| target = Some(place)),
                 };
-                let at = data_at + filled as u64;
-                let (moved, error) = relay_to_file(relay.read.as_raw_fd(), file, at, n);
+                let (moved, error) = match (place, relay) {
+                    (Ok((SpliceTarget::File(file), data_at)), Relay::Own(pipe)) => {
+                        relay_to_file(pipe.read.as_raw_fd(), file, data_at + filled as u64, n)
+                    }
+                    (Ok((SpliceTarget::Writer(number), data_at)), Relay::Writer(_)) => {
+                        if let Some(writer) = to.spares.writer() {
+                            writer.data(number, data_at + filled as u64, n);
+                        }
+                        (n, None)
+                    }
+                    (place, relay) => {
+                        let err = place.err().unwrap_or_else(|| io::Error::other("a segment the relay cannot reach"));
+                        if let (Relay::Writer(_), Some(writer)) = (relay, to.spares.writer()) {
+                            // In the data pipe already: the writer must take the bytes out, and they are lost.
+                            writer.discard(n);
+                            log::error!("job {}: {n} bytes of output lost, no segment to write them: {err}", to.job);
+                        }
+                        (0, Some(err))
+                    }
+                };
                 filled += moved;
                 left -= n;
                 if let Some(err) = error {
                     to.commit_spliced(filled)?;
                     return Err(err);
+                }
+            }
+            // Nothing moved: the job's pipe is empty, or the writer's data pipe is full (which the kernel tells
+            // first, even at the job pipe's end of file).
+            Ok(None) if matches!(relay, Relay::Writer(_)) => {
+                result = match sys::pipe_readiness(fd)? {
+                    sys::PipeReadiness::Data => Drain::Waiting,
+                    sys::PipeReadiness::Ended => Drain::Closed,
+                    sys::PipeReadiness::Empty => Drain::Empty,
                 }
             }
             Ok(None) => result = Drain::Empty,

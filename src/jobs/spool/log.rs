@@ -38,12 +38,13 @@
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::task::Waker;
 
 use super::spares::{Prepared, SpareSegments};
+use super::writer::{SegmentFile, SpliceTarget};
 
 /// Which of the job's streams a byte came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -53,6 +54,14 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// The stream's place in arrays kept per stream: stdout first.
+    pub fn index(self) -> usize {
+        match self {
+            Stream::Stdout => 0,
+            Stream::Stderr => 1,
+        }
+    }
+
     fn tag(self) -> u8 {
         match self {
             Stream::Stdout => 1,
@@ -161,7 +170,8 @@ impl Segment {
 pub struct OutputLog {
     dir: PathBuf,
     segments: VecDeque<Segment>,
-    writer: Option<File>,
+    /// The segment file being written: open on the loop, or held by the spool writer (`writer.rs`).
+    writer: Option<SegmentFile>,
     next_index: u64,
     /// The mover's ticket for the segment file `next_index` it is making ahead of need (see
     /// [`SpareSegments::prepare`]).
@@ -169,9 +179,18 @@ pub struct OutputLog {
     segment_limit: u64,
     retention: u64,
     end: u64,
+    /// Output the spool writer has not written yet: the number of the last command of each record (or of the
+    /// last of several, see [`MAX_UNCONFIRMED_MARKS`]) and the log's end after it. Readers read up to
+    /// [`Self::readable`], the end before the first of these; without a writer, always empty.
+    unconfirmed: VecDeque<(u64, u64)>,
+    readable: u64,
     finished: bool,
     waiters: Vec<Waker>,
 }
+
+/// Marks kept of one log's output on its way to the disk; past this the newest mark covers several records, and
+/// readers see them in one step.
+const MAX_UNCONFIRMED_MARKS: usize = 16;
 
 /// A span of output ready to be read: `len` bytes of `stream` starting at logical `offset`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,6 +243,8 @@ impl OutputLog {
             segment_limit,
             retention,
             end: 0,
+            unconfirmed: VecDeque::new(),
+            readable: 0,
             finished: false,
             waiters: Vec::new(),
         })
@@ -262,6 +283,8 @@ impl OutputLog {
             segment_limit,
             retention,
             end: 0,
+            unconfirmed: VecDeque::new(),
+            readable: 0,
             finished: true,
             waiters: Vec::new(),
         };
@@ -344,6 +367,42 @@ impl OutputLog {
         self.finished
     }
 
+    /// How far readers may read: the end of the output the spool writer has written (all of it without one).
+    pub fn readable(&self) -> u64 {
+        if self.unconfirmed.is_empty() {
+            self.end
+        } else {
+            self.readable
+        }
+    }
+
+    /// True once every byte of output is in the spool files and no more will come.
+    pub fn is_complete(&self) -> bool {
+        self.finished && self.unconfirmed.is_empty()
+    }
+
+    /// True while some of the output is on its way to the disk (see [`Self::confirm`]).
+    pub fn awaits_writer(&self) -> bool {
+        !self.unconfirmed.is_empty()
+    }
+
+    /// Takes in that the spool writer has carried out its first `confirmed` commands: readers may read what they
+    /// wrote, and are woken if there is more. True while output of this log is still on its way.
+    pub fn confirm(&mut self, confirmed: u64) -> bool {
+        let before = self.readable();
+        while let Some(&(last_command, end)) = self.unconfirmed.front() {
+            if last_command >= confirmed {
+                break;
+            }
+            self.readable = end;
+            self.unconfirmed.pop_front();
+        }
+        if self.readable() > before || self.is_complete() {
+            self.wake_readers();
+        }
+        !self.unconfirmed.is_empty()
+    }
+
     /// Appends one record. `record` holds [`RECORD_HEADER_LEN`] spare bytes followed by the data; the header is
     /// filled in here so the whole record goes to the file in one `write`.
     pub(super) fn append(&mut self, spares: &mut SpareSegments, stream: Stream, record: &mut [u8]) -> io::Result<()> {
@@ -357,6 +416,9 @@ impl OutputLog {
         header.copy_from_slice(&record_header(stream, len));
         self.roll_if_full(spares)?;
         let (segment, file) = self.writing()?;
+        let SegmentFile::Here(file) = file else {
+            return Err(io::Error::other("output read into memory while the spool writer writes the spool"));
+        };
         file.write_all_at(data, segment.file_len + RECORD_HEADER_LEN as u64)?;
         commit_record(file, segment.file_len, header)?;
         self.recorded(spares, len);
@@ -366,10 +428,14 @@ impl OutputLog {
     /// Where the data of the next record goes: the segment file being written and the offset just past the
     /// record's header. Write the data there (e.g. with `splice`), then call [`Self::commit_spliced`]; until then
     /// the record is invisible to readers, and an uncommitted one is simply overwritten by the next.
-    pub(super) fn splice_target(&mut self, spares: &mut SpareSegments) -> io::Result<(RawFd, u64)> {
+    pub(super) fn splice_target(&mut self, spares: &mut SpareSegments) -> io::Result<(SpliceTarget, u64)> {
         self.roll_if_full(spares)?;
         let (segment, file) = self.writing()?;
-        Ok((file.as_raw_fd(), segment.file_len + RECORD_HEADER_LEN as u64))
+        let target = match file {
+            SegmentFile::Here(file) => SpliceTarget::File(file.as_raw_fd()),
+            SegmentFile::Writer(number) => SpliceTarget::Writer(*number),
+        };
+        Ok((target, segment.file_len + RECORD_HEADER_LEN as u64))
     }
 
     /// Completes the record whose `len` data bytes were written where [`Self::splice_target`] said, by writing
@@ -379,13 +445,17 @@ impl OutputLog {
             return Ok(());
         }
         let (segment, file) = self.writing()?;
-        commit_record(file, segment.file_len, &record_header(stream, len))?;
+        let position = segment.file_len;
+        match file {
+            SegmentFile::Here(file) => commit_record(file, position, &record_header(stream, len))?,
+            SegmentFile::Writer(number) => spares.writer_commit(*number, position, record_header(stream, len))?,
+        }
         self.recorded(spares, len);
         Ok(())
     }
 
     /// The segment being written and its file: there is one from the first record's roll until the output ends.
-    fn writing(&self) -> io::Result<(&Segment, &File)> {
+    fn writing(&self) -> io::Result<(&Segment, &SegmentFile)> {
         match (self.segments.back(), self.writer.as_ref()) {
             (Some(segment), Some(file)) => Ok((segment, file)),
             _ => Err(io::Error::other("no output segment is being written (the output has ended)")),
@@ -404,6 +474,17 @@ impl OutputLog {
         let Some(segment) = self.segments.back_mut() else { return };
         segment.add_record(self.end, len as u64);
         segment.blocks_to = segment.blocks_to.max(segment.file_len);
+        if let Some(last_command) = spares.writer_last_command() {
+            if self.unconfirmed.is_empty() {
+                self.readable = self.end;
+            }
+            let end = self.end + len as u64;
+            let marks = self.unconfirmed.len();
+            match self.unconfirmed.back_mut() {
+                Some(mark) if marks >= MAX_UNCONFIRMED_MARKS => *mark = (last_command, end),
+                _ => self.unconfirmed.push_back((last_command, end)),
+            }
+        }
         self.end += len as u64;
         while self.retained() > self.retention && self.segments.len() > 1 {
             self.discard_oldest_segment(spares);
@@ -415,11 +496,11 @@ impl OutputLog {
     /// frees the blocks past its end (a hole cannot be punched there).
     fn close_writer(&mut self, spares: &mut SpareSegments) {
         let Some(file) = self.writer.take() else { return };
-        let Some(segment) = self.segments.back_mut() else { return spares.close_segment_file(file, None) };
+        let Some(segment) = self.segments.back_mut() else { return spares.close_segment(file, None) };
         spares.settle(std::mem::take(&mut segment.lent));
         let cut_to = (segment.blocks_to > segment.file_len).then_some(segment.file_len);
         segment.blocks_to = segment.file_len;
-        spares.close_segment_file(file, cut_to);
+        spares.close_segment(file, cut_to);
     }
 
     /// Starts a new segment. A job whose last segment filled up is likely to fill this one too: it writes over
@@ -465,11 +546,12 @@ impl OutputLog {
         let segment = Segment::new(index, self.end, lent, lent);
         // An end mark at once: over a spare, the spare's old first record follows the header.
         let header: Vec<u8> = segment.header(&self.owner()).iter().chain(&END_MARK).copied().collect();
-        if let Err(err) = file.write_all_at(&header, 0) {
+        let file = spares.adopt(file);
+        if let Err(err) = spares.write_segment(&file, &header, 0) {
             // Not a segment: what it was lent is the spares' again, the file goes, and the next roll makes the
             // one after it.
             spares.settle(lent);
-            spares.close_segment_file(file, None);
+            spares.close_segment(file, None);
             spares.dispose(&path);
             self.next_index += 1;
             return Err(err);
@@ -481,7 +563,7 @@ impl OutputLog {
             self.next_segment = spares.prepare(&self.segment_path(self.next_index));
         }
         if let Some(full) = self.writer.replace(file) {
-            spares.close_segment_file(full, None);
+            spares.close_segment(full, None);
         }
         self.segments.push_back(segment);
         Ok(())
@@ -543,7 +625,7 @@ impl OutputLog {
             cursor.offset = self.start();
             cursor.file = None;
         }
-        if cursor.offset >= self.end {
+        if cursor.offset >= self.readable() {
             return Ok(None);
         }
         loop {
@@ -606,7 +688,10 @@ impl OutputLog {
         // Every header from `from` to the record holding `offset` lies within a stride of it: the first header
         // past the stride would be the next index point.
         let mut headers = vec![0; (INDEX_STRIDE as usize + RECORD_HEADER_LEN).min((segment.file_len - from) as usize)];
-        file.read_exact_at(&mut headers, from)?;
+        // The spool writer may not have written all of that yet, but every header up to `offset`'s (which is
+        // below the readable end) is there.
+        let read = read_up_to(&file, &mut headers, from)?;
+        headers.truncate(read);
         let mut at = 0;
         loop {
             let header = headers
@@ -633,7 +718,7 @@ impl OutputLog {
     pub(super) fn remove(&mut self, spares: &mut SpareSegments) {
         self.abandon_next_segment(spares);
         if let Some(file) = self.writer.take() {
-            spares.close_segment_file(file, None);
+            spares.close_segment(file, None);
         }
         for segment in std::mem::take(&mut self.segments) {
             spares.settle(segment.lent);
@@ -734,9 +819,23 @@ fn recover_segment(
     Ok(segment)
 }
 
+/// Reads into `buf` from `at` until it is full or the file ends; how many bytes were read.
+fn read_up_to(file: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
+    let mut read = 0;
+    while let Some(room) = buf.get_mut(read..).filter(|room| !room.is_empty()) {
+        match file.read_at(room, at + read as u64) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(read)
+}
+
 /// Completes the record at `position` whose data is in place: an end mark after its data, then its header
 /// over the end mark before it, the length first and the stream tag last (see the module documentation).
-fn commit_record(file: &File, position: u64, header: &[u8]) -> io::Result<()> {
+pub(super) fn commit_record(file: &File, position: u64, header: &[u8]) -> io::Result<()> {
     let Some((tag, len)) = header.split_first() else { return Err(io::Error::other("an empty record header")) };
     let data_len = len.try_into().map_or(0, u32::from_le_bytes);
     file.write_all_at(&END_MARK, position + RECORD_HEADER_LEN as u64 + u64::from(data_len))?;
@@ -1179,7 +1278,9 @@ mod tests {
         let pipe = crate::sys::output_pipe().unwrap();
         let mut writer = File::from(pipe.write);
         let splice = |spool: &mut TestLog, stream: Stream| {
-            let (file, at) = spool.log.splice_target(&mut spool.spares).unwrap();
+            let (SpliceTarget::File(file), at) = spool.log.splice_target(&mut spool.spares).unwrap() else {
+                panic!("a log without a spool writer splices into its file")
+            };
             let moved = crate::sys::splice_to_file(pipe.read.as_raw_fd(), file, at, 1 << 20).unwrap().unwrap();
             spool.log.commit_spliced(&mut spool.spares, stream, moved).unwrap();
         };
@@ -1189,7 +1290,9 @@ mod tests {
         writer.write_all(b" spliced").unwrap();
         splice(&mut spool, Stream::Stdout);
         // A target taken but never committed is invisible, and the next record takes its place.
-        let (file, at) = spool.log.splice_target(&mut spool.spares).unwrap();
+        let (SpliceTarget::File(file), at) = spool.log.splice_target(&mut spool.spares).unwrap() else {
+            panic!("a log without a spool writer splices into its file")
+        };
         writer.write_all(b"lost").unwrap();
         crate::sys::splice_to_file(pipe.read.as_raw_fd(), file, at, 1 << 20).unwrap();
         assert_eq!(spool.log.end(), 19);

@@ -5,11 +5,14 @@
 //! written over (`spares.rs`), the [`Ingester`](ingest::Ingester) that moves output from a job's pipe into its
 //! log (`ingest.rs`), and the count of bytes retained across every log that `--max-output-total` caps. Every
 //! change to a log's contents goes through the spool, so that count is always exact and costs nothing to check.
+//! Three helper processes keep the disk's waits off the loop: the segment mover makes and moves segment files
+//! (`mover.rs`), the spool writer writes them (`writer.rs`), and the janitor deletes them (`jobs/janitor.rs`).
 
 mod ingest;
 mod log;
 pub mod mover;
 mod spares;
+pub mod writer;
 
 pub use self::ingest::{Drain, PIPE_CAPACITY};
 pub use self::log::{OutputCursor, OutputLog, Span, Stream};
@@ -24,6 +27,7 @@ use std::path::{Path, PathBuf};
 use self::ingest::{Destination, Ingester};
 use self::mover::SegmentMover;
 use self::spares::SpareSegments;
+use self::writer::SpoolWriter;
 use super::janitor::Janitor;
 
 /// What one [`Spool::ingest`] did.
@@ -52,14 +56,15 @@ pub struct Spool {
 impl Spool {
     /// Creates `STATE/jobs` (or takes the one a previous server left, whose logs [`Self::recover_log`] reads
     /// back) and `STATE/spare` (which must not exist yet) for logs of at most `max_per_log` bytes each and
-    /// `max_total` together, with `janitor` to remove what they no longer keep and `mover` (if any) to make and
-    /// move their files off the loop.
+    /// `max_total` together, with `janitor` to remove what they no longer keep, `mover` (if any) to make and
+    /// move their files off the loop, and `writer` (if any) to write them.
     pub fn create(
         state_dir: &Path,
         max_per_log: u64,
         max_total: u64,
         janitor: Janitor,
         mover: Option<SegmentMover>,
+        writer: Option<SpoolWriter>,
     ) -> io::Result<Spool> {
         let dir = state_dir.join("jobs");
         // Output is the server's alone.
@@ -67,7 +72,10 @@ impl Spool {
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
             created => created?,
         }
-        let spares = SpareSegments::create(state_dir.join("spare"), max_total / 4, janitor, mover)?;
+        let mut spares = SpareSegments::create(state_dir.join("spare"), max_total / 4, janitor, mover)?;
+        if let Some(writer) = writer {
+            spares.write_through(writer);
+        }
         Ok(Spool { dir, max_per_log, max_total, retained_total: 0, spares, ingester: Ingester::default() })
     }
 
@@ -120,10 +128,46 @@ impl Spool {
             ingester.ingest(Destination { log, spares, job, stream }, fd, budget)
         });
         let bytes = log.end() - end_before;
-        if bytes > 0 {
-            log.wake_readers();
+        match self.spares.writer() {
+            // Sent at once: the writer works while the loop goes on.
+            Some(writer) => writer.flush(),
+            None if bytes > 0 => log.wake_readers(),
+            None => {}
         }
         Ingested { drain, bytes }
+    }
+
+    /// The spool writer's socket, for the loop to watch for its confirmations; `None` without a writer.
+    pub fn writer_socket(&mut self) -> Option<RawFd> {
+        self.spares.writer().map(|writer| writer.socket())
+    }
+
+    /// Sends the spool writer what the logs' changes asked of it so far (a segment closed, a log removed).
+    pub fn send_writes(&mut self) {
+        if let Some(writer) = self.spares.writer() {
+            writer.flush();
+        }
+    }
+
+    /// Waits for the spool writer to write out what it was sent, and ends it: a test's look at the files (the
+    /// server's shutdown does it in [`Self::finish_removals`]).
+    #[cfg(test)]
+    pub fn finish_writes(&mut self) {
+        self.spares.finish_writes();
+    }
+
+    /// Takes the spool writer's confirmations, without waiting: how many commands it has carried out, if more
+    /// than before (a log's [`OutputLog::confirm`] takes it from there).
+    pub fn receive_confirmations(&mut self) -> Option<u64> {
+        let writer = self.spares.writer()?;
+        writer.receive().then(|| writer.confirmed())
+    }
+
+    /// Why the spool writer is gone, if it is: output taken from jobs may be lost, and the server must stop.
+    pub fn writer_failure(&mut self) -> Option<String> {
+        let writer = self.spares.writer()?;
+        let pid = writer.pid().map_or(String::new(), |pid| format!(" (pid {pid})"));
+        writer.failure().map(|err| format!("the spool writer{pid} is gone: {err}"))
     }
 
     /// Marks `log` complete (its job's pipes are closed) and gives back what a spare held past its last segment's

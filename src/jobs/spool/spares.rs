@@ -25,6 +25,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use super::mover::{Reply, Request, SegmentMover};
+use super::writer::{SegmentFile, SpoolWriter};
 use crate::jobs::janitor::Janitor;
 
 /// How many discarded segment files are kept for reuse: a roll takes one as a discard gives one back, so a
@@ -34,7 +35,8 @@ pub const SPARE_FILES: usize = 2;
 /// A discarded segment smaller than this is deleted, not kept: deleting it is cheap, and reusing it saves little.
 const MIN_SPARE_BYTES: u64 = 1024 * 1024;
 
-/// The spare segment files of one job table, and the helpers that move spool files off the loop.
+/// The spare segment files of one job table, and the helpers that make, move, write and remove spool files off
+/// the loop: what every log's segment files go through.
 #[derive(Debug)]
 pub struct SpareSegments {
     dir: PathBuf,
@@ -52,6 +54,8 @@ pub struct SpareSegments {
     mover_lost: bool,
     /// What the mover was asked and has not answered, by ticket.
     awaiting: HashMap<u64, Awaiting>,
+    /// Writes segment files off the loop (`writer.rs`); `None`: the loop writes them.
+    writer: Option<SpoolWriter>,
     /// Segments the mover prepared that their log has not taken yet, by ticket: the file and the size of the
     /// spare it was (0: a new file), or `None` if it could not be made.
     prepared: HashMap<u64, Option<(File, u64)>>,
@@ -110,8 +114,72 @@ impl SpareSegments {
             mover,
             mover_lost: false,
             awaiting: HashMap::new(),
+            writer: None,
             prepared: HashMap::new(),
         })
+    }
+
+    /// Has `writer` write every segment file from now on.
+    pub fn write_through(&mut self, writer: SpoolWriter) {
+        self.writer = Some(writer);
+    }
+
+    /// The spool writer, if segment files are written through one.
+    pub fn writer(&mut self) -> Option<&mut SpoolWriter> {
+        self.writer.as_mut()
+    }
+
+    /// A segment file the loop opened, from now on written where the spool's writes go.
+    pub fn adopt(&mut self, file: File) -> SegmentFile {
+        match self.writer.as_mut() {
+            Some(writer) => SegmentFile::Writer(writer.open(file)),
+            None => SegmentFile::Here(file),
+        }
+    }
+
+    /// Writes `bytes` into `file` at `at` (a segment's header).
+    pub fn write_segment(&mut self, file: &SegmentFile, bytes: &[u8], at: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        match (file, self.writer.as_mut()) {
+            (SegmentFile::Here(file), _) => file.write_all_at(bytes, at),
+            (SegmentFile::Writer(number), Some(writer)) => writer.write(*number, at, bytes),
+            (SegmentFile::Writer(_), None) => Err(no_writer()),
+        }
+    }
+
+    /// Completes the record at `position` of the spool writer's file `number`.
+    pub fn writer_commit(
+        &mut self,
+        number: u64,
+        position: u64,
+        header: [u8; super::log::RECORD_HEADER_LEN],
+    ) -> io::Result<()> {
+        let writer = self.writer.as_mut().ok_or_else(no_writer)?;
+        writer.commit(number, position, header);
+        Ok(())
+    }
+
+    /// The number of the spool writer's last command, if there is a writer.
+    pub fn writer_last_command(&self) -> Option<u64> {
+        self.writer.as_ref().and_then(SpoolWriter::last_issued)
+    }
+
+    /// Closes a segment file once it is written: by the spool writer after its writes, or else by the mover
+    /// (see [`Self::close_segment_file`]).
+    pub fn close_segment(&mut self, file: SegmentFile, cut_to: Option<u64>) {
+        match (file, self.writer.as_mut()) {
+            (SegmentFile::Here(file), _) => self.close_segment_file(file, cut_to),
+            (SegmentFile::Writer(number), Some(writer)) => writer.close(number, cut_to),
+            (SegmentFile::Writer(_), None) => {}
+        }
+    }
+
+    /// Waits for the spool writer to write out what it was sent (server shutdown, before the mover and the
+    /// janitor finish: a file is closed before it is moved).
+    pub fn finish_writes(&mut self) {
+        if let Some(writer) = self.writer.take() {
+            writer.finish(std::time::Instant::now() + super::writer::SHUTDOWN_WAIT);
+        }
     }
 
     /// Removes `path`, a file or a directory tree, through the janitor (moved into its trash by the mover).
@@ -138,8 +206,9 @@ impl SpareSegments {
         self.janitor.has_backlog() || !self.awaiting.is_empty()
     }
 
-    /// Waits for the mover and then the janitor to finish (server shutdown).
+    /// Waits for the spool writer, the mover and then the janitor to finish (server shutdown).
     pub fn finish_removals(&mut self) {
+        self.finish_writes();
         if let Some(mut mover) = self.mover.take() {
             mover.close_requests();
             let deadline = std::time::Instant::now() + super::mover::SHUTDOWN_WAIT;
@@ -424,6 +493,11 @@ impl Awaiting {
             _ => None,
         }
     }
+}
+
+/// A file handed to the spool writer, written when there is none: a bug.
+fn no_writer() -> io::Error {
+    io::Error::other("a segment file of the spool writer written without one")
 }
 
 #[cfg(test)]
