@@ -128,11 +128,10 @@ impl Spool {
             ingester.ingest(Destination { log, spares, job, stream }, fd, budget)
         });
         let bytes = log.end() - end_before;
-        match self.spares.writer() {
-            // Sent at once: the writer works while the loop goes on.
-            Some(writer) => writer.flush(),
-            None if bytes > 0 => log.wake_readers(),
-            None => {}
+        // With a spool writer, readers are woken once it confirms, and what was asked of it goes at the end of
+        // the turn's copy (`Self::send_writes`): one message for many pieces, and fewer wake-ups of the writer.
+        if bytes > 0 && self.spares.writer().is_none() {
+            log.wake_readers();
         }
         Ingested { drain, bytes }
     }

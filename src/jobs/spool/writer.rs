@@ -73,6 +73,12 @@ const MAX_QUEUED_BYTES: usize = 256 * 1024;
 /// The largest message of commands the loop sends.
 const MESSAGE_BYTES: usize = 16 * 1024;
 
+/// The helper confirms what it carried out once it wrote this much output since its last confirmation, or
+/// [`CONFIRM_WITHIN`] after the first command since then, or when no command came for [`CONFIRM_LINGER_MS`].
+const CONFIRM_BYTES: usize = 1024 * 1024;
+const CONFIRM_WITHIN: Duration = Duration::from_millis(2);
+const CONFIRM_LINGER_MS: i32 = 1;
+
 /// Tried again after this long when the disk is full.
 const FULL_DISK_RETRY: Duration = Duration::from_millis(100);
 
@@ -539,17 +545,32 @@ pub fn serve(socket: &OwnedFd) -> io::Result<()> {
         done: 0,
         said_full: None,
     };
+    // Since the last confirmation: when the first command after it was carried out, and the output written.
+    let mut unconfirmed: Option<(Instant, usize)> = None;
     loop {
-        // One batch: a message, waiting for it, then whatever else is queued; then one confirmation.
+        // A batch: a message, waiting for it, then whatever else is queued.
         let mut wait = true;
         let closed = loop {
             match sys::receive_with_descriptors(socket.as_raw_fd(), wait)? {
-                Received::Message { bytes, fds } => helper.carry_out(&bytes, fds)?,
+                Received::Message { bytes, fds } => {
+                    let (_, written) = unconfirmed.get_or_insert((Instant::now(), 0));
+                    *written += helper.carry_out(&bytes, fds)?;
+                }
                 Received::Empty => break false,
                 Received::Closed => break true,
             }
             wait = false;
         };
+        // Confirmed now if enough was written or enough time passed since the first command it covers, else
+        // once no command came for a moment: fewer wake-ups of the loop under a flood, and readers see output at
+        // most a couple of milliseconds later.
+        if let Some((since, written)) = unconfirmed {
+            let due = written >= CONFIRM_BYTES || since.elapsed() >= CONFIRM_WITHIN;
+            if !closed && !due && sys::wait_readable(socket.as_raw_fd(), CONFIRM_LINGER_MS)? {
+                continue;
+            }
+        }
+        unconfirmed = None;
         // A server gone: nothing to tell, and the next receive ends the loop.
         let _ = sys::send_with_descriptors(socket.as_raw_fd(), &helper.done.to_le_bytes(), &[]);
         if closed {
@@ -559,10 +580,11 @@ pub fn serve(socket: &OwnedFd) -> io::Result<()> {
 }
 
 impl Helper {
-    /// Carries out the commands of one message; an error for one it cannot read (the server and the helper are
-    /// the same executable: a bug).
-    fn carry_out(&mut self, mut message: &[u8], fds: Vec<OwnedFd>) -> io::Result<()> {
+    /// Carries out the commands of one message: the bytes of output it moved; an error for a command it cannot
+    /// read (the server and the helper are the same executable: a bug).
+    fn carry_out(&mut self, mut message: &[u8], fds: Vec<OwnedFd>) -> io::Result<usize> {
         let mut fds = fds.into_iter();
+        let mut data = 0;
         let malformed = || io::Error::new(io::ErrorKind::InvalidData, "a command the server never sends");
         while !message.is_empty() {
             let (command, rest) = Command::decode(message).ok_or_else(malformed)?;
@@ -572,7 +594,10 @@ impl Helper {
                 Command::Open { file } => {
                     self.files.insert(file, File::from(fds.next().ok_or_else(malformed)?));
                 }
-                Command::Data { file, at, len } => self.move_data(file, at, len as usize)?,
+                Command::Data { file, at, len } => {
+                    self.move_data(file, at, len as usize)?;
+                    data += len as usize;
+                }
                 Command::Discard { len } => self.throw_away(len as usize)?,
                 Command::Write { file, at, bytes } => {
                     self.write_file(file, "a segment header", |f| f.write_all_at(bytes, at));
@@ -591,7 +616,7 @@ impl Helper {
             }
             self.done += 1;
         }
-        Ok(())
+        Ok(data)
     }
 
     /// Writes into `file` with `write`, again while the disk is full; a file that fails otherwise is given up
@@ -886,6 +911,7 @@ mod tests {
         assert_eq!((ingested.drain, ingested.bytes), (Drain::Closed, 5));
         spool.finish(&mut log);
         assert!(log.is_finished() && !log.is_complete(), "finished, not yet written");
+        spool.send_writes();
 
         let helper = std::thread::spawn(move || serve(&helper_end));
         let confirmed = loop {
