@@ -174,6 +174,28 @@ pub fn spawn_helper(
     command.spawn()
 }
 
+/// Waits for a helper process [`spawn_helper`] started to end; one that did not end well is said so, by `name`.
+pub fn reap_helper(mut process: std::process::Child, name: &str) {
+    match process.wait() {
+        Ok(status) if status.success() => {}
+        Ok(status) => log::warn!("the {name} ended with {status}"),
+        Err(err) => log::warn!("cannot wait for the {name}: {err}"),
+    }
+}
+
+/// In a helper process [`spawn_helper`] started: its channel to the server (its stdin). A helper that cannot take
+/// it says so, naming itself (`who`), and exits.
+pub fn helper_channel(who: &str) -> OwnedFd {
+    use std::os::fd::AsFd;
+    match io::stdin().as_fd().try_clone_to_owned() {
+        Ok(channel) => channel,
+        Err(err) => {
+            eprintln!("{who}: cannot take its channel to the server: {err}");
+            std::process::exit(1)
+        }
+    }
+}
+
 /// A pipe whose two ends the server keeps, both non-blocking: the relay through which job output is spliced
 /// into spool files (see [`splice_to_pipe`]).
 pub fn relay_pipe() -> io::Result<OutputPipe> {

@@ -25,7 +25,7 @@
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
@@ -201,13 +201,9 @@ impl SegmentMover {
 
     /// Waits for the helper process to end (after [`Self::close_requests`], or once it is gone).
     pub fn reap(mut self) {
-        let Some(mut process) = self.process.take() else { return };
+        let Some(process) = self.process.take() else { return };
         drop(self.socket);
-        match process.wait() {
-            Ok(status) if status.success() => {}
-            Ok(status) => log::warn!("the segment mover ended with {status}"),
-            Err(err) => log::warn!("cannot wait for the segment mover: {err}"),
-        }
+        sys::reap_helper(process, "segment mover");
     }
 }
 
@@ -314,14 +310,7 @@ pub fn main(args: Vec<OsString>) -> ! {
         eprintln!("error: INVALID_ARGUMENT: `runnel {SEGMENT_MOVER_COMMAND}` is internal to the server");
         std::process::exit(2)
     });
-    // Its stdin is its end of the socket pair (see `sys::spawn_helper`).
-    let socket = match io::stdin().as_fd().try_clone_to_owned() {
-        Ok(socket) => socket,
-        Err(err) => {
-            eprintln!("runnel segment mover: cannot take its socket: {err}");
-            std::process::exit(1)
-        }
-    };
+    let socket = sys::helper_channel("runnel segment mover");
     serve(&socket, Path::new(&root));
     std::process::exit(0)
 }

@@ -34,7 +34,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Child;
@@ -110,43 +110,27 @@ enum Command<'a> {
 }
 
 impl Command<'_> {
+    /// Appends the command to `out`: its kind, its numbers (little-endian), then the bytes it carries.
     fn encode(&self, out: &mut Vec<u8>) {
-        match self {
-            Command::DataPipe => out.push(DATA_PIPE),
-            Command::Open { file } => {
-                out.push(OPEN);
-                out.extend_from_slice(&file.to_le_bytes());
-            }
+        let numbers = |values: &[u64]| values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+        let (kind, fields, carried): (u8, Vec<u8>, &[u8]) = match self {
+            Command::DataPipe => (DATA_PIPE, Vec::new(), &[]),
+            Command::Open { file } => (OPEN, numbers(&[*file]), &[]),
             Command::Data { file, at, len } => {
-                out.push(DATA);
-                out.extend_from_slice(&file.to_le_bytes());
-                out.extend_from_slice(&at.to_le_bytes());
-                out.extend_from_slice(&len.to_le_bytes());
+                (DATA, [numbers(&[*file, *at]), len.to_le_bytes().to_vec()].concat(), &[])
             }
-            Command::Discard { len } => {
-                out.push(DISCARD);
-                out.extend_from_slice(&len.to_le_bytes());
-            }
+            Command::Discard { len } => (DISCARD, len.to_le_bytes().to_vec(), &[]),
             Command::Write { file, at, bytes } => {
-                out.push(WRITE);
-                out.extend_from_slice(&file.to_le_bytes());
-                out.extend_from_slice(&at.to_le_bytes());
                 #[allow(clippy::cast_possible_truncation, reason = "writes are segment headers, checked on queueing")]
-                out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
-                out.extend_from_slice(bytes);
+                let len = (bytes.len() as u16).to_le_bytes();
+                (WRITE, [numbers(&[*file, *at]), len.to_vec()].concat(), bytes)
             }
-            Command::Commit { file, position, header } => {
-                out.push(COMMIT);
-                out.extend_from_slice(&file.to_le_bytes());
-                out.extend_from_slice(&position.to_le_bytes());
-                out.extend_from_slice(header);
-            }
-            Command::Close { file, cut_to } => {
-                out.push(CLOSE);
-                out.extend_from_slice(&file.to_le_bytes());
-                out.extend_from_slice(&cut_to.unwrap_or(u64::MAX).to_le_bytes());
-            }
-        }
+            Command::Commit { file, position, header } => (COMMIT, numbers(&[*file, *position]), header),
+            Command::Close { file, cut_to } => (CLOSE, numbers(&[*file, cut_to.unwrap_or(u64::MAX)]), &[]),
+        };
+        out.push(kind);
+        out.extend_from_slice(&fields);
+        out.extend_from_slice(carried);
     }
 
     /// The command at the start of `bytes` and what follows it; `None` if it is not one.
@@ -500,13 +484,9 @@ impl SpoolWriter {
     }
 
     fn reap(mut self) {
-        let Some(mut process) = self.process.take() else { return };
+        let Some(process) = self.process.take() else { return };
         drop(self.socket);
-        match process.wait() {
-            Ok(status) if status.success() => {}
-            Ok(status) => log::warn!("the spool writer ended with {status}"),
-            Err(err) => log::warn!("cannot wait for the spool writer: {err}"),
-        }
+        sys::reap_helper(process, "spool writer");
     }
 
     /// The helper's process id, for the server's message when it is gone.
@@ -772,14 +752,7 @@ pub fn main(args: Vec<OsString>) -> ! {
         eprintln!("error: INVALID_ARGUMENT: `runnel {SPOOL_WRITER_COMMAND}` is internal to the server");
         std::process::exit(2)
     }
-    // Its stdin is its end of the socket pair (see `sys::spawn_helper`).
-    let socket = match io::stdin().as_fd().try_clone_to_owned() {
-        Ok(socket) => socket,
-        Err(err) => {
-            eprintln!("runnel spool writer: cannot take its socket: {err}");
-            std::process::exit(1)
-        }
-    };
+    let socket = sys::helper_channel("runnel spool writer");
     match serve(&socket) {
         Ok(()) => std::process::exit(0),
         Err(err) => {
