@@ -406,21 +406,21 @@ impl OutputLog {
     /// Appends one record. `record` holds [`RECORD_HEADER_LEN`] spare bytes followed by the data; the header is
     /// filled in here so the whole record goes to the file in one `write`.
     pub(super) fn append(&mut self, spares: &mut SpareSegments, stream: Stream, record: &mut [u8]) -> io::Result<()> {
-        let Some((header, data)) = record.split_at_mut_checked(RECORD_HEADER_LEN) else {
+        let Some((_, data)) = record.split_at_checked(RECORD_HEADER_LEN) else {
             return Err(io::Error::other("an output record without room for its header"));
         };
         let len = data.len();
         if len == 0 {
             return Ok(());
         }
-        header.copy_from_slice(&record_header(stream, len));
+        let header = record_header(stream, len);
         self.roll_if_full(spares)?;
         let (segment, file) = self.writing()?;
         let SegmentFile::Here(file) = file else {
             return Err(io::Error::other("output read into memory while the spool writer writes the spool"));
         };
         file.write_all_at(data, segment.file_len + RECORD_HEADER_LEN as u64)?;
-        commit_record(file, segment.file_len, header)?;
+        commit_record(file, segment.file_len, &header)?;
         self.recorded(spares, len);
         Ok(())
     }
@@ -445,10 +445,9 @@ impl OutputLog {
             return Ok(());
         }
         let (segment, file) = self.writing()?;
-        let position = segment.file_len;
-        match file {
-            SegmentFile::Here(file) => commit_record(file, position, &record_header(stream, len))?,
-            SegmentFile::Writer(number) => spares.writer_commit(*number, position, record_header(stream, len))?,
+        let header = record_header(stream, len);
+        for (at, bytes) in commit_writes(segment.file_len, &header) {
+            spares.write_segment(file, bytes, at)?;
         }
         self.recorded(spares, len);
         Ok(())
@@ -833,14 +832,22 @@ fn read_up_to(file: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
     Ok(read)
 }
 
-/// Completes the record at `position` whose data is in place: an end mark after its data, then its header
-/// over the end mark before it, the length first and the stream tag last (see the module documentation).
-pub(super) fn commit_record(file: &File, position: u64, header: &[u8]) -> io::Result<()> {
-    let Some((tag, len)) = header.split_first() else { return Err(io::Error::other("an empty record header")) };
-    let data_len = len.try_into().map_or(0, u32::from_le_bytes);
-    file.write_all_at(&END_MARK, position + RECORD_HEADER_LEN as u64 + u64::from(data_len))?;
-    file.write_all_at(len, position + 1)?;
-    file.write_all_at(std::slice::from_ref(tag), position)
+/// Completes the record at `position` whose data is in place (see [`commit_writes`]).
+fn commit_record(file: &File, position: u64, header: &[u8; RECORD_HEADER_LEN]) -> io::Result<()> {
+    commit_writes(position, header).iter().try_for_each(|(at, bytes)| file.write_all_at(bytes, *at))
+}
+
+/// The writes that complete the record at `position` whose data is in place, as (offset, bytes), in the order
+/// they must reach the file: an end mark after its data, then its header over the end mark before it, the
+/// length first and the stream tag last (see the module documentation).
+fn commit_writes(position: u64, header: &[u8; RECORD_HEADER_LEN]) -> [(u64, &[u8]); 3] {
+    let [tag, len @ ..] = header;
+    let data_len = u64::from(u32::from_le_bytes(*len));
+    [
+        (position + RECORD_HEADER_LEN as u64 + data_len, &END_MARK[..]),
+        (position + 1, &len[..]),
+        (position, std::slice::from_ref(tag)),
+    ]
 }
 
 /// A job directory's name as segment headers keep it: its first [`OWNER_LEN`] bytes, zero-padded.

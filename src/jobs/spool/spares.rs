@@ -137,7 +137,7 @@ impl SpareSegments {
         }
     }
 
-    /// Writes `bytes` into `file` at `at` (a segment's header).
+    /// Writes `bytes` into `file` at `at` (a segment's header, a record's end mark and header).
     pub fn write_segment(&mut self, file: &SegmentFile, bytes: &[u8], at: u64) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
         match (file, self.writer.as_mut()) {
@@ -145,18 +145,6 @@ impl SpareSegments {
             (SegmentFile::Writer(number), Some(writer)) => writer.write(*number, at, bytes),
             (SegmentFile::Writer(_), None) => Err(no_writer()),
         }
-    }
-
-    /// Completes the record at `position` of the spool writer's file `number`.
-    pub fn writer_commit(
-        &mut self,
-        number: u64,
-        position: u64,
-        header: [u8; super::log::RECORD_HEADER_LEN],
-    ) -> io::Result<()> {
-        let writer = self.writer.as_mut().ok_or_else(no_writer)?;
-        writer.commit(number, position, header);
-        Ok(())
     }
 
     /// The number of the spool writer's last command, if there is a writer.

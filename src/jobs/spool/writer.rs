@@ -11,8 +11,8 @@
 //! - *open*: a segment file (sent with the command), known by a number from then on;
 //! - *data*: move the next `len` bytes of the data pipe into a file at an offset (`splice`, or `read` and
 //!   `pwrite` where the file system cannot splice);
-//! - *write*: a few bytes at an offset (a segment's header);
-//! - *commit*: a record's end mark and header, in the order `log.rs` needs for a crash to leave whole records;
+//! - *write*: a few bytes at an offset (a segment's header; a record's end mark, then its length, then its stream
+//!   tag, the order `log.rs` needs for a crash to leave whole records);
 //! - *close*: a file, cut to its length first if asked (a writer's last close waits for block allocation);
 //! - *discard*: throw away bytes of the data pipe that found no segment.
 //!
@@ -40,7 +40,6 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use super::log::RECORD_HEADER_LEN;
 use crate::sys::{self, Received};
 
 /// A segment file being written: open on the loop, or handed to the spool writer and known by a number.
@@ -87,7 +86,6 @@ const OPEN: u8 = b'O';
 const DATA: u8 = b'D';
 const DISCARD: u8 = b'X';
 const WRITE: u8 = b'W';
-const COMMIT: u8 = b'R';
 const CLOSE: u8 = b'C';
 
 /// One command to the helper. Files are known by the number their [`Command::Open`] gave them.
@@ -103,8 +101,6 @@ enum Command<'a> {
     Discard { len: u32 },
     /// Write `bytes` into `file` at `at`.
     Write { file: u64, at: u64, bytes: &'a [u8] },
-    /// Complete the record at `position` of `file` whose header is `header` (see `log::commit_record`).
-    Commit { file: u64, position: u64, header: [u8; RECORD_HEADER_LEN] },
     /// Close `file`, cut to `cut_to` bytes first if given.
     Close { file: u64, cut_to: Option<u64> },
 }
@@ -125,7 +121,6 @@ impl Command<'_> {
                 let len = (bytes.len() as u16).to_le_bytes();
                 (WRITE, [numbers(&[*file, *at]), len.to_vec()].concat(), bytes)
             }
-            Command::Commit { file, position, header } => (COMMIT, numbers(&[*file, *position]), header),
             Command::Close { file, cut_to } => (CLOSE, numbers(&[*file, cut_to.unwrap_or(u64::MAX)]), &[]),
         };
         out.push(kind);
@@ -155,10 +150,6 @@ impl Command<'_> {
                 let (file, at) = (u64_field()?, u64_field()?);
                 let len = u16::from_le_bytes(take(2)?.try_into().ok()?);
                 Command::Write { file, at, bytes: take(usize::from(len))? }
-            }
-            COMMIT => {
-                let (file, position) = (u64_field()?, u64_field()?);
-                Command::Commit { file, position, header: take(RECORD_HEADER_LEN)?.try_into().ok()? }
             }
             CLOSE => {
                 let (file, cut_to) = (u64_field()?, u64_field()?);
@@ -308,18 +299,14 @@ impl SpoolWriter {
         }
     }
 
-    /// Writes `bytes` (a segment header: at most a few hundred bytes) into `file` at `at`.
+    /// Writes `bytes` (a segment header, a record's end mark or header: a few hundred bytes at most) into `file` at
+    /// `at`.
     pub fn write(&mut self, file: u64, at: u64, bytes: &[u8]) -> io::Result<()> {
         if bytes.len() > usize::from(u16::MAX) {
             return Err(io::Error::other("a spool write of more than 64 KiB sent to the spool writer"));
         }
         self.queue(&Command::Write { file, at, bytes });
         Ok(())
-    }
-
-    /// Completes the record at `position` of `file` (see `log::commit_record`).
-    pub fn commit(&mut self, file: u64, position: u64, header: [u8; RECORD_HEADER_LEN]) {
-        self.queue(&Command::Commit { file, position, header });
     }
 
     /// Closes `file`, cut to `cut_to` bytes first if given.
@@ -579,12 +566,7 @@ impl Helper {
                     data += len as usize;
                 }
                 Command::Discard { len } => self.throw_away(len as usize)?,
-                Command::Write { file, at, bytes } => {
-                    self.write_file(file, "a segment header", |f| f.write_all_at(bytes, at));
-                }
-                Command::Commit { file, position, header } => {
-                    self.write_file(file, "a record header", |f| super::log::commit_record(f, position, &header));
-                }
+                Command::Write { file, at, bytes } => self.write_file(file, |f| f.write_all_at(bytes, at)),
                 Command::Close { file, cut_to } => {
                     if let (Some(f), Some(len)) = (self.files.get(&file), cut_to) {
                         if let Err(err) = f.set_len(len) {
@@ -601,19 +583,13 @@ impl Helper {
 
     /// Writes into `file` with `write`, again while the disk is full; a file that fails otherwise is given up
     /// (closed: nothing more goes into it).
-    fn write_file(&mut self, file: u64, what: &str, write: impl Fn(&File) -> io::Result<()>) {
+    fn write_file(&mut self, file: u64, write: impl Fn(&File) -> io::Result<()>) {
         loop {
             let Some(f) = self.files.get(&file) else { return };
             match write(f) {
                 Ok(()) => return,
                 Err(err) if is_full_disk(&err) => self.wait_for_room(&err),
-                Err(err) => {
-                    eprintln!(
-                        "runnel spool writer: cannot write {what} of job output ({err}); that segment ends there"
-                    );
-                    self.files.remove(&file);
-                    return;
-                }
+                Err(err) => return self.give_up(file, &err),
             }
         }
     }
@@ -766,8 +742,7 @@ pub fn main(args: Vec<OsString>) -> ! {
 mod tests {
     use super::*;
     use crate::jobs::janitor::Janitor;
-    use crate::jobs::spool::log::OutputLog;
-    use crate::jobs::spool::{Drain, OutputCursor, Stream};
+    use crate::jobs::spool::{Drain, OutputCursor, OutputLog, Stream};
     use crate::scratch::ScratchDir;
     use std::fs::{self, OpenOptions};
 
@@ -779,7 +754,6 @@ mod tests {
             Command::Data { file: 7, at: 1 << 40, len: u32::MAX },
             Command::Discard { len: 3 },
             Command::Write { file: 0, at: 5, bytes: b"RUNNELSG" },
-            Command::Commit { file: 9, position: 37, header: [1, 2, 3, 4, 5] },
             Command::Close { file: 9, cut_to: Some(4096) },
             Command::Close { file: 10, cut_to: None },
         ];
@@ -823,7 +797,10 @@ mod tests {
         writer.write(segment, 0, b"head").unwrap();
         into_data_pipe(&writer, b"first record");
         writer.data(segment, 9, 12);
-        writer.commit(segment, 4, [1, 12, 0, 0, 0]);
+        // A record's commit: an end mark after its data, then its header (length, then stream tag).
+        writer.write(segment, 21, &[0; 5]).unwrap();
+        writer.write(segment, 5, &[12, 0, 0, 0]).unwrap();
+        writer.write(segment, 4, &[1]).unwrap();
         // Output for a file the helper cannot write is lost, and what follows still arrives.
         into_data_pipe(&writer, b"lost");
         writer.data(unwritable, 0, 4);
@@ -848,7 +825,7 @@ mod tests {
 
         let written = fs::read(scratch.join("segment")).unwrap();
         assert_eq!(&written[..4], b"head");
-        // The commit: an end mark after the data, then the header.
+        // The record: its header, its data, the end mark after it.
         assert_eq!(&written[4..9], &[1, 12, 0, 0, 0]);
         assert_eq!(&written[9..21], b"first record");
         assert_eq!(&written[21..26], &[0; 5]);
