@@ -242,6 +242,12 @@ impl JobTable {
         self.jobs.values().any(|j| !j.is_ended())
     }
 
+    /// True while an ended job's output that was in its pipes when it ended is not all taken in (the spool
+    /// writer had no room for it yet): shutdown waits for it, as WaitJob does.
+    pub fn has_output_owed(&self) -> bool {
+        self.jobs.values().any(|j| j.is_ended() && !j.has_settled())
+    }
+
     /// What the table has done since it was made (for metrics).
     pub fn counters(&self) -> &JobCounters {
         &self.counters
@@ -536,7 +542,8 @@ impl JobTable {
         // Output the spool writer has no room for yet is owed: WaitJob waits for it (see `Job::has_settled`).
         for stream in [Stream::Stdout, Stream::Stderr] {
             let (ingested, _) = self.take_output(key, stream, PIPE_CAPACITY);
-            if let (Drain::Waiting, Some(job)) = (ingested.drain, self.jobs.get_mut(&key)) {
+            // `More` too: the writer's room, not the pipe, may have ended the take.
+            if let (Drain::Waiting | Drain::More, Some(job)) = (ingested.drain, self.jobs.get_mut(&key)) {
                 let left = job.pipe(stream).map_or(Ok(0), sys::pipe_holds).unwrap_or(0);
                 job.owed[stream.index()] = left as u64;
             }

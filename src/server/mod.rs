@@ -796,7 +796,8 @@ impl Server {
             }
             Lifecycle::Draining => {
                 let followers = self.connections.values().flat_map(|c| c.calls.values()).any(|call| call.is_follower());
-                if !followers {
+                // What the jobs wrote before they ended is taken in first (at most `SHUTDOWN_DRAIN`, as followers).
+                if !followers && !self.jobs.has_output_owed() {
                     self.close_connections();
                     return self.advance_shutdown();
                 }

@@ -220,10 +220,14 @@ fn splice_pipe(to: &mut Destination<'_>, fd: RawFd, relay: Relay<'_>, budget: us
             // Nothing moved: the job's pipe is empty, or the writer's data pipe is full (which the kernel tells
             // first, even at the job pipe's end of file).
             Ok(None) if matches!(relay, Relay::Writer(_)) => {
-                result = match sys::pipe_readiness(fd)? {
-                    sys::PipeReadiness::Data => Drain::Waiting,
-                    sys::PipeReadiness::Ended => Drain::Closed,
-                    sys::PipeReadiness::Empty => Drain::Empty,
+                result = match sys::pipe_readiness(fd) {
+                    Ok(sys::PipeReadiness::Data) => Drain::Waiting,
+                    Ok(sys::PipeReadiness::Ended) => Drain::Closed,
+                    Ok(sys::PipeReadiness::Empty) => Drain::Empty,
+                    Err(err) => {
+                        to.commit_spliced(filled)?;
+                        return Err(err);
+                    }
                 }
             }
             Ok(None) => result = Drain::Empty,

@@ -428,7 +428,8 @@ impl SpoolWriter {
                     return Err(io::Error::new(io::ErrorKind::TimedOut, "it did not finish in time"));
                 }
                 self.receive();
-                if let Some(err) = self.failure.take() {
+                // Its last confirmation and its end can come in one read: only an end before it counts.
+                if let (Some(err), false) = (self.failure.take(), self.confirmed == self.issued) {
                     return Err(err);
                 }
             }
@@ -520,8 +521,12 @@ pub fn serve(socket: &OwnedFd) -> io::Result<()> {
         let closed = loop {
             match sys::receive_with_descriptors(socket.as_raw_fd(), wait)? {
                 Received::Message { bytes, fds } => {
-                    let (_, written) = unconfirmed.get_or_insert((Instant::now(), 0));
+                    let (since, written) = unconfirmed.get_or_insert((Instant::now(), 0));
                     *written += helper.carry_out(&bytes, fds)?;
+                    // A server that keeps sending still hears back on time.
+                    if *written >= CONFIRM_BYTES || since.elapsed() >= CONFIRM_WITHIN {
+                        break false;
+                    }
                 }
                 Received::Empty => break false,
                 Received::Closed => break true,
@@ -666,10 +671,14 @@ impl Helper {
         }
     }
 
-    /// Writes nothing more into `file`, which failed with `err` (not for want of space).
+    /// Writes nothing more into `file`, which failed with `err` (not for want of space), and empties it if it
+    /// can: a segment written over a spare whose own header never made it would otherwise show the spare's old
+    /// records to a reader.
     fn give_up(&mut self, file: u64, err: &io::Error) {
         eprintln!("runnel spool writer: cannot write job output ({err}); that segment ends there");
-        self.files.remove(&file);
+        if let Some(f) = self.files.remove(&file) {
+            let _ = f.set_len(0);
+        }
     }
 
     /// Reads and drops `len` bytes of the data pipe.
@@ -729,6 +738,11 @@ pub fn main(args: Vec<OsString>) -> ! {
         std::process::exit(2)
     }
     let socket = sys::helper_channel("runnel spool writer");
+    // One file open per running job's segment: as many as the server may run (it raises its own limit after
+    // the helpers start).
+    if let Err(err) = sys::raise_open_file_limit() {
+        eprintln!("runnel spool writer: cannot raise its open-file limit: {err}");
+    }
     match serve(&socket) {
         Ok(()) => std::process::exit(0),
         Err(err) => {
