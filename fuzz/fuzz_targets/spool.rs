@@ -232,6 +232,7 @@ fuzz_target!(|run: Run| {
                         stream_pipe.closed = true;
                     }
                     Drain::More => assert_eq!(bytes, budget, "More only when the budget ran out"),
+                    Drain::Waiting => panic!("Waiting (for a spool writer's room) from a spool that has no writer"),
                 }
                 if model.pipes.iter().all(|p| p.closed) {
                     spool.finish(&mut model.log);
