@@ -17,16 +17,17 @@
 //! - *discard*: throw away bytes of the data pipe that found no segment.
 //!
 //! Commands go in `SOCK_SEQPACKET` messages (several to a message; a file travels with `SCM_RIGHTS`, one to a
-//! message). The helper answers with how many commands it has carried out so far, once for each batch of
-//! messages it took. The loop never waits: what it cannot send yet stays queued in order, and a log's readers
+//! message), sent once a loop turn. The helper answers with how many commands it has carried out so far, once it
+//! wrote a MiB since its last answer, 2 ms after the first command since then, or when none came for 1 ms (see
+//! [`CONFIRM_BYTES`]). The loop never waits: what it cannot send yet stays queued in order, and a log's readers
 //! read only output whose commands were carried out ([`OutputLog`](super::OutputLog) keeps that mark). The data
 //! pipe's size bounds the output on its way to the disk: with no room left, output waits in the jobs' pipes
 //! (back-pressure, nothing dropped) until the helper confirms more.
 //!
 //! A write that fails for want of space (`ENOSPC`, `EDQUOT`) is tried again every 100 ms, so a full disk stops
 //! the jobs' output instead of losing it (the helper says so on stderr, once a minute). Any other failure loses
-//! what was to go to that file from then on, said on stderr; its records stay unwritten, so a reader meets an
-//! error there, never old bytes. The helper dies with the server and ends when the server closes its socket,
+//! what was to go to that file from then on, said on stderr, and empties the file, so a reader meets an error
+//! there, never old bytes (a spare's). The helper dies with the server and ends when the server closes its socket,
 //! after carrying out what it was sent. The loop treats its death as fatal: output it had taken from jobs
 //! would be lost unseen.
 
