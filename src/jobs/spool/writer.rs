@@ -458,7 +458,7 @@ impl SpoolWriter {
             if left == 0 {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "it did not take what was queued in time"));
             }
-            // Room in the socket comes as the helper takes messages, and it confirms each batch.
+            // Room in the socket comes as the helper takes messages, and it confirms what it carried out.
             sys::wait_readable(self.socket.as_raw_fd(), i32::try_from(left.min(100)).unwrap_or(100))?;
         }
         Ok(())
@@ -878,16 +878,11 @@ mod tests {
         assert!(log.is_finished() && !log.is_complete(), "finished, not yet written");
         spool.send_writes();
 
-        let helper = std::thread::spawn(move || serve(&helper_end));
-        let confirmed = loop {
-            sys::wait_readable(spool.writer_socket().unwrap(), 10_000).unwrap();
-            if let Some(confirmed) = spool.receive_confirmations() {
-                if !log.confirm(confirmed) {
-                    break confirmed;
-                }
-            }
-        };
-        assert!(confirmed > 0);
+        // The helper, on this thread: it serves what was sent, and returns once the server stops sending.
+        sys::shut_down_sending(spool.writer_socket().unwrap()).unwrap();
+        serve(&helper_end).unwrap();
+        let confirmed = spool.receive_confirmations().expect("it confirmed what it wrote");
+        assert!(!log.confirm(confirmed), "nothing of the log is left unconfirmed");
         assert!(log.is_complete());
         assert_eq!(log.readable(), 12);
         let mut read = bytes::BytesMut::new();
@@ -897,9 +892,7 @@ mod tests {
         assert_eq!(&read[..], b"hello, world");
         // Once the segment is closed, its file alone says the same: the helper wrote the segment header and the
         // records as a restarted server reads them back.
-        spool.send_writes();
         spool.finish_writes();
-        helper.join().unwrap().unwrap();
         let recovered = OutputLog::recover(scratch.join("jobs/job"), 1 << 20, Some(12), true).unwrap();
         assert!(recovered.problems.is_empty() && recovered.unusable.is_empty(), "{:?}", recovered.problems);
         assert_eq!(recovered.log.end(), 12);
