@@ -455,6 +455,26 @@ fn the_janitor_removes_an_evicted_jobs_files_and_dies_with_the_server() {
 }
 
 #[test]
+fn each_helper_leads_a_session_of_its_own() {
+    // A signal to the server's group is not a helper's, and where the kernel shares CPU out by session
+    // (autogroup), a helper is not one entity with the loop (`sys::spawn_helper`).
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let helpers = |name: &str| {
+        util::pids_where(|cmdline| cmdline.contains(name))
+            .into_iter()
+            .filter(|&pid| util::parent_of(pid) == Some(server.pid()))
+            .collect::<Vec<_>>()
+    };
+    for name in [" __janitor ", " __segments ", " __writer", " __shells"] {
+        let found = helpers(name);
+        assert_eq!(found.len(), 1, "one{name}helper of server {}: {found:?}", server.pid());
+        let helper = found[0];
+        assert_eq!(util::session_of(helper), Some(helper), "{name} leads no session of its own");
+    }
+}
+
+#[test]
 fn a_server_configured_by_its_environment_serves_and_a_misspelt_variable_stops_it() {
     let pki = Pki::new();
     let server = Server::start_configured_by_environment(&pki);

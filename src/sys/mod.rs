@@ -135,9 +135,16 @@ pub fn send_unpaced(listener: RawFd) -> io::Result<()> {
 
 /// Starts one of the server's helper processes (the janitor, the network-namespace maker): `executable` (the
 /// server's own) with `args`, `stdin` as its channel to the server, an environment with nothing but the log
-/// format, stdout to `/dev/null` and stderr shared. It is in a process group of its own (a Ctrl-C or a signal
-/// to the server's group is the server's to handle), dies with the server (`PR_SET_PDEATHSIG(SIGKILL)`), and keeps none of the
-/// descriptors the server inherited without close-on-exec, only its 0-2.
+/// format, stdout to `/dev/null` and stderr shared. It leads a session of its own, and so a process group of its
+/// own (a Ctrl-C or a signal to the server's group is the server's to handle), dies with the server
+/// (`PR_SET_PDEATHSIG(SIGKILL)`), and keeps none of the descriptors the server inherited without close-on-exec,
+/// only its 0-2.
+///
+/// The session is for the scheduler too. Where the kernel groups CPU time by session (autogroup, the default of
+/// Debian's and most distributions' kernels for processes outside a CPU cgroup), a helper in the server's session
+/// shares one entity with the loop: the loop and a busy spool writer wake each other by turns, so that entity never
+/// sleeps, and a job's init woken on their CPU waited behind it for up to 210 ms under 16 output floods. In
+/// sessions of their own, its slowest start in the same runs was 9–12 ms (`docs/performance.md`, session 19).
 pub fn spawn_helper(
     executable: &std::path::Path,
     args: &[&std::ffi::OsStr],
@@ -151,11 +158,11 @@ pub fn spawn_helper(
     if let Some(format) = std::env::var_os("RUNNEL_LOG_FORMAT") {
         command.env("RUNNEL_LOG_FORMAT", format);
     }
-    command.stdin(Stdio::from(stdin)).stdout(Stdio::null()).stderr(Stdio::inherit()).process_group(0);
+    command.stdin(Stdio::from(stdin)).stdout(Stdio::null()).stderr(Stdio::inherit());
     // SAFETY: getpid is async-signal-safe; it runs before the fork.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the closure runs in the child between fork and exec, and makes only async-signal-safe system
-    // calls (prctl, getppid, close_range), allocating nothing.
+    // calls (prctl, getppid, setsid, close_range), allocating nothing.
     unsafe {
         command.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
@@ -164,6 +171,10 @@ pub fn spawn_helper(
             // The server died before the signal was armed: nothing would kill us later.
             if libc::getppid() != parent {
                 return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            // Not a group leader yet (a fresh fork of the server), so this cannot fail with EPERM.
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
             }
             if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) < 0 {
                 return Err(io::Error::last_os_error());
