@@ -265,6 +265,11 @@ pub fn main(args: Vec<OsString>) -> ! {
             eprintln!("runnel {SHELL_POOL_COMMAND}: cannot lower its scheduling priority: {err}");
         }
     }
+    // The helper leads a session of its own (`sys::spawn_helper`), whose group would otherwise get as much CPU as
+    // the server's; shells leave it (each job leads its own session) and keep the ordinary share.
+    if let Err(err) = sys::lower_session_priority() {
+        eprintln!("runnel {SHELL_POOL_COMMAND}: cannot lower its session's share of CPU: {err}");
+    }
     let socket = io::stdin().as_raw_fd();
     let mut requests = [0u8; 64];
     loop {

@@ -280,6 +280,17 @@ pub fn schedule_when_idle() -> io::Result<()> {
     set_scheduling_policy(0, libc::SCHED_IDLE)
 }
 
+/// Gives this process's session the lowest share of CPU where the kernel shares it out by session (autogroup): the
+/// session's nice value 19. `SCHED_IDLE` ranks a process only against the others of its session's group, so a
+/// helper that leads a session of its own needs this too to yield to the loop. No-op on a kernel without
+/// autogroup (no `/proc/self/autogroup`); raising a nice value takes no privilege.
+pub fn lower_session_priority() -> io::Result<()> {
+    match std::fs::write("/proc/self/autogroup", b"19") {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        written => written,
+    }
+}
+
 /// Puts process `pid` (0: this one) back to the ordinary policy after [`schedule_when_idle`], with the same nice
 /// value; takes CAP_SYS_NICE.
 pub fn schedule_normally(pid: i32) -> io::Result<()> {
