@@ -777,11 +777,17 @@ fn many_jobs_figures(pki: &Pki, count: usize) {
         }
         [start_job, get_job, list_page].map(|mut v| percentiles(&mut v))
     };
+    // A start that finds no shell ready forks its own namespaces, on the loop (`isolation/shell_pool.rs`).
+    let forked = || server.log_text().matches("the shell pool is empty").count();
+    let forked_at_first = forked();
     let before = measure(&mut client, 200);
+    let forked_before = forked() - forked_at_first;
     let begun = Instant::now();
     let sleepers: Vec<Job> = (0..count).map(|_| start(&mut client, "sleep", &["3600"])).collect();
     let started_in = begun.elapsed().as_secs_f64();
+    let forked_at_first = forked();
     let during = measure(&mut client, 200);
+    let forked_during = forked() - forked_at_first;
     println!(
         "with {} running isolated jobs (started in {started_in:.1} s), p50 / p99 / max in ms, next to the same server \
          before them:",
@@ -793,6 +799,7 @@ fn many_jobs_figures(pki: &Pki, count: usize) {
             "  {name:20} {d50:6.2} / {d99:6.2} / {dmax:6.1}  (goal p99 <= {goal}); before {b50:.2} / {b99:.2} / {bmax:.1}"
         );
     }
+    println!("  starts that found no shell ready and forked: {forked_during} of 200; before {forked_before} of 200");
 }
 
 /// The floor under an isolated StartJob, in microseconds: `clone3` into the namespaces a job gets (PID, mount,
