@@ -183,9 +183,15 @@ fn check(server: &Server, round: usize, seen: &mut Seen) {
     let jobs = util::list_all_jobs(&mut client);
     let listed: BTreeSet<String> = jobs.iter().map(|j| j.id.clone()).collect();
     let mut on_disk: BTreeSet<String> = BTreeSet::new();
+    // Directories made ahead of starts to come are no job's (yet).
+    let (_, jobs_dirs) = util::beside_dirs_made_ahead(&server.state_dir);
     for entry in fs::read_dir(server.state_dir.join("jobs")).unwrap() {
         let entry = entry.unwrap();
-        on_disk.insert(entry.file_name().to_string_lossy().into_owned());
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !jobs_dirs.contains(&format!("jobs/{name}")) {
+            continue;
+        }
+        on_disk.insert(name);
         assert!(entry.path().join("record").exists(), "round {round}: {} has no record", entry.path().display());
         for file in fs::read_dir(entry.path()).unwrap() {
             let header = fs::read(file.unwrap().path()).unwrap();

@@ -145,9 +145,9 @@ fn exec_failures_and_bad_input_are_clear_errors_that_change_nothing() {
 
     let listed: ListJobsResponse = alice.unary(path::LIST_JOBS, &ListJobsRequest::default(), None).unwrap();
     assert!(listed.jobs.is_empty(), "a failed start left a job behind: {:?}", listed.jobs);
-    let leftovers = std::fs::read_dir(server.state_dir.join("jobs")).unwrap().count()
-        + std::fs::read_dir(server.state_dir.join("work")).unwrap().count();
-    assert_eq!(leftovers, 0, "a failed start left files behind");
+    let (made_ahead, leftovers) = util::beside_dirs_made_ahead(&server.state_dir);
+    assert!(leftovers.is_empty(), "a failed start left files behind: {leftovers:?}");
+    assert!(made_ahead <= 4, "{made_ahead} jobs' directories made ahead (at most 4 are kept)");
 }
 
 #[test]
@@ -357,6 +357,40 @@ fn server_shutdown_stops_jobs_ends_streams_and_removes_all_but_the_history() {
     assert!(follower.next_message::<OutputChunk>(&mut stream).is_ok_and(|m| m.is_none()), "stream did not end cleanly");
     assert!(!process_alive(job.pid));
     assert!(pids_matching(&marker).is_empty(), "a job process outlived the server");
+    util::assert_only_history_left(&server.state_dir);
+}
+
+#[test]
+fn starts_take_directories_made_ahead_and_a_stop_leaves_none() {
+    // The segment mover makes jobs' directories ahead of their starts (`JobTable::make_job_dirs_ahead`): a start
+    // creates no inode on the loop.
+    let pki = Pki::new();
+    let mut server = Server::start(&pki, &[]);
+    let jobs_dir = server.state_dir.join("jobs");
+    let names = || -> Vec<String> {
+        std::fs::read_dir(&jobs_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
+    };
+    let four_ready = || util::beside_dirs_made_ahead(&server.state_dir) == (4, Vec::new());
+    assert!(eventually(Duration::from_secs(5), four_ready), "{:?}", util::beside_dirs_made_ahead(&server.state_dir));
+    let made = names();
+
+    let mut alice = server.client("alice");
+    let job = start(&mut alice, "sh", &["-c", "stat -c %u .; id -u; pwd"]);
+    assert!(made.contains(&job.id), "job {} took none of the directories made ahead: {made:?}", job.id);
+    let _: Job = wait(&mut alice, &job.id);
+    let output = String::from_utf8(concat(&read_output(&mut alice, &job.id, 0, false))).unwrap();
+    let lines: Vec<&str> = output.lines().collect();
+    assert_eq!(lines.len(), 3, "{output}");
+    assert_eq!(lines[0], lines[1], "its working directory is its user's");
+    assert_eq!(lines[2], server.state_dir.join("work").join(&job.id).to_str().unwrap());
+    // Another is made in its place; beside them, the job's own.
+    let own = vec![format!("jobs/{}", job.id), format!("work/{}", job.id)];
+    let four_more = || util::beside_dirs_made_ahead(&server.state_dir) == (4, own.clone());
+    assert!(eventually(Duration::from_secs(5), four_more), "{:?}", util::beside_dirs_made_ahead(&server.state_dir));
+
+    let status = server.stop_with(15, Duration::from_secs(15));
+    assert!(status.success(), "server exit: {status:?}\n{}", server.log_text());
+    assert_eq!(names(), std::slice::from_ref(&job.id), "a stop leaves only the jobs' history");
     util::assert_only_history_left(&server.state_dir);
 }
 

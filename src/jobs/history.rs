@@ -58,7 +58,10 @@ pub(super) fn restore(spool: &mut Spool, previous: PreviousServer, damaged: &Pat
             }
             Ok(None) => {
                 // Made when a start began, before its record.
-                log::info!("job directory {} has no record (a start that never finished); removed", dir.display());
+                log::info!(
+                    "job directory {} has no record (a start that never finished, or made ahead for one); removed",
+                    dir.display()
+                );
                 spool.dispose(&dir);
                 continue;
             }

@@ -155,6 +155,13 @@ impl JobRecord {
         file.write_all(&self.encode())
     }
 
+    /// Writes the job's first record into the empty record file in its directory `dir` (made ahead of the start
+    /// by the segment mover): no new file on the loop.
+    pub fn fill(&self, dir: &Path) -> io::Result<()> {
+        let mut file = fs::OpenOptions::new().write(true).open(dir.join(RECORD_FILE))?;
+        file.write_all(&self.encode())
+    }
+
     /// Writes the record over the one in `dir` in place, if it is no shorter and fits one write that a crash
     /// cannot tear (within a page); replaces it whole otherwise.
     pub fn overwrite(&self, dir: &Path) -> io::Result<()> {

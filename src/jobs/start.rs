@@ -48,6 +48,19 @@ impl<'a> HalfStarted<'a> {
         Ok(())
     }
 
+    /// Takes the job's output log, whose directory the segment mover made ahead of the start.
+    pub fn adopt_output(&mut self) {
+        self.output = Some(self.spool.adopt_log(&self.id.to_string()));
+    }
+
+    /// Takes the working directory the segment mover made for the job under `parent`, gives it to the user its
+    /// command runs as (`None`: the server's own user), and returns it.
+    pub fn adopt_work_dir(&mut self, parent: &Path, run_as: Option<RunAs>) -> Result<PathBuf, JobError> {
+        let dir = OwnWorkDir::adopt(parent.join(self.id.to_string()), run_as)
+            .map_err(|e| JobError::system("cannot give the job its working directory", e))?;
+        Ok(self.own_work_dir.insert(dir).path().to_path_buf())
+    }
+
     /// Creates a fresh working directory for the job under `parent`, owned by the user its command runs as
     /// (`None`: the server's own user), and returns it.
     pub fn create_work_dir(&mut self, parent: &Path, run_as: Option<RunAs>) -> Result<PathBuf, JobError> {
@@ -136,6 +149,11 @@ impl OwnWorkDir {
     /// Makes `dir`, private to the user the job's command runs as (`None`: the server's own user).
     fn create(dir: PathBuf, run_as: Option<RunAs>) -> io::Result<OwnWorkDir> {
         fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        OwnWorkDir::adopt(dir, run_as)
+    }
+
+    /// Takes `dir`, made private to the server, and gives it to `run_as` (`None`: the server's own user).
+    fn adopt(dir: PathBuf, run_as: Option<RunAs>) -> io::Result<OwnWorkDir> {
         // From here on, a failure removes the directory again.
         let made = OwnWorkDir(dir);
         if let Some(run_as) = run_as {

@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
 use std::task::{Poll, Waker};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use super::counters::{JobCensus, JobCounters};
 use super::history::{self, PreviousServer};
@@ -16,9 +16,10 @@ use super::janitor::Janitor;
 use super::job::Starting;
 use super::launch::{self, Launcher, StartReport, START_TIMEOUT};
 use super::limits::LimitPolicy;
+use super::record::RECORD_FILE;
 use super::spool::mover::SegmentMover;
 use super::spool::writer::SpoolWriter;
-use super::spool::{Drain, Ingested, Spool, Stream, PIPE_CAPACITY};
+use super::spool::{Drain, Ingested, JobDirs, Spool, Stream, PIPE_CAPACITY};
 use super::start::{HalfStarted, Started};
 use super::{Caller, EndReason, Job, JobError, JobId, JobKey, JobSpec, JobState, StartRequest};
 use crate::cgroup::{CgroupRoot, Limits};
@@ -69,6 +70,13 @@ pub struct StartedJob {
     pub start_report: RawFd,
 }
 
+/// Jobs' directories kept asked of the segment mover ahead of the starts that take them: a burst of more starts
+/// than this makes the rest make their own, on the loop.
+pub const JOB_DIRS_AHEAD: usize = 4;
+
+/// How long no directories are asked for ahead after some could not be made.
+const JOB_DIRS_RETRY: Duration = Duration::from_secs(1);
+
 pub struct JobTable {
     config: JobTableConfig,
     jobs: BTreeMap<JobKey, Job>,
@@ -89,6 +97,11 @@ pub struct JobTable {
     starts_pending: usize,
     /// Jobs with output on its way to the disk through the spool writer (see [`JobTable::take_confirmations`]).
     awaiting_writer: BTreeSet<JobKey>,
+    /// Ids of jobs to come whose directories the segment mover was asked to make, with its tickets, oldest
+    /// first (see [`JobTable::make_job_dirs_ahead`]).
+    dirs_ahead: VecDeque<(u64, JobId)>,
+    /// Until when no more directories are asked for, after some could not be made.
+    dirs_ahead_paused_until: Option<Instant>,
     shutting_down: bool,
     counters: JobCounters,
 }
@@ -132,6 +145,8 @@ impl JobTable {
             next_key: 1,
             starts_pending: 0,
             awaiting_writer: BTreeSet::new(),
+            dirs_ahead: VecDeque::new(),
+            dirs_ahead_paused_until: None,
             work_dir,
             containment,
             launcher: Launcher::new(shell_pool)?,
@@ -283,14 +298,22 @@ impl JobTable {
         limits: Option<Limits>,
         run_as: Option<RunAs>,
     ) -> Result<StartedJob, JobError> {
-        let id = JobId::random();
+        let made_ahead = self.take_job_dirs();
+        let id = made_ahead.unwrap_or_else(JobId::random);
         // Limits go to a cgroup where there is one (without, only pids is enforced, by the user's own count).
         let cgroup_limits = limits.filter(|_| self.containment.cgroups.is_some());
         let mut start = HalfStarted::new(id, &mut self.spool, self.containment.cgroups.as_mut());
-        start.create_output()?;
-        let working_dir = match &spec.working_dir {
-            Some(dir) => dir.clone(),
-            None => start.create_work_dir(&self.work_dir, run_as)?,
+        let working_dir = if made_ahead.is_some() {
+            start.adopt_output();
+            // Made whether the job wants it or not: one it does not use stays empty and goes with the job.
+            let own = start.adopt_work_dir(&self.work_dir, run_as.filter(|_| spec.working_dir.is_none()))?;
+            spec.working_dir.clone().unwrap_or(own)
+        } else {
+            start.create_output()?;
+            match &spec.working_dir {
+                Some(dir) => dir.clone(),
+                None => start.create_work_dir(&self.work_dir, run_as)?,
+            }
         };
         if let Some(limits) = &cgroup_limits {
             start.create_cgroup(limits)?;
@@ -352,7 +375,12 @@ impl JobTable {
         self.starts_pending += 1;
         // While its command starts on another core: creating the record's file is the costly part of it.
         if self.config.history.is_some() {
-            if let Err(err) = job.record().create(job.output.dir()) {
+            let record = job.record();
+            let written = match made_ahead {
+                Some(_) => record.fill(job.output.dir()),
+                None => record.create(job.output.dir()),
+            };
+            if let Err(err) = written {
                 log::warn!("cannot record job {id} in {}: {err}", job.output.dir().display());
             }
         }
@@ -675,6 +703,48 @@ impl JobTable {
         true
     }
 
+    /// Keeps [`JOB_DIRS_AHEAD`] jobs' directories asked of the segment mover ahead of the starts that will take
+    /// them: a start that makes its own creates three inodes on the loop, and ext4 can hold each one while it
+    /// reads an inode table block behind the output being written back (see `spool::mover`). Once a turn.
+    pub fn make_job_dirs_ahead(&mut self) {
+        if self.dirs_ahead_paused_until.is_some_and(|until| Instant::now() < until) {
+            return;
+        }
+        while !self.shutting_down && self.dirs_ahead.len() < JOB_DIRS_AHEAD {
+            let id = JobId::random();
+            let (output, work) = self.job_dir_paths(id);
+            let record = self.config.history.is_some().then(|| output.join(RECORD_FILE));
+            // No mover, or no room in its socket: asked again next turn; starts make their own meanwhile.
+            let Some(ticket) = self.spool.make_job_dirs(&output, &work, record.as_deref()) else { return };
+            self.dirs_ahead.push_back((ticket, id));
+        }
+    }
+
+    /// The output and working directories of job `id`.
+    fn job_dir_paths(&self, id: JobId) -> (PathBuf, PathBuf) {
+        let name = id.to_string();
+        (self.spool.jobs_dir().join(&name), self.work_dir.join(name))
+    }
+
+    /// The id of a job to come whose directories the mover has made, if there is one yet.
+    fn take_job_dirs(&mut self) -> Option<JobId> {
+        while let Some(&(ticket, id)) = self.dirs_ahead.front() {
+            match self.spool.job_dirs(ticket) {
+                JobDirs::Waiting => return None,
+                JobDirs::Made => {
+                    self.dirs_ahead.pop_front();
+                    return Some(id);
+                }
+                JobDirs::Failed => {
+                    // Whatever failed (a full disk) would likely fail the next ones too: not for a while.
+                    self.dirs_ahead.pop_front();
+                    self.dirs_ahead_paused_until = Some(Instant::now() + JOB_DIRS_RETRY);
+                }
+            }
+        }
+        None
+    }
+
     /// Sends the spool writer what the turn asked of it (segments closed, logs removed).
     pub fn send_spool_writes(&mut self) {
         self.spool.send_writes();
@@ -707,6 +777,10 @@ impl JobTable {
             }
         }
         self.by_id.clear();
+        for (ticket, id) in std::mem::take(&mut self.dirs_ahead) {
+            let (output, work) = self.job_dir_paths(id);
+            self.spool.abandon_job_dirs(ticket, &output, &work);
+        }
         self.spool.finish_removals();
         self.launcher.finish();
     }

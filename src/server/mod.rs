@@ -474,6 +474,7 @@ impl Server {
             self.ingest_output(&mut events, &mut turn);
             turn.part_done(Part::Output);
             turn.step(Step::Shells, || self.jobs.replenish_shells());
+            self.jobs.make_job_dirs_ahead();
             self.jobs.send_spool_writes();
             if let Some(why) = self.jobs.spool_writer_failure() {
                 return Err(ServerError::SpoolWriterGone(why));

@@ -352,6 +352,38 @@ pub fn parent_of(pid: i32) -> Option<i32> {
     stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// What is in `STATE/jobs` and `STATE/work` besides the directories the server makes ahead of starts to come:
+/// how many of those there are (a job directory holding nothing or an empty record, and an empty working
+/// directory of the same name, or none yet: the mover makes it last), and the names of everything else,
+/// `jobs/NAME` or `work/NAME`.
+pub fn beside_dirs_made_ahead(state_dir: &Path) -> (usize, Vec<String>) {
+    let names = |dir: &str| -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(state_dir.join(dir))
+            .map(|entries| entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    // Looked at on disk, name by name, so that a pair being made while the directories are listed counts.
+    let made_ahead = |name: &String| {
+        let job = state_dir.join("jobs").join(name);
+        let record = fs::metadata(job.join("record"));
+        let job_holds_nothing_else =
+            fs::read_dir(&job).is_ok_and(|entries| entries.count() == usize::from(record.is_ok()));
+        let work = fs::read_dir(state_dir.join("work").join(name));
+        let work_empty_or_none = match work {
+            Ok(mut entries) => entries.next().is_none(),
+            Err(err) => err.kind() == std::io::ErrorKind::NotFound,
+        };
+        job_holds_nothing_else && record.map_or(true, |r| r.len() == 0) && work_empty_or_none
+    };
+    let jobs = names("jobs");
+    let ahead = jobs.iter().filter(|name| made_ahead(name)).count();
+    let mut others: Vec<String> = jobs.iter().filter(|n| !made_ahead(n)).map(|n| format!("jobs/{n}")).collect();
+    others.extend(names("work").iter().filter(|n| !made_ahead(n)).map(|n| format!("work/{n}")));
+    (ahead, others)
+}
+
 /// The session `pid` is in (the pid of the session's leader), if it is alive.
 pub fn session_of(pid: i32) -> Option<i32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -233,8 +233,13 @@ impl OutputLog {
     /// `retention` bytes.
     pub(super) fn create(dir: PathBuf, retention: u64) -> io::Result<OutputLog> {
         fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        Ok(OutputLog::adopt(dir, retention))
+    }
+
+    /// The log of the spool directory `dir`, made empty by another (the segment mover, ahead of the job's start).
+    pub(super) fn adopt(dir: PathBuf, retention: u64) -> OutputLog {
         let segment_limit = (retention / 8).clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES);
-        Ok(OutputLog {
+        OutputLog {
             dir,
             segments: VecDeque::new(),
             writer: None,
@@ -247,7 +252,7 @@ impl OutputLog {
             readable: 0,
             finished: false,
             waiters: Vec::new(),
-        })
+        }
     }
 
     /// Rebuilds, from its directory `dir`, the log of a job a previous server ran (see the module

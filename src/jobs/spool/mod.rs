@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use self::ingest::{Destination, Ingester};
 use self::mover::SegmentMover;
+pub use self::spares::JobDirs;
 use self::spares::SpareSegments;
 use self::writer::SpoolWriter;
 use super::janitor::Janitor;
@@ -82,6 +83,29 @@ impl Spool {
     /// A new, empty log named `name` (a job's id).
     pub fn create_log(&self, name: &str) -> io::Result<OutputLog> {
         OutputLog::create(self.dir.join(name), self.max_per_log)
+    }
+
+    /// The new, empty log of a job whose directory `name` the mover made ahead of its start
+    /// ([`Self::make_job_dirs`]).
+    pub fn adopt_log(&self, name: &str) -> OutputLog {
+        OutputLog::adopt(self.dir.join(name), self.max_per_log)
+    }
+
+    /// Asks the segment mover to make a job's directories ahead of its start (see
+    /// [`SpareSegments::make_job_dirs`]): its output directory `output` (under [`Self::jobs_dir`], with the empty
+    /// file `record` if given) and its working directory `work`.
+    pub fn make_job_dirs(&mut self, output: &Path, work: &Path, record: Option<&Path>) -> Option<u64> {
+        self.spares.make_job_dirs(output, work, record)
+    }
+
+    /// Where the directories asked for with `ticket` stand.
+    pub fn job_dirs(&mut self, ticket: u64) -> JobDirs {
+        self.spares.job_dirs(ticket)
+    }
+
+    /// The directories asked for with `ticket` are not wanted: they go, now or once made.
+    pub fn abandon_job_dirs(&mut self, ticket: u64, output: &Path, work: &Path) {
+        self.spares.abandon_job_dirs(ticket, output, work);
     }
 
     /// The directory that holds one directory per job.

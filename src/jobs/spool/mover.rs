@@ -12,7 +12,11 @@
 //!   up;
 //! - *move*: a discarded segment is renamed into the spare directory, or into the trash for the janitor;
 //! - *close*: a segment file the loop wrote comes with the request and the helper closes it (cut to its length
-//!   first, for a finished log), since a writer's last close waits for ext4's block allocation under writeback.
+//!   first, for a finished log), since a writer's last close waits for ext4's block allocation under writeback;
+//! - *make a job's directories*: ahead of the starts that will take them, a job's output directory (with an
+//!   empty record file in it, where records are kept) and its working directory. Creating a file or a directory
+//!   makes a new inode, and ext4 may have to read that inode's table block while the disk is busy writing back
+//!   output: a `mkdir` on the loop waited 18.7 ms for it under 4 floods (`docs/performance.md`, session 19).
 //!
 //! Requests and replies are `SOCK_SEQPACKET` messages (a close carries its file, a reply to a prepare the file
 //! made, with `SCM_RIGHTS`); the helper serves them in order, so a segment file is closed (and cut) before a
@@ -27,7 +31,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::Child;
 
@@ -48,6 +52,9 @@ pub enum Request {
     /// waits for the file's block allocation under writeback (ext4 drops its preallocations then), and a cut
     /// frees blocks: 25–30 ms on the loop under floods.
     Close { cut_to: Option<u64> },
+    /// Make the directories `output` and `work` (private to the server; the loop gives `work` to the job's
+    /// user), and the empty file `record` if given.
+    MakeJobDirs { output: PathBuf, work: PathBuf, record: Option<PathBuf> },
 }
 
 /// The helper's answer to the request with ticket `ticket`.
@@ -64,12 +71,26 @@ pub const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(30
 const PREPARE: u8 = b'P';
 const MOVE: u8 = b'M';
 const CLOSE: u8 = b'C';
+const JOB_DIRS: u8 = b'J';
 
 impl Request {
     /// `kind, ticket (8 bytes LE)`, then for a prepare or a move `first path, NUL, second path` (an empty second
-    /// path: a new file), for a close the length to cut to (8 bytes LE) if any.
+    /// path: a new file), for a job's directories `output, NUL, work, NUL, record` (empty: none), for a close the
+    /// length to cut to (8 bytes LE) if any.
     fn encode(&self, ticket: u64) -> Vec<u8> {
         let (kind, first, second) = match self {
+            Request::MakeJobDirs { output, work, record } => {
+                let mut message = vec![JOB_DIRS];
+                message.extend_from_slice(&ticket.to_le_bytes());
+                for (i, path) in [output.as_path(), work, record.as_deref().unwrap_or(Path::new(""))].iter().enumerate()
+                {
+                    if i > 0 {
+                        message.push(0);
+                    }
+                    message.extend_from_slice(path.as_os_str().as_bytes());
+                }
+                return message;
+            }
             Request::Prepare { target, spare } => (PREPARE, target, spare.as_deref().unwrap_or(Path::new(""))),
             Request::Move { from, to } => (MOVE, from, to.as_path()),
             Request::Close { cut_to } => {
@@ -101,10 +122,18 @@ impl Request {
         }
         let mut paths = paths.split(|&b| b == 0);
         let (first, second) = (paths.next()?, paths.next()?);
+        let path = |bytes: &[u8]| PathBuf::from(OsString::from_vec(bytes.to_vec()));
+        if kind == JOB_DIRS {
+            let record = paths.next()?;
+            if paths.next().is_some() || first.is_empty() || second.is_empty() {
+                return None;
+            }
+            let record = (!record.is_empty()).then(|| path(record));
+            return Some((ticket, Request::MakeJobDirs { output: path(first), work: path(second), record }));
+        }
         if paths.next().is_some() || first.is_empty() {
             return None;
         }
-        let path = |bytes: &[u8]| PathBuf::from(OsString::from_vec(bytes.to_vec()));
         let request = match kind {
             PREPARE => Request::Prepare { target: path(first), spare: (!second.is_empty()).then(|| path(second)) },
             MOVE if !second.is_empty() => Request::Move { from: path(first), to: path(second) },
@@ -289,6 +318,19 @@ fn carry_out(request: &Request, root: &Path, fds: Vec<OwnedFd>) -> io::Result<Op
             fs::rename(from, to)?;
             Ok(None)
         }
+        Request::MakeJobDirs { output, work, record } => {
+            inside(output)?;
+            inside(work)?;
+            if let Some(record) = record {
+                inside(record)?;
+            }
+            fs::DirBuilder::new().mode(0o700).create(output)?;
+            if let Some(record) = record {
+                OpenOptions::new().create_new(true).write(true).mode(0o600).open(record)?;
+            }
+            fs::DirBuilder::new().mode(0o700).create(work)?;
+            Ok(None)
+        }
         Request::Close { cut_to } => {
             let Ok([fd]) = <[OwnedFd; 1]>::try_from(fds) else {
                 return Err(io::Error::new(io::ErrorKind::InvalidInput, "a close without exactly one file"));
@@ -319,7 +361,7 @@ pub fn main(args: Vec<OsString>) -> ! {
 mod tests {
     use super::*;
     use crate::scratch::ScratchDir;
-    use std::os::unix::fs::FileExt;
+    use std::os::unix::fs::{FileExt, PermissionsExt};
 
     #[test]
     fn requests_read_back_as_sent_and_nothing_else_reads_as_one() {
@@ -327,7 +369,15 @@ mod tests {
         let new = Request::Prepare { target: "/s/jobs/a/00000002".into(), spare: None };
         let moved = Request::Move { from: "/s/jobs/a/00000000".into(), to: "/s/trash/7".into() };
         let (close, cut) = (Request::Close { cut_to: None }, Request::Close { cut_to: Some(1 << 40) });
-        for (ticket, request) in [(1, prepare), (u64::MAX, new), (0, moved), (2, close), (3, cut)] {
+        let dirs = Request::MakeJobDirs {
+            output: "/s/jobs/b".into(),
+            work: "/s/work/b".into(),
+            record: Some("/s/jobs/b/record".into()),
+        };
+        let ephemeral = Request::MakeJobDirs { output: "/s/jobs/c".into(), work: "/s/work/c".into(), record: None };
+        for (ticket, request) in
+            [(1, prepare), (u64::MAX, new), (0, moved), (2, close), (3, cut), (4, dirs), (5, ephemeral)]
+        {
             assert_eq!(Request::decode(&request.encode(ticket)), Some((ticket, request)));
         }
         for garbage in [
@@ -338,6 +388,9 @@ mod tests {
             b"X12345678/a\0/b",
             b"P12345678/a\0/b\0/c",
             b"C12345678123",
+            b"J12345678/a\0/b",
+            b"J12345678/a\0\0/c",
+            b"J12345678/a\0/b\0/c\0/d",
         ] {
             assert_eq!(Request::decode(garbage), None, "{garbage:?}");
         }
@@ -345,6 +398,46 @@ mod tests {
 
     fn deadline() -> std::time::Instant {
         std::time::Instant::now() + SHUTDOWN_WAIT
+    }
+
+    #[test]
+    fn the_helper_makes_a_jobs_directories_under_its_root_only() {
+        let scratch = ScratchDir::new("mover-dirs");
+        let root = scratch.join("state");
+        fs::create_dir_all(root.join("jobs")).unwrap();
+        fs::create_dir_all(root.join("work")).unwrap();
+        let (mut mover, helper_end) = SegmentMover::with_socket_pair();
+        let dirs = |name: &str, record: bool| Request::MakeJobDirs {
+            output: root.join("jobs").join(name),
+            work: root.join("work").join(name),
+            record: record.then(|| root.join("jobs").join(name).join("record")),
+        };
+        let requests = [
+            dirs("a", true),
+            dirs("b", false),
+            dirs("a", true),
+            Request::MakeJobDirs { output: root.join("jobs/c"), work: scratch.join("outside"), record: None },
+        ];
+        let tickets: Vec<u64> = requests.iter().map(|r| mover.send(r, None).unwrap().unwrap()).collect();
+        mover.close_requests();
+        serve(&helper_end, &root);
+        let replies: Vec<Reply> = tickets.iter().map(|_| mover.receive_waiting(deadline()).unwrap().unwrap()).collect();
+
+        assert!(replies[0].outcome.as_ref().unwrap().is_none(), "{:?}", replies[0].outcome);
+        for dir in [root.join("jobs/a"), root.join("work/a")] {
+            let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{} is the server's alone", dir.display());
+        }
+        let record = fs::metadata(root.join("jobs/a/record")).unwrap();
+        assert_eq!((record.len(), record.permissions().mode() & 0o777), (0, 0o600), "an empty record file");
+        assert!(replies[1].outcome.as_ref().unwrap().is_none() && root.join("work/b").is_dir());
+        assert!(!root.join("jobs/b/record").exists(), "no record asked for");
+        assert!(replies[2].outcome.as_ref().unwrap_err().contains("exists"), "{:?}", replies[2].outcome);
+        assert!(replies[3].outcome.as_ref().unwrap_err().contains("is not a spool file"), "{:?}", replies[3].outcome);
+        assert!(!root.join("jobs/c").exists() && !scratch.join("outside").exists(), "nothing made when refused");
+
+        drop(helper_end);
+        mover.reap();
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub struct SpareSegments {
     /// Segments the mover prepared that their log has not taken yet, by ticket: the file and the size of the
     /// spare it was (0: a new file), or `None` if it could not be made.
     prepared: HashMap<u64, Option<(File, u64)>>,
+    /// Jobs' directories the mover answered for and nobody has asked about yet, by ticket: made, or not.
+    job_dirs: HashMap<u64, bool>,
 }
 
 #[derive(Debug)]
@@ -80,6 +82,18 @@ enum Awaiting {
     ToTrash { from: PathBuf, name: u64 },
     /// A segment file being closed (see [`SpareSegments::close_segment_file`]).
     Closing,
+    /// A job's directories being made (see [`SpareSegments::make_job_dirs`]): what goes if they fail, or once
+    /// made if `abandoned`.
+    JobDirs { output: PathBuf, work: PathBuf, abandoned: bool },
+}
+
+/// Where a job's directories asked of [`SpareSegments::make_job_dirs`] stand.
+#[derive(Debug, PartialEq, Eq)]
+pub enum JobDirs {
+    Made,
+    Waiting,
+    /// Not made (what was made of them is on its way to the janitor), or nothing is known of them.
+    Failed,
 }
 
 /// Where a segment asked of [`SpareSegments::prepare`] stands.
@@ -116,6 +130,7 @@ impl SpareSegments {
             awaiting: HashMap::new(),
             writer: None,
             prepared: HashMap::new(),
+            job_dirs: HashMap::new(),
         })
     }
 
@@ -285,6 +300,44 @@ impl SpareSegments {
         }
     }
 
+    /// Asks the mover to make a job's directories, `output` (with the empty file `record` in it, if given) and
+    /// `work`, ahead of the start that takes them: the ticket to ask [`Self::job_dirs`] with, or `None` without
+    /// a mover or room in its socket (the start makes them itself).
+    pub fn make_job_dirs(&mut self, output: &Path, work: &Path, record: Option<&Path>) -> Option<u64> {
+        let request = Request::MakeJobDirs {
+            output: output.to_path_buf(),
+            work: work.to_path_buf(),
+            record: record.map(Path::to_path_buf),
+        };
+        let ticket = self.send(&request)?;
+        let awaiting = Awaiting::JobDirs { output: output.to_path_buf(), work: work.to_path_buf(), abandoned: false };
+        self.awaiting.insert(ticket, awaiting);
+        Some(ticket)
+    }
+
+    /// The directories asked for with `ticket`, `output` and `work`, are not wanted (the server is stopping):
+    /// they go, now or once made.
+    pub fn abandon_job_dirs(&mut self, ticket: u64, output: &Path, work: &Path) {
+        self.collect_replies();
+        if let Some(Awaiting::JobDirs { abandoned, .. }) = self.awaiting.get_mut(&ticket) {
+            *abandoned = true;
+        } else if self.job_dirs.remove(&ticket) == Some(true) {
+            self.dispose(output);
+            self.dispose(work);
+        }
+    }
+
+    /// Where the directories asked for with `ticket` stand; once `Made` or `Failed`, the ticket is spent.
+    pub fn job_dirs(&mut self, ticket: u64) -> JobDirs {
+        self.collect_replies();
+        match self.job_dirs.remove(&ticket) {
+            Some(true) => JobDirs::Made,
+            Some(false) => JobDirs::Failed,
+            None if self.awaiting.contains_key(&ticket) => JobDirs::Waiting,
+            None => JobDirs::Failed,
+        }
+    }
+
     /// Where the segment asked for with `ticket` stands; once `Ready` or `Failed`, the ticket is spent.
     pub fn take_prepared(&mut self, ticket: u64) -> Prepared {
         self.collect_replies();
@@ -418,6 +471,19 @@ impl SpareSegments {
                 }
                 self.prepared.insert(ticket, None);
             }
+            (Awaiting::JobDirs { output, work, abandoned: true }, Ok(_)) => {
+                self.dispose(&output);
+                self.dispose(&work);
+            }
+            (Awaiting::JobDirs { .. }, Ok(_)) => {
+                self.job_dirs.insert(ticket, true);
+            }
+            (Awaiting::JobDirs { output, work, .. }, Err(err)) => {
+                log::warn!("cannot make a job's directories ahead of its start: {err}");
+                self.janitor.remove(&output);
+                self.janitor.remove(&work);
+                self.job_dirs.insert(ticket, false);
+            }
             (Awaiting::Closing, Ok(_)) => {}
             (Awaiting::Closing, Err(err)) => log::warn!("cannot close a segment file (or give back its blocks): {err}"),
             (Awaiting::ToSpare { spare, .. }, Ok(_)) => self.spares.push(spare),
@@ -469,6 +535,12 @@ impl SpareSegments {
                 }
                 // Closed with the mover's end of the socket, wherever the request was.
                 Awaiting::Closing => {}
+                // Made or not, in part or whole: they go, and the start that would have taken them makes its own.
+                Awaiting::JobDirs { output, work, .. } => {
+                    self.janitor.remove(&output);
+                    self.janitor.remove(&work);
+                    self.job_dirs.insert(ticket, false);
+                }
             }
         }
     }
