@@ -53,7 +53,7 @@ pub enum Request {
     /// frees blocks: 25–30 ms on the loop under floods.
     Close { cut_to: Option<u64> },
     /// Make the directories `output` and `work` (private to the server; the loop gives `work` to the job's
-    /// user), and the empty file `record` if given.
+    /// user), and the empty file `record` if given; all or, failing, none of them.
     MakeJobDirs { output: PathBuf, work: PathBuf, record: Option<PathBuf> },
 }
 
@@ -325,11 +325,21 @@ fn carry_out(request: &Request, root: &Path, fds: Vec<OwnedFd>) -> io::Result<Op
                 inside(record)?;
             }
             fs::DirBuilder::new().mode(0o700).create(output)?;
-            if let Some(record) = record {
-                OpenOptions::new().create_new(true).write(true).mode(0o600).open(record)?;
+            // A failure past here takes back what this request made (and nothing else: a directory that was
+            // there already failed the first step), so the server has nothing to remove.
+            let made = record
+                .iter()
+                .try_for_each(|record| {
+                    OpenOptions::new().create_new(true).write(true).mode(0o600).open(record).map(drop)
+                })
+                .and_then(|()| fs::DirBuilder::new().mode(0o700).create(work));
+            if made.is_err() {
+                if let Some(record) = record {
+                    let _ = fs::remove_file(record);
+                }
+                let _ = fs::remove_dir(output);
             }
-            fs::DirBuilder::new().mode(0o700).create(work)?;
-            Ok(None)
+            made.map(|()| None)
         }
         Request::Close { cut_to } => {
             let Ok([fd]) = <[OwnedFd; 1]>::try_from(fds) else {
@@ -417,7 +427,12 @@ mod tests {
             dirs("b", false),
             dirs("a", true),
             Request::MakeJobDirs { output: root.join("jobs/c"), work: scratch.join("outside"), record: None },
+            dirs("d", true),
         ];
+        // A working directory that is there already, and someone's: the request fails and takes back only what
+        // it made.
+        fs::create_dir_all(root.join("work/d")).unwrap();
+        fs::write(root.join("work/d/kept"), b"").unwrap();
         let tickets: Vec<u64> = requests.iter().map(|r| mover.send(r, None).unwrap().unwrap()).collect();
         mover.close_requests();
         serve(&helper_end, &root);
@@ -435,6 +450,9 @@ mod tests {
         assert!(replies[2].outcome.as_ref().unwrap_err().contains("exists"), "{:?}", replies[2].outcome);
         assert!(replies[3].outcome.as_ref().unwrap_err().contains("is not a spool file"), "{:?}", replies[3].outcome);
         assert!(!root.join("jobs/c").exists() && !scratch.join("outside").exists(), "nothing made when refused");
+        assert!(replies[4].outcome.as_ref().unwrap_err().contains("exists"), "{:?}", replies[4].outcome);
+        assert!(!root.join("jobs/d").exists(), "a failed request leaves nothing it made");
+        assert!(root.join("work/d/kept").exists(), "nor removes what it did not make");
 
         drop(helper_end);
         mover.reap();

@@ -92,7 +92,8 @@ enum Awaiting {
 pub enum JobDirs {
     Made,
     Waiting,
-    /// Not made (what was made of them is on its way to the janitor), or nothing is known of them.
+    /// Not made (the mover took back what it made of them), or nothing is known of them (the mover is gone, and
+    /// what it made of them is on its way to the janitor).
     Failed,
 }
 
@@ -478,10 +479,9 @@ impl SpareSegments {
             (Awaiting::JobDirs { .. }, Ok(_)) => {
                 self.job_dirs.insert(ticket, true);
             }
-            (Awaiting::JobDirs { output, work, .. }, Err(err)) => {
+            // The mover took back what it made; what was there before is not this request's to remove.
+            (Awaiting::JobDirs { .. }, Err(err)) => {
                 log::warn!("cannot make a job's directories ahead of its start: {err}");
-                self.janitor.remove(&output);
-                self.janitor.remove(&work);
                 self.job_dirs.insert(ticket, false);
             }
             (Awaiting::Closing, Ok(_)) => {}
