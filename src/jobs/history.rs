@@ -57,7 +57,7 @@ pub(super) fn restore(spool: &mut Spool, previous: PreviousServer, damaged: &Pat
                 continue;
             }
             Ok(None) => {
-                // Made when a start began, before its record.
+                // Made when a start began, before its record, or ahead of a start by the segment mover.
                 log::info!(
                     "job directory {} has no record (a start that never finished, or made ahead for one); removed",
                     dir.display()

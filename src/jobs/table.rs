@@ -373,7 +373,7 @@ impl JobTable {
         }
         *self.running_by_owner.entry(owner.to_string()).or_default() += 1;
         self.starts_pending += 1;
-        // While its command starts on another core: creating the record's file is the costly part of it.
+        // While its command starts on another core: into the file made ahead with its directories, or a new one.
         if self.config.history.is_some() {
             let record = job.record();
             let written = match made_ahead {
