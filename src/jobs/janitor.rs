@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, BufRead};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 
@@ -50,11 +50,15 @@ struct Helper {
 impl Janitor {
     /// Creates `trash` (which must not exist) and starts the janitor process from `executable`, the server's
     /// own; `None`, or a janitor that cannot start, means removal in place.
-    pub fn start(trash: PathBuf, executable: Option<&Path>) -> io::Result<Janitor> {
+    pub fn start(
+        trash: PathBuf,
+        executable: Option<&Path>,
+        state_dir_lock: Option<BorrowedFd<'_>>,
+    ) -> io::Result<Janitor> {
         // Root's alone: what a job left in its working directory must not be reachable there by a later job
         // given the same user while the janitor works.
         std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700).create(&trash)?;
-        let helper = executable.and_then(|executable| match Helper::start(executable, &trash) {
+        let helper = executable.and_then(|executable| match Helper::start(executable, &trash, state_dir_lock) {
             Ok(helper) => {
                 log::info!("janitor started: pid {}, removing spool and working-directory files", helper.process.id());
                 Some(helper)
@@ -70,7 +74,7 @@ impl Janitor {
     /// A janitor that removes in place, with its trash in `scratch`: for tests.
     #[cfg(test)]
     pub fn in_place(scratch: &crate::scratch::ScratchDir) -> Janitor {
-        Janitor::start(scratch.join("trash"), None).unwrap()
+        Janitor::start(scratch.join("trash"), None, None).unwrap()
     }
 
     /// Removes `path` (a file, or a directory with everything in it) without holding the loop: it moves into
@@ -152,10 +156,11 @@ impl Janitor {
 }
 
 impl Helper {
-    fn start(executable: &Path, trash: &Path) -> io::Result<Helper> {
+    fn start(executable: &Path, trash: &Path, state_dir_lock: Option<BorrowedFd<'_>>) -> io::Result<Helper> {
         let pipe = sys::helper_pipe()?;
         // It ends when its stdin closes (the server waits for it at shutdown), or with the server.
-        let process = sys::spawn_helper(executable, &[JANITOR_COMMAND.as_ref(), trash.as_os_str()], pipe.read)?;
+        let args = [JANITOR_COMMAND.as_ref(), trash.as_os_str()];
+        let process = sys::spawn_helper(executable, &args, pipe.read, state_dir_lock)?;
         Ok(Helper { process, names: pipe.write })
     }
 
@@ -211,7 +216,7 @@ mod tests {
     #[test]
     fn without_a_helper_removal_happens_in_place_and_leaves_an_empty_trash() {
         let scratch = ScratchDir::new("janitor");
-        let mut janitor = Janitor::start(scratch.join("trash"), None).unwrap();
+        let mut janitor = Janitor::start(scratch.join("trash"), None, None).unwrap();
         let tree = scratch.join("tree");
         fs::create_dir_all(tree.join("a/b")).unwrap();
         fs::write(tree.join("a/b/file"), b"x").unwrap();

@@ -4,9 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -41,6 +42,9 @@ pub struct JobTableConfig {
     /// the shell pool (see `isolation::shell_pool`). `None` (unit tests): files are removed on the loop and
     /// each isolated job's start forks into new namespaces.
     pub helper_executable: Option<PathBuf>,
+    /// The state directory's lock (see `server::state_dir`), which the helpers that write in the directory hold
+    /// too: a server that follows this one waits until they have exited.
+    pub state_dir_lock: Option<Arc<OwnedFd>>,
     /// Whether ended jobs outlive the server: `None` (`--ephemeral`), or how the previous server stopped, whose
     /// jobs are read back (see `jobs::history`).
     pub history: Option<PreviousServer>,
@@ -114,16 +118,17 @@ impl JobTable {
         // own directory, but not list it.
         fs::DirBuilder::new().mode(0o711).create(&work_dir)?;
         fs::set_permissions(&work_dir, fs::Permissions::from_mode(0o711))?;
-        let janitor = Janitor::start(config.state_dir.join("trash"), config.helper_executable.as_deref())?;
+        let lock = config.state_dir_lock.as_ref().map(|lock| lock.as_fd());
+        let janitor = Janitor::start(config.state_dir.join("trash"), config.helper_executable.as_deref(), lock)?;
         let mover = config.helper_executable.as_deref().and_then(|executable| {
-            SegmentMover::start(executable, &config.state_dir)
+            SegmentMover::start(executable, &config.state_dir, lock)
                 .inspect_err(|err| {
                     log::warn!("cannot start the segment mover ({err}); spool files will be made on the event loop")
                 })
                 .ok()
         });
         let writer = config.helper_executable.as_deref().and_then(|executable| {
-            SpoolWriter::start(executable)
+            SpoolWriter::start(executable, lock)
                 .inspect_err(|err| {
                     log::warn!("cannot start the spool writer ({err}); spool files will be written on the event loop")
                 })
@@ -836,6 +841,7 @@ mod tests {
             max_output_bytes: per_job,
             max_output_total: total,
             helper_executable: None,
+            state_dir_lock: None,
             history: None,
         };
         let containment = Containment { limits_unavailable: Some("test host".into()), ..Default::default() };

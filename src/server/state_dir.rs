@@ -4,12 +4,17 @@
 //! The lock file also says how the previous server stopped: it holds the server's PID and the machine's boot id
 //! while the server runs, and is emptied when it stops cleanly. Found holding them, the previous server died
 //! (a crash, SIGKILL); with another boot id, the machine went down under it (see `jobs::PreviousServer`).
+//!
+//! The helper processes that write in the directory (the segment mover, the spool writer, the janitor) hold
+//! the lock too. Each dies with its server, but one may be finishing a write as it does, after a new server
+//! has read the file: so a new server that finds the lock held by a server gone waits for them to let it go.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::ServerError;
 use crate::jobs::PreviousServer;
@@ -61,12 +66,28 @@ impl StateDir {
         if !sys::try_lock_exclusive(lock.as_raw_fd()).map_err(|e| error("cannot lock", e))? {
             let mut holder = String::new();
             let _ = lock.read_to_string(&mut holder);
-            let holder = holder.lines().next().unwrap_or_default().trim();
-            return Err(ServerError::StateDir(format!(
-                "state directory {} is in use by another runnel server (PID {}); stop it or pass another --state-dir",
-                path.display(),
-                if holder.is_empty() { "unknown" } else { holder }
-            )));
+            let holder = holder.lines().next().unwrap_or_default().trim().to_string();
+            let named = if holder.is_empty() { "unknown".to_string() } else { holder.clone() };
+            let server_alive = holder.parse().is_ok_and(sys::process_exists);
+            if server_alive {
+                return Err(ServerError::StateDir(format!(
+                    "state directory {} is in use by another runnel server (PID {named}); stop it or pass another \
+                     --state-dir",
+                    path.display(),
+                )));
+            }
+            // Its server is gone, its helpers not yet: one killed with it may be finishing a write in here.
+            log::info!("waiting for the helpers of the previous server (PID {named}) to exit");
+            if !wait_for_lock(&lock, HELPERS_EXIT_WAIT).map_err(|e| error("cannot lock", e))? {
+                return Err(ServerError::StateDir(format!(
+                    "state directory {} is still locked by helper processes of a runnel server that has exited \
+                     (PID {named}), {} s on: they may be stuck on the disk (`fuser -v {}` lists them)",
+                    path.display(),
+                    HELPERS_EXIT_WAIT.as_secs(),
+                    lock_path.display()
+                )));
+            }
+            lock.rewind().map_err(|e| error("cannot read the lock file in", e))?;
         }
         let mut left = String::new();
         let _ = lock.read_to_string(&mut left);
@@ -100,6 +121,14 @@ impl StateDir {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Another descriptor of the lock, for the helper processes that write in the directory: while any of them
+    /// lives, the directory stays locked, and a next server waits for it (see [`StateDir::acquire`]). `None` if
+    /// the descriptor cannot be duplicated (no descriptors left): the helpers then run without it.
+    pub fn lock_for_helpers(&self) -> Option<std::os::fd::OwnedFd> {
+        let duplicate = self.lock.try_clone().map(std::os::fd::OwnedFd::from);
+        duplicate.inspect_err(|err| log::warn!("cannot hand the state directory's lock to helpers: {err}")).ok()
     }
 
     /// The server could not start: the directory is left as it was found, or removed if this server made it.
@@ -150,6 +179,23 @@ impl StateDir {
     }
 }
 
+/// How long a starting server waits for the helpers of a server that has exited to exit too (they hold its
+/// lock): those killed with it exit at once, unless a write of theirs waits for the disk.
+const HELPERS_EXIT_WAIT: Duration = Duration::from_secs(10);
+
+/// Takes the lock on `lock` once whoever holds it lets go, trying every few milliseconds until `wait` passed;
+/// false if it never did.
+fn wait_for_lock(lock: &File, wait: Duration) -> std::io::Result<bool> {
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        if sys::try_lock_exclusive(lock.as_raw_fd())? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// A boot id that matches no boot (see [`StateDir::acquire`]).
 const UNCHECKED: &str = "unchecked";
 
@@ -171,6 +217,7 @@ fn boot_id() -> String {
 mod tests {
     use super::*;
     use crate::scratch::ScratchDir;
+    use std::os::fd::AsFd;
 
     fn previous_after(lock: Option<&str>) -> PreviousServer {
         let scratch = ScratchDir::new("state-dir");
@@ -198,6 +245,33 @@ mod tests {
         assert_eq!(previous_after(Some(&format!("123\n{other_boot}\n"))), PreviousServer::WentDownWithTheMachine);
         assert_eq!(previous_after(Some("123\nunchecked\n")), PreviousServer::WentDownWithTheMachine);
         assert_eq!(previous_after(Some("123\n")), PreviousServer::WentDownWithTheMachine, "a PID alone");
+    }
+
+    #[test]
+    fn a_new_server_waits_for_the_helpers_of_one_that_died_and_refuses_one_that_lives() {
+        let scratch = ScratchDir::new("state-dir-helpers");
+        let path = scratch.join("state");
+        let (state_dir, _) = StateDir::acquire(&path, false).unwrap();
+        let refused = StateDir::acquire(&path, false).err().unwrap().to_string();
+        assert!(
+            refused.contains(&format!("in use by another runnel server (PID {})", std::process::id())),
+            "{refused}"
+        );
+        // A helper holding the lock for 0.6 s more, and its server gone without a clean stop (a PID of nobody).
+        let stdin = sys::open_dev_null().unwrap();
+        let mut helper =
+            sys::spawn_helper(Path::new("/bin/sleep"), &["0.6".as_ref()], stdin, Some(state_dir.lock.as_fd())).unwrap();
+        let mut gone = std::process::Command::new("/bin/true").spawn().unwrap();
+        gone.wait().unwrap();
+        drop(state_dir);
+        fs::write(path.join(LOCK_FILE), format!("{}\n{}\n", gone.id(), boot_id())).unwrap();
+        let begun = Instant::now();
+        let (state_dir, previous) = StateDir::acquire(&path, false).unwrap();
+        let waited = begun.elapsed();
+        assert!(helper.try_wait().unwrap().is_some(), "taken only once the helper exited ({waited:?})");
+        assert!(waited >= Duration::from_millis(300), "{waited:?}");
+        assert_eq!(previous, PreviousServer::Crashed, "the lock file read from its start");
+        state_dir.remove();
     }
 
     #[test]

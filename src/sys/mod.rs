@@ -25,7 +25,7 @@ pub use spawn::{
 };
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// Turns a libc `-1` return into `io::Error::last_os_error()`, as mio does.
 macro_rules! syscall {
@@ -146,10 +146,14 @@ pub fn send_unpaced(listener: RawFd) -> io::Result<()> {
 /// shares one entity with the loop: the loop and a busy spool writer wake each other by turns, so that entity never
 /// sleeps, and a job's init woken on their CPU waited behind it for up to 210 ms under 16 output floods. In
 /// sessions of their own, its slowest start in the same runs was 9–12 ms (`docs/performance.md`, session 19).
+///
+/// `hold`, if given, is kept open in the helper (at the same number): the state directory's lock, held by every
+/// helper that writes in it, so that the next server waits until the last of them has exited.
 pub fn spawn_helper(
     executable: &std::path::Path,
     args: &[&std::ffi::OsStr],
     stdin: OwnedFd,
+    hold: Option<BorrowedFd<'_>>,
 ) -> io::Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
@@ -162,8 +166,9 @@ pub fn spawn_helper(
     command.stdin(Stdio::from(stdin)).stdout(Stdio::null()).stderr(Stdio::inherit());
     // SAFETY: getpid is async-signal-safe; it runs before the fork.
     let parent = unsafe { libc::getpid() };
+    let hold = hold.map(|fd| fd.as_raw_fd());
     // SAFETY: the closure runs in the child between fork and exec, and makes only async-signal-safe system
-    // calls (prctl, getppid, setsid, close_range), allocating nothing.
+    // calls (prctl, getppid, setsid, close_range, fcntl), allocating nothing.
     unsafe {
         command.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
@@ -179,6 +184,11 @@ pub fn spawn_helper(
             }
             if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) < 0 {
                 return Err(io::Error::last_os_error());
+            }
+            if let Some(fd) = hold {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -509,6 +519,12 @@ pub fn try_lock_exclusive(fd: RawFd) -> io::Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Whether a process `pid` exists (any process by that number: a PID can be reused).
+pub fn process_exists(pid: i32) -> bool {
+    // Signal 0 checks without sending; EPERM means it exists, as another user's.
+    pid > 0 && syscall!(kill(pid, 0)).map_or_else(|err| err.raw_os_error() == Some(libc::EPERM), |_| true)
 }
 
 /// Opens `/dev/null` read-only, close-on-exec: the job's stdin.

@@ -29,7 +29,7 @@
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -155,10 +155,14 @@ pub struct SegmentMover {
 
 impl SegmentMover {
     /// Starts the helper from `executable` (the server's own) for the state directory `state_dir`.
-    pub fn start(executable: &Path, state_dir: &Path) -> io::Result<SegmentMover> {
+    pub fn start(
+        executable: &Path,
+        state_dir: &Path,
+        state_dir_lock: Option<BorrowedFd<'_>>,
+    ) -> io::Result<SegmentMover> {
         let (socket, helper_end) = sys::seqpacket_pair()?;
-        let process =
-            sys::spawn_helper(executable, &[SEGMENT_MOVER_COMMAND.as_ref(), state_dir.as_os_str()], helper_end)?;
+        let args = [SEGMENT_MOVER_COMMAND.as_ref(), state_dir.as_os_str()];
+        let process = sys::spawn_helper(executable, &args, helper_end, state_dir_lock)?;
         log::info!("segment mover started: pid {}, making and moving spool files", process.id());
         Ok(SegmentMover { process: Some(process), socket, next_ticket: 0 })
     }

@@ -35,7 +35,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Child;
@@ -199,9 +199,9 @@ pub struct SpoolWriter {
 
 impl SpoolWriter {
     /// Starts the helper from `executable` (the server's own).
-    pub fn start(executable: &Path) -> io::Result<SpoolWriter> {
+    pub fn start(executable: &Path, state_dir_lock: Option<BorrowedFd<'_>>) -> io::Result<SpoolWriter> {
         let (socket, helper_end) = sys::seqpacket_pair()?;
-        let process = sys::spawn_helper(executable, &[SPOOL_WRITER_COMMAND.as_ref()], helper_end)?;
+        let process = sys::spawn_helper(executable, &[SPOOL_WRITER_COMMAND.as_ref()], helper_end, state_dir_lock)?;
         let writer = SpoolWriter::over(socket, Some(process))?;
         if let Some(process) = &writer.process {
             log::info!("spool writer started: pid {}, writing job output into the spool", process.id());
