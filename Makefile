@@ -63,6 +63,9 @@ deps:
 	  && command -v openssl >/dev/null || { \
 	  echo "installing python3-venv, procps and openssl"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv procps coreutils openssl; }
+	@command -v mkfs.ext4 >/dev/null && command -v fsfreeze >/dev/null || { \
+	  echo "installing e2fsprogs and util-linux (the frozen state directory test)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq e2fsprogs util-linux; }
 	@command -v node >/dev/null && command -v npm >/dev/null || { \
 	  echo "installing nodejs and npm"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use runnel::client::{CallError, Client};
 use runnel::grpc::{path, Code, Status};
 use runnel::proto::health::{HealthCheckRequest, HealthCheckResponse};
-use runnel::proto::{GetJobRequest, Job, StartJobRequest};
+use runnel::proto::{EndReason, GetJobRequest, Job, StartJobRequest, StopJobRequest};
 use util::{eventually, silent_connection, Pki, Server};
 
 /// A health check over a new connection, as a client arriving now would make it.
@@ -360,4 +360,122 @@ fn turned_away_connections_are_logged_with_peer_and_reason_but_a_flood_of_them_i
     // At most ten a second were written, however long the flood took here.
     let allowed = 10 * (flood_seconds.ceil() as usize + 2);
     assert!(logged <= allowed.min(flood), "{logged} lines for {flood} rejections in {flood_seconds:.2} s:\n{log}");
+}
+
+/// Thaws the file system at `0` when dropped, whatever the test did meanwhile: a frozen one holds every writer
+/// to it, killed or not.
+struct Thaw(std::path::PathBuf);
+
+impl Thaw {
+    fn freeze(path: std::path::PathBuf) -> Thaw {
+        let frozen = std::process::Command::new("fsfreeze").arg("--freeze").arg(&path).status().unwrap();
+        assert!(frozen.success(), "fsfreeze --freeze {} failed", path.display());
+        Thaw(path)
+    }
+}
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fsfreeze").arg("--unfreeze").arg(&self.0).status();
+    }
+}
+
+/// The state directory on a file system of its own (ext4 in a file, mounted in the server's own mount
+/// namespace), frozen (`fsfreeze`) for 5 s while one job floods output, another ends and a third is stopped:
+/// every write to it waits, as behind a disk that stalls. Nobody's calls wait with them, and once it thaws the
+/// output and the records of all three are whole, as a server started on it afterwards reads them back.
+#[test]
+fn a_frozen_state_directory_freezes_no_call_and_loses_nothing() {
+    let pki = Pki::new();
+    let scratch = util::ScratchDir::new("frozen-state");
+    let (image, state) = (scratch.join("state.img"), scratch.join("state"));
+    std::fs::File::create(&image).unwrap().set_len(1 << 30).unwrap();
+    let made = std::process::Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image).status().unwrap();
+    assert!(made.success(), "mkfs.ext4 failed");
+    std::fs::create_dir(&state).unwrap();
+    let script = format!(r#"mount -o loop {} {} && exec "$@""#, image.display(), state.display());
+    let private = ["unshare", "-m", "--propagation", "private"];
+    let mut server = Server::start_after_on(&pki, &state, &private, &script, &[]);
+    let mut alice = server.client("alice");
+    let start = |client: &mut Client, script: &str| -> Job {
+        let request =
+            StartJobRequest { command: "sh".into(), args: vec!["-c".into(), script.into()], ..Default::default() };
+        client.unary(path::START_JOB, &request, None).unwrap()
+    };
+    let flood = start(&mut alice, "exec cat /dev/zero");
+    let ends = start(&mut alice, "echo before; sleep 1; echo after; exit 3");
+    let stopped = start(&mut alice, "echo waiting; exec sleep 600");
+    std::thread::sleep(Duration::from_millis(300));
+
+    // In the server's mount namespace, through its root.
+    let frozen = Thaw::freeze(format!("/proc/{}/root{}", server.pid(), state.display()).into());
+    let begun = Instant::now();
+    let mut probes = 0;
+    let mut slowest = Duration::ZERO;
+    let stop = StopJobRequest { job_id: stopped.id.clone(), ..Default::default() };
+    // Every call with a deadline: a loop stuck behind the frozen disk fails the test (and the guard thaws it)
+    // instead of hanging it.
+    let within = Some(Duration::from_secs(3));
+    let frozen_out = |what: &str, err: CallError| -> ! { panic!("{what} while the disk was frozen: {err:?}") };
+    while begun.elapsed() < Duration::from_secs(5) {
+        let asked = Instant::now();
+        for job in [&flood, &ends, &stopped] {
+            let request = GetJobRequest { job_id: job.id.clone() };
+            let got: Job = alice.unary(path::GET_JOB, &request, within).unwrap_or_else(|e| frozen_out("GetJob", e));
+            assert_eq!(got.id, job.id);
+        }
+        let listed: runnel::proto::ListJobsResponse = alice
+            .unary(path::LIST_JOBS, &runnel::proto::ListJobsRequest::default(), within)
+            .unwrap_or_else(|e| frozen_out("ListJobs", e));
+        assert_eq!(listed.jobs.len(), 3);
+        if probes == 20 {
+            let _: Job = alice.unary(path::STOP_JOB, &stop, within).unwrap_or_else(|e| frozen_out("StopJob", e));
+        }
+        slowest = slowest.max(asked.elapsed());
+        probes += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The job that ended and the one stopped are seen ended while the disk is still frozen.
+    let end_of = |client: &mut Client, job: &Job| -> i32 {
+        let request = GetJobRequest { job_id: job.id.clone() };
+        client.unary::<_, Job>(path::GET_JOB, &request, within).unwrap_or_else(|e| frozen_out("GetJob", e)).end_reason
+    };
+    let (ended, was_stopped) = (end_of(&mut alice, &ends), end_of(&mut alice, &stopped));
+    drop(frozen);
+    assert!(slowest < Duration::from_secs(1), "a round of calls took {slowest:?} while the disk was frozen");
+    assert!(probes > 50, "only {probes} rounds of calls in 5 s");
+    assert_eq!(ended, EndReason::Exited as i32, "the job that ended, seen ended meanwhile");
+    assert_eq!(was_stopped, EndReason::Stopped as i32, "the stopped one too");
+
+    let stop = StopJobRequest { job_id: flood.id.clone(), ..Default::default() };
+    let _: Job = alice.unary(path::STOP_JOB, &stop, None).unwrap();
+    let whole_output = |client: &mut Client, job: &Job| -> Vec<u8> {
+        let wait = runnel::proto::WaitJobRequest { job_id: job.id.clone() };
+        let _: Job = client.unary(path::WAIT_JOB, &wait, Some(Duration::from_secs(30))).unwrap();
+        let request = runnel::proto::StreamOutputRequest { job_id: job.id.clone(), offset: 0, follow: false };
+        let mut stream = client.start_call(path::STREAM_OUTPUT, &request, Some(Duration::from_secs(30))).unwrap();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = client.next_message::<runnel::proto::OutputChunk>(&mut stream).unwrap() {
+            if job.id != flood.id {
+                bytes.extend_from_slice(&chunk.data);
+            } else {
+                assert!(chunk.data.iter().all(|&b| b == 0), "the flood's output is zeros");
+            }
+        }
+        bytes
+    };
+    assert_eq!(whole_output(&mut alice, &ends), b"before\nafter\n");
+    assert_eq!(whole_output(&mut alice, &stopped), b"waiting\n");
+    whole_output(&mut alice, &flood);
+    drop(alice);
+    assert!(server.stop_with(15, Duration::from_secs(30)).success(), "{}", server.log_text());
+
+    // Their records, written after the thaw in the order asked: read back by the next server.
+    let server = Server::start_after_on(&pki, &state, &private, &script, &[]);
+    let mut alice = server.client("alice");
+    let ended: Job = alice.unary(path::GET_JOB, &GetJobRequest { job_id: ends.id.clone() }, None).unwrap();
+    assert_eq!((ended.end_reason, ended.exit_code), (EndReason::Exited as i32, Some(3)));
+    let was_stopped: Job = alice.unary(path::GET_JOB, &GetJobRequest { job_id: stopped.id.clone() }, None).unwrap();
+    assert_eq!(was_stopped.end_reason, EndReason::Stopped as i32);
+    assert_eq!(whole_output(&mut alice, &ends), b"before\nafter\n");
 }

@@ -5,14 +5,14 @@
 //! little-endian) and a protobuf `runnel.state.v1.JobRecord` (`proto/runnel/state/v1/record.proto`). The CRC
 //! catches a torn or damaged file; protobuf lets later versions add fields that this one skips.
 //!
-//! A record is created when the job's process is launched, while its command starts on another core (creating a
-//! file is the costly part: 60-70 µs on this machine's ext4, a rename about as much again, where writing into an
-//! open file takes a few). It is written again when the command is seen to start, when the job ends and when its
-//! output is complete, each time over the last one in place: a record only grows, and one write of at most a
-//! page is copied whole before the kernel looks at a fatal signal, so a crash of the server leaves the old record
-//! or the new one, never a mix; one of at most a sector (512 bytes, the usual size) is not torn by a power loss
-//! either. A record larger than a page (long arguments) is replaced whole instead: written to `record.tmp`, then
-//! renamed over `record`. None of them waits for the disk (no `fsync`: see README, "State directory").
+//! A record is written when the job's process is launched, while its command starts on another core, when the
+//! command is seen to start, when the job ends and when its output is complete, each time over the last one in
+//! place: a record only grows, and one write of at most a page is copied whole before the kernel looks at a fatal
+//! signal, so a crash of the server leaves the old record or the new one, never a mix; one of at most a sector
+//! (512 bytes, the usual size) is not torn by a power loss either. A record larger than a page (long arguments)
+//! is replaced whole instead: written to `record.tmp`, then renamed over `record`. None is synced (no `fsync`:
+//! see README, "State directory"). The loop only encodes a record: the segment mover writes it
+//! (`spool::mover`), in the order asked, as looking a file up by name can wait for the disk.
 //!
 //! This is the one place the job domain meets protobuf: the storage schema is its own, not the API's.
 
@@ -143,34 +143,7 @@ impl JobRecord {
 
     /// Writes the record into the job's directory `dir`, replacing the one there whole.
     pub fn write(&self, dir: &Path) -> io::Result<()> {
-        let temp = dir.join(RECORD_TEMP);
-        let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temp)?;
-        file.write_all(&self.encode())?;
-        fs::rename(&temp, dir.join(RECORD_FILE))
-    }
-
-    /// Writes the job's first record into its directory `dir`, where there is none yet.
-    pub fn create(&self, dir: &Path) -> io::Result<()> {
-        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dir.join(RECORD_FILE))?;
-        file.write_all(&self.encode())
-    }
-
-    /// Writes the job's first record into the empty record file in its directory `dir` (made ahead of the start
-    /// by the segment mover): no new file on the loop.
-    pub fn fill(&self, dir: &Path) -> io::Result<()> {
-        let mut file = fs::OpenOptions::new().write(true).open(dir.join(RECORD_FILE))?;
-        file.write_all(&self.encode())
-    }
-
-    /// Writes the record over the one in `dir` in place, if it is no shorter and fits one write that a crash
-    /// cannot tear (within a page); replaces it whole otherwise.
-    pub fn overwrite(&self, dir: &Path) -> io::Result<()> {
-        let bytes = self.encode();
-        let file = fs::OpenOptions::new().write(true).open(dir.join(RECORD_FILE))?;
-        if (bytes.len() as u64) < file.metadata()?.len() || bytes.len() > IN_PLACE_MAX {
-            return self.write(dir);
-        }
-        file.write_all_at(&bytes, 0)
+        replace(dir, &self.encode())
     }
 
     /// Reads the record in the job's directory `dir`; `Ok(None)` if there is none, or if its file is empty: the
@@ -273,6 +246,28 @@ impl JobRecord {
             started: record.started,
         })
     }
+}
+
+/// Writes a record's bytes (see [`JobRecord::encode`]) into the job's directory `dir`: over the record there in
+/// place, if they are no shorter and fit one write that a crash cannot tear (within a page); replacing it whole
+/// otherwise, or creating it where there is none. Where the segment mover runs, it does this (`spool::mover`):
+/// the file is looked up by name, which can wait for the disk.
+pub fn store(dir: &Path, bytes: &[u8]) -> io::Result<()> {
+    // Not truncated: the old record stays whole until the one write over it.
+    let mut options = fs::OpenOptions::new();
+    let file = options.write(true).create(true).truncate(false).mode(0o600).open(dir.join(RECORD_FILE))?;
+    if (bytes.len() as u64) < file.metadata()?.len() || bytes.len() > IN_PLACE_MAX {
+        return replace(dir, bytes);
+    }
+    file.write_all_at(bytes, 0)
+}
+
+/// Replaces the record in `dir` whole with `bytes`: written beside it, then renamed over it.
+fn replace(dir: &Path, bytes: &[u8]) -> io::Result<()> {
+    let temp = dir.join(RECORD_TEMP);
+    let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temp)?;
+    file.write_all(bytes)?;
+    fs::rename(&temp, dir.join(RECORD_FILE))
 }
 
 fn reason_to_disk(reason: EndReason) -> disk::Reason {
@@ -416,7 +411,7 @@ mod tests {
     }
 
     #[test]
-    fn a_record_is_created_once_then_overwritten_or_replaced_whole() {
+    fn a_record_is_created_then_overwritten_in_place_or_replaced_whole() {
         let dir = crate::scratch::ScratchDir::new("record");
         assert!(JobRecord::read(dir.path()).unwrap().is_none());
         // Created and never written (the server died in between): no record, as for a start that never finished.
@@ -424,22 +419,22 @@ mod tests {
         assert!(JobRecord::read(dir.path()).unwrap().is_none());
         fs::remove_file(dir.join(RECORD_FILE)).unwrap();
         let mut record = JobRecord { end: None, started: false, ..record() };
-        record.create(dir.path()).unwrap();
-        assert!(record.create(dir.path()).is_err(), "only the first record is created");
+        store(dir.path(), &record.encode()).unwrap();
+        assert_eq!(JobRecord::read(dir.path()).unwrap().as_ref(), Some(&record), "created where there was none");
         // Marked started in place: longer, the same file.
         let inode = || std::os::unix::fs::MetadataExt::ino(&fs::metadata(dir.join(RECORD_FILE)).unwrap());
         let created = inode();
         record.started = true;
-        record.overwrite(dir.path()).unwrap();
+        store(dir.path(), &record.encode()).unwrap();
         assert_eq!((JobRecord::read(dir.path()).unwrap().as_ref(), inode()), (Some(&record), created));
         // Shorter, or past a page: replaced whole, a new file.
         record.args.clear();
-        record.overwrite(dir.path()).unwrap();
+        store(dir.path(), &record.encode()).unwrap();
         assert_eq!(JobRecord::read(dir.path()).unwrap().as_ref(), Some(&record));
         assert_ne!(inode(), created);
         let replaced = inode();
         record.args = vec!["x".repeat(5000)];
-        record.overwrite(dir.path()).unwrap();
+        store(dir.path(), &record.encode()).unwrap();
         assert_eq!((JobRecord::read(dir.path()).unwrap().as_ref(), inode() != replaced), (Some(&record), true));
         assert!(!dir.join(RECORD_TEMP).exists());
     }

@@ -17,7 +17,6 @@ use super::janitor::Janitor;
 use super::job::Starting;
 use super::launch::{self, Launcher, StartReport, START_TIMEOUT};
 use super::limits::LimitPolicy;
-use super::record::RECORD_FILE;
 use super::spool::mover::SegmentMover;
 use super::spool::writer::SpoolWriter;
 use super::spool::{Drain, Ingested, JobDirs, Spool, Stream, PIPE_CAPACITY};
@@ -207,11 +206,9 @@ impl JobTable {
 
     /// Writes job `key`'s record into its directory (created when it was launched), if ended jobs outlive the
     /// server. A record that cannot be written costs the job its history (a warning says so), never its run.
-    fn save_record(&self, key: JobKey) {
+    fn save_record(&mut self, key: JobKey) {
         let Some(job) = self.jobs.get(&key).filter(|_| self.config.history.is_some()) else { return };
-        if let Err(err) = job.record().overwrite(job.output.dir()) {
-            log::warn!("cannot record job {} in {}: {err}", job.id, job.output.dir().display());
-        }
+        self.spool.save_record(job.output.dir(), job.record().encode());
     }
 
     pub fn get(&self, key: JobKey) -> Option<&Job> {
@@ -378,16 +375,8 @@ impl JobTable {
         }
         *self.running_by_owner.entry(owner.to_string()).or_default() += 1;
         self.starts_pending += 1;
-        // While its command starts on another core: into the file made ahead with its directories, or a new one.
         if self.config.history.is_some() {
-            let record = job.record();
-            let written = match made_ahead {
-                Some(_) => record.fill(job.output.dir()),
-                None => record.create(job.output.dir()),
-            };
-            if let Err(err) = written {
-                log::warn!("cannot record job {id} in {}: {err}", job.output.dir().display());
-            }
+            self.spool.save_record(job.output.dir(), job.record().encode());
         }
         self.by_id.insert(id, key);
         self.jobs.insert(key, job);
@@ -718,9 +707,8 @@ impl JobTable {
         while !self.shutting_down && self.dirs_ahead.len() < JOB_DIRS_AHEAD {
             let id = JobId::random();
             let (output, work) = self.job_dir_paths(id);
-            let record = self.config.history.is_some().then(|| output.join(RECORD_FILE));
             // No mover, or no room in its socket: asked again next turn; starts make their own meanwhile.
-            let Some(ticket) = self.spool.make_job_dirs(&output, &work, record.as_deref()) else { return };
+            let Some(ticket) = self.spool.make_job_dirs(&output, &work) else { return };
             self.dirs_ahead.push_back((ticket, id));
         }
     }

@@ -534,6 +534,15 @@ pub fn open_dev_null() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// A file in memory only (`memfd_create`, close-on-exec) holding `bytes`: to hand another process more than one
+/// socket message carries. No file system is involved, so nothing waits for a disk.
+pub fn memory_file(name: &std::ffi::CStr, bytes: &[u8]) -> io::Result<std::fs::File> {
+    use std::io::Write;
+    let mut file = std::fs::File::from(nix::sys::memfd::memfd_create(name, nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?);
+    file.write_all(bytes)?;
+    Ok(file)
+}
+
 /// Writes everything cached for the file system holding `fd` to disk (`syncfs`), waiting until it is done.
 pub fn sync_file_system(fd: RawFd) -> io::Result<()> {
     syscall!(syncfs(fd)).map(drop)

@@ -120,6 +120,11 @@ impl Server {
         Server::launch(pki, None, extra, &[], Some((runner, script)))
     }
 
+    /// As [`Server::start_after`], on `state_dir`.
+    pub fn start_after_on(pki: &Pki, state_dir: &Path, runner: &[&str], script: &str, extra: &[&str]) -> Server {
+        Server::launch(pki, Some(state_dir), extra, &[], Some((runner, script)))
+    }
+
     fn start_with(pki: &Pki, state_dir: Option<&Path>, extra: &[&str], env: &[(&str, &str)]) -> Server {
         Server::launch(pki, state_dir, extra, env, None)
     }

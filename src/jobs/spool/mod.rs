@@ -92,10 +92,16 @@ impl Spool {
     }
 
     /// Asks the segment mover to make a job's directories ahead of its start (see
-    /// [`SpareSegments::make_job_dirs`]): its output directory `output` (under [`Self::jobs_dir`], with the empty
-    /// file `record` if given) and its working directory `work`.
-    pub fn make_job_dirs(&mut self, output: &Path, work: &Path, record: Option<&Path>) -> Option<u64> {
-        self.spares.make_job_dirs(output, work, record)
+    /// [`SpareSegments::make_job_dirs`]): its output directory `output` (under [`Self::jobs_dir`]) and its
+    /// working directory `work`.
+    pub fn make_job_dirs(&mut self, output: &Path, work: &Path) -> Option<u64> {
+        self.spares.make_job_dirs(output, work)
+    }
+
+    /// Writes a job's record, `bytes`, into its directory `dir` without waiting (see
+    /// [`SpareSegments::save_record`]).
+    pub fn save_record(&mut self, dir: &Path, bytes: Vec<u8>) {
+        self.spares.save_record(dir, bytes);
     }
 
     /// Where the directories asked for with `ticket` stand.

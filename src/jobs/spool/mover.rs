@@ -13,22 +13,27 @@
 //! - *move*: a discarded segment is renamed into the spare directory, or into the trash for the janitor;
 //! - *close*: a segment file the loop wrote comes with the request and the helper closes it (cut to its length
 //!   first, for a finished log), since a writer's last close waits for ext4's block allocation under writeback;
-//! - *make a job's directories*: ahead of the starts that will take them, a job's output directory (with an
-//!   empty record file in it, where records are kept) and its working directory. Creating a file or a directory
+//! - *make a job's directories*: ahead of the starts that will take them, a job's output directory and its
+//!   working directory. Creating a file or a directory
 //!   makes a new inode, and ext4 may have to read that inode's table block while the disk is busy writing back
-//!   output: a `mkdir` on the loop waited 18.7 ms for it under 4 floods (`docs/performance.md`, session 19).
+//!   output: a `mkdir` on the loop waited 18.7 ms for it under 4 floods (`docs/performance.md`, session 19);
+//! - *write a job's record*: the bytes the loop encoded (`jobs::record`), into the file by name. Opening it
+//!   looks its name up in the job's directory, as a rename does, and a write can wait for writeback; the order
+//!   the loop asks in is the order they reach the file, and a job's directory moved into the trash later waits
+//!   for them.
 //!
-//! Requests and replies are `SOCK_SEQPACKET` messages (a close carries its file, a reply to a prepare the file
-//! made, with `SCM_RIGHTS`); the helper serves them in order, so a segment file is closed (and cut) before a
-//! later move takes it. The loop
-//! never waits for a reply: it looks for them when it needs one and on the removal timer, and falls back to doing
-//! the work itself when the helper is gone or its socket is full. Paths are the server's own, under the state
-//! directory the helper was started with; it refuses any other. It dies with the server and ends when the
-//! server closes its socket, after the requests already sent.
+//! Requests and replies are `SOCK_SEQPACKET` messages (a close carries its file, a record too large for a
+//! message its bytes in a memory file, a reply to a prepare the file made, with `SCM_RIGHTS`); the helper serves
+//! them in order, so a segment file is closed (and cut) before a later move takes it, and a record is written
+//! before its directory moves into the trash. The loop never waits for a reply: it looks for them when it needs
+//! one and on the removal timer, and falls back to doing the work itself when the helper is gone or its socket
+//! is full (a record waits for room instead: see `SpareSegments::save_record`). Paths are the server's own,
+//! under the state directory the helper was started with; it refuses any other. It dies with the server and
+//! ends when the server closes its socket, after the requests already sent.
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Read, Seek};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -53,8 +58,11 @@ pub enum Request {
     /// frees blocks: 25–30 ms on the loop under floods.
     Close { cut_to: Option<u64> },
     /// Make the directories `output` and `work` (private to the server; the loop gives `work` to the job's
-    /// user), and the empty file `record` if given; all or, failing, none of them.
-    MakeJobDirs { output: PathBuf, work: PathBuf, record: Option<PathBuf> },
+    /// user); both or, failing, neither.
+    MakeJobDirs { output: PathBuf, work: PathBuf },
+    /// Write a job's record, `bytes`, into its directory `dir` (`jobs::record::store`); the bytes come in a
+    /// file sent with the request instead when they are more than one message should carry (`bytes` empty).
+    WriteRecord { dir: PathBuf, bytes: Vec<u8> },
 }
 
 /// The helper's answer to the request with ticket `ticket`.
@@ -72,25 +80,23 @@ const PREPARE: u8 = b'P';
 const MOVE: u8 = b'M';
 const CLOSE: u8 = b'C';
 const JOB_DIRS: u8 = b'J';
+const RECORD: u8 = b'R';
 
 impl Request {
     /// `kind, ticket (8 bytes LE)`, then for a prepare or a move `first path, NUL, second path` (an empty second
-    /// path: a new file), for a job's directories `output, NUL, work, NUL, record` (empty: none), for a close the
-    /// length to cut to (8 bytes LE) if any.
+    /// path: a new file), for a job's directories `output, NUL, work`, for a record
+    /// `dir, NUL, bytes`, for a close the length to cut to (8 bytes LE) if any.
     fn encode(&self, ticket: u64) -> Vec<u8> {
         let (kind, first, second) = match self {
-            Request::MakeJobDirs { output, work, record } => {
-                let mut message = vec![JOB_DIRS];
+            Request::WriteRecord { dir, bytes } => {
+                let mut message = vec![RECORD];
                 message.extend_from_slice(&ticket.to_le_bytes());
-                for (i, path) in [output.as_path(), work, record.as_deref().unwrap_or(Path::new(""))].iter().enumerate()
-                {
-                    if i > 0 {
-                        message.push(0);
-                    }
-                    message.extend_from_slice(path.as_os_str().as_bytes());
-                }
+                message.extend_from_slice(dir.as_os_str().as_bytes());
+                message.push(0);
+                message.extend_from_slice(bytes);
                 return message;
             }
+            Request::MakeJobDirs { output, work } => (JOB_DIRS, output, work.as_path()),
             Request::Prepare { target, spare } => (PREPARE, target, spare.as_deref().unwrap_or(Path::new(""))),
             Request::Move { from, to } => (MOVE, from, to.as_path()),
             Request::Close { cut_to } => {
@@ -120,21 +126,20 @@ impl Request {
             };
             return Some((ticket, Request::Close { cut_to }));
         }
+        let path = |bytes: &[u8]| PathBuf::from(OsString::from_vec(bytes.to_vec()));
+        if kind == RECORD {
+            // The bytes may hold NULs: only the first one ends the path.
+            let (dir, bytes) = paths.split_at(paths.iter().position(|&b| b == 0)?);
+            let bytes = bytes.get(1..)?.to_vec();
+            return (!dir.is_empty()).then(|| (ticket, Request::WriteRecord { dir: path(dir), bytes }));
+        }
         let mut paths = paths.split(|&b| b == 0);
         let (first, second) = (paths.next()?, paths.next()?);
-        let path = |bytes: &[u8]| PathBuf::from(OsString::from_vec(bytes.to_vec()));
-        if kind == JOB_DIRS {
-            let record = paths.next()?;
-            if paths.next().is_some() || first.is_empty() || second.is_empty() {
-                return None;
-            }
-            let record = (!record.is_empty()).then(|| path(record));
-            return Some((ticket, Request::MakeJobDirs { output: path(first), work: path(second), record }));
-        }
         if paths.next().is_some() || first.is_empty() {
             return None;
         }
         let request = match kind {
+            JOB_DIRS if !second.is_empty() => Request::MakeJobDirs { output: path(first), work: path(second) },
             PREPARE => Request::Prepare { target: path(first), spare: (!second.is_empty()).then(|| path(second)) },
             MOVE if !second.is_empty() => Request::Move { from: path(first), to: path(second) },
             _ => return None,
@@ -322,28 +327,33 @@ fn carry_out(request: &Request, root: &Path, fds: Vec<OwnedFd>) -> io::Result<Op
             fs::rename(from, to)?;
             Ok(None)
         }
-        Request::MakeJobDirs { output, work, record } => {
+        Request::MakeJobDirs { output, work } => {
             inside(output)?;
             inside(work)?;
-            if let Some(record) = record {
-                inside(record)?;
-            }
             fs::DirBuilder::new().mode(0o700).create(output)?;
-            // A failure past here takes back what this request made (and nothing else: a directory that was
-            // there already failed the first step), so the server has nothing to remove.
-            let made = record
-                .iter()
-                .try_for_each(|record| {
-                    OpenOptions::new().create_new(true).write(true).mode(0o600).open(record).map(drop)
-                })
-                .and_then(|()| fs::DirBuilder::new().mode(0o700).create(work));
+            // A failure here takes back what this request made (and nothing else: a directory that was there
+            // already failed the first step), so the server has nothing to remove.
+            let made = fs::DirBuilder::new().mode(0o700).create(work);
             if made.is_err() {
-                if let Some(record) = record {
-                    let _ = fs::remove_file(record);
-                }
                 let _ = fs::remove_dir(output);
             }
             made.map(|()| None)
+        }
+        Request::WriteRecord { dir, bytes } => {
+            inside(dir)?;
+            match <[OwnedFd; 1]>::try_from(fds) {
+                // Sent in a file: read from its start (the server wrote it, moving the offset both share).
+                Ok([fd]) => {
+                    let mut file = File::from(fd);
+                    let mut held = Vec::new();
+                    file.seek(io::SeekFrom::Start(0))?;
+                    file.read_to_end(&mut held)?;
+                    crate::jobs::record::store(dir, &held)?;
+                }
+                Err(fds) if fds.is_empty() => crate::jobs::record::store(dir, bytes)?,
+                Err(_) => return Err(io::Error::new(io::ErrorKind::InvalidInput, "a record with more than one file")),
+            }
+            Ok(None)
         }
         Request::Close { cut_to } => {
             let Ok([fd]) = <[OwnedFd; 1]>::try_from(fds) else {
@@ -383,14 +393,11 @@ mod tests {
         let new = Request::Prepare { target: "/s/jobs/a/00000002".into(), spare: None };
         let moved = Request::Move { from: "/s/jobs/a/00000000".into(), to: "/s/trash/7".into() };
         let (close, cut) = (Request::Close { cut_to: None }, Request::Close { cut_to: Some(1 << 40) });
-        let dirs = Request::MakeJobDirs {
-            output: "/s/jobs/b".into(),
-            work: "/s/work/b".into(),
-            record: Some("/s/jobs/b/record".into()),
-        };
-        let ephemeral = Request::MakeJobDirs { output: "/s/jobs/c".into(), work: "/s/work/c".into(), record: None };
+        let dirs = Request::MakeJobDirs { output: "/s/jobs/b".into(), work: "/s/work/b".into() };
+        let record = Request::WriteRecord { dir: "/s/jobs/b".into(), bytes: b"RUNNELJR\0\x01\0".to_vec() };
+        let in_a_file = Request::WriteRecord { dir: "/s/jobs/b".into(), bytes: Vec::new() };
         for (ticket, request) in
-            [(1, prepare), (u64::MAX, new), (0, moved), (2, close), (3, cut), (4, dirs), (5, ephemeral)]
+            [(1, prepare), (u64::MAX, new), (0, moved), (2, close), (3, cut), (4, dirs), (5, record), (6, in_a_file)]
         {
             assert_eq!(Request::decode(&request.encode(ticket)), Some((ticket, request)));
         }
@@ -402,9 +409,11 @@ mod tests {
             b"X12345678/a\0/b",
             b"P12345678/a\0/b\0/c",
             b"C12345678123",
-            b"J12345678/a\0/b",
-            b"J12345678/a\0\0/c",
-            b"J12345678/a\0/b\0/c\0/d",
+            b"J12345678/a\0",
+            b"J12345678\0/b",
+            b"J12345678/a\0/b\0/c",
+            b"R12345678/a",
+            b"R12345678\0bytes",
         ] {
             assert_eq!(Request::decode(garbage), None, "{garbage:?}");
         }
@@ -415,48 +424,67 @@ mod tests {
     }
 
     #[test]
-    fn the_helper_makes_a_jobs_directories_under_its_root_only() {
+    fn the_helper_makes_jobs_directories_and_writes_records_under_its_root_only() {
         let scratch = ScratchDir::new("mover-dirs");
         let root = scratch.join("state");
         fs::create_dir_all(root.join("jobs")).unwrap();
         fs::create_dir_all(root.join("work")).unwrap();
         let (mut mover, helper_end) = SegmentMover::with_socket_pair();
-        let dirs = |name: &str, record: bool| Request::MakeJobDirs {
+        let dirs = |name: &str| Request::MakeJobDirs {
             output: root.join("jobs").join(name),
             work: root.join("work").join(name),
-            record: record.then(|| root.join("jobs").join(name).join("record")),
+        };
+        let record = |name: &str, bytes: &[u8]| Request::WriteRecord {
+            dir: root.join("jobs").join(name),
+            bytes: bytes.to_vec(),
         };
         let requests = [
-            dirs("a", true),
-            dirs("b", false),
-            dirs("a", true),
-            Request::MakeJobDirs { output: root.join("jobs/c"), work: scratch.join("outside"), record: None },
-            dirs("d", true),
+            dirs("a"),
+            dirs("a"),
+            Request::MakeJobDirs { output: root.join("jobs/c"), work: scratch.join("outside") },
+            dirs("d"),
+            record("a", b"first"),
+            record("a", b"second, longer"),
+            record("gone", b"nowhere"),
+            Request::WriteRecord { dir: scratch.path().to_path_buf(), bytes: b"outside".to_vec() },
         ];
         // A working directory that is there already, and someone's: the request fails and takes back only what
         // it made.
         fs::create_dir_all(root.join("work/d")).unwrap();
         fs::write(root.join("work/d/kept"), b"").unwrap();
-        let tickets: Vec<u64> = requests.iter().map(|r| mover.send(r, None).unwrap().unwrap()).collect();
+        let mut tickets: Vec<u64> = requests.iter().map(|r| mover.send(r, None).unwrap().unwrap()).collect();
+        // A record too large for a message comes in a memory file, its offset at the end where it was written.
+        let large = vec![b'x'; 100_000];
+        let file = sys::memory_file(c"test-record", &large).unwrap();
+        tickets.push(mover.send(&record("d2", b""), Some(&file)).unwrap().unwrap());
+        tickets.push(mover.send(&dirs("d2"), None).unwrap().unwrap());
+        tickets.push(mover.send(&record("d2", b""), Some(&file)).unwrap().unwrap());
         mover.close_requests();
         serve(&helper_end, &root);
         let replies: Vec<Reply> = tickets.iter().map(|_| mover.receive_waiting(deadline()).unwrap().unwrap()).collect();
+        assert_eq!(replies.iter().map(|r| r.ticket).collect::<Vec<_>>(), tickets, "served in order");
 
         assert!(replies[0].outcome.as_ref().unwrap().is_none(), "{:?}", replies[0].outcome);
         for dir in [root.join("jobs/a"), root.join("work/a")] {
             let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o700, "{} is the server's alone", dir.display());
         }
-        let record = fs::metadata(root.join("jobs/a/record")).unwrap();
-        assert_eq!((record.len(), record.permissions().mode() & 0o777), (0, 0o600), "an empty record file");
-        assert!(replies[1].outcome.as_ref().unwrap().is_none() && root.join("work/b").is_dir());
-        assert!(!root.join("jobs/b/record").exists(), "no record asked for");
-        assert!(replies[2].outcome.as_ref().unwrap_err().contains("exists"), "{:?}", replies[2].outcome);
-        assert!(replies[3].outcome.as_ref().unwrap_err().contains("is not a spool file"), "{:?}", replies[3].outcome);
+        assert!(replies[1].outcome.as_ref().unwrap_err().contains("exists"), "{:?}", replies[1].outcome);
+        assert!(replies[2].outcome.as_ref().unwrap_err().contains("is not a spool file"), "{:?}", replies[2].outcome);
         assert!(!root.join("jobs/c").exists() && !scratch.join("outside").exists(), "nothing made when refused");
-        assert!(replies[4].outcome.as_ref().unwrap_err().contains("exists"), "{:?}", replies[4].outcome);
+        assert!(replies[3].outcome.as_ref().unwrap_err().contains("exists"), "{:?}", replies[3].outcome);
         assert!(!root.join("jobs/d").exists(), "a failed request leaves nothing it made");
         assert!(root.join("work/d/kept").exists(), "nor removes what it did not make");
+
+        assert!(replies[4].outcome.is_ok() && replies[5].outcome.is_ok());
+        assert_eq!(fs::read(root.join("jobs/a/record")).unwrap(), b"second, longer", "written in the order asked");
+        let mode = fs::metadata(root.join("jobs/a/record")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the server's alone");
+        assert!(replies[6].outcome.as_ref().unwrap_err().contains("No such file"), "{:?}", replies[6].outcome);
+        assert!(replies[7].outcome.as_ref().unwrap_err().contains("is not a spool file"), "{:?}", replies[7].outcome);
+        assert!(!scratch.join("record").exists());
+        assert!(replies[8].outcome.is_err() && replies[9].outcome.is_ok() && replies[10].outcome.is_ok());
+        assert_eq!(fs::read(root.join("jobs/d2/record")).unwrap(), large, "read from the memory file's start");
 
         drop(helper_end);
         mover.reap();

@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use super::mover::{Reply, Request, SegmentMover};
 use super::writer::{SegmentFile, SpoolWriter};
 use crate::jobs::janitor::Janitor;
+use crate::sys;
 
 /// How many discarded segment files are kept for reuse: a roll takes one as a discard gives one back, so a
 /// couple covers a server at its caps.
@@ -61,6 +62,8 @@ pub struct SpareSegments {
     prepared: HashMap<u64, Option<(File, u64)>>,
     /// Jobs' directories the mover answered for and nobody has asked about yet, by ticket: made, or not.
     job_dirs: HashMap<u64, bool>,
+    /// Records the mover's socket had no room for, oldest first: a job's directory and the latest bytes for it.
+    records_waiting: Vec<(PathBuf, Vec<u8>)>,
 }
 
 #[derive(Debug)]
@@ -85,7 +88,14 @@ enum Awaiting {
     /// A job's directories being made (see [`SpareSegments::make_job_dirs`]): what goes if they fail, or once
     /// made if `abandoned`.
     JobDirs { output: PathBuf, work: PathBuf, abandoned: bool },
+    /// A job's record being written into `dir` (kept to write here if the mover is lost first); `moot` once the
+    /// directory is going (the write may find it gone).
+    Record { dir: PathBuf, bytes: Vec<u8>, moot: bool },
 }
+
+/// Records up to this size travel in the request itself; larger ones (long arguments, up to
+/// `--max-job-request`) in a memory file sent with it, as a socket message is at most its send buffer.
+const INLINE_RECORD_MAX: usize = 16 * 1024;
 
 /// Where a job's directories asked of [`SpareSegments::make_job_dirs`] stand.
 #[derive(Debug, PartialEq, Eq)]
@@ -132,6 +142,7 @@ impl SpareSegments {
             writer: None,
             prepared: HashMap::new(),
             job_dirs: HashMap::new(),
+            records_waiting: Vec::new(),
         })
     }
 
@@ -188,6 +199,12 @@ impl SpareSegments {
 
     /// Removes `path`, a file or a directory tree, through the janitor (moved into its trash by the mover).
     pub fn dispose(&mut self, path: &Path) {
+        self.records_waiting.retain(|(dir, _)| dir != path);
+        for awaiting in self.awaiting.values_mut() {
+            if let Awaiting::Record { dir, moot, .. } = awaiting {
+                *moot |= dir == path;
+            }
+        }
         let (name, in_trash) = match &self.mover {
             Some(_) => self.janitor.reserve(),
             None => return self.janitor.remove(path),
@@ -198,16 +215,70 @@ impl SpareSegments {
         }
     }
 
-    /// Takes the mover's replies, and hands the janitor what waited for room in its pipe.
+    /// Takes the mover's replies, sends it the records that waited for room in its socket, and hands the
+    /// janitor what waited for room in its pipe.
     pub fn retry_removals(&mut self) {
         self.collect_replies();
+        let mut waiting = std::mem::take(&mut self.records_waiting).into_iter();
+        while let Some((dir, bytes)) = waiting.next() {
+            if let Err(unsent) = self.send_record(dir, bytes) {
+                self.records_waiting.push(unsent);
+                self.records_waiting.extend(waiting);
+                break;
+            }
+        }
         self.janitor.retry();
     }
 
     /// True while the mover or the janitor has work of the loop's to finish: call [`Self::retry_removals`] a
     /// little later.
     pub fn has_removals_waiting(&self) -> bool {
-        self.janitor.has_backlog() || !self.awaiting.is_empty()
+        self.janitor.has_backlog() || !self.awaiting.is_empty() || !self.records_waiting.is_empty()
+    }
+
+    /// Writes a job's record, `bytes`, into its directory `dir` (`jobs::record`): by the mover, after whatever
+    /// it was asked before, or here without one. Never waits: with no room in the mover's socket, the record
+    /// waits here, and a later one for the same directory replaces it.
+    pub fn save_record(&mut self, dir: &Path, bytes: Vec<u8>) {
+        if let Some((_, waiting)) = self.records_waiting.iter_mut().find(|(waiting, _)| waiting == dir) {
+            *waiting = bytes;
+        } else if let Err(unsent) = self.send_record(dir.to_path_buf(), bytes) {
+            self.records_waiting.push(unsent);
+        }
+    }
+
+    /// Has the mover write a record, or writes it here if there is no mover; gives it back if the mover's
+    /// socket has no room.
+    fn send_record(&mut self, dir: PathBuf, bytes: Vec<u8>) -> Result<(), (PathBuf, Vec<u8>)> {
+        if self.mover.is_none() {
+            store_record(&dir, &bytes);
+            return Ok(());
+        }
+        // Small ones in the message; larger ones in a memory file, the message naming only the directory.
+        let inline = bytes.len() <= INLINE_RECORD_MAX;
+        let request = Request::WriteRecord { dir: dir.clone(), bytes: if inline { bytes.clone() } else { Vec::new() } };
+        let file = match inline {
+            true => None,
+            false => match sys::memory_file(c"runnel-record", &bytes) {
+                Ok(file) => Some(file),
+                Err(err) => {
+                    log::debug!("cannot hand a record to the segment mover: {err}");
+                    return Err((dir, bytes));
+                }
+            },
+        };
+        match self.send_with(&request, file.as_ref()) {
+            Some(ticket) => {
+                self.awaiting.insert(ticket, Awaiting::Record { dir, bytes, moot: false });
+                Ok(())
+            }
+            // Lost just now: what it was asked before is settled, so this one goes after it.
+            None if self.mover.is_none() => {
+                store_record(&dir, &bytes);
+                Ok(())
+            }
+            None => Err((dir, bytes)),
+        }
     }
 
     /// Waits for the spool writer, the mover and then the janitor to finish (server shutdown).
@@ -301,15 +372,11 @@ impl SpareSegments {
         }
     }
 
-    /// Asks the mover to make a job's directories, `output` (with the empty file `record` in it, if given) and
-    /// `work`, ahead of the start that takes them: the ticket to ask [`Self::job_dirs`] with, or `None` without
-    /// a mover or room in its socket (the start makes them itself).
-    pub fn make_job_dirs(&mut self, output: &Path, work: &Path, record: Option<&Path>) -> Option<u64> {
-        let request = Request::MakeJobDirs {
-            output: output.to_path_buf(),
-            work: work.to_path_buf(),
-            record: record.map(Path::to_path_buf),
-        };
+    /// Asks the mover to make a job's directories, `output` and `work`, ahead of the start that takes them: the
+    /// ticket to ask [`Self::job_dirs`] with, or `None` without a mover or room in its socket (the start makes
+    /// them itself).
+    pub fn make_job_dirs(&mut self, output: &Path, work: &Path) -> Option<u64> {
+        let request = Request::MakeJobDirs { output: output.to_path_buf(), work: work.to_path_buf() };
         let ticket = self.send(&request)?;
         let awaiting = Awaiting::JobDirs { output: output.to_path_buf(), work: work.to_path_buf(), abandoned: false };
         self.awaiting.insert(ticket, awaiting);
@@ -484,6 +551,10 @@ impl SpareSegments {
                 log::warn!("cannot make a job's directories ahead of its start: {err}");
                 self.job_dirs.insert(ticket, false);
             }
+            (Awaiting::Record { moot: true, .. }, _) | (Awaiting::Record { .. }, Ok(_)) => {}
+            (Awaiting::Record { dir, .. }, Err(err)) => {
+                log::warn!("cannot record the job in {}: {err}; it will not be kept across a restart", dir.display());
+            }
             (Awaiting::Closing, Ok(_)) => {}
             (Awaiting::Closing, Err(err)) => log::warn!("cannot close a segment file (or give back its blocks): {err}"),
             (Awaiting::ToSpare { spare, .. }, Ok(_)) => self.spares.push(spare),
@@ -508,10 +579,15 @@ impl SpareSegments {
         self.lose_mover_requests();
     }
 
-    /// Settles what the mover was asked and will never answer: each file is wherever the mover left it.
+    /// Settles what the mover was asked and will never answer: each file is wherever the mover left it, and
+    /// the records it was to write are written here, in the order asked, then those that waited for room.
     fn lose_mover_requests(&mut self) {
-        for (ticket, awaiting) in std::mem::take(&mut self.awaiting) {
+        let mut awaiting: Vec<(u64, Awaiting)> = std::mem::take(&mut self.awaiting).into_iter().collect();
+        awaiting.sort_unstable_by_key(|(ticket, _)| *ticket);
+        for (ticket, awaiting) in awaiting {
             match awaiting {
+                Awaiting::Record { dir, bytes, moot: false } => store_record(&dir, &bytes),
+                Awaiting::Record { moot: true, .. } => {}
                 Awaiting::Segment { spare, abandoned } => {
                     // At its old path or its new one: the log takes over the new one; the old goes.
                     if let Some(spare) = &spare {
@@ -543,6 +619,9 @@ impl SpareSegments {
                 }
             }
         }
+        for (dir, bytes) in std::mem::take(&mut self.records_waiting) {
+            store_record(&dir, &bytes);
+        }
     }
 }
 
@@ -552,6 +631,13 @@ impl Awaiting {
             Awaiting::ToSpare { spare, .. } => Some(spare),
             _ => None,
         }
+    }
+}
+
+/// Writes a record into a job's directory here, on the loop: there is no mover.
+fn store_record(dir: &Path, bytes: &[u8]) {
+    if let Err(err) = crate::jobs::record::store(dir, bytes) {
+        log::warn!("cannot record the job in {}: {err}; it will not be kept across a restart", dir.display());
     }
 }
 
@@ -595,6 +681,54 @@ mod tests {
         assert_eq!(len, 2 << 20);
         assert!(spares.take(&scratch.join("none")).is_none());
         assert_eq!(fs::read_dir(scratch.join("spare")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn records_reach_their_files_in_the_order_saved_whatever_waits_for_room_or_the_mover_is_lost() {
+        use super::super::mover::{serve_queued, SegmentMover};
+        let scratch = ScratchDir::new("spares-records");
+        let (mover, helper_end) = SegmentMover::with_socket_pair();
+        let mut spares =
+            SpareSegments::create(scratch.join("spare"), 1 << 30, Janitor::in_place(&scratch), Some(mover)).unwrap();
+        let (kept, gone) = (scratch.join("kept"), scratch.join("gone"));
+        fs::create_dir(&kept).unwrap();
+        fs::create_dir(&gone).unwrap();
+        // 16 KiB each, saved faster than the mover takes them: its socket fills after a dozen or so, and the
+        // rest wait, the latest for a directory replacing the one before.
+        let record = |i: u32| i.to_le_bytes().repeat(INLINE_RECORD_MAX / 4);
+        for i in 0..100 {
+            spares.save_record(&kept, record(i));
+            spares.save_record(&gone, record(i));
+        }
+        assert_eq!(spares.records_waiting.len(), 2, "the socket filled; one waits for each directory");
+        // A directory going drops the record waiting for it; those sent find it gone, quietly.
+        spares.dispose(&gone);
+        let settle = |spares: &mut SpareSegments| {
+            for _ in 0..50 {
+                serve_queued(&helper_end, scratch.path());
+                spares.retry_removals();
+            }
+            assert!(!spares.has_removals_waiting(), "the mover answered everything");
+        };
+        settle(&mut spares);
+        assert_eq!(fs::read(kept.join("record")).unwrap(), record(99), "the last one saved is the one kept");
+        assert!(!gone.exists() && fs::read_dir(scratch.join("trash")).unwrap().count() == 0);
+        // Too large for a message: through a memory file.
+        spares.save_record(&kept, vec![7; 100_000]);
+        settle(&mut spares);
+        assert_eq!(fs::read(kept.join("record")).unwrap(), vec![7; 100_000]);
+
+        // The mover lost with records sent and waiting: written here, in the order saved.
+        for i in 100..200 {
+            spares.save_record(&kept, record(i));
+        }
+        assert_eq!(spares.records_waiting.len(), 1);
+        drop(helper_end);
+        spares.retry_removals();
+        assert!(spares.mover.is_none() && !spares.has_removals_waiting());
+        assert_eq!(fs::read(kept.join("record")).unwrap(), record(199));
+        spares.save_record(&kept, record(200));
+        assert_eq!(fs::read(kept.join("record")).unwrap(), record(200), "without a mover, at once");
     }
 
     #[test]
