@@ -381,9 +381,11 @@ impl Drop for Thaw {
 }
 
 /// The state directory on a file system of its own (ext4 in a file, mounted in the server's own mount
-/// namespace), frozen (`fsfreeze`) for 5 s while one job floods output, another ends and a third is stopped:
-/// every write to it waits, as behind a disk that stalls. Nobody's calls wait with them, and once it thaws the
-/// output and the records of all three are whole, as a server started on it afterwards reads them back.
+/// namespace), frozen (`fsfreeze`) for 5 s while one job floods output, another ends, a third is stopped and
+/// another identity removes 400 ended jobs (more requests than the segment mover's socket holds): every write
+/// to it waits, as behind a disk that stalls. Nobody's calls wait with them, and once it thaws the output and
+/// the records of all three are whole, as a server started on it afterwards reads them back, and the removed
+/// jobs' directories are gone.
 #[test]
 fn a_frozen_state_directory_freezes_no_call_and_loses_nothing() {
     let pki = Pki::new();
@@ -402,6 +404,12 @@ fn a_frozen_state_directory_freezes_no_call_and_loses_nothing() {
             StartJobRequest { command: "sh".into(), args: vec!["-c".into(), script.into()], ..Default::default() };
         client.unary(path::START_JOB, &request, None).unwrap()
     };
+    let mut bob = server.client("bob");
+    let short_lived: Vec<Job> = (0..400).map(|_| start(&mut bob, "true")).collect();
+    for job in &short_lived {
+        let _: Job =
+            bob.unary(path::WAIT_JOB, &runnel::proto::WaitJobRequest { job_id: job.id.clone() }, None).unwrap();
+    }
     let flood = start(&mut alice, "exec cat /dev/zero");
     let ends = start(&mut alice, "echo before; sleep 1; echo after; exit 3");
     let stopped = start(&mut alice, "echo waiting; exec sleep 600");
@@ -417,8 +425,13 @@ fn a_frozen_state_directory_freezes_no_call_and_loses_nothing() {
     // instead of hanging it.
     let within = Some(Duration::from_secs(3));
     let frozen_out = |what: &str, err: CallError| -> ! { panic!("{what} while the disk was frozen: {err:?}") };
+    let mut to_remove = short_lived.iter();
     while begun.elapsed() < Duration::from_secs(5) {
         let asked = Instant::now();
+        for job in to_remove.by_ref().take(100) {
+            let request = runnel::proto::RemoveJobRequest { job_id: job.id.clone() };
+            let _: Job = bob.unary(path::REMOVE_JOB, &request, within).unwrap_or_else(|e| frozen_out("RemoveJob", e));
+        }
         for job in [&flood, &ends, &stopped] {
             let request = GetJobRequest { job_id: job.id.clone() };
             let got: Job = alice.unary(path::GET_JOB, &request, within).unwrap_or_else(|e| frozen_out("GetJob", e));
@@ -467,7 +480,14 @@ fn a_frozen_state_directory_freezes_no_call_and_loses_nothing() {
     assert_eq!(whole_output(&mut alice, &ends), b"before\nafter\n");
     assert_eq!(whole_output(&mut alice, &stopped), b"waiting\n");
     whole_output(&mut alice, &flood);
-    drop(alice);
+    let jobs_dir = std::path::PathBuf::from(format!("/proc/{}/root{}/jobs", server.pid(), state.display()));
+    let removed_left = || short_lived.iter().filter(|job| jobs_dir.join(&job.id).exists()).count();
+    assert!(
+        eventually(Duration::from_secs(10), || removed_left() == 0),
+        "{} removed jobs' directories left",
+        removed_left()
+    );
+    drop((alice, bob));
     assert!(server.stop_with(15, Duration::from_secs(30)).success(), "{}", server.log_text());
 
     // Their records, written after the thaw in the order asked: read back by the next server.

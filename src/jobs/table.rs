@@ -707,7 +707,7 @@ impl JobTable {
         while !self.shutting_down && self.dirs_ahead.len() < JOB_DIRS_AHEAD {
             let id = JobId::random();
             let (output, work) = self.job_dir_paths(id);
-            // No mover, or no room in its socket: asked again next turn; starts make their own meanwhile.
+            // No mover: starts make their own.
             let Some(ticket) = self.spool.make_job_dirs(&output, &work) else { return };
             self.dirs_ahead.push_back((ticket, id));
         }

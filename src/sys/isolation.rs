@@ -200,7 +200,16 @@ pub fn signal_process(pid: i32, signal: i32) -> io::Result<()> {
 
 /// Blocks until `fd` is readable or `timeout_ms` passed (-1: forever). Returns false on timeout.
 pub fn wait_readable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
-    let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    wait_for(fd, libc::POLLIN, timeout_ms)
+}
+
+/// Blocks until `fd` is readable or writable, or `timeout_ms` passed (-1: forever). Returns false on timeout.
+pub fn wait_readable_or_writable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
+    wait_for(fd, libc::POLLIN | libc::POLLOUT, timeout_ms)
+}
+
+fn wait_for(fd: RawFd, events: libc::c_short, timeout_ms: i32) -> io::Result<bool> {
+    let mut poll = libc::pollfd { fd, events, revents: 0 };
     loop {
         match syscall!(poll(&mut poll, 1, timeout_ms)) {
             Ok(n) => return Ok(n > 0),

@@ -47,8 +47,8 @@ pub use isolation::{
     close_from, control_pipe, drop_privileges, exit_now, fit_send_buffer, getpid, install_descriptors, is_pipe,
     is_socket, lower_session_priority, open_own_executable, open_read_only, pipe_reader_gone, reap_any_child,
     receive_with_descriptors, schedule_normally, schedule_when_idle, send_with_descriptors, seqpacket_pair,
-    set_cloexec, set_mount_propagation, shut_down_sending, signal_process, wait_readable, write_all, MountPropagation,
-    Received,
+    set_cloexec, set_mount_propagation, shut_down_sending, signal_process, wait_readable, wait_readable_or_writable,
+    write_all, MountPropagation, Received,
 };
 
 /// A pipe for one of a job's output streams: the server keeps `read` (non-blocking), the job gets `write`.

@@ -26,11 +26,14 @@
 //! message its bytes in a memory file, a reply to a prepare the file made, with `SCM_RIGHTS`); the helper serves
 //! them in order, so a segment file is closed (and cut) before a later move takes it, and a record is written
 //! before its directory moves into the trash. The loop never waits for a reply: it looks for them when it needs
-//! one and on the removal timer, and falls back to doing the work itself when the helper is gone or its socket
-//! is full (a record waits for room instead: see `SpareSegments::save_record`). Paths are the server's own,
+//! one and on the removal timer. Nor for room in the socket: a request that finds it full waits in order behind
+//! the others on the loop, sent on the removal timer (a helper behind a stalled disk must not hand its work
+//! back to the loop, which would then wait for the disk itself). Only when the helper is gone does the loop do
+//! the work. Paths are the server's own,
 //! under the state directory the helper was started with; it refuses any other. It dies with the server and
 //! ends when the server closes its socket, after the requests already sent.
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek};
@@ -156,6 +159,8 @@ pub struct SegmentMover {
     /// The server's end, non-blocking.
     socket: OwnedFd,
     next_ticket: u64,
+    /// Requests the socket had no room for, in the order asked, each with the file it carries.
+    unsent: VecDeque<(Vec<u8>, Option<File>)>,
 }
 
 impl SegmentMover {
@@ -169,26 +174,66 @@ impl SegmentMover {
         let args = [SEGMENT_MOVER_COMMAND.as_ref(), state_dir.as_os_str()];
         let process = sys::spawn_helper(executable, &args, helper_end, state_dir_lock)?;
         log::info!("segment mover started: pid {}, making and moving spool files", process.id());
-        Ok(SegmentMover { process: Some(process), socket, next_ticket: 0 })
+        Ok(SegmentMover { process: Some(process), socket, next_ticket: 0, unsent: VecDeque::new() })
     }
 
     /// A mover whose helper is `serve` run by the caller (a test's thread) on the returned socket.
     #[cfg(test)]
     pub fn with_socket_pair() -> (SegmentMover, OwnedFd) {
         let (socket, helper_end) = sys::seqpacket_pair().unwrap();
-        (SegmentMover { process: None, socket, next_ticket: 0 }, helper_end)
+        (SegmentMover { process: None, socket, next_ticket: 0, unsent: VecDeque::new() }, helper_end)
     }
 
-    /// Sends `request` (with the file a close is for) without waiting: its ticket, `Ok(None)` when the socket is
-    /// full (do the work in place), an error when the helper is gone.
-    pub fn send(&mut self, request: &Request, file: Option<&File>) -> io::Result<Option<u64>> {
+    /// Sends `request` (with `file`: the file a close is for, a record's memory file) without waiting, after
+    /// those still waiting for room: its ticket; an error when the helper is gone.
+    pub fn send(&mut self, request: &Request, file: Option<File>) -> io::Result<u64> {
         let ticket = self.next_ticket;
-        let fds: Vec<_> = file.iter().map(|f| f.as_raw_fd()).collect();
-        if !sys::send_with_descriptors(self.socket.as_raw_fd(), &request.encode(ticket), &fds)? {
-            return Ok(None);
-        }
         self.next_ticket += 1;
-        Ok(Some(ticket))
+        self.unsent.push_back((request.encode(ticket), file));
+        self.send_unsent()?;
+        Ok(ticket)
+    }
+
+    /// Sends the requests that waited for room, in order, until the socket is full again.
+    pub fn send_unsent(&mut self) -> io::Result<()> {
+        while let Some((message, file)) = self.unsent.front() {
+            let fds: Vec<_> = file.iter().map(|f| f.as_raw_fd()).collect();
+            if !sys::send_with_descriptors(self.socket.as_raw_fd(), message, &fds)? {
+                return Ok(());
+            }
+            // The file goes with the message: the helper holds it now.
+            self.unsent.pop_front();
+        }
+        Ok(())
+    }
+
+    /// True while requests wait for room in the socket (the loop knows it from what awaits an answer).
+    #[cfg(test)]
+    pub fn has_unsent(&self) -> bool {
+        !self.unsent.is_empty()
+    }
+
+    /// Sends every request still waiting, waiting for room until `deadline` (at shutdown), and hands
+    /// `on_reply` the replies that come meanwhile (a helper whose replies are not taken stops taking requests);
+    /// false if the helper did not make room in time.
+    pub fn send_all_unsent(
+        &mut self,
+        deadline: std::time::Instant,
+        mut on_reply: impl FnMut(Reply),
+    ) -> io::Result<bool> {
+        loop {
+            self.send_unsent()?;
+            if self.unsent.is_empty() {
+                return Ok(true);
+            }
+            while let Some(reply) = self.receive()? {
+                on_reply(reply);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now()).as_millis();
+            if !sys::wait_readable_or_writable(self.socket.as_raw_fd(), i32::try_from(left).unwrap_or(i32::MAX))? {
+                return Ok(false);
+            }
+        }
     }
 
     /// The next reply, if one came; an error when the helper is gone or sent what it never sends.
@@ -452,13 +497,13 @@ mod tests {
         // it made.
         fs::create_dir_all(root.join("work/d")).unwrap();
         fs::write(root.join("work/d/kept"), b"").unwrap();
-        let mut tickets: Vec<u64> = requests.iter().map(|r| mover.send(r, None).unwrap().unwrap()).collect();
+        let mut tickets: Vec<u64> = requests.iter().map(|r| mover.send(r, None).unwrap()).collect();
         // A record too large for a message comes in a memory file, its offset at the end where it was written.
         let large = vec![b'x'; 100_000];
         let file = sys::memory_file(c"test-record", &large).unwrap();
-        tickets.push(mover.send(&record("d2", b""), Some(&file)).unwrap().unwrap());
-        tickets.push(mover.send(&dirs("d2"), None).unwrap().unwrap());
-        tickets.push(mover.send(&record("d2", b""), Some(&file)).unwrap().unwrap());
+        tickets.push(mover.send(&record("d2", b""), Some(file.try_clone().unwrap())).unwrap());
+        tickets.push(mover.send(&dirs("d2"), None).unwrap());
+        tickets.push(mover.send(&record("d2", b""), Some(file)).unwrap());
         mover.close_requests();
         serve(&helper_end, &root);
         let replies: Vec<Reply> = tickets.iter().map(|_| mover.receive_waiting(deadline()).unwrap().unwrap()).collect();
@@ -507,14 +552,13 @@ mod tests {
             Request::Move { from: root.join("jobs/a/00000000"), to: scratch.join("outside") },
             Request::Prepare { target: root.join("jobs/../../escape"), spare: None },
         ];
-        let mut tickets: Vec<u64> = requests.iter().map(|r| mover.send(r, None).unwrap().unwrap()).collect();
+        let mut tickets: Vec<u64> = requests.iter().map(|r| mover.send(r, None).unwrap()).collect();
         // A file sent to be cut and closed; a close without one.
         let written = root.join("jobs/a/written");
         fs::write(&written, vec![7u8; 100_000]).unwrap();
         let file = OpenOptions::new().write(true).open(&written).unwrap();
-        tickets.push(mover.send(&Request::Close { cut_to: Some(4096) }, Some(&file)).unwrap().unwrap());
-        drop(file);
-        tickets.push(mover.send(&Request::Close { cut_to: None }, None).unwrap().unwrap());
+        tickets.push(mover.send(&Request::Close { cut_to: Some(4096) }, Some(file)).unwrap());
+        tickets.push(mover.send(&Request::Close { cut_to: None }, None).unwrap());
         // The helper, on this thread: it serves what was sent, and returns once the server stops sending.
         mover.close_requests();
         serve(&helper_end, &root);

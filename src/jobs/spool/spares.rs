@@ -62,8 +62,6 @@ pub struct SpareSegments {
     prepared: HashMap<u64, Option<(File, u64)>>,
     /// Jobs' directories the mover answered for and nobody has asked about yet, by ticket: made, or not.
     job_dirs: HashMap<u64, bool>,
-    /// Records the mover's socket had no room for, oldest first: a job's directory and the latest bytes for it.
-    records_waiting: Vec<(PathBuf, Vec<u8>)>,
 }
 
 #[derive(Debug)]
@@ -142,7 +140,6 @@ impl SpareSegments {
             writer: None,
             prepared: HashMap::new(),
             job_dirs: HashMap::new(),
-            records_waiting: Vec::new(),
         })
     }
 
@@ -199,7 +196,6 @@ impl SpareSegments {
 
     /// Removes `path`, a file or a directory tree, through the janitor (moved into its trash by the mover).
     pub fn dispose(&mut self, path: &Path) {
-        self.records_waiting.retain(|(dir, _)| dir != path);
         for awaiting in self.awaiting.values_mut() {
             if let Awaiting::Record { dir, moot, .. } = awaiting {
                 *moot |= dir == path;
@@ -215,17 +211,12 @@ impl SpareSegments {
         }
     }
 
-    /// Takes the mover's replies, sends it the records that waited for room in its socket, and hands the
-    /// janitor what waited for room in its pipe.
+    /// Takes the mover's replies, sends it what waited for room in its socket, and hands the janitor what
+    /// waited for room in its pipe.
     pub fn retry_removals(&mut self) {
         self.collect_replies();
-        let mut waiting = std::mem::take(&mut self.records_waiting).into_iter();
-        while let Some((dir, bytes)) = waiting.next() {
-            if let Err(unsent) = self.send_record(dir, bytes) {
-                self.records_waiting.push(unsent);
-                self.records_waiting.extend(waiting);
-                break;
-            }
+        if let Some(Err(err)) = self.mover.as_mut().map(SegmentMover::send_unsent) {
+            self.lose_mover(&err);
         }
         self.janitor.retry();
     }
@@ -233,58 +224,52 @@ impl SpareSegments {
     /// True while the mover or the janitor has work of the loop's to finish: call [`Self::retry_removals`] a
     /// little later.
     pub fn has_removals_waiting(&self) -> bool {
-        self.janitor.has_backlog() || !self.awaiting.is_empty() || !self.records_waiting.is_empty()
+        self.janitor.has_backlog() || !self.awaiting.is_empty()
     }
 
     /// Writes a job's record, `bytes`, into its directory `dir` (`jobs::record`): by the mover, after whatever
-    /// it was asked before, or here without one. Never waits: with no room in the mover's socket, the record
-    /// waits here, and a later one for the same directory replaces it.
+    /// it was asked before, or here without one. Never waits.
     pub fn save_record(&mut self, dir: &Path, bytes: Vec<u8>) {
-        if let Some((_, waiting)) = self.records_waiting.iter_mut().find(|(waiting, _)| waiting == dir) {
-            *waiting = bytes;
-        } else if let Err(unsent) = self.send_record(dir.to_path_buf(), bytes) {
-            self.records_waiting.push(unsent);
-        }
-    }
-
-    /// Has the mover write a record, or writes it here if there is no mover; gives it back if the mover's
-    /// socket has no room.
-    fn send_record(&mut self, dir: PathBuf, bytes: Vec<u8>) -> Result<(), (PathBuf, Vec<u8>)> {
-        if self.mover.is_none() {
-            store_record(&dir, &bytes);
-            return Ok(());
-        }
-        // Small ones in the message; larger ones in a memory file, the message naming only the directory.
-        let inline = bytes.len() <= INLINE_RECORD_MAX;
-        let request = Request::WriteRecord { dir: dir.clone(), bytes: if inline { bytes.clone() } else { Vec::new() } };
-        let file = match inline {
-            true => None,
-            false => match sys::memory_file(c"runnel-record", &bytes) {
-                Ok(file) => Some(file),
-                Err(err) => {
-                    log::debug!("cannot hand a record to the segment mover: {err}");
-                    return Err((dir, bytes));
+        if self.mover.is_some() {
+            // Small ones in the message; larger ones in a memory file, the message naming only the directory.
+            let inline = bytes.len() <= INLINE_RECORD_MAX;
+            let file = match inline {
+                true => Ok(None),
+                false => sys::memory_file(c"runnel-record", &bytes).map(Some),
+            };
+            match file {
+                Ok(file) => {
+                    let message = if inline { bytes.clone() } else { Vec::new() };
+                    let request = Request::WriteRecord { dir: dir.to_path_buf(), bytes: message };
+                    let awaiting = Awaiting::Record { dir: dir.to_path_buf(), bytes, moot: false };
+                    // Lost meanwhile: what it was asked before is settled, so this one goes after it, here.
+                    let Err(awaiting) = self.ask_with(&request, file, awaiting) else { return };
+                    let Awaiting::Record { bytes, .. } = awaiting else { unreachable!("a record") };
+                    return store_record(dir, &bytes);
                 }
-            },
-        };
-        match self.send_with(&request, file.as_ref()) {
-            Some(ticket) => {
-                self.awaiting.insert(ticket, Awaiting::Record { dir, bytes, moot: false });
-                Ok(())
+                // Out of memory or descriptors. Written here, it could land before an older one still queued.
+                Err(err) => {
+                    return log::warn!(
+                        "cannot record the job in {} ({err}); it may not be kept as it is now across a restart",
+                        dir.display()
+                    );
+                }
             }
-            // Lost just now: what it was asked before is settled, so this one goes after it.
-            None if self.mover.is_none() => {
-                store_record(&dir, &bytes);
-                Ok(())
-            }
-            None => Err((dir, bytes)),
         }
+        store_record(dir, &bytes);
     }
 
     /// Waits for the spool writer, the mover and then the janitor to finish (server shutdown).
     pub fn finish_removals(&mut self) {
         self.finish_writes();
         if let Some(mut mover) = self.mover.take() {
+            let deadline = std::time::Instant::now() + super::mover::SHUTDOWN_WAIT;
+            match mover.send_all_unsent(deadline, |reply| self.answered(reply)) {
+                Ok(true) => {}
+                // Settled below as never answered.
+                Ok(false) => log::warn!("the segment mover took no more requests; stopping without them"),
+                Err(err) => log::warn!("cannot send the segment mover its last requests: {err}"),
+            }
             mover.close_requests();
             let deadline = std::time::Instant::now() + super::mover::SHUTDOWN_WAIT;
             let ended = loop {
@@ -359,7 +344,7 @@ impl SpareSegments {
         let spare = self.take_largest();
         let request = Request::Prepare { target: target.to_path_buf(), spare: spare.as_ref().map(|s| s.path.clone()) };
         let lent = spare.as_ref().map_or(0, |s| s.len);
-        match self.send(&request) {
+        match self.send(&request, None) {
             Some(ticket) => {
                 self.lent += lent;
                 self.awaiting.insert(ticket, Awaiting::Segment { spare, abandoned: None });
@@ -373,11 +358,10 @@ impl SpareSegments {
     }
 
     /// Asks the mover to make a job's directories, `output` and `work`, ahead of the start that takes them: the
-    /// ticket to ask [`Self::job_dirs`] with, or `None` without a mover or room in its socket (the start makes
-    /// them itself).
+    /// ticket to ask [`Self::job_dirs`] with, or `None` without a mover (the start makes them itself).
     pub fn make_job_dirs(&mut self, output: &Path, work: &Path) -> Option<u64> {
         let request = Request::MakeJobDirs { output: output.to_path_buf(), work: work.to_path_buf() };
-        let ticket = self.send(&request)?;
+        let ticket = self.send(&request, None)?;
         let awaiting = Awaiting::JobDirs { output: output.to_path_buf(), work: work.to_path_buf(), abandoned: false };
         self.awaiting.insert(ticket, awaiting);
         Some(ticket)
@@ -442,7 +426,9 @@ impl SpareSegments {
     /// Closes a segment file the loop wrote, cut to `cut_to` bytes first if given: by the mover, since a
     /// writer's last close (and a cut) can wait for the disk.
     pub fn close_segment_file(&mut self, file: File, cut_to: Option<u64>) {
-        if self.mover.is_some() && self.ask_with(&Request::Close { cut_to }, Some(&file), Awaiting::Closing) {
+        if self.mover.is_some() {
+            // Lost meanwhile: the file was closed with what it was queued in, uncut (its unused blocks stay).
+            let _ = self.ask_with(&Request::Close { cut_to }, Some(file), Awaiting::Closing);
             return;
         }
         if let Some(len) = cut_to {
@@ -468,29 +454,27 @@ impl SpareSegments {
         Some(self.spares.swap_remove(largest))
     }
 
-    /// Sends `request`, remembering it as `awaiting`; false if the mover cannot take it (do it in place).
+    /// Sends `request`, remembering it as `awaiting`; false if there is no mover (do it in place).
     fn ask(&mut self, request: &Request, awaiting: Awaiting) -> bool {
-        self.ask_with(request, None, awaiting)
+        self.ask_with(request, None, awaiting).is_ok()
     }
 
-    /// [`Self::ask`], sending `file` with the request.
-    fn ask_with(&mut self, request: &Request, file: Option<&File>, awaiting: Awaiting) -> bool {
-        match self.send_with(request, file) {
+    /// [`Self::ask`], sending `file` with the request; `awaiting` back if there is no mover.
+    fn ask_with(&mut self, request: &Request, file: Option<File>, awaiting: Awaiting) -> Result<(), Awaiting> {
+        match self.send(request, file) {
             Some(ticket) => {
                 self.awaiting.insert(ticket, awaiting);
-                true
+                Ok(())
             }
-            None => false,
+            None => Err(awaiting),
         }
     }
 
-    fn send(&mut self, request: &Request) -> Option<u64> {
-        self.send_with(request, None)
-    }
-
-    fn send_with(&mut self, request: &Request, file: Option<&File>) -> Option<u64> {
+    /// Sends `request` (with `file`) after what waits for room: its ticket, or `None` without a mover (there
+    /// was none, or it is lost now).
+    fn send(&mut self, request: &Request, file: Option<File>) -> Option<u64> {
         match self.mover.as_mut()?.send(request, file) {
-            Ok(ticket) => ticket,
+            Ok(ticket) => Some(ticket),
             Err(err) => {
                 self.lose_mover(&err);
                 None
@@ -580,7 +564,7 @@ impl SpareSegments {
     }
 
     /// Settles what the mover was asked and will never answer: each file is wherever the mover left it, and
-    /// the records it was to write are written here, in the order asked, then those that waited for room.
+    /// the records it was to write are written here, in the order asked.
     fn lose_mover_requests(&mut self) {
         let mut awaiting: Vec<(u64, Awaiting)> = std::mem::take(&mut self.awaiting).into_iter().collect();
         awaiting.sort_unstable_by_key(|(ticket, _)| *ticket);
@@ -618,9 +602,6 @@ impl SpareSegments {
                     self.job_dirs.insert(ticket, false);
                 }
             }
-        }
-        for (dir, bytes) in std::mem::take(&mut self.records_waiting) {
-            store_record(&dir, &bytes);
         }
     }
 }
@@ -684,7 +665,7 @@ mod tests {
     }
 
     #[test]
-    fn records_reach_their_files_in_the_order_saved_whatever_waits_for_room_or_the_mover_is_lost() {
+    fn requests_wait_in_order_for_room_in_the_movers_socket_and_a_lost_movers_records_are_written_in_order() {
         use super::super::mover::{serve_queued, SegmentMover};
         let scratch = ScratchDir::new("spares-records");
         let (mover, helper_end) = SegmentMover::with_socket_pair();
@@ -694,15 +675,16 @@ mod tests {
         fs::create_dir(&kept).unwrap();
         fs::create_dir(&gone).unwrap();
         // 16 KiB each, saved faster than the mover takes them: its socket fills after a dozen or so, and the
-        // rest wait, the latest for a directory replacing the one before.
+        // rest wait on the loop, in order.
         let record = |i: u32| i.to_le_bytes().repeat(INLINE_RECORD_MAX / 4);
         for i in 0..100 {
             spares.save_record(&kept, record(i));
             spares.save_record(&gone, record(i));
         }
-        assert_eq!(spares.records_waiting.len(), 2, "the socket filled; one waits for each directory");
-        // A directory going drops the record waiting for it; those sent find it gone, quietly.
+        assert!(spares.mover.as_ref().unwrap().has_unsent(), "the socket filled");
+        // A directory going, behind them: moved into the trash after its records, by the mover, not here.
         spares.dispose(&gone);
+        assert!(gone.exists() && spares.has_removals_waiting(), "the move waits its turn");
         let settle = |spares: &mut SpareSegments| {
             for _ in 0..50 {
                 serve_queued(&helper_end, scratch.path());
@@ -722,7 +704,7 @@ mod tests {
         for i in 100..200 {
             spares.save_record(&kept, record(i));
         }
-        assert_eq!(spares.records_waiting.len(), 1);
+        assert!(spares.mover.as_ref().unwrap().has_unsent());
         drop(helper_end);
         spares.retry_removals();
         assert!(spares.mover.is_none() && !spares.has_removals_waiting());
