@@ -61,7 +61,7 @@ fuzz_target!(|input: Input| {
 
     let state = StateDir::new();
     let cap = (64u64 << 10) << (input.per_log_cap % 6);
-    let janitor = Janitor::start(state.0.join("trash"), None).expect("janitor");
+    let janitor = Janitor::start(state.0.join("trash"), None, None).expect("janitor");
     let mut spool = Spool::create(&state.0, cap, cap * 4, janitor, None, None).expect("spool");
     let name = "0123abcd-0000-4000-8000-00000000beef";
     let dir = state.0.join("jobs").join(name);

@@ -175,7 +175,7 @@ fuzz_target!(|run: Run| {
     let state = StateDir::new();
     let per_log_cap = (64u64 << 10) << (run.per_log_cap % 8);
     let total_cap = (128u64 << 10) << (run.total_cap % 8);
-    let janitor = Janitor::start(state.0.join("trash"), None).expect("janitor");
+    let janitor = Janitor::start(state.0.join("trash"), None, None).expect("janitor");
     let mut spool = Spool::create(&state.0, per_log_cap, total_cap, janitor, None, None).expect("spool");
     if run.read_instead_of_splice {
         spool.read_instead_of_splice();
