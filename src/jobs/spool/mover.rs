@@ -14,9 +14,9 @@
 //! - *close*: a segment file the loop wrote comes with the request and the helper closes it (cut to its length
 //!   first, for a finished log), since a writer's last close waits for ext4's block allocation under writeback;
 //! - *make a job's directories*: ahead of the starts that will take them, a job's output directory and its
-//!   working directory. Creating a file or a directory
-//!   makes a new inode, and ext4 may have to read that inode's table block while the disk is busy writing back
-//!   output: a `mkdir` on the loop waited 18.7 ms for it under 4 floods (`docs/performance.md`, session 19);
+//!   working directory. Creating a file or a directory makes a new inode, and ext4 may have to read that
+//!   inode's table block while the disk is busy writing back output: a `mkdir` on the loop waited 18.7 ms for it
+//!   under 4 floods (`docs/performance.md`, session 19);
 //! - *write a job's record*: the bytes the loop encoded (`jobs::record`), into the file by name. Opening it
 //!   looks its name up in the job's directory, as a rename does, and a write can wait for writeback; the order
 //!   the loop asks in is the order they reach the file, and a job's directory moved into the trash later waits
@@ -29,9 +29,8 @@
 //! one and on the removal timer. Nor for room in the socket: a request that finds it full waits in order behind
 //! the others on the loop, sent on the removal timer (a helper behind a stalled disk must not hand its work
 //! back to the loop, which would then wait for the disk itself). Only when the helper is gone does the loop do
-//! the work. Paths are the server's own,
-//! under the state directory the helper was started with; it refuses any other. It dies with the server and
-//! ends when the server closes its socket, after the requests already sent.
+//! the work. Paths are the server's own, under the state directory the helper was started with; it refuses any
+//! other. It dies with the server and ends when the server closes its socket, after the requests already sent.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
