@@ -781,6 +781,9 @@ impl JobTable {
     /// Hands a job's output and working directory to the janitor, and its user back: nothing it left in its
     /// working directory is reachable by a later job given the same user.
     fn remove_files(&mut self, mut job: Job) {
+        // A job ended may still be taking its output in: whoever waits for it (a follower, a WaitJob) learns
+        // now that it is gone, not at its deadline.
+        job.wake_waiters();
         self.spool.remove(&mut job.output);
         self.release_process_files(&mut job);
     }
