@@ -413,6 +413,8 @@ fn a_frozen_state_directory_freezes_no_call_and_loses_nothing() {
     let flood = start(&mut alice, "exec cat /dev/zero");
     let ends = start(&mut alice, "echo before; sleep 1; echo after; exit 3");
     let stopped = start(&mut alice, "echo waiting; exec sleep 600");
+    // Its first output comes while the disk is frozen: the file it goes to was made with the job's directory.
+    let writes_late = start(&mut alice, "sleep 1.5; echo late");
     std::thread::sleep(Duration::from_millis(300));
 
     // In the server's mount namespace, through its root.
@@ -426,6 +428,7 @@ fn a_frozen_state_directory_freezes_no_call_and_loses_nothing() {
     let within = Some(Duration::from_secs(3));
     let frozen_out = |what: &str, err: CallError| -> ! { panic!("{what} while the disk was frozen: {err:?}") };
     let mut to_remove = short_lived.iter();
+    let mut started_frozen = None;
     while begun.elapsed() < Duration::from_secs(5) {
         let asked = Instant::now();
         for job in to_remove.by_ref().take(100) {
@@ -440,7 +443,16 @@ fn a_frozen_state_directory_freezes_no_call_and_loses_nothing() {
         let listed: runnel::proto::ListJobsResponse = alice
             .unary(path::LIST_JOBS, &runnel::proto::ListJobsRequest::default(), within)
             .unwrap_or_else(|e| frozen_out("ListJobs", e));
-        assert_eq!(listed.jobs.len(), 3);
+        assert!(listed.jobs.len() >= 4, "{} jobs listed", listed.jobs.len());
+        if probes == 10 {
+            // Its directories were made ahead; its init gives the working directory to the job's user, and
+            // waits for the disk to do so, but the loop does not wait for the init.
+            let script = r#"echo "$(id -u) $(stat -c %u .)""#;
+            let request =
+                StartJobRequest { command: "sh".into(), args: vec!["-c".into(), script.into()], ..Default::default() };
+            let call = alice.send_call(path::START_JOB, &request, Some(Duration::from_secs(30)));
+            started_frozen = Some(call.unwrap_or_else(|e| frozen_out("StartJob", e)));
+        }
         if probes == 20 {
             let _: Job = alice.unary(path::STOP_JOB, &stop, within).unwrap_or_else(|e| frozen_out("StopJob", e));
         }
@@ -479,6 +491,11 @@ fn a_frozen_state_directory_freezes_no_call_and_loses_nothing() {
     };
     assert_eq!(whole_output(&mut alice, &ends), b"before\nafter\n");
     assert_eq!(whole_output(&mut alice, &stopped), b"waiting\n");
+    assert_eq!(whole_output(&mut alice, &writes_late), b"late\n");
+    let started_frozen: Job = alice.finish_unary(started_frozen.expect("a start was sent")).unwrap();
+    let ids = String::from_utf8(whole_output(&mut alice, &started_frozen)).unwrap();
+    let (uid, owner) = ids.trim().split_once(' ').unwrap_or_else(|| panic!("{ids:?}"));
+    assert!(uid != "0" && uid == owner, "the job (uid {uid}) runs in a working directory of its own user's ({owner})");
     whole_output(&mut alice, &flood);
     let jobs_dir = std::path::PathBuf::from(format!("/proc/{}/root{}/jobs", server.pid(), state.display()));
     let removed_left = || short_lived.iter().filter(|job| jobs_dir.join(&job.id).exists()).count();

@@ -395,6 +395,7 @@ fn encode(job: &JobSetup<'_>) -> ShellJob {
         tmp_options: job.tmp_options.to_bytes().to_vec(),
         bind_working_dir: job.working_dir_bind.is_some(),
         bind_directories: job.working_dir_bind.as_ref().map_or_else(Vec::new, |bind| bytes(bind.directories)),
+        own_working_dir: job.own_working_dir,
     }
 }
 
@@ -408,6 +409,7 @@ pub struct ReceivedJob {
     seccomp: Option<SeccompFilter>,
     tmp_options: CString,
     bind_directories: Option<CStringArray>,
+    own_working_dir: bool,
 }
 
 impl ReceivedJob {
@@ -440,6 +442,7 @@ impl ReceivedJob {
                 true => Some(array(job.bind_directories)?),
                 false => None,
             },
+            own_working_dir: job.own_working_dir,
         })
     }
 
@@ -463,6 +466,7 @@ impl ReceivedJob {
                 directories,
                 target: working_dir,
             }),
+            own_working_dir: self.own_working_dir,
         }
     }
 }

@@ -52,6 +52,8 @@ pub struct Sandbox<'a> {
     pub memory_limit: Option<u64>,
     /// `RLIMIT_NPROC`, for a user of the job's own.
     pub max_processes: Option<u32>,
+    /// The working directory is the job's own, made by the server: its init gives it to `run_as`.
+    pub own_working_dir: bool,
 }
 
 /// The pipe a starting job reports on.
@@ -134,7 +136,7 @@ impl Launcher {
             open_files: self.open_files,
         };
 
-        let Some(Sandbox { isolation, run_as, memory_limit, max_processes }) = sandbox else {
+        let Some(Sandbox { isolation, run_as, memory_limit, max_processes, own_working_dir }) = sandbox else {
             let program = command_program(spec, working_dir);
             let (report_read, report_write) = sys::control_pipe().map_err(internal)?;
             let fds = SpawnFds {
@@ -174,6 +176,7 @@ impl Launcher {
             seccomp: isolation.seccomp.as_ref(),
             tmp_options: &tmp_options,
             working_dir_bind: bind.as_ref().map(WorkingDirMount::as_bind),
+            own_working_dir,
         };
         let (control_read, control_write) = sys::control_pipe().map_err(internal)?;
         // There is no pool where jobs get cgroups (see `JobTable::new`): a shell's init is not in its job's.

@@ -1,8 +1,9 @@
 //! Starting a job is several steps that each create something (its output log, its working directory, its
 //! cgroup, its process) and any of which can fail. [`HalfStarted`] holds what the steps made so far; dropped
 //! before it is [`done`](HalfStarted::done), it takes all of it back, so a failed start leaves nothing behind
-//! whichever step failed. A working directory the server made ([`OwnWorkDir`]) removes itself when dropped,
-//! here or with its job.
+//! whichever step failed. What a start makes on the disk was made ahead by the segment mover where it could be
+//! (the job's directories and first segment file), and what it takes back goes to the mover and the janitor
+//! (`Spool::dispose`), so a start waits for the disk only when nothing was made ahead.
 
 use std::fs;
 use std::io;
@@ -48,23 +49,23 @@ impl<'a> HalfStarted<'a> {
         Ok(())
     }
 
-    /// Takes the job's output log, whose directory the segment mover made ahead of the start.
-    pub fn adopt_output(&mut self) {
-        self.output = Some(self.spool.adopt_log(&self.id.to_string()));
+    /// Takes the job's output log, whose directory and first segment file, `first_segment`, the segment mover
+    /// made ahead of the start.
+    pub fn adopt_output(&mut self, first_segment: fs::File) {
+        self.output = Some(self.spool.adopt_log(&self.id.to_string(), first_segment));
     }
 
-    /// Takes the working directory the segment mover made for the job under `parent`, gives it to the user its
-    /// command runs as (`None`: the server's own user), and returns it.
-    pub fn adopt_work_dir(&mut self, parent: &Path, run_as: Option<RunAs>) -> Result<PathBuf, JobError> {
-        let dir = OwnWorkDir::adopt(parent.join(self.id.to_string()), run_as)
-            .map_err(|e| JobError::system("cannot give the job its working directory", e))?;
-        Ok(self.own_work_dir.insert(dir).path().to_path_buf())
+    /// Takes the working directory the segment mover made for the job under `parent`, and returns it. It is
+    /// private to the server: an isolated job's init gives it to the job's user (`Sandbox::own_working_dir`).
+    pub fn adopt_work_dir(&mut self, parent: &Path) -> PathBuf {
+        let dir = OwnWorkDir(parent.join(self.id.to_string()));
+        self.own_work_dir.insert(dir).path().to_path_buf()
     }
 
-    /// Creates a fresh working directory for the job under `parent`, owned by the user its command runs as
-    /// (`None`: the server's own user), and returns it.
-    pub fn create_work_dir(&mut self, parent: &Path, run_as: Option<RunAs>) -> Result<PathBuf, JobError> {
-        let dir = OwnWorkDir::create(parent.join(self.id.to_string()), run_as)
+    /// Creates a fresh working directory for the job under `parent`, private to the server as
+    /// [`Self::adopt_work_dir`]'s, and returns it.
+    pub fn create_work_dir(&mut self, parent: &Path) -> Result<PathBuf, JobError> {
+        let dir = OwnWorkDir::create(parent.join(self.id.to_string()))
             .map_err(|e| JobError::system("cannot create the job's working directory", e))?;
         Ok(self.own_work_dir.insert(dir).path().to_path_buf())
     }
@@ -101,6 +102,7 @@ impl<'a> HalfStarted<'a> {
                 .map(|l| l.max_pids)
                 .filter(|&pids| pids > 0 && isolation.users.one_per_job())
                 .map(|pids| pids - 1),
+            own_working_dir: self.own_work_dir.as_ref().is_some_and(|own| own.path() == working_dir),
         });
         self.process = Some(launcher.launch(spec, &hostname, working_dir, sandbox, self.cgroup.as_ref())?);
         Ok(())
@@ -132,34 +134,26 @@ impl Drop for HalfStarted<'_> {
         if let (Some(cgroups), Some(cgroup)) = (self.cgroups.as_deref_mut(), self.cgroup.take()) {
             cgroups.remove_job(cgroup);
         }
-        // Dropped here, a working directory the start made removes itself.
+        if let Some(dir) = self.own_work_dir.take() {
+            self.spool.dispose(&dir.into_path());
+        }
         if let Some(mut output) = self.output.take() {
             self.spool.remove(&mut output);
         }
     }
 }
 
-/// A working directory the server made for a job: removed, with whatever the job left in it, when dropped (a
-/// start failing before the job ran, when it is still empty), or handed to the janitor with
-/// [`OwnWorkDir::into_path`] (the job evicted, the server shutting down).
+/// A working directory the server made for a job: handed to the spool to remove with [`OwnWorkDir::into_path`]
+/// (the start failed, the job was removed, the server is stopping); dropped otherwise, it removes itself, with
+/// whatever the job left in it, on the spot.
 #[derive(Debug)]
 pub(super) struct OwnWorkDir(PathBuf);
 
 impl OwnWorkDir {
-    /// Makes `dir`, private to the user the job's command runs as (`None`: the server's own user).
-    fn create(dir: PathBuf, run_as: Option<RunAs>) -> io::Result<OwnWorkDir> {
+    /// Makes `dir`, private to the server.
+    fn create(dir: PathBuf) -> io::Result<OwnWorkDir> {
         fs::DirBuilder::new().mode(0o700).create(&dir)?;
-        OwnWorkDir::adopt(dir, run_as)
-    }
-
-    /// Takes `dir`, made private to the server, and gives it to `run_as` (`None`: the server's own user).
-    fn adopt(dir: PathBuf, run_as: Option<RunAs>) -> io::Result<OwnWorkDir> {
-        // From here on, a failure removes the directory again.
-        let made = OwnWorkDir(dir);
-        if let Some(run_as) = run_as {
-            std::os::unix::fs::chown(&made.0, Some(run_as.uid), Some(run_as.gid))?;
-        }
-        Ok(made)
+        Ok(OwnWorkDir(dir))
     }
 
     pub fn path(&self) -> &Path {

@@ -2,7 +2,7 @@
 //! how many each owner may run, how many are retained, and which output goes first when the spool is full.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::fs;
+use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -301,20 +301,20 @@ impl JobTable {
         run_as: Option<RunAs>,
     ) -> Result<StartedJob, JobError> {
         let made_ahead = self.take_job_dirs();
-        let id = made_ahead.unwrap_or_else(JobId::random);
+        let id = made_ahead.as_ref().map_or_else(JobId::random, |(id, _)| *id);
         // Limits go to a cgroup where there is one (without, only pids is enforced, by the user's own count).
         let cgroup_limits = limits.filter(|_| self.containment.cgroups.is_some());
         let mut start = HalfStarted::new(id, &mut self.spool, self.containment.cgroups.as_mut());
-        let working_dir = if made_ahead.is_some() {
-            start.adopt_output();
+        let working_dir = if let Some((_, first_segment)) = made_ahead {
+            start.adopt_output(first_segment);
             // Made whether the job wants it or not: one it does not use stays empty and goes with the job.
-            let own = start.adopt_work_dir(&self.work_dir, run_as.filter(|_| spec.working_dir.is_none()))?;
+            let own = start.adopt_work_dir(&self.work_dir);
             spec.working_dir.clone().unwrap_or(own)
         } else {
             start.create_output()?;
             match &spec.working_dir {
                 Some(dir) => dir.clone(),
-                None => start.create_work_dir(&self.work_dir, run_as)?,
+                None => start.create_work_dir(&self.work_dir)?,
             }
         };
         if let Some(limits) = &cgroup_limits {
@@ -719,14 +719,15 @@ impl JobTable {
         (self.spool.jobs_dir().join(&name), self.work_dir.join(name))
     }
 
-    /// The id of a job to come whose directories the mover has made, if there is one yet.
-    fn take_job_dirs(&mut self) -> Option<JobId> {
+    /// The id of a job to come whose directories the mover has made, with its first segment file, if there is
+    /// one yet.
+    fn take_job_dirs(&mut self) -> Option<(JobId, File)> {
         while let Some(&(ticket, id)) = self.dirs_ahead.front() {
             match self.spool.job_dirs(ticket) {
                 JobDirs::Waiting => return None,
-                JobDirs::Made => {
+                JobDirs::Made(first_segment) => {
                     self.dirs_ahead.pop_front();
-                    return Some(id);
+                    return Some((id, first_segment));
                 }
                 JobDirs::Failed => {
                     // Whatever failed (a full disk) would likely fail the next ones too: not for a while.

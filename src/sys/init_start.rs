@@ -55,6 +55,9 @@ pub struct JobSetup<'a> {
     /// Options of the private `tmpfs` mounts (`size=...,mode=1777`).
     pub tmp_options: &'a CStr,
     pub working_dir_bind: Option<WorkingDirBind<'a>>,
+    /// The working directory is the one the server made for the job, private to the server: the setup gives
+    /// it to `run_as` first. Done here rather than on the server's loop, since a `chown` waits for the disk.
+    pub own_working_dir: bool,
 }
 
 /// What the server's fork into a job's namespaces needs (see [`spawn_init`]), prepared before the fork.
@@ -241,6 +244,15 @@ fn set_up_job(job: &JobSetup<'_>, die_with_parent: bool) -> Result<(), InitRepor
     super::isolation::set_hostname(job.hostname.to_bytes()).map_err(|_| setup_failed(SetupStep::Hostname))?;
     // SAFETY (for the block below): each call is a thin system call wrapper on prepared values.
     unsafe {
+        if job.own_working_dir {
+            // A directory the server made under its state directory, which nobody else can write to: no link
+            // can stand in for it, and none is followed.
+            let (uid, gid) = job.run_as;
+            let dir = job.command.working_dir.as_ptr();
+            if libc::fchownat(libc::AT_FDCWD, dir, uid, gid, libc::AT_SYMLINK_NOFOLLOW) < 0 {
+                return Err(setup_failed(SetupStep::WorkingDirOwner));
+            }
+        }
         // Private temporary directories: what one job leaves there, no other job sees, and it goes with the job.
         // A working directory under one of them is opened first, as the job's user would reach it (its file
         // system ids, no supplementary group), and mounted back in place.
@@ -378,6 +390,7 @@ pub enum SetupStep {
     Sysfs = 9,
     OomScore = 10,
     TmpDirs = 12,
+    WorkingDirOwner = 13,
 }
 
 impl SetupStep {
@@ -394,6 +407,7 @@ impl SetupStep {
             Self::Sysfs,
             Self::OomScore,
             Self::TmpDirs,
+            Self::WorkingDirOwner,
         ]
         .into_iter()
         .find(|s| *s as i32 == code)
@@ -412,6 +426,7 @@ impl SetupStep {
             SetupStep::Sysfs => "mount /sys",
             SetupStep::OomScore => "reset the OOM score adjustment",
             SetupStep::TmpDirs => "mount its private /tmp, /var/tmp and /dev/shm",
+            SetupStep::WorkingDirOwner => "give its working directory to its user",
         }
     }
 }

@@ -358,9 +358,9 @@ pub fn parent_of(pid: i32) -> Option<i32> {
 }
 
 /// What is in `STATE/jobs` and `STATE/work` besides the directories the server makes ahead of starts to come:
-/// how many of those there are (a job directory holding nothing or an empty record, and an empty working
-/// directory of the same name, or none yet: the mover makes it last), and the names of everything else,
-/// `jobs/NAME` or `work/NAME`.
+/// how many of those there are (a job directory holding nothing or its output's first segment file, empty, and
+/// an empty working directory of the same name, or none yet: the mover makes them one by one), and the names of
+/// everything else, `jobs/NAME` or `work/NAME`.
 pub fn beside_dirs_made_ahead(state_dir: &Path) -> (usize, Vec<String>) {
     let names = |dir: &str| -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(state_dir.join(dir))
@@ -371,16 +371,15 @@ pub fn beside_dirs_made_ahead(state_dir: &Path) -> (usize, Vec<String>) {
     };
     // Looked at on disk, name by name, so that a pair being made while the directories are listed counts.
     let made_ahead = |name: &String| {
-        let job = state_dir.join("jobs").join(name);
-        let record = fs::metadata(job.join("record"));
-        let job_holds_nothing_else =
-            fs::read_dir(&job).is_ok_and(|entries| entries.count() == usize::from(record.is_ok()));
+        let job_holds_only_empty_files = fs::read_dir(state_dir.join("jobs").join(name)).is_ok_and(|entries| {
+            entries.map(|e| e.unwrap()).all(|e| e.file_name() == "00000000" && e.metadata().unwrap().len() == 0)
+        });
         let work = fs::read_dir(state_dir.join("work").join(name));
         let work_empty_or_none = match work {
             Ok(mut entries) => entries.next().is_none(),
             Err(err) => err.kind() == std::io::ErrorKind::NotFound,
         };
-        job_holds_nothing_else && record.map_or(true, |r| r.len() == 0) && work_empty_or_none
+        job_holds_only_empty_files && work_empty_or_none
     };
     let jobs = names("jobs");
     let ahead = jobs.iter().filter(|name| made_ahead(name)).count();

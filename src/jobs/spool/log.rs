@@ -40,7 +40,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::task::Waker;
 
 use super::spares::{Prepared, SpareSegments};
@@ -165,6 +165,16 @@ impl Segment {
     }
 }
 
+/// The file of segment `index` of the log in `dir`.
+fn segment_path(dir: &Path, index: u64) -> PathBuf {
+    dir.join(format!("{index:08}"))
+}
+
+/// The file of a log's first segment, which the segment mover makes with the log's directory (`mover.rs`).
+pub(super) fn first_segment_path(dir: &Path) -> PathBuf {
+    segment_path(dir, 0)
+}
+
 /// One job's spooled output.
 #[derive(Debug)]
 pub struct OutputLog {
@@ -176,6 +186,9 @@ pub struct OutputLog {
     /// The mover's ticket for the segment file `next_index` it is making ahead of need (see
     /// [`SpareSegments::prepare`]).
     next_segment: Option<u64>,
+    /// The empty file of segment 0, made by the mover with the log's directory: the first output is written
+    /// through it, and the loop looks up no name before a job's output fills a segment.
+    first_segment: Option<File>,
     segment_limit: u64,
     retention: u64,
     end: u64,
@@ -233,11 +246,16 @@ impl OutputLog {
     /// `retention` bytes.
     pub(super) fn create(dir: PathBuf, retention: u64) -> io::Result<OutputLog> {
         fs::DirBuilder::new().mode(0o700).create(&dir)?;
-        Ok(OutputLog::adopt(dir, retention))
+        Ok(OutputLog::empty(dir, retention, None))
     }
 
-    /// The log of the spool directory `dir`, made empty by another (the segment mover, ahead of the job's start).
-    pub(super) fn adopt(dir: PathBuf, retention: u64) -> OutputLog {
+    /// The log of the spool directory `dir`, made by the segment mover ahead of the job's start with the empty
+    /// file of its first segment, `first_segment`.
+    pub(super) fn adopt(dir: PathBuf, retention: u64, first_segment: File) -> OutputLog {
+        OutputLog::empty(dir, retention, Some(first_segment))
+    }
+
+    fn empty(dir: PathBuf, retention: u64, first_segment: Option<File>) -> OutputLog {
         let segment_limit = (retention / 8).clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES);
         OutputLog {
             dir,
@@ -245,6 +263,7 @@ impl OutputLog {
             writer: None,
             next_index: 0,
             next_segment: None,
+            first_segment,
             segment_limit,
             retention,
             end: 0,
@@ -285,6 +304,7 @@ impl OutputLog {
             writer: None,
             next_index: indices.last().map_or(0, |last| last + 1),
             next_segment: None,
+            first_segment: None,
             segment_limit,
             retention,
             end: 0,
@@ -310,7 +330,8 @@ impl OutputLog {
                 // A file made for a segment (or a spare moved in), never written: it held no output, wherever it
                 // is (a segment after it must still continue the one before). Unless the machine went down: then
                 // its own header may be what the disk lost.
-                Err(SegmentProblem::NeverWritten(_)) if trust_spares => unusable.push(path),
+                // Nor if the job wrote nothing at all (the first segment is made with the job's directory).
+                Err(SegmentProblem::NeverWritten(_)) if trust_spares || output_end == Some(0) => unusable.push(path),
                 Err(SegmentProblem::NeverWritten(problem) | SegmentProblem::Unusable(problem)) => {
                     problems.push(format!("output segment {}: {problem}", path.display()));
                     unusable.push(path);
@@ -510,10 +531,16 @@ impl OutputLog {
     /// Starts a new segment. A job whose last segment filled up is likely to fill this one too: it writes over
     /// a spare if there is one, and the mover makes its next segment file while it fills this one, so that the
     /// loop looks up no name for it (see `mover.rs`). Until that file is made the job writes on past the
-    /// segment's size. Otherwise the loop makes the file itself: a spare or a new file.
+    /// segment's size. A log's first segment file is made with its directory. Otherwise the loop makes the file
+    /// itself: a spare or a new file.
     fn roll(&mut self, spares: &mut SpareSegments) -> io::Result<()> {
         let overdue = self.segments.back().is_some_and(|s| s.file_len >= OVERDUE_SEGMENTS * self.segment_limit);
-        let prepared = match (self.next_segment, self.next_segment.map(|ticket| spares.take_prepared(ticket))) {
+        let made_ahead = match self.first_segment.take() {
+            // The log's first, made with its directory.
+            Some(file) => Some(Prepared::Ready(file, 0)),
+            None => self.next_segment.map(|ticket| spares.take_prepared(ticket)),
+        };
+        let prepared = match (self.next_segment, made_ahead) {
             (_, Some(Prepared::Waiting)) if self.writer.is_some() && !overdue => return Ok(()),
             (Some(ticket), Some(Prepared::Waiting)) => {
                 // The mover is that far behind: its file goes when made, and this log makes the one after it.
@@ -581,7 +608,7 @@ impl OutputLog {
     }
 
     fn segment_path(&self, index: u64) -> PathBuf {
-        self.dir.join(format!("{index:08}"))
+        segment_path(&self.dir, index)
     }
 
     /// What the segment headers of this log say it is: its directory's name.

@@ -18,7 +18,7 @@ pub use self::ingest::{Drain, PIPE_CAPACITY};
 pub use self::log::{OutputCursor, OutputLog, Span, Stream};
 
 use std::fmt;
-use std::fs;
+use std::fs::{self, File};
 use std::io;
 use std::os::fd::RawFd;
 use std::os::unix::fs::DirBuilderExt;
@@ -85,10 +85,10 @@ impl Spool {
         OutputLog::create(self.dir.join(name), self.max_per_log)
     }
 
-    /// The new, empty log of a job whose directory `name` the mover made ahead of its start
-    /// ([`Self::make_job_dirs`]).
-    pub fn adopt_log(&self, name: &str) -> OutputLog {
-        OutputLog::adopt(self.dir.join(name), self.max_per_log)
+    /// The new, empty log of a job whose directory `name` the mover made ahead of its start, with the file of
+    /// its first segment, `first_segment` ([`Self::make_job_dirs`]).
+    pub fn adopt_log(&self, name: &str, first_segment: File) -> OutputLog {
+        OutputLog::adopt(self.dir.join(name), self.max_per_log, first_segment)
     }
 
     /// Asks the segment mover to make a job's directories ahead of its start (see

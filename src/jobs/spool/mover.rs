@@ -13,10 +13,10 @@
 //! - *move*: a discarded segment is renamed into the spare directory, or into the trash for the janitor;
 //! - *close*: a segment file the loop wrote comes with the request and the helper closes it (cut to its length
 //!   first, for a finished log), since a writer's last close waits for ext4's block allocation under writeback;
-//! - *make a job's directories*: ahead of the starts that will take them, a job's output directory and its
-//!   working directory. Creating a file or a directory makes a new inode, and ext4 may have to read that
-//!   inode's table block while the disk is busy writing back output: a `mkdir` on the loop waited 18.7 ms for it
-//!   under 4 floods (`docs/performance.md`, session 19);
+//! - *make a job's directories*: ahead of the starts that will take them, a job's output directory with its
+//!   first segment file (sent back open) and its working directory. Creating a file or a directory makes a new
+//!   inode, and ext4 may have to read that inode's table block while the disk is busy writing back output: a
+//!   `mkdir` on the loop waited 18.7 ms for it under 4 floods (`docs/performance.md`, session 19);
 //! - *write a job's record*: the bytes the loop encoded (`jobs::record`), into the file by name. Opening it
 //!   looks its name up in the job's directory, as a rename does, and a write can wait for writeback; the order
 //!   the loop asks in is the order they reach the file, and a job's directory moved into the trash later waits
@@ -42,6 +42,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::Child;
 
+use super::log::first_segment_path;
 use crate::sys::{self, Received};
 
 /// The hidden subcommand that runs the helper (`runnel __segments STATE`).
@@ -59,8 +60,9 @@ pub enum Request {
     /// waits for the file's block allocation under writeback (ext4 drops its preallocations then), and a cut
     /// frees blocks: 25–30 ms on the loop under floods.
     Close { cut_to: Option<u64> },
-    /// Make the directories `output` and `work` (private to the server; the loop gives `work` to the job's
-    /// user); both or, failing, neither.
+    /// Make the directories `output` and `work` (private to the server; the job's init gives `work` to the
+    /// job's user) and the output's first segment file, empty; the reply carries that file open for writing.
+    /// All of them or, failing, none.
     MakeJobDirs { output: PathBuf, work: PathBuf },
     /// Write a job's record, `bytes`, into its directory `dir` (`jobs::record::store`); the bytes come in a
     /// file sent with the request instead when they are more than one message should carry (`bytes` empty).
@@ -377,11 +379,18 @@ fn carry_out(request: &Request, root: &Path, fds: Vec<OwnedFd>) -> io::Result<Op
             fs::DirBuilder::new().mode(0o700).create(output)?;
             // A failure here takes back what this request made (and nothing else: a directory that was there
             // already failed the first step), so the server has nothing to remove.
-            let made = fs::DirBuilder::new().mode(0o700).create(work);
+            let first_segment = first_segment_path(output);
+            let made = fs::DirBuilder::new().mode(0o700).create(work).and_then(|()| {
+                let file = OpenOptions::new().create_new(true).write(true).mode(0o600).open(&first_segment);
+                if file.is_err() {
+                    let _ = fs::remove_dir(work);
+                }
+                file
+            });
             if made.is_err() {
                 let _ = fs::remove_dir(output);
             }
-            made.map(|()| None)
+            made.map(Some)
         }
         Request::WriteRecord { dir, bytes } => {
             inside(dir)?;
@@ -508,11 +517,17 @@ mod tests {
         let replies: Vec<Reply> = tickets.iter().map(|_| mover.receive_waiting(deadline()).unwrap().unwrap()).collect();
         assert_eq!(replies.iter().map(|r| r.ticket).collect::<Vec<_>>(), tickets, "served in order");
 
-        assert!(replies[0].outcome.as_ref().unwrap().is_none(), "{:?}", replies[0].outcome);
         for dir in [root.join("jobs/a"), root.join("work/a")] {
             let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o700, "{} is the server's alone", dir.display());
         }
+        // With the output's first segment file, empty, sent back open for writing.
+        let first_segment = replies[0].outcome.as_ref().unwrap().as_ref().expect("the first segment's file");
+        let path = first_segment_path(&root.join("jobs/a"));
+        assert_eq!(fs::metadata(&path).unwrap().len(), 0);
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "the server's alone");
+        std::os::unix::fs::FileExt::write_at(first_segment, b"header", 0).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"header", "the file at that path");
         assert!(replies[1].outcome.as_ref().unwrap_err().contains("exists"), "{:?}", replies[1].outcome);
         assert!(replies[2].outcome.as_ref().unwrap_err().contains("is not a spool file"), "{:?}", replies[2].outcome);
         assert!(!root.join("jobs/c").exists() && !scratch.join("outside").exists(), "nothing made when refused");

@@ -60,8 +60,9 @@ pub struct SpareSegments {
     /// Segments the mover prepared that their log has not taken yet, by ticket: the file and the size of the
     /// spare it was (0: a new file), or `None` if it could not be made.
     prepared: HashMap<u64, Option<(File, u64)>>,
-    /// Jobs' directories the mover answered for and nobody has asked about yet, by ticket: made, or not.
-    job_dirs: HashMap<u64, bool>,
+    /// Jobs' directories the mover answered for and nobody has asked about yet, by ticket: made (with the
+    /// output's first segment file), or not.
+    job_dirs: HashMap<u64, Option<File>>,
 }
 
 #[derive(Debug)]
@@ -96,9 +97,10 @@ enum Awaiting {
 const INLINE_RECORD_MAX: usize = 16 * 1024;
 
 /// Where a job's directories asked of [`SpareSegments::make_job_dirs`] stand.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum JobDirs {
-    Made,
+    /// Made, with the output's first segment file, empty and open for writing.
+    Made(File),
     Waiting,
     /// Not made (the mover took back what it made of them), or nothing is known of them (the mover is gone, and
     /// what it made of them is on its way to the janitor).
@@ -373,7 +375,7 @@ impl SpareSegments {
         self.collect_replies();
         if let Some(Awaiting::JobDirs { abandoned, .. }) = self.awaiting.get_mut(&ticket) {
             *abandoned = true;
-        } else if self.job_dirs.remove(&ticket) == Some(true) {
+        } else if let Some(Some(_)) = self.job_dirs.remove(&ticket) {
             self.dispose(output);
             self.dispose(work);
         }
@@ -383,8 +385,8 @@ impl SpareSegments {
     pub fn job_dirs(&mut self, ticket: u64) -> JobDirs {
         self.collect_replies();
         match self.job_dirs.remove(&ticket) {
-            Some(true) => JobDirs::Made,
-            Some(false) => JobDirs::Failed,
+            Some(Some(first_segment)) => JobDirs::Made(first_segment),
+            Some(None) => JobDirs::Failed,
             None if self.awaiting.contains_key(&ticket) => JobDirs::Waiting,
             None => JobDirs::Failed,
         }
@@ -527,13 +529,19 @@ impl SpareSegments {
                 self.dispose(&output);
                 self.dispose(&work);
             }
-            (Awaiting::JobDirs { .. }, Ok(_)) => {
-                self.job_dirs.insert(ticket, true);
+            (Awaiting::JobDirs { .. }, Ok(Some(first_segment))) => {
+                self.job_dirs.insert(ticket, Some(first_segment));
+            }
+            (Awaiting::JobDirs { output, work, .. }, Ok(None)) => {
+                log::warn!("the segment mover made a job's directories without its first segment file");
+                self.dispose(&output);
+                self.dispose(&work);
+                self.job_dirs.insert(ticket, None);
             }
             // The mover took back what it made; what was there before is not this request's to remove.
             (Awaiting::JobDirs { .. }, Err(err)) => {
                 log::warn!("cannot make a job's directories ahead of its start: {err}");
-                self.job_dirs.insert(ticket, false);
+                self.job_dirs.insert(ticket, None);
             }
             (Awaiting::Record { moot: true, .. }, _) | (Awaiting::Record { .. }, Ok(_)) => {}
             (Awaiting::Record { dir, .. }, Err(err)) => {
@@ -599,7 +607,7 @@ impl SpareSegments {
                 Awaiting::JobDirs { output, work, .. } => {
                     self.janitor.remove(&output);
                     self.janitor.remove(&work);
-                    self.job_dirs.insert(ticket, false);
+                    self.job_dirs.insert(ticket, None);
                 }
             }
         }
