@@ -5,6 +5,7 @@ mod util;
 
 use std::net::{Ipv4Addr, TcpStream};
 use std::process::Stdio;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use runnel::client::{CallError, Client};
@@ -12,6 +13,15 @@ use runnel::grpc::{path, Code, Status};
 use runnel::proto::health::{HealthCheckRequest, HealthCheckResponse};
 use runnel::proto::{EndReason, GetJobRequest, Job, StartJobRequest, StopJobRequest};
 use util::{eventually, silent_connection, Pki, Server};
+
+/// Held by the test that counts on shells made ahead of time, which the shell helper makes only when a CPU is
+/// idle (`SCHED_IDLE`), and by the one that keeps both CPUs busy (a flood, hundreds of starts), so that the two
+/// never run side by side.
+static IDLE_CPU_NEEDED: Mutex<()> = Mutex::new(());
+
+fn hold_idle_cpu_lock() -> std::sync::MutexGuard<'static, ()> {
+    IDLE_CPU_NEEDED.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// A health check over a new connection, as a client arriving now would make it.
 fn health_check_from_a_new_client(server: &Server) -> Result<(), Status> {
@@ -142,6 +152,7 @@ fn error_messages_quote_little_of_a_large_input() {
 
 #[test]
 fn isolated_starts_that_hang_freeze_nobody_and_fail_at_the_start_deadline() {
+    let _idle_cpu = hold_idle_cpu_lock();
     hung_starts_freeze_nobody(&[]);
 }
 
@@ -388,6 +399,7 @@ impl Drop for Thaw {
 /// jobs' directories are gone.
 #[test]
 fn a_frozen_state_directory_freezes_no_call_and_loses_nothing() {
+    let _idle_cpu = hold_idle_cpu_lock();
     let pki = Pki::new();
     let scratch = util::ScratchDir::new("frozen-state");
     let (image, state) = (scratch.join("state.img"), scratch.join("state"));
