@@ -375,11 +375,9 @@ impl JobTable {
         }
         *self.running_by_owner.entry(owner.to_string()).or_default() += 1;
         self.starts_pending += 1;
-        if self.config.history.is_some() {
-            self.spool.save_record(job.output.dir(), job.record().encode());
-        }
         self.by_id.insert(id, key);
         self.jobs.insert(key, job);
+        self.save_record(key);
         Ok(started)
     }
 

@@ -245,17 +245,13 @@ impl SpareSegments {
                     let request = Request::WriteRecord { dir: dir.to_path_buf(), bytes: message };
                     let awaiting = Awaiting::Record { dir: dir.to_path_buf(), bytes, moot: false };
                     // Lost meanwhile: what it was asked before is settled, so this one goes after it, here.
-                    let Err(awaiting) = self.ask_with(&request, file, awaiting) else { return };
-                    let Awaiting::Record { bytes, .. } = awaiting else { unreachable!("a record") };
-                    return store_record(dir, &bytes);
+                    if let Err(Awaiting::Record { bytes, .. }) = self.ask_with(&request, file, awaiting) {
+                        store_record(dir, &bytes);
+                    }
+                    return;
                 }
                 // Out of memory or descriptors. Written here, it could land before an older one still queued.
-                Err(err) => {
-                    return log::warn!(
-                        "cannot record the job in {} ({err}); it may not be kept as it is now across a restart",
-                        dir.display()
-                    );
-                }
+                Err(err) => return warn_record_not_kept(dir, &err),
             }
         }
         store_record(dir, &bytes);
@@ -544,9 +540,7 @@ impl SpareSegments {
                 self.job_dirs.insert(ticket, None);
             }
             (Awaiting::Record { moot: true, .. }, _) | (Awaiting::Record { .. }, Ok(_)) => {}
-            (Awaiting::Record { dir, .. }, Err(err)) => {
-                log::warn!("cannot record the job in {}: {err}; it will not be kept across a restart", dir.display());
-            }
+            (Awaiting::Record { dir, .. }, Err(err)) => warn_record_not_kept(&dir, &err),
             (Awaiting::Closing, Ok(_)) => {}
             (Awaiting::Closing, Err(err)) => log::warn!("cannot close a segment file (or give back its blocks): {err}"),
             (Awaiting::ToSpare { spare, .. }, Ok(_)) => self.spares.push(spare),
@@ -626,8 +620,12 @@ impl Awaiting {
 /// Writes a record into a job's directory here, on the loop: there is no mover.
 fn store_record(dir: &Path, bytes: &[u8]) {
     if let Err(err) = crate::jobs::record::store(dir, bytes) {
-        log::warn!("cannot record the job in {}: {err}; it will not be kept across a restart", dir.display());
+        warn_record_not_kept(dir, &err);
     }
+}
+
+fn warn_record_not_kept(dir: &Path, err: &dyn std::fmt::Display) {
+    log::warn!("cannot record the job in {}: {err}; it may not be kept as it is now across a restart", dir.display());
 }
 
 /// A file handed to the spool writer, written when there is none: a bug.
