@@ -9,6 +9,7 @@
 
 use std::cmp::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use runnel::proto::{OutputChunk, OutputStream};
 
@@ -74,6 +75,8 @@ pub struct StreamCheck {
     pub checked: u64,
     /// Skips in the offsets (each confirmed by the caller against the job's `output_start`).
     pub gaps: u64,
+    begun: Instant,
+    last_chunk_at: Option<Instant>,
 }
 
 impl StreamCheck {
@@ -90,6 +93,8 @@ impl StreamCheck {
             streamed: 0,
             checked: 0,
             gaps: 0,
+            begun: Instant::now(),
+            last_chunk_at: None,
         }
     }
 
@@ -99,6 +104,16 @@ impl StreamCheck {
 
     pub fn describe(&self) -> String {
         format!("job {} ({}, followed from offset {})", self.job_id, self.recipe.name, self.requested)
+    }
+
+    /// How far the stream got, and when: for a failure's message.
+    pub fn progress(&self) -> String {
+        let last = match self.last_chunk_at {
+            Some(at) => format!("the last {:.1} s after the call began", (at - self.begun).as_secs_f64()),
+            None => "none".into(),
+        };
+        let end = self.end_offset();
+        format!("{} bytes in chunks up to offset {end} ({} gaps); chunks: {last}", self.streamed, self.gaps)
     }
 
     /// Checks one chunk. `Ok(Some(start))`: the chunk skipped the offsets from `start` to its own, which is
@@ -133,6 +148,7 @@ impl StreamCheck {
         self.received[index] += len;
         self.checked += len;
         self.next = Some(chunk.offset + len);
+        self.last_chunk_at = Some(Instant::now());
         Ok(gap)
     }
 
