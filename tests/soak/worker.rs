@@ -488,7 +488,7 @@ fn follow(
     let request = StreamOutputRequest { job_id: id.into(), offset, follow: !matches!(mode, Mode::Snapshot { .. }) };
     let end = match client.start_call(path::STREAM_OUTPUT, &request, Some(FOLLOW_TIMEOUT)) {
         Ok(mut stream) => read_checked(client, shared, &mut stream, &mut check, mode),
-        Err(err) => stream_error(shared, &check, status_of(err)),
+        Err(err) => stream_error(client, shared, &check, status_of(err)),
     };
     Stats::add(&shared.stats.bytes_streamed, check.streamed);
     Stats::add(&shared.stats.bytes_checked, check.checked);
@@ -521,7 +521,7 @@ fn read_checked(
         let chunk = match client.next_message::<OutputChunk>(stream) {
             Ok(Some(chunk)) => chunk,
             Ok(None) => return stream_ended(client, shared, check, mode),
-            Err(err) => return stream_error(shared, check, status_of(err)),
+            Err(err) => return stream_error(client, shared, check, status_of(err)),
         };
         messages += 1;
         match check.chunk(&chunk) {
@@ -570,14 +570,61 @@ fn stream_ended(client: &mut Client, shared: &Shared, check: &mut StreamCheck, m
 }
 
 /// A follow that ended with an error: NOT_FOUND means the job was evicted (acceptable); anything else fails.
-fn stream_error(shared: &Shared, check: &StreamCheck, status: Status) -> FollowEnd {
+fn stream_error(client: &mut Client, shared: &Shared, check: &StreamCheck, status: Status) -> FollowEnd {
     if status.code == Code::NotFound {
         return FollowEnd::Evicted;
     }
     if !shared.aborted() {
-        shared.fail(format!("{}: StreamOutput ended with {:?}: {}", check.describe(), status.code, status.message));
+        let diagnosis = match status.code {
+            Code::DeadlineExceeded => diagnose_stuck_follow(client, shared, check),
+            _ => String::new(),
+        };
+        shared.fail(format!(
+            "{}: StreamOutput ended with {:?}: {}; {}{diagnosis}",
+            check.describe(),
+            status.code,
+            status.message,
+            check.progress()
+        ));
     }
     FollowEnd::Failed
+}
+
+/// Why a follow may have outlived its deadline, as far as a client can tell: whether its own connection still
+/// answers, what the job says of itself, and whether the output past where the follow stopped can be read on
+/// a fresh connection.
+fn diagnose_stuck_follow(client: &mut Client, shared: &Shared, check: &StreamCheck) -> String {
+    const WITHIN: Duration = Duration::from_secs(10);
+    let get = GetJobRequest { job_id: check.job_id().into() };
+    let describe_job = |job: Result<Job, CallError>| match job {
+        Ok(job) => format!("{:?}, output {}..{} bytes", job.state(), job.output_start, job.output_bytes),
+        Err(err) => format!("{err:?}"),
+    };
+    let on_own = describe_job(client.unary(path::GET_JOB, &get, Some(WITHIN)));
+    let mut fresh = match Client::connect(shared.settings_for("admin")) {
+        Ok(fresh) => fresh,
+        Err(status) => {
+            return format!("; on its own connection GetJob: {on_own}; a fresh connection failed: {status:?}")
+        }
+    };
+    let on_fresh = describe_job(fresh.unary(path::GET_JOB, &get, Some(WITHIN)));
+    let request = StreamOutputRequest { job_id: check.job_id().into(), offset: check.end_offset(), follow: false };
+    let mut rest = 0;
+    let read = fresh.start_call(path::STREAM_OUTPUT, &request, Some(WITHIN)).and_then(|mut stream| {
+        while let Some(chunk) = fresh.next_message::<OutputChunk>(&mut stream)? {
+            rest += chunk.data.len();
+        }
+        Ok(())
+    });
+    format!(
+        "; on its own connection GetJob: {on_own}; on a fresh one: {on_fresh}, and a snapshot from offset {} \
+         read {rest} bytes ({})",
+        check.end_offset(),
+        match read {
+            Ok(()) => "to its end".to_string(),
+            Err(err) => format!("{err:?}"),
+        }
+    )
 }
 
 /// Offsets `gap_start..offset` never arrived: right only if retention discarded them, which moves the job's
