@@ -391,6 +391,20 @@ impl Drop for Thaw {
     }
 }
 
+/// A state directory on a file system of its own, to freeze: ext4 in a file under `scratch`, mounted in the
+/// server's own mount namespace by the returned script (run by `unshare`, [`PRIVATE_MOUNTS`]). Its path.
+fn state_on_its_own_file_system(scratch: &util::ScratchDir) -> (std::path::PathBuf, String) {
+    let (image, state) = (scratch.join("state.img"), scratch.join("state"));
+    std::fs::File::create(&image).unwrap().set_len(1 << 30).unwrap();
+    let made = std::process::Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image).status().unwrap();
+    assert!(made.success(), "mkfs.ext4 failed");
+    std::fs::create_dir(&state).unwrap();
+    let script = format!(r#"mount -o loop {} {} && exec "$@""#, image.display(), state.display());
+    (state, script)
+}
+
+const PRIVATE_MOUNTS: [&str; 4] = ["unshare", "-m", "--propagation", "private"];
+
 /// The state directory on a file system of its own (ext4 in a file, mounted in the server's own mount
 /// namespace), frozen (`fsfreeze`) for 5 s while one job floods output, another ends, a third is stopped and
 /// another identity removes 400 ended jobs (more requests than the segment mover's socket holds): every write
@@ -402,14 +416,8 @@ fn a_frozen_state_directory_freezes_no_call_and_loses_nothing() {
     let _idle_cpu = hold_idle_cpu_lock();
     let pki = Pki::new();
     let scratch = util::ScratchDir::new("frozen-state");
-    let (image, state) = (scratch.join("state.img"), scratch.join("state"));
-    std::fs::File::create(&image).unwrap().set_len(1 << 30).unwrap();
-    let made = std::process::Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image).status().unwrap();
-    assert!(made.success(), "mkfs.ext4 failed");
-    std::fs::create_dir(&state).unwrap();
-    let script = format!(r#"mount -o loop {} {} && exec "$@""#, image.display(), state.display());
-    let private = ["unshare", "-m", "--propagation", "private"];
-    let mut server = Server::start_after_on(&pki, &state, &private, &script, &[]);
+    let (state, script) = state_on_its_own_file_system(&scratch);
+    let mut server = Server::start_after_on(&pki, &state, &PRIVATE_MOUNTS, &script, &[]);
     let mut alice = server.client("alice");
     let start = |client: &mut Client, script: &str| -> Job {
         let request =
@@ -440,7 +448,7 @@ fn a_frozen_state_directory_freezes_no_call_and_loses_nothing() {
     let within = Some(Duration::from_secs(3));
     let frozen_out = |what: &str, err: CallError| -> ! { panic!("{what} while the disk was frozen: {err:?}") };
     let mut to_remove = short_lived.iter();
-    let mut started_frozen = None;
+    let mut started_frozen = Vec::new();
     while begun.elapsed() < Duration::from_secs(5) {
         let asked = Instant::now();
         for job in to_remove.by_ref().take(100) {
@@ -457,13 +465,16 @@ fn a_frozen_state_directory_freezes_no_call_and_loses_nothing() {
             .unwrap_or_else(|e| frozen_out("ListJobs", e));
         assert!(listed.jobs.len() >= 4, "{} jobs listed", listed.jobs.len());
         if probes == 10 {
-            // Its directories were made ahead; its init gives the working directory to the job's user, and
-            // waits for the disk to do so, but the loop does not wait for the init.
+            // More starts than directories made ahead. Those that take one wait in their init, which gives the
+            // working directory to the job's user and waits for the disk to do so; the others wait for the
+            // mover to make theirs. The loop waits for neither.
             let script = r#"echo "$(id -u) $(stat -c %u .)""#;
             let request =
                 StartJobRequest { command: "sh".into(), args: vec!["-c".into(), script.into()], ..Default::default() };
-            let call = alice.send_call(path::START_JOB, &request, Some(Duration::from_secs(30)));
-            started_frozen = Some(call.unwrap_or_else(|e| frozen_out("StartJob", e)));
+            for _ in 0..2 * runnel::jobs::JOB_DIRS_AHEAD {
+                let call = alice.send_call(path::START_JOB, &request, Some(Duration::from_secs(30)));
+                started_frozen.push(call.unwrap_or_else(|e| frozen_out("StartJob", e)));
+            }
         }
         if probes == 20 {
             let _: Job = alice.unary(path::STOP_JOB, &stop, within).unwrap_or_else(|e| frozen_out("StopJob", e));
@@ -504,10 +515,13 @@ fn a_frozen_state_directory_freezes_no_call_and_loses_nothing() {
     assert_eq!(whole_output(&mut alice, &ends), b"before\nafter\n");
     assert_eq!(whole_output(&mut alice, &stopped), b"waiting\n");
     assert_eq!(whole_output(&mut alice, &writes_late), b"late\n");
-    let started_frozen: Job = alice.finish_unary(started_frozen.expect("a start was sent")).unwrap();
-    let ids = String::from_utf8(whole_output(&mut alice, &started_frozen)).unwrap();
-    let (uid, owner) = ids.trim().split_once(' ').unwrap_or_else(|| panic!("{ids:?}"));
-    assert!(uid != "0" && uid == owner, "the job (uid {uid}) runs in a working directory of its own user's ({owner})");
+    assert!(!started_frozen.is_empty(), "no start was sent while the disk was frozen");
+    for call in started_frozen {
+        let started: Job = alice.finish_unary(call).unwrap();
+        let ids = String::from_utf8(whole_output(&mut alice, &started)).unwrap();
+        let (uid, owner) = ids.trim().split_once(' ').unwrap_or_else(|| panic!("{ids:?}"));
+        assert!(uid != "0" && uid == owner, "the job (uid {uid}) runs in a working directory of its user's ({owner})");
+    }
     whole_output(&mut alice, &flood);
     let jobs_dir = std::path::PathBuf::from(format!("/proc/{}/root{}/jobs", server.pid(), state.display()));
     let removed_left = || short_lived.iter().filter(|job| jobs_dir.join(&job.id).exists()).count();
@@ -520,11 +534,63 @@ fn a_frozen_state_directory_freezes_no_call_and_loses_nothing() {
     assert!(server.stop_with(15, Duration::from_secs(30)).success(), "{}", server.log_text());
 
     // Their records, written after the thaw in the order asked: read back by the next server.
-    let server = Server::start_after_on(&pki, &state, &private, &script, &[]);
+    let server = Server::start_after_on(&pki, &state, &PRIVATE_MOUNTS, &script, &[]);
     let mut alice = server.client("alice");
     let ended: Job = alice.unary(path::GET_JOB, &GetJobRequest { job_id: ends.id.clone() }, None).unwrap();
     assert_eq!((ended.end_reason, ended.exit_code), (EndReason::Exited as i32, Some(3)));
     let was_stopped: Job = alice.unary(path::GET_JOB, &GetJobRequest { job_id: stopped.id.clone() }, None).unwrap();
     assert_eq!(was_stopped.end_reason, EndReason::Stopped as i32);
     assert_eq!(whole_output(&mut alice, &ends), b"before\nafter\n");
+}
+
+/// Starts while the state directory stays frozen past the start deadline, more of them than there are
+/// directories made ahead: each fails at the deadline with a status that says why (its init could not give it
+/// its working directory in time, or its directories were never made), while the disk is still frozen and
+/// everyone else is served. Once the disk thaws a start succeeds, and the failed ones left no job behind.
+#[test]
+fn starts_on_a_disk_that_stays_frozen_fail_clearly_at_the_start_deadline() {
+    let pki = Pki::new();
+    let scratch = util::ScratchDir::new("frozen-starts");
+    let (state, script) = state_on_its_own_file_system(&scratch);
+    let server = Server::start_after_on(&pki, &state, &PRIVATE_MOUNTS, &script, &[]);
+    let seen = std::path::PathBuf::from(format!("/proc/{}/root{}", server.pid(), state.display()));
+    let ahead = runnel::jobs::JOB_DIRS_AHEAD;
+    let all_made = || util::beside_dirs_made_ahead(&seen).0 == ahead;
+    assert!(eventually(Duration::from_secs(5), all_made), "{:?}", util::beside_dirs_made_ahead(&seen));
+    let (mut alice, mut bob) = (server.client("alice"), server.client("bob"));
+
+    let frozen = Thaw::freeze(seen.clone());
+    let request = StartJobRequest { command: "true".into(), ..Default::default() };
+    let starts: Vec<_> = (0..ahead + 2)
+        .map(|_| alice.send_call(path::START_JOB, &request, Some(Duration::from_secs(30))).unwrap())
+        .collect();
+    let begun = Instant::now();
+    let within = Some(Duration::from_secs(3));
+    while begun.elapsed() < Duration::from_secs(11) {
+        let listed: runnel::proto::ListJobsResponse = bob
+            .unary(path::LIST_JOBS, &runnel::proto::ListJobsRequest::default(), within)
+            .unwrap_or_else(|e| panic!("ListJobs while the disk was frozen: {e:?}"));
+        assert!(listed.jobs.is_empty());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut never_made = 0;
+    for start in starts {
+        let refused = status(alice.finish_unary::<Job>(start).unwrap_err());
+        match refused.code {
+            Code::DeadlineExceeded => assert!(refused.message.contains("did not start within 10 s"), "{refused}"),
+            Code::Unavailable => {
+                assert!(refused.message.contains("directories were not made within 10 s"), "{refused}");
+                never_made += 1;
+            }
+            _ => panic!("a start on a frozen disk: {refused}"),
+        }
+    }
+    assert!(never_made >= 2, "{never_made} starts were told their directories were never made");
+    drop(frozen);
+
+    let ran: Job = alice.unary(path::START_JOB, &request, Some(Duration::from_secs(30))).unwrap();
+    let listed: runnel::proto::ListJobsResponse =
+        alice.unary(path::LIST_JOBS, &runnel::proto::ListJobsRequest::default(), None).unwrap();
+    let ids: Vec<&str> = listed.jobs.iter().map(|job| job.id.as_str()).collect();
+    assert_eq!(ids, [ran.id.as_str()], "the failed starts left jobs behind");
 }

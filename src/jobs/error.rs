@@ -66,6 +66,9 @@ pub enum JobError {
     OffsetPastEnd { offset: u64, end: u64 },
     /// The job did not report within this long that its command started; it was killed.
     StartTimedOut(Duration),
+    /// The job's directories were not made within this long (the state directory's disk stalls): nothing was
+    /// started.
+    StateDirStalled(Duration),
     /// The server is shutting down and takes no new jobs.
     ShuttingDown,
     /// The server could not do its part (a system call failed where the request was not at fault); the message
@@ -131,6 +134,12 @@ impl fmt::Display for JobError {
                 f,
                 "the command did not start within {} s, so the job was killed: is its working directory or a PATH \
                  directory on a slow or hung file system?",
+                after.as_secs()
+            ),
+            JobError::StateDirStalled(after) => write!(
+                f,
+                "the job's directories were not made within {} s, so nothing was started: the disk of the server's \
+                 state directory is stalled or failing; try again later",
                 after.as_secs()
             ),
             JobError::ShuttingDown => f.write_str("the server is shutting down and accepts no new work"),

@@ -35,7 +35,7 @@ pub use spec::{JobSpec, StartRequest};
 pub use spool::mover::{main as segment_mover_main, SEGMENT_MOVER_COMMAND};
 pub use spool::writer::{main as spool_writer_main, SPOOL_WRITER_COMMAND};
 pub use spool::{Drain, Ingested, OutputCursor, OutputLog, Span, Stream, PIPE_CAPACITY};
-pub use table::{Containment, JobTable, JobTableConfig, StartedJob};
+pub use table::{Containment, JobTable, JobTableConfig, StartedJob, JOB_DIRS_AHEAD};
 
 /// The spool itself, for the fuzz target that holds it against a model (`fuzz/fuzz_targets/spool.rs`), and a
 /// job's record, for the one that reads a previous server's files back (`fuzz/fuzz_targets/history.rs`).

@@ -74,7 +74,7 @@ pub struct StartedJob {
 }
 
 /// Jobs' directories kept asked of the segment mover ahead of the starts that take them: a burst of more starts
-/// than this makes the rest make their own, on the loop.
+/// than this waits for the mover to make more (see [`JobTable::poll_job_dirs`]).
 pub const JOB_DIRS_AHEAD: usize = 4;
 
 /// How long no directories are asked for ahead after some could not be made.
@@ -103,6 +103,10 @@ pub struct JobTable {
     /// Ids of jobs to come whose directories the segment mover was asked to make, with its tickets, oldest
     /// first (see [`JobTable::make_job_dirs_ahead`]).
     dirs_ahead: VecDeque<(u64, JobId)>,
+    /// Of those, the ones made, with their output's first segment file, oldest first: what starts take.
+    dirs_made: VecDeque<(JobId, File)>,
+    /// Starts waiting for directories to be made (see [`JobTable::poll_job_dirs`]).
+    dirs_waiters: Vec<Waker>,
     /// Until when no more directories are asked for, after some could not be made.
     dirs_ahead_paused_until: Option<Instant>,
     shutting_down: bool,
@@ -150,6 +154,8 @@ impl JobTable {
             starts_pending: 0,
             awaiting_writer: BTreeSet::new(),
             dirs_ahead: VecDeque::new(),
+            dirs_made: VecDeque::new(),
+            dirs_waiters: Vec::new(),
             dirs_ahead_paused_until: None,
             work_dir,
             containment,
@@ -275,11 +281,21 @@ impl JobTable {
         (JobCensus::count(self.jobs.values()), self.spool.retained_total())
     }
 
-    /// Checks `request` and starts it as a job of `owner`; on failure nothing is left behind. Whether the command
-    /// started is reported later (see [`Self::poll_start`]); until then the job counts against its owner's
-    /// limits but is not visible.
+    /// Checks `request` and starts it as a job of `owner` (see [`Self::start_valid`]).
     pub fn start(&mut self, owner: &str, request: StartRequest) -> Result<StartedJob, JobError> {
-        let spec = JobSpec::validate(request, self.config.max_request_bytes)?;
+        let spec = self.validate_start(request)?;
+        self.start_valid(owner, spec)
+    }
+
+    /// Checks every field of a start request, and what the job would keep of it.
+    pub fn validate_start(&self, request: StartRequest) -> Result<JobSpec, JobError> {
+        JobSpec::validate(request, self.config.max_request_bytes)
+    }
+
+    /// Starts `spec` as a job of `owner`; on failure nothing is left behind. Whether the command started is
+    /// reported later (see [`Self::poll_start`]); until then the job counts against its owner's limits but is
+    /// not visible. Ask [`Self::poll_job_dirs`] first, or the start may make the job's directories on the loop.
+    pub fn start_valid(&mut self, owner: &str, spec: JobSpec) -> Result<StartedJob, JobError> {
         let limits = self.admit(owner, &spec)?;
         let run_as = match self.containment.isolation.as_mut() {
             Some(isolation) => Some(isolation.users.allocate().ok_or(JobError::NoFreeUser)?),
@@ -681,6 +697,11 @@ impl JobTable {
         self.spool.retry_removals();
     }
 
+    /// The segment mover's socket, which the loop watches for its answers; `None` without a mover.
+    pub fn segment_mover_socket(&self) -> Option<RawFd> {
+        self.spool.mover_socket()
+    }
+
     /// The spool writer's socket, which the loop watches for its confirmations; `None` without a writer.
     pub fn spool_writer_socket(&mut self) -> Option<RawFd> {
         self.spool.writer_socket()
@@ -697,12 +718,14 @@ impl JobTable {
 
     /// Keeps [`JOB_DIRS_AHEAD`] jobs' directories asked of the segment mover ahead of the starts that will take
     /// them: a start that makes its own creates three inodes on the loop, and ext4 can hold each one while it
-    /// reads an inode table block behind the output being written back (see `spool::mover`). Once a turn.
+    /// reads an inode table block behind the output being written back (see `spool::mover`). Once a turn, and
+    /// when a start finds none made; wakes the starts waiting for them if some are.
     pub fn make_job_dirs_ahead(&mut self) {
+        self.wake_dirs_waiters_if_made();
         if self.dirs_ahead_paused_until.is_some_and(|until| Instant::now() < until) {
             return;
         }
-        while !self.shutting_down && self.dirs_ahead.len() < JOB_DIRS_AHEAD {
+        while !self.shutting_down && self.dirs_ahead.len() + self.dirs_made.len() < JOB_DIRS_AHEAD {
             let id = JobId::random();
             let (output, work) = self.job_dir_paths(id);
             // No mover: starts make their own.
@@ -717,15 +740,55 @@ impl JobTable {
         (self.spool.jobs_dir().join(&name), self.work_dir.join(name))
     }
 
-    /// The id of a job to come whose directories the mover has made, with its first segment file, if there is
-    /// one yet.
-    fn take_job_dirs(&mut self) -> Option<(JobId, File)> {
+    /// Whether a start may go on (`Ready`), or should wait for the segment mover to make a job's directories
+    /// (`Pending`, `waker` remembered): none made ahead is left, and more are on their way. Without a mover, or
+    /// while the mover cannot make them (a full disk), a start makes its own on the loop. Waiting is what keeps
+    /// a burst of starts from each creating three inodes on the loop; a stalled disk makes the starts wait,
+    /// never the loop (they fail at [`START_TIMEOUT`], see `server::service::PendingStart`).
+    pub fn poll_job_dirs(&mut self, waker: &Waker) -> Poll<()> {
+        self.collect_job_dirs();
+        if self.dirs_made.is_empty() {
+            self.make_job_dirs_ahead();
+        }
+        if !self.dirs_made.is_empty() || self.dirs_ahead.is_empty() || self.shutting_down {
+            return Poll::Ready(());
+        }
+        crate::reactor::remember_waker(&mut self.dirs_waiters, waker);
+        Poll::Pending
+    }
+
+    /// The segment mover answered (its socket is readable): takes its answers in, and wakes the starts waiting
+    /// for directories if some were made.
+    pub fn take_mover_replies(&mut self) {
+        self.spool.collect_mover_replies();
+        self.wake_dirs_waiters_if_made();
+    }
+
+    /// Wakes every start waiting for directories, made or not (each checks how long it has waited).
+    pub fn wake_dirs_waiters(&mut self) {
+        for waker in self.dirs_waiters.drain(..) {
+            waker.wake();
+        }
+    }
+
+    fn wake_dirs_waiters_if_made(&mut self) {
+        if self.dirs_waiters.is_empty() {
+            return;
+        }
+        self.collect_job_dirs();
+        if !self.dirs_made.is_empty() || self.dirs_ahead.is_empty() {
+            self.wake_dirs_waiters();
+        }
+    }
+
+    /// Moves the directories the mover made, oldest first, from those asked for to those made.
+    fn collect_job_dirs(&mut self) {
         while let Some(&(ticket, id)) = self.dirs_ahead.front() {
             match self.spool.job_dirs(ticket) {
-                JobDirs::Waiting => return None,
+                JobDirs::Waiting => return,
                 JobDirs::Made(first_segment) => {
                     self.dirs_ahead.pop_front();
-                    return Some((id, first_segment));
+                    self.dirs_made.push_back((id, first_segment));
                 }
                 JobDirs::Failed => {
                     // Whatever failed (a full disk) would likely fail the next ones too: not for a while.
@@ -734,7 +797,13 @@ impl JobTable {
                 }
             }
         }
-        None
+    }
+
+    /// The id of a job to come whose directories the mover has made, with its first segment file, if there is
+    /// one yet.
+    fn take_job_dirs(&mut self) -> Option<(JobId, File)> {
+        self.collect_job_dirs();
+        self.dirs_made.pop_front()
     }
 
     /// Sends the spool writer what the turn asked of it (segments closed, logs removed).
@@ -750,6 +819,7 @@ impl JobTable {
     /// Refuses new jobs from now on (server shutdown).
     pub fn begin_shutdown(&mut self) {
         self.shutting_down = true;
+        self.wake_dirs_waiters();
     }
 
     /// Shutdown, once every job ended: hands back the cgroup subtree so the server can take it down.
@@ -772,6 +842,11 @@ impl JobTable {
         for (ticket, id) in std::mem::take(&mut self.dirs_ahead) {
             let (output, work) = self.job_dir_paths(id);
             self.spool.abandon_job_dirs(ticket, &output, &work);
+        }
+        for (id, _first_segment) in std::mem::take(&mut self.dirs_made) {
+            let (output, work) = self.job_dir_paths(id);
+            self.spool.dispose(&output);
+            self.spool.dispose(&work);
         }
         self.spool.finish_removals();
         self.launcher.finish();

@@ -21,7 +21,7 @@ use super::limits;
 use super::method::Method;
 use super::metrics::Metrics;
 use super::reflection;
-use super::service::{self, Action, ServiceContext};
+use super::service::{self, Action, PendingStart, ServiceContext};
 use super::wire::{self, CallError};
 use crate::grpc::{self, encode_message, Code, MessageDecoder, Responder, Status};
 use crate::jobs::{Caller, JobError, JobKey};
@@ -86,6 +86,7 @@ struct Audit {
 
 enum Phase {
     ReadRequest,
+    Start(PendingStart),
     AwaitStart(JobKey),
     AwaitJobEnd(JobKey),
     Follow(Follower),
@@ -220,10 +221,7 @@ impl Call {
                         }
                         match service::dispatch(method, &self.caller, &body, ctx) {
                             Ok(Action::Reply(message)) => return self.reply(message),
-                            Ok(Action::AwaitStart(key)) => {
-                                self.audit.job = ctx.jobs.get(key).map(|job| job.id.to_string());
-                                self.phase = Phase::AwaitStart(key);
-                            }
+                            Ok(Action::Start(start)) => self.phase = Phase::Start(start),
                             Ok(Action::AwaitJobEnd(key)) => self.phase = Phase::AwaitJobEnd(key),
                             Ok(Action::Follow(follower)) => {
                                 // `dispatch` counted it among the identity's streams.
@@ -237,6 +235,14 @@ impl Call {
                     }
                     Poll::Ready(Err(Some(error))) => return self.fail(error),
                     Poll::Ready(Err(None)) => return Poll::Ready(()),
+                    Poll::Pending => {}
+                },
+                Phase::Start(start) => match start.poll(cx, ctx) {
+                    Poll::Ready(Ok(key)) => {
+                        self.await_start(key, ctx);
+                        continue;
+                    }
+                    Poll::Ready(Err(error)) => return self.fail(error),
                     Poll::Pending => {}
                 },
                 // A StartJob that goes away meanwhile does not stop the start: the job is the owner's to find.
@@ -431,6 +437,12 @@ impl Call {
             return self.finish(&Status::ok());
         }
         Poll::Ready(())
+    }
+
+    /// The job `key` was launched: the call answers once its command runs.
+    fn await_start(&mut self, key: JobKey, ctx: &ServiceContext<'_>) {
+        self.audit.job = ctx.jobs.get(key).map(|job| job.id.to_string());
+        self.phase = Phase::AwaitStart(key);
     }
 
     /// Ends the call with the status for `error`.

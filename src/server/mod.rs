@@ -369,6 +369,11 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
             .register(&mut SourceFd(&socket), Source::SpoolWriter.token(), Interest::READABLE)
             .map_err(io_error("cannot watch the spool writer"))?;
     }
+    if let Some(socket) = jobs.segment_mover_socket() {
+        poll.registry()
+            .register(&mut SourceFd(&socket), Source::SegmentMover.token(), Interest::READABLE)
+            .map_err(io_error("cannot watch the segment mover"))?;
+    }
     let address = listener.local_addr().map_err(io_error("cannot read the listening address"))?;
     let metrics_endpoint = match config.metrics_listen {
         None => None,
@@ -511,6 +516,7 @@ impl Server {
             }
             Source::JobOutput(key, stream) => self.ready_pipes.push(key, stream),
             Source::JobStartReport(key) => self.jobs.settle_start(key),
+            Source::SegmentMover => self.jobs.take_mover_replies(),
             Source::SpoolWriter => {
                 if self.jobs.take_confirmations() {
                     while let Some((key, stream)) = self.pipes_waiting_for_writer.pop() {
@@ -825,6 +831,8 @@ impl Server {
                 self.removal_retry_scheduled = false;
                 // Scheduled again at the end of the turn if some still wait.
                 self.jobs.retry_removals();
+                // While the mover has not answered, starts waiting for directories look at how long they waited.
+                self.jobs.wake_dirs_waiters();
             }
             TimerEvent::TrimMemory => {
                 self.trim_scheduled = false;

@@ -4,6 +4,7 @@
 //! descriptors, a kill at the end of a grace period) they ask for as [`Effect`]s, which the loop carries out
 //! once the call has been polled.
 
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,7 +17,7 @@ use super::metrics::Metrics;
 use super::reflection;
 use super::wire::{self, CallError};
 use crate::grpc::encode_message;
-use crate::jobs::{Caller, EndReason, Job, JobError, JobKey, JobTable, StartedJob};
+use crate::jobs::{Caller, EndReason, Job, JobError, JobKey, JobSpec, JobTable, StartedJob, START_TIMEOUT};
 use crate::proto::health::{health_check_response::ServingStatus, HealthCheckRequest, HealthCheckResponse};
 use crate::proto::{
     GetJobRequest, ListJobsRequest, ListJobsResponse, RemoveJobRequest, StartJobRequest, StopJobRequest,
@@ -55,14 +56,47 @@ pub enum Effect {
 pub enum Action {
     /// Answer with this message and OK.
     Reply(Bytes),
-    /// Answer with the job once its command runs (an isolated job's init reports that through the loop).
-    AwaitStart(JobKey),
+    /// Start the job once its directories are made, then answer with it once its command runs (an isolated
+    /// job's init reports that through the loop).
+    Start(PendingStart),
     /// Answer with the job once it has ended.
     AwaitJobEnd(JobKey),
     /// Stream output.
     Follow(Follower),
     /// Stream health status changes until shutdown.
     WatchHealth,
+}
+
+/// A valid StartJob waiting for its job's directories to be made (see [`JobTable::poll_job_dirs`]); most find
+/// some made ahead and start at their first poll.
+pub struct PendingStart {
+    owner: String,
+    /// Until the job is started.
+    spec: Option<Box<JobSpec>>,
+    since: Instant,
+}
+
+impl PendingStart {
+    /// Starts the job once its directories are there: its key, to await its start with.
+    pub fn poll(&mut self, cx: &mut Context<'_>, ctx: &mut ServiceContext<'_>) -> Poll<Result<JobKey, CallError>> {
+        if ctx.shutting_down {
+            return Poll::Ready(Err(JobError::ShuttingDown.into()));
+        }
+        if ctx.jobs.poll_job_dirs(cx.waker()).is_pending() {
+            if self.since.elapsed() >= START_TIMEOUT {
+                return Poll::Ready(Err(JobError::StateDirStalled(START_TIMEOUT).into()));
+            }
+            return Poll::Pending;
+        }
+        let Some(spec) = self.spec.take() else {
+            return Poll::Ready(Err(
+                JobError::System("a started job's StartJob was asked to start it again".into()).into()
+            ));
+        };
+        let started = ctx.jobs.start_valid(&self.owner, *spec)?;
+        ctx.effects.push(Effect::WatchJob(started));
+        Poll::Ready(Ok(started.key))
+    }
 }
 
 /// Lets a reflection stream begin. Like a job method it needs an identity, and it counts among the identity's
@@ -148,9 +182,9 @@ pub fn dispatch(
         Method::ReflectionV1 | Method::ReflectionV1Alpha => Action::Reply(reflection::answer(body)?),
         Method::StartJob => {
             let request: StartJobRequest = decode(body)?;
-            let started = ctx.jobs.start(&caller().identity, wire::start_request(request))?;
-            ctx.effects.push(Effect::WatchJob(started));
-            Action::AwaitStart(started.key)
+            let spec = ctx.jobs.validate_start(wire::start_request(request))?;
+            let owner = caller().identity.clone();
+            Action::Start(PendingStart { owner, spec: Some(Box::new(spec)), since: Instant::now() })
         }
         Method::GetJob => {
             let request: GetJobRequest = decode(body)?;

@@ -21,6 +21,8 @@ pub enum Source {
     MetricsExchange(u64),
     /// The spool writer's socket: it confirms the job output it wrote (see `jobs::spool::writer`).
     SpoolWriter,
+    /// The segment mover's socket: it answers what it was asked (see `jobs::spool::mover`).
+    SegmentMover,
 }
 
 /// Connection tokens have the top bit set; job and metrics exchange tokens pack the key or id with a 3-bit kind.
@@ -39,6 +41,7 @@ impl Source {
             Source::JobStartReport(key) => (key as usize) << 3 | 4,
             Source::MetricsListener => 2,
             Source::SpoolWriter => 3,
+            Source::SegmentMover => 4,
             Source::MetricsExchange(id) => (id as usize) << 3 | 5,
         })
     }
@@ -53,6 +56,7 @@ impl Source {
             (0, 0) => Source::Listener,
             (0, 2) => Source::MetricsListener,
             (0, 3) => Source::SpoolWriter,
+            (0, 4) => Source::SegmentMover,
             (0, _) => Source::Signals,
             (key, 1) => Source::JobExit(key),
             (key, 2) => Source::JobOutput(key, Stream::Stdout),
@@ -83,6 +87,7 @@ mod tests {
             Source::MetricsExchange(1),
             Source::MetricsExchange(123_456),
             Source::SpoolWriter,
+            Source::SegmentMover,
         ] {
             assert_eq!(Source::from_token(source.token()), source);
         }

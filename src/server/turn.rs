@@ -77,6 +77,7 @@ impl fmt::Display for Step {
                 Source::MetricsListener => write!(f, "accepting metrics scrapes"),
                 Source::MetricsExchange(id) => write!(f, "metrics scrape {id}"),
                 Source::SpoolWriter => write!(f, "the spool writer's confirmations"),
+                Source::SegmentMover => write!(f, "the segment mover's answers"),
             },
             Step::Copy(key, stream) => write!(f, "copying the {} of job key {key}", stream_name(*stream)),
             Step::Timer(event) => write!(f, "the timer {event:?}"),

@@ -84,6 +84,7 @@ impl CallError {
                 JobError::OffsetPastEnd { .. } => Code::OutOfRange,
                 JobError::ShuttingDown => Code::Unavailable,
                 JobError::StartTimedOut(_) => Code::DeadlineExceeded,
+                JobError::StateDirStalled(_) => Code::Unavailable,
                 JobError::System(_) => Code::Internal,
             },
             CallError::UnknownMethod => Code::Unimplemented,

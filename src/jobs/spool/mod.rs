@@ -171,6 +171,16 @@ impl Spool {
         self.spares.writer().map(|writer| writer.socket())
     }
 
+    /// The segment mover's socket, readable when it answered, while there is a mover.
+    pub fn mover_socket(&self) -> Option<RawFd> {
+        self.spares.mover_socket()
+    }
+
+    /// Takes in every answer the segment mover sent so far.
+    pub fn collect_mover_replies(&mut self) {
+        self.spares.collect_replies();
+    }
+
     /// Sends the spool writer what the logs' changes asked of it so far (a segment closed, a log removed).
     pub fn send_writes(&mut self) {
         if let Some(writer) = self.spares.writer() {

@@ -237,6 +237,11 @@ impl SegmentMover {
         }
     }
 
+    /// The socket its replies come on, for the reactor to watch.
+    pub fn socket(&self) -> std::os::fd::RawFd {
+        self.socket.as_raw_fd()
+    }
+
     /// The next reply, if one came; an error when the helper is gone or sent what it never sends.
     pub fn receive(&mut self) -> io::Result<Option<Reply>> {
         match sys::receive_with_descriptors(self.socket.as_raw_fd(), false)? {

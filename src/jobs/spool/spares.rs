@@ -150,6 +150,11 @@ impl SpareSegments {
         self.writer = Some(writer);
     }
 
+    /// The segment mover's socket, while there is a mover: readable when it answered.
+    pub fn mover_socket(&self) -> Option<std::os::fd::RawFd> {
+        self.mover.as_ref().map(SegmentMover::socket)
+    }
+
     /// The spool writer, if segment files are written through one.
     pub fn writer(&mut self) -> Option<&mut SpoolWriter> {
         self.writer.as_mut()
@@ -481,7 +486,8 @@ impl SpareSegments {
     }
 
     /// Takes every reply that came, without waiting.
-    fn collect_replies(&mut self) {
+    /// Takes in every reply the mover sent so far (it never waits for one).
+    pub fn collect_replies(&mut self) {
         while let Some(mover) = &mut self.mover {
             match mover.receive() {
                 Ok(Some(reply)) => self.answered(reply),
