@@ -25,12 +25,13 @@
 //! Requests and replies are `SOCK_SEQPACKET` messages (a close carries its file, a record too large for a
 //! message its bytes in a memory file, a reply to a prepare the file made, with `SCM_RIGHTS`); the helper serves
 //! them in order, so a segment file is closed (and cut) before a later move takes it, and a record is written
-//! before its directory moves into the trash. The loop never waits for a reply: it looks for them when it needs
-//! one and on the removal timer. Nor for room in the socket: a request that finds it full waits in order behind
-//! the others on the loop, sent on the removal timer (a helper behind a stalled disk must not hand its work
-//! back to the loop, which would then wait for the disk itself). Only when the helper is gone does the loop do
-//! the work. Paths are the server's own, under the state directory the helper was started with; it refuses any
-//! other. It dies with the server and ends when the server closes its socket, after the requests already sent.
+//! before its directory moves into the trash. The loop never waits for a reply: the reactor watches the socket
+//! (a start may be waiting for a job's directories), and the loop also looks when it needs one. Nor for room in
+//! the socket: a request that finds it full waits in order behind the others on the loop, sent on the removal
+//! timer (a helper behind a stalled disk must not hand its work back to the loop, which would then wait for the
+//! disk itself). Only when the helper is gone does the loop do the work. Paths are the server's own, under the
+//! state directory the helper was started with; it refuses any other. It dies with the server and ends when the
+//! server closes its socket, after the requests already sent.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
