@@ -40,9 +40,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::task::Waker;
 
+use super::mover::segment_path;
 use super::spares::{Prepared, SpareSegments};
 use super::writer::{SegmentFile, SpliceTarget};
 
@@ -163,16 +164,6 @@ impl Segment {
         }
         header
     }
-}
-
-/// The file of segment `index` of the log in `dir`.
-fn segment_path(dir: &Path, index: u64) -> PathBuf {
-    dir.join(format!("{index:08}"))
-}
-
-/// The file of a log's first segment, which the segment mover makes with the log's directory (`mover.rs`).
-pub(super) fn first_segment_path(dir: &Path) -> PathBuf {
-    segment_path(dir, 0)
 }
 
 /// One job's spooled output.

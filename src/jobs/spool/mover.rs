@@ -43,8 +43,13 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::Child;
 
-use super::log::first_segment_path;
 use crate::sys::{self, Received};
+
+/// The file of segment `index` of the log in `dir`: the name the log writes and reads it by (`log.rs`), and the
+/// mover makes the first one by, with the log's directory.
+pub(super) fn segment_path(dir: &Path, index: u64) -> PathBuf {
+    dir.join(format!("{index:08}"))
+}
 
 /// The hidden subcommand that runs the helper (`runnel __segments STATE`).
 pub const SEGMENT_MOVER_COMMAND: &str = "__segments";
@@ -385,7 +390,7 @@ fn carry_out(request: &Request, root: &Path, fds: Vec<OwnedFd>) -> io::Result<Op
             fs::DirBuilder::new().mode(0o700).create(output)?;
             // A failure here takes back what this request made (and nothing else: a directory that was there
             // already failed the first step), so the server has nothing to remove.
-            let first_segment = first_segment_path(output);
+            let first_segment = segment_path(output, 0);
             let made = fs::DirBuilder::new().mode(0o700).create(work).and_then(|()| {
                 let file = OpenOptions::new().create_new(true).write(true).mode(0o600).open(&first_segment);
                 if file.is_err() {
@@ -529,7 +534,7 @@ mod tests {
         }
         // With the output's first segment file, empty, sent back open for writing.
         let first_segment = replies[0].outcome.as_ref().unwrap().as_ref().expect("the first segment's file");
-        let path = first_segment_path(&root.join("jobs/a"));
+        let path = segment_path(&root.join("jobs/a"), 0);
         assert_eq!(fs::metadata(&path).unwrap().len(), 0);
         assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "the server's alone");
         std::os::unix::fs::FileExt::write_at(first_segment, b"header", 0).unwrap();
