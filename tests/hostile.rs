@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use runnel::client::{CallError, Client};
 use runnel::grpc::{path, Code, Status};
 use runnel::proto::health::{HealthCheckRequest, HealthCheckResponse};
-use runnel::proto::{EndReason, GetJobRequest, Job, StartJobRequest, StopJobRequest};
+use runnel::proto::{EndReason, GetJobRequest, Job, OutputChunk, StartJobRequest, StopJobRequest, StreamOutputRequest};
 use util::{eventually, silent_connection, Pki, Server};
 
 /// Held by the test that counts on shells made ahead of time, which the shell helper makes only when a CPU is
@@ -593,4 +593,146 @@ fn starts_on_a_disk_that_stays_frozen_fail_clearly_at_the_start_deadline() {
         alice.unary(path::LIST_JOBS, &runnel::proto::ListJobsRequest::default(), None).unwrap();
     let ids: Vec<&str> = listed.jobs.iter().map(|job| job.id.as_str()).collect();
     assert_eq!(ids, [ran.id.as_str()], "the failed starts left jobs behind");
+}
+
+/// A field of `/proc/PID/status` in its own unit (kB for memory).
+fn proc_status_field(pid: i32, name: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|line| line.starts_with(name)).unwrap_or_else(|| panic!("no {name} in {status}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Four jobs flood output (`cat /dev/zero`) for 5 s, each with two followers that read all they can and two that
+/// never read: another identity's GetJob answers throughout, within a generous bound; every reader gets output;
+/// the server stays one thread, and its memory bounded, whatever the floods and the stalled followers do.
+#[test]
+fn output_floods_with_readers_and_stalled_followers_freeze_nobody() {
+    let _idle_cpu = hold_idle_cpu_lock();
+    let pki = Pki::new();
+    let server = Server::start(&pki, &["--max-output-bytes", "64M", "--max-output-total", "256M"]);
+    let start = |client: &mut Client, script: &str| -> Job {
+        let request =
+            StartJobRequest { command: "sh".into(), args: vec!["-c".into(), script.into()], ..Default::default() };
+        client.unary(path::START_JOB, &request, Some(Duration::from_secs(10))).unwrap()
+    };
+    let mut alice = server.client("alice");
+    let floods: Vec<Job> = (0..4).map(|_| start(&mut alice, "exec cat /dev/zero")).collect();
+    let mut bob = server.client("bob");
+    let probed = start(&mut bob, "exec sleep 60");
+
+    let until = Instant::now() + Duration::from_secs(5);
+    let follow = |job: &Job| StreamOutputRequest { job_id: job.id.clone(), offset: 0, follow: true };
+    let readers: Vec<_> = floods
+        .iter()
+        .flat_map(|job| [follow(job), follow(job)])
+        .map(|request| {
+            let settings = server.settings("alice");
+            std::thread::spawn(move || {
+                let mut client = Client::connect(&settings).unwrap();
+                let mut stream =
+                    client.start_call(path::STREAM_OUTPUT, &request, Some(Duration::from_secs(30))).unwrap();
+                let mut read = 0;
+                while Instant::now() < until {
+                    let chunk = client.next_message::<OutputChunk>(&mut stream).unwrap().expect("a flood ends not");
+                    read += chunk.data.len();
+                }
+                read
+            })
+        })
+        .collect();
+    // Opened, and never read again: the server's sends to them back up.
+    let stalled: Vec<_> = floods
+        .iter()
+        .flat_map(|job| [follow(job), follow(job)])
+        .map(|request| {
+            let mut client = server.client("alice");
+            let stream = client.start_call(path::STREAM_OUTPUT, &request, None).unwrap();
+            (client, stream)
+        })
+        .collect();
+
+    let (mut probes, mut slowest, mut most_rss) = (0, Duration::ZERO, 0);
+    let get = GetJobRequest { job_id: probed.id.clone() };
+    while Instant::now() < until {
+        let asked = Instant::now();
+        let job: Job = bob.unary(path::GET_JOB, &get, Some(Duration::from_secs(3))).unwrap();
+        assert_eq!(job.id, probed.id);
+        slowest = slowest.max(asked.elapsed());
+        most_rss = most_rss.max(proc_status_field(server.pid(), "VmRSS:"));
+        assert_eq!(proc_status_field(server.pid(), "Threads:"), 1);
+        probes += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for reader in readers {
+        assert!(reader.join().unwrap() > 0, "a reader got no output");
+    }
+    assert!(probes > 50, "only {probes} GetJob calls in 5 s");
+    assert!(slowest < Duration::from_secs(1), "a GetJob took {slowest:?} under the floods");
+    assert!(most_rss < 128 * 1024, "the server's RSS reached {most_rss} KiB");
+    eprintln!("{probes} GetJob calls, the slowest {slowest:?}; the server's RSS at most {most_rss} KiB");
+    drop(stalled);
+    for job in &floods {
+        let stop = StopJobRequest { job_id: job.id.clone(), ..Default::default() };
+        let _: Job = alice.unary(path::STOP_JOB, &stop, Some(Duration::from_secs(30))).unwrap();
+    }
+}
+
+/// The executable search is bounded: a PATH of 40 000 directories is refused at once, saying what the limit is;
+/// starts at the limit, each directory a chain of 31 symbolic links, keep one connection busy while another
+/// identity's calls answer throughout, and each ends with a clear status.
+#[test]
+fn a_slow_executable_search_is_capped_and_freezes_nobody() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let scratch = util::ScratchDir::new("slow-search");
+    // Links d0 -> d1 -> ... -> d30 -> real, so each PATH directory costs a 31-link walk.
+    let dir = scratch.join("search");
+    std::fs::create_dir_all(dir.join("real")).unwrap();
+    for i in 0..31 {
+        let next = if i == 30 { "real".to_string() } else { format!("d{}", i + 1) };
+        std::os::unix::fs::symlink(next, dir.join(format!("d{i}"))).unwrap();
+    }
+    let walk = format!("{}/d0", dir.display());
+    let mut alice = server.client("alice");
+    let request = |dir: &str, dirs: usize| StartJobRequest {
+        command: "no-such-command".into(),
+        env: vec![format!("PATH={}", vec![dir; dirs].join(":"))],
+        ..Default::default()
+    };
+
+    let asked = Instant::now();
+    let refused = status(alice.unary::<_, Job>(path::START_JOB, &request("/d", 40_000), None).unwrap_err());
+    assert_eq!(refused.code, Code::InvalidArgument, "{refused}");
+    assert!(refused.message.contains("more than the limit of 64 directories"), "{refused}");
+    assert!(asked.elapsed() < Duration::from_secs(2), "refused after {:?}", asked.elapsed());
+
+    let at_limit = request(&walk, 64);
+    let starts = std::thread::spawn({
+        let settings = server.settings("alice");
+        move || {
+            let mut client = Client::connect(&settings).unwrap();
+            (0..5)
+                .map(|_| {
+                    status(
+                        client.unary::<_, Job>(path::START_JOB, &at_limit, Some(Duration::from_secs(30))).unwrap_err(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    });
+    let mut bob = server.client("bob");
+    let begun = Instant::now();
+    while !starts.is_finished() {
+        let asked = Instant::now();
+        let _: runnel::proto::ListJobsResponse = bob
+            .unary(path::LIST_JOBS, &runnel::proto::ListJobsRequest::default(), Some(Duration::from_secs(3)))
+            .unwrap();
+        assert!(asked.elapsed() < Duration::from_secs(1), "a ListJobs took {:?} during the searches", asked.elapsed());
+        assert!(begun.elapsed() < Duration::from_secs(60), "the searches took over a minute");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for refused in starts.join().unwrap() {
+        assert_eq!(refused.code, Code::NotFound, "{refused}");
+        assert!(refused.message.contains("executable not found"), "{refused}");
+    }
 }
