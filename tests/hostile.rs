@@ -736,3 +736,61 @@ fn a_slow_executable_search_is_capped_and_freezes_nobody() {
         assert!(refused.message.contains("executable not found"), "{refused}");
     }
 }
+
+/// Read system calls the process `pid` has made so far (`syscr` of `/proc/PID/io`: `read`, `pread` and the like).
+fn read_calls(pid: i32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines().find_map(|line| line.strip_prefix("syscr: ")).unwrap().trim().parse().unwrap()
+}
+
+/// A job writes 1.6 MB in 100 000 writes of 16 bytes, pausing 1 ms after every 40, so that they reach the spool
+/// as thousands of records (the server takes in what a pipe holds at once); then 50 reads
+/// of what is left from near the end, one after the other. Opening a reader at an offset costs a bounded number
+/// of reads (an index per segment), not one per record before it: the server's read system calls per call stay
+/// few, and another identity's calls answer meanwhile.
+#[test]
+fn reads_near_the_end_of_output_in_many_records_cost_few_reads() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut alice = server.client("alice");
+    let script = "import os, time\nfor i in range(100000):\n    os.write(1, b'%015d\\n' % i)\n    if i % 40 == 39: time.sleep(0.001)";
+    let request =
+        StartJobRequest { command: "python3".into(), args: vec!["-c".into(), script.into()], ..Default::default() };
+    let job: Job = alice.unary(path::START_JOB, &request, None).unwrap();
+    let wait = runnel::proto::WaitJobRequest { job_id: job.id.clone() };
+    let ended: Job = alice.unary(path::WAIT_JOB, &wait, Some(Duration::from_secs(120))).unwrap();
+    assert_eq!((ended.exit_code, ended.output_bytes), (Some(0), 1_600_000), "{ended:?}");
+    // How many records: each adds a 5-byte header to the segment files.
+    let spooled: u64 = std::fs::read_dir(server.state_dir.join("jobs").join(&job.id))
+        .unwrap()
+        .map(|entry| entry.unwrap())
+        .filter(|entry| entry.file_name() != "record")
+        .map(|entry| entry.metadata().unwrap().len())
+        .sum();
+    let records = (spooled - 1_600_000) / 5;
+    assert!(records > 500, "only about {records} records: the test needs many");
+
+    let before = read_calls(server.pid());
+    let mut bob = server.client("bob");
+    for i in 0..50u64 {
+        let offset = 1_600_000 - 16 * (i + 1);
+        let request = StreamOutputRequest { job_id: job.id.clone(), offset, follow: false };
+        let mut stream = alice.start_call(path::STREAM_OUTPUT, &request, Some(Duration::from_secs(10))).unwrap();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = alice.next_message::<OutputChunk>(&mut stream).unwrap() {
+            bytes.extend_from_slice(&chunk.data);
+        }
+        assert_eq!(bytes.len() as u64, 16 * (i + 1), "read {i} from offset {offset}");
+        assert_eq!(&bytes[..16], format!("{:015}\n", 100_000 - (i + 1)).as_bytes(), "read {i}");
+        let asked = Instant::now();
+        let listed: runnel::proto::ListJobsResponse = bob
+            .unary(path::LIST_JOBS, &runnel::proto::ListJobsRequest::default(), Some(Duration::from_secs(3)))
+            .unwrap();
+        assert!(listed.jobs.is_empty());
+        assert!(asked.elapsed() < Duration::from_secs(1), "a ListJobs took {:?} among the reads", asked.elapsed());
+    }
+    let per_call = (read_calls(server.pid()) - before) / 50;
+    eprintln!("about {records} records; the server made {per_call} read system calls per StreamOutput (and ListJobs)");
+    assert!(per_call < records / 10, "{per_call} reads per call, for {records} records");
+    assert!(per_call < 100, "{per_call} read system calls per call");
+}
