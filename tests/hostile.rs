@@ -23,6 +23,16 @@ fn hold_idle_cpu_lock() -> std::sync::MutexGuard<'static, ()> {
     IDLE_CPU_NEEDED.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A StartJob request for `sh -c script`.
+fn shell(script: &str) -> StartJobRequest {
+    StartJobRequest { command: "sh".into(), args: vec!["-c".into(), script.into()], ..Default::default() }
+}
+
+/// Starts `sh -c script` on `client`.
+fn start(client: &mut Client, script: &str) -> Job {
+    client.unary(path::START_JOB, &shell(script), Some(Duration::from_secs(30))).unwrap()
+}
+
 /// A health check over a new connection, as a client arriving now would make it.
 fn health_check_from_a_new_client(server: &Server) -> Result<(), Status> {
     let mut client = Client::connect(&server.settings("alice"))?;
@@ -419,11 +429,6 @@ fn a_frozen_state_directory_freezes_no_call_and_loses_nothing() {
     let (state, script) = state_on_its_own_file_system(&scratch);
     let mut server = Server::start_after_on(&pki, &state, &PRIVATE_MOUNTS, &script, &[]);
     let mut alice = server.client("alice");
-    let start = |client: &mut Client, script: &str| -> Job {
-        let request =
-            StartJobRequest { command: "sh".into(), args: vec!["-c".into(), script.into()], ..Default::default() };
-        client.unary(path::START_JOB, &request, None).unwrap()
-    };
     let mut bob = server.client("bob");
     let short_lived: Vec<Job> = (0..400).map(|_| start(&mut bob, "true")).collect();
     for job in &short_lived {
@@ -468,9 +473,7 @@ fn a_frozen_state_directory_freezes_no_call_and_loses_nothing() {
             // More starts than directories made ahead. Those that take one wait in their init, which gives the
             // working directory to the job's user and waits for the disk to do so; the others wait for the
             // mover to make theirs. The loop waits for neither.
-            let script = r#"echo "$(id -u) $(stat -c %u .)""#;
-            let request =
-                StartJobRequest { command: "sh".into(), args: vec!["-c".into(), script.into()], ..Default::default() };
+            let request = shell(r#"echo "$(id -u) $(stat -c %u .)""#);
             for _ in 0..2 * runnel::jobs::JOB_DIRS_AHEAD {
                 let call = alice.send_call(path::START_JOB, &request, Some(Duration::from_secs(30)));
                 started_frozen.push(call.unwrap_or_else(|e| frozen_out("StartJob", e)));
@@ -595,13 +598,6 @@ fn starts_on_a_disk_that_stays_frozen_fail_clearly_at_the_start_deadline() {
     assert_eq!(ids, [ran.id.as_str()], "the failed starts left jobs behind");
 }
 
-/// A field of `/proc/PID/status` in its own unit (kB for memory).
-fn proc_status_field(pid: i32, name: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|line| line.starts_with(name)).unwrap_or_else(|| panic!("no {name} in {status}"));
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// Four jobs flood output (`cat /dev/zero`) for 5 s, each with two followers that read all they can and two that
 /// never read: another identity's GetJob answers throughout, within a generous bound; every reader gets output;
 /// the server stays one thread, and its memory bounded, whatever the floods and the stalled followers do.
@@ -610,11 +606,6 @@ fn output_floods_with_readers_and_stalled_followers_freeze_nobody() {
     let _idle_cpu = hold_idle_cpu_lock();
     let pki = Pki::new();
     let server = Server::start(&pki, &["--max-output-bytes", "64M", "--max-output-total", "256M"]);
-    let start = |client: &mut Client, script: &str| -> Job {
-        let request =
-            StartJobRequest { command: "sh".into(), args: vec!["-c".into(), script.into()], ..Default::default() };
-        client.unary(path::START_JOB, &request, Some(Duration::from_secs(10))).unwrap()
-    };
     let mut alice = server.client("alice");
     let floods: Vec<Job> = (0..4).map(|_| start(&mut alice, "exec cat /dev/zero")).collect();
     let mut bob = server.client("bob");
@@ -658,8 +649,8 @@ fn output_floods_with_readers_and_stalled_followers_freeze_nobody() {
         let job: Job = bob.unary(path::GET_JOB, &get, Some(Duration::from_secs(3))).unwrap();
         assert_eq!(job.id, probed.id);
         slowest = slowest.max(asked.elapsed());
-        most_rss = most_rss.max(proc_status_field(server.pid(), "VmRSS:"));
-        assert_eq!(proc_status_field(server.pid(), "Threads:"), 1);
+        most_rss = most_rss.max(util::proc_status_field(server.pid(), "VmRSS:"));
+        assert_eq!(util::proc_status_field(server.pid(), "Threads:"), 1);
         probes += 1;
         std::thread::sleep(Duration::from_millis(20));
     }

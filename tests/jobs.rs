@@ -265,10 +265,7 @@ fn a_stalled_subscriber_does_not_slow_another() {
     assert_eq!(total, 64 << 20);
     eprintln!("64 MiB past a stalled subscriber in {:?}", started.elapsed());
     // The server stayed responsive and bounded: one thread, RSS far below the output volume.
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
-    let field = |name: &str| -> u64 {
-        status.lines().find(|l| l.starts_with(name)).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
-    };
+    let field = |name: &str| util::proc_status_field(server.pid(), name);
     assert_eq!(field("Threads:"), 1);
     assert!(field("VmRSS:") < 48 * 1024, "server RSS {} KiB while a subscriber is stalled", field("VmRSS:"));
 }

@@ -802,7 +802,10 @@ impl JobTable {
     /// The id of a job to come whose directories the mover has made, with its first segment file, if there is
     /// one yet.
     fn take_job_dirs(&mut self) -> Option<(JobId, File)> {
-        self.collect_job_dirs();
+        // A StartJob call asked `poll_job_dirs` just before: only a start that did not looks for replies here.
+        if self.dirs_made.is_empty() {
+            self.collect_job_dirs();
+        }
         self.dirs_made.pop_front()
     }
 

@@ -388,6 +388,13 @@ pub fn beside_dirs_made_ahead(state_dir: &Path) -> (usize, Vec<String>) {
     (ahead, others)
 }
 
+/// A field of `/proc/PID/status` in its own unit (kB for memory, a count for `Threads:`).
+pub fn proc_status_field(pid: i32, name: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|line| line.starts_with(name)).unwrap_or_else(|| panic!("no {name} in {status}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
 /// The session `pid` is in (the pid of the session's leader), if it is alive.
 pub fn session_of(pid: i32) -> Option<i32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
