@@ -785,3 +785,107 @@ fn reads_near_the_end_of_output_in_many_records_cost_few_reads() {
     assert!(per_call < records / 10, "{per_call} reads per call, for {records} records");
     assert!(per_call < 100, "{per_call} read system calls per call");
 }
+
+/// What another identity's calls took, in milliseconds, each kind sorted.
+#[derive(Default)]
+struct ProbeTimes {
+    get_job: Vec<f64>,
+    list_page: Vec<f64>,
+    start_job: Vec<f64>,
+}
+
+impl ProbeTimes {
+    /// p50, p99 and max of `times` (sorted), in milliseconds.
+    fn spread(times: &[f64]) -> (f64, f64, f64) {
+        let at = |fraction: f64| times[((times.len() - 1) as f64 * fraction).round() as usize];
+        (at(0.5), at(0.99), times[times.len() - 1])
+    }
+}
+
+/// Calls of every kind a client makes most (GetJob on its own job, a ListJobs page, a StartJob), one after the
+/// other on one kept-open connection, until `done`.
+fn probe_until(mut client: Client, own: Job, done: &std::sync::atomic::AtomicBool) -> ProbeTimes {
+    use std::sync::atomic::Ordering;
+    let mut times = ProbeTimes::default();
+    let timed = |into: &mut Vec<f64>, call: &mut dyn FnMut()| {
+        let begun = Instant::now();
+        call();
+        into.push(begun.elapsed().as_secs_f64() * 1e3);
+    };
+    let deadline = Some(Duration::from_secs(10));
+    while !done.load(Ordering::Relaxed) {
+        timed(&mut times.get_job, &mut || {
+            let job: Job = client.unary(path::GET_JOB, &GetJobRequest { job_id: own.id.clone() }, deadline).unwrap();
+            assert_eq!(job.id, own.id);
+        });
+        timed(&mut times.list_page, &mut || {
+            let request = runnel::proto::ListJobsRequest::default();
+            let page: runnel::proto::ListJobsResponse = client.unary(path::LIST_JOBS, &request, deadline).unwrap();
+            assert!(!page.jobs.is_empty());
+        });
+        timed(&mut times.start_job, &mut || {
+            let _: Job = client.unary(path::START_JOB, &shell("exit 0"), deadline).unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for kind in [&mut times.get_job, &mut times.list_page, &mut times.start_job] {
+        kind.sort_by(f64::total_cmp);
+    }
+    times
+}
+
+/// One identity starts 1 000 isolated jobs, each in its own namespaces under its own init, and keeps them running:
+/// another identity's GetJob, ListJobs and StartJob answer throughout, each within a generous bound, and the
+/// server stays one thread with its memory bounded.
+#[test]
+fn a_thousand_running_isolated_jobs_freeze_nobody() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const JOBS: usize = 1000;
+    let _idle_cpu = hold_idle_cpu_lock();
+    let pki = Pki::new();
+    let server = Server::start(&pki, &["--max-running-per-client", &(JOBS + 10).to_string()]);
+    let mut bob = server.client("bob");
+    let own = start(&mut bob, "exec sleep 600");
+    let probing = AtomicBool::new(false);
+
+    let (started_in, probed) = std::thread::scope(|scope| {
+        let probe = scope.spawn(|| probe_until(bob, own, &probing));
+        let mut alice = server.client("alice");
+        let begun = Instant::now();
+        let sleepers: Vec<Job> = (0..JOBS).map(|_| start(&mut alice, "exec sleep 600")).collect();
+        let started_in = begun.elapsed();
+        // And a while with all of them running.
+        std::thread::sleep(Duration::from_secs(2));
+        probing.store(true, Ordering::Relaxed);
+        let probed = probe.join().unwrap();
+
+        let running = util::list_all_jobs(&mut alice)
+            .into_iter()
+            .filter(|job| job.state == runnel::proto::JobState::Running as i32)
+            .count();
+        assert_eq!(running, JOBS, "of alice's {JOBS} jobs");
+        // Each job's top process is its init, in a PID namespace of its own.
+        let own_namespace = std::fs::read_link("/proc/self/ns/pid").unwrap();
+        for job in sleepers.iter().step_by(50) {
+            let namespace = std::fs::read_link(format!("/proc/{}/ns/pid", job.pid)).unwrap();
+            assert_ne!(namespace, own_namespace, "job {} (pid {}) is not isolated", job.id, job.pid);
+        }
+        (started_in, probed)
+    });
+    assert_eq!(util::proc_status_field(server.pid(), "Threads:"), 1);
+    let rss = util::proc_status_field(server.pid(), "VmRSS:");
+    let spread = [&probed.get_job, &probed.list_page, &probed.start_job].map(|times| ProbeTimes::spread(times));
+    eprintln!(
+        "{JOBS} isolated jobs started in {started_in:?}; meanwhile {} rounds of another identity's calls, \
+         p50 / p99 / max in ms: GetJob {:.1?}, ListJobs page {:.1?}, StartJob {:.1?}; the server's RSS {rss} KiB",
+        probed.get_job.len(),
+        spread[0],
+        spread[1],
+        spread[2]
+    );
+    assert!(probed.get_job.len() > 50, "only {} rounds of probes", probed.get_job.len());
+    for (name, (_, p99, max)) in ["GetJob", "ListJobs page", "StartJob"].iter().zip(spread) {
+        assert!(p99 < 250.0 && max < 1000.0, "{name}: p99 {p99:.1} ms, max {max:.1} ms");
+    }
+    assert!(rss < 256 * 1024, "the server's RSS is {rss} KiB");
+}
