@@ -7,7 +7,6 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -28,7 +27,7 @@ use crate::isolation::{self, InitReport, Isolation, RunAs};
 use crate::sys::{self, SpawnReport};
 
 /// The server settings the table enforces.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct JobTableConfig {
     pub state_dir: PathBuf,
     pub max_jobs: usize,
@@ -43,7 +42,7 @@ pub struct JobTableConfig {
     pub helper_executable: Option<PathBuf>,
     /// The state directory's lock (see `server::state_dir`), which the helpers that write in the directory hold
     /// too: a server that follows this one waits until they have exited.
-    pub state_dir_lock: Option<Arc<OwnedFd>>,
+    pub state_dir_lock: Option<OwnedFd>,
     /// Whether ended jobs outlive the server: `None` (`--ephemeral`), or how the previous server stopped, whose
     /// jobs are read back (see `jobs::history`).
     pub history: Option<PreviousServer>,

@@ -337,7 +337,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
             max_output_total: config.max_output_total,
             // The running executable, even if its file was replaced or removed since.
             helper_executable: Some(PathBuf::from("/proc/self/exe")),
-            state_dir_lock: state_dir.lock_for_helpers().map(std::sync::Arc::new),
+            state_dir_lock: state_dir.lock_for_helpers(),
             history: (!config.ephemeral).then_some(previous_server),
         },
         containment,
