@@ -213,6 +213,79 @@ fn a_crash_keeps_every_ended_job_and_records_the_running_ones_lost_with_their_ou
     assert_eq!(again.stop_with(SIGTERM, Duration::from_secs(30)).code(), Some(0));
 }
 
+/// Sends `signal` to each of `pids` when dropped, failed test or not, ignoring those gone: the helpers a test
+/// stopped go on (and end) whatever happens to it.
+struct SignalOnDrop(Vec<i32>, i32);
+
+impl Drop for SignalOnDrop {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            assert!(pid > 1);
+            let _ =
+                std::process::Command::new("kill").args(["-s", &self.1.to_string(), "--", &pid.to_string()]).status();
+        }
+    }
+}
+
+/// What a killed server had told a client stays true after the restart, even where its helpers had not yet
+/// written it down: the segment mover (a job's record: its start, its end) and the spool writer (its output),
+/// both stopped (SIGSTOP) while the job starts, writes, and is stopped, and until after the server is killed, carry
+/// out what the server sent them once they go on, and the next server starts only after that.
+#[test]
+fn what_a_killed_server_had_sent_its_helpers_is_written_before_the_next_server_starts() {
+    const SIGCONT: i32 = 18;
+    const SIGSTOP: i32 = 19;
+    let pki = Pki::new();
+    let mut crashed = Server::start(&pki, &[]);
+    let state_dir = crashed.state_dir.clone();
+    let server_pid = crashed.pid();
+    let helper = |name: &str| {
+        let pids: Vec<i32> = util::pids_where(|cmdline| cmdline.contains(name))
+            .into_iter()
+            .filter(|&pid| util::parent_of(pid) == Some(server_pid))
+            .collect();
+        assert_eq!(pids.len(), 1, "one{name}: {pids:?}");
+        pids[0]
+    };
+    let (mover, writer) = (helper(" __segments "), helper(" __writer"));
+    // A start takes directories the mover made ahead of it.
+    let made_ahead = || util::beside_dirs_made_ahead(&state_dir).0 > 0;
+    assert!(eventually(Duration::from_secs(10), made_ahead), "no directories were made ahead");
+
+    let mut alice = crashed.client("alice");
+    for pid in [mover, writer] {
+        util::unsafe_kill(pid, SIGSTOP);
+    }
+    let go_on = SignalOnDrop(vec![mover, writer], SIGCONT);
+    let job = start(&mut alice, "echo before the stop; exec sleep 600");
+    let written = b"before the stop\n";
+    assert!(
+        eventually(Duration::from_secs(10), || get(&mut alice, &job.id).unwrap().output_bytes == written.len() as u64),
+        "its output was not taken in"
+    );
+    let stop = StopJobRequest { job_id: job.id.clone(), ..Default::default() };
+    let stopped: Job = alice.unary(path::STOP_JOB, &stop, TIMEOUT).unwrap();
+    assert_eq!((stopped.end_reason, stopped.signal), (EndReason::Stopped as i32, Some(SIGTERM)));
+    drop(alice);
+    assert_eq!(crashed.stop_with(SIGKILL, Duration::from_secs(10)).code(), None);
+    drop(go_on);
+
+    let mut restarted = Server::start_on(&pki, Some(&state_dir), &[]);
+    let log = restarted.log_text();
+    assert!(!process_alive(mover) && !process_alive(writer), "the old helpers ended before the new server started");
+    let mut alice = restarted.client("alice");
+    let after = get(&mut alice, &job.id).unwrap_or_else(|e| panic!("the job is gone: {e:?}\n{log}"));
+    assert_eq!(
+        (after.state, after.end_reason, after.signal, after.ended_at),
+        (stopped.state, stopped.end_reason, stopped.signal, stopped.ended_at),
+        "its end, as the client was told it\n{log}"
+    );
+    let (start_at, runs) = output(&mut alice, &job.id);
+    assert!(start_at == 0 && stdout_of(&runs) == written, "its output: {runs:?}\n{log}");
+    drop(alice);
+    assert_eq!(restarted.stop_with(SIGTERM, Duration::from_secs(30)).code(), Some(0));
+}
+
 #[test]
 fn each_kind_of_damaged_file_costs_only_its_own_job_with_a_warning() {
     let pki = Pki::new();

@@ -212,7 +212,7 @@ impl Helper {
         if own_network {
             args.push(NETWORK_ARGUMENT.as_ref());
         }
-        let process = sys::spawn_helper(executable, &args, helper_end, None)?;
+        let process = sys::spawn_helper(executable, &args, helper_end, None, sys::AtServerDeath::Killed)?;
         Ok(Helper { process, socket })
     }
 

@@ -160,7 +160,7 @@ impl Helper {
         let pipe = sys::helper_pipe()?;
         // It ends when its stdin closes (the server waits for it at shutdown), or with the server.
         let args = [JANITOR_COMMAND.as_ref(), trash.as_os_str()];
-        let process = sys::spawn_helper(executable, &args, pipe.read, state_dir_lock)?;
+        let process = sys::spawn_helper(executable, &args, pipe.read, state_dir_lock, sys::AtServerDeath::Killed)?;
         Ok(Helper { process, names: pipe.write })
     }
 

@@ -259,8 +259,14 @@ mod tests {
         );
         // A helper holding the lock for 0.6 s more, and its server gone without a clean stop (a PID of nobody).
         let stdin = sys::open_dev_null().unwrap();
-        let mut helper =
-            sys::spawn_helper(Path::new("/bin/sleep"), &["0.6".as_ref()], stdin, Some(state_dir.lock.as_fd())).unwrap();
+        let mut helper = sys::spawn_helper(
+            Path::new("/bin/sleep"),
+            &["0.6".as_ref()],
+            stdin,
+            Some(state_dir.lock.as_fd()),
+            sys::AtServerDeath::Killed,
+        )
+        .unwrap();
         let mut gone = std::process::Command::new("/bin/true").spawn().unwrap();
         gone.wait().unwrap();
         drop(state_dir);

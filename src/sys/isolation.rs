@@ -219,6 +219,19 @@ fn wait_for(fd: RawFd, events: libc::c_short, timeout_ms: i32) -> io::Result<boo
     }
 }
 
+/// True once the other end of the unix socket `socket` is closed (its process ended): `POLLHUP`, which a
+/// `shutdown` of its sending half alone does not raise.
+pub fn peer_closed(socket: RawFd) -> bool {
+    let mut poll = libc::pollfd { fd: socket, events: 0, revents: 0 };
+    loop {
+        match syscall!(poll(&mut poll, 1, 0)) {
+            Ok(_) => return poll.revents & libc::POLLHUP != 0,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
 /// Writes all of `bytes` to a blocking descriptor.
 pub fn write_all(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
@@ -397,6 +410,9 @@ pub fn receive_with_descriptors(socket: RawFd, wait: bool) -> io::Result<Receive
         }
         match io::Error::last_os_error() {
             err if err.kind() == io::ErrorKind::Interrupted => continue,
+            // The peer closed its end with messages of ours unread. The kernel says so once, before the messages
+            // the peer had sent: those come next, then the end (`Received::Closed`).
+            err if err.kind() == io::ErrorKind::ConnectionReset => continue,
             err if err.kind() == io::ErrorKind::WouldBlock => return Ok(Received::Empty),
             err => return Err(err),
         }

@@ -45,10 +45,10 @@ mod isolation;
 
 pub use isolation::{
     close_from, control_pipe, drop_privileges, exit_now, fit_send_buffer, getpid, install_descriptors, is_pipe,
-    is_socket, lower_session_priority, open_own_executable, open_read_only, pipe_reader_gone, reap_any_child,
-    receive_with_descriptors, schedule_normally, schedule_when_idle, send_with_descriptors, seqpacket_pair,
-    set_cloexec, set_mount_propagation, shut_down_sending, signal_process, wait_readable, wait_readable_or_writable,
-    write_all, MountPropagation, Received,
+    is_socket, lower_session_priority, open_own_executable, open_read_only, peer_closed, pipe_reader_gone,
+    reap_any_child, receive_with_descriptors, schedule_normally, schedule_when_idle, send_with_descriptors,
+    seqpacket_pair, set_cloexec, set_mount_propagation, shut_down_sending, signal_process, wait_readable,
+    wait_readable_or_writable, write_all, MountPropagation, Received,
 };
 
 /// A pipe for one of a job's output streams: the server keeps `read` (non-blocking), the job gets `write`.
@@ -134,12 +134,24 @@ pub fn send_unpaced(listener: RawFd) -> io::Result<()> {
     .map(drop)
 }
 
+/// How a helper process [`spawn_helper`] starts ends when its server dies without stopping it (SIGKILL, a crash).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtServerDeath {
+    /// Killed with it (`PR_SET_PDEATHSIG(SIGKILL)`): for a helper whose unfinished work costs nothing (the janitor's
+    /// removals are redone at the next start; a shell made ahead is simply not used).
+    Killed,
+    /// It carries out what the server had sent it (its socket still holds it after the server's end closed) and
+    /// then ends, at its socket's end: for a helper that writes what the server told clients was done (a job's
+    /// record, its output). It must hold the state directory's lock, so that the next server waits for it.
+    FinishesWhatItWasSent,
+}
+
 /// Starts one of the server's helper processes (the janitor, the network-namespace maker): `executable` (the
 /// server's own) with `args`, `stdin` as its channel to the server, an environment with nothing but the log
 /// format, stdout to `/dev/null` and stderr shared. It leads a session of its own, and so a process group of its
-/// own (a Ctrl-C or a signal to the server's group is the server's to handle), dies with the server
-/// (`PR_SET_PDEATHSIG(SIGKILL)`), and keeps none of the descriptors the server inherited without close-on-exec,
-/// only its 0-2.
+/// own (a Ctrl-C or a signal to the server's group is the server's to handle), ends with the server as
+/// `at_server_death` says, and keeps none of the descriptors the server inherited without close-on-exec, only its
+/// 0-2.
 ///
 /// The session is for the scheduler too. Where the kernel groups CPU time by session (autogroup, the default of
 /// Debian's and most distributions' kernels for processes outside a CPU cgroup), a helper in the server's session
@@ -154,6 +166,7 @@ pub fn spawn_helper(
     args: &[&std::ffi::OsStr],
     stdin: OwnedFd,
     hold: Option<BorrowedFd<'_>>,
+    at_server_death: AtServerDeath,
 ) -> io::Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
@@ -171,7 +184,11 @@ pub fn spawn_helper(
     // calls (prctl, getppid, setsid, close_range, fcntl), allocating nothing.
     unsafe {
         command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
+            let signal = match at_server_death {
+                AtServerDeath::Killed => libc::SIGKILL,
+                AtServerDeath::FinishesWhatItWasSent => 0,
+            };
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong) < 0 {
                 return Err(io::Error::last_os_error());
             }
             // The server died before the signal was armed: nothing would kill us later.

@@ -179,7 +179,13 @@ impl SegmentMover {
     ) -> io::Result<SegmentMover> {
         let (socket, helper_end) = sys::seqpacket_pair()?;
         let args = [SEGMENT_MOVER_COMMAND.as_ref(), state_dir.as_os_str()];
-        let process = sys::spawn_helper(executable, &args, helper_end, state_dir_lock)?;
+        let process = sys::spawn_helper(
+            executable,
+            &args,
+            helper_end,
+            state_dir_lock,
+            sys::AtServerDeath::FinishesWhatItWasSent,
+        )?;
         log::info!("segment mover started: pid {}, making and moving spool files", process.id());
         Ok(SegmentMover { process: Some(process), socket, next_ticket: 0, unsent: VecDeque::new() })
     }
@@ -320,7 +326,6 @@ fn serve_one(socket: &OwnedFd, root: &Path, wait: bool) -> bool {
         Ok(Received::Message { bytes, fds }) => (bytes, fds),
         Ok(Received::Empty) => return wait,
         Ok(Received::Closed) => return false,
-        Err(err) if err.kind() == io::ErrorKind::ConnectionReset => return false,
         Err(err) => {
             eprintln!("runnel segment mover: cannot read the server's requests: {err}");
             return false;

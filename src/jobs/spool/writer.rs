@@ -201,7 +201,14 @@ impl SpoolWriter {
     /// Starts the helper from `executable` (the server's own).
     pub fn start(executable: &Path, state_dir_lock: Option<BorrowedFd<'_>>) -> io::Result<SpoolWriter> {
         let (socket, helper_end) = sys::seqpacket_pair()?;
-        let process = sys::spawn_helper(executable, &[SPOOL_WRITER_COMMAND.as_ref()], helper_end, state_dir_lock)?;
+        let args = [SPOOL_WRITER_COMMAND.as_ref()];
+        let process = sys::spawn_helper(
+            executable,
+            &args,
+            helper_end,
+            state_dir_lock,
+            sys::AtServerDeath::FinishesWhatItWasSent,
+        )?;
         let writer = SpoolWriter::over(socket, Some(process))?;
         if let Some(process) = &writer.process {
             log::info!("spool writer started: pid {}, writing job output into the spool", process.id());
@@ -486,6 +493,8 @@ impl SpoolWriter {
 
 /// The helper's state: the data pipe, and the files it was given.
 struct Helper {
+    /// Its socket to the server, to tell whether the server is still there.
+    server: RawFd,
     data: Option<File>,
     /// The helper's own pipe, which output goes through from the data pipe to a file (see [`Helper::move_data`]).
     relay: sys::OutputPipe,
@@ -505,6 +514,7 @@ pub fn serve(socket: &OwnedFd) -> io::Result<()> {
     let relay = sys::relay_pipe()?;
     let relay_size = sys::pipe_size(relay.write.as_raw_fd())?;
     let mut helper = Helper {
+        server: socket.as_raw_fd(),
         data: None,
         relay,
         relay_size,
@@ -601,6 +611,12 @@ impl Helper {
     }
 
     fn wait_for_room(&mut self, err: &io::Error) {
+        // Its server died (it did not stop): what it sent is written while there is room, but a next server
+        // waits for this helper to end before it starts (the state directory's lock), so room is not waited for.
+        if sys::peer_closed(self.server) {
+            eprintln!("runnel spool writer: the disk is full ({err}) and the server is gone: the job output not yet written is lost");
+            std::process::exit(1);
+        }
         if self.said_full.is_none_or(|said| said.elapsed() >= Duration::from_secs(60)) {
             eprintln!("runnel spool writer: the state directory's disk is full ({err}); job output waits for room");
             self.said_full = Some(Instant::now());
