@@ -410,9 +410,6 @@ pub fn receive_with_descriptors(socket: RawFd, wait: bool) -> io::Result<Receive
         }
         match io::Error::last_os_error() {
             err if err.kind() == io::ErrorKind::Interrupted => continue,
-            // The peer closed its end with messages of ours unread. The kernel says so once, before the messages
-            // the peer had sent: those come next, then the end (`Received::Closed`).
-            err if err.kind() == io::ErrorKind::ConnectionReset => continue,
             err if err.kind() == io::ErrorKind::WouldBlock => return Ok(Received::Empty),
             err => return Err(err),
         }

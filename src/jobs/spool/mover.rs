@@ -326,6 +326,9 @@ fn serve_one(socket: &OwnedFd, root: &Path, wait: bool) -> bool {
         Ok(Received::Message { bytes, fds }) => (bytes, fds),
         Ok(Received::Empty) => return wait,
         Ok(Received::Closed) => return false,
+        // The server died with replies unread: the kernel says so once, before the requests it had sent, which
+        // are still carried out (see `sys::AtServerDeath`); then comes the end.
+        Err(err) if err.kind() == io::ErrorKind::ConnectionReset => return true,
         Err(err) => {
             eprintln!("runnel segment mover: cannot read the server's requests: {err}");
             return false;
@@ -490,6 +493,24 @@ mod tests {
 
     fn deadline() -> std::time::Instant {
         std::time::Instant::now() + SHUTDOWN_WAIT
+    }
+
+    /// A server killed with replies of the mover unread: the mover's next receive fails once (`ECONNRESET`),
+    /// and the requests the server had sent are carried out after it all the same (see `sys::AtServerDeath`).
+    #[test]
+    fn the_helper_carries_out_what_a_dead_server_had_sent() {
+        let scratch = ScratchDir::new("mover-orphaned");
+        let root = scratch.join("state");
+        fs::create_dir_all(root.join("jobs/a")).unwrap();
+        let (mut mover, helper_end) = SegmentMover::with_socket_pair();
+        let record = |bytes: &[u8]| Request::WriteRecord { dir: root.join("jobs/a"), bytes: bytes.to_vec() };
+        mover.send(&record(b"started"), None).unwrap();
+        serve_queued(&helper_end, &root);
+        // Its reply stays unread; then the end of the job, and the server dies.
+        mover.send(&record(b"started, and ended"), None).unwrap();
+        drop(mover);
+        serve(&helper_end, &root);
+        assert_eq!(fs::read(root.join("jobs/a/record")).unwrap(), b"started, and ended");
     }
 
     #[test]

@@ -530,8 +530,8 @@ pub fn serve(socket: &OwnedFd) -> io::Result<()> {
         // A batch: a message, waiting for it, then whatever else is queued.
         let mut wait = true;
         let closed = loop {
-            match sys::receive_with_descriptors(socket.as_raw_fd(), wait)? {
-                Received::Message { bytes, fds } => {
+            match sys::receive_with_descriptors(socket.as_raw_fd(), wait) {
+                Ok(Received::Message { bytes, fds }) => {
                     let (since, written) = unconfirmed.get_or_insert((Instant::now(), 0));
                     *written += helper.carry_out(&bytes, fds)?;
                     // A server that keeps sending still hears back on time.
@@ -539,8 +539,12 @@ pub fn serve(socket: &OwnedFd) -> io::Result<()> {
                         break false;
                     }
                 }
-                Received::Empty => break false,
-                Received::Closed => break true,
+                Ok(Received::Empty) => break false,
+                Ok(Received::Closed) => break true,
+                // The server died with confirmations unread: the kernel says so once, before the commands it had
+                // sent, which are still carried out (see `sys::AtServerDeath`); then comes the end.
+                Err(err) if err.kind() == io::ErrorKind::ConnectionReset => continue,
+                Err(err) => return Err(err),
             }
             wait = false;
         };
@@ -809,6 +813,25 @@ mod tests {
     /// Puts `bytes` into the writer's data pipe, as the loop's splice would.
     fn into_data_pipe(writer: &SpoolWriter, bytes: &[u8]) {
         assert_eq!(sys::write_nonblocking(writer.data_pipe(), bytes).unwrap(), Some(bytes.len()));
+    }
+
+    /// A server killed with a confirmation of the writer unread: the writer's next receive fails once
+    /// (`ECONNRESET`), and the output the server had sent is written after it all the same (see
+    /// `sys::AtServerDeath`).
+    #[test]
+    fn the_helper_writes_what_a_dead_server_had_sent() {
+        let scratch = ScratchDir::new("writer-orphaned");
+        let (mut writer, helper_end) = SpoolWriter::with_socket_pair();
+        let path = scratch.join("segment");
+        let segment = writer.open(OpenOptions::new().create_new(true).write(true).open(&path).unwrap());
+        into_data_pipe(&writer, b"taken in");
+        writer.data(segment, 0, 8);
+        writer.flush();
+        // A confirmation it never reads, as a server killed before its next turn.
+        sys::send_with_descriptors(helper_end.as_raw_fd(), &0u64.to_le_bytes(), &[]).unwrap();
+        drop(writer);
+        serve(&helper_end).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"taken in");
     }
 
     #[test]
