@@ -253,10 +253,10 @@ fn what_a_killed_server_had_sent_its_helpers_is_written_before_the_next_server_s
     assert!(eventually(Duration::from_secs(10), made_ahead), "no directories were made ahead");
 
     let mut alice = crashed.client("alice");
+    let go_on = SignalOnDrop(vec![mover, writer], SIGCONT);
     for pid in [mover, writer] {
         util::unsafe_kill(pid, SIGSTOP);
     }
-    let go_on = SignalOnDrop(vec![mover, writer], SIGCONT);
     let job = start(&mut alice, "echo before the stop; exec sleep 600");
     let written = b"before the stop\n";
     assert!(
@@ -272,7 +272,7 @@ fn what_a_killed_server_had_sent_its_helpers_is_written_before_the_next_server_s
 
     let mut restarted = Server::start_on(&pki, Some(&state_dir), &[]);
     let log = restarted.log_text();
-    assert!(!process_alive(mover) && !process_alive(writer), "the old helpers ended before the new server started");
+    assert!(!process_alive(mover) && !process_alive(writer), "the old helpers have ended");
     let mut alice = restarted.client("alice");
     let after = get(&mut alice, &job.id).unwrap_or_else(|e| panic!("the job is gone: {e:?}\n{log}"));
     assert_eq!(

@@ -179,13 +179,9 @@ impl SegmentMover {
     ) -> io::Result<SegmentMover> {
         let (socket, helper_end) = sys::seqpacket_pair()?;
         let args = [SEGMENT_MOVER_COMMAND.as_ref(), state_dir.as_os_str()];
-        let process = sys::spawn_helper(
-            executable,
-            &args,
-            helper_end,
-            state_dir_lock,
-            sys::AtServerDeath::FinishesWhatItWasSent,
-        )?;
+        // What the server sent it is written even if the server is killed (a job's end, output a client saw).
+        let at_death = sys::AtServerDeath::FinishesWhatItWasSent;
+        let process = sys::spawn_helper(executable, &args, helper_end, state_dir_lock, at_death)?;
         log::info!("segment mover started: pid {}, making and moving spool files", process.id());
         Ok(SegmentMover { process: Some(process), socket, next_ticket: 0, unsent: VecDeque::new() })
     }

@@ -202,13 +202,9 @@ impl SpoolWriter {
     pub fn start(executable: &Path, state_dir_lock: Option<BorrowedFd<'_>>) -> io::Result<SpoolWriter> {
         let (socket, helper_end) = sys::seqpacket_pair()?;
         let args = [SPOOL_WRITER_COMMAND.as_ref()];
-        let process = sys::spawn_helper(
-            executable,
-            &args,
-            helper_end,
-            state_dir_lock,
-            sys::AtServerDeath::FinishesWhatItWasSent,
-        )?;
+        // What the server sent it is written even if the server is killed (a job's end, output a client saw).
+        let at_death = sys::AtServerDeath::FinishesWhatItWasSent;
+        let process = sys::spawn_helper(executable, &args, helper_end, state_dir_lock, at_death)?;
         let writer = SpoolWriter::over(socket, Some(process))?;
         if let Some(process) = &writer.process {
             log::info!("spool writer started: pid {}, writing job output into the spool", process.id());
