@@ -52,7 +52,7 @@ demo: build $(DEV_PKI)/ca.crt
 	  echo '$$ runnel client list'; $(BIN) client list; \
 	  trap - EXIT
 	@kill -TERM $$(cat $(DEMO_DIR)/server.pid); while kill -0 $$(cat $(DEMO_DIR)/server.pid) 2>/dev/null; do sleep 0.1; done
-	@echo "server stopped; its state dir was removed: $$(test -e $(DEMO_DIR)/state && echo NO || echo yes)"
+	@echo "server stopped; it keeps the jobs' history in $(DEMO_DIR)/state: $$(ls $(DEMO_DIR)/state | tr '\n' ' ')(with --ephemeral, nothing)"
 
 # Everything the tests need that a fresh Debian 12 root machine lacks: Python's venv module, procps (`kill`),
 # Node.js and npm (the grpc-js interop test), podman (the container image test), zsh and fish (completions),
