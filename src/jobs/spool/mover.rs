@@ -30,8 +30,9 @@
 //! the socket: a request that finds it full waits in order behind the others on the loop, sent on the removal
 //! timer (a helper behind a stalled disk must not hand its work back to the loop, which would then wait for the
 //! disk itself). Only when the helper is gone does the loop do the work. Paths are the server's own, under the
-//! state directory the helper was started with; it refuses any other. It dies with the server and ends when the
-//! server closes its socket, after the requests already sent.
+//! state directory the helper was started with; it refuses any other. It ends when the server closes its socket,
+//! after the requests already sent, even when the server was killed (`sys::AtServerDeath::FinishesWhatItWasSent`:
+//! a job's end the server already told a client of is still written).
 
 use std::collections::VecDeque;
 use std::ffi::OsString;

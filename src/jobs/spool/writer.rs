@@ -27,8 +27,9 @@
 //! A write that fails for want of space (`ENOSPC`, `EDQUOT`) is tried again every 100 ms, so a full disk stops
 //! the jobs' output instead of losing it (the helper says so on stderr, once a minute). Any other failure loses
 //! what was to go to that file from then on, said on stderr, and empties the file, so a reader meets an error
-//! there, never old bytes (a spare's). The helper dies with the server and ends when the server closes its socket,
-//! after carrying out what it was sent. The loop treats its death as fatal: output it had taken from jobs
+//! there, never old bytes (a spare's). The helper ends when the server closes its socket, after carrying out what
+//! it was sent, even when the server was killed (`sys::AtServerDeath::FinishesWhatItWasSent`; it then waits for no
+//! room on a full disk). The loop treats its death as fatal: output it had taken from jobs
 //! would be lost unseen.
 
 use std::collections::{HashMap, VecDeque};
