@@ -937,12 +937,17 @@ mod tests {
         }
     }
 
-    fn run_to_end(table: &mut JobTable, key: JobKey) {
+    fn reap_within_10_s(table: &mut JobTable, key: JobKey) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !table.reap(key) {
             assert!(Instant::now() < deadline, "job did not end");
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    fn run_to_end(table: &mut JobTable, key: JobKey) {
+        reap_within_10_s(table, key);
+        let deadline = Instant::now() + Duration::from_secs(10);
         for stream in [Stream::Stdout, Stream::Stderr] {
             while table.drain(key, stream, PIPE_CAPACITY).drain != Drain::Closed {
                 assert!(Instant::now() < deadline, "pipe did not close");
@@ -1166,25 +1171,11 @@ mod tests {
         assert_eq!(table.spool.retained_total(), sum);
     }
 
-    /// Counts how often it is woken.
-    #[derive(Default)]
-    struct CountingWaker(std::sync::atomic::AtomicUsize);
-
-    impl std::task::Wake for CountingWaker {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-
     /// Starts a job that ends while a process it left behind keeps its output pipe open, and reaps it: the job has
     /// ended, its output has not (a reader of it waits).
     fn ended_with_output_still_open(table: &mut JobTable) -> JobKey {
         let key = start_settled(table, "a", spec("sh", &["-c", "sleep 2 & exit 0"])).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !table.reap(key) {
-            assert!(Instant::now() < deadline, "job did not end");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        reap_within_10_s(table, key);
         assert_ne!(table.drain(key, Stream::Stdout, PIPE_CAPACITY).drain, Drain::Closed, "the sleep holds it");
         let job = table.get(key).unwrap();
         assert!(job.is_ended() && !job.is_complete());
@@ -1193,27 +1184,28 @@ mod tests {
 
     #[test]
     fn a_job_removed_or_evicted_while_taking_its_output_in_wakes_its_readers() {
+        use crate::reactor::{TaskId, WakeQueue};
         let (mut table, _state_dir) = table("wake");
+        // The loop's own wakers: a woken reader's task id is on the ready queue.
+        let queue = std::sync::Arc::new(WakeQueue::default());
+        let reader = TaskId { connection: 1, call: 1 };
         let waits = |table: &mut JobTable, key| {
-            let counter = std::sync::Arc::new(CountingWaker::default());
-            table.jobs.get_mut(&key).unwrap().output.wait_for_output(&counter.clone().into());
-            counter
+            table.jobs.get_mut(&key).unwrap().output.wait_for_output(&queue.waker(reader));
         };
-        let woken = |counter: &CountingWaker| counter.0.load(std::sync::atomic::Ordering::Relaxed);
 
         let removed = ended_with_output_still_open(&mut table);
-        let reader = waits(&mut table, removed);
+        waits(&mut table, removed);
         table.remove(removed).unwrap();
-        assert_eq!(woken(&reader), 1, "RemoveJob woke the reader");
+        assert_eq!(queue.take(), [reader], "RemoveJob woke the reader");
 
         let evicted = ended_with_output_still_open(&mut table);
-        let reader = waits(&mut table, evicted);
+        waits(&mut table, evicted);
         for _ in 0..3 {
             let started = table.start("b", spec("true", &[])).unwrap();
             run_to_end(&mut table, started.key);
         }
         assert!(table.get(evicted).is_none(), "the oldest ended job was evicted past --max-jobs");
-        assert_eq!(woken(&reader), 1, "eviction woke the reader");
+        assert_eq!(queue.take(), [reader], "eviction woke the reader");
         table.remove_all();
     }
 
